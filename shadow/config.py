@@ -1,0 +1,249 @@
+"""The configuration file: small frozen values, validated when loaded.
+
+A bad file fails with :class:`ConfigError`, whose message names every
+offending key path and what was expected there, e.g.
+``comparator.threshold: expected a number between 0 and 1, got 'high'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from shadow.errors import ConfigError
+
+CallablePath = Annotated[
+    str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="module:function")
+]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- comparators -------------------------------------------------------------
+
+
+class _ComparatorBase(_Spec):
+    prediction_path: str | None = None
+    """Dotted path into the prediction output to compare, e.g. ``category``."""
+    outcome_path: str | None = None
+    """Dotted path into the outcome to compare."""
+
+
+class ExactSpec(_ComparatorBase):
+    kind: Literal["exact"] = "exact"
+
+
+class NormalizedSpec(_ComparatorBase):
+    kind: Literal["normalized"]
+
+
+class SetSpec(_ComparatorBase):
+    kind: Literal["set"]
+    threshold: float = Field(1.0, ge=0.0, le=1.0)
+    """Minimum Jaccard similarity of the two lists for agreement."""
+
+
+class NumericSpec(_ComparatorBase):
+    kind: Literal["numeric"]
+    abs_tol: float = Field(0.0, ge=0.0)
+    rel_tol: float = Field(0.0, ge=0.0)
+
+
+class FieldsSpec(_ComparatorBase):
+    kind: Literal["fields"]
+    fields: dict[str, ComparatorSpec] = Field(min_length=1)
+    """A comparator per field; the output agrees when every listed field agrees."""
+
+
+class CustomSpec(_ComparatorBase):
+    kind: Literal["custom"]
+    function: CallablePath
+    """``module:function`` taking ``(prediction_output, outcome)`` and returning a bool."""
+
+
+ComparatorSpec = Annotated[
+    ExactSpec | NormalizedSpec | SetSpec | NumericSpec | FieldsSpec | CustomSpec,
+    Field(discriminator="kind"),
+]
+FieldsSpec.model_rebuild()
+
+COMPARATOR_KINDS = ("exact", "normalized", "set", "numeric", "fields", "custom")
+
+
+# -- candidates --------------------------------------------------------------
+
+
+class CallableCandidateSpec(_Spec):
+    callable: CallablePath
+    name: str | None = None
+    """Defaults to the callable path."""
+    version: str | None = None
+    """Defaults to the module's ``__version__`` when it has one."""
+    batch_size: int = Field(64, ge=1, le=100_000)
+    """How many events a batch callable receives at once."""
+
+
+# -- mapping -----------------------------------------------------------------
+
+
+class EventMapping(_Spec):
+    """Where each canonical field of an Event sits in a raw record.
+
+    Values are dotted paths (``ticket.via.channel``, ``tags.0``); ``$`` is the
+    whole record. ``segment`` is either a path to an object of strings or a
+    table of segment field to path.
+    """
+
+    event_id: str = "event_id"
+    key: str = "key"
+    occurred_at: str = "occurred_at"
+    routing_key: str | None = "routing_key"
+    segment: str | dict[str, str] = "segment"
+    payload: str = "payload"
+
+
+class OutcomeMapping(_Spec):
+    key: str = "key"
+    outcome: str = "outcome"
+    decided_at: str = "decided_at"
+    actor: str | None = "actor"
+
+
+class MappingConfig(_Spec):
+    events: EventMapping = EventMapping()
+    outcomes: OutcomeMapping = OutcomeMapping()
+
+
+# -- store and the whole file ------------------------------------------------
+
+
+class StoreConfig(_Spec):
+    path: str | None = None
+    batch_size: int = Field(5_000, ge=1, le=1_000_000)
+    """Records per write transaction."""
+
+
+class Config(_Spec):
+    version: Literal[1] = 1
+    candidate: CallableCandidateSpec | None = None
+    comparator: ComparatorSpec = ExactSpec()
+    comparators: dict[str, ComparatorSpec] = Field(default_factory=dict)
+    """Named comparators that ``--compare NAME`` can pick."""
+    mapping: MappingConfig = MappingConfig()
+    store: StoreConfig = StoreConfig()
+
+    @field_validator("comparators")
+    @classmethod
+    def _names_do_not_shadow_kinds(cls, value: dict[str, Any]) -> dict[str, Any]:
+        clash = sorted(set(value) & set(COMPARATOR_KINDS))
+        if clash:
+            raise ValueError(f"names {clash} are built-in comparator kinds; pick other names")
+        return value
+
+    def comparator_named(self, name: str | None) -> ComparatorSpec:
+        """The comparator ``--compare NAME`` selects: a named one, or a kind with defaults.
+
+        Raises:
+            ConfigError: when the name is neither.
+        """
+        if name is None:
+            return self.comparator
+        if name in self.comparators:
+            return self.comparators[name]
+        if name in COMPARATOR_KINDS:
+            if name in ("exact", "normalized", "set", "numeric"):
+                return _validate_comparator({"kind": name})
+            if self.comparator.kind == name:
+                return self.comparator
+            raise ConfigError(
+                f"--compare {name}: this kind needs parameters; define it under "
+                f"'comparators' in the config file"
+            )
+        known = sorted(set(self.comparators) | {"exact", "normalized", "set", "numeric"})
+        raise ConfigError(f"--compare {name}: no such comparator; expected one of {known}")
+
+
+def _validate_comparator(raw: dict[str, Any]) -> ComparatorSpec:
+    return Config.model_validate({"comparator": raw}).comparator
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a YAML configuration file; ``None`` gives the defaults.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or fails validation.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return parse_config(raw, origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        # dict.fromkeys: a value failing every member of a union reports once per path
+        lines = list(dict.fromkeys(_describe(error, raw) for error in exc.errors()))
+        raise ConfigError(f"invalid configuration in {origin}:\n  " + "\n  ".join(lines)) from None
+
+
+_KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
+
+
+def _describe(error: Any, raw: dict[str, Any]) -> str:
+    where = ".".join(_user_path(error["loc"], raw)) or "(top level)"
+    kind, got = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown setting"
+    if kind == "missing":
+        return f"{where}: required setting is missing"
+    if kind == "union_tag_not_found":
+        return f"{where}.kind: required; expected one of {_KINDS_TEXT}"
+    if kind == "union_tag_invalid":
+        return f"{where}.kind: expected one of {_KINDS_TEXT}, got {got.get('kind')!r}"
+    if kind == "string_pattern_mismatch":
+        return f"{where}: expected the form module:function, got {got!r}"
+    message = error["msg"][0].lower() + error["msg"][1:]
+    shown = repr(got) if not isinstance(got, dict | list) else f"a {type(got).__name__}"
+    return f"{where}: {message}, got {shown}"
+
+
+def _user_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
+    """The key path as the user wrote it.
+
+    Pydantic puts the tag of a discriminated union ("fields", "set") into the
+    location; it is not a key of the file, so parts that do not exist in the
+    raw input are left out.
+    """
+    path, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif isinstance(node, dict | list) and part in COMPARATOR_KINDS:
+            continue
+        elif not isinstance(node, dict | list):
+            continue  # a member of a union such as ``str | dict``, not a key
+        else:
+            node = None
+        path.append(str(part))
+    return path

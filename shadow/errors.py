@@ -1,0 +1,23 @@
+"""One exception hierarchy for the project; library errors are translated at the boundary."""
+
+from __future__ import annotations
+
+
+class ShadowError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class ConfigError(ShadowError):
+    """A configuration or usage mistake; the CLI exits with code 2 and no traceback."""
+
+
+class StoreError(ShadowError):
+    """The DuckDB store cannot be opened, migrated or written."""
+
+
+class SourceError(ShadowError):
+    """A source cannot be read at all (as opposed to one bad record, which is a dead letter)."""
+
+
+class CandidateLoadError(ConfigError):
+    """A candidate's ``module:function`` cannot be imported or is not callable."""
