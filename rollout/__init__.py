@@ -1,0 +1,1 @@
+"""Staged rollout: plan, gates, router and controller."""

@@ -1,0 +1,206 @@
+"""Candidates: the AI system under test, behind one small interface.
+
+This module holds the interface and the Python-callable adapter. A callable
+takes one :class:`~shadow.models.Event` and returns any JSON value. A callable
+marked with :func:`batch` takes a list of events and returns a list of outputs
+in the same order::
+
+    from shadow import batch
+
+    @batch(size=32)
+    def classify(events):
+        return [model.predict(e.payload["body"]) for e in events]
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from shadow.config import CallableCandidateSpec
+from shadow.errors import CandidateLoadError
+from shadow.models import Event, Mode, Prediction, PredictionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_BATCH_ATTR = "__shadow_batch__"
+# Strict JSON: datetimes, dataclasses and subclasses are refused rather than
+# silently converted, so what is stored is exactly what the candidate said.
+_STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_MAX_MESSAGE = 2_000
+
+
+def batch(fn: F | None = None, *, size: int | None = None) -> Any:
+    """Mark a callable as taking a list of events; ``size`` caps the list length."""
+
+    def mark(target: F) -> F:
+        setattr(target, _BATCH_ATTR, size or True)
+        return target
+
+    return mark(fn) if fn is not None else mark
+
+
+class Candidate(ABC):
+    """The AI system under test.
+
+    ``predict`` is called with a batch of events that share nothing but arrival
+    order. It returns exactly one :class:`Prediction` per event, in the same
+    order, and never raises: a failure of the system under test is a
+    prediction with an ``error``, never an exception.
+    """
+
+    name: str
+    version: str | None
+    batch_size: int
+
+    @abstractmethod
+    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]: ...
+
+
+class CallableCandidate(Candidate):
+    """A Python function in this process, per event or per batch."""
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        *,
+        name: str,
+        version: str | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self._function = function
+        self.name = name
+        self.version = version
+        marker = getattr(function, _BATCH_ATTR, None)
+        self.batched = marker is not None
+        self.batch_size = marker if isinstance(marker, int) and marker is not True else batch_size
+
+    @classmethod
+    def from_spec(cls, spec: CallableCandidateSpec) -> CallableCandidate:
+        function = load_callable(spec.callable, what="candidate")
+        module = importlib.import_module(spec.callable.partition(":")[0])
+        version = spec.version or _module_version(module)
+        return cls(function, name=spec.name or spec.callable, version=version,
+                   batch_size=spec.batch_size)
+
+    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        if self.batched:
+            return self._predict_batch(events, now)
+        return [self._predict_one(event, now) for event in events]
+
+    def _predict_one(self, event: Event, now: datetime) -> Prediction:
+        started = time.perf_counter()
+        try:
+            output = self._function(event)
+        except Exception as exc:  # the candidate's failure is data, not a crash
+            return self._failed(event, now, _elapsed_ms(started), _error_of(exc))
+        return self._succeeded(event, now, _elapsed_ms(started), output)
+
+    def _predict_batch(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        predictions: list[Prediction] = []
+        for start in range(0, len(events), self.batch_size):
+            chunk = events[start : start + self.batch_size]
+            started = time.perf_counter()
+            try:
+                outputs = self._function(list(chunk))
+                if not isinstance(outputs, list) or len(outputs) != len(chunk):
+                    raise _BatchShapeError(outputs, len(chunk))
+            except Exception as exc:
+                error, latency = _error_of(exc), _elapsed_ms(started)
+                predictions.extend(self._failed(event, now, latency, error) for event in chunk)
+                continue
+            # Every event in a batch waited for the whole call: that is its latency.
+            latency = _elapsed_ms(started)
+            predictions.extend(
+                self._succeeded(event, now, latency, output)
+                for event, output in zip(chunk, outputs, strict=True)
+            )
+        return predictions
+
+    def _succeeded(self, event: Event, now: datetime, latency: float, output: Any) -> Prediction:
+        try:
+            orjson.dumps(output, option=_STRICT)
+        except TypeError as exc:
+            error = PredictionError(type="NotJSONSerializable", message=_truncate(str(exc)))
+            return self._failed(event, now, latency, error)
+        return Prediction.model_construct(
+            event_id=event.event_id, candidate=self.name, version=self.version,
+            mode=Mode.SHADOW, output=output, confidence=confidence_of(output),
+            latency_ms=latency, error=None, predicted_at=now,
+        )
+
+    def _failed(
+        self, event: Event, now: datetime, latency: float, error: PredictionError
+    ) -> Prediction:
+        return Prediction.model_construct(
+            event_id=event.event_id, candidate=self.name, version=self.version,
+            mode=Mode.SHADOW, output=None, confidence=None,
+            latency_ms=latency, error=error, predicted_at=now,
+        )
+
+
+class _BatchShapeError(Exception):
+    def __init__(self, outputs: Any, expected: int) -> None:
+        got = f"a list of {len(outputs)}" if isinstance(outputs, list) else type(outputs).__name__
+        super().__init__(f"batch callable returned {got}; expected a list of {expected}")
+
+
+def confidence_of(output: Any) -> float | None:
+    """The numeric ``confidence`` of an object output, if it has a finite one."""
+    if type(output) is not dict:
+        return None
+    value = output.get("confidence")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def load_callable(path: str, *, what: str) -> Callable[..., Any]:
+    """Import ``module:function``.
+
+    Raises:
+        CandidateLoadError: the module cannot be imported, lacks the attribute,
+            or the attribute is not callable; the message names the path.
+    """
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise CandidateLoadError(f"{what} {path!r}: expected the form module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CandidateLoadError(
+            f"{what} {path!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise CandidateLoadError(f"{what} {path!r}: module {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise CandidateLoadError(f"{what} {path!r}: {attribute!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _module_version(module: Any) -> str | None:
+    version = getattr(module, "__version__", None)
+    return str(version) if version is not None else None
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0
+
+
+def _error_of(exc: BaseException) -> PredictionError:
+    return PredictionError(type=type(exc).__name__, message=_truncate(str(exc)))
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"

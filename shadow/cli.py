@@ -1,0 +1,167 @@
+"""The ``shadow`` command.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+Errors the user can fix are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shadow import logs
+from shadow.errors import ConfigError, ShadowError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logs.configure(level=args.log_level, fmt=args.log_format)
+    # A candidate named module:function usually lives next to the user, as with `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"shadow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShadowError as exc:
+        print(f"shadow: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("shadow: interrupted; everything committed so far is kept", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shadow",
+        description="Run an AI system in shadow mode beside the humans, compare, report.",
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("SHADOW_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level (env SHADOW_LOG_LEVEL; default warning)",
+    )
+    parser.add_argument(
+        "--log-format", default=os.environ.get("SHADOW_LOG_FORMAT", "console"),
+        choices=["console", "json"], help="log format on stderr (env SHADOW_LOG_FORMAT)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    replay = commands.add_parser(
+        "replay", help="run a candidate in shadow mode over exported events",
+        description="Run a candidate in shadow mode on every event, store everything, compare "
+        "with the outcomes and print a summary. Re-running over the same files adds nothing.",
+    )
+    replay.add_argument("events", nargs="+", type=Path, metavar="EVENTS",
+                        help="event files (.jsonl, .csv, .parquet)")
+    replay.add_argument("--outcomes", nargs="+", type=Path, default=[], metavar="OUTCOMES",
+                        help="outcome files (.jsonl, .csv, .parquet)")
+    replay.add_argument("--candidate", metavar="MODULE:FUNC",
+                        help="the candidate callable (default: 'candidate' in the config)")
+    _add_db(replay)
+    _add_config(replay)
+    replay.add_argument("--compare", metavar="NAME",
+                        help="comparator: a kind (exact, normalized, set, numeric) or a name "
+                        "under 'comparators' in the config (default: 'comparator' in the config)")
+    replay.add_argument("--batch-size", type=int, metavar="N",
+                        help="records per write transaction (default: store.batch_size, 5000)")
+    replay.add_argument("--quiet", action="store_true", help="print no progress")
+    replay.set_defaults(handler=_replay)
+
+    report = commands.add_parser("report", help="report agreement, errors and latency")
+    _add_db(report)
+    report.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    report.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
+    report.set_defaults(handler=_report)
+
+    demo = commands.add_parser(
+        "demo", help="generate a support-ticket workload, replay it and report",
+        description="Generate a realistic support-ticket workload and an imperfect sample "
+        "candidate, replay, and report. Needs no services and no network.",
+    )
+    demo.add_argument("--dir", type=Path, default=Path("shadow-demo"),
+                      help="where to write the files (default ./shadow-demo)")
+    demo.add_argument("--events", type=int, default=5000, help="tickets to generate")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, default=os.environ.get("SHADOW_DB"), metavar="PATH",
+                        help="the DuckDB store (env SHADOW_DB; or store.path in the config)")
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=os.environ.get("SHADOW_CONFIG"),
+                        metavar="FILE", help="YAML configuration (env SHADOW_CONFIG)")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from shadow.replay import ReplayRequest, replay_files
+
+    request = ReplayRequest(
+        events=args.events, outcomes=args.outcomes, db=args.db, config=args.config,
+        candidate=args.candidate, compare=args.compare, batch_size=args.batch_size,
+    )
+    summary = replay_files(request, progress=None if args.quiet else _progress())
+    from shadow.replay import describe
+
+    print(describe(summary, request))
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from shadow import render
+    from shadow.report import build_report
+    from shadow.store import Store
+
+    if args.db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB)")
+    with Store(args.db, read_only=True) as store:
+        report = build_report(store)
+    if args.format == "json":
+        text = render.to_json(report)
+    elif args.format == "markdown":
+        text = render.to_markdown(report)
+    else:
+        text = render.to_table(report, color=args.out is None and sys.stdout.isatty())
+    _emit(text, args.out)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shadow.demo.run import run_demo
+
+    if args.events < 100:
+        raise ConfigError("--events: expected at least 100 tickets")
+    print(run_demo(args.dir, events=args.events, progress=_progress()))
+    return EXIT_OK
+
+
+def _emit(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ShadowError(f"cannot write {out}: {exc.strerror}") from exc
+    print(f"wrote {out}", file=sys.stderr)
+
+
+def _progress() -> Any:
+    from shadow.progress import progress_reporter
+
+    return progress_reporter(sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

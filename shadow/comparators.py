@@ -1,0 +1,300 @@
+"""Comparators: does a prediction agree with what the human decided?
+
+Build one from its configuration with :func:`build_comparator`; the result is a
+small tree (a ``fields`` comparator holds one comparator per field).
+
+>>> from shadow.config import parse_config
+>>> spec = parse_config({"comparator": {"kind": "normalized"}}).comparator
+>>> build_comparator(spec).compare("  Billing ", "billing").agree
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+import unicodedata
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+from shadow.config import (
+    ComparatorSpec,
+    CustomSpec,
+    ExactSpec,
+    FieldsSpec,
+    NormalizedSpec,
+    NumericSpec,
+    SetSpec,
+)
+from shadow.errors import ConfigError
+from shadow.paths import MISSING, get_path
+
+__all__ = ["Comparator", "Judgement", "build_comparator"]
+
+CustomFunction = Callable[[Any, Any], Any]
+
+
+class Judgement(NamedTuple):
+    """The verdict on one prediction.
+
+    ``fields`` maps each field of a ``fields`` comparator to its verdict (a nested
+    ``fields`` comparator adds its own as ``outer.inner``); it is empty otherwise.
+    ``note`` says why, when the values could not be compared normally.
+    """
+
+    agree: bool
+    fields: dict[str, bool]
+    note: str | None = None
+
+
+def _agree() -> Judgement:
+    return Judgement(True, {})
+
+
+def _disagree(note: str | None = None) -> Judgement:
+    return Judgement(False, {}, note)
+
+
+class Comparator(ABC):
+    """Decides whether a prediction's output agrees with the outcome of its key.
+
+    ``name`` fingerprints the configuration: it changes when any parameter changes,
+    so the store knows which comparisons to redo.
+    """
+
+    name: str
+
+    @abstractmethod
+    def compare(self, output: Any, outcome: Any) -> Judgement:
+        """Judge a prediction's ``output`` against the final ``outcome`` of its key.
+
+        A pure function of its two JSON values: same inputs, same judgement. It
+        never raises; a value of the wrong type, an absent path, or a custom
+        function that raises or returns a non-bool all yield a disagreeing
+        judgement with a ``note``.
+        """
+
+
+class _SpecComparator(Comparator):
+    """Applies the spec's ``prediction_path`` and ``outcome_path``, then judges."""
+
+    def __init__(self, spec: ComparatorSpec) -> None:
+        self.name = _fingerprint(spec)
+        self._prediction_path = spec.prediction_path
+        self._outcome_path = spec.outcome_path
+
+    def compare(self, output: Any, outcome: Any) -> Judgement:
+        if self._prediction_path is not None:
+            output = get_path(output, self._prediction_path)
+        if self._outcome_path is not None:
+            outcome = get_path(outcome, self._outcome_path)
+        absent = _judge_absent(output, outcome, self._prediction_path, self._outcome_path)
+        return absent if absent is not None else self._judge(output, outcome)
+
+    @abstractmethod
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        """Judge two present values (neither is MISSING)."""
+
+
+def _judge_absent(
+    output: Any, outcome: Any, prediction_at: str | None, outcome_at: str | None
+) -> Judgement | None:
+    """The judgement when a side has no value at its path, else ``None``."""
+    if output is MISSING and outcome is MISSING:
+        return _agree()
+    if output is MISSING:
+        return _disagree(f"prediction has no value at {prediction_at or '$'!r}")
+    if outcome is MISSING:
+        return _disagree(f"outcome has no value at {outcome_at or '$'!r}")
+    return None
+
+
+class _Exact(_SpecComparator):
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        return Judgement(_canonical(output) == _canonical(outcome), {})
+
+
+class _Normalized(_SpecComparator):
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        same = _canonical(output, _normalize_text) == _canonical(outcome, _normalize_text)
+        return Judgement(same, {})
+
+
+class _Set(_SpecComparator):
+    def __init__(self, spec: SetSpec) -> None:
+        super().__init__(spec)
+        self._threshold = spec.threshold
+
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        a, b = _as_set(output), _as_set(outcome)
+        if not a and not b:
+            return _agree()
+        return Judgement(len(a & b) / len(a | b) >= self._threshold, {})
+
+
+class _Numeric(_SpecComparator):
+    def __init__(self, spec: NumericSpec) -> None:
+        super().__init__(spec)
+        self._abs_tol = spec.abs_tol
+        self._rel_tol = spec.rel_tol
+
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        a, b = _as_number(output), _as_number(outcome)
+        if a is None:
+            return _disagree(f"prediction is not a finite number: {_show(output)}")
+        if b is None:
+            return _disagree(f"outcome is not a finite number: {_show(outcome)}")
+        tolerance = max(self._abs_tol, self._rel_tol * max(abs(a), abs(b)))
+        return Judgement(abs(a - b) <= tolerance, {})
+
+
+class _Fields(_SpecComparator):
+    def __init__(self, spec: FieldsSpec) -> None:
+        super().__init__(spec)
+        self._fields = {field: build_comparator(sub) for field, sub in spec.fields.items()}
+
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        sides = {"prediction": output, "outcome": outcome}
+        not_objects = [side for side, value in sides.items() if not isinstance(value, dict)]
+        if not_objects:
+            note = "; ".join(f"{side} is not an object" for side in not_objects)
+            return Judgement(False, dict.fromkeys(self._fields, False), note)
+        verdicts: dict[str, bool] = {}
+        notes: list[str] = []
+        for field, comparator in self._fields.items():
+            judgement = self._judge_field(field, comparator, output, outcome)
+            verdicts[field] = judgement.agree
+            verdicts.update({f"{field}.{inner}": v for inner, v in judgement.fields.items()})
+            if judgement.note is not None:
+                notes.append(f"{field}: {judgement.note}")
+        return Judgement(all(verdicts.values()), verdicts, "; ".join(notes) or None)
+
+    @staticmethod
+    def _judge_field(field: str, comparator: Comparator, output: Any, outcome: Any) -> Judgement:
+        output, outcome = get_path(output, field), get_path(outcome, field)
+        absent = _judge_absent(output, outcome, field, field)
+        return absent if absent is not None else comparator.compare(output, outcome)
+
+
+class _Custom(_SpecComparator):
+    def __init__(self, spec: CustomSpec, function: CustomFunction) -> None:
+        super().__init__(spec)
+        self._path = spec.function
+        self._function = function
+
+    def _judge(self, output: Any, outcome: Any) -> Judgement:
+        try:
+            result = self._function(output, outcome)
+        except Exception as exc:  # the contract: a comparator never raises
+            return _disagree(f"custom comparator raised {type(exc).__name__}: {exc}")
+        if not _is_bool(result):
+            return _disagree(
+                f"custom comparator {self._path} returned {type(result).__name__}, not a bool"
+            )
+        return Judgement(bool(result), {})
+
+
+def build_comparator(spec: ComparatorSpec) -> Comparator:
+    """The comparator a spec describes, with its sub-comparators.
+
+    Raises:
+        ConfigError: a custom ``module:function`` cannot be imported or is not callable.
+    """
+    match spec:
+        case ExactSpec():
+            return _Exact(spec)
+        case NormalizedSpec():
+            return _Normalized(spec)
+        case SetSpec():
+            return _Set(spec)
+        case NumericSpec():
+            return _Numeric(spec)
+        case FieldsSpec():
+            return _Fields(spec)
+        case CustomSpec():
+            return _Custom(spec, _import_function(spec.function))
+    raise AssertionError(f"unknown comparator spec {spec!r}")  # pragma: no cover
+
+
+def _fingerprint(spec: ComparatorSpec) -> str:
+    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    return f"{spec.kind}:{digest[:12]}"
+
+
+def _import_function(path: str) -> CustomFunction:
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # a module failing at import time is as unusable as a missing one
+        raise ConfigError(f"custom comparator {path}: cannot import {module_name}: {exc}") from exc
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"custom comparator {path}: {module_name} has no {attribute}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"custom comparator {path}: {attribute} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+# -- JSON values -------------------------------------------------------------
+
+
+def _canonical(value: Any, text: Callable[[str], str] = str) -> Hashable:
+    """A hashable form of a JSON value, equal exactly when the values are JSON-equal.
+
+    Tags keep ``true`` apart from ``1`` (Python says ``True == 1``); ``1`` and
+    ``1.0`` keep the same tag because JSON has one number type. ``text`` is
+    applied to every string value.
+    """
+    if value is None:
+        return ("null",)
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        # NaN is not JSON, but equal inputs should not disagree only because NaN != NaN
+        return ("number", "nan") if value != value else ("number", value)
+    if isinstance(value, str):
+        return ("string", text(value))
+    if isinstance(value, list | tuple):
+        return ("array", tuple(_canonical(item, text) for item in value))
+    if isinstance(value, dict):
+        # keys are names, not text, so `text` leaves them alone
+        return ("object", frozenset((k, _canonical(v, text)) for k, v in value.items()))
+    return ("other", type(value).__qualname__, repr(value))
+
+
+def _normalize_text(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def _as_set(value: Any) -> frozenset[Hashable]:
+    if value is None:
+        return frozenset()
+    items = value if isinstance(value, list | tuple) else [value]
+    return frozenset(_canonical(item) for item in items)
+
+
+def _as_number(value: Any) -> float | None:
+    """A finite float from a number or numeric text (CSV exports carry numbers as text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    # numpy.bool_ (named ``bool`` in numpy 2) is not a subclass of bool
+    kind = type(value)
+    return kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."

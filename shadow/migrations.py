@@ -1,0 +1,86 @@
+"""Forward-only schema migrations of the store, in order.
+
+A migration is appended, never edited once released: stores in the field are
+at every version ever shipped. Timestamps are TIMESTAMPTZ in UTC; JSON values
+are stored as JSON text.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE events (
+            event_id VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            routing_key VARCHAR NOT NULL,
+            occurred_at TIMESTAMPTZ NOT NULL,
+            payload JSON NOT NULL,
+            source VARCHAR NOT NULL,
+            position VARCHAR NOT NULL,
+            stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE event_segments (
+            event_id VARCHAR NOT NULL,
+            field VARCHAR NOT NULL,
+            value VARCHAR NOT NULL
+        )""",
+        """CREATE TABLE outcomes (
+            key VARCHAR NOT NULL,
+            decided_at TIMESTAMPTZ NOT NULL,
+            outcome JSON,
+            actor VARCHAR,
+            source VARCHAR NOT NULL,
+            position VARCHAR NOT NULL,
+            stored_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE predictions (
+            event_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            mode VARCHAR NOT NULL,
+            output JSON,
+            confidence DOUBLE,
+            latency_ms DOUBLE NOT NULL,
+            error_type VARCHAR,
+            error_message VARCHAR,
+            predicted_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE comparisons (
+            event_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            comparator VARCHAR NOT NULL,
+            agree BOOLEAN NOT NULL,
+            outcome_decided_at TIMESTAMPTZ NOT NULL,
+            compared_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE comparison_fields (
+            event_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            field VARCHAR NOT NULL,
+            agree BOOLEAN NOT NULL
+        )""",
+        """CREATE TABLE dead_letters (
+            kind VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            position VARCHAR NOT NULL,
+            raw VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            received_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE duplicates (
+            event_id VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            position VARCHAR NOT NULL,
+            seen_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )""",
+        """CREATE TABLE runs (
+            run_id VARCHAR NOT NULL,
+            command VARCHAR NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ NOT NULL,
+            summary JSON NOT NULL
+        )""",
+    ]),
+]

@@ -1,0 +1,122 @@
+"""Text forms of the report: a terminal table, Markdown and JSON."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+
+def to_json(report: dict[str, Any]) -> str:
+    return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def interval(agreement: dict[str, Any]) -> str:
+    if agreement["rate"] is None:
+        return "–"
+    return f"{percent(agreement['rate'])} [{percent(agreement['low'])}, {percent(agreement['high'])}]"
+
+
+def millis(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.1f} ms"
+
+
+def _identity(candidate: dict[str, Any]) -> str:
+    version = candidate["version"]
+    return candidate["name"] + (f" (version {version})" if version else "")
+
+
+def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:
+    latency = candidate["latency_ms"]
+    return [
+        ("events in store", f"{candidate['events']:,}"),
+        ("predictions", f"{candidate['predictions']:,}"),
+        ("errors", f"{candidate['errors']:,} ({percent(candidate['error_rate'])})"),
+        ("compared with an outcome", f"{candidate['compared']:,}"),
+        ("pending (no outcome yet)", f"{candidate['pending']:,}"),
+        ("agreement (95 % Wilson)", interval(candidate["agreement"])),
+        ("latency p50 / p95 / p99",
+         f"{millis(latency['p50'])} / {millis(latency['p95'])} / {millis(latency['p99'])}"),
+    ]
+
+
+def to_table(report: dict[str, Any], *, width: int | None = None, color: bool = False) -> str:
+    """The report for a terminal: one block per candidate, then the input counts."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or 100, no_color=not color,
+                      force_terminal=color, highlight=False)
+    for candidate in report["candidates"]:
+        summary = Table(title=_identity(candidate), show_header=False, title_justify="left")
+        summary.add_column(style="bold")
+        summary.add_column(justify="right")
+        for label, value in _facts(candidate):
+            summary.add_row(label, value)
+        console.print(summary)
+        _print_breakdown(console, "by segment", candidate["segments"], ("field", "value"))
+        _print_breakdown(console, "by field", candidate["fields"], ("field",))
+        for kind in candidate["error_kinds"]:
+            console.print(f"  error {kind['type']}: {kind['count']:,}, e.g. {kind['example']!r}")
+    if not report["candidates"]:
+        console.print("no predictions in this store yet")
+    console.print(_inputs_line(report))
+    return buffer.getvalue()
+
+
+def _print_breakdown(
+    console: Console, title: str, rows: list[dict[str, Any]], keys: tuple[str, ...]
+) -> None:
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    for key in keys:
+        table.add_column(key)
+    table.add_column("compared", justify="right")
+    table.add_column("agreement (95 % Wilson)", justify="right")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in keys), f"{row['compared']:,}",
+                      interval(row["agreement"]))
+    console.print(table)
+
+
+def _inputs_line(report: dict[str, Any]) -> str:
+    outcomes = report["outcomes"]
+    return (
+        f"events read {report['events_read']:,} = stored {report['events_stored']:,}"
+        f" + duplicates {report['duplicates']:,} + dead letters {report['dead_letters']:,}; "
+        f"outcomes stored {outcomes['stored']:,} for {outcomes['keys']:,} keys"
+        f" (dead letters {outcomes['dead_letters']:,})"
+    )
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """Short enough to paste into a ticket or chat."""
+    lines = ["# Shadow comparison report", ""]
+    for candidate in report["candidates"]:
+        lines += [f"## {_identity(candidate)}", "", "| | |", "|---|---:|"]
+        lines += [f"| {label} | {value} |" for label, value in _facts(candidate)]
+        lines.append("")
+        if candidate["segments"]:
+            lines += ["| segment | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
+            lines += [
+                f"| {s['field']}={s['value']} | {s['compared']:,} | {interval(s['agreement'])} |"
+                for s in candidate["segments"]
+            ]
+            lines.append("")
+        if candidate["fields"]:
+            lines += ["| field | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
+            lines += [
+                f"| {f['field']} | {f['compared']:,} | {interval(f['agreement'])} |"
+                for f in candidate["fields"]
+            ]
+            lines.append("")
+    if not report["candidates"]:
+        lines += ["No predictions in this store yet.", ""]
+    lines += [_inputs_line(report), ""]
+    return "\n".join(lines)

@@ -1,0 +1,103 @@
+"""``shadow replay``: wire files, configuration, candidate and store into one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.files import FileSource
+from connectors.mapping import EventMapper, OutcomeMapper
+from shadow.candidates import CallableCandidate
+from shadow.comparators import build_comparator
+from shadow.config import CallableCandidateSpec, Config, load_config
+from shadow.errors import ConfigError
+from shadow.runner import Progress, Replay, ReplaySummary
+from shadow.store import Store
+
+
+@dataclass(frozen=True)
+class ReplayRequest:
+    """What the user asked for; flags win over the configuration file."""
+
+    events: list[Path]
+    outcomes: list[Path] = field(default_factory=list)
+    db: Path | None = None
+    config: Path | None = None
+    candidate: str | None = None
+    compare: str | None = None
+    batch_size: int | None = None
+
+
+def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySummary:
+    """Run the request; raises ConfigError for anything the user must fix first."""
+    config = load_config(request.config)
+    db = _store_path(request, config)
+    for path in [*request.events, *request.outcomes]:
+        if not path.is_file():
+            raise ConfigError(f"no such file: {path}")
+    candidate = CallableCandidate.from_spec(_candidate_spec(request, config))
+    comparator = build_comparator(config.comparator_named(request.compare))
+    batch_size = request.batch_size or config.store.batch_size
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size: expected a positive number, got {batch_size}")
+    events = [FileSource(path.resolve()) for path in request.events]
+    outcomes = [FileSource(path.resolve()) for path in request.outcomes]
+    with Store(db) as store:
+        replay = Replay(
+            store, candidate, comparator,
+            event_mapper=EventMapper(config.mapping.events),
+            outcome_mapper=OutcomeMapper(config.mapping.outcomes),
+            batch_size=batch_size, progress=progress,
+        )
+        try:
+            summary = replay.run(events, outcomes)
+        finally:
+            if progress is not None:
+                progress.close()
+    return summary
+
+
+def _store_path(request: ReplayRequest, config: Config) -> Path:
+    if request.db is not None:
+        return request.db
+    if config.store.path is not None:
+        return Path(config.store.path)
+    raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+
+
+def _candidate_spec(request: ReplayRequest, config: Config) -> CallableCandidateSpec:
+    if request.candidate is None:
+        if config.candidate is None:
+            raise ConfigError("--candidate is required (or 'candidate' in the config)")
+        return config.candidate
+    base = config.candidate.model_dump() if config.candidate else {}
+    if base.get("callable") != request.candidate:
+        base = {"batch_size": base.get("batch_size", 64)}
+    try:
+        return CallableCandidateSpec.model_validate({**base, "callable": request.candidate})
+    except ValueError:
+        raise ConfigError(
+            f"--candidate: expected the form module:function, got {request.candidate!r}"
+        ) from None
+
+
+def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> str:
+    """The summary a person reads after a replay."""
+    s = summary
+    lines = [
+        f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
+        f" + duplicates {s.duplicates:,} + dead letters {s.dead_letters:,}",
+        f"predictions     {s.predictions:>10,}   errors {s.prediction_errors:,}",
+    ]
+    if s.outcomes_read:
+        lines.append(
+            f"outcomes read   {s.outcomes_read:>10,} = stored {s.outcomes_stored:,}"
+            f" + duplicates {s.outcome_duplicates:,} + dead letters {s.outcome_dead_letters:,}"
+        )
+    rate = f"{100 * s.agreed / s.compared:.1f} % agree" if s.compared else "nothing new to compare"
+    lines.append(f"compared        {s.compared:>10,}   {rate}")
+    lines.append(f"took {s.seconds:.1f} s")
+    if request is not None and request.db is not None:
+        lines.append(f"next: shadow report --db {request.db}")
+    return "\n".join(lines)

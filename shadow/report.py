@@ -1,0 +1,153 @@
+"""The comparison report: what each candidate would have done and how often it agreed.
+
+All aggregation happens in DuckDB; Python only shapes the few result rows.
+The JSON shape is a contract that later sections extend but never break::
+
+    {"candidates": [{"name", "version", "events", "predictions", "errors",
+                     "compared", "pending",
+                     "agreement": {"rate", "low", "high", "method": "wilson"},
+                     "latency_ms": {"p50", "p95", "p99"},
+                     "segments": [{"field", "value", "compared", "agreement"}]}],
+     "events_read": int, "duplicates": int, "dead_letters": int}
+
+``agreement.rate`` is agreeing / compared; ``low`` and ``high`` bound the 95 %
+Wilson score interval. Errored predictions are never compared: they count in
+``errors`` and ``error_rate`` only.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from shadow.models import utc_now
+from shadow.stats import wilson
+from shadow.store import Store
+
+Key = tuple[str, str | None]
+
+
+def agreement(agreed: int, compared: int) -> dict[str, Any]:
+    interval = wilson(agreed, compared)
+    return {"rate": interval.rate, "low": interval.low, "high": interval.high, "method": "wilson"}
+
+
+def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict[str, Any]:
+    """The report of everything in the store, as plain JSON-ready values."""
+    db = store.db
+    events = store.count("events")
+    duplicates = store.count("duplicates")
+    dead = dict(db.execute("SELECT kind, count(*) FROM dead_letters GROUP BY kind").fetchall())
+    compared = _compared(store)
+    segments = _segments(store)
+    fields = _fields(store)
+    errors = _error_kinds(store)
+
+    candidates = []
+    for name, version, predictions, failed, p50, p95, p99 in db.execute(_CANDIDATES_SQL).fetchall():
+        key = (name, version)
+        n_compared, n_agreed, comparators = compared.get(key, (0, 0, []))
+        candidates.append({
+            "name": name,
+            "version": version,
+            "events": events,
+            "predictions": predictions,
+            "errors": failed,
+            "error_rate": failed / predictions if predictions else None,
+            "compared": n_compared,
+            "pending": predictions - failed - n_compared,
+            "agreement": agreement(n_agreed, n_compared),
+            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+            "segments": segments.get(key, []),
+            "fields": fields.get(key, []),
+            "error_kinds": errors.get(key, []),
+            "comparators": comparators,
+        })
+    return {
+        "generated_at": now().isoformat(),
+        "store": str(store.path),
+        "candidates": candidates,
+        "events_read": events + duplicates + dead.get("event", 0),
+        "events_stored": events,
+        "duplicates": duplicates,
+        "dead_letters": dead.get("event", 0),
+        "outcomes": _outcomes(store, dead.get("outcome", 0)),
+    }
+
+
+_CANDIDATES_SQL = """
+SELECT candidate, version, count(*) AS predictions,
+       count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
+       quantile_cont(latency_ms, 0.50), quantile_cont(latency_ms, 0.95),
+       quantile_cont(latency_ms, 0.99)
+FROM predictions
+GROUP BY candidate, version
+ORDER BY candidate, version NULLS FIRST
+"""
+
+
+def _compared(store: Store) -> dict[Key, tuple[int, int, list[str]]]:
+    rows = store.db.execute(
+        "SELECT candidate, version, count(*), count(*) FILTER (WHERE agree), "
+        "       list(DISTINCT comparator ORDER BY comparator) "
+        "FROM comparisons GROUP BY candidate, version"
+    ).fetchall()
+    return {(c, v): (n, a, list(names)) for c, v, n, a, names in rows}
+
+
+def _segments(store: Store) -> dict[Key, list[dict[str, Any]]]:
+    rows = store.db.execute(
+        "SELECT c.candidate, c.version, s.field, s.value, count(*), count(*) FILTER (WHERE c.agree) "
+        "FROM comparisons c JOIN event_segments s USING (event_id) "
+        "GROUP BY ALL ORDER BY s.field, s.value"
+    ).fetchall()
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for candidate, version, name, value, n, agreed in rows:
+        out[(candidate, version)].append(
+            {"field": name, "value": value, "compared": n, "agreement": agreement(agreed, n)}
+        )
+    return out
+
+
+def _fields(store: Store) -> dict[Key, list[dict[str, Any]]]:
+    rows = store.db.execute(
+        "SELECT candidate, version, field, count(*), count(*) FILTER (WHERE agree) "
+        "FROM comparison_fields GROUP BY ALL ORDER BY field"
+    ).fetchall()
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for candidate, version, name, n, agreed in rows:
+        out[(candidate, version)].append(
+            {"field": name, "compared": n, "agreement": agreement(agreed, n)}
+        )
+    return out
+
+
+def _error_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
+    rows = store.db.execute(
+        "SELECT candidate, version, error_type, count(*), any_value(error_message) "
+        "FROM predictions WHERE error_type IS NOT NULL "
+        "GROUP BY ALL ORDER BY count(*) DESC, error_type"
+    ).fetchall()
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for candidate, version, kind, n, example in rows:
+        out[(candidate, version)].append({"type": kind, "count": n, "example": example})
+    return out
+
+
+def _outcomes(store: Store, dead_letters: int) -> dict[str, Any]:
+    row = store.db.execute(
+        "SELECT count(*), count(DISTINCT key) FROM outcomes"
+    ).fetchone() or (0, 0)
+    return {"stored": row[0], "keys": row[1], "dead_letters": dead_letters}
+
+
+def dead_letter_reasons(store: Store, limit: int = 10) -> list[dict[str, Any]]:
+    """The most frequent dead-letter reasons, with one position to look at."""
+    rows = store.db.execute(
+        "SELECT kind, reason, count(*), min(source || ' ' || position) "
+        "FROM dead_letters GROUP BY kind, reason ORDER BY count(*) DESC, reason LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [{"kind": k, "reason": r, "count": n, "example": e} for k, r, n, e in rows]

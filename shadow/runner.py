@@ -1,0 +1,216 @@
+"""The shadow pipeline: read, deduplicate, predict, store, compare.
+
+Every record read ends as exactly one of: a stored event, a duplicate (its
+``event_id`` was already stored) or a dead letter, so
+``events_read == events_stored + duplicates + dead_letters`` for every run.
+A source is told to commit a position only after the transaction holding
+the records up to it has committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from connectors.base import RawRecord, Source
+from connectors.mapping import EventMapper, OutcomeMapper, map_records
+from shadow.candidates import Candidate
+from shadow.comparators import Comparator
+from shadow.models import Comparison, Event, Outcome, RecordKind, utc_now
+from shadow.store import Duplicate, Store, StoredEvent, WriteBatch
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str, int, float | None], None]
+"""Called with a source name, the records it has handed out so far and the share read."""
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What one replay did. Counts refer to this run, not the whole store."""
+
+    events_read: int = 0
+    events_stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    predictions: int = 0
+    prediction_errors: int = 0
+    outcomes_read: int = 0
+    outcomes_stored: int = 0
+    outcome_duplicates: int = 0
+    outcome_dead_letters: int = 0
+    compared: int = 0
+    agreed: int = 0
+    seconds: float = 0.0
+    sources: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Replay:
+    """Runs one candidate in shadow mode over bounded sources into a store."""
+
+    def __init__(
+        self,
+        store: Store,
+        candidate: Candidate,
+        comparator: Comparator,
+        *,
+        event_mapper: EventMapper | None = None,
+        outcome_mapper: OutcomeMapper | None = None,
+        batch_size: int = 5_000,
+        now: Callable[[], datetime] = utc_now,
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.candidate = candidate
+        self.comparator = comparator
+        self.event_mapper = event_mapper or EventMapper()
+        self.outcome_mapper = outcome_mapper or OutcomeMapper()
+        self.batch_size = batch_size
+        self.now = now
+        self.progress = progress
+        self.summary = ReplaySummary()
+        self._seen: set[str] = set()
+        self._store_had_events = False
+
+    def run(self, events: Sequence[Source], outcomes: Sequence[Source] = ()) -> ReplaySummary:
+        started = self.now()
+        self._store_had_events = self.store.count("events") > 0
+        for source in events:
+            self._drain(source, self._ingest_events)
+        for source in outcomes:
+            self._drain(source, self._ingest_outcomes)
+        compare(self.store, self.comparator, self.summary, now=self.now)
+        finished = self.now()
+        self.summary.seconds = (finished - started).total_seconds()
+        self.store.record_run({
+            "run_id": uuid.uuid4().hex, "command": "replay", "started_at": started,
+            "finished_at": finished, "summary": self.summary.as_dict(),
+        })
+        log.info("replay finished", **self.summary.as_dict())
+        return self.summary
+
+    def _drain(self, source: Source, ingest: Callable[[list[RawRecord]], None]) -> None:
+        self.summary.sources.append(source.name)
+        handed_out = 0
+        with source:
+            while batch := source.poll(self.batch_size):
+                ingest(batch)
+                source.commit(batch[-1].position)
+                handed_out += len(batch)
+                if self.progress:
+                    self.progress(source.name, handed_out, source.fraction_done())
+
+    def _ingest_events(self, records: list[RawRecord]) -> None:
+        now = self.now()
+        mapped, dead = map_records(records, self.event_mapper, RecordKind.EVENT, now)
+        batch = WriteBatch(dead_letters=dead)
+        fresh, known = self._classify(mapped, batch)
+        to_predict = fresh + self._unpredicted(known)
+        batch.predictions = self.candidate.predict(to_predict, now) if to_predict else []
+        self.store.write(batch)
+
+        s = self.summary
+        s.events_read += len(records)
+        s.events_stored += len(batch.events)
+        s.duplicates += len(mapped) - len(batch.events)
+        s.dead_letters += len(dead)
+        s.predictions += len(batch.predictions)
+        s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
+
+    def _classify(
+        self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch
+    ) -> tuple[list[Event], list[Event]]:
+        """Split into events new to the store and events it already holds.
+
+        A record read again at the position it was first stored from is a
+        re-read, not a new duplicate; any other repeat is kept as a duplicate.
+        """
+        stored = (
+            self.store.stored_positions([e.event_id for e, _ in mapped])
+            if self._store_had_events else {}
+        )
+        fresh: list[Event] = []
+        known: list[Event] = []
+        seen = self._seen
+        for event, record in mapped:
+            event_id = event.event_id
+            first = stored.get(event_id)
+            if event_id in seen or first is not None:
+                if first is None or first != (record.source, record.position):
+                    batch.duplicates.append(Duplicate(event_id, record.source, record.position))
+                if first is not None:
+                    known.append(event)
+                continue
+            seen.add(event_id)
+            fresh.append(event)
+            batch.events.append(StoredEvent(event, record.source, record.position))
+        return fresh, known
+
+    def _unpredicted(self, known: list[Event]) -> list[Event]:
+        """Stored events this candidate has not predicted yet (a new candidate, say)."""
+        if not known:
+            return []
+        done = self.store.predicted(
+            [e.event_id for e in known], self.candidate.name, self.candidate.version
+        )
+        pending: dict[str, Event] = {}
+        for event in known:
+            if event.event_id not in done:
+                pending.setdefault(event.event_id, event)
+        # Predict on the event as first stored, not on a later duplicate's copy.
+        return self.store.events_by_id(list(pending)) if pending else []
+
+    def _ingest_outcomes(self, records: list[RawRecord]) -> None:
+        mapped, dead = map_records(records, self.outcome_mapper, RecordKind.OUTCOME, self.now())
+        unique: dict[tuple[str, datetime], tuple[Outcome, str, str]] = {}
+        for outcome, record in mapped:
+            unique.setdefault(
+                (outcome.key, outcome.decided_at), (outcome, record.source, record.position)
+            )
+        counts = self.store.write(WriteBatch(outcomes=list(unique.values()), dead_letters=dead))
+        s = self.summary
+        s.outcomes_read += len(records)
+        s.outcomes_stored += counts.outcomes
+        s.outcome_duplicates += len(mapped) - counts.outcomes
+        s.outcome_dead_letters += len(dead)
+
+
+def compare(
+    store: Store,
+    comparator: Comparator,
+    summary: ReplaySummary | None = None,
+    *,
+    now: Callable[[], datetime] = utc_now,
+) -> int:
+    """Compare every pending prediction with the final outcome of its key.
+
+    Returns how many comparisons were (re)made.
+    """
+    made = 0
+    for chunk in store.pending_comparisons(comparator.name):
+        compared_at = now()
+        comparisons = list(_judge(chunk, comparator, compared_at))
+        store.write_comparisons(comparisons)
+        made += len(comparisons)
+        if summary is not None:
+            summary.compared += len(comparisons)
+            summary.agreed += sum(c.agree for c in comparisons)
+    return made
+
+
+def _judge(chunk: Iterable[Any], comparator: Comparator, at: datetime) -> Iterable[Comparison]:
+    for item in chunk:
+        judgement = comparator.compare(item.output, item.outcome)
+        yield Comparison.model_construct(
+            event_id=item.event_id, candidate=item.candidate, version=item.version,
+            comparator=comparator.name, agree=judgement.agree, fields=judgement.fields,
+            outcome_decided_at=item.decided_at, compared_at=at,
+        )
