@@ -130,7 +130,7 @@ class CallableCandidate(Candidate):
         except TypeError as exc:
             error = PredictionError(type="NotJSONSerializable", message=_truncate(str(exc)))
             return self._failed(event, now, latency, error)
-        return Prediction.model_construct(
+        return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
             mode=Mode.SHADOW, output=output, confidence=confidence_of(output),
             latency_ms=latency, error=None, predicted_at=now,
@@ -139,7 +139,7 @@ class CallableCandidate(Candidate):
     def _failed(
         self, event: Event, now: datetime, latency: float, error: PredictionError
     ) -> Prediction:
-        return Prediction.model_construct(
+        return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
             mode=Mode.SHADOW, output=None, confidence=None,
             latency_ms=latency, error=error, predicted_at=now,

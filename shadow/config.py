@@ -193,7 +193,13 @@ def load_config(path: str | Path | None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    return parse_config(raw, origin=str(path))
+    config = parse_config(raw, origin=str(path))
+    store_path = config.store.path
+    if store_path is not None and not Path(store_path).is_absolute():
+        # Relative to the file that names it, so the config works from any directory.
+        store = config.store.model_copy(update={"path": str(path.parent / store_path)})
+        config = config.model_copy(update={"store": store})
+    return config
 
 
 def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:

@@ -209,7 +209,7 @@ def compare(
 def _judge(chunk: Iterable[Any], comparator: Comparator, at: datetime) -> Iterable[Comparison]:
     for item in chunk:
         judgement = comparator.compare(item.output, item.outcome)
-        yield Comparison.model_construct(
+        yield Comparison(
             event_id=item.event_id, candidate=item.candidate, version=item.version,
             comparator=comparator.name, agree=judgement.agree, fields=judgement.fields,
             outcome_decided_at=item.decided_at, compared_at=at,

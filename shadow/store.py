@@ -121,6 +121,7 @@ class Store:
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
             self._db.execute("SET TimeZone = 'UTC'")
+            self._db.execute("SET checkpoint_threshold = '1GB'")
             if not self.read_only:
                 migrate(self._db)
             else:
@@ -335,7 +336,7 @@ def _events_table(rows: list[StoredEvent]) -> pa.Table:
     return pa.table({
         "event_id": [e.event_id for e in events],
         "key": [e.key for e in events],
-        "routing_key": [e.routing_key for e in events],
+        "routing_key": [e.route for e in events],
         "occurred_at": pa.array([e.occurred_at for e in events], _TS),
         "payload": [dumps(e.payload).decode() for e in events],
         "source": [row.source for row in rows],
