@@ -86,7 +86,7 @@ class Source(ABC):
             raise RuntimeError(f"cannot poll source {self.name!r}: it is {self._state.value}")
         return self._poll(max_records)
 
-    def commit(self, position: str) -> None:
+    def commit(self, position: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called only after the store has committed every record up to ``position``.
 
         Sources that can resume (Kafka) record their progress here; files re-read

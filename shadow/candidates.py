@@ -182,7 +182,9 @@ def load_callable(path: str, *, what: str) -> Callable[..., Any]:
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise CandidateLoadError(f"{what} {path!r}: module {module_name!r} has no {attribute!r}")
+            raise CandidateLoadError(
+                f"{what} {path!r}: module {module_name!r} has no {attribute!r}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise CandidateLoadError(f"{what} {path!r}: {attribute!r} is not callable")

@@ -6,7 +6,14 @@ import time
 from typing import TextIO
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 
 class PlainProgress:
@@ -39,7 +46,7 @@ class BarProgress:
             TextColumn("records {task.fields[records]:,}"), TimeRemainingColumn(),
             console=Console(file=stream), transient=False,
         )
-        self._tasks: dict[str, int] = {}
+        self._tasks: dict[str, TaskID] = {}
         self._bar.start()
 
     def __call__(self, source: str, records: int, fraction: float | None) -> None:

@@ -11,7 +11,8 @@ from rich.table import Table
 
 
 def to_json(report: dict[str, Any]) -> str:
-    return orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
+    text: str = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    return text + "\n"
 
 
 def percent(value: float | None) -> str:
@@ -21,16 +22,19 @@ def percent(value: float | None) -> str:
 def interval(agreement: dict[str, Any]) -> str:
     if agreement["rate"] is None:
         return "–"
-    return f"{percent(agreement['rate'])} [{percent(agreement['low'])}, {percent(agreement['high'])}]"
+    low, high = percent(agreement["low"]), percent(agreement["high"])
+    return f"{percent(agreement['rate'])} [{low}, {high}]"
 
 
 def millis(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.1f} ms"
+    if value is None:
+        return "–"
+    return f"{value:,.3f} ms" if value < 1 else f"{value:,.1f} ms"
 
 
 def _identity(candidate: dict[str, Any]) -> str:
-    version = candidate["version"]
-    return candidate["name"] + (f" (version {version})" if version else "")
+    name, version = str(candidate["name"]), candidate["version"]
+    return name + (f" (version {version})" if version else "")
 
 
 def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:

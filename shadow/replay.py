@@ -12,7 +12,7 @@ from shadow.candidates import CallableCandidate
 from shadow.comparators import build_comparator
 from shadow.config import CallableCandidateSpec, Config, load_config
 from shadow.errors import ConfigError
-from shadow.runner import Progress, Replay, ReplaySummary
+from shadow.runner import Replay, ReplaySummary
 from shadow.store import Store
 
 

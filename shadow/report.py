@@ -99,7 +99,8 @@ def _compared(store: Store) -> dict[Key, tuple[int, int, list[str]]]:
 
 def _segments(store: Store) -> dict[Key, list[dict[str, Any]]]:
     rows = store.db.execute(
-        "SELECT c.candidate, c.version, s.field, s.value, count(*), count(*) FILTER (WHERE c.agree) "
+        "SELECT c.candidate, c.version, s.field, s.value, count(*), "
+        "       count(*) FILTER (WHERE c.agree) "
         "FROM comparisons c JOIN event_segments s USING (event_id) "
         "GROUP BY ALL ORDER BY s.field, s.value"
     ).fetchall()

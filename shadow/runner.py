@@ -9,8 +9,10 @@ the records up to it has committed.
 
 from __future__ import annotations
 
+import gc
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,12 +24,16 @@ from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from shadow.candidates import Candidate
 from shadow.comparators import Comparator
 from shadow.models import Comparison, Event, Outcome, RecordKind, utc_now
-from shadow.store import Duplicate, Store, StoredEvent, WriteBatch
+from shadow.store import Duplicate, Store, StoredEvent, WriteBatch, WriteCounts
 
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[str, int, float | None], None]
 """Called with a source name, the records it has handed out so far and the share read."""
+
+Done = Callable[[WriteCounts], None]
+Prepare = Callable[[list[RawRecord]], tuple[WriteBatch, Done | None]]
+"""Turns a batch of records into what to write, and what to do once it is written."""
 
 
 @dataclass(slots=True)
@@ -84,9 +90,9 @@ class Replay:
         started = self.now()
         self._store_had_events = self.store.count("events") > 0
         for source in events:
-            self._drain(source, self._ingest_events)
+            self._drain(source, self._prepare_events)
         for source in outcomes:
-            self._drain(source, self._ingest_outcomes)
+            self._drain(source, self._prepare_outcomes)
         compare(self.store, self.comparator, self.summary, now=self.now)
         finished = self.now()
         self.summary.seconds = (finished - started).total_seconds()
@@ -97,25 +103,28 @@ class Replay:
         log.info("replay finished", **self.summary.as_dict())
         return self.summary
 
-    def _drain(self, source: Source, ingest: Callable[[list[RawRecord]], None]) -> None:
+    def _drain(self, source: Source, prepare: Prepare) -> None:
         self.summary.sources.append(source.name)
         handed_out = 0
-        with source:
-            while batch := source.poll(self.batch_size):
-                ingest(batch)
-                source.commit(batch[-1].position)
-                handed_out += len(batch)
+        with source, _collect_between_batches():
+            while records := source.poll(self.batch_size):
+                batch, done = prepare(records)
+                counts = self.store.write(batch)
+                if done is not None:
+                    done(counts)
+                source.commit(records[-1].position)
+                handed_out += len(records)
                 if self.progress:
                     self.progress(source.name, handed_out, source.fraction_done())
+                gc.collect(1)
 
-    def _ingest_events(self, records: list[RawRecord]) -> None:
+    def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         now = self.now()
         mapped, dead = map_records(records, self.event_mapper, RecordKind.EVENT, now)
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._classify(mapped, batch)
         to_predict = fresh + self._unpredicted(known)
         batch.predictions = self.candidate.predict(to_predict, now) if to_predict else []
-        self.store.write(batch)
 
         s = self.summary
         s.events_read += len(records)
@@ -124,6 +133,7 @@ class Replay:
         s.dead_letters += len(dead)
         s.predictions += len(batch.predictions)
         s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
+        return batch, None
 
     def _classify(
         self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch
@@ -168,19 +178,41 @@ class Replay:
         # Predict on the event as first stored, not on a later duplicate's copy.
         return self.store.events_by_id(list(pending)) if pending else []
 
-    def _ingest_outcomes(self, records: list[RawRecord]) -> None:
+    def _prepare_outcomes(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         mapped, dead = map_records(records, self.outcome_mapper, RecordKind.OUTCOME, self.now())
         unique: dict[tuple[str, datetime], tuple[Outcome, str, str]] = {}
         for outcome, record in mapped:
             unique.setdefault(
                 (outcome.key, outcome.decided_at), (outcome, record.source, record.position)
             )
-        counts = self.store.write(WriteBatch(outcomes=list(unique.values()), dead_letters=dead))
         s = self.summary
         s.outcomes_read += len(records)
-        s.outcomes_stored += counts.outcomes
-        s.outcome_duplicates += len(mapped) - counts.outcomes
         s.outcome_dead_letters += len(dead)
+
+        def done(counts: WriteCounts) -> None:
+            s.outcomes_stored += counts.outcomes
+            s.outcome_duplicates += len(mapped) - counts.outcomes
+
+        return WriteBatch(outcomes=list(unique.values()), dead_letters=dead), done
+
+
+@contextmanager
+def _collect_between_batches() -> Iterator[None]:
+    """Run the cyclic garbage collector between batches instead of during them.
+
+    A batch allocates hundreds of thousands of short-lived objects; left on,
+    the collector traverses the batch's live objects again and again while it
+    is built, which measured a quarter of a replay's time. Almost nothing in a
+    batch forms cycles (exceptions on bad records do), so a young-generation
+    collection per batch reclaims it.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def compare(

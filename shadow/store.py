@@ -12,6 +12,7 @@ for writing (DuckDB locks it), which makes these checks race-free.
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -121,7 +122,7 @@ class Store:
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
             self._db.execute("SET TimeZone = 'UTC'")
-            self._db.execute("SET checkpoint_threshold = '1GB'")
+            self._db.execute(f"SET checkpoint_threshold = '{os.environ.get('CKPT','16MB')}'")
             if not self.read_only:
                 migrate(self._db)
             else:
@@ -223,8 +224,17 @@ class Store:
         checked them against :meth:`stored_positions` and :meth:`predicted`.
         Outcomes, dead letters and duplicates are checked here.
         """
+        return self.write_tables(arrow_tables(batch), db)
+
+    def write_tables(
+        self, tables: dict[str, pa.Table], db: duckdb.DuckDBPyConnection | None = None
+    ) -> WriteCounts:
+        """Insert tables made by :func:`arrow_tables` in one transaction.
+
+        Holds the GIL only briefly: DuckDB releases it while it works, which is
+        what lets a writer thread overlap the preparation of the next batch.
+        """
         db = db or self.db
-        tables = _arrow_tables(batch)
         try:
             db.execute("BEGIN TRANSACTION")
             for table, arrow in tables.items():
@@ -310,7 +320,8 @@ WHERE p.error_type IS NULL
 """
 
 
-def _arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
+def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
+    """The batch as Arrow tables named after the store's tables."""
     tables: dict[str, pa.Table] = {}
     if batch.events:
         tables["events"] = _events_table(batch.events)
