@@ -117,6 +117,8 @@ class FileSource(Source):
     def _jsonl_records(self, handle: IO[bytes]) -> Iterator[RawRecord]:
         source, loads = self.name, orjson.loads
         for number, line in enumerate(handle, 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a byte-order mark, as some Windows exports write
             if line.isspace():
                 continue
             try:
@@ -131,12 +133,21 @@ class FileSource(Source):
                 yield RawRecord(source, f"line {number}", None, line, reason)
 
     def _csv_records(self, handle: IO[str]) -> Iterator[RawRecord]:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            position = f"line {reader.line_num}"
-            if None in row:
-                reason = f"row has more cells than the header's {len(reader.fieldnames or [])}"
-                yield RawRecord(self.name, position, None, row, reason)
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            return
+        ended = reader.line_num
+        for cells in reader:
+            # A quoted cell may span lines: a record is where it starts.
+            position, ended = f"line {ended + 1}", reader.line_num
+            if not cells:
+                continue  # a blank line
+            row = dict(zip(header, cells, strict=False))
+            if len(cells) > len(header):
+                raw = {**row, "(cells past the header)": cells[len(header):]}
+                reason = f"row has more cells than the header's {len(header)}"
+                yield RawRecord(self.name, position, None, raw, reason)
                 continue
             yield RawRecord(self.name, position, _unflatten(row), row)
 
@@ -156,10 +167,10 @@ class FileSource(Source):
                 yield RawRecord(self.name, f"row {number}", row, row)
 
 
-def _unflatten(row: dict[str, str | None]) -> dict[str, Any]:
+def _unflatten(row: dict[str, str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for column, cell in row.items():
-        if cell is None or cell == "":
+        if cell == "":
             continue
         value: Any = cell
         if cell[0] in "[{":

@@ -31,8 +31,9 @@ from shadow.models import Event, Mode, Prediction, PredictionError
 F = TypeVar("F", bound=Callable[..., Any])
 
 _BATCH_ATTR = "__shadow_batch__"
-# Strict JSON: datetimes, dataclasses and subclasses are refused rather than
-# silently converted, so what is stored is exactly what the candidate said.
+# Datetimes and dataclasses are refused rather than silently converted, so what
+# is stored is what the candidate said. Subclasses of str, int and dict (enums,
+# say) are stored as their plain value; NaN and infinities become null.
 _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _MAX_MESSAGE = 2_000
 

@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
     report.set_defaults(handler=_report)
 
+    dead = commands.add_parser(
+        "dead-letters", help="show records that could not be read, with the reason",
+        description="Show the most recent dead letters: malformed or invalid input records, "
+        "kept with their raw text, source position and the reason.",
+    )
+    _add_db(dead)
+    dead.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    dead.add_argument("--format", choices=["table", "json"], default="table")
+    dead.set_defaults(handler=_dead_letters)
+
     demo = commands.add_parser(
         "demo", help="generate a support-ticket workload, replay it and report",
         description="Generate a realistic support-ticket workload and an imperfect sample "
@@ -134,6 +144,22 @@ def _report(args: argparse.Namespace) -> int:
     else:
         text = render.to_table(report, color=args.out is None and sys.stdout.isatty())
     _emit(text, args.out)
+    return EXIT_OK
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from shadow import render
+    from shadow.report import recent_dead_letters
+    from shadow.store import Store
+
+    if args.db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB)")
+    with Store(args.db, read_only=True) as store:
+        rows = recent_dead_letters(store, limit=args.limit)
+    if args.format == "json":
+        sys.stdout.write(render.to_json({"dead_letters": rows}))
+    else:
+        sys.stdout.write(render.dead_letters_table(rows))
     return EXIT_OK
 
 

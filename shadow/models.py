@@ -20,13 +20,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+)
 
 
 def _as_utc(value: datetime) -> datetime:
     # Only naive values are touched: an aware value is already unambiguous, and
     # converting every one would cost a call per event on the hot path.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _present(value: Any) -> Any:
+    # A null attribute (a Parquet struct field, a JSON null) means "not known":
+    # the event is simply left out of that slice, as when the attribute is absent.
+    if type(value) is dict and None in value.values():
+        return {name: item for name, item in value.items() if item is not None}
+    return value
 
 
 def _json_object(value: Any) -> dict[str, Any]:
@@ -59,7 +74,7 @@ class Event(_Frozen):
     event_id: NonEmptyStr
     key: NonEmptyStr
     occurred_at: UtcDatetime
-    segment: dict[str, str] = Field(default_factory=dict)
+    segment: Annotated[dict[str, str], BeforeValidator(_present)] = Field(default_factory=dict)
     payload: Annotated[dict[str, Any], PlainValidator(_json_object)] = Field(default_factory=dict)
     routing_key: NonEmptyStr | None = None
 

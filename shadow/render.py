@@ -99,6 +99,22 @@ def _inputs_line(report: dict[str, Any]) -> str:
     )
 
 
+def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, no_color=True, highlight=False)
+    if not rows:
+        console.print("no dead letters")
+        return buffer.getvalue()
+    table = Table(title="dead letters, newest first", title_justify="left")
+    for column in ("kind", "where", "reason", "raw"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        raw = row["raw"] if len(row["raw"]) <= 80 else row["raw"][:80] + "…"
+        table.add_row(row["kind"], f"{row['source']} {row['position']}", row["reason"], raw)
+    console.print(table)
+    return buffer.getvalue()
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """Short enough to paste into a ticket or chat."""
     lines = ["# Shadow comparison report", ""]

@@ -144,6 +144,20 @@ def _outcomes(store: Store, dead_letters: int) -> dict[str, Any]:
     return {"stored": row[0], "keys": row[1], "dead_letters": dead_letters}
 
 
+def recent_dead_letters(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest dead letters, newest first, with their raw text."""
+    rows = store.db.execute(
+        "SELECT kind, source, position, reason, raw, received_at FROM dead_letters "
+        "ORDER BY received_at DESC, source, position LIMIT ?",
+        [limit],
+    ).fetchall()
+    return [
+        {"kind": k, "source": s, "position": p, "reason": r, "raw": raw,
+         "received_at": at.isoformat()}
+        for k, s, p, r, raw, at in rows
+    ]
+
+
 def dead_letter_reasons(store: Store, limit: int = 10) -> list[dict[str, Any]]:
     """The most frequent dead-letter reasons, with one position to look at."""
     rows = store.db.execute(

@@ -12,7 +12,6 @@ for writing (DuckDB locks it), which makes these checks race-free.
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +27,16 @@ from shadow.migrations import MIGRATIONS
 from shadow.models import Comparison, DeadLetter, Event, Outcome, Prediction
 
 _TS = pa.timestamp("us", tz="UTC")
+
+_SETTINGS = {
+    "TimeZone": "UTC",
+    # DuckDB's default buffer pool is 80 % of the machine's memory; a store that
+    # runs beside production must stay small. Larger work spills to disk.
+    "memory_limit": "512MB",
+    # Checkpointing after every 16 MB of WAL (the default) rewrote the file
+    # dozens of times per million events; 128 MB keeps replays fast and recovery short.
+    "checkpoint_threshold": "128MB",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +130,21 @@ class Store:
             raise StoreError(f"no store at {self.path}")
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
-            self._db.execute("SET TimeZone = 'UTC'")
-            self._db.execute(f"SET checkpoint_threshold = '{os.environ.get('CKPT','16MB')}'")
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot open store {self.path}: {_first_line(exc)}") from exc
+        try:
+            for setting, value in _SETTINGS.items():
+                self._db.execute(f"SET {setting} = '{value}'")
             if not self.read_only:
                 migrate(self._db)
             else:
                 check_version(self._db)
-        except duckdb.Error as exc:
+        except (duckdb.Error, StoreError) as exc:
+            # A refused store must not stay locked by this process.
+            self._db.close()
+            self._db = None
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open store {self.path}: {_first_line(exc)}") from exc
         self._state = StoreState.OPEN
 
@@ -147,7 +164,7 @@ class Store:
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A connection of its own, for another thread; same database, same transactions rules."""
         cursor = self.db.cursor()
-        cursor.execute("SET TimeZone = 'UTC'")
+        cursor.execute("SET TimeZone = 'UTC'")  # per connection; the others are per database
         return cursor
 
     # -- reads ---------------------------------------------------------------

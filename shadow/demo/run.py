@@ -80,7 +80,7 @@ def _findings(report: dict[str, Any], directory: Path) -> list[str]:
         f"  - {candidate['pending']:,} predictions are pending: their tickets have no human "
         "outcome yet. They are compared when the outcome arrives.",
         f"  - {report['dead_letters']} malformed lines were kept, not dropped, with the reason: "
-        f"duckdb {directory / 'shadow.duckdb'} \"SELECT position, reason FROM dead_letters\"",
+        f"shadow dead-letters --db {directory / 'shadow.duckdb'}",
         f"  - Re-run it: cd {directory} && shadow replay events.jsonl --outcomes outcomes.jsonl "
         "--config shadow.yaml  (nothing changes: replays are idempotent)",
     ]
