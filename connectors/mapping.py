@@ -61,12 +61,14 @@ class Mapper(Generic[M]):
             field = str(error["loc"][0]) if error["loc"] else "record"
             where = f"field '{field}'"
             path = self._paths.get(field)
-            if isinstance(path, str) and path != field:
+            detail = ".".join(str(part) for part in error["loc"][1:])
+            if isinstance(path, dict) and detail in path:
+                where, detail = f"segment '{detail}' (path '{path[detail]}')", ""
+            elif isinstance(path, str) and path != field:
                 where += f" (path '{path}')"
             if error["type"] == "missing":
                 reasons.append(f"missing {where}")
                 continue
-            detail = ".".join(str(part) for part in error["loc"][1:])
             got = error.get("input")
             shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
             reasons.append(

@@ -1,7 +1,10 @@
 """Shadow-mode replay for AI systems: run a candidate beside the humans, compare, report."""
 
+from shadow import logs
 from shadow.candidates import CallableCandidate, Candidate, batch
 from shadow.models import Comparison, DeadLetter, Event, Mode, Outcome, Prediction
+
+logs.configure_default()
 
 __all__ = [
     "CallableCandidate",

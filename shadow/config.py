@@ -188,7 +188,7 @@ def load_config(path: str | Path | None) -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -202,20 +202,33 @@ def load_config(path: str | Path | None) -> Config:
     return config
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        # dict.fromkeys: a value failing every member of a union reports once per path
-        lines = list(dict.fromkeys(_describe(error, raw) for error in exc.errors()))
-        raise ConfigError(f"invalid configuration in {origin}:\n  " + "\n  ".join(lines)) from None
+        problems = [(_user_path(error["loc"], raw), error) for error in exc.errors()]
+        lines = [
+            _describe(".".join(path) or "(top level)", error)
+            for path, error in problems
+            if not _shadowed(path, problems)
+        ]
+        # dict.fromkeys: one line per distinct problem, in order
+        text = "\n  ".join(dict.fromkeys(lines))
+        raise ConfigError(f"invalid configuration in {origin}:\n  {text}") from None
 
 
 _KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
+_TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
-def _describe(error: Any, raw: dict[str, Any]) -> str:
-    where = ".".join(_user_path(error["loc"], raw)) or "(top level)"
+def _describe(where: str, error: Any) -> str:
     kind, got = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return f"{where}: unknown setting"
@@ -227,29 +240,49 @@ def _describe(error: Any, raw: dict[str, Any]) -> str:
         return f"{where}.kind: expected one of {_KINDS_TEXT}, got {got.get('kind')!r}"
     if kind == "string_pattern_mismatch":
         return f"{where}: expected the form module:function, got {got!r}"
+    if kind in ("model_type", "model_attributes_type"):
+        return f"{where}: expected a mapping of settings, got {_shown(got)}"
     message = error["msg"][0].lower() + error["msg"][1:]
-    shown = repr(got) if not isinstance(got, dict | list) else f"a {type(got).__name__}"
-    return f"{where}: {message}, got {shown}"
+    return f"{where}: {message}, got {_shown(got)}"
+
+
+def _shown(value: Any) -> str:
+    return f"a {type(value).__name__}" if isinstance(value, dict | list) else repr(value)
 
 
 def _user_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
     """The key path as the user wrote it.
 
-    Pydantic puts the tag of a discriminated union ("fields", "set") into the
-    location; it is not a key of the file, so parts that do not exist in the
-    raw input are left out.
+    Pydantic puts labels into the location that are not keys of the file: the
+    tag of a discriminated union ("fields", "set") and the member of a plain
+    union ("str", "dict[str,str]"). They are left out; a key that is missing
+    from the file is kept, and so is everything after it.
     """
-    path, node = [], raw
+    path: list[str] = []
+    node, tagged = raw, None
     for part in loc:
+        # The tag comes right after the union's own key, before any key inside it
+        # (which may have the same name: {"kind": "fields", "fields": ...}).
+        if isinstance(node, dict) and node.get("kind") == part and tagged is not node:
+            tagged = node
+            continue
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        elif isinstance(node, dict | list) and part in COMPARATOR_KINDS:
+        elif isinstance(part, str) and (part in _TYPE_LABELS or "[" in part):
             continue
-        elif not isinstance(node, dict | list):
-            continue  # a member of a union such as ``str | dict``, not a key
         else:
             node = None
         path.append(str(part))
     return path
+
+
+def _shadowed(path: list[str], problems: list[tuple[list[str], Any]]) -> bool:
+    """True when another problem lies deeper below this path.
+
+    A value that fails every member of a union reports once per member; the
+    member that got furthest names the actual mistake (``segment.tier``), so
+    the shallower complaints ("should be a valid string") are dropped.
+    """
+    return any(len(other) > len(path) and other[: len(path)] == path for other, _ in problems)

@@ -8,6 +8,16 @@ import sys
 import structlog
 
 
+def configure_default() -> None:
+    """Warnings and errors to stderr, unless the application configured structlog.
+
+    structlog's own default prints every level to stdout, which would mix
+    log lines into a report written there.
+    """
+    if not structlog.is_configured():
+        configure()
+
+
 def configure(*, level: str = "warning", fmt: str = "console") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if fmt == "json"

@@ -38,7 +38,7 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
             raise ConfigError(f"no such file: {path}")
     candidate = CallableCandidate.from_spec(_candidate_spec(request, config))
     comparator = build_comparator(config.comparator_named(request.compare))
-    batch_size = request.batch_size or config.store.batch_size
+    batch_size = config.store.batch_size if request.batch_size is None else request.batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive number, got {batch_size}")
     events = [FileSource(path.resolve()) for path in request.events]
@@ -90,6 +90,9 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
         f" + duplicates {s.duplicates:,} + dead letters {s.dead_letters:,}",
         f"predictions     {s.predictions:>10,}   errors {s.prediction_errors:,}",
     ]
+    if s.already_stored:
+        lines.insert(1, f"{'':>29}of the duplicates, {s.already_stored:,} were already stored "
+                        "from the same position by an earlier replay")
     if s.outcomes_read:
         lines.append(
             f"outcomes read   {s.outcomes_read:>10,} = stored {s.outcomes_stored:,}"

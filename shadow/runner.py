@@ -43,6 +43,8 @@ class ReplaySummary:
     events_read: int = 0
     events_stored: int = 0
     duplicates: int = 0
+    already_stored: int = 0
+    """Of the duplicates, records read again at the very position they were stored from."""
     dead_letters: int = 0
     predictions: int = 0
     prediction_errors: int = 0
@@ -156,6 +158,8 @@ class Replay:
             if event_id in seen or first is not None:
                 if first is None or first != (record.source, record.position):
                     batch.duplicates.append(Duplicate(event_id, record.source, record.position))
+                else:
+                    self.summary.already_stored += 1
                 if first is not None:
                     known.append(event)
                 continue

@@ -128,6 +128,8 @@ class Store:
             raise StoreError(f"cannot open store {self.path}: it is {self._state.value}")
         if self.read_only and not self.path.exists():
             raise StoreError(f"no store at {self.path}")
+        if self.path.is_file() and self.path.stat().st_size > 0 and not _is_duckdb(self.path):
+            raise StoreError(f"cannot open store {self.path}: not a DuckDB file")
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.Error as exc:
@@ -486,6 +488,13 @@ def check_version(db: duckdb.DuckDBPyConnection) -> int:
             f"upgrade the tool to read it"
         )
     return current
+
+
+def _is_duckdb(path: Path) -> bool:
+    # DuckDB files carry the magic bytes "DUCK" at offset 8. Checked first because
+    # DuckDB's own error for, say, a .jsonl path is about in-memory databases.
+    with path.open("rb") as handle:
+        return handle.read(12)[8:12] == b"DUCK"
 
 
 def _rollback(db: duckdb.DuckDBPyConnection) -> None:
