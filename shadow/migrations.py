@@ -14,6 +14,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             key VARCHAR NOT NULL,
             routing_key VARCHAR NOT NULL,
             occurred_at TIMESTAMPTZ NOT NULL,
+            segment JSON NOT NULL,
             payload JSON NOT NULL,
             source VARCHAR NOT NULL,
             position VARCHAR NOT NULL,

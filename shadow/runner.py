@@ -109,16 +109,23 @@ class Replay:
         self.summary.sources.append(source.name)
         handed_out = 0
         with source, _collect_between_batches():
-            while records := source.poll(self.batch_size):
-                batch, done = prepare(records)
-                counts = self.store.write(batch)
-                if done is not None:
-                    done(counts)
-                source.commit(records[-1].position)
-                handed_out += len(records)
+            while read := self._step(source, prepare):
+                handed_out += read
                 if self.progress:
                     self.progress(source.name, handed_out, source.fraction_done())
-                gc.collect(1)
+                gc.collect(1)  # the batch is unreachable by now: this is cheap
+
+    def _step(self, source: Source, prepare: Prepare) -> int:
+        """Read, prepare and write one batch; returns how many records it had."""
+        records = source.poll(self.batch_size)
+        if not records:
+            return 0
+        batch, done = prepare(records)
+        counts = self.store.write(batch)
+        if done is not None:
+            done(counts)
+        source.commit(records[-1].position)
+        return len(records)
 
     def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         now = self.now()

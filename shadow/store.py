@@ -203,15 +203,13 @@ class Store:
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         ids = pa.table({"event_id": pa.array(event_ids, pa.string())})
         rows = self.db.execute(
-            "SELECT e.event_id, e.key, e.routing_key, e.occurred_at, e.payload, "
-            "  (SELECT map(list(s.field), list(s.value)) FROM event_segments s "
-            "   WHERE s.event_id = e.event_id) "
+            "SELECT e.event_id, e.key, e.routing_key, e.occurred_at, e.payload, e.segment "
             "FROM events e SEMI JOIN ids USING (event_id)"
         ).fetchall()
         del ids
         return [
             Event(event_id=r[0], key=r[1], routing_key=r[2], occurred_at=r[3],
-                  payload=orjson.loads(r[4]), segment=dict(r[5] or {}))
+                  payload=orjson.loads(r[4]), segment=orjson.loads(r[5]))
             for r in rows
         ]
 
@@ -243,17 +241,8 @@ class Store:
         checked them against :meth:`stored_positions` and :meth:`predicted`.
         Outcomes, dead letters and duplicates are checked here.
         """
-        return self.write_tables(arrow_tables(batch), db)
-
-    def write_tables(
-        self, tables: dict[str, pa.Table], db: duckdb.DuckDBPyConnection | None = None
-    ) -> WriteCounts:
-        """Insert tables made by :func:`arrow_tables` in one transaction.
-
-        Holds the GIL only briefly: DuckDB releases it while it works, which is
-        what lets a writer thread overlap the preparation of the next batch.
-        """
         db = db or self.db
+        tables = _arrow_tables(batch)
         try:
             db.execute("BEGIN TRANSACTION")
             for table, arrow in tables.items():
@@ -339,12 +328,10 @@ WHERE p.error_type IS NULL
 """
 
 
-def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
-    """The batch as Arrow tables named after the store's tables."""
+def _arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
     tables: dict[str, pa.Table] = {}
     if batch.events:
         tables["events"] = _events_table(batch.events)
-        tables["event_segments"] = _segments_table(batch.events)
     if batch.predictions:
         tables["predictions"] = _predictions_table(batch.predictions)
     if batch.outcomes:
@@ -368,18 +355,10 @@ def _events_table(rows: list[StoredEvent]) -> pa.Table:
         "key": [e.key for e in events],
         "routing_key": [e.route for e in events],
         "occurred_at": pa.array([e.occurred_at for e in events], _TS),
+        "segment": [dumps(e.segment).decode() for e in events],
         "payload": [dumps(e.payload).decode() for e in events],
         "source": [row.source for row in rows],
         "position": [row.position for row in rows],
-    })
-
-
-def _segments_table(rows: list[StoredEvent]) -> pa.Table:
-    pairs = [(row.event.event_id, f, v) for row in rows for f, v in row.event.segment.items()]
-    return pa.table({
-        "event_id": pa.array([p[0] for p in pairs], pa.string()),
-        "field": pa.array([p[1] for p in pairs], pa.string()),
-        "value": pa.array([p[2] for p in pairs], pa.string()),
     })
 
 
@@ -432,8 +411,18 @@ _IDENTITY = {
 }
 
 
+# The long form of segments, for slicing in SQL; unnested by DuckDB, which is
+# cheaper than a nested Python loop per event.
+_SEGMENTS_SQL = """
+INSERT INTO event_segments
+SELECT n.event_id, s.key, s.value ->> '$' FROM new_events n, json_each(n.segment) s
+"""
+
+
 def _insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteCounts:
     added = dict.fromkeys(_IDENTITY, 0)
+    if "events" in tables:
+        db.execute(_SEGMENTS_SQL)
     for table in tables:
         identity = _IDENTITY.get(table)
         if identity is None:
