@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
     """One record as a source read it.
 
     ``value`` is the decoded object, or ``None`` when decoding failed, in which
@@ -24,6 +22,9 @@ class RawRecord:
     for tabular files), kept for dead letters.
     ``position`` identifies the record inside its source (``line 12``,
     ``row 7``, ``p0@1234``) so a dead letter can be traced back.
+
+    A named tuple rather than a frozen dataclass: one is made per record read,
+    and it builds in a third of the time.
     """
 
     source: str

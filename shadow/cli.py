@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="comparator: a kind (exact, normalized, set, numeric) or a name "
                         "under 'comparators' in the config (default: 'comparator' in the config)")
     replay.add_argument("--batch-size", type=int, metavar="N",
-                        help="records per write transaction (default: store.batch_size, 5000)")
+                        help="records per write transaction (default: store.batch_size, 20000)")
     replay.add_argument("--quiet", action="store_true", help="print no progress")
     replay.set_defaults(handler=_replay)
 

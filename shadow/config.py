@@ -124,7 +124,7 @@ class MappingConfig(_Spec):
 
 class StoreConfig(_Spec):
     path: str | None = None
-    batch_size: int = Field(5_000, ge=1, le=1_000_000)
+    batch_size: int = Field(20_000, ge=1, le=1_000_000)
     """Records per write transaction."""
 
 

@@ -72,7 +72,7 @@ class Replay:
         *,
         event_mapper: EventMapper | None = None,
         outcome_mapper: OutcomeMapper | None = None,
-        batch_size: int = 5_000,
+        batch_size: int = 20_000,
         now: Callable[[], datetime] = utc_now,
         progress: Progress | None = None,
     ) -> None:

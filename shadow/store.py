@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import orjson
@@ -39,9 +39,11 @@ _SETTINGS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    """An event with where it was read, so re-reading the same record is recognised."""
+class StoredEvent(NamedTuple):
+    """An event with where it was read, so re-reading the same record is recognised.
+
+    A named tuple, like :class:`~connectors.base.RawRecord`: one per event stored.
+    """
 
     event: Event
     source: str

@@ -114,7 +114,7 @@ def test_no_file_gives_the_defaults() -> None:
     assert isinstance(config.comparator, ExactSpec)
     assert config.candidate is None
     assert config.mapping.events.event_id == "event_id"
-    assert config.store.batch_size == 5000
+    assert config.store.batch_size == 20_000
 
 
 @pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
