@@ -115,6 +115,15 @@ def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
     return buffer.getvalue()
 
 
+def _markdown_breakdown(title: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [f"| {title} | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
+    lines += [f"| {label} | {row['compared']:,} | {interval(row['agreement'])} |"
+              for label, row in rows]
+    return [*lines, ""]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
     """Short enough to paste into a ticket or chat."""
     lines = ["# Shadow comparison report", ""]
@@ -122,20 +131,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {_identity(candidate)}", "", "| | |", "|---|---:|"]
         lines += [f"| {label} | {value} |" for label, value in _facts(candidate)]
         lines.append("")
-        if candidate["segments"]:
-            lines += ["| segment | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
-            lines += [
-                f"| {s['field']}={s['value']} | {s['compared']:,} | {interval(s['agreement'])} |"
-                for s in candidate["segments"]
-            ]
-            lines.append("")
-        if candidate["fields"]:
-            lines += ["| field | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
-            lines += [
-                f"| {f['field']} | {f['compared']:,} | {interval(f['agreement'])} |"
-                for f in candidate["fields"]
-            ]
-            lines.append("")
+        segments = [(f"{s['field']}={s['value']}", s) for s in candidate["segments"]]
+        lines += _markdown_breakdown("segment", segments)
+        lines += _markdown_breakdown("field", [(f["field"], f) for f in candidate["fields"]])
     if not report["candidates"]:
         lines += ["No predictions in this store yet.", ""]
     lines += [_inputs_line(report), ""]

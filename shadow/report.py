@@ -138,10 +138,10 @@ def _error_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
 
 
 def _outcomes(store: Store, dead_letters: int) -> dict[str, Any]:
-    row = store.db.execute(
+    ((stored, keys),) = store.db.execute(
         "SELECT count(*), count(DISTINCT key) FROM outcomes"
-    ).fetchone() or (0, 0)
-    return {"stored": row[0], "keys": row[1], "dead_letters": dead_letters}
+    ).fetchall()
+    return {"stored": stored, "keys": keys, "dead_letters": dead_letters}
 
 
 def recent_dead_letters(store: Store, limit: int = 20) -> list[dict[str, Any]]:

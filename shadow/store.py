@@ -174,46 +174,50 @@ class Store:
     # -- reads ---------------------------------------------------------------
 
     def count(self, table: str) -> int:
-        row = self.db.execute(f"SELECT count(*) FROM {table}").fetchone()  # noqa: S608
-        return int(row[0]) if row else 0
+        return int(_scalar(self.db, f"SELECT count(*) FROM {table}"))  # noqa: S608
 
     def stored_positions(self, event_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         """For the given ids that are already stored: where each was first read."""
-        if not event_ids:
-            return {}
-        ids = pa.table({"event_id": pa.array(event_ids, pa.string())})
-        rows = self.db.execute(
+        rows = self._for_ids(
+            event_ids,
             "SELECT e.event_id, e.source, e.position FROM events e "
-            "SEMI JOIN ids USING (event_id)"
-        ).fetchall()
-        del ids
+            "SEMI JOIN requested_ids USING (event_id)",
+        )
         return {event_id: (source, position) for event_id, source, position in rows}
 
     def predicted(self, event_ids: Sequence[str], candidate: str, version: str | None) -> set[str]:
         """The given ids that already have a prediction from this candidate version."""
-        if not event_ids:
-            return set()
-        ids = pa.table({"event_id": pa.array(event_ids, pa.string())})
-        rows = self.db.execute(
-            "SELECT p.event_id FROM predictions p SEMI JOIN ids USING (event_id) "
+        rows = self._for_ids(
+            event_ids,
+            "SELECT p.event_id FROM predictions p SEMI JOIN requested_ids USING (event_id) "
             "WHERE p.candidate = ? AND p.version IS NOT DISTINCT FROM ?",
             [candidate, version],
-        ).fetchall()
-        del ids
+        )
         return {row[0] for row in rows}
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
-        ids = pa.table({"event_id": pa.array(event_ids, pa.string())})
-        rows = self.db.execute(
+        rows = self._for_ids(
+            event_ids,
             "SELECT e.event_id, e.key, e.routing_key, e.occurred_at, e.payload, e.segment "
-            "FROM events e SEMI JOIN ids USING (event_id)"
-        ).fetchall()
-        del ids
+            "FROM events e SEMI JOIN requested_ids USING (event_id)",
+        )
         return [
             Event(event_id=r[0], key=r[1], routing_key=r[2], occurred_at=r[3],
                   payload=orjson.loads(r[4]), segment=orjson.loads(r[5]))
             for r in rows
         ]
+
+    def _for_ids(
+        self, event_ids: Sequence[str], sql: str, params: Sequence[Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Rows of ``sql``, which joins a table ``requested_ids`` of the given ids."""
+        if not event_ids:
+            return []
+        self.db.register("requested_ids", pa.table({"event_id": pa.array(event_ids, pa.string())}))
+        try:
+            return self.db.execute(sql, list(params)).fetchall()
+        finally:
+            self.db.unregister("requested_ids")
 
     def pending_comparisons(
         self, comparator: str, chunk: int = 20_000
@@ -432,14 +436,14 @@ def _insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> Write
             continue
         on = " AND ".join(f"t.{c} = n.{c}" for c in identity)
         partition = ", ".join(identity)
-        row = db.execute(
+        added[table] = int(_scalar(
+            db,
             f"INSERT INTO {table} BY NAME "  # noqa: S608
             f"SELECT * EXCLUDE (rank) FROM ("
             f"  SELECT n.*, row_number() OVER (PARTITION BY {partition}) AS rank"
             f"  FROM new_{table} n ANTI JOIN {table} t ON {on}"
-            f") WHERE rank = 1"
-        ).fetchone()
-        added[table] = int(row[0]) if row else 0
+            f") WHERE rank = 1",
+        ))
     return WriteCounts(added["outcomes"], added["dead_letters"], added["duplicates"])
 
 
@@ -468,10 +472,9 @@ def migrate(db: duckdb.DuckDBPyConnection) -> int:
 def check_version(db: duckdb.DuckDBPyConnection) -> int:
     """The store's schema version, refusing one newer than this code knows."""
     try:
-        row = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        current = int(_scalar(db, "SELECT coalesce(max(version), 0) FROM schema_version"))
     except duckdb.CatalogException:
         return 0
-    current = int(row[0]) if row else 0
     newest = MIGRATIONS[-1][0]
     if current > newest:
         raise StoreError(
@@ -486,6 +489,13 @@ def _is_duckdb(path: Path) -> bool:
     # DuckDB's own error for, say, a .jsonl path is about in-memory databases.
     with path.open("rb") as handle:
         return handle.read(12)[8:12] == b"DUCK"
+
+
+def _scalar(db: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:
+    # fetchall, not fetchone: DuckDB 2 keeps a result open until it is read to
+    # the end, and refuses other work on the connection meanwhile.
+    rows = db.execute(sql, list(params)).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _rollback(db: duckdb.DuckDBPyConnection) -> None:
