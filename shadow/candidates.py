@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import orjson
 
@@ -38,7 +38,15 @@ _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 _MAX_MESSAGE = 2_000
 
 
-def batch(fn: F | None = None, *, size: int | None = None) -> Any:
+@overload
+def batch(fn: F) -> F: ...
+
+
+@overload
+def batch(*, size: int | None = None) -> Callable[[F], F]: ...
+
+
+def batch(fn: F | None = None, *, size: int | None = None) -> F | Callable[[F], F]:
     """Mark a callable as taking a list of events; ``size`` caps the list length."""
 
     def mark(target: F) -> F:

@@ -343,7 +343,7 @@ def replay(
 
 
 def the_candidate(report: dict[str, Any], name: str = f"{HERE}:guess") -> dict[str, Any]:
-    matches = [c for c in report["candidates"] if c["name"] == name]
+    matches: list[dict[str, Any]] = [c for c in report["candidates"] if c["name"] == name]
     assert len(matches) == 1, [c["name"] for c in report["candidates"]]
     return matches[0]
 
