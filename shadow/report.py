@@ -156,13 +156,3 @@ def recent_dead_letters(store: Store, limit: int = 20) -> list[dict[str, Any]]:
          "received_at": at.isoformat()}
         for k, s, p, r, raw, at in rows
     ]
-
-
-def dead_letter_reasons(store: Store, limit: int = 10) -> list[dict[str, Any]]:
-    """The most frequent dead-letter reasons, with one position to look at."""
-    rows = store.db.execute(
-        "SELECT kind, reason, count(*), min(source || ' ' || position) "
-        "FROM dead_letters GROUP BY kind, reason ORDER BY count(*) DESC, reason LIMIT ?",
-        [limit],
-    ).fetchall()
-    return [{"kind": k, "reason": r, "count": n, "example": e} for k, r, n, e in rows]

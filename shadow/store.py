@@ -69,10 +69,6 @@ class WriteBatch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return (len(self.events) + len(self.predictions) + len(self.outcomes)
-                + len(self.dead_letters) + len(self.duplicates))
-
 
 @dataclass(frozen=True, slots=True)
 class WriteCounts:
@@ -312,9 +308,6 @@ class Store:
             [run["run_id"], run["command"], run["started_at"], run["finished_at"],
              orjson.dumps(run["summary"]).decode()],
         )
-
-    def checkpoint(self) -> None:
-        self.db.execute("CHECKPOINT")
 
 
 _PENDING_SQL = """
