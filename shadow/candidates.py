@@ -25,7 +25,7 @@ from typing import Any, TypeVar, overload
 import orjson
 
 from shadow.config import CallableCandidateSpec
-from shadow.errors import CandidateLoadError
+from shadow.loading import load_callable
 from shadow.models import Event, Mode, Prediction, PredictionError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -170,34 +170,6 @@ def confidence_of(output: Any) -> float | None:
         return None
     value = float(value)
     return value if math.isfinite(value) else None
-
-
-def load_callable(path: str, *, what: str) -> Callable[..., Any]:
-    """Import ``module:function``.
-
-    Raises:
-        CandidateLoadError: the module cannot be imported, lacks the attribute,
-            or the attribute is not callable; the message names the path.
-    """
-    module_name, _, attribute = path.partition(":")
-    if not module_name or not attribute:
-        raise CandidateLoadError(f"{what} {path!r}: expected the form module:function")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CandidateLoadError(
-            f"{what} {path!r}: cannot import module {module_name!r}: {exc}"
-        ) from exc
-    target: Any = module
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise CandidateLoadError(
-                f"{what} {path!r}: module {module_name!r} has no {attribute!r}"
-            )
-        target = getattr(target, part)
-    if not callable(target):
-        raise CandidateLoadError(f"{what} {path!r}: {attribute!r} is not callable")
-    return target  # type: ignore[no-any-return]
 
 
 def _module_version(module: Any) -> str | None:

@@ -12,7 +12,6 @@ True
 from __future__ import annotations
 
 import hashlib
-import importlib
 import math
 import unicodedata
 from abc import ABC, abstractmethod
@@ -28,7 +27,7 @@ from shadow.config import (
     NumericSpec,
     SetSpec,
 )
-from shadow.errors import ConfigError
+from shadow.loading import load_callable
 from shadow.paths import MISSING, get_path
 
 __all__ = ["Comparator", "Judgement", "build_comparator"]
@@ -214,28 +213,13 @@ def build_comparator(spec: ComparatorSpec) -> Comparator:
         case FieldsSpec():
             return _Fields(spec)
         case CustomSpec():
-            return _Custom(spec, _import_function(spec.function))
+            return _Custom(spec, load_callable(spec.function, what="custom comparator"))
     raise AssertionError(f"unknown comparator spec {spec!r}")  # pragma: no cover
 
 
 def _fingerprint(spec: ComparatorSpec) -> str:
     digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
     return f"{spec.kind}:{digest[:12]}"
-
-
-def _import_function(path: str) -> CustomFunction:
-    module_name, _, attribute = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # a module failing at import time is as unusable as a missing one
-        raise ConfigError(f"custom comparator {path}: cannot import {module_name}: {exc}") from exc
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise ConfigError(f"custom comparator {path}: {module_name} has no {attribute}")
-        target = getattr(target, part)
-    if not callable(target):
-        raise ConfigError(f"custom comparator {path}: {attribute} is not callable")
-    return target  # type: ignore[no-any-return]
 
 
 # -- JSON values -------------------------------------------------------------

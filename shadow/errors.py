@@ -19,5 +19,5 @@ class SourceError(ShadowError):
     """A source cannot be read at all (as opposed to one bad record, which is a dead letter)."""
 
 
-class CandidateLoadError(ConfigError):
-    """A candidate's ``module:function`` cannot be imported or is not callable."""
+class LoadError(ConfigError):
+    """User code named ``module:function`` cannot be imported or is not callable."""

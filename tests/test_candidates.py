@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from shadow import batch
-from shadow.candidates import CallableCandidate, load_callable
+from shadow.candidates import CallableCandidate
 from shadow.config import CallableCandidateSpec
-from shadow.errors import CandidateLoadError
+from shadow.errors import LoadError
+from shadow.loading import load_callable
 from shadow.models import Event, PredictionError
 
 __version__ = "2.7.1"
@@ -84,9 +85,9 @@ def test_from_spec_keeps_an_explicit_name_and_version() -> None:
 def test_a_candidate_that_cannot_be_loaded_raises_candidate_load_error(
     path: str, problem: str
 ) -> None:
-    with pytest.raises(CandidateLoadError) as from_spec:
+    with pytest.raises(LoadError) as from_spec:
         CallableCandidate.from_spec(CallableCandidateSpec(callable=path))
-    with pytest.raises(CandidateLoadError) as direct:
+    with pytest.raises(LoadError) as direct:
         load_callable(path, what="candidate")
 
     for error in (from_spec.value, direct.value):
