@@ -8,9 +8,9 @@ from typing import TextIO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
+    TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -38,11 +38,11 @@ class PlainProgress:
 
 
 class BarProgress:
-    """A rich progress bar per source, measured in per mille of the file."""
+    """A rich progress bar per source: the share of the file read, and records so far."""
 
     def __init__(self, stream: TextIO) -> None:
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
             TextColumn("records {task.fields[records]:,}"), TimeRemainingColumn(),
             console=Console(file=stream), transient=False,
         )
