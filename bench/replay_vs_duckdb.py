@@ -4,7 +4,8 @@
 
 Generates canonical events (payloads of a few hundred bytes), then times
 1. DuckDB's ``read_json`` loading the file into a table of a fresh database
-   file (the reference: the same file read and stored, by DuckDB alone), and
+   file (the reference: the same file read and stored, by DuckDB alone; the
+   faster of two runs, after the file has been read once into the page cache), and
 2. ``shadow replay`` of the same file with a trivial per-event Python
    candidate, as a subprocess (the real CLI, its own fresh store),
 and prints both rates, their ratio and the replay's peak RSS.
@@ -48,6 +49,13 @@ def generate(path: Path, count: int, seed: int = 1) -> None:
             out.write(orjson.dumps(event) + b"\n")
 
 
+def warm_page_cache(path: Path) -> None:
+    """Read the file once, so neither contender pays for the disk and the other not."""
+    with path.open("rb") as handle:
+        while handle.read(1 << 24):
+            pass
+
+
 def time_duckdb(events: Path, work: Path) -> float:
     db_path = work / "reference.duckdb"
     db_path.unlink(missing_ok=True)
@@ -86,7 +94,9 @@ def main() -> None:
     print(f"{args.events:,} events, {size_mib:,.0f} MiB, "
           f"{events.stat().st_size / args.events:,.0f} bytes per event")
 
-    reference = time_duckdb(events, args.dir)
+    warm_page_cache(events)
+    # The best of two: the reference must not be flattered by the replay's position.
+    reference = min(time_duckdb(events, args.dir), time_duckdb(events, args.dir))
     replay, peak = time_replay(events, args.dir)
     ref_rate, replay_rate = args.events / reference, args.events / replay
     print(f"duckdb read_json into a table : {reference:7.2f} s  {ref_rate:>10,.0f} events/s")
