@@ -64,13 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                         help="event files (.jsonl, .csv, .parquet)")
     replay.add_argument("--outcomes", nargs="+", type=Path, default=[], metavar="OUTCOMES",
                         help="outcome files (.jsonl, .csv, .parquet)")
-    replay.add_argument("--candidate", metavar="MODULE:FUNC",
-                        help="the candidate callable (default: 'candidate' in the config)")
+    replay.add_argument("--candidate", metavar="MODULE:FUNC|URL",
+                        help="the candidate: a Python callable, or the URL of a JSON endpoint "
+                        "(default: 'candidate' in the config)")
     _add_db(replay)
     _add_config(replay)
     replay.add_argument("--compare", metavar="NAME",
                         help="comparator: a kind (exact, normalized, set, numeric) or a name "
                         "under 'comparators' in the config (default: 'comparator' in the config)")
+    replay.add_argument("--concurrency", type=int, metavar="N",
+                        help="HTTP candidates: calls in flight at most (default: the config's, 16)")
     replay.add_argument("--batch-size", type=int, metavar="N",
                         help="records per write transaction (default: store.batch_size, 20000)")
     replay.add_argument("--quiet", action="store_true", help="print no progress")
@@ -120,6 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
     request = ReplayRequest(
         events=args.events, outcomes=args.outcomes, db=args.db, config=args.config,
         candidate=args.candidate, compare=args.compare, batch_size=args.batch_size,
+        concurrency=args.concurrency,
     )
     summary = replay_files(request, progress=None if args.quiet else _progress())
     from shadow.replay import describe

@@ -11,13 +11,22 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from shadow.errors import ConfigError
 
-CallablePath = Annotated[
-    str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", description="module:function")
-]
+_CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+_URL_PATTERN = r"^https?://"
+
+CallablePath = Annotated[str, Field(pattern=_CALLABLE_PATTERN, description="module:function")]
 
 
 class _Spec(BaseModel):
@@ -79,6 +88,9 @@ COMPARATOR_KINDS = ("exact", "normalized", "set", "numeric", "fields", "custom")
 
 
 class CallableCandidateSpec(_Spec):
+    """A Python function in this process."""
+
+    kind: Literal["callable"] = "callable"
     callable: CallablePath
     name: str | None = None
     """Defaults to the callable path."""
@@ -86,6 +98,64 @@ class CallableCandidateSpec(_Spec):
     """Defaults to the module's ``__version__`` when it has one."""
     batch_size: int = Field(64, ge=1, le=100_000)
     """How many events a batch callable receives at once."""
+
+
+class RetrySpec(_Spec):
+    """Retries of calls that may succeed later: connection errors, timeouts, 429 and 5xx."""
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Attempts in all, the first one included."""
+    backoff_s: float = Field(0.2, ge=0.0)
+    """Upper bound of the first wait; it doubles per attempt (with full jitter)."""
+    max_backoff_s: float = Field(5.0, ge=0.0)
+    max_retry_after_s: float = Field(60.0, ge=0.0)
+    """A server's Retry-After is honoured up to this long."""
+
+
+class BreakerSpec(_Spec):
+    """A circuit breaker: stop calling an endpoint that keeps failing."""
+
+    failures: int = Field(10, ge=1)
+    """Consecutive failed calls (after their retries) that open the circuit."""
+    cooldown_s: float = Field(30.0, ge=0.0)
+    """How long it stays open before one call is let through to probe."""
+
+
+class HttpCandidateSpec(_Spec):
+    """A JSON endpoint: the event is POSTed, the response JSON is the output.
+
+    Header values may name environment variables as ``${NAME}``; secrets
+    belong there, never in this file.
+    """
+
+    kind: Literal["http"]
+    url: Annotated[str, Field(pattern=_URL_PATTERN)]
+    name: str | None = None
+    """Defaults to the URL."""
+    version: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: Any = None
+    """A template for the request body; the canonical event JSON when absent."""
+    output_path: str | None = None
+    """Dotted path into the response JSON to the output; the whole response when absent."""
+    timeout_s: float = Field(10.0, gt=0.0)
+    concurrency: int = Field(16, ge=1, le=10_000)
+    """Calls in flight at most."""
+    retry: RetrySpec = RetrySpec()
+    breaker: BreakerSpec = BreakerSpec()
+
+
+def _candidate_kind(raw: Any) -> str:
+    # Configurations written before there was more than one kind have no `kind`.
+    if isinstance(raw, dict):
+        return str(raw.get("kind", "callable"))
+    return str(getattr(raw, "kind", "callable"))
+
+
+CandidateSpec = Annotated[
+    Annotated[CallableCandidateSpec, Tag("callable")] | Annotated[HttpCandidateSpec, Tag("http")],
+    Discriminator(_candidate_kind),
+]
 
 
 # -- mapping -----------------------------------------------------------------
@@ -130,7 +200,7 @@ class StoreConfig(_Spec):
 
 class Config(_Spec):
     version: Literal[1] = 1
-    candidate: CallableCandidateSpec | None = None
+    candidate: CandidateSpec | None = None
     comparator: ComparatorSpec = ExactSpec()
     comparators: dict[str, ComparatorSpec] = Field(default_factory=dict)
     """Named comparators that ``--compare NAME`` can pick."""
@@ -225,6 +295,11 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
 
 
 _KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
+_TAGS = {*COMPARATOR_KINDS, "callable", "http"}
+_PATTERN_NAMES = {
+    _CALLABLE_PATTERN: "the form module:function",
+    _URL_PATTERN: "an http:// or https:// URL",
+}
 _TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
@@ -237,9 +312,11 @@ def _describe(where: str, error: Any) -> str:
     if kind == "union_tag_not_found":
         return f"{where}.kind: required; expected one of {_KINDS_TEXT}"
     if kind == "union_tag_invalid":
-        return f"{where}.kind: expected one of {_KINDS_TEXT}, got {got.get('kind')!r}"
+        expected = error["ctx"]["expected_tags"].replace("'", "")
+        return f"{where}.kind: expected one of {expected}, got {got.get('kind')!r}"
     if kind == "string_pattern_mismatch":
-        return f"{where}: expected the form module:function, got {got!r}"
+        shape = _PATTERN_NAMES.get(error["ctx"]["pattern"], f"a match of {error['ctx']['pattern']}")
+        return f"{where}: expected {shape}, got {got!r}"
     if kind in ("model_type", "model_attributes_type"):
         return f"{where}: expected a mapping of settings, got {_shown(got)}"
     message = error["msg"][0].lower() + error["msg"][1:]
@@ -263,9 +340,12 @@ def _user_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
     for part in loc:
         # The tag comes right after the union's own key, before any key inside it
         # (which may have the same name: {"kind": "fields", "fields": ...}).
-        if isinstance(node, dict) and node.get("kind") == part and tagged is not node:
-            tagged = node
-            continue
+        if part in _TAGS and tagged is not node:
+            if not isinstance(node, dict | list):
+                continue  # the whole value has the wrong type for any kind
+            if isinstance(node, dict) and (_kind_of(node) == part or part not in node):
+                tagged = node
+                continue
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
@@ -276,6 +356,12 @@ def _user_path(loc: tuple[Any, ...], raw: Any) -> list[str]:
             node = None
         path.append(str(part))
     return path
+
+
+def _kind_of(node: dict[str, Any]) -> Any:
+    if "kind" in node:
+        return node["kind"]
+    return "callable" if "callable" in node else None  # a candidate written without `kind`
 
 
 def _shadowed(path: list[str], problems: list[tuple[list[str], Any]]) -> bool:

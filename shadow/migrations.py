@@ -84,4 +84,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             summary JSON NOT NULL
         )""",
     ]),
+    # What each call to a remote candidate looked like, for debugging incidents.
+    (2, [
+        "ALTER TABLE predictions ADD COLUMN error_kind VARCHAR",
+        "ALTER TABLE predictions ADD COLUMN error_body VARCHAR",
+        "ALTER TABLE predictions ADD COLUMN status INTEGER",
+        "ALTER TABLE predictions ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE predictions ADD COLUMN ttfb_ms DOUBLE",
+        "ALTER TABLE predictions ADD COLUMN prompt_tokens INTEGER",
+        "ALTER TABLE predictions ADD COLUMN completion_tokens INTEGER",
+        "ALTER TABLE predictions ADD COLUMN cost DOUBLE",
+        "ALTER TABLE predictions ADD COLUMN model VARCHAR",
+        """UPDATE predictions SET error_kind = CASE error_type
+               WHEN 'NotJSONSerializable' THEN 'not_json' ELSE 'exception' END
+           WHERE error_type IS NOT NULL""",
+    ]),
 ]

@@ -98,12 +98,35 @@ class Mode(enum.StrEnum):
     LIVE = "live"
 
 
+class ErrorKind(enum.StrEnum):
+    """What went wrong, in words a person filtering errors would use."""
+
+    EXCEPTION = "exception"
+    """The candidate (a Python callable) raised."""
+    NOT_JSON = "not_json"
+    """The output is not a JSON value."""
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    """The endpoint could not be reached, or dropped the connection."""
+    HTTP_STATUS = "http_status"
+    """The endpoint answered with an error status."""
+    CIRCUIT_OPEN = "circuit_open"
+    """Not called: the endpoint kept failing and the circuit breaker was open."""
+    MALFORMED_RESPONSE = "malformed_response"
+    """The endpoint answered, but not with what was expected (not JSON, no output)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PredictionError:
-    """Why a candidate produced no usable output: exception type and message."""
+    """Why a candidate produced no usable output.
+
+    ``body`` keeps the start of a malformed or failed response for debugging.
+    """
 
     type: str
     message: str
+    kind: ErrorKind = ErrorKind.EXCEPTION
+    body: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +146,17 @@ class Prediction:
     latency_ms: float
     error: PredictionError | None = None
     predicted_at: datetime
+    # What the call to a remote candidate looked like; None for in-process ones.
+    status: int | None = None
+    """The HTTP status of the last attempt."""
+    attempts: int = 1
+    ttfb_ms: float | None = None
+    """Time to the first byte of the response, of the last attempt."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    model: str | None = None
+    """The model the server says answered, which may differ from the one asked for."""
 
     @property
     def ok(self) -> bool:

@@ -8,9 +8,15 @@ from typing import Any
 
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
-from shadow.candidates import CallableCandidate
+from shadow.candidates import build_candidate
 from shadow.comparators import build_comparator
-from shadow.config import CallableCandidateSpec, Config, load_config
+from shadow.config import (
+    CallableCandidateSpec,
+    CandidateSpec,
+    Config,
+    HttpCandidateSpec,
+    load_config,
+)
 from shadow.errors import ConfigError
 from shadow.runner import Replay, ReplaySummary
 from shadow.store import Store
@@ -27,6 +33,7 @@ class ReplayRequest:
     candidate: str | None = None
     compare: str | None = None
     batch_size: int | None = None
+    concurrency: int | None = None
 
 
 def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySummary:
@@ -36,14 +43,14 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
     for path in [*request.events, *request.outcomes]:
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
-    candidate = CallableCandidate.from_spec(_candidate_spec(request, config))
+    candidate = build_candidate(_candidate_spec(request, config))
     comparator = build_comparator(config.comparator_named(request.compare))
     batch_size = config.store.batch_size if request.batch_size is None else request.batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive number, got {batch_size}")
     events = [FileSource(path.resolve()) for path in request.events]
     outcomes = [FileSource(path.resolve()) for path in request.outcomes]
-    with Store(db) as store:
+    with Store(db) as store, candidate:
         replay = Replay(
             store, candidate, comparator,
             event_mapper=EventMapper(config.mapping.events),
@@ -66,12 +73,31 @@ def _store_path(request: ReplayRequest, config: Config) -> Path:
     raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
 
 
-def _candidate_spec(request: ReplayRequest, config: Config) -> CallableCandidateSpec:
+def _candidate_spec(request: ReplayRequest, config: Config) -> CandidateSpec:
+    spec = _named_candidate(request, config)
+    if request.concurrency is not None:
+        if not isinstance(spec, HttpCandidateSpec):
+            raise ConfigError("--concurrency: applies to HTTP candidates only")
+        if request.concurrency < 1:
+            raise ConfigError(
+                f"--concurrency: expected a positive number, got {request.concurrency}"
+            )
+        spec = spec.model_copy(update={"concurrency": request.concurrency})
+    return spec
+
+
+def _named_candidate(request: ReplayRequest, config: Config) -> CandidateSpec:
     if request.candidate is None:
         if config.candidate is None:
             raise ConfigError("--candidate is required (or 'candidate' in the config)")
         return config.candidate
-    base = config.candidate.model_dump() if config.candidate else {}
+    if request.candidate.startswith(("http://", "https://")):
+        if isinstance(config.candidate, HttpCandidateSpec):
+            return config.candidate.model_copy(update={"url": request.candidate})
+        return HttpCandidateSpec(kind="http", url=request.candidate)
+    base = {}
+    if isinstance(config.candidate, CallableCandidateSpec):
+        base = config.candidate.model_dump()
     if base.get("callable") != request.candidate:
         base = {"batch_size": base.get("batch_size", 64)}
     try:

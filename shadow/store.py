@@ -376,7 +376,18 @@ def _predictions_table(predictions: list[Prediction]) -> pa.Table:
         "latency_ms": pa.array([p.latency_ms for p in predictions], pa.float64()),
         "error_type": pa.array([p.error and p.error.type for p in predictions], pa.string()),
         "error_message": pa.array([p.error and p.error.message for p in predictions], pa.string()),
+        "error_kind": pa.array(
+            [p.error and p.error.kind.value for p in predictions], pa.string()
+        ),
+        "error_body": pa.array([p.error and p.error.body for p in predictions], pa.string()),
         "predicted_at": pa.array([p.predicted_at for p in predictions], _TS),
+        "status": pa.array([p.status for p in predictions], pa.int32()),
+        "attempts": pa.array([p.attempts for p in predictions], pa.int32()),
+        "ttfb_ms": pa.array([p.ttfb_ms for p in predictions], pa.float64()),
+        "prompt_tokens": pa.array([p.prompt_tokens for p in predictions], pa.int64()),
+        "completion_tokens": pa.array([p.completion_tokens for p in predictions], pa.int64()),
+        "cost": pa.array([p.cost for p in predictions], pa.float64()),
+        "model": pa.array([p.model for p in predictions], pa.string()),
     })
 
 

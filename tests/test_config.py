@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from shadow.config import (
+    CallableCandidateSpec,
     Config,
     CustomSpec,
     ExactSpec,
@@ -85,7 +86,7 @@ def lines_of(raw: dict[str, Any]) -> list[str]:
 def test_full_config_parses(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL))
 
-    assert config.candidate is not None
+    assert isinstance(config.candidate, CallableCandidateSpec)
     assert config.candidate.callable == "my_triage.model:classify"
     assert (config.candidate.name, config.candidate.version) == ("ticket-triage", "2024-05")
     assert config.candidate.batch_size == 32

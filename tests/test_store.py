@@ -184,3 +184,30 @@ def test_outcomes_with_the_same_key_and_decided_at_are_stored_once(store: Store)
     stored = store.db.execute(
         "SELECT key, decided_at, count(*) FROM outcomes GROUP BY ALL ORDER BY ALL").fetchall()
     assert stored == [("K1", at, 1), ("K1", at + timedelta(minutes=1), 1), ("K2", at, 1)]
+
+
+def test_a_version_1_store_is_migrated_and_its_error_kinds_filled_in(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    db = duckdb.connect(str(path))
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
+               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    for statement in MIGRATIONS[0][1]:
+        db.execute(statement)
+    db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    db.execute(
+        "INSERT INTO predictions (event_id, candidate, mode, output, latency_ms, error_type, "
+        "error_message, predicted_at) VALUES "
+        "('e1', 'c', 'shadow', NULL, 1.0, 'ValueError', 'boom', now()), "
+        "('e2', 'c', 'shadow', NULL, 1.0, 'NotJSONSerializable', 'set', now()), "
+        "('e3', 'c', 'shadow', '\"ok\"', 1.0, NULL, NULL, now())"
+    )
+    db.close()
+
+    with Store(path) as store:
+        version = store.db.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+        kinds = store.db.execute(
+            "SELECT event_id, error_kind, attempts FROM predictions ORDER BY event_id"
+        ).fetchall()
+
+    assert version == MIGRATIONS[-1][0]
+    assert kinds == [("e1", "exception", 1), ("e2", "not_json", 1), ("e3", None, 1)]

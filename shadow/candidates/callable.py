@@ -1,7 +1,6 @@
-"""Candidates: the AI system under test, behind one small interface.
+"""The Python-callable candidate: a function in this process.
 
-This module holds the interface and the Python-callable adapter. A callable
-takes one :class:`~shadow.models.Event` and returns any JSON value. A callable
+A callable takes one :class:`~shadow.models.Event` and returns any JSON value. A callable
 marked with :func:`batch` takes a list of events and returns a list of outputs
 in the same order::
 
@@ -15,18 +14,17 @@ in the same order::
 from __future__ import annotations
 
 import importlib
-import math
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
 import orjson
 
+from shadow.candidates.base import Candidate, confidence_of, truncate
 from shadow.config import CallableCandidateSpec
 from shadow.loading import load_callable
-from shadow.models import Event, Mode, Prediction, PredictionError
+from shadow.models import ErrorKind, Event, Mode, Prediction, PredictionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,7 +33,6 @@ _BATCH_ATTR = "__shadow_batch__"
 # is stored is what the candidate said. Subclasses of str, int and dict (enums,
 # say) are stored as their plain value; NaN and infinities become null.
 _STRICT = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-_MAX_MESSAGE = 2_000
 
 
 @overload
@@ -54,23 +51,6 @@ def batch(fn: F | None = None, *, size: int | None = None) -> F | Callable[[F], 
         return target
 
     return mark(fn) if fn is not None else mark
-
-
-class Candidate(ABC):
-    """The AI system under test.
-
-    ``predict`` is called with a batch of events that share nothing but arrival
-    order. It returns exactly one :class:`Prediction` per event, in the same
-    order, and never raises: a failure of the system under test is a
-    prediction with an ``error``, never an exception.
-    """
-
-    name: str
-    version: str | None
-    batch_size: int
-
-    @abstractmethod
-    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]: ...
 
 
 class CallableCandidate(Candidate):
@@ -137,7 +117,9 @@ class CallableCandidate(Candidate):
         try:
             orjson.dumps(output, option=_STRICT)
         except TypeError as exc:
-            error = PredictionError(type="NotJSONSerializable", message=_truncate(str(exc)))
+            error = PredictionError(
+                type="NotJSONSerializable", message=truncate(str(exc)), kind=ErrorKind.NOT_JSON
+            )
             return self._failed(event, now, latency, error)
         return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
@@ -161,17 +143,6 @@ class _BatchShapeError(Exception):
         super().__init__(f"batch callable returned {got}; expected a list of {expected}")
 
 
-def confidence_of(output: Any) -> float | None:
-    """The numeric ``confidence`` of an object output, if it has a finite one."""
-    if type(output) is not dict:
-        return None
-    value = output.get("confidence")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def _module_version(module: Any) -> str | None:
     version = getattr(module, "__version__", None)
     return str(version) if version is not None else None
@@ -182,8 +153,4 @@ def _elapsed_ms(started: float) -> float:
 
 
 def _error_of(exc: BaseException) -> PredictionError:
-    return PredictionError(type=type(exc).__name__, message=_truncate(str(exc)))
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"
+    return PredictionError(type=type(exc).__name__, message=truncate(str(exc)))

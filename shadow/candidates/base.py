@@ -1,0 +1,60 @@
+"""The candidate interface: the AI system under test, behind one small contract."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from shadow.models import Event, Prediction
+
+MAX_MESSAGE = 2_000
+MAX_BODY = 4_096
+"""How much of a failed response is kept with the prediction, for debugging."""
+
+
+class Candidate(ABC):
+    """The AI system under test.
+
+    ``predict`` is called with a batch of events that share nothing but arrival
+    order. It returns exactly one :class:`Prediction` per event, in the same
+    order, and never raises: a failure of the system under test is a
+    prediction with an ``error``, never an exception.
+    """
+
+    name: str
+    version: str | None
+    batch_size: int
+
+    @abstractmethod
+    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]: ...
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire what calls need (a connection pool, say). Called once, before ``predict``."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release it. Idempotent; ``predict`` is never called after it."""
+
+    def __enter__(self) -> Candidate:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def confidence_of(output: Any) -> float | None:
+    """The numeric ``confidence`` of an object output, if it has a finite one."""
+    if type(output) is not dict:
+        return None
+    value = output.get("confidence")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def truncate(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
