@@ -35,8 +35,11 @@ def test_backoff_doubles_per_attempt_up_to_its_maximum(attempt: int, cap: float)
 def test_backoff_draws_between_zero_and_the_cap() -> None:
     drawn: list[tuple[float, float]] = []
 
-    backoff(RetrySpec(backoff_s=0.5), 2, lambda low, high: drawn.append((low, high)) or 0.0)
+    def uniform(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return 0.25
 
+    assert backoff(RetrySpec(backoff_s=0.5), 2, uniform) == 0.25
     assert drawn == [(0.0, 1.0)]
 
 
