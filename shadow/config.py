@@ -121,28 +121,63 @@ class BreakerSpec(_Spec):
     """How long it stays open before one call is let through to probe."""
 
 
-class HttpCandidateSpec(_Spec):
-    """A JSON endpoint: the event is POSTed, the response JSON is the output.
+class RemoteSpec(_Spec):
+    """What every candidate behind a network call shares.
 
     Header values may name environment variables as ``${NAME}``; secrets
     belong there, never in this file.
     """
 
-    kind: Literal["http"]
-    url: Annotated[str, Field(pattern=_URL_PATTERN)]
     name: str | None = None
-    """Defaults to the URL."""
     version: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    body: Any = None
-    """A template for the request body; the canonical event JSON when absent."""
-    output_path: str | None = None
-    """Dotted path into the response JSON to the output; the whole response when absent."""
     timeout_s: float = Field(10.0, gt=0.0)
     concurrency: int = Field(16, ge=1, le=10_000)
     """Calls in flight at most."""
     retry: RetrySpec = RetrySpec()
     breaker: BreakerSpec = BreakerSpec()
+
+
+class HttpCandidateSpec(RemoteSpec):
+    """A JSON endpoint: the event is POSTed, the response JSON is the output."""
+
+    kind: Literal["http"]
+    url: Annotated[str, Field(pattern=_URL_PATTERN)]
+    body: Any = None
+    """A template for the request body; the canonical event JSON when absent."""
+    output_path: str | None = None
+    """Dotted path into the response JSON to the output; the whole response when absent."""
+
+
+class PricesSpec(_Spec):
+    """What the provider charges, per 1,000 tokens."""
+
+    prompt_per_1k: float = Field(ge=0.0)
+    completion_per_1k: float = Field(ge=0.0)
+
+
+class ChatCandidateSpec(RemoteSpec):
+    """A prompt against an OpenAI-compatible chat-completions endpoint.
+
+    ``system`` and ``user`` are templates filled from the event
+    (``{{ payload.subject }}``). With ``json_schema`` the server is asked for
+    structured output and the answer is validated against the schema.
+    """
+
+    kind: Literal["chat"]
+    base_url: Annotated[str, Field(pattern=_URL_PATTERN)]
+    """E.g. ``https://api.openai.com/v1``; ``/chat/completions`` is appended."""
+    model: str = Field(min_length=1)
+    system: str | None = None
+    user: str = Field(min_length=1)
+    json_schema: dict[str, Any] | None = None
+    output: Literal["json", "text"] = "json"
+    """``json``: the reply is parsed as JSON; ``text``: the reply text is the output."""
+    temperature: float | None = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """The environment variable holding the API key, sent as a bearer token."""
+    prices: PricesSpec | None = None
 
 
 def _candidate_kind(raw: Any) -> str:
@@ -153,7 +188,9 @@ def _candidate_kind(raw: Any) -> str:
 
 
 CandidateSpec = Annotated[
-    Annotated[CallableCandidateSpec, Tag("callable")] | Annotated[HttpCandidateSpec, Tag("http")],
+    Annotated[CallableCandidateSpec, Tag("callable")]
+    | Annotated[HttpCandidateSpec, Tag("http")]
+    | Annotated[ChatCandidateSpec, Tag("chat")],
     Discriminator(_candidate_kind),
 ]
 
@@ -295,7 +332,7 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
 
 
 _KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
-_TAGS = {*COMPARATOR_KINDS, "callable", "http"}
+_TAGS = {*COMPARATOR_KINDS, "callable", "http", "chat"}
 _PATTERN_NAMES = {
     _CALLABLE_PATTERN: "the form module:function",
     _URL_PATTERN: "an http:// or https:// URL",

@@ -114,6 +114,8 @@ class ErrorKind(enum.StrEnum):
     """Not called: the endpoint kept failing and the circuit breaker was open."""
     MALFORMED_RESPONSE = "malformed_response"
     """The endpoint answered, but not with what was expected (not JSON, no output)."""
+    SCHEMA_MISMATCH = "schema_mismatch"
+    """The answer is JSON but does not fit the configured JSON schema."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,17 +2,21 @@
 
 - :class:`CallableCandidate`: a Python function in this process;
 - :class:`HttpCandidate`: a JSON endpoint, called concurrently with timeouts,
-  retries and a circuit breaker.
+  retries and a circuit breaker;
+- :class:`ChatCandidate`: a prompt against an OpenAI-compatible chat API, with
+  the same call machinery, structured output, tokens and cost.
 """
 
 from shadow.candidates.base import Candidate, confidence_of
 from shadow.candidates.callable import CallableCandidate, batch
+from shadow.candidates.chat import ChatCandidate
 from shadow.candidates.http import HttpCandidate
-from shadow.config import CandidateSpec, HttpCandidateSpec
+from shadow.config import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
 
 __all__ = [
     "CallableCandidate",
     "Candidate",
+    "ChatCandidate",
     "HttpCandidate",
     "batch",
     "build_candidate",
@@ -28,4 +32,6 @@ def build_candidate(spec: CandidateSpec) -> Candidate:
     """
     if isinstance(spec, HttpCandidateSpec):
         return HttpCandidate.from_spec(spec)
+    if isinstance(spec, ChatCandidateSpec):
+        return ChatCandidate.from_spec(spec)
     return CallableCandidate.from_spec(spec)

@@ -1,0 +1,229 @@
+"""Candidates behind a network call: the machinery they share.
+
+Calls run concurrently on one event loop (aiohttp: httpx's async client
+measured 74 requests/s at 64 in flight here, aiohttp 576), at most
+``concurrency`` in flight,
+each with a timeout; connection errors, timeouts, 429 and 5xx are retried with
+exponential backoff and jitter (a ``Retry-After`` is honoured), other 4xx are
+not, and a circuit breaker stops calling an endpoint that keeps failing. Every
+event ends as exactly one prediction: an output or an error of a named kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+
+from shadow.candidates.base import MAX_BODY, Candidate, confidence_of, truncate
+from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
+from shadow.config import RemoteSpec
+from shadow.errors import ConfigError, ShadowError
+from shadow.models import ErrorKind, Event, Prediction, PredictionError, utc_now
+from shadow.templates import TemplateError
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """What one request came to."""
+
+    output: Any = None
+    error: PredictionError | None = None
+    retryable: bool = False
+    status: int | None = None
+    ttfb_ms: float | None = None
+    wait_s: float | None = None
+    """A wait the server asked for (Retry-After)."""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    model: str | None = None
+
+
+class RemoteCandidate(Candidate):
+    """A candidate answering over HTTP; subclasses say what to send and how to read it.
+
+    See the module docstring for the behaviour under failure.
+    """
+
+    url: str
+
+    def __init__(
+        self,
+        spec: RemoteSpec,
+        *,
+        default_name: str,
+        clock: Callable[[], float] = time.monotonic,
+        uniform: Callable[[float, float], float] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name or default_name
+        self.version = spec.version
+        self.batch_size = max(spec.concurrency * 4, 64)
+        self.breaker = CircuitBreaker(spec.breaker, clock=clock)
+        self._uniform = uniform or jitter()
+        self._runner: asyncio.Runner | None = None
+        self._client: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {}
+
+    @abstractmethod
+    def request(self, event: Event) -> Any:
+        """The JSON body to send for ``event``; may raise TemplateError."""
+
+    @abstractmethod
+    def read(self, answer: Any, status: int, ttfb: float, raw: bytes) -> Attempt:
+        """The attempt's result from the decoded JSON ``answer`` of a 2xx response."""
+
+    def extra_headers(self) -> dict[str, str]:
+        """Headers a kind of candidate adds (an API key, say), resolved at open()."""
+        return {}
+
+    def open(self) -> None:
+        """Resolve header secrets from the environment and open the connection pool.
+
+        Raises:
+            ConfigError: a header names an environment variable that is not set.
+        """
+        if self._runner is not None:
+            raise ShadowError(f"candidate {self.name} is already open")
+        self._headers = {"content-type": "application/json", **self.extra_headers(), **{
+            name: expand(value, f"header {name!r}") for name, value in self.spec.headers.items()
+        }}
+        self._runner = asyncio.Runner()
+        self._client = self._runner.run(self._new_client())
+
+    async def _new_client(self) -> aiohttp.ClientSession:
+        # Created inside the runner's loop, which its connection pool belongs to.
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.spec.concurrency),
+            timeout=aiohttp.ClientTimeout(total=self.spec.timeout_s),
+            headers=self._headers,
+        )
+
+    def close(self) -> None:
+        if self._runner is None:
+            return
+        try:
+            if self._client is not None:
+                self._runner.run(self._client.close())
+        finally:
+            self._runner.close()
+            self._runner, self._client = None, None
+
+    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        if self._runner is None:
+            raise ShadowError(f"candidate {self.name} is not open; use it as a context manager")
+        return self._runner.run(self._predict_all(events, now))
+
+    async def _predict_all(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        slots = asyncio.Semaphore(self.spec.concurrency)
+        return list(await asyncio.gather(*(self._call(event, now, slots) for event in events)))
+
+    async def _call(self, event: Event, now: datetime, slots: asyncio.Semaphore) -> Prediction:
+        async with slots:
+            started = time.perf_counter()
+            if not self.breaker.allow():
+                error = PredictionError(
+                    type="CircuitOpen", kind=ErrorKind.CIRCUIT_OPEN,
+                    message=f"not called: {self.url} kept failing and the circuit is open",
+                )
+                return self._prediction(event, now, started, Attempt(error=error), attempts=0)
+            try:
+                body = orjson.dumps(self.request(event))
+            except (TemplateError, TypeError) as exc:
+                error = PredictionError(type=type(exc).__name__, message=truncate(str(exc)))
+                return self._prediction(event, now, started, Attempt(error=error), attempts=0)
+            attempt, result = 1, await self._attempt(body)
+            while result.retryable and attempt < self.spec.retry.max_attempts:
+                wait = result.wait_s
+                if wait is None:
+                    wait = backoff(self.spec.retry, attempt, self._uniform)
+                await asyncio.sleep(wait)
+                attempt, result = attempt + 1, await self._attempt(body)
+            if result.error is None:
+                self.breaker.succeeded()
+            else:
+                self.breaker.failed()
+            return self._prediction(event, now, started, result, attempts=attempt)
+
+    async def _attempt(self, body: bytes) -> Attempt:
+        assert self._client is not None
+        sent = time.perf_counter()
+        try:
+            async with self._client.post(self.url, data=body) as response:
+                ttfb = (time.perf_counter() - sent) * 1000.0
+                raw = await response.read()
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError subclasses
+            message = f"no answer within {self.spec.timeout_s} s ({type(exc).__name__})"
+            return failure(ErrorKind.TIMEOUT, "Timeout", message, retryable=True)
+        except aiohttp.ClientError as exc:
+            message = str(exc) or "connection failed"
+            return failure(ErrorKind.CONNECTION, type(exc).__name__, message, retryable=True)
+        return self._interpret(response, raw, ttfb)
+
+    def _interpret(self, response: aiohttp.ClientResponse, raw: bytes, ttfb: float) -> Attempt:
+        status = response.status
+        if status >= 300:
+            retryable = status == 429 or status >= 500
+            wait = retry_after(response.headers.get("retry-after"), self.spec.retry, utc_now)
+            return failure(ErrorKind.HTTP_STATUS, f"HTTP{status}",
+                            f"{self.url} answered {status} {response.reason or ''}".rstrip(),
+                            retryable=retryable, status=status, ttfb=ttfb, raw=raw,
+                            wait=wait if retryable else None)
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return failure(ErrorKind.MALFORMED_RESPONSE, "NotJSON", f"response is not JSON: {exc}",
+                           status=status, ttfb=ttfb, raw=raw)
+        return self.read(answer, status, ttfb, raw)
+
+    def _prediction(
+        self, event: Event, now: datetime, started: float, result: Attempt, *, attempts: int
+    ) -> Prediction:
+        return Prediction(
+            event_id=event.event_id, candidate=self.name, version=self.version,
+            output=result.output if result.error is None else None,
+            confidence=confidence_of(result.output) if result.error is None else None,
+            latency_ms=(time.perf_counter() - started) * 1000.0, error=result.error,
+            predicted_at=now, status=result.status, attempts=attempts, ttfb_ms=result.ttfb_ms,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            cost=result.cost, model=result.model,
+        )
+
+
+def failure(
+    kind: ErrorKind, type_: str, message: str, *, retryable: bool = False,
+    status: int | None = None, ttfb: float | None = None, raw: bytes | None = None,
+    wait: float | None = None,
+) -> Attempt:
+    """A failed attempt, keeping the start of the response body for debugging."""
+    body = truncate(raw.decode("utf-8", "replace"), MAX_BODY) if raw is not None else None
+    error = PredictionError(type=type_, message=truncate(message), kind=kind, body=body)
+    return Attempt(error=error, retryable=retryable, status=status, ttfb_ms=ttfb, wait_s=wait)
+
+
+def expand(value: str, where: str) -> str:
+    """``value`` with every ``${NAME}`` replaced from the environment.
+
+    Raises:
+        ConfigError: a named variable is not set.
+    """
+
+    def variable(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{where} names the environment variable {name}, which is not set")
+        return os.environ[name]
+
+    return _ENV.sub(variable, value)
