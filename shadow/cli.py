@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="HTTP candidates: calls in flight at most (default: the config's, 16)")
     replay.add_argument("--batch-size", type=int, metavar="N",
                         help="records per write transaction (default: store.batch_size, 20000)")
+    replay.add_argument("--retry-errors", action="store_true",
+                        help="also predict again every stored event whose prediction failed")
     replay.add_argument("--quiet", action="store_true", help="print no progress")
     replay.set_defaults(handler=_replay)
 
@@ -123,7 +125,7 @@ def _replay(args: argparse.Namespace) -> int:
     request = ReplayRequest(
         events=args.events, outcomes=args.outcomes, db=args.db, config=args.config,
         candidate=args.candidate, compare=args.compare, batch_size=args.batch_size,
-        concurrency=args.concurrency,
+        concurrency=args.concurrency, retry_errors=args.retry_errors,
     )
     summary = replay_files(request, progress=None if args.quiet else _progress())
     from shadow.replay import describe

@@ -19,6 +19,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shadow.errors import ConfigError
@@ -87,15 +88,24 @@ COMPARATOR_KINDS = ("exact", "normalized", "set", "numeric", "fields", "custom")
 # -- candidates --------------------------------------------------------------
 
 
-class CallableCandidateSpec(_Spec):
-    """A Python function in this process."""
+class _CandidateBase(_Spec):
+    """What every kind of candidate has."""
+
+    name: str | None = None
+    """Defaults to the callable path, URL or model."""
+    version: str | None = None
+    confidence_path: str | None = None
+    """Dotted path to a numeric confidence in the output; ``confidence`` by default."""
+    abstain_below: float | None = Field(None, ge=0.0, le=1.0)
+    """Predictions less confident than this are abstentions: stored, compared with
+    nothing and never acted on; reported as coverage."""
+
+
+class CallableCandidateSpec(_CandidateBase):
+    """A Python function in this process; its version defaults to the module's ``__version__``."""
 
     kind: Literal["callable"] = "callable"
     callable: CallablePath
-    name: str | None = None
-    """Defaults to the callable path."""
-    version: str | None = None
-    """Defaults to the module's ``__version__`` when it has one."""
     batch_size: int = Field(64, ge=1, le=100_000)
     """How many events a batch callable receives at once."""
 
@@ -121,15 +131,13 @@ class BreakerSpec(_Spec):
     """How long it stays open before one call is let through to probe."""
 
 
-class RemoteSpec(_Spec):
+class RemoteSpec(_CandidateBase):
     """What every candidate behind a network call shares.
 
     Header values may name environment variables as ``${NAME}``; secrets
     belong there, never in this file.
     """
 
-    name: str | None = None
-    version: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout_s: float = Field(10.0, gt=0.0)
     concurrency: int = Field(16, ge=1, le=10_000)
@@ -238,11 +246,22 @@ class StoreConfig(_Spec):
 class Config(_Spec):
     version: Literal[1] = 1
     candidate: CandidateSpec | None = None
+    candidates: list[CandidateSpec] = Field(default_factory=list)
+    """Several candidates, each run on every event and reported side by side."""
     comparator: ComparatorSpec = ExactSpec()
     comparators: dict[str, ComparatorSpec] = Field(default_factory=dict)
     """Named comparators that ``--compare NAME`` can pick."""
     mapping: MappingConfig = MappingConfig()
     store: StoreConfig = StoreConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_name_candidates(self) -> Config:
+        if self.candidate is not None and self.candidates:
+            raise ValueError("give either 'candidate' or 'candidates', not both")
+        return self
+
+    def all_candidates(self) -> list[CandidateSpec]:
+        return [self.candidate] if self.candidate is not None else list(self.candidates)
 
     @field_validator("comparators")
     @classmethod
@@ -356,6 +375,8 @@ def _describe(where: str, error: Any) -> str:
         return f"{where}: expected {shape}, got {got!r}"
     if kind in ("model_type", "model_attributes_type"):
         return f"{where}: expected a mapping of settings, got {_shown(got)}"
+    if kind == "value_error":
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     message = error["msg"][0].lower() + error["msg"][1:]
     return f"{where}: {message}, got {_shown(got)}"
 

@@ -84,7 +84,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             summary JSON NOT NULL
         )""",
     ]),
-    # What each call to a remote candidate looked like, for debugging incidents.
+    # What each call to a remote candidate looked like, for debugging incidents;
+    # and abstentions, which are stored but never compared.
     (2, [
         "ALTER TABLE predictions ADD COLUMN error_kind VARCHAR",
         "ALTER TABLE predictions ADD COLUMN error_body VARCHAR",
@@ -95,6 +96,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE predictions ADD COLUMN completion_tokens INTEGER",
         "ALTER TABLE predictions ADD COLUMN cost DOUBLE",
         "ALTER TABLE predictions ADD COLUMN model VARCHAR",
+        "ALTER TABLE predictions ADD COLUMN abstained BOOLEAN NOT NULL DEFAULT false",
         """UPDATE predictions SET error_kind = CASE error_type
                WHEN 'NotJSONSerializable' THEN 'not_json' ELSE 'exception' END
            WHERE error_type IS NOT NULL""",

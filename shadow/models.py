@@ -145,6 +145,8 @@ class Prediction:
     mode: Mode = Mode.SHADOW
     output: Any = None
     confidence: float | None = None
+    abstained: bool = False
+    """Less confident than the candidate's ``abstain_below``: never compared or acted on."""
     latency_ms: float
     error: PredictionError | None = None
     predicted_at: datetime

@@ -43,6 +43,8 @@ def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:
         ("events in store", f"{candidate['events']:,}"),
         ("predictions", f"{candidate['predictions']:,}"),
         ("errors", f"{candidate['errors']:,} ({percent(candidate['error_rate'])})"),
+        ("abstained (low confidence)", f"{candidate['abstained']:,}"),
+        ("coverage (would act on)", percent(candidate["coverage"])),
         ("compared with an outcome", f"{candidate['compared']:,}"),
         ("pending (no outcome yet)", f"{candidate['pending']:,}"),
         ("agreement (95 % Wilson)", interval(candidate["agreement"])),

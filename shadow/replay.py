@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
-from shadow.candidates import build_candidate
+from shadow.candidates import Candidate, build_candidate
 from shadow.comparators import build_comparator
 from shadow.config import (
     CallableCandidateSpec,
     CandidateSpec,
     Config,
     HttpCandidateSpec,
+    RemoteSpec,
     load_config,
 )
 from shadow.errors import ConfigError
@@ -34,6 +36,7 @@ class ReplayRequest:
     compare: str | None = None
     batch_size: int | None = None
     concurrency: int | None = None
+    retry_errors: bool = False
 
 
 def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySummary:
@@ -43,22 +46,25 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
     for path in [*request.events, *request.outcomes]:
         if not path.is_file():
             raise ConfigError(f"no such file: {path}")
-    candidate = build_candidate(_candidate_spec(request, config))
+    candidates = [build_candidate(spec) for spec in _candidate_specs(request, config)]
+    _check_distinct(candidates)
     comparator = build_comparator(config.comparator_named(request.compare))
     batch_size = config.store.batch_size if request.batch_size is None else request.batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size: expected a positive number, got {batch_size}")
     events = [FileSource(path.resolve()) for path in request.events]
     outcomes = [FileSource(path.resolve()) for path in request.outcomes]
-    with Store(db) as store, candidate:
+    with Store(db) as store, ExitStack() as opened:
+        for candidate in candidates:
+            opened.enter_context(candidate)
         replay = Replay(
-            store, candidate, comparator,
+            store, candidates, comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
             batch_size=batch_size, progress=progress,
         )
         try:
-            summary = replay.run(events, outcomes)
+            summary = replay.run(events, outcomes, retry_errors=request.retry_errors)
         finally:
             if progress is not None:
                 progress.close()
@@ -73,24 +79,40 @@ def _store_path(request: ReplayRequest, config: Config) -> Path:
     raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
 
 
-def _candidate_spec(request: ReplayRequest, config: Config) -> CandidateSpec:
-    spec = _named_candidate(request, config)
-    if request.concurrency is not None:
-        if not isinstance(spec, HttpCandidateSpec):
-            raise ConfigError("--concurrency: applies to HTTP candidates only")
-        if request.concurrency < 1:
+def _candidate_specs(request: ReplayRequest, config: Config) -> list[CandidateSpec]:
+    if request.candidate is not None:
+        specs = [_named_candidate(request, config)]
+    else:
+        specs = config.all_candidates()
+        if not specs:
+            raise ConfigError("--candidate is required (or 'candidate' in the config)")
+    if request.concurrency is None:
+        return specs
+    if request.concurrency < 1:
+        raise ConfigError(f"--concurrency: expected a positive number, got {request.concurrency}")
+    if not any(isinstance(spec, RemoteSpec) for spec in specs):
+        raise ConfigError("--concurrency: applies to HTTP and chat candidates only")
+    return [
+        spec.model_copy(update={"concurrency": request.concurrency})
+        if isinstance(spec, RemoteSpec) else spec
+        for spec in specs
+    ]
+
+
+def _check_distinct(candidates: list[Candidate]) -> None:
+    seen: set[tuple[str, str | None]] = set()
+    for candidate in candidates:
+        identity = (candidate.name, candidate.version)
+        if identity in seen:
             raise ConfigError(
-                f"--concurrency: expected a positive number, got {request.concurrency}"
+                f"two candidates are named {candidate.name!r} (version {candidate.version}); "
+                "give each a distinct name"
             )
-        spec = spec.model_copy(update={"concurrency": request.concurrency})
-    return spec
+        seen.add(identity)
 
 
 def _named_candidate(request: ReplayRequest, config: Config) -> CandidateSpec:
-    if request.candidate is None:
-        if config.candidate is None:
-            raise ConfigError("--candidate is required (or 'candidate' in the config)")
-        return config.candidate
+    assert request.candidate is not None
     if request.candidate.startswith(("http://", "https://")):
         if isinstance(config.candidate, HttpCandidateSpec):
             return config.candidate.model_copy(update={"url": request.candidate})
@@ -124,6 +146,8 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
             f"outcomes read   {s.outcomes_read:>10,} = stored {s.outcomes_stored:,}"
             f" + duplicates {s.outcome_duplicates:,} + dead letters {s.outcome_dead_letters:,}"
         )
+    if s.retried:
+        lines.append(f"retried errors  {s.retried:>10,}")
     rate = f"{100 * s.agreed / s.compared:.1f} % agree" if s.compared else "nothing new to compare"
     lines.append(f"compared        {s.compared:>10,}   {rate}")
     lines.append(f"took {s.seconds:.1f} s")

@@ -12,7 +12,9 @@ The JSON shape is a contract that later sections extend but never break::
 
 ``agreement.rate`` is agreeing / compared; ``low`` and ``high`` bound the 95 %
 Wilson score interval. Errored predictions are never compared: they count in
-``errors`` and ``error_rate`` only.
+``errors`` and ``error_rate`` only. Abstentions (less confident than the
+candidate's ``abstain_below``) are not compared either: ``coverage`` is the
+share of predictions the AI would act on, and agreement is measured on those.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
     errors = _error_kinds(store)
 
     candidates = []
-    for name, version, predictions, failed, p50, p95, p99 in db.execute(_CANDIDATES_SQL).fetchall():
+    for row in db.execute(_CANDIDATES_SQL).fetchall():
+        name, version, predictions, failed, abstained, p50, p95, p99 = row
         key = (name, version)
         n_compared, n_agreed, comparators = compared.get(key, (0, 0, []))
+        handled = predictions - failed - abstained
         candidates.append({
             "name": name,
             "version": version,
@@ -57,7 +61,9 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
             "errors": failed,
             "error_rate": failed / predictions if predictions else None,
             "compared": n_compared,
-            "pending": predictions - failed - n_compared,
+            "pending": handled - n_compared,
+            "abstained": abstained,
+            "coverage": handled / predictions if predictions else None,
             "agreement": agreement(n_agreed, n_compared),
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
             "segments": segments.get(key, []),
@@ -80,6 +86,7 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
 _CANDIDATES_SQL = """
 SELECT candidate, version, count(*) AS predictions,
        count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
+       count(*) FILTER (WHERE abstained) AS abstained,
        quantile_cont(latency_ms, 0.50), quantile_cont(latency_ms, 0.95),
        quantile_cont(latency_ms, 0.99)
 FROM predictions

@@ -54,6 +54,8 @@ class ReplaySummary:
     outcome_dead_letters: int = 0
     compared: int = 0
     agreed: int = 0
+    retried: int = 0
+    """Errored predictions made again (``--retry-errors``); counted in ``predictions`` too."""
     seconds: float = 0.0
     sources: list[str] = field(default_factory=list)
 
@@ -62,12 +64,15 @@ class ReplaySummary:
 
 
 class Replay:
-    """Runs one candidate in shadow mode over bounded sources into a store."""
+    """Runs candidates in shadow mode over bounded sources into a store.
+
+    Every candidate runs on every event; each is compared with the same outcomes.
+    """
 
     def __init__(
         self,
         store: Store,
-        candidate: Candidate,
+        candidates: Candidate | Sequence[Candidate],
         comparator: Comparator,
         *,
         event_mapper: EventMapper | None = None,
@@ -77,7 +82,7 @@ class Replay:
         progress: Progress | None = None,
     ) -> None:
         self.store = store
-        self.candidate = candidate
+        self.candidates = [candidates] if isinstance(candidates, Candidate) else list(candidates)
         self.comparator = comparator
         self.event_mapper = event_mapper or EventMapper()
         self.outcome_mapper = outcome_mapper or OutcomeMapper()
@@ -88,13 +93,21 @@ class Replay:
         self._seen: set[str] = set()
         self._store_had_events = False
 
-    def run(self, events: Sequence[Source], outcomes: Sequence[Source] = ()) -> ReplaySummary:
+    def run(
+        self, events: Sequence[Source], outcomes: Sequence[Source] = (), *,
+        retry_errors: bool = False,
+    ) -> ReplaySummary:
+        """Ingest the sources, predict, compare; with ``retry_errors`` also predict again
+        every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
         self._store_had_events = self.store.count("events") > 0
         for source in events:
             self._drain(source, self._prepare_events)
         for source in outcomes:
             self._drain(source, self._prepare_outcomes)
+        if retry_errors:
+            for candidate in self.candidates:
+                self._retry_errors(candidate)
         compare(self.store, self.comparator, self.summary, now=self.now)
         finished = self.now()
         self.summary.seconds = (finished - started).total_seconds()
@@ -132,8 +145,10 @@ class Replay:
         mapped, dead = map_records(records, self.event_mapper, RecordKind.EVENT, now)
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._classify(mapped, batch)
-        to_predict = fresh + self._unpredicted(known)
-        batch.predictions = self.candidate.predict(to_predict, now) if to_predict else []
+        for candidate in self.candidates:
+            to_predict = fresh + self._unpredicted(known, candidate)
+            if to_predict:
+                batch.predictions.extend(candidate.predict(to_predict, now))
 
         s = self.summary
         s.events_read += len(records)
@@ -175,19 +190,28 @@ class Replay:
             batch.events.append(StoredEvent(event, record.source, record.position))
         return fresh, known
 
-    def _unpredicted(self, known: list[Event]) -> list[Event]:
+    def _unpredicted(self, known: list[Event], candidate: Candidate) -> list[Event]:
         """Stored events this candidate has not predicted yet (a new candidate, say)."""
         if not known:
             return []
-        done = self.store.predicted(
-            [e.event_id for e in known], self.candidate.name, self.candidate.version
-        )
+        done = self.store.predicted([e.event_id for e in known], candidate.name, candidate.version)
         pending: dict[str, Event] = {}
         for event in known:
             if event.event_id not in done:
                 pending.setdefault(event.event_id, event)
         # Predict on the event as first stored, not on a later duplicate's copy.
         return self.store.events_by_id(list(pending)) if pending else []
+
+    def _retry_errors(self, candidate: Candidate) -> None:
+        failed = self.store.errored(candidate.name, candidate.version)
+        for start in range(0, len(failed), self.batch_size):
+            events = self.store.events_by_id(failed[start : start + self.batch_size])
+            predictions = candidate.predict(events, self.now())
+            self.store.replace_predictions(predictions)
+            s = self.summary
+            s.retried += len(predictions)
+            s.predictions += len(predictions)
+            s.prediction_errors += sum(1 for p in predictions if p.error is not None)
 
     def _prepare_outcomes(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         mapped, dead = map_records(records, self.outcome_mapper, RecordKind.OUTCOME, self.now())

@@ -191,6 +191,36 @@ class Store:
         )
         return {row[0] for row in rows}
 
+    def errored(self, candidate: str, version: str | None) -> list[str]:
+        """Ids of the events whose prediction by this candidate version is an error."""
+        rows = self.db.execute(
+            "SELECT event_id FROM predictions WHERE candidate = ? "
+            "AND version IS NOT DISTINCT FROM ? AND error_type IS NOT NULL ORDER BY event_id",
+            [candidate, version],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def replace_predictions(self, predictions: Sequence[Prediction]) -> None:
+        """Put these predictions in place of the ones stored for the same event and candidate."""
+        if not predictions:
+            return
+        db = self.db
+        try:
+            db.execute("BEGIN TRANSACTION")
+            db.register("new_predictions", _predictions_table(list(predictions)))
+            db.execute(
+                "DELETE FROM predictions p USING new_predictions n "
+                "WHERE p.event_id = n.event_id AND p.candidate = n.candidate "
+                "AND p.version IS NOT DISTINCT FROM n.version"
+            )
+            db.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
+            db.execute("COMMIT")
+        except duckdb.Error as exc:
+            _rollback(db)
+            raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from exc
+        finally:
+            db.unregister("new_predictions")
+
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         rows = self._for_ids(
             event_ids,
@@ -322,7 +352,7 @@ JOIN final f ON f.key = e.key
 LEFT JOIN comparisons c
     ON c.event_id = p.event_id AND c.candidate = p.candidate
    AND c.version IS NOT DISTINCT FROM p.version
-WHERE p.error_type IS NULL
+WHERE p.error_type IS NULL AND NOT p.abstained
   AND (c.event_id IS NULL OR c.outcome_decided_at <> f.decided_at OR c.comparator <> ?)
 """
 
@@ -373,6 +403,7 @@ def _predictions_table(predictions: list[Prediction]) -> pa.Table:
             pa.string(),
         ),
         "confidence": pa.array([p.confidence for p in predictions], pa.float64()),
+        "abstained": pa.array([p.abstained for p in predictions], pa.bool_()),
         "latency_ms": pa.array([p.latency_ms for p in predictions], pa.float64()),
         "error_type": pa.array([p.error and p.error.type for p in predictions], pa.string()),
         "error_message": pa.array([p.error and p.error.message for p in predictions], pa.string()),

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from shadow.models import Event, Prediction
+from shadow.paths import get_path
 
 MAX_MESSAGE = 2_000
 MAX_BODY = 4_096
@@ -27,6 +28,17 @@ class Candidate(ABC):
     name: str
     version: str | None
     batch_size: int
+    confidence_path: str | None = None
+    abstain_below: float | None = None
+
+    def judge(self, output: Any) -> tuple[float | None, bool]:
+        """The output's confidence, and whether it is low enough to abstain.
+
+        Without a confidence there is nothing to abstain on: the prediction stands.
+        """
+        confidence = confidence_of(output, self.confidence_path)
+        floor = self.abstain_below
+        return confidence, confidence is not None and floor is not None and confidence < floor
 
     @abstractmethod
     def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]: ...
@@ -45,11 +57,14 @@ class Candidate(ABC):
         self.close()
 
 
-def confidence_of(output: Any) -> float | None:
-    """The numeric ``confidence`` of an object output, if it has a finite one."""
-    if type(output) is not dict:
+def confidence_of(output: Any, path: str | None = None) -> float | None:
+    """The finite number at ``path`` in the output (``confidence`` by default), if any."""
+    if path is not None:
+        value = get_path(output, path)
+    elif type(output) is dict:
+        value = output.get("confidence")
+    else:
         return None
-    value = output.get("confidence")
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)

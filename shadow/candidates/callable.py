@@ -21,7 +21,7 @@ from typing import Any, TypeVar, overload
 
 import orjson
 
-from shadow.candidates.base import Candidate, confidence_of, truncate
+from shadow.candidates.base import Candidate, truncate
 from shadow.config import CallableCandidateSpec
 from shadow.loading import load_callable
 from shadow.models import ErrorKind, Event, Mode, Prediction, PredictionError
@@ -76,8 +76,11 @@ class CallableCandidate(Candidate):
         function = load_callable(spec.callable, what="candidate")
         module = importlib.import_module(spec.callable.partition(":")[0])
         version = spec.version or _module_version(module)
-        return cls(function, name=spec.name or spec.callable, version=version,
-                   batch_size=spec.batch_size)
+        candidate = cls(function, name=spec.name or spec.callable, version=version,
+                        batch_size=spec.batch_size)
+        candidate.confidence_path = spec.confidence_path
+        candidate.abstain_below = spec.abstain_below
+        return candidate
 
     def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
         if self.batched:
@@ -121,9 +124,10 @@ class CallableCandidate(Candidate):
                 type="NotJSONSerializable", message=truncate(str(exc)), kind=ErrorKind.NOT_JSON
             )
             return self._failed(event, now, latency, error)
+        confidence, abstained = self.judge(output)
         return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
-            mode=Mode.SHADOW, output=output, confidence=confidence_of(output),
+            mode=Mode.SHADOW, output=output, confidence=confidence, abstained=abstained,
             latency_ms=latency, error=None, predicted_at=now,
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shadow.candidates.base import MAX_BODY, Candidate, confidence_of, truncate
+from shadow.candidates.base import MAX_BODY, Candidate, truncate
 from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
 from shadow.config import RemoteSpec
 from shadow.errors import ConfigError, ShadowError
@@ -70,6 +70,7 @@ class RemoteCandidate(Candidate):
         self.spec = spec
         self.name = spec.name or default_name
         self.version = spec.version
+        self.confidence_path, self.abstain_below = spec.confidence_path, spec.abstain_below
         self.batch_size = max(spec.concurrency * 4, 64)
         self.breaker = CircuitBreaker(spec.breaker, clock=clock)
         self._uniform = uniform or jitter()
@@ -191,10 +192,11 @@ class RemoteCandidate(Candidate):
     def _prediction(
         self, event: Event, now: datetime, started: float, result: Attempt, *, attempts: int
     ) -> Prediction:
+        ok = result.error is None
+        confidence, abstained = self.judge(result.output) if ok else (None, False)
         return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
-            output=result.output if result.error is None else None,
-            confidence=confidence_of(result.output) if result.error is None else None,
+            output=result.output if ok else None, confidence=confidence, abstained=abstained,
             latency_ms=(time.perf_counter() - started) * 1000.0, error=result.error,
             predicted_at=now, status=result.status, attempts=attempts, ttfb_ms=result.ttfb_ms,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
