@@ -134,17 +134,26 @@ class RemoteCandidate(Candidate):
     async def _call(self, event: Event, now: datetime, slots: asyncio.Semaphore) -> Prediction:
         async with slots:
             started = time.perf_counter()
-            if not self.breaker.allow():
-                error = PredictionError(
-                    type="CircuitOpen", kind=ErrorKind.CIRCUIT_OPEN,
-                    message=f"not called: {self.url} kept failing and the circuit is open",
-                )
-                return self._prediction(event, now, started, Attempt(error=error), attempts=0)
             try:
-                body = orjson.dumps(self.request(event))
-            except (TemplateError, TypeError) as exc:
+                return await self._call_guarded(event, now, started)
+            except Exception as exc:  # the contract: predict never raises, whatever breaks
                 error = PredictionError(type=type(exc).__name__, message=truncate(str(exc)))
                 return self._prediction(event, now, started, Attempt(error=error), attempts=0)
+
+    async def _call_guarded(self, event: Event, now: datetime, started: float) -> Prediction:
+        # The body first: an event that cannot be sent must not take the breaker's probe.
+        try:
+            body = orjson.dumps(self.request(event))
+        except (TemplateError, TypeError) as exc:
+            error = PredictionError(type=type(exc).__name__, message=truncate(str(exc)))
+            return self._prediction(event, now, started, Attempt(error=error), attempts=0)
+        if not self.breaker.allow():
+            error = PredictionError(
+                type="CircuitOpen", kind=ErrorKind.CIRCUIT_OPEN,
+                message=f"not called: {self.url} kept failing and the circuit is open",
+            )
+            return self._prediction(event, now, started, Attempt(error=error), attempts=0)
+        try:
             attempt, result = 1, await self._attempt(body)
             while result.retryable and attempt < self.spec.retry.max_attempts:
                 wait = result.wait_s
@@ -152,11 +161,14 @@ class RemoteCandidate(Candidate):
                     wait = backoff(self.spec.retry, attempt, self._uniform)
                 await asyncio.sleep(wait)
                 attempt, result = attempt + 1, await self._attempt(body)
-            if result.error is None:
-                self.breaker.succeeded()
-            else:
-                self.breaker.failed()
-            return self._prediction(event, now, started, result, attempts=attempt)
+        except BaseException:
+            self.breaker.failed()  # a probe that broke must not leave the breaker half open
+            raise
+        if result.error is None:
+            self.breaker.succeeded()
+        else:
+            self.breaker.failed()
+        return self._prediction(event, now, started, result, attempts=attempt)
 
     async def _attempt(self, body: bytes) -> Attempt:
         assert self._client is not None
@@ -226,6 +238,12 @@ def expand(value: str, where: str) -> str:
         name = match.group(1)
         if name not in os.environ:
             raise ConfigError(f"{where} names the environment variable {name}, which is not set")
-        return os.environ[name]
+        # Secrets mounted from files often end in a newline; a header cannot hold one.
+        value = os.environ[name].strip()
+        if any(ord(char) < 32 or ord(char) == 127 for char in value):
+            raise ConfigError(
+                f"{where}: the environment variable {name} holds a control character"
+            )
+        return value
 
     return _ENV.sub(variable, value)
