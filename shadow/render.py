@@ -32,6 +32,12 @@ def millis(value: float | None) -> str:
     return f"{value:,.3f} ms" if value < 1 else f"{value:,.1f} ms"
 
 
+def _cost(cost: dict[str, Any]) -> str:
+    if cost["total"] is None:
+        return "–"
+    return f"{cost['total']:,.4f} / {cost['per_prediction']:,.6f}"
+
+
 def _identity(candidate: dict[str, Any]) -> str:
     name, version = str(candidate["name"]), candidate["version"]
     return name + (f" (version {version})" if version else "")
@@ -48,6 +54,7 @@ def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:
         ("compared with an outcome", f"{candidate['compared']:,}"),
         ("pending (no outcome yet)", f"{candidate['pending']:,}"),
         ("agreement (95 % Wilson)", interval(candidate["agreement"])),
+        ("cost (total / per prediction)", _cost(candidate["cost"])),
         ("latency p50 / p95 / p99",
          f"{millis(latency['p50'])} / {millis(latency['p95'])} / {millis(latency['p99'])}"),
     ]

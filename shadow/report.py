@@ -49,7 +49,8 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
 
     candidates = []
     for row in db.execute(_CANDIDATES_SQL).fetchall():
-        name, version, predictions, failed, abstained, p50, p95, p99 = row
+        name, version, predictions, failed, abstained, prompt, completion, cost, *latency = row
+        p50, p95, p99 = latency
         key = (name, version)
         n_compared, n_agreed, comparators = compared.get(key, (0, 0, []))
         handled = predictions - failed - abstained
@@ -66,6 +67,9 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
             "coverage": handled / predictions if predictions else None,
             "agreement": agreement(n_agreed, n_compared),
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
+            "tokens": {"prompt": prompt, "completion": completion},
+            "cost": {"total": cost, "per_prediction": cost / predictions if cost is not None
+                     else None},
             "segments": segments.get(key, []),
             "fields": fields.get(key, []),
             "error_kinds": errors.get(key, []),
@@ -87,6 +91,7 @@ _CANDIDATES_SQL = """
 SELECT candidate, version, count(*) AS predictions,
        count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
        count(*) FILTER (WHERE abstained) AS abstained,
+       sum(prompt_tokens), sum(completion_tokens), sum(cost),
        quantile_cont(latency_ms, 0.50), quantile_cont(latency_ms, 0.95),
        quantile_cont(latency_ms, 0.99)
 FROM predictions

@@ -128,6 +128,8 @@ class Store:
             raise StoreError(f"no store at {self.path}")
         if self.path.is_file() and self.path.stat().st_size > 0 and not _is_duckdb(self.path):
             raise StoreError(f"cannot open store {self.path}: not a DuckDB file")
+        if self.read_only:
+            self._upgrade()
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.Error as exc:
@@ -147,6 +149,27 @@ class Store:
                 raise
             raise StoreError(f"cannot open store {self.path}: {_first_line(exc)}") from exc
         self._state = StoreState.OPEN
+
+    def _upgrade(self) -> None:
+        """Migrate an older store before reading it: readers need the current schema.
+
+        When another process holds the file it is the writer, which migrated on open.
+        """
+        try:
+            with duckdb.connect(str(self.path), read_only=True) as db:
+                current = check_version(db)
+        except duckdb.Error:
+            return  # locked by a writer, or unreadable: the read-only open will say
+        if current >= MIGRATIONS[-1][0]:
+            return
+        try:
+            with duckdb.connect(str(self.path)) as db:
+                migrate(db)
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"cannot open store {self.path}: it needs an upgrade to schema version "
+                f"{MIGRATIONS[-1][0]} and cannot be written now: {_first_line(exc)}"
+            ) from exc
 
     def close(self) -> None:
         if self._db is not None:

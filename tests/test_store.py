@@ -186,8 +186,7 @@ def test_outcomes_with_the_same_key_and_decided_at_are_stored_once(store: Store)
     assert stored == [("K1", at, 1), ("K1", at + timedelta(minutes=1), 1), ("K2", at, 1)]
 
 
-def test_a_version_1_store_is_migrated_and_its_error_kinds_filled_in(tmp_path: Path) -> None:
-    path = tmp_path / "v1.duckdb"
+def make_version_1_store(path: Path) -> None:
     db = duckdb.connect(str(path))
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
@@ -203,6 +202,11 @@ def test_a_version_1_store_is_migrated_and_its_error_kinds_filled_in(tmp_path: P
     )
     db.close()
 
+
+def test_a_version_1_store_is_migrated_and_its_error_kinds_filled_in(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    make_version_1_store(path)
+
     with Store(path) as store:
         version = store.db.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
         kinds = store.db.execute(
@@ -211,3 +215,16 @@ def test_a_version_1_store_is_migrated_and_its_error_kinds_filled_in(tmp_path: P
 
     assert version == MIGRATIONS[-1][0]
     assert kinds == [("e1", "exception", 1), ("e2", "not_json", 1), ("e3", None, 1)]
+
+
+def test_a_reader_of_an_older_store_upgrades_it_first(tmp_path: Path) -> None:
+    path = tmp_path / "v1.duckdb"
+    make_version_1_store(path)
+
+    with Store(path, read_only=True) as store:
+        abstained = store.db.execute(
+            "SELECT count(*) FILTER (WHERE abstained) FROM predictions"
+        ).fetchall()[0][0]
+        version = store.db.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+
+    assert (abstained, version) == (0, MIGRATIONS[-1][0])
