@@ -27,7 +27,6 @@ class Candidate(ABC):
 
     name: str
     version: str | None
-    batch_size: int
     confidence_path: str | None = None
     abstain_below: float | None = None
 

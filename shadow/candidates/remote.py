@@ -71,7 +71,6 @@ class RemoteCandidate(Candidate):
         self.name = spec.name or default_name
         self.version = spec.version
         self.confidence_path, self.abstain_below = spec.confidence_path, spec.abstain_below
-        self.batch_size = max(spec.concurrency * 4, 64)
         self.breaker = CircuitBreaker(spec.breaker, clock=clock)
         self._uniform = uniform or jitter()
         self._runner: asyncio.Runner | None = None
