@@ -7,6 +7,7 @@ offending key path and what was expected there, e.g.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -144,6 +145,20 @@ class RemoteSpec(_CandidateBase):
     """Calls in flight at most."""
     retry: RetrySpec = RetrySpec()
     breaker: BreakerSpec = BreakerSpec()
+
+    @field_validator("headers")
+    @classmethod
+    def _secrets_come_from_the_environment(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if _SECRET_HEADER.search(name) and "${" not in text:
+                raise ValueError(
+                    f"header {name!r} carries a secret: write it as ${{NAME}} and set the "
+                    f"environment variable NAME, so it is never stored in this file"
+                )
+        return value
+
+
+_SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|password", re.IGNORECASE)
 
 
 class HttpCandidateSpec(RemoteSpec):

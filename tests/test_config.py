@@ -13,6 +13,7 @@ from shadow.config import (
     CustomSpec,
     ExactSpec,
     FieldsSpec,
+    HttpCandidateSpec,
     NormalizedSpec,
     NumericSpec,
     SetSpec,
@@ -442,3 +443,20 @@ def test_comparator_named_unknown_name_lists_the_choices() -> None:
         "--compare fuzzy: no such comparator; expected one of "
         "['exact', 'loose_tags', 'normalized', 'numeric', 'set', 'strict']"
     )
+
+
+def test_a_secret_written_into_a_header_is_refused() -> None:
+    (line,) = lines_of({"candidate": {"kind": "http", "url": "http://127.0.0.1:1/p",
+                                      "headers": {"X-Api-Key": "abc123"}}})
+
+    assert line.startswith("candidate.headers: header 'X-Api-Key' carries a secret")
+    assert "abc123" not in line
+
+
+def test_a_secret_header_naming_an_environment_variable_is_accepted() -> None:
+    config = parse_config({"candidate": {"kind": "http", "url": "http://127.0.0.1:1/p",
+                                         "headers": {"Authorization": "Bearer ${TOKEN}",
+                                                     "X-Team": "support"}}})
+
+    assert isinstance(config.candidate, HttpCandidateSpec)
+    assert config.candidate.headers["Authorization"] == "Bearer ${TOKEN}"
