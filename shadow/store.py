@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -227,22 +228,10 @@ class Store:
         """Put these predictions in place of the ones stored for the same event and candidate."""
         if not predictions:
             return
-        db = self.db
-        try:
-            db.execute("BEGIN TRANSACTION")
-            db.register("new_predictions", _predictions_table(list(predictions)))
-            db.execute(
-                "DELETE FROM predictions p USING new_predictions n "
-                "WHERE p.event_id = n.event_id AND p.candidate = n.candidate "
-                "AND p.version IS NOT DISTINCT FROM n.version"
-            )
-            db.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
-            db.execute("COMMIT")
-        except duckdb.Error as exc:
-            _rollback(db)
-            raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from exc
-        finally:
-            db.unregister("new_predictions")
+        new = {"new_predictions": _predictions_table(list(predictions))}
+        with self._transaction(new) as tx:
+            tx.execute(_DELETE_SAME.format(table="predictions", new="new_predictions"))
+            tx.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         rows = self._for_ids(
@@ -296,21 +285,35 @@ class Store:
         checked them against :meth:`stored_positions` and :meth:`predicted`.
         Outcomes, dead letters and duplicates are checked here.
         """
-        db = db or self.db
         tables = _arrow_tables(batch)
+        with self._transaction({f"new_{t}": arrow for t, arrow in tables.items()}, db) as tx:
+            return _insert(tx, tables)
+
+    @contextmanager
+    def _transaction(
+        self, tables: dict[str, pa.Table], db: duckdb.DuckDBPyConnection | None = None
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction with ``tables`` registered under their names for its statements.
+
+        Raises:
+            StoreError: DuckDB refused; nothing of the transaction was written.
+        """
+        db = db or self.db
         try:
             db.execute("BEGIN TRANSACTION")
-            for table, arrow in tables.items():
-                db.register(f"new_{table}", arrow)
-            counts = _insert(db, tables)
+            for name, table in tables.items():
+                db.register(name, table)
+            yield db
             db.execute("COMMIT")
         except duckdb.Error as exc:
             _rollback(db)
             raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from exc
+        except BaseException:
+            _rollback(db)
+            raise
         finally:
-            for table in tables:
-                db.unregister(f"new_{table}")
-        return counts
+            for name in tables:
+                db.unregister(name)
 
     def write_comparisons(self, comparisons: Sequence[Comparison]) -> None:
         """Replace the comparisons of these predictions, in one transaction."""
@@ -332,26 +335,11 @@ class Store:
             "field": pa.array([f for c in comparisons for f in c.fields], pa.string()),
             "agree": pa.array([a for c in comparisons for a in c.fields.values()], pa.bool_()),
         })
-        db = self.db
-        try:
-            db.execute("BEGIN TRANSACTION")
-            db.register("new_comparisons", rows)
-            db.register("new_fields", fields)
+        with self._transaction({"new_comparisons": rows, "new_fields": fields}) as tx:
             for table in ("comparisons", "comparison_fields"):
-                db.execute(
-                    f"DELETE FROM {table} t USING new_comparisons n "  # noqa: S608
-                    "WHERE t.event_id = n.event_id AND t.candidate = n.candidate "
-                    "AND t.version IS NOT DISTINCT FROM n.version"
-                )
-            db.execute("INSERT INTO comparisons BY NAME SELECT * FROM new_comparisons")
-            db.execute("INSERT INTO comparison_fields BY NAME SELECT * FROM new_fields")
-            db.execute("COMMIT")
-        except duckdb.Error as exc:
-            _rollback(db)
-            raise StoreError(f"cannot write comparisons to {self.path}: {exc}") from exc
-        finally:
-            db.unregister("new_comparisons")
-            db.unregister("new_fields")
+                tx.execute(_DELETE_SAME.format(table=table, new="new_comparisons"))
+            tx.execute("INSERT INTO comparisons BY NAME SELECT * FROM new_comparisons")
+            tx.execute("INSERT INTO comparison_fields BY NAME SELECT * FROM new_fields")
 
     def record_run(self, run: dict[str, Any]) -> None:
         """Keep the summary of one replay, for reports and for people debugging."""
@@ -362,6 +350,13 @@ class Store:
              orjson.dumps(run["summary"]).decode()],
         )
 
+
+# Rows of `table` for the same prediction (event, candidate, version) as a row of `new`.
+_DELETE_SAME = """
+DELETE FROM {table} t USING {new} n
+WHERE t.event_id = n.event_id AND t.candidate = n.candidate
+  AND t.version IS NOT DISTINCT FROM n.version
+"""
 
 _PENDING_SQL = """
 WITH final AS (
