@@ -33,3 +33,6 @@ def read_report() -> Callable[[Path], dict[str, Any]]:
             return build_report(store)
 
     return read
+
+
+pytest_plugins = ["tests.kafka"]
