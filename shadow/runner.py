@@ -122,7 +122,12 @@ class Replay:
         self.summary.sources.append(source.name)
         handed_out = 0
         with source, _collect_between_batches():
-            while read := self._step(source, prepare):
+            while True:
+                read = self._step(source, prepare)
+                if not read:
+                    if source.exhausted:
+                        break
+                    continue  # an unbounded source had nothing within its poll timeout
                 handed_out += read
                 if self.progress:
                     self.progress(source.name, handed_out, source.fraction_done())

@@ -1,0 +1,219 @@
+"""Kafka topics as a source of events and outcomes, and as a sink for live decisions.
+
+The source consumes in a consumer group with auto-commit off: offsets are
+committed only by :meth:`KafkaSource.commit`, which the pipeline calls after
+the store's transaction holding those records has committed. Delivery is at
+least once; the store's idempotency makes the result exactly once.
+
+kafka-python's types stay in this module: the rest of the project sees
+:class:`~connectors.base.RawRecord` values and our own errors.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from connectors.base import RawRecord, Source
+from shadow.errors import SourceError
+from shadow.models import Event, Mode, Prediction
+
+METADATA_KEY = "_kafka"
+"""Where a record's key, headers, topic, partition, offset and timestamp sit for the mapping."""
+
+
+class Start(enum.StrEnum):
+    """Where a consumer group without committed offsets (or a replay) begins."""
+
+    COMMITTED = "committed"
+    """Committed offsets; the earliest record where the group has none."""
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+class KafkaSource(Source):
+    """Records from one or more topics, in a consumer group.
+
+    ``start`` is a :class:`Start` or a datetime, which replays the window from
+    that time. With ``idle_s`` the source is bounded: it is exhausted once no
+    record has arrived for that long (replays of a topic, tests, benchmarks).
+    ``poll`` never blocks longer than ``poll_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topics: Sequence[str],
+        group_id: str,
+        start: Start | datetime = Start.COMMITTED,
+        poll_timeout_s: float = 1.0,
+        idle_s: float | None = None,
+        options: dict[str, Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not topics:
+            raise ValueError("a Kafka source needs at least one topic")
+        self.name = "kafka:" + ",".join(topics)
+        self.bootstrap, self.topics, self.group_id = bootstrap, list(topics), group_id
+        self.start, self.poll_timeout_s, self.idle_s = start, poll_timeout_s, idle_s
+        self._options = dict(options or {})
+        self._clock = clock
+        self._consumer: KafkaConsumer | None = None
+        self._last_record_at = clock()
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._seeked = False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.idle_s is not None and self._clock() - self._last_record_at >= self.idle_s
+
+    def _open(self) -> None:
+        reset = "latest" if self.start is Start.LATEST else "earliest"
+        try:
+            self._consumer = KafkaConsumer(
+                *self.topics, bootstrap_servers=self.bootstrap, group_id=self.group_id,
+                enable_auto_commit=False, auto_offset_reset=reset, **self._options,
+            )
+        except KafkaError as exc:
+            raise SourceError(f"cannot consume {self.topics} from {self.bootstrap}: {exc}") from exc
+        self._last_record_at = self._clock()
+
+    def _close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+
+    def _poll(self, max_records: int) -> list[RawRecord]:
+        consumer = self._consumer
+        assert consumer is not None
+        try:
+            batches = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
+                                    max_records=max_records)
+            if batches and self._needs_seek():
+                return self._seek_to_start(consumer)
+        except KafkaError as exc:
+            raise SourceError(f"cannot consume {self.topics}: {exc}") from exc
+        records = [self._record(message) for messages in batches.values() for message in messages]
+        if records:
+            self._last_record_at = self._clock()
+        for partition, messages in batches.items():
+            self._uncommitted[partition] = messages[-1].offset + 1
+        return records
+
+    def _needs_seek(self) -> bool:
+        # Starting at a time (or from the very beginning regardless of committed
+        # offsets) needs the partitions assigned first; done once, on first poll.
+        wanted = self.start is Start.EARLIEST or isinstance(self.start, datetime)
+        return wanted and not self._seeked
+
+    def _seek_to_start(self, consumer: KafkaConsumer) -> list[RawRecord]:
+        self._seeked = True
+        partitions = list(consumer.assignment())
+        if isinstance(self.start, datetime):
+            millis = int(self.start.timestamp() * 1000)
+            found = consumer.offsets_for_times({tp: millis for tp in partitions})
+            ends = consumer.end_offsets(partitions)
+            for tp in partitions:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+        else:
+            consumer.seek_to_beginning(*partitions)
+        return []  # what this poll fetched is read again from the new position
+
+    def commit(self, position: str) -> None:
+        """Commit the offsets of every record handed out so far."""
+        if self._consumer is None or not self._uncommitted:
+            return
+        offsets = {
+            tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()
+        }
+        try:
+            self._consumer.commit(offsets=offsets)
+        except KafkaError as exc:
+            raise SourceError(f"cannot commit offsets of {self.topics}: {exc}") from exc
+        self._uncommitted.clear()
+
+    def _record(self, message: Any) -> RawRecord:
+        position = f"{message.topic}/{message.partition}@{message.offset}"
+        metadata = {
+            "key": message.key.decode("utf-8", "replace") if message.key is not None else None,
+            "headers": {k: v.decode("utf-8", "replace") for k, v in (message.headers or [])},
+            "topic": message.topic, "partition": message.partition, "offset": message.offset,
+            "timestamp": message.timestamp,
+        }
+        try:
+            value = orjson.loads(message.value)
+        except orjson.JSONDecodeError as exc:
+            return RawRecord(self.name, position, None, message.value, f"not valid JSON: {exc}")
+        if type(value) is not dict:
+            return RawRecord(self.name, position, None, message.value,
+                             "expected a JSON object as the record value")
+        value[METADATA_KEY] = metadata
+        return RawRecord(self.name, position, value, message.value)
+
+
+class KafkaSink:
+    """Publishes live decisions for production to act on.
+
+    acks=all and the idempotent producer: a decision is either on the topic
+    once or reported as failed. Shadow predictions are refused outright.
+    """
+
+    def __init__(
+        self, *, bootstrap: str, topic: str, options: dict[str, Any] | None = None
+    ) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self._options = dict(options or {})
+        self._producer: KafkaProducer | None = None
+
+    def __enter__(self) -> KafkaSink:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        try:
+            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
+                                           enable_idempotence=True, **self._options)
+        except KafkaError as exc:
+            raise SourceError(f"cannot publish to {self.topic} at {self.bootstrap}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()
+            self._producer.close()
+            self._producer = None
+
+    def publish(self, prediction: Prediction, event: Event, *, step: str) -> None:
+        """Send one live decision, keyed by the event's key, and wait for the broker's ack.
+
+        Raises:
+            ValueError: the prediction is a shadow one, or has no output.
+            SourceError: the broker did not take it.
+        """
+        if prediction.mode is not Mode.LIVE:
+            raise ValueError(f"shadow prediction for {prediction.event_id} must never be published")
+        if prediction.error is not None or prediction.abstained:
+            raise ValueError(f"prediction for {prediction.event_id} has no decision to publish")
+        assert self._producer is not None, "sink used before open()"
+        headers = [
+            ("candidate", prediction.candidate.encode()),
+            ("version", (prediction.version or "").encode()),
+            ("rollout_step", step.encode()),
+            ("event_id", prediction.event_id.encode()),
+        ]
+        try:
+            self._producer.send(self.topic, key=event.key.encode(),
+                                value=orjson.dumps(prediction.output), headers=headers).get(30)
+        except KafkaError as exc:
+            raise SourceError(f"cannot publish to {self.topic}: {exc}") from exc

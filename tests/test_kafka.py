@@ -1,0 +1,177 @@
+"""The Kafka source and sink against a real broker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from connectors.kafka import KafkaSink, KafkaSource, Start
+from connectors.mapping import EventMapper
+from shadow.candidates import CallableCandidate
+from shadow.comparators import build_comparator
+from shadow.config import EventMapping, ExactSpec
+from shadow.models import Event, Mode, Prediction
+from shadow.report import build_report
+from shadow.runner import Replay
+from shadow.store import Store
+
+NOW = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def label(event: Event) -> str:
+    return "billing" if int(event.event_id.removeprefix("e")) % 3 else "login"
+
+
+def topic_name(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:10]}"
+
+
+def produce(bootstrap: str, topic: str, values: list[Any], key: Callable[[Any], str]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for value in values:
+        body = value if isinstance(value, bytes) else json.dumps(value).encode()
+        producer.send(topic, body, key=key(value).encode())
+    producer.flush(timeout=30)
+    producer.close()
+
+
+def events(n: int) -> list[dict[str, Any]]:
+    return [{"event_id": f"e{i}", "key": f"k{i}", "occurred_at": "2024-05-01T10:00:00Z",
+             "segment": {"queue": "eu" if i % 2 else "us"}, "payload": {"n": i}}
+            for i in range(n)]
+
+
+def source(bootstrap: str, topic: str, **options: Any) -> KafkaSource:
+    return KafkaSource(bootstrap=bootstrap, topics=[topic], group_id=f"g-{topic}",
+                       start=Start.EARLIEST, poll_timeout_s=0.5, idle_s=3.0, **options)
+
+
+def replay(db: Path, sources: list[KafkaSource], outcomes: list[KafkaSource]) -> Any:
+    candidate = CallableCandidate(label, name="labeller")
+    with Store(db) as store:
+        return Replay(store, candidate, build_comparator(ExactSpec()),
+                      batch_size=500).run(sources, outcomes)
+
+
+def test_events_and_outcomes_from_topics_are_predicted_and_compared_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    n = 900
+    event_topic, outcome_topic = topic_name("events"), topic_name("outcomes")
+    produce(kafka_bootstrap, event_topic, events(n), key=lambda e: e["key"])
+    outcomes = [{"key": f"k{i}", "outcome": "billing", "decided_at": "2024-05-02T10:00:00Z"}
+                for i in range(0, n, 2)]
+    produce(kafka_bootstrap, outcome_topic, outcomes, key=lambda o: o["key"])
+    db = tmp_path / "store.duckdb"
+
+    summary = replay(db, [source(kafka_bootstrap, event_topic)],
+                     [source(kafka_bootstrap, outcome_topic)])
+
+    assert (summary.events_read, summary.events_stored, summary.predictions) == (n, n, n)
+    with Store(db, read_only=True) as store:
+        (candidate,) = build_report(store)["candidates"]
+    compared = list(range(0, n, 2))
+    agreed = sum(1 for i in compared if i % 3)
+    assert (candidate["compared"], candidate["pending"]) == (len(compared), n - len(compared))
+    assert candidate["agreement"]["rate"] == agreed / len(compared)
+
+
+def test_committed_offsets_mean_a_second_run_reads_nothing_again(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = topic_name("events")
+    produce(kafka_bootstrap, topic, events(50), key=lambda e: e["key"])
+    db = tmp_path / "store.duckdb"
+    committed = KafkaSource(bootstrap=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
+                            poll_timeout_s=0.5, idle_s=3.0)
+    replay(db, [committed], [])
+
+    again = KafkaSource(bootstrap=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
+                        poll_timeout_s=0.5, idle_s=3.0)
+    second = replay(db, [again], [])
+
+    assert second.events_read == 0
+
+
+def test_poison_records_become_dead_letters_with_their_position(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = topic_name("events")
+    good = events(20)
+    produce(kafka_bootstrap, topic, [*good[:10], b"{not json", {"event_id": "x"}, *good[10:]],
+            key=lambda v: "k" if isinstance(v, bytes) else str(v.get("key", "k")))
+    db = tmp_path / "store.duckdb"
+
+    summary = replay(db, [source(kafka_bootstrap, topic)], [])
+
+    assert (summary.events_stored, summary.dead_letters) == (20, 2)
+    with Store(db, read_only=True) as store:
+        rows = store.db.execute(
+            "SELECT position, reason FROM dead_letters ORDER BY position"
+        ).fetchall()
+    assert [position for position, _ in rows] == [f"{topic}/0@10", f"{topic}/0@11"]
+    assert "not valid JSON" in rows[0][1] and "key" in rows[1][1]
+
+
+def test_the_mapping_sees_the_record_key_and_headers(kafka_bootstrap: str) -> None:
+    topic = topic_name("crm")
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    producer.send(topic, json.dumps({"id": 7, "at": "2024-05-01T10:00:00Z"}).encode(),
+                  key=b"account-42", headers=[("region", b"emea")])
+    producer.flush(timeout=30)
+    producer.close()
+    mapper = EventMapper(EventMapping(event_id="id", key="_kafka.key", occurred_at="at",
+                                      segment={"region": "_kafka.headers.region"}, payload="$"))
+
+    with source(kafka_bootstrap, topic) as records:
+        batch: list[Any] = []
+        deadline = time.monotonic() + 30
+        while not batch and time.monotonic() < deadline:
+            batch = records.poll(10)
+    event = mapper(batch[0].value)
+
+    assert (event.event_id, event.key, event.segment) == ("7", "account-42", {"region": "emea"})
+
+
+def live(prediction_id: str, mode: Mode = Mode.LIVE) -> Prediction:
+    return Prediction(event_id=prediction_id, candidate="triage", version="2", mode=mode,
+                      output={"category": "billing"}, latency_ms=1.0, predicted_at=NOW)
+
+
+def test_a_live_decision_is_published_keyed_and_labelled(kafka_bootstrap: str) -> None:
+    topic = topic_name("decisions")
+    event = Event(event_id="e1", key="ticket-1", occurred_at=NOW)
+
+    with KafkaSink(bootstrap=kafka_bootstrap, topic=topic) as sink:
+        sink.publish(live("e1"), event, step="5%")
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=topic,
+                             auto_offset_reset="earliest")
+    messages: list[Any] = []
+    deadline = time.monotonic() + 30
+    while not messages and time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=500).values():
+            messages.extend(batch)
+    consumer.close()
+    (message,) = messages
+    assert message.key == b"ticket-1"
+    assert json.loads(message.value) == {"category": "billing"}
+    assert dict(message.headers) == {"candidate": b"triage", "version": b"2",
+                                     "rollout_step": b"5%", "event_id": b"e1"}
+
+
+def test_a_shadow_prediction_is_never_published(kafka_bootstrap: str) -> None:
+    topic = topic_name("decisions")
+    event = Event(event_id="e1", key="ticket-1", occurred_at=NOW)
+
+    with KafkaSink(bootstrap=kafka_bootstrap, topic=topic) as sink, \
+            pytest.raises(ValueError, match="never be published"):
+        sink.publish(live("e1", Mode.SHADOW), event, step="shadow")
