@@ -102,7 +102,9 @@ class KafkaSource(Source):
         except KafkaError as exc:
             raise SourceError(f"cannot consume {self.topics}: {exc}") from exc
         records = [self._record(message) for messages in batches.values() for message in messages]
-        if records:
+        if records or not consumer.assignment():
+            # Waiting for the group to hand out partitions (after a member died,
+            # until its session times out) is not idleness.
             self._last_record_at = self._clock()
         for partition, messages in batches.items():
             self._uncommitted[partition] = messages[-1].offset + 1

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -175,3 +178,40 @@ def test_a_shadow_prediction_is_never_published(kafka_bootstrap: str) -> None:
     with KafkaSink(bootstrap=kafka_bootstrap, topic=topic) as sink, \
             pytest.raises(ValueError, match="never be published"):
         sink.publish(live("e1", Mode.SHADOW), event, step="shadow")
+
+
+def consume_command(bootstrap: str, topic: str, db: Path, idle_s: float = 4.0) -> list[str]:
+    return [sys.executable, "-m", "tests.kafka_consumer", bootstrap, topic, f"g-{topic}",
+            str(db), str(idle_s)]
+
+
+def stored(db: Path) -> tuple[int, int, int, int]:
+    with Store(db, read_only=True) as store:
+        return (store.count("events"), store.count("predictions"),
+                store.db.execute("SELECT count(DISTINCT event_id) FROM predictions")
+                .fetchall()[0][0], store.count("duplicates"))
+
+
+def test_a_consumer_killed_midway_and_restarted_loses_nothing_and_counts_nothing_twice(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    n = 3000
+    topic = topic_name("events")
+    produce(kafka_bootstrap, topic, events(n), key=lambda e: e["key"])
+    db = tmp_path / "store.duckdb"
+    root = Path(__file__).resolve().parent.parent
+
+    process = subprocess.Popen(consume_command(kafka_bootstrap, topic, db), cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not db.with_name(db.name + ".wal").exists():
+        time.sleep(0.05)
+    time.sleep(1.5)  # some batches committed, one in the middle
+    killed_midway = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    subprocess.run(consume_command(kafka_bootstrap, topic, db), cwd=root, check=True,
+                   capture_output=True, timeout=300)
+
+    assert killed_midway, "the consumer finished before it could be killed"
+    assert stored(db) == (n, n, n, 0)
