@@ -18,13 +18,16 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+import structlog
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.base import RawRecord, Source
 from shadow.errors import SourceError
 from shadow.models import Event, Mode, Prediction
+
+log = structlog.get_logger(__name__)
 
 METADATA_KEY = "_kafka"
 """Where a record's key, headers, topic, partition, offset and timestamp sit for the mapping."""
@@ -57,8 +60,10 @@ class KafkaSource(Source):
         start: Start | datetime = Start.COMMITTED,
         poll_timeout_s: float = 1.0,
         idle_s: float | None = None,
+        commit_timeout_s: float = 300.0,
         options: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -66,7 +71,8 @@ class KafkaSource(Source):
         self.bootstrap, self.topics, self.group_id = bootstrap, list(topics), group_id
         self.start, self.poll_timeout_s, self.idle_s = start, poll_timeout_s, idle_s
         self._options = dict(options or {})
-        self._clock = clock
+        self.commit_timeout_s = commit_timeout_s
+        self._clock, self._sleep = clock, sleep
         self._consumer: KafkaConsumer | None = None
         self._last_record_at = clock()
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -131,16 +137,36 @@ class KafkaSource(Source):
         return []  # what this poll fetched is read again from the new position
 
     def commit(self, position: str) -> None:
-        """Commit the offsets of every record handed out so far."""
+        """Commit the offsets of every record handed out so far.
+
+        A broker that is away is waited for, up to ``commit_timeout_s``: the
+        records are safely stored already, and committing late only means
+        reading less again after a crash. If the group was rebalanced meanwhile
+        the offsets are let go: the records are delivered again and the store
+        recognises them.
+
+        Raises:
+            SourceError: the broker stayed away longer than ``commit_timeout_s``.
+        """
         if self._consumer is None or not self._uncommitted:
             return
         offsets = {
             tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()
         }
-        try:
-            self._consumer.commit(offsets=offsets)
-        except KafkaError as exc:
-            raise SourceError(f"cannot commit offsets of {self.topics}: {exc}") from exc
+        give_up, wait = self._clock() + self.commit_timeout_s, 0.25
+        while True:
+            try:
+                self._consumer.commit(offsets=offsets)
+                break
+            except CommitFailedError as exc:
+                log.warning("offsets not committed: the group was rebalanced", error=str(exc))
+                break
+            except KafkaError as exc:
+                if self._clock() + wait > give_up:
+                    raise SourceError(f"cannot commit offsets of {self.topics}: {exc}") from exc
+                log.warning("commit failed, retrying", error=str(exc), wait_s=wait)
+                self._sleep(wait)
+                wait = min(wait * 2, 5.0)
         self._uncommitted.clear()
 
     def _record(self, message: Any) -> RawRecord:

@@ -27,7 +27,8 @@ def main(bootstrap: str, topic: str, group: str, db: str, idle_s: str = "4") -> 
     source = KafkaSource(bootstrap=bootstrap, topics=[topic], group_id=group,
                          start=Start.COMMITTED, poll_timeout_s=0.5, idle_s=float(idle_s),
                          # a killed member's partitions are handed on after this long
-                         options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000})
+                         options={"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+                                  "reconnect_backoff_max_ms": 1000})
     candidate = CallableCandidate(slow_label, name="labeller")
     with Store(Path(db)) as store:
         Replay(store, candidate, build_comparator(ExactSpec()), batch_size=200).run([source])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -214,4 +215,37 @@ def test_a_consumer_killed_midway_and_restarted_loses_nothing_and_counts_nothing
                    capture_output=True, timeout=300)
 
     assert killed_midway, "the consumer finished before it could be killed"
+    assert stored(db) == (n, n, n, 0)
+
+
+def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    # A broker of its own, so stopping it does not disturb the other tests.
+    script = Path(__file__).resolve().parent.parent / "scripts" / "kafka-local"
+    env = {**os.environ, "SHADOW_KAFKA_PORT": "29192", "SHADOW_KAFKA_RUN": str(tmp_path / "k")}
+    broker = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True,
+                            check=True, timeout=300).stdout.strip().splitlines()[-1]
+    try:
+        n = 3000
+        topic = topic_name("events")
+        produce(broker, topic, events(n), key=lambda e: e["key"])
+        db = tmp_path / "store.duckdb"
+        root = Path(__file__).resolve().parent.parent
+        with (tmp_path / "consumer.log").open("w") as log:
+            process = subprocess.Popen(consume_command(broker, topic, db, idle_s=12), cwd=root,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not db.with_name(db.name + ".wal").exists():
+            time.sleep(0.05)
+        time.sleep(1.0)
+        subprocess.run([str(script), "stop", "--keep-data"], env=env, check=True, timeout=120)
+        time.sleep(3)
+        subprocess.run([str(script), "start"], env=env, check=True, capture_output=True,
+                       timeout=300)
+        process.wait(timeout=240)
+    finally:
+        subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
+
+    assert process.returncode == 0, (tmp_path / "consumer.log").read_text()[-3000:]
     assert stored(db) == (n, n, n, 0)
