@@ -249,3 +249,24 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
 
     assert process.returncode == 0, (tmp_path / "consumer.log").read_text()[-3000:]
     assert stored(db) == (n, n, n, 0)
+
+
+def test_a_source_can_start_at_a_point_in_time(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = topic_name("events")
+    produce(kafka_bootstrap, topic, events(10), key=lambda e: e["key"])
+    time.sleep(1.0)
+    since = datetime.now(UTC)
+    time.sleep(0.2)
+    later = [{**e, "event_id": f"e{100 + i}", "key": f"k{100 + i}"}
+             for i, e in enumerate(events(5))]
+    produce(kafka_bootstrap, topic, later, key=lambda e: e["key"])
+    db = tmp_path / "store.duckdb"
+
+    from_then = KafkaSource(bootstrap=kafka_bootstrap, topics=[topic], group_id=f"g-{topic}",
+                            start=since, poll_timeout_s=0.5, idle_s=3.0)
+    summary = replay(db, [from_then], [])
+
+    with Store(db, read_only=True) as store:
+        ids = sorted(row[0] for row in store.db.execute("SELECT event_id FROM events").fetchall())
+    assert summary.events_read == 5
+    assert ids == sorted(e["event_id"] for e in later)
