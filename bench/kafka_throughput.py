@@ -1,0 +1,352 @@
+# mypy: disable-error-code="attr-defined,unused-ignore"
+"""Kafka pipeline throughput against a plain kafka-python consumer, in the same run.
+
+    python bench/kafka_throughput.py [--events 1000000] [--bootstrap HOST:PORT]
+                                     [--check-crcs on|off|both] [--profile]
+
+Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local``
+(port 29292, run directory ``/tmp/shadow-kafka-bench-UID``) and stopped at the end.
+
+Creates a fresh topic of one partition and produces N small canonical events
+(event_id, key, occurred_at, segment, a payload of about 100 bytes) with a
+batching kafka-python producer (acks=1). Then, on that topic, for each CRC
+setting asked for:
+
+1. the reference: a plain ``KafkaConsumer`` (its own fresh group, from the
+   earliest offset) that polls and ``orjson.loads`` every value until it has N;
+2. the shadow pipeline: ``Replay`` with a trivial in-process candidate over a
+   ``KafkaSource`` (its own fresh group, ``Start.EARLIEST``) into a fresh DuckDB
+   file under ``bench/out/``, timed until the last batch is stored and its
+   offsets committed.
+
+Both consumers get exactly the same fetch settings (``CONSUMER_TUNING``). The
+pipeline's time is also split by stage (each stage's function wrapped; the
+wrappers run once per batch, not per event). With ``--profile`` the pipeline
+additionally runs under cProfile (slower: use a small ``--events``), and the
+top functions are printed.
+
+``check_crcs`` is a setting of its own because kafka-python verifies each
+record batch's CRC-32C in pure Python unless the optional ``crc32c`` package
+is installed (about 5 MB/s here); with it on, both consumers spend most of
+their time there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.record import util as record_util
+
+import shadow.runner as runner_module
+import shadow.store as store_module
+from connectors.kafka import KafkaSource, Start
+from shadow.candidates import CallableCandidate
+from shadow.comparators import build_comparator
+from shadow.config import ExactSpec
+from shadow.runner import Replay
+from shadow.store import Store
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from trivial_candidate import label  # noqa: E402  (bench/ is not a package)
+
+PORT = 29292
+BATCH_SIZE = 20_000
+IDLE_S = 2.0
+# The same fetch settings for both consumers: big fetches, big polls.
+CONSUMER_TUNING: dict[str, Any] = {
+    "max_poll_records": BATCH_SIZE,
+    "fetch_max_bytes": 64 * 2**20,
+    "max_partition_fetch_bytes": 16 * 2**20,
+    "receive_buffer_bytes": 4 * 2**20,
+}
+WORDS = ("invoice refund password login error crash delivery parcel cancel account "
+         "please help urgent since yesterday customer order payment team").split()
+
+
+# -- broker and topic ------------------------------------------------------------
+
+def start_broker() -> tuple[str, dict[str, str]]:
+    env = dict(os.environ, SHADOW_KAFKA_PORT=str(PORT),
+               SHADOW_KAFKA_RUN=f"/tmp/shadow-kafka-bench-{os.getuid()}")
+    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1], env
+
+
+def stop_broker(env: dict[str, str]) -> None:
+    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
+                   capture_output=True)
+
+
+def create_topic(bootstrap: str) -> str:
+    topic = f"bench-throughput-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    return topic
+
+
+def event_bytes(i: int, rnd: random.Random, base: datetime) -> bytes:
+    return orjson.dumps({
+        "event_id": f"evt-{i:08d}",
+        "key": f"ticket-{i:08d}",
+        "occurred_at": (base + timedelta(seconds=i)).isoformat(),
+        "segment": {"channel": rnd.choice(("email", "chat", "web", "phone")),
+                    "tier": rnd.choice(("free", "pro", "enterprise"))},
+        "payload": {"subject": " ".join(rnd.choices(WORDS, k=8)),
+                    "priority": rnd.choice(("low", "normal", "high")),
+                    "customer_id": rnd.randrange(10_000)},
+    })
+
+
+def produce(bootstrap: str, topic: str, count: int, seed: int = 1) -> tuple[float, int, int]:
+    """Returns seconds, total value bytes and total payload bytes."""
+    rnd = random.Random(seed)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50,
+                             batch_size=512 * 1024,
+                             max_request_size=8 * 2**20)
+    value_bytes = payload_bytes = 0
+    started = time.perf_counter()
+    for i in range(count):
+        value = event_bytes(i, rnd, base)
+        value_bytes += len(value)
+        if i < 1000:
+            payload_bytes += len(orjson.dumps(orjson.loads(value)["payload"]))
+        producer.send(topic, key=f"ticket-{i:08d}".encode(), value=value)
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    producer.close()
+    return elapsed, value_bytes, payload_bytes * count // min(count, 1000)
+
+
+# -- the reference: a plain consumer ---------------------------------------------
+
+def time_raw(bootstrap: str, topic: str, count: int, tuning: dict[str, Any]) -> float:
+    loads = orjson.loads
+    started = time.perf_counter()  # construction and group join are included, as for the source
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap,
+                             group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+                             enable_auto_commit=False, auto_offset_reset="earliest", **tuning)
+    read, last_data = 0, time.perf_counter()
+    while read < count:
+        batches = consumer.poll(timeout_ms=500, max_records=BATCH_SIZE)
+        for messages in batches.values():
+            for message in messages:
+                loads(message.value)
+            read += len(messages)
+        if batches:
+            last_data = time.perf_counter()
+        elif time.perf_counter() - last_data > 30:
+            raise SystemExit(f"raw consumer stalled at {read:,} of {count:,} records")
+    elapsed = time.perf_counter() - started
+    consumer.close(autocommit=False)
+    if read != count:
+        raise SystemExit(f"raw consumer read {read:,} records, expected {count:,}")
+    return elapsed
+
+
+# -- the pipeline -----------------------------------------------------------------
+
+class Stages:
+    """Seconds per stage, filled by wrappers that run once per batch."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - started
+
+        return timed
+
+
+class TimedKafkaSource(KafkaSource):
+    """A KafkaSource that notes when its last commit (so its last stored batch) ended.
+
+    The pipeline is timed until the store holds every event and their offsets
+    are committed, not until ``Replay.run`` returns: the run only ends after
+    ``idle_s`` without records, and then compares and records the run. Noting
+    the time of the last commit is exact, where subtracting ``idle_s`` from the
+    run's duration would also count the last empty poll's partial timeout and
+    the end-of-run work.
+    """
+
+    def __init__(self, *, stages: Stages, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stages = stages
+        self.last_commit_at: float | None = None
+        self.stages_at_commit: dict[str, float] = {}
+        self._poll = stages.wrap("source", self._poll)  # type: ignore[method-assign]
+
+    def _open(self) -> None:
+        super()._open()
+        consumer = self._consumer
+        assert consumer is not None
+        consumer.poll = self.stages.wrap("kafka-python poll", consumer.poll)  # type: ignore[method-assign]
+
+    def commit(self, position: str) -> None:
+        started = time.perf_counter()
+        super().commit(position)
+        self.last_commit_at = time.perf_counter()
+        self.stages.seconds["commit offsets"] += self.last_commit_at - started
+        # The stages as of the last stored batch: the idle polls after it are not counted.
+        self.stages_at_commit = dict(self.stages.seconds)
+
+
+def time_pipeline(
+    bootstrap: str, topic: str, count: int, tuning: dict[str, Any], db_path: Path,
+    *, profile: bool = False,
+) -> tuple[float, float, dict[str, float], str | None]:
+    """Returns seconds until stored, seconds of the whole run, stage seconds, profile text."""
+    db_path.unlink(missing_ok=True)
+    stages = Stages()
+    source = TimedKafkaSource(
+        stages=stages, bootstrap=bootstrap, topics=[topic],
+        group_id=f"bench-pipeline-{uuid.uuid4().hex[:8]}", start=Start.EARLIEST,
+        poll_timeout_s=0.5, idle_s=IDLE_S, options=dict(tuning),
+    )
+    candidate = CallableCandidate(label, name="trivial")
+    candidate.predict = stages.wrap("candidate", candidate.predict)  # type: ignore[method-assign]
+    originals = runner_module.map_records, store_module._arrow_tables
+    runner_module.map_records = stages.wrap("map + validate", runner_module.map_records)
+    store_module._arrow_tables = stages.wrap("arrow tables", store_module._arrow_tables)
+    profiler = cProfile.Profile() if profile else None
+    try:
+        with Store(db_path) as store:
+            replay = Replay(store, candidate, build_comparator(ExactSpec()),
+                            batch_size=BATCH_SIZE)
+            replay._classify = stages.wrap("deduplicate", replay._classify)  # type: ignore[method-assign]
+            store.write = stages.wrap("store.write", store.write)  # type: ignore[method-assign]
+            started = time.perf_counter()
+            if profiler:
+                profiler.enable()
+            summary = replay.run([source])
+            if profiler:
+                profiler.disable()
+            finished = time.perf_counter()
+            stored = (store.count("events"), store.count("predictions"))
+    finally:
+        runner_module.map_records, store_module._arrow_tables = originals
+    if summary.events_stored != count or stored != (count, count) or summary.dead_letters:
+        raise SystemExit(f"pipeline stored {stored[0]:,} events and {stored[1]:,} predictions "
+                         f"({summary.dead_letters} dead letters), expected {count:,} each")
+    assert source.last_commit_at is not None
+    text = None
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        text = out.getvalue()
+    seconds = dict(source.stages_at_commit)
+    seconds["total"] = source.last_commit_at - started
+    return source.last_commit_at - started, finished - started, seconds, text
+
+
+def print_stages(seconds: dict[str, float]) -> None:
+    total = seconds["total"]
+    poll, source = seconds.get("kafka-python poll", 0.0), seconds.get("source", 0.0)
+    write, arrow = seconds.get("store.write", 0.0), seconds.get("arrow tables", 0.0)
+    rows = [
+        ("kafka-python poll (fetch, record parsing, CRC)", poll),
+        ("KafkaSource: orjson + RawRecord + metadata", source - poll),
+        ("map + validate into Event (pydantic)", seconds.get("map + validate", 0.0)),
+        ("deduplicate", seconds.get("deduplicate", 0.0)),
+        ("candidate (call, JSON check, Prediction)", seconds.get("candidate", 0.0)),
+        ("Arrow tables for the store", arrow),
+        ("DuckDB inserts and commit", write - arrow),
+        ("commit offsets", seconds.get("commit offsets", 0.0)),
+    ]
+    rows.append(("other (loop, gc, group join)",
+                 total - sum(value for _, value in rows)))
+    for name, value in rows:
+        print(f"    {name:<48} {value:7.2f} s  {value / total:6.1%}")
+
+
+# -- main ---------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--bootstrap", help="an existing broker; default: start one on port "
+                        f"{PORT} with scripts/kafka-local and stop it at the end")
+    parser.add_argument("--check-crcs", choices=("on", "off", "both"), default="both",
+                        help="kafka-python's check_crcs for both consumers (default: both, "
+                             "one pair of measurements each)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run the pipeline under cProfile and print its top functions")
+    parser.add_argument("--dir", type=Path, default=HERE / "out")
+    args = parser.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+
+    broker_env = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        bootstrap, broker_env = start_broker()
+        print(f"started a broker at {bootstrap}", flush=True)
+    try:
+        topic = create_topic(bootstrap)
+        seconds, value_bytes, payload_bytes = produce(bootstrap, topic, args.events)
+        print(f"produced {args.events:,} events to {topic} in {seconds:.1f} s "
+              f"({args.events / seconds:,.0f}/s); {value_bytes / args.events:.0f} bytes per "
+              f"value, payload {payload_bytes / args.events:.0f} bytes", flush=True)
+        crc_c = record_util.crc32c_c is not None
+        print(f"kafka-python CRC-32C: {'C (crc32c package)' if crc_c else 'pure Python'}")
+        settings = {"on": [True], "off": [False], "both": [True, False]}[args.check_crcs]
+        db_path = args.dir / f"kafka-throughput-{os.getpid()}.duckdb"
+        for check_crcs in settings:
+            tuning = dict(CONSUMER_TUNING, check_crcs=check_crcs)
+            raw = time_raw(bootstrap, topic, args.events, tuning)
+            stored, whole, stages, _ = time_pipeline(bootstrap, topic, args.events, tuning,
+                                                     db_path)
+            raw_rate, rate = args.events / raw, args.events / stored
+            print(f"check_crcs={check_crcs}:")
+            print(f"  plain KafkaConsumer + orjson : {raw:7.2f} s  {raw_rate:>9,.0f} events/s")
+            print(f"  shadow pipeline until stored : {stored:7.2f} s  {rate:>9,.0f} events/s"
+                  f"  (Replay.run {whole:.2f} s with the {IDLE_S:.0f} s idle wait)")
+            print(f"  ratio pipeline / plain       : {rate / raw_rate:7.3f}"
+                  f"  (target 0.70: {'met' if rate >= 0.7 * raw_rate else 'NOT met'})")
+            print(f"  store: {args.events:,} events and {args.events:,} predictions; "
+                  "pipeline stages:")
+            print_stages(stages)
+            sys.stdout.flush()
+            if args.profile:
+                _, _, _, text = time_pipeline(bootstrap, topic, args.events, tuning, db_path,
+                                              profile=True)
+                print(f"  cProfile of a second pipeline run (check_crcs={check_crcs}):")
+                print(text)
+        db_path.unlink(missing_ok=True)
+        Path(str(db_path) + ".wal").unlink(missing_ok=True)
+    finally:
+        if broker_env is not None:
+            stop_broker(broker_env)
+
+
+if __name__ == "__main__":
+    main()
