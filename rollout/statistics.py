@@ -1,0 +1,283 @@
+"""The statistics behind the gates: anytime-valid bounds and a degradation detector.
+
+Gates are looked at again and again while data arrives. A fixed-sample
+interval (Wilson, in ``shadow/stats.py``) checked after every batch promotes
+a candidate whose true agreement equals the threshold in about a third of
+runs. The bounds here are *confidence sequences* (Howard, Ramdas, McAuliffe
+and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence
+sequences", Annals of Statistics 2021): with probability at least 1 − α they
+contain the true rate at every sample size at once, so checking them after
+every comparison costs nothing in validity.
+
+With ``S`` agreements in ``n`` compared events and ``L = ln(1/α)``:
+
+* **Beta-binomial mixture** (Robbins; the default). Mixing the likelihood
+  ratio of every alternative rate ``q`` under a uniform prior gives the
+  martingale ``M_n(p) = B(S+1, n−S+1) / (p^S (1−p)^(n−S))``; by Ville's
+  inequality ``P(sup_n M_n(p) ≥ 1/α) ≤ α`` at the true ``p``, so the
+  sequence is ``{p : ln B(S+1, n−S+1) − S ln p − (n−S) ln(1−p) < L}``.
+  ``ln M_n`` is convex in ``p`` with its minimum (≤ 0) at ``S/n``, so the
+  set is an interval whose ends are found by bisection with ``math.lgamma``.
+  It is tight near the high rates gates care about.
+* **Hoeffding-scaled normal mixture**. With a tuning count ``t`` (the
+  sample size at which the bound is tightest),
+  ``ρ = (t/4) / (2L + ln(1 + 2L))`` and
+  ``u(n) = √((n/4 + ρ) · (ln(1 + n/(4ρ)) + 2L))``, the sequence is
+  ``S/n ± u(n)/n``. Simpler, valid for any bounded outcome, and about twice
+  as slow to promote near 0.95.
+
+Both are two-sided at level α, so each one-sided statement ("the rate is at
+least the lower end") errs with probability at most α.
+
+Rollback uses a **Bernoulli CUSUM** on disagreements (Page, 1954): a
+sequential test of "agreement is ``healthy``" against "agreement is
+``degraded``" that restarts itself while the evidence favours health, so it
+reacts to a drop after thousands of good comparisons as fast as after none.
+Its log-likelihood-ratio increments are rounded to integers (an agreement
+moves it down one unit, a disagreement up ``up`` units), which makes it a
+finite Markov chain whose average run length is computed exactly; the alarm
+threshold is the smallest one whose false-alarm probability over a horizon
+stays within budget.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+class Bounds(NamedTuple):
+    """The ends of a confidence sequence at one sample size; ``None`` without data."""
+
+    low: float | None
+    high: float | None
+
+
+class Method(enum.Enum):
+    BETA_BINOMIAL = "beta_binomial"
+    NORMAL_MIXTURE = "normal_mixture"
+
+
+# -- beta-binomial mixture ------------------------------------------------------
+
+
+def log_mixture(successes: int, n: int, p: float) -> float:
+    """``ln M_n(p)``: the log of the beta-binomial mixture martingale at rate ``p``."""
+    failures = n - successes
+    if p <= 0.0:
+        return math.inf if successes else _log_beta(successes + 1, failures + 1)
+    if p >= 1.0:
+        return math.inf if failures else _log_beta(successes + 1, failures + 1)
+    return (_log_beta(successes + 1, failures + 1)
+            - successes * math.log(p) - failures * math.log1p(-p))
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def beta_binomial(successes: int, n: int, alpha: float) -> Bounds:
+    """The beta-binomial confidence sequence for a rate at ``n`` observations.
+
+    >>> b = beta_binomial(95, 100, 0.05)
+    >>> round(b.low, 3), round(b.high, 3)
+    (0.84, 0.993)
+    """
+    _check(successes, n, alpha)
+    if n == 0:
+        return Bounds(None, None)
+    level = math.log(1 / alpha)
+    centre = successes / n
+
+    def outside(p: float) -> bool:
+        return log_mixture(successes, n, p) >= level
+
+    low = 0.0 if not outside(0.0) else _bisect(outside, 0.0, centre)
+    high = 1.0 if not outside(1.0) else _bisect(outside, 1.0, centre)
+    return Bounds(low, high)
+
+
+def beta_binomial_low_at_least(successes: int, n: int, threshold: float, alpha: float) -> bool:
+    """Whether the sequence's lower end is at or above ``threshold``, without bisection.
+
+    The set is an interval around ``S/n``, so its lower end is at or above a
+    rate below ``S/n`` exactly when that rate is outside it.
+    """
+    _check(successes, n, alpha)
+    if n == 0 or successes < threshold * n:
+        return False
+    return log_mixture(successes, n, threshold) >= math.log(1 / alpha)
+
+
+def beta_binomial_high_below(successes: int, n: int, threshold: float, alpha: float) -> bool:
+    """Whether the sequence's upper end is below ``threshold``."""
+    _check(successes, n, alpha)
+    if n == 0 or successes >= threshold * n:
+        return False
+    return log_mixture(successes, n, threshold) >= math.log(1 / alpha)
+
+
+def _bisect(outside: Callable[[float], bool], out: float, inside: float, iterations: int = 60) -> float:
+    """The boundary between a point outside the set and one inside it."""
+    for _ in range(iterations):
+        middle = (out + inside) / 2
+        if outside(middle):
+            out = middle
+        else:
+            inside = middle
+    return inside
+
+
+# -- Hoeffding-scaled normal mixture ----------------------------------------------
+
+
+def normal_mixture(successes: int, n: int, alpha: float, tuning: int = 500) -> Bounds:
+    """The normal-mixture confidence sequence with sub-Gaussian (Hoeffding) scale 1/4.
+
+    ``tuning`` is the sample size at which the bound is tightest.
+
+    >>> b = normal_mixture(95, 100, 0.05)
+    >>> round(b.low, 3)
+    0.782
+    """
+    _check(successes, n, alpha)
+    if n == 0:
+        return Bounds(None, None)
+    if tuning < 1:
+        raise ValueError(f"tuning must be a positive count, got {tuning}")
+    level = math.log(1 / alpha)
+    rho = (tuning / 4) / (2 * level + math.log1p(2 * level))
+    radius = math.sqrt((n / 4 + rho) * (math.log1p(n / (4 * rho)) + 2 * level)) / n
+    centre = successes / n
+    return Bounds(max(0.0, centre - radius), min(1.0, centre + radius))
+
+
+def confidence_sequence(
+    successes: int, n: int, alpha: float, method: Method = Method.BETA_BINOMIAL,
+    tuning: int = 500,
+) -> Bounds:
+    if method is Method.NORMAL_MIXTURE:
+        return normal_mixture(successes, n, alpha, tuning)
+    return beta_binomial(successes, n, alpha)
+
+
+def _check(successes: int, n: int, alpha: float) -> None:
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+
+
+# -- Bernoulli CUSUM ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cusum:
+    """A Bernoulli CUSUM on disagreements, in integer units.
+
+    An agreement moves the statistic down one unit (never below zero), a
+    disagreement up ``up`` units; it alarms on reaching ``threshold``.
+    """
+
+    healthy: float
+    degraded: float
+    up: int
+    threshold: int
+
+    @classmethod
+    def design(
+        cls, *, healthy: float, degraded: float, false_alarm: float, horizon: int
+    ) -> Cusum:
+        """The detector of ``healthy`` → ``degraded`` agreement whose chance of
+        alarming within ``horizon`` comparisons of a candidate at ``healthy``
+        is at most ``false_alarm`` (and less for any candidate above it).
+
+        >>> c = Cusum.design(healthy=0.9, degraded=0.8, false_alarm=0.01, horizon=100_000)
+        >>> c.up, c.threshold
+        (6, 113)
+        """
+        if not 0.0 < degraded < healthy < 1.0:
+            raise ValueError(
+                f"need 0 < degraded < healthy < 1, got degraded={degraded}, healthy={healthy}")
+        if not 0.0 < false_alarm < 1.0 or horizon < 1:
+            raise ValueError("false_alarm must be in (0, 1) and horizon a positive count")
+        # Log-likelihood ratio of degraded against healthy, per comparison.
+        up_nats = math.log((1 - degraded) / (1 - healthy))
+        down_nats = -math.log(degraded / healthy)
+        up = max(1, round(up_nats / down_nats))
+        target = -horizon / math.log1p(-false_alarm)  # the run length giving that chance
+        threshold = up
+        while average_run_length(1 - healthy, up, threshold) < target:
+            threshold += 1
+        return cls(healthy, degraded, up, threshold)
+
+    def run(self, agreements: Iterable[bool], start: int = 0) -> CusumResult:
+        """Feed comparisons in order; stops at the first alarm."""
+        statistic, up, threshold = start, self.up, self.threshold
+        seen = 0
+        for agree in agreements:
+            seen += 1
+            statistic = statistic - 1 if agree else statistic + up
+            if statistic < 0:
+                statistic = 0
+            elif statistic >= threshold:
+                return CusumResult(statistic, seen, alarmed_at=seen)
+        return CusumResult(statistic, seen, alarmed_at=None)
+
+    def false_alarm_within(self, horizon: int, agreement: float | None = None) -> float:
+        """The chance of an alarm within ``horizon`` comparisons at ``agreement``
+        (the healthy rate by default), from the exact average run length and
+        the near-geometric shape of a CUSUM's run length."""
+        arl = average_run_length(1 - (self.healthy if agreement is None else agreement),
+                                 self.up, self.threshold)
+        return -math.expm1(-horizon / arl)
+
+    def mean_delay(self, agreement: float) -> float:
+        """The average number of comparisons to an alarm from zero at ``agreement``."""
+        return average_run_length(1 - agreement, self.up, self.threshold)
+
+
+class CusumResult(NamedTuple):
+    statistic: int
+    seen: int
+    alarmed_at: int | None
+    """The 1-based index of the comparison that raised the alarm."""
+
+
+def average_run_length(disagree: float, up: int, threshold: int) -> float:
+    """Expected comparisons until the integer CUSUM first reaches ``threshold`` from 0.
+
+    With states ``0 … h−1`` the run lengths solve
+    ``L_i = 1 + q·L_{i+up} + (1−q)·L_{max(i−1, 0)}`` (``L_j = 0`` for ``j ≥ h``).
+    Only the sub-diagonal lies below the diagonal, so elimination runs down
+    the band in ``O(h · up)``.
+    """
+    q, h = disagree, threshold
+    if not 0.0 <= q <= 1.0 or h < 1 or up < 1:
+        raise ValueError("need a probability, a positive threshold and a positive step")
+    if q == 0.0:
+        return math.inf
+    # Rows of (I − P) as {column: value}, right-hand side all ones.
+    rows: list[dict[int, float]] = []
+    for i in range(h):
+        row: dict[int, float] = {i: 1.0}
+        below = max(i - 1, 0)
+        row[below] = row.get(below, 0.0) - (1 - q)
+        if i + up < h:
+            row[i + up] = row.get(i + up, 0.0) - q
+        rows.append(row)
+    rhs = [1.0] * h
+    for k in range(h - 1):
+        factor = rows[k + 1].get(k, 0.0) / rows[k][k]
+        if factor:
+            for column, value in rows[k].items():
+                rows[k + 1][column] = rows[k + 1].get(column, 0.0) - factor * value
+            rhs[k + 1] -= factor * rhs[k]
+    lengths = [0.0] * h
+    for i in range(h - 1, -1, -1):
+        total = rhs[i] - sum(v * lengths[c] for c, v in rows[i].items() if c > i)
+        lengths[i] = total / rows[i][i]
+    return lengths[0]
