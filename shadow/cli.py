@@ -106,7 +106,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="where to write the files (default ./shadow-demo)")
     demo.add_argument("--events", type=int, default=5000, help="tickets to generate")
     demo.set_defaults(handler=_demo)
+
+    from rollout.commands import add_parser as add_rollout
+
+    add_rollout(commands, _add_db_and_config)
     return parser
+
+
+def _add_db_and_config(parser: argparse.ArgumentParser) -> None:
+    _add_db(parser)
+    _add_config(parser)
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:

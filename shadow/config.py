@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from rollout.plan import RolloutSpec
 from shadow.errors import ConfigError
 
 _CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -268,6 +269,8 @@ class Config(_Spec):
     """Named comparators that ``--compare NAME`` can pick."""
     mapping: MappingConfig = MappingConfig()
     store: StoreConfig = StoreConfig()
+    rollout: RolloutSpec | None = None
+    """Staged rollout of one candidate; without it everything runs in shadow mode."""
 
     @model_validator(mode="after")
     def _one_way_to_name_candidates(self) -> Config:

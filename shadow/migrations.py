@@ -101,4 +101,46 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                WHEN 'NotJSONSerializable' THEN 'not_json' ELSE 'exception' END
            WHERE error_type IS NOT NULL""",
     ]),
+    # The rollout: its state (one row per rollout), every transition with its
+    # evidence, every gate evaluation; and, per prediction, how it was routed
+    # and when a live one reached the sink.
+    (3, [
+        """CREATE TABLE rollout_state (
+            rollout VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            step INTEGER NOT NULL,
+            percent DOUBLE NOT NULL,
+            status VARCHAR NOT NULL,
+            step_started_at TIMESTAMPTZ NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            revision INTEGER NOT NULL
+        )""",
+        """CREATE TABLE rollout_audit (
+            rollout VARCHAR NOT NULL,
+            revision INTEGER NOT NULL,
+            changed_at TIMESTAMPTZ NOT NULL,
+            actor VARCHAR NOT NULL,
+            action VARCHAR NOT NULL,
+            from_step INTEGER,
+            to_step INTEGER NOT NULL,
+            from_status VARCHAR,
+            to_status VARCHAR NOT NULL,
+            percent DOUBLE NOT NULL,
+            reason VARCHAR NOT NULL,
+            evidence JSON
+        )""",
+        """CREATE TABLE gate_evaluations (
+            rollout VARCHAR NOT NULL,
+            evaluated_at TIMESTAMPTZ NOT NULL,
+            step INTEGER NOT NULL,
+            percent DOUBLE NOT NULL,
+            kind VARCHAR NOT NULL,
+            phase VARCHAR NOT NULL,
+            evidence JSON NOT NULL
+        )""",
+        "ALTER TABLE predictions ADD COLUMN review BOOLEAN NOT NULL DEFAULT false",
+        "ALTER TABLE predictions ADD COLUMN rollout_step INTEGER",
+        "ALTER TABLE predictions ADD COLUMN published_at TIMESTAMPTZ",
+    ]),
 ]

@@ -161,6 +161,11 @@ class Prediction:
     cost: float | None = None
     model: str | None = None
     """The model the server says answered, which may differ from the one asked for."""
+    # How the router sent the event, when a rollout is configured.
+    review: bool = False
+    """A live decision also sent for a person to confirm or correct."""
+    step: int | None = None
+    """The rollout step the event was routed at."""
 
     @property
     def ok(self) -> bool:

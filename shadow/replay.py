@@ -57,11 +57,16 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
     with Store(db) as store, ExitStack() as opened:
         for candidate in candidates:
             opened.enter_context(candidate)
+        rollout = None
+        if config.rollout is not None:
+            from rollout.runtime import open_rollout
+
+            rollout = open_rollout(config.rollout, store, candidates, comparator, opened)
         replay = Replay(
             store, candidates, comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, rollout=rollout,
         )
         try:
             summary = replay.run(events, outcomes, retry_errors=request.retry_errors)
@@ -148,6 +153,8 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
         )
     if s.retried:
         lines.append(f"retried errors  {s.retried:>10,}")
+    if s.live:
+        lines.append(f"routed live     {s.live:>10,}   published {s.published:,}")
     rate = f"{100 * s.agreed / s.compared:.1f} % agree" if s.compared else "nothing new to compare"
     lines.append(f"compared        {s.compared:>10,}   {rate}")
     lines.append(f"took {s.seconds:.1f} s")

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -25,6 +26,9 @@ from shadow.candidates import Candidate
 from shadow.comparators import Comparator
 from shadow.models import Comparison, Event, Outcome, RecordKind, utc_now
 from shadow.store import Duplicate, Store, StoredEvent, WriteBatch, WriteCounts
+
+if TYPE_CHECKING:
+    from rollout.runtime import LiveRollout
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +60,9 @@ class ReplaySummary:
     agreed: int = 0
     retried: int = 0
     """Errored predictions made again (``--retry-errors``); counted in ``predictions`` too."""
+    live: int = 0
+    """Predictions routed live by the rollout (published unless errored or abstained)."""
+    published: int = 0
     seconds: float = 0.0
     sources: list[str] = field(default_factory=list)
 
@@ -80,6 +87,7 @@ class Replay:
         batch_size: int = 20_000,
         now: Callable[[], datetime] = utc_now,
         progress: Progress | None = None,
+        rollout: LiveRollout | None = None,
     ) -> None:
         self.store = store
         self.candidates = [candidates] if isinstance(candidates, Candidate) else list(candidates)
@@ -89,6 +97,7 @@ class Replay:
         self.batch_size = batch_size
         self.now = now
         self.progress = progress
+        self.rollout = rollout
         self.summary = ReplaySummary()
         self._seen: set[str] = set()
         self._store_had_events = False
@@ -101,14 +110,21 @@ class Replay:
         every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
         self._store_had_events = self.store.count("events") > 0
-        for source in events:
-            self._drain(source, self._prepare_events)
-        for source in outcomes:
-            self._drain(source, self._prepare_outcomes)
+        feeds = [(s, self._prepare_events) for s in events] + \
+            [(s, self._prepare_outcomes) for s in outcomes]
+        if self.rollout is not None:
+            # Live traffic interleaves events and outcomes; the gates need both as they come.
+            self._drain_together(feeds)
+        else:
+            for source, prepare in feeds:
+                self._drain(source, prepare)
         if retry_errors:
             for candidate in self.candidates:
                 self._retry_errors(candidate)
         compare(self.store, self.comparator, self.summary, now=self.now)
+        if self.rollout is not None:
+            self.rollout.after_batch()
+            self.summary.live, self.summary.published = self.rollout.live, self.rollout.published
         finished = self.now()
         self.summary.seconds = (finished - started).total_seconds()
         self.store.record_run({
@@ -133,6 +149,23 @@ class Replay:
                     self.progress(source.name, handed_out, source.fraction_done())
                 gc.collect(1)  # the batch is unreachable by now: this is cheap
 
+    def _drain_together(self, feeds: list[tuple[Source, Prepare]]) -> None:
+        """Poll the sources in turn, one batch each, until every one is exhausted."""
+        handed_out = dict.fromkeys((s.name for s, _ in feeds), 0)
+        with ExitStack() as opened, _collect_between_batches():
+            for source, _ in feeds:
+                self.summary.sources.append(source.name)
+                opened.enter_context(source)
+            while not all(source.exhausted for source, _ in feeds):
+                for source, prepare in feeds:
+                    read = self._step(source, prepare)
+                    if read:
+                        handed_out[source.name] += read
+                        if self.progress:
+                            self.progress(source.name, handed_out[source.name],
+                                          source.fraction_done())
+                gc.collect(1)
+
     def _step(self, source: Source, prepare: Prepare) -> int:
         """Read, prepare and write one batch; returns how many records it had."""
         records = source.poll(self.batch_size)
@@ -143,6 +176,8 @@ class Replay:
         if done is not None:
             done(counts)
         source.commit(records[-1].position)
+        if self.rollout is not None:
+            self.rollout.after_batch()
         return len(records)
 
     def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
@@ -153,7 +188,10 @@ class Replay:
         for candidate in self.candidates:
             to_predict = fresh + self._unpredicted(known, candidate)
             if to_predict:
-                batch.predictions.extend(candidate.predict(to_predict, now))
+                predictions = candidate.predict(to_predict, now)
+                if self.rollout is not None:
+                    predictions = self.rollout.route(predictions, to_predict)
+                batch.predictions.extend(predictions)
 
         s = self.summary
         s.events_read += len(records)

@@ -290,6 +290,16 @@ class Store:
             return _insert(tx, tables)
 
     @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction for writes outside the pipeline's batches (the rollout's state).
+
+        Raises:
+            StoreError: DuckDB refused; nothing of the transaction was written.
+        """
+        with self._transaction({}) as tx:
+            yield tx
+
+    @contextmanager
     def _transaction(
         self, tables: dict[str, pa.Table], db: duckdb.DuckDBPyConnection | None = None
     ) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -437,6 +447,8 @@ def _predictions_table(predictions: list[Prediction]) -> pa.Table:
         "completion_tokens": pa.array([p.completion_tokens for p in predictions], pa.int64()),
         "cost": pa.array([p.cost for p in predictions], pa.float64()),
         "model": pa.array([p.model for p in predictions], pa.string()),
+        "review": pa.array([p.review for p in predictions], pa.bool_()),
+        "rollout_step": pa.array([p.step for p in predictions], pa.int32()),
     })
 
 

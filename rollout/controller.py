@@ -1,0 +1,253 @@
+"""The controller: reacts to gate phases by moving the rollout, and audits every move.
+
+It owns no statistics (``rollout/gates.py``) and no SQL (``rollout/measure.py``,
+``rollout/audit.py``). Each :meth:`Controller.evaluate` measures the current
+step, asks the rollback gate first (while anything is live) and then the
+promotion gate, stores both evaluations, and makes at most one transition.
+The router it hands out reflects every transition at once, so a rollback
+takes effect for the very next routed event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from rollout import audit
+from rollout.gates import Evaluation, Phase, StepStats, promotion, rollback
+from rollout.measure import measure
+from rollout.notify import Announcement, Notifier
+from rollout.plan import RolloutSpec
+from rollout.router import Router
+from rollout.state import (
+    CONTROLLER,
+    Action,
+    Refused,
+    RolloutState,
+    Status,
+    Transition,
+    initial,
+    transition,
+)
+from rollout.statistics import Cusum
+from shadow.models import utc_now
+from shadow.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What one evaluation found and did."""
+
+    state: RolloutState
+    promotion: Evaluation | None = None
+    rollback: Evaluation | None = None
+    transition: Transition | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+class Controller:
+    """Drives one rollout of one candidate over one store."""
+
+    def __init__(
+        self, store: Store, plan: RolloutSpec, *, rollout: str, candidate: str,
+        version: str | None, comparator: str, notifiers: Sequence[Notifier] = (),
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store, self.plan = store, plan
+        self.rollout, self.candidate, self.version = rollout, candidate, version
+        self.comparator = comparator
+        self.notifiers = list(notifiers)
+        self.now = now
+        self.detector: Cusum = plan.rollback.detector()
+        self._state: RolloutState | None = None
+        self._router: Router | None = None
+
+    # -- state ----------------------------------------------------------------
+
+    @property
+    def state(self) -> RolloutState:
+        if self._state is None:
+            self._state = self.sync()
+        return self._state
+
+    def attach(self) -> RolloutState | None:
+        """Load the stored state without writing anything; ``None`` when never started."""
+        state = audit.load(self.store, self.rollout)
+        if state is not None:
+            self._set(state)
+        return state
+
+    def sync(self) -> RolloutState:
+        """Load the stored state, starting the rollout when there is none.
+
+        A candidate version other than the one being rolled out has passed no
+        gate: the rollout restarts from shadow for it.
+        """
+        now = self.now()
+        state = audit.load(self.store, self.rollout)
+        if state is None:
+            self._commit(initial(self.plan, rollout=self.rollout, candidate=self.candidate,
+                                 version=self.version, at=now))
+        elif (state.candidate, state.version) != (self.candidate, self.version) \
+                or state.step > self.plan.last:
+            reason = (f"plan has {len(self.plan.steps)} steps, the rollout was at step "
+                      f"{state.step}" if state.step > self.plan.last else
+                      f"candidate changed from {state.candidate} {state.version} to "
+                      f"{self.candidate} {self.version}")
+            t = transition(state, Action.RESTART, self.plan, actor=CONTROLLER, reason=reason,
+                           at=now)
+            self._commit(t, replace_candidate=True)
+        else:
+            self._set(state)
+        assert self._state is not None
+        return self._state
+
+    def router(self) -> Router:
+        """The router for the current state; a new one after every transition."""
+        if self._router is None:
+            state = self.state
+            self._router = Router(self.plan.salt or self.rollout,
+                                  state.percent if state.live else 0.0,
+                                  holdout=self.plan.holdout, review=self.plan.review)
+        return self._router
+
+    def _set(self, state: RolloutState) -> None:
+        self._state, self._router = state, None
+
+    # -- evaluation -------------------------------------------------------------
+
+    def measure(self) -> StepStats:
+        return measure(self.store, self.state, self.comparator, now=self.now(),
+                       window=self.plan.rollback.window)
+
+    def assess(self) -> Assessment:
+        """Measure and judge the current step; records nothing, changes nothing."""
+        state = self.state
+        stats = self.measure()
+        back = forward = None
+        if state.live:
+            back = rollback(stats, self.plan.rollback, self.detector)
+        if state.step < self.plan.last and state.status not in (Status.ROLLED_BACK,
+                                                                 Status.ABORTED):
+            forward = promotion(stats, self.plan, self.plan.steps[state.step])
+        return Assessment(state, forward, back, None, self.warnings(stats))
+
+    def evaluate(self) -> Assessment:
+        """Assess, store the evaluations and make at most one transition."""
+        a = self.assess()
+        state, now = a.state, self.now()
+        if a.rollback is not None:
+            audit.record_evaluation(self.store, state, "rollback", a.rollback, now)
+        if a.promotion is not None:
+            audit.record_evaluation(self.store, state, "promotion", a.promotion, now)
+        t = None
+        if a.rollback is not None and a.rollback.phase is Phase.FAIL:
+            reason = "; ".join(c.detail for c in a.rollback.failed())
+            t = self._move(Action.ROLLBACK, CONTROLLER, f"automatic: {reason}",
+                           a.rollback.as_dict())
+        elif a.promotion is not None and a.promotion.phase is Phase.PASS \
+                and state.status is Status.PROGRESSING:
+            if self.plan.steps[state.step].approval:
+                t = self._move(Action.AWAIT_APPROVAL, CONTROLLER,
+                               "gates passed; this step waits for a person's promote",
+                               a.promotion.as_dict())
+            else:
+                t = self._move(Action.PROMOTE, CONTROLLER, "gates passed",
+                               a.promotion.as_dict())
+        return replace(a, state=self.state, transition=t)
+
+    def warnings(self, stats: StepStats) -> tuple[str, ...]:
+        """What an operator should know about the evidence itself."""
+        found = []
+        spec = self.plan.rollback
+        hours = stats.elapsed.total_seconds() / 3600
+        if self.state.live and hours > 0:
+            per_hour = stats.compared / hours
+            needed = self.detector.mean_delay(spec.degraded)
+            within = spec.detect_within.total_seconds() / 3600
+            if per_hour * within < needed:
+                found.append(
+                    f"labels arrive at {per_hour:.1f} compared events per hour; catching a "
+                    f"drop to {spec.degraded:.0%} agreement takes about {needed:.0f}, so not "
+                    f"within {within:g} h: raise the holdout or review share")
+        if stats.compared >= 200 and stats.agreed / stats.compared < spec.healthy:
+            found.append(
+                f"measured agreement {stats.agreed / stats.compared:.1%} is below the "
+                f"rollback detector's healthy level {spec.healthy:.0%}: expect needless "
+                f"rollbacks, or set rollout.rollback.healthy")
+        return tuple(found)
+
+    # -- commands -----------------------------------------------------------------
+
+    def command(self, action: Action, *, actor: str, reason: str,
+                to_step: int | None = None, force: bool = False) -> Transition:
+        """A person's promote, pause, resume, rollback, restart or abort.
+
+        A person promotes without ``force`` only what has earned it: a step
+        awaiting approval, or one whose gates pass right now.
+
+        Raises:
+            Refused: the transition is unsafe or meaningless now; nothing changed.
+        """
+        if action in (Action.START, Action.AWAIT_APPROVAL):
+            raise Refused(f"{action.value} is the controller's to make")
+        if not actor or actor == CONTROLLER:
+            raise Refused("a command needs the name of the person giving it")
+        if not reason.strip():
+            raise Refused("a command needs a reason, for the audit trail")
+        self._set(audit.load(self.store, self.rollout) or self.state)  # another writer's change
+        evidence: dict[str, Any] = {}
+        if action is Action.PROMOTE:
+            evidence = self._earned(force)
+        return self._move(action, actor, reason, evidence, to_step=to_step)
+
+    def _earned(self, force: bool) -> dict[str, Any]:
+        state = self.state
+        forward = self.assess().promotion
+        evidence = {"promotion": forward.as_dict() if forward else None, "forced": force}
+        if force or state.status is Status.AWAITING_APPROVAL or forward is None \
+                or forward.phase is Phase.PASS:
+            return evidence
+        unmet = [c for c in forward.checks if c.phase is not Phase.PASS]
+        raise Refused(
+            f"rollout {state.rollout!r} has not earned promotion from step {state.step}: "
+            + "; ".join(f"{c.name}: {c.detail}" for c in unmet)
+            + " (give --force to promote anyway; it is audited as forced)")
+
+    def _move(self, action: Action, actor: str, reason: str, evidence: dict[str, Any],
+              to_step: int | None = None) -> Transition:
+        t = transition(self.state, action, self.plan, actor=actor, reason=reason,
+                       at=self.now(), evidence=evidence, to_step=to_step)
+        self._commit(t)
+        return t
+
+    def _commit(self, t: Transition, *, replace_candidate: bool = False) -> None:
+        after = t.after
+        if replace_candidate:
+            after = replace(after, candidate=self.candidate, version=self.version)
+            t = Transition(action=t.action, actor=t.actor, reason=t.reason, at=t.at,
+                           before=t.before, after=after, evidence=t.evidence)
+        audit.save(self.store, t)
+        self._set(after)
+        log.info("rollout transition", rollout=self.rollout, action=t.action.value,
+                 actor=t.actor, step=after.step, percent=after.percent,
+                 status=after.status.value, reason=t.reason)
+        self._announce(t)
+
+    def _announce(self, t: Transition) -> None:
+        if not self.notifiers:
+            return
+        before = t.before
+        announcement = Announcement(
+            rollout=self.rollout, action=t.action.value, actor=t.actor, reason=t.reason,
+            from_step=before.step if before else 0, to_step=t.after.step,
+            percent=t.after.percent, status=t.after.status.value, at=t.at,
+            evidence=t.evidence)
+        for notifier in self.notifiers:
+            notifier.announce(announcement)

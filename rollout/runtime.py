@@ -1,0 +1,213 @@
+"""The rollout inside the pipeline: route each batch, publish live decisions, evaluate.
+
+Live decisions are published from the store, not from memory (an outbox):
+a batch's predictions are committed first, then every live decision not yet
+published goes to the sink and is marked published. A crash between the two
+publishes those decisions again on restart (at-least-once; every message
+carries its ``event_id`` so production can drop repeats); none is lost. A
+prediction that errored or abstained is never published: that case stays
+with the humans.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+from datetime import datetime
+
+import orjson
+import structlog
+
+from connectors.sinks import Decision, FileSink, Sink, SinkError, WebhookSink
+from rollout.controller import Assessment, Controller
+from rollout.notify import KafkaNotifier, Notifier, WebhookNotifier
+from rollout.plan import NotifySpec, RolloutSpec, SinkSpec
+from rollout.router import Router
+from shadow.candidates import Candidate
+from shadow.comparators import Comparator
+from shadow.errors import ConfigError
+from shadow.models import Event, Mode, Prediction, utc_now
+from shadow.store import Store
+
+log = structlog.get_logger(__name__)
+
+_UNPUBLISHED = """
+SELECT p.event_id, e.key, p.output, p.review, p.rollout_step, p.predicted_at
+FROM predictions p JOIN events e USING (event_id)
+WHERE p.candidate = ? AND p.version IS NOT DISTINCT FROM ? AND p.mode = 'live'
+  AND p.published_at IS NULL AND p.error_type IS NULL AND NOT p.abstained
+ORDER BY p.predicted_at, p.event_id
+LIMIT ?
+"""
+
+
+class LiveRollout:
+    """Routes the rolled-out candidate's predictions and publishes the live ones."""
+
+    def __init__(self, controller: Controller, sink: Sink, *,
+                 compare: Callable[[], int], publish_batch: int = 1000) -> None:
+        self.controller = controller
+        self.sink = sink
+        self.compare = compare
+        self.publish_batch = publish_batch
+        self.published = 0
+        self.live = 0
+        self.assessments: list[Assessment] = []
+
+    @property
+    def store(self) -> Store:
+        return self.controller.store
+
+    def route(self, predictions: list[Prediction], events: Sequence[Event]) -> list[Prediction]:
+        """Mark the rolled-out candidate's predictions live or shadow, by the current router."""
+        router: Router = self.controller.router()
+        step = self.controller.state.step
+        keys = {e.event_id: e.routing_key for e in events}
+        candidate, version = self.controller.candidate, self.controller.version
+        routed = []
+        for p in predictions:
+            if p.candidate != candidate or p.version != version:
+                routed.append(p)
+                continue
+            route = router.route(keys[p.event_id])
+            if route.mode is Mode.LIVE:
+                self.live += 1
+            routed.append(replace(p, mode=route.mode, review=route.review, step=step))
+        return routed
+
+    def publish_pending(self) -> int:
+        """Publish committed live decisions not yet published; returns how many went out.
+
+        A sink that refuses leaves them pending for the next call.
+        """
+        sent = 0
+        c = self.controller
+        while True:
+            rows = self.store.db.execute(
+                _UNPUBLISHED, [c.candidate, c.version, self.publish_batch]).fetchall()
+            if not rows:
+                return sent
+            decisions = [
+                Decision(event_id=r[0], key=r[1], candidate=c.candidate, version=c.version,
+                         output=orjson.loads(r[2]), rollout=c.rollout, step=r[4] or 0,
+                         percent=c.plan.steps[min(r[4] or 0, c.plan.last)].percent,
+                         review=r[3], predicted_at=r[5])
+                for r in rows
+            ]
+            try:
+                self.sink.publish(decisions)
+            except SinkError as exc:
+                log.warning("live decisions not published; retrying later",
+                            pending=len(decisions), error=str(exc))
+                return sent
+            self._mark_published([d.event_id for d in decisions], c.now())
+            sent += len(decisions)
+            self.published += len(decisions)
+
+    def _mark_published(self, event_ids: list[str], at: datetime) -> None:
+        c = self.controller
+        with self.store.transaction() as tx:
+            tx.execute(
+                "UPDATE predictions SET published_at = ? WHERE candidate = ? "
+                "AND version IS NOT DISTINCT FROM ? AND event_id IN (SELECT unnest(?))",
+                [at, c.candidate, c.version, event_ids])
+
+    def after_batch(self) -> Assessment:
+        """Publish, compare what can be compared, and let the controller act."""
+        self.publish_pending()
+        self.compare()
+        assessment = self.controller.evaluate()
+        self.assessments.append(assessment)
+        return assessment
+
+
+def build_sink(spec: SinkSpec) -> Sink:
+    """The sink a configuration names; nothing connects until it is opened."""
+    if spec.kind == "file":
+        assert spec.path is not None
+        return FileSink(spec.path)
+    if spec.kind == "webhook":
+        assert spec.url is not None
+        return WebhookSink(spec.url, secret=_secret(spec))
+    from connectors.kafka import KafkaSink
+
+    assert spec.bootstrap is not None and spec.topic is not None
+    return KafkaSink(bootstrap=spec.bootstrap, topic=spec.topic)
+
+
+def build_notifiers(specs: Sequence[NotifySpec]) -> list[Notifier]:
+    notifiers: list[Notifier] = []
+    for spec in specs:
+        if spec.kind == "webhook":
+            assert spec.url is not None
+            notifiers.append(WebhookNotifier(spec.url, secret=_secret(spec)))
+        else:
+            assert spec.bootstrap is not None and spec.topic is not None
+            notifiers.append(KafkaNotifier(spec.bootstrap, spec.topic))
+    return notifiers
+
+
+def _secret(spec: SinkSpec | NotifySpec) -> str | None:
+    if spec.secret_env is None:
+        return None
+    value = os.environ.get(spec.secret_env)
+    if not value:
+        raise ConfigError(f"rollout: environment variable {spec.secret_env} (secret_env) is "
+                          f"not set")
+    return value
+
+
+def open_rollout(
+    spec: RolloutSpec, store: Store, candidates: Sequence[Candidate], comparator: Comparator,
+    opened: ExitStack, *, now: Callable[[], datetime] = utc_now,
+) -> LiveRollout:
+    """Wire the configured rollout to this run: its controller, sink and notifiers.
+
+    Raises:
+        ConfigError: the rollout names no candidate that is configured.
+    """
+    candidate = rolled_out(spec, candidates)
+    controller = Controller(
+        store, spec, rollout=spec.name or candidate.name, candidate=candidate.name,
+        version=candidate.version, comparator=comparator.name,
+        notifiers=build_notifiers(spec.notify), now=now)
+    controller.sync()
+    sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
+
+    def compare_now() -> int:
+        from shadow.runner import compare
+
+        return compare(store, comparator, now=now)
+
+    return LiveRollout(controller, sink, compare=compare_now)
+
+
+def rolled_out(spec: RolloutSpec, candidates: Sequence[Candidate]) -> Candidate:
+    if spec.candidate is None:
+        if len(candidates) != 1:
+            raise ConfigError("rollout.candidate: several candidates are configured; name the "
+                              "one whose output is acted on")
+        return candidates[0]
+    for candidate in candidates:
+        if candidate.name == spec.candidate:
+            return candidate
+    names = sorted(c.name for c in candidates)
+    raise ConfigError(f"rollout.candidate: no candidate named {spec.candidate!r}; expected "
+                      f"one of {names}")
+
+
+class _NoSink(Sink):
+    """A shadow-only plan has no sink; its router never routes anything live."""
+
+    name = "none"
+
+    def _open(self) -> None:
+        pass
+
+    def _close(self) -> None:
+        pass
+
+    def _publish(self, decisions: Sequence[Decision]) -> None:
+        raise SinkError(f"{len(decisions)} live decisions but no sink is configured")
