@@ -64,7 +64,7 @@ class LiveRollout:
         """Mark the rolled-out candidate's predictions live or shadow, by the current router."""
         router: Router = self.controller.router()
         step = self.controller.state.step
-        keys = {e.event_id: e.routing_key for e in events}
+        keys = {e.event_id: e.route for e in events}
         candidate, version = self.controller.candidate, self.controller.version
         routed = []
         for p in predictions:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import gc
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -110,8 +109,8 @@ class Replay:
         every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
         self._store_had_events = self.store.count("events") > 0
-        feeds = [(s, self._prepare_events) for s in events] + \
-            [(s, self._prepare_outcomes) for s in outcomes]
+        feeds: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
+        feeds += [(s, self._prepare_outcomes) for s in outcomes]
         if self.rollout is not None:
             # Live traffic interleaves events and outcomes; the gates need both as they come.
             self._drain_together(feeds)

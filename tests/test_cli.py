@@ -117,7 +117,7 @@ def assert_argparse_error(result: subprocess.CompletedProcess[str], fragment: st
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("usage: shadow")
     last = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"shadow( \w+)?: error: ", last), last
+    assert re.match(r"shadow( \w+)*: error: ", last), last
     assert fragment in last
 
 
