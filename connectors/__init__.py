@@ -3,13 +3,18 @@
 from connectors.base import RawRecord, Source
 from connectors.files import FileFormat, FileSource
 from connectors.mapping import EventMapper, OutcomeMapper, map_records
+from connectors.sinks import Decision, FileSink, Sink, WebhookSink
 
 __all__ = [
+    "Decision",
     "EventMapper",
     "FileFormat",
+    "FileSink",
     "FileSource",
     "OutcomeMapper",
     "RawRecord",
+    "Sink",
     "Source",
+    "WebhookSink",
     "map_records",
 ]

@@ -24,8 +24,8 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from connectors.base import RawRecord, Source
-from shadow.errors import SourceError
-from shadow.models import Event, Mode, Prediction
+from connectors.sinks import Decision, Sink
+from shadow.errors import SinkError, SourceError
 
 log = structlog.get_logger(__name__)
 
@@ -188,60 +188,61 @@ class KafkaSource(Source):
         return RawRecord(self.name, position, value, message.value)
 
 
-class KafkaSink:
-    """Publishes live decisions for production to act on.
+class KafkaSink(Sink):
+    """Publishes live decisions to a topic for production to act on.
 
-    acks=all and the idempotent producer: a decision is either on the topic
-    once or reported as failed. Shadow predictions are refused outright.
+    Each decision is a message keyed by the event's key (so a case's decisions
+    stay in order on one partition), with :meth:`Decision.headers` and
+    :meth:`Decision.body` as value. acks=all and the idempotent producer: a
+    publish returns once every in-sync replica holds every message. Opening,
+    and each publish (sending and waiting for every ack), wait at most
+    ``timeout_s``. See :class:`~connectors.sinks.Sink` for the contract.
     """
 
     def __init__(
-        self, *, bootstrap: str, topic: str, options: dict[str, Any] | None = None
+        self, *, bootstrap: str, topic: str, timeout_s: float = 30.0,
+        options: dict[str, Any] | None = None,
     ) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.name = f"kafka:{topic}"
+        self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
         self._options = dict(options or {})
         self._producer: KafkaProducer | None = None
 
-    def __enter__(self) -> KafkaSink:
-        self.open()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def open(self) -> None:
+    def _open(self) -> None:
         try:
+            millis = int(self.timeout_s * 1000)
+            # Reaching the broker and fetching a topic's metadata wait no longer than acks.
+            limits = {"max_block_ms": millis, "bootstrap_timeout_ms": millis}
+            options = {name: value for name, value in limits.items()
+                       if name in KafkaProducer.DEFAULT_CONFIG} | self._options
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                           enable_idempotence=True, **self._options)
+                                           enable_idempotence=True, **options)
         except KafkaError as exc:
-            raise SourceError(f"cannot publish to {self.topic} at {self.bootstrap}: {exc}") from exc
+            raise SinkError(f"cannot publish to {self.topic} at {self.bootstrap}: {exc}") from exc
 
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
-            self._producer = None
-
-    def publish(self, prediction: Prediction, event: Event, *, step: str) -> None:
-        """Send one live decision, keyed by the event's key, and wait for the broker's ack.
-
-        Raises:
-            ValueError: the prediction is a shadow one, or has no output.
-            SourceError: the broker did not take it.
-        """
-        if prediction.mode is not Mode.LIVE:
-            raise ValueError(f"shadow prediction for {prediction.event_id} must never be published")
-        if prediction.error is not None or prediction.abstained:
-            raise ValueError(f"prediction for {prediction.event_id} has no decision to publish")
-        assert self._producer is not None, "sink used before open()"
-        headers = [
-            ("candidate", prediction.candidate.encode()),
-            ("version", (prediction.version or "").encode()),
-            ("rollout_step", step.encode()),
-            ("event_id", prediction.event_id.encode()),
-        ]
+    def _publish(self, decisions: Sequence[Decision]) -> None:
+        """Send every decision, then wait for every ack, within ``timeout_s`` in all."""
+        producer = self._producer
+        assert producer is not None
+        deadline = time.monotonic() + self.timeout_s
         try:
-            self._producer.send(self.topic, key=event.key.encode(),
-                                value=orjson.dumps(prediction.output), headers=headers).get(30)
+            pending = [producer.send(self.topic, key=d.key.encode(), value=d.body(),
+                                     headers=d.headers()) for d in decisions]
+            for future in pending:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
         except KafkaError as exc:
-            raise SourceError(f"cannot publish to {self.topic}: {exc}") from exc
+            raise SinkError(f"cannot publish {len(decisions)} decisions to {self.topic}: "
+                            f"{exc!r}") from exc
+
+    def _close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.flush(timeout=self.timeout_s)
+        except KafkaError as exc:
+            raise SinkError(f"cannot flush decisions to {self.topic}: {exc!r}") from exc
+        finally:
+            producer.close(timeout=self.timeout_s)

@@ -172,7 +172,7 @@ def open_rollout(
     controller = Controller(
         store, spec, rollout=spec.name or candidate.name, candidate=candidate.name,
         version=candidate.version, comparator=comparator.name,
-        notifiers=build_notifiers(spec.notify), now=now)
+        notifiers=[opened.enter_context(n) for n in build_notifiers(spec.notify)], now=now)
     controller.sync()
     sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
 

@@ -338,12 +338,20 @@ def load_config(path: str | Path | None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     config = parse_config(raw, origin=str(path))
-    store_path = config.store.path
-    if store_path is not None and not Path(store_path).is_absolute():
-        # Relative to the file that names it, so the config works from any directory.
-        store = config.store.model_copy(update={"path": str(path.parent / store_path)})
+    # Files are relative to the config that names them, so it works from any directory.
+    if config.store.path is not None:
+        store = config.store.model_copy(update={"path": _beside(path, config.store.path)})
         config = config.model_copy(update={"store": store})
+    rollout = config.rollout
+    if rollout is not None and rollout.sink is not None and rollout.sink.path is not None:
+        sink = rollout.sink.model_copy(update={"path": _beside(path, rollout.sink.path)})
+        config = config.model_copy(
+            update={"rollout": rollout.model_copy(update={"sink": sink})})
     return config
+
+
+def _beside(config_file: Path, name: str) -> str:
+    return name if Path(name).is_absolute() else str(config_file.parent / name)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -21,3 +21,7 @@ class SourceError(ShadowError):
 
 class LoadError(ConfigError):
     """User code named ``module:function`` cannot be imported or is not callable."""
+
+
+class SinkError(ShadowError):
+    """A sink did not accept every live decision it was given; publishing again may repeat some."""

@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from connectors.kafka import KafkaSink, KafkaSource, Start
 from connectors.mapping import EventMapper
+from connectors.sinks import Decision
 from shadow.candidates import CallableCandidate
 from shadow.comparators import build_comparator
 from shadow.config import EventMapping, ExactSpec
@@ -153,9 +154,10 @@ def live(prediction_id: str, mode: Mode = Mode.LIVE) -> Prediction:
 def test_a_live_decision_is_published_keyed_and_labelled(kafka_bootstrap: str) -> None:
     topic = topic_name("decisions")
     event = Event(event_id="e1", key="ticket-1", occurred_at=NOW)
+    decision = Decision.of(live("e1"), event, rollout="triage", step=2, percent=5.0)
 
     with KafkaSink(bootstrap=kafka_bootstrap, topic=topic) as sink:
-        sink.publish(live("e1"), event, step="5%")
+        sink.publish([decision])
 
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=topic,
                              auto_offset_reset="earliest")
@@ -167,18 +169,20 @@ def test_a_live_decision_is_published_keyed_and_labelled(kafka_bootstrap: str) -
     consumer.close()
     (message,) = messages
     assert message.key == b"ticket-1"
-    assert json.loads(message.value) == {"category": "billing"}
+    assert json.loads(message.value) == {
+        "event_id": "e1", "key": "ticket-1", "candidate": "triage", "version": "2",
+        "output": {"category": "billing"}, "rollout": "triage", "step": 2, "percent": 5.0,
+        "review": False, "predicted_at": "2024-05-01T00:00:00+00:00"}
     assert dict(message.headers) == {"candidate": b"triage", "version": b"2",
-                                     "rollout_step": b"5%", "event_id": b"e1"}
+                                     "rollout": b"triage", "rollout_step": b"2",
+                                     "percent": b"5", "event_id": b"e1", "review": b"false"}
 
 
-def test_a_shadow_prediction_is_never_published(kafka_bootstrap: str) -> None:
-    topic = topic_name("decisions")
+def test_a_shadow_prediction_is_never_published() -> None:
     event = Event(event_id="e1", key="ticket-1", occurred_at=NOW)
 
-    with KafkaSink(bootstrap=kafka_bootstrap, topic=topic) as sink, \
-            pytest.raises(ValueError, match="never be published"):
-        sink.publish(live("e1", Mode.SHADOW), event, step="shadow")
+    with pytest.raises(ValueError, match="never be published"):
+        Decision.of(live("e1", Mode.SHADOW), event, rollout="triage", step=0, percent=5.0)
 
 
 def consume_command(bootstrap: str, topic: str, db: Path, idle_s: float = 4.0) -> list[str]:

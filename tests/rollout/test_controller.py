@@ -232,3 +232,45 @@ def test_a_step_needing_approval_waits_for_a_person(tmp_path: Path) -> None:
             "SELECT count(*) FROM predictions WHERE mode = 'live'").fetchall()[0][0]
     finally:
         store.close()
+
+
+def test_decisions_the_sink_refused_are_published_on_a_later_batch(tmp_path: Path) -> None:
+    spec = plan([{"percent": 0, "min_compared": 1}, {"percent": 100}], review=0.25)
+    clock = Clock()
+    with Store(tmp_path / "s.duckdb") as store:
+        comparator = build_comparator(ExactSpec())
+        controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
+                                comparator=comparator.name, now=clock)
+        controller.sync()
+        controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
+        sink = RecordingSink()
+        sink.open()
+        sink.fail_next(3)
+        live = LiveRollout(controller, sink, compare=lambda: compare(store, comparator, now=clock))
+        with CallableCandidate(answer, name="triage", version="1") as candidate:
+            Replay(store, candidate, comparator, batch_size=100, now=clock, rollout=live).run(
+                [ListSource(events(1000))])
+        assert sink.failures == 3
+        published = [d.event_id for d in sink.published]
+        assert sorted(published) == sorted(f"e{i}" for i in range(1000))  # once each
+        reviewed = {d.key for d in sink.published if d.review}
+        # The review sample is its own keyed hash, recomputed here.
+        expected = {f"t{i}" for i in range(1000)
+                    if int.from_bytes(hashlib.blake2b(f"t{i}".encode(), digest_size=8,
+                                                      key=b"triage/review").digest(), "big")
+                    % 10_000 < 2500}
+        assert reviewed == expected
+
+
+def test_status_warns_when_labels_are_too_few_to_catch_a_drop_in_time(tmp_path: Path) -> None:
+    spec = plan([{"percent": 0, "min_compared": 1}, {"percent": 100}],
+                rollback={"healthy": 0.95, "degraded": 0.8, "detect_within": "1h"})
+    clock = Clock()
+    with Store(tmp_path / "s.duckdb") as store:
+        controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
+                                comparator="exact", now=clock)
+        controller.sync()
+        controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
+        clock.now += timedelta(hours=5)
+        (warning,) = controller.assess().warnings
+        assert "labels arrive at 0.0 compared events per hour" in warning
