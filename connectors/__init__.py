@@ -4,6 +4,7 @@ from connectors.base import RawRecord, Source
 from connectors.files import FileFormat, FileSource
 from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from connectors.sinks import Decision, FileSink, Sink, WebhookSink
+from connectors.webhooks import WebhookServer, WebhookSource
 
 __all__ = [
     "Decision",
@@ -15,6 +16,8 @@ __all__ = [
     "RawRecord",
     "Sink",
     "Source",
+    "WebhookServer",
     "WebhookSink",
+    "WebhookSource",
     "map_records",
 ]

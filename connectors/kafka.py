@@ -76,6 +76,8 @@ class KafkaSource(Source):
         self._consumer: KafkaConsumer | None = None
         self._last_record_at = clock()
         self._uncommitted: dict[TopicPartition, int] = {}
+        self._next: dict[TopicPartition, int] = {}
+        """The offset after the last record handed out, per partition (for the lag)."""
         self._seeked = False
 
     @property
@@ -113,8 +115,33 @@ class KafkaSource(Source):
             # until its session times out) is not idleness.
             self._last_record_at = self._clock()
         for partition, messages in batches.items():
-            self._uncommitted[partition] = messages[-1].offset + 1
+            self._uncommitted[partition] = self._next[partition] = messages[-1].offset + 1
         return records
+
+    def lag(self) -> dict[str, int]:
+        """Records each assigned partition holds beyond what this source has handed out.
+
+        Keyed ``topic/partition``. The high watermark comes with every fetch
+        response, so this makes no broker request; a partition not fetched from
+        yet is left out.
+        """
+        consumer = self._consumer
+        if consumer is None:
+            return {}
+        assigned = consumer.assignment()
+        self._next = {tp: o for tp, o in self._next.items() if tp in assigned}
+        lags: dict[str, int] = {}
+        try:
+            for tp in assigned:
+                end = consumer.highwater(tp)
+                handed_out = self._next.get(tp)
+                if handed_out is None:
+                    handed_out = consumer.position(tp, timeout_ms=0)
+                if end is not None and handed_out is not None:
+                    lags[f"{tp.topic}/{tp.partition}"] = max(0, end - handed_out)
+        except KafkaError as exc:
+            raise SourceError(f"cannot read the lag of {self.topics}: {exc}") from exc
+        return lags
 
     def _needs_seek(self) -> bool:
         # Starting at a time (or from the very beginning regardless of committed

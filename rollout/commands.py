@@ -1,8 +1,13 @@
-"""``shadow rollout …``: status, history and a person's commands, on the store file.
+"""``shadow rollout …``: status, history and a person's commands.
 
-Every command reads the plan from the configuration and the state from the
-store; changes are audited under the person's name (``--actor``, or the
-environment variable ``SHADOW_ACTOR``, or the login name).
+Every command reads the configuration for the store's path. When a daemon
+runs that store (``shadow.control.DaemonFile``), the command goes through the
+daemon's control API, with the token from the environment variable the
+configuration names (``daemon.api.token_env``, default ``SHADOW_API_TOKEN``), and the
+daemon's plan is the one in force; otherwise it reads the plan from the
+configuration and opens the store file. The output is the same either way.
+Changes are audited under the person's name (``--actor``, or the environment
+variable ``SHADOW_ACTOR``, or the login name).
 """
 
 from __future__ import annotations
@@ -17,13 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 
 from rollout import audit
 from rollout.controller import Assessment, Controller
 from rollout.gates import Phase
+from rollout.plan import RolloutSpec
 from rollout.runtime import rolled_out
-from rollout.state import Action, Refused, RolloutState, Transition
+from rollout.state import Action, Refused, Transition
+from shadow.api_client import DaemonClient, DaemonUnavailable
 from shadow.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 _MARK = {Phase.PASS: "✓", Phase.FAIL: "✗", Phase.INCONCLUSIVE: "…"}
 
@@ -86,29 +96,46 @@ def _simulate(args: argparse.Namespace) -> int:
     return code
 
 
+class _Target:
+    """What a command works on: the plan from the configuration, the store it names.
+
+    When a daemon runs that store, :attr:`daemon` is its API client and the
+    command goes through it (the daemon is the store's single writer; its plan
+    is the one in force). Otherwise the command opens the file with :class:`_Opened`.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from shadow.api_client import find_daemon
+        from shadow.config import load_config
+
+        self.config = load_config(args.config)
+        if self.config.rollout is None:
+            raise ConfigError("rollout: this configuration has no 'rollout' section"
+                              + ("" if args.config else " (give --config FILE)"))
+        db = args.db or (Path(self.config.store.path) if self.config.store.path else None)
+        if db is None:
+            raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+        self.plan: RolloutSpec = self.config.rollout
+        self.db = Path(db)
+        self.daemon = find_daemon(self.db, token_env=self.config.daemon.api.token_env)
+
+
 class _Opened:
     """The store, plan and controller one command works on."""
 
-    def __init__(self, args: argparse.Namespace, *, read_only: bool) -> None:
+    def __init__(self, target: _Target, *, read_only: bool) -> None:
         from shadow.candidates import build_candidate
         from shadow.comparators import build_comparator
-        from shadow.config import load_config
         from shadow.store import Store
 
-        config = load_config(args.config)
-        if config.rollout is None:
-            raise ConfigError("rollout: this configuration has no 'rollout' section"
-                              + ("" if args.config else " (give --config FILE)"))
-        db = args.db or (Path(config.store.path) if config.store.path else None)
-        if db is None:
-            raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
-        self.plan = config.rollout
+        config = target.config
+        self.plan = target.plan
         candidates = [build_candidate(spec) for spec in config.all_candidates()]
         if not candidates:
             raise ConfigError("candidate: the rollout needs the candidate it rolls out")
         candidate = rolled_out(self.plan, candidates)
         self.stack = ExitStack()
-        self.store = self.stack.enter_context(Store(db, read_only=read_only))
+        self.store = self.stack.enter_context(Store(target.db, read_only=read_only))
         self.controller = Controller(
             self.store, self.plan, rollout=self.plan.name or candidate.name,
             candidate=candidate.name, version=candidate.version,
@@ -121,8 +148,27 @@ class _Opened:
         self.stack.close()
 
 
+def _through_daemon(target: _Target, use: Callable[[DaemonClient], int]) -> int | None:
+    """``use(client)`` when a daemon runs the store; ``None`` to open the file instead.
+
+    A daemon whose API refuses connections (starting, stopping, or a stale
+    file whose pid was reused) received nothing: the file is opened instead.
+    """
+    if target.daemon is None:
+        return None
+    try:
+        return use(target.daemon)
+    except DaemonUnavailable as exc:
+        log.info("daemon unavailable; opening the store directly", reason=str(exc))
+        return None
+
+
 def _status(args: argparse.Namespace) -> int:
-    with _Opened(args, read_only=True) as opened:
+    target = _Target(args)
+    through = _through_daemon(target, lambda d: _print_status(d.rollout_status(), args.format))
+    if through is not None:
+        return through
+    with _Opened(target, read_only=True) as opened:
         state = opened.controller.attach()
         if state is None:
             name = opened.controller.rollout
@@ -134,7 +180,11 @@ def _status(args: argparse.Namespace) -> int:
         recent = audit.history(opened.store, state.rollout, limit=1)
     view = status_view(opened.controller, assessment, last,
                        recent[0].as_dict() if recent else None)
-    if args.format == "json":
+    return _print_status(view, args.format)
+
+
+def _print_status(view: dict[str, Any], fmt: str) -> int:
+    if fmt == "json":
         sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         print(_status_text(view))
@@ -182,39 +232,73 @@ def _status_text(view: dict[str, Any]) -> str:
 
 
 def _history(args: argparse.Namespace) -> int:
-    with _Opened(args, read_only=True) as opened:
+    target = _Target(args)
+    through = _through_daemon(
+        target, lambda d: _print_history(d.rollout_history(args.limit), args.format))
+    if through is not None:
+        return through
+    with _Opened(target, read_only=True) as opened:
         records = audit.history(opened.store, opened.controller.rollout, limit=args.limit)
-    if args.format == "json":
-        sys.stdout.write(orjson.dumps([r.as_dict() for r in records],
-                                      option=orjson.OPT_INDENT_2).decode() + "\n")
+    return _print_history([r.as_dict() for r in records], args.format)
+
+
+def _print_history(records: list[dict[str, Any]], fmt: str) -> int:
+    """``records`` as ``AuditRecord.as_dict`` gives them (the control API serves the same)."""
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     if not records:
         print("no transitions yet")
     for r in records:
-        came = f"{r.from_status.value}@{r.from_step}" if r.from_status else "-"
-        print(f"{r.at.isoformat()}  {r.action.value:<15} {came:>20} → "
-              f"{r.to_status.value}@{r.to_step} ({r.percent:g} %)  by {r.actor}: {r.reason}")
+        came = f"{r['from_status']}@{r['from_step']}" if r["from_status"] else "-"
+        print(f"{r['at']}  {r['action']:<15} {came:>20} → "
+              f"{r['to_status']}@{r['to_step']} ({r['percent']:g} %)  by {r['actor']}: "
+              f"{r['reason']}")
     return 0
 
 
 def _command(args: argparse.Namespace) -> int:
     action: Action = args.action
     actor = args.actor or getpass.getuser()
-    with _Opened(args, read_only=False) as opened:
-        controller = opened.controller
-        state = controller.sync()
-        to_step = None
-        if action is Action.PROMOTE and args.full:
-            to_step = opened.plan.last
-            _confirm_full(state, to_step, opened.plan.steps[to_step].percent, args.yes)
-        reason = args.reason or f"{action.value} by {actor}"
-        try:
+    reason = args.reason or f"{action.value} by {actor}"
+    full = action is Action.PROMOTE and args.full
+    force = getattr(args, "force", False)
+    target = _Target(args)
+    try:
+        through = _through_daemon(
+            target, lambda d: _command_via(d, target.plan, action, actor, reason, full, force,
+                                           args.yes if full else False))
+        if through is not None:
+            return through
+        with _Opened(target, read_only=False) as opened:
+            controller = opened.controller
+            state = controller.sync()
+            to_step = None
+            if full:
+                to_step = opened.plan.last
+                _confirm_full(state.rollout, state.percent, to_step,
+                              opened.plan.steps[to_step].percent, args.yes)
             t = controller.command(action, actor=actor, reason=reason, to_step=to_step,
-                                   force=getattr(args, "force", False))
-        except Refused as exc:
-            print(f"shadow: refused: {exc}", file=sys.stderr)
-            return 1
+                                   force=force)
+    except Refused as exc:
+        print(f"shadow: refused: {exc}", file=sys.stderr)
+        return 1
     print(describe(t))
+    return 0
+
+
+def _command_via(daemon: DaemonClient, plan: RolloutSpec, action: Action, actor: str,
+                 reason: str, full: bool, force: bool, yes: bool) -> int:
+    """The command through the daemon: its plan is in force, so --full asks about that."""
+    if full:
+        view = daemon.rollout_status()
+        last = int(view["steps"]) - 1
+        # The local plan names the percent only if it is the daemon's plan.
+        percent = plan.steps[last].percent if len(plan.steps) == view["steps"] else None
+        _confirm_full(str(view["rollout"]), float(view["percent"]), last, percent, yes)
+    result = daemon.rollout_command(action.value, actor=actor, reason=reason, full=full,
+                                    force=force)
+    print(result["transition"])
     return 0
 
 
@@ -225,14 +309,14 @@ def describe(t: Transition) -> str:
             f"{after.status.value}) by {t.actor}: {t.reason}")
 
 
-def _confirm_full(state: RolloutState, to_step: int, percent: float, yes: bool) -> None:
-    question = (f"promote rollout {state.rollout!r} from {state.percent:g} % straight to "
-                f"{percent:g} % (step {to_step})?")
+def _confirm_full(rollout: str, percent_now: float, to_step: int, percent: float | None,
+                  yes: bool) -> None:
+    to = f"{percent:g} % (step {to_step})" if percent is not None else f"step {to_step}"
+    question = f"promote rollout {rollout!r} from {percent_now:g} % straight to {to}?"
     if yes:
         return
     if not sys.stdin.isatty():
         raise ConfigError(f"--full: {question} Confirm with --yes")
     answer = input(f"{question} Type the rollout's name to confirm: ").strip()
-    if answer != state.rollout:
+    if answer != rollout:
         raise ConfigError("--full: not confirmed; nothing changed")
-

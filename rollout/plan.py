@@ -115,6 +115,9 @@ class RollbackSpec(_Spec):
             raise ValueError(
                 f"need 0 < degraded < healthy < 1, got degraded={self.degraded}, "
                 f"healthy={self.healthy}")
+        if self.healthy <= 0.5:
+            raise ValueError(f"healthy must be above 0.5 (a detector in whole steps needs it), "
+                             f"got {self.healthy}")
         return self
 
     def detector(self) -> Cusum:

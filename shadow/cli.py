@@ -22,7 +22,8 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logs.configure(level=args.log_level, fmt=args.log_format)
+    logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "warning"),
+                   fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT", "console"))
     # A candidate named module:function usually lives next to the user, as with `python -m`.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -37,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shadow: interrupted; everything committed so far is kept", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`shadow … | head`); nothing is wrong with the work.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,13 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Run an AI system in shadow mode beside the humans, compare, report.",
     )
     parser.add_argument(
-        "--log-level", default=os.environ.get("SHADOW_LOG_LEVEL", "warning"),
-        choices=["debug", "info", "warning", "error"],
-        help="log level (env SHADOW_LOG_LEVEL; default warning)",
+        "--log-level", choices=["debug", "info", "warning", "error"],
+        help="log level (env SHADOW_LOG_LEVEL; default warning, info for run)",
     )
     parser.add_argument(
-        "--log-format", default=os.environ.get("SHADOW_LOG_FORMAT", "console"),
-        choices=["console", "json"], help="log format on stderr (env SHADOW_LOG_FORMAT)",
+        "--log-format", choices=["console", "json"],
+        help="log format on stderr (env SHADOW_LOG_FORMAT; default console, for run JSON "
+        "unless stderr is a terminal)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -107,10 +112,41 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=5000, help="tickets to generate")
     demo.set_defaults(handler=_demo)
 
+    run = commands.add_parser(
+        "run", help="run the daemon: sources, candidates, rollout, jobs and control API",
+        description="Run beside production until SIGTERM or SIGINT: consume the configured "
+        "sources, predict, store, publish live decisions, evaluate the rollout on schedule and "
+        "serve the control API. Logs are JSON lines unless stderr is a terminal.")
+    _add_config(run)
+    _add_db(run)
+    run.set_defaults(handler=_run)
+
     from rollout.commands import add_parser as add_rollout
 
     add_rollout(commands, _add_db_and_config)
     return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shadow.config import load_config
+    from shadow.daemon import Daemon
+
+    if args.config is None:
+        raise ConfigError("--config is required (or set SHADOW_CONFIG)")
+    config = load_config(args.config)
+    db = args.db or (Path(config.store.path) if config.store.path else None)
+    if db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    # A daemon logs what it does (info) as JSON lines for a collector, unless a person watches.
+    logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "info"),
+                   fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT",
+                               "console" if sys.stderr.isatty() else "json"),
+                   redact=config.logging.redact)
+    return Daemon(config, store_path=db, base_dir=Path(args.config).resolve().parent).run()
+
+
+def _chosen(flag: str | None, variable: str, default: str) -> str:
+    return flag or os.environ.get(variable) or default
 
 
 def _add_db_and_config(parser: argparse.ArgumentParser) -> None:
@@ -144,14 +180,17 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    import orjson
+
     from shadow import render
+    from shadow.api_client import from_daemon_or_store
     from shadow.report import build_report
-    from shadow.store import Store
 
     if args.db is None:
         raise ConfigError("--db is required (or set SHADOW_DB)")
-    with Store(args.db, read_only=True) as store:
-        report = build_report(store)
+    # Through a running daemon the report comes as JSON and is rendered here, as from the file.
+    report = from_daemon_or_store(
+        args.db, lambda daemon: orjson.loads(daemon.report("json")), build_report)
     if args.format == "json":
         text = render.to_json(report)
     elif args.format == "markdown":
@@ -164,13 +203,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from shadow import render
+    from shadow.api_client import from_daemon_or_store
     from shadow.report import recent_dead_letters
-    from shadow.store import Store
 
     if args.db is None:
         raise ConfigError("--db is required (or set SHADOW_DB)")
-    with Store(args.db, read_only=True) as store:
-        rows = recent_dead_letters(store, limit=args.limit)
+    rows = from_daemon_or_store(args.db, lambda daemon: daemon.dead_letters(args.limit),
+                                 lambda store: recent_dead_letters(store, limit=args.limit))
     if args.format == "json":
         sys.stdout.write(render.to_json({"dead_letters": rows}))
     else:

@@ -8,6 +8,7 @@ offending key path and what was expected there, e.g.
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from rollout.plan import RolloutSpec
+from rollout.plan import Duration, RolloutSpec
 from shadow.errors import ConfigError
 
 _CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -259,6 +260,117 @@ class StoreConfig(_Spec):
     """Records per write transaction."""
 
 
+# -- sources and the daemon ----------------------------------------------------
+
+
+class FileSourceSpec(_Spec):
+    """An export file, read once (the daemon reads it at start-up; replays are idempotent)."""
+
+    kind: Literal["file"]
+    path: str
+
+
+class KafkaSourceSpec(_Spec):
+    kind: Literal["kafka"]
+    bootstrap: str = Field(min_length=1)
+    topics: list[str] = Field(min_length=1)
+    group: str = Field(min_length=1)
+    start: Literal["committed", "earliest", "latest"] = "committed"
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to kafka-python's consumer (e.g. security settings)."""
+
+
+class WebhookSourceSpec(_Spec):
+    """An HTTP endpoint a vendor pushes to, verified with the vendor's signature scheme."""
+
+    kind: Literal["webhook"]
+    name: str = Field(min_length=1)
+    path: str = Field(pattern=r"^/[\w\-./]*$")
+    scheme: Literal["zendesk", "hubspot_v3", "standard", "github", "none"] = "none"
+    secret_env: str | None = None
+    """Environment variable holding the signing secret; required unless the scheme is none."""
+    tolerance: Duration = timedelta(minutes=5)
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    ack_timeout: Duration = timedelta(seconds=4)
+    """How long a delivery may wait to be stored before it gets 503 (the vendor retries)."""
+
+    @model_validator(mode="after")
+    def _signed_sources_name_their_secret(self) -> WebhookSourceSpec:
+        if self.scheme != "none" and self.secret_env is None:
+            raise ValueError(f"the {self.scheme} scheme needs secret_env")
+        return self
+
+
+SourceSpec = Annotated[
+    FileSourceSpec | KafkaSourceSpec | WebhookSourceSpec, Field(discriminator="kind")
+]
+
+
+class SourcesConfig(_Spec):
+    events: list[SourceSpec] = Field(default_factory=list)
+    outcomes: list[SourceSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_group_per_kafka_source(self) -> SourcesConfig:
+        # Members of one group are rebalanced together; one thread polling them in
+        # turn could wait forever on a rebalance the other member must join.
+        groups = [s.group for s in [*self.events, *self.outcomes] if s.kind == "kafka"]
+        shared = sorted({g for g in groups if groups.count(g) > 1})
+        if shared:
+            raise ValueError(f"each Kafka source needs a consumer group of its own; "
+                             f"{shared} is used by more than one")
+        return self
+
+
+class ListenSpec(_Spec):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65_535)
+
+
+class ApiSpec(ListenSpec):
+    port: int = Field(8787, ge=0, le=65_535)
+    token_env: str = "SHADOW_API_TOKEN"
+    """The bearer token every data or state-changing call must carry."""
+
+
+class WebhookServerSpec(ListenSpec):
+    port: int = Field(8788, ge=0, le=65_535)
+    public_url: str | None = Field(None, pattern=r"^https?://")
+    """The URL vendors call, when a proxy sits in front (HubSpot signs the full URL)."""
+
+
+class RetentionSpec(_Spec):
+    payload_older_than: Duration | None = None
+    """Raw event payloads and dead-letter records older than this are archived then blanked;
+    counts, predictions, outcomes and comparisons stay. ``None`` keeps everything."""
+    archive_dir: str | None = None
+    """Parquet files of what was blanked; ``None`` deletes without archiving."""
+
+
+class JobsSpec(_Spec):
+    evaluate_every: Duration = timedelta(seconds=30)
+    compare_every: Duration = timedelta(seconds=60)
+    report_every: Duration = timedelta(days=1)
+    reports_dir: str = "reports"
+    retention_every: Duration = timedelta(days=1)
+    checkpoint_every: Duration = timedelta(hours=1)
+    retention: RetentionSpec = RetentionSpec()
+
+
+class DaemonSpec(_Spec):
+    api: ApiSpec = ApiSpec()
+    webhooks: WebhookServerSpec = WebhookServerSpec()
+    jobs: JobsSpec = JobsSpec()
+    shutdown_deadline: Duration = timedelta(seconds=30)
+    """How long in-flight work may take to finish after SIGTERM."""
+    poll_timeout_s: float = Field(0.5, gt=0.0, le=60.0)
+
+
+class LoggingSpec(_Spec):
+    redact: list[str] = Field(default_factory=list)
+    """Payload fields (dotted paths, e.g. ``payload.requester.email``) never written to logs."""
+
+
 class Config(_Spec):
     version: Literal[1] = 1
     candidate: CandidateSpec | None = None
@@ -271,6 +383,10 @@ class Config(_Spec):
     store: StoreConfig = StoreConfig()
     rollout: RolloutSpec | None = None
     """Staged rollout of one candidate; without it everything runs in shadow mode."""
+    sources: SourcesConfig = SourcesConfig()
+    """What ``shadow run`` consumes."""
+    daemon: DaemonSpec = DaemonSpec()
+    logging: LoggingSpec = LoggingSpec()
 
     @model_validator(mode="after")
     def _one_way_to_name_candidates(self) -> Config:

@@ -25,3 +25,14 @@ class LoadError(ConfigError):
 
 class SinkError(ShadowError):
     """A sink did not accept every live decision it was given; publishing again may repeat some."""
+
+
+class SignatureError(ShadowError):
+    """A webhook delivery is not signed as its source requires; ``reason`` says how.
+
+    The reason never contains the secret or a signature that was expected.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

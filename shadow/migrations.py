@@ -143,4 +143,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE predictions ADD COLUMN rollout_step INTEGER",
         "ALTER TABLE predictions ADD COLUMN published_at TIMESTAMPTZ",
     ]),
+    # The daemon's scheduled jobs: when each last ran, so a run missed during
+    # downtime happens once at start-up instead of never (or many times).
+    (4, [
+        """CREATE TABLE job_runs (
+            job VARCHAR NOT NULL,
+            started_at TIMESTAMPTZ NOT NULL,
+            finished_at TIMESTAMPTZ NOT NULL,
+            ok BOOLEAN NOT NULL,
+            error VARCHAR
+        )""",
+    ]),
 ]

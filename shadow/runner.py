@@ -97,7 +97,10 @@ class Replay:
         self.now = now
         self.progress = progress
         self.rollout = rollout
+        self.evaluate_each_batch = True
+        """With a rollout: compare and evaluate after every batch (a daemon schedules it)."""
         self.summary = ReplaySummary()
+        self._handed_out: dict[str, int] = {}
         self._seen: set[str] = set()
         self._store_had_events = False
 
@@ -109,8 +112,7 @@ class Replay:
         every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
         self._store_had_events = self.store.count("events") > 0
-        feeds: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
-        feeds += [(s, self._prepare_outcomes) for s in outcomes]
+        feeds = self.feeds(events, outcomes)
         if self.rollout is not None:
             # Live traffic interleaves events and outcomes; the gates need both as they come.
             self._drain_together(feeds)
@@ -148,21 +150,39 @@ class Replay:
                     self.progress(source.name, handed_out, source.fraction_done())
                 gc.collect(1)  # the batch is unreachable by now: this is cheap
 
+    def feeds(
+        self, events: Sequence[Source], outcomes: Sequence[Source] = ()
+    ) -> list[tuple[Source, Prepare]]:
+        """Each source with what turns its records into a write batch."""
+        found: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
+        return found + [(s, self._prepare_outcomes) for s in outcomes]
+
+    def pump(self, feeds: Sequence[tuple[Source, Prepare]]) -> int:
+        """One batch from each open source that is not exhausted; returns the records read.
+
+        The sources must be open. This is the daemon's unit of work.
+        """
+        total = 0
+        for source, prepare in feeds:
+            if source.exhausted:
+                continue
+            read = self._step(source, prepare)
+            if read:
+                total += read
+                self._handed_out[source.name] = self._handed_out.get(source.name, 0) + read
+                if self.progress:
+                    self.progress(source.name, self._handed_out[source.name],
+                                  source.fraction_done())
+        return total
+
     def _drain_together(self, feeds: list[tuple[Source, Prepare]]) -> None:
         """Poll the sources in turn, one batch each, until every one is exhausted."""
-        handed_out = dict.fromkeys((s.name for s, _ in feeds), 0)
         with ExitStack() as opened, _collect_between_batches():
             for source, _ in feeds:
                 self.summary.sources.append(source.name)
                 opened.enter_context(source)
             while not all(source.exhausted for source, _ in feeds):
-                for source, prepare in feeds:
-                    read = self._step(source, prepare)
-                    if read:
-                        handed_out[source.name] += read
-                        if self.progress:
-                            self.progress(source.name, handed_out[source.name],
-                                          source.fraction_done())
+                self.pump(feeds)
                 gc.collect(1)
 
     def _step(self, source: Source, prepare: Prepare) -> int:
@@ -176,7 +196,10 @@ class Replay:
             done(counts)
         source.commit(records[-1].position)
         if self.rollout is not None:
-            self.rollout.after_batch()
+            if self.evaluate_each_batch:
+                self.rollout.after_batch()
+            else:
+                self.rollout.publish_pending()
         return len(records)
 
     def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
@@ -191,6 +214,7 @@ class Replay:
                 if self.rollout is not None:
                     predictions = self.rollout.route(predictions, to_predict)
                 batch.predictions.extend(predictions)
+                _log_failures(predictions, to_predict)
 
         s = self.summary
         s.events_read += len(records)
@@ -271,6 +295,19 @@ class Replay:
             s.outcome_duplicates += len(mapped) - counts.outcomes
 
         return WriteBatch(outcomes=list(unique.values()), dead_letters=dead), done
+
+
+def _log_failures(predictions: list[Any], events: list[Event]) -> None:
+    failed = [p for p in predictions if p.error is not None]
+    if not failed:
+        return
+    keys = {e.event_id: e.key for e in events}
+    for p in failed[:20]:  # a candidate that is down fails every event: the first few tell
+        log.warning("prediction failed", event_id=p.event_id, key=keys.get(p.event_id),
+                    candidate=p.candidate, version=p.version, mode=p.mode.value,
+                    rollout_step=p.step, error_kind=p.error.kind.value, error=p.error.message)
+    if len(failed) > 20:
+        log.warning("predictions failed", more=len(failed) - 20, candidate=failed[0].candidate)
 
 
 @contextmanager

@@ -1,0 +1,110 @@
+"""What the control API can ask of a running daemon, and how the CLI finds one.
+
+The daemon implements :class:`Control`; ``shadow/api.py`` serves it over
+HTTP. Every method may be called from the API server's thread: the daemon
+runs the work on its own pipeline thread (the single writer of the store)
+and returns the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Control(Protocol):
+    def health(self) -> dict[str, Any]:
+        """Liveness: the process answers. Never touches the store."""
+        ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready when the store is open, the sources are consuming and no shutdown is under way."""
+        ...
+
+    def rollout_status(self) -> dict[str, Any]:
+        """What ``shadow rollout status --format json`` prints (``rollout.commands.status_view``).
+
+        Raises:
+            ConfigError: no rollout is configured.
+        """
+        ...
+
+    def rollout_history(self, limit: int | None) -> list[dict[str, Any]]:
+        """Transitions, oldest first, as ``AuditRecord.as_dict``."""
+        ...
+
+    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
+                        force: bool = False) -> dict[str, Any]:
+        """promote | pause | resume | rollback | restart | abort.
+
+        Returns ``{"transition": text, "state": {...}}``.
+
+        Raises:
+            rollout.state.Refused: the transition is unsafe or meaningless (HTTP 409).
+            ConfigError: unknown action, missing reason, no rollout configured (HTTP 400).
+        """
+        ...
+
+    def report(self, fmt: str) -> str:
+        """The owner report as ``json``, ``markdown`` or ``table`` text."""
+        ...
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        """The most recent dead letters (``shadow.report.recent_dead_letters``)."""
+        ...
+
+    def metrics(self) -> str:
+        """Prometheus text exposition format."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonFile:
+    """Written next to the store while a daemon runs it: how the CLI finds the API.
+
+    The token is never written here; clients read it from the environment.
+    """
+
+    pid: int
+    api: str
+    """Base URL of the control API, e.g. ``http://127.0.0.1:8787``."""
+    store: str
+    started_at: str
+
+    @staticmethod
+    def path_for(store: Path) -> Path:
+        return store.with_name(store.name + ".daemon.json")
+
+    def write(self, store: Path) -> None:
+        path = self.path_for(store)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)), encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, store: Path) -> DaemonFile | None:
+        """The file of a daemon that is still alive, else ``None`` (a stale file is ignored)."""
+        try:
+            data = json.loads(cls.path_for(store).read_text(encoding="utf-8"))
+            found = cls(pid=int(data["pid"]), api=str(data["api"]), store=str(data["store"]),
+                        started_at=str(data["started_at"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return found if _alive(found.pid) else None
+
+    @classmethod
+    def remove(cls, store: Path) -> None:
+        cls.path_for(store).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

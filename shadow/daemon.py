@@ -1,0 +1,387 @@
+"""``shadow run``: the long-running process beside production.
+
+One pipeline thread owns the store (DuckDB allows one writer): it polls every
+source in turn, predicts, writes, commits offsets and publishes live
+decisions. Everything else that needs the store (scheduled jobs, control API
+calls) is handed to that thread and runs between two batches.
+
+Shutdown (SIGTERM or SIGINT): webhook intake stops at once (new deliveries
+get 503 and the vendor retries), the batch in flight finishes, deliveries
+already accepted are stored and acknowledged within ``shutdown_deadline``,
+live decisions are published, offsets committed, and the process exits 0. A
+restart resumes from the committed offsets; anything read but not committed
+is read again and recognised as already stored.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from contextlib import ExitStack
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from connectors.base import Source
+from connectors.files import FileSource
+from connectors.mapping import EventMapper, OutcomeMapper
+from connectors.webhooks import WebhookServer, WebhookSource
+from shadow.candidates import build_candidate
+from shadow.comparators import Comparator, build_comparator
+from shadow.config import Config, SourceSpec
+from shadow.control import DaemonFile
+from shadow.errors import ConfigError, StoreError
+from shadow.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
+from shadow.models import utc_now
+from shadow.runner import Replay, compare
+from shadow.store import Store
+
+log = structlog.get_logger(__name__)
+
+_CALL_TIMEOUT_S = 120.0
+
+
+class Daemon:
+    """Runs a configuration until told to stop; implements ``shadow.control.Control``."""
+
+    def __init__(self, config: Config, *, store_path: Path, base_dir: Path,
+                 now: Callable[[], datetime] = utc_now) -> None:
+        self.config, self.store_path, self.base_dir, self.now = config, store_path, base_dir, now
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._tasks: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._ready = False
+        self._started_at = now()
+        self.store: Store | None = None
+        self.replay: Replay | None = None
+        self.comparator: Comparator | None = None
+        self.controller: Any = None
+        self.live: Any = None
+        self.webhooks: Any = None
+        self.runtime: Any = None
+        self._sources: list[Source] = []
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything, serve until SIGTERM/SIGINT, shut down cleanly; returns 0.
+
+        Raises:
+            ConfigError: the configuration cannot run (no sources, no token, …).
+            StoreError: the store is held by another daemon or process.
+        """
+        self._thread = threading.current_thread()
+        token = self._token()
+        other = DaemonFile.read(self.store_path)
+        if other is not None:
+            raise StoreError(f"another daemon (pid {other.pid}, API at {other.api}) is running "
+                             f"for {self.store_path}; stop it first")
+        from shadow.metrics import RuntimeMetrics
+
+        self.runtime = RuntimeMetrics()
+        with ExitStack() as stack:
+            self.store = stack.enter_context(Store(self.store_path))
+            feeds = self._wire(stack)
+            from shadow.api import ApiServer
+
+            api_spec = self.config.daemon.api
+            api = ApiServer(self, host=api_spec.host, port=api_spec.port, token=token)
+            api.start()
+            stack.callback(api.stop)
+            DaemonFile(pid=os.getpid(), api=api.url, store=str(self.store_path),
+                       started_at=self._started_at.isoformat()).write(self.store_path)
+            stack.callback(DaemonFile.remove, self.store_path)
+            jobs = Jobs(self.store, self._jobs(), self.call, now=self.now,
+                        on_result=self._job_result)
+            jobs.start()
+            stack.callback(jobs.stop)
+            self._install_signals()
+            self._ready = True
+            log.info("daemon started", store=str(self.store_path), api=api.url,
+                     sources=[s.name for s in self._sources], pid=os.getpid())
+            self._loop(feeds)
+            self._ready = False
+            jobs.stop()
+            self._shut_down(feeds)
+        log.info("daemon stopped", store=str(self.store_path))
+        return 0
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (what SIGTERM does)."""
+        self._stop.set()
+        self._wake.set()
+        if self.webhooks is not None:
+            self.webhooks.stop_intake()
+
+    def _token(self) -> str:
+        name = self.config.daemon.api.token_env
+        token = os.environ.get(name, "")
+        if not token:
+            raise ConfigError(f"daemon.api.token_env: set the environment variable {name} to "
+                              f"the bearer token the control API requires")
+        return token
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, frame: object) -> None:
+            log.info("shutting down", signal=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- wiring -------------------------------------------------------------------
+
+    def _wire(self, stack: ExitStack) -> list[Any]:
+        config, store = self.config, self.store
+        assert store is not None
+        candidates = [build_candidate(spec) for spec in config.all_candidates()]
+        if not candidates:
+            raise ConfigError("candidate: the daemon needs a candidate to run")
+        for candidate in candidates:
+            stack.enter_context(candidate)
+        self.comparator = build_comparator(config.comparator)
+        if not config.sources.events:
+            raise ConfigError("sources.events: the daemon needs at least one event source")
+        events = [self._source(spec, "event") for spec in config.sources.events]
+        outcomes = [self._source(spec, "outcome") for spec in config.sources.outcomes]
+        if self.config.rollout is not None:
+            from rollout.runtime import open_rollout
+
+            self.live = open_rollout(self.config.rollout, store, candidates, self.comparator,
+                                     stack, now=self.now)
+            self.controller = self.live.controller
+        self.replay = Replay(
+            store, candidates, self.comparator,
+            event_mapper=EventMapper(config.mapping.events),
+            outcome_mapper=OutcomeMapper(config.mapping.outcomes),
+            batch_size=config.store.batch_size, now=self.now, rollout=self.live,
+            progress=self.runtime.progress if self.runtime is not None else None)
+        self.replay.evaluate_each_batch = False
+        for source in [*events, *outcomes]:
+            stack.enter_context(source)
+            self._sources.append(source)
+        webhook_sources = [s for s in self._sources if isinstance(s, WebhookSource)]
+        if webhook_sources:
+            spec = config.daemon.webhooks
+            self.webhooks = WebhookServer(host=spec.host, port=spec.port,
+                                          sources=webhook_sources, public_url=spec.public_url)
+            self.webhooks.start()
+            stack.callback(self.webhooks.stop)
+        return self.replay.feeds(events, outcomes)
+
+    def _source(self, spec: SourceSpec, kind: str) -> Source:
+        if spec.kind == "file":
+            return FileSource(self._beside_config(spec.path))
+        if spec.kind == "kafka":
+            from connectors.kafka import KafkaSource, Start
+
+            return KafkaSource(bootstrap=spec.bootstrap, topics=spec.topics,
+                               group_id=spec.group, start=Start(spec.start),
+                               poll_timeout_s=self.config.daemon.poll_timeout_s,
+                               options=spec.options)
+        secret = None
+        if spec.secret_env is not None:
+            secret = os.environ.get(spec.secret_env)
+            if not secret:
+                raise ConfigError(f"sources: webhook {spec.name!r} needs the environment "
+                                  f"variable {spec.secret_env} (secret_env) set")
+        return WebhookSource(name=spec.name, path=spec.path, kind=kind, scheme=spec.scheme,
+                             secret=secret, tolerance_s=spec.tolerance.total_seconds(),
+                             max_body_bytes=spec.max_body_bytes,
+                             ack_timeout_s=spec.ack_timeout.total_seconds())
+
+    def _beside_config(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.base_dir / path
+
+    def _jobs(self) -> list[Job]:
+        spec = self.config.daemon.jobs
+        store = self.store
+        assert store is not None and self.comparator is not None
+        comparator = self.comparator
+        jobs = [
+            Job("compare", spec.compare_every, lambda: compare(store, comparator, now=self.now)),
+            Job("report", spec.report_every,
+                lambda: write_reports(store, self._beside_config(spec.reports_dir), self.now())),
+            Job("checkpoint", spec.checkpoint_every, lambda: checkpoint(store)),
+        ]
+        if self.live is not None:
+            jobs.insert(1, Job("evaluate", spec.evaluate_every, self._evaluate))
+        retention = spec.retention
+        if retention.payload_older_than is not None:
+            age = retention.payload_older_than
+            archive = (self._beside_config(retention.archive_dir)
+                       if retention.archive_dir else None)
+            jobs.append(Job("retention", spec.retention_every,
+                            lambda: apply_retention(store, age, archive, self.now())))
+        return jobs
+
+    def _evaluate(self) -> None:
+        assert self.live is not None
+        self.live.publish_pending()
+        self.controller.evaluate()
+
+    def _job_result(self, name: str, ok: bool) -> None:
+        if self.runtime is not None:
+            self.runtime.job_finished(name, ok)
+
+    # -- the pipeline thread --------------------------------------------------------
+
+    def _loop(self, feeds: list[Any]) -> None:
+        assert self.replay is not None
+        while not self._stop.is_set():
+            read = self.replay.pump(feeds)
+            self._record_intake()
+            self._run_tasks()
+            if not read:
+                self._wake.wait(0.05)
+                self._wake.clear()
+
+    def _shut_down(self, feeds: list[Any]) -> None:
+        """Store what webhooks already accepted, publish, and let the rest be re-read."""
+        assert self.replay is not None
+        deadline = self.now() + self.config.daemon.shutdown_deadline
+        accepted = [(s, p) for s, p in feeds if isinstance(s, WebhookSource)]
+        while accepted and not all(s.exhausted for s, _ in accepted) and self.now() < deadline:
+            self.replay.pump(accepted)
+        if self.live is not None:
+            self.live.publish_pending()
+        self._run_tasks()
+        self._refuse_tasks()
+
+    def _record_intake(self) -> None:
+        if self.runtime is None:
+            return
+        for source in self._sources:
+            lag = getattr(source, "lag", None)
+            if callable(lag):
+                try:
+                    self.runtime.set_lags(source.name, lag())
+                except Exception as exc:  # noqa: BLE001 - lag is informational
+                    log.debug("no consumer lag", source=source.name, error=str(exc))
+
+    def call(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` on the pipeline thread, wait for it and return its result."""
+        if threading.current_thread() is self._thread:
+            return function()
+        if self._stop.is_set() and not self._ready:
+            raise StoreError("the daemon is shutting down")
+        future: Future[Any] = Future()
+        self._tasks.put((function, future))
+        self._wake.set()
+        return future.result(timeout=_CALL_TIMEOUT_S)
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                function, future = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    def _refuse_tasks(self) -> None:
+        while True:
+            try:
+                _, future = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            future.set_exception(StoreError("the daemon is shutting down"))
+
+    # -- Control --------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "alive", "pid": os.getpid(), "started_at": self._started_at.isoformat()}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        reasons = []
+        if not self._ready:
+            reasons.append("starting" if not self._stop.is_set() else "shutting down")
+        return not reasons, {
+            "ready": not reasons, "reasons": reasons, "sources": [s.name for s in self._sources],
+            "webhooks": self.webhooks.url if self.webhooks is not None else None}
+
+    def rollout_status(self) -> dict[str, Any]:
+        def status() -> dict[str, Any]:
+            from rollout import audit
+            from rollout.commands import status_view
+
+            controller = self._controller()
+            assessment = controller.assess()
+            recent = audit.history(controller.store, controller.rollout, limit=1)
+            return status_view(controller, assessment,
+                               audit.latest_evaluations(controller.store, controller.rollout),
+                               recent[0].as_dict() if recent else None)
+        return dict(self.call(status))
+
+    def rollout_history(self, limit: int | None) -> list[dict[str, Any]]:
+        from rollout import audit
+
+        def history() -> list[dict[str, Any]]:
+            controller = self._controller()
+            return [r.as_dict() for r in audit.history(controller.store, controller.rollout,
+                                                       limit=limit)]
+        return list(self.call(history))
+
+    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
+                        force: bool = False) -> dict[str, Any]:
+        from rollout.commands import describe
+        from rollout.state import Action
+
+        try:
+            chosen = Action(action)
+        except ValueError:
+            raise ConfigError(f"unknown rollout action {action!r}") from None
+
+        def command() -> dict[str, Any]:
+            controller = self._controller()
+            to_step = controller.plan.last if full else None
+            t = controller.command(chosen, actor=actor, reason=reason, to_step=to_step,
+                                   force=force)
+            s = t.after
+            return {"transition": describe(t),
+                    "state": {"step": s.step, "percent": s.percent, "status": s.status.value}}
+        return dict(self.call(command))
+
+    def report(self, fmt: str) -> str:
+        from shadow import render
+        from shadow.report import build_report
+
+        renderers: dict[str, Callable[[dict[str, Any]], str]] = {
+            "json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}
+        if fmt not in renderers:
+            raise ConfigError(f"format: expected one of {sorted(renderers)}, got {fmt!r}")
+        assert self.store is not None
+        store = self.store
+        return str(renderers[fmt](self.call(lambda: build_report(store))))
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        from shadow.report import recent_dead_letters
+
+        assert self.store is not None
+        store = self.store
+        return list(self.call(lambda: recent_dead_letters(store, limit=limit)))
+
+    def metrics(self) -> str:
+        from shadow.metrics import render_metrics
+
+        assert self.store is not None
+        store = self.store
+        return str(self.call(lambda: render_metrics(store, runtime=self.runtime)))
+
+    def _controller(self) -> Any:
+        if self.controller is None:
+            raise ConfigError("rollout: this daemon's configuration has no 'rollout' section")
+        self.controller.sync()
+        return self.controller

@@ -1,0 +1,666 @@
+"""The control API: authentication, status codes, its description, its client, and the CLI on it.
+
+The HTTP layer is tested against :class:`FakeControl`, which records calls and
+answers canned values; one test drives a real rollout controller over a real
+store through HTTP. The CLI tests run ``python -m shadow`` in subprocesses
+against a server in this process, found through a ``DaemonFile``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+
+from rollout import audit
+from rollout.commands import describe, status_view
+from rollout.controller import Controller
+from rollout.state import Action, Refused, Status
+from shadow import render
+from shadow.api import METRICS_TYPE, ApiServer, ApiState, openapi, public_operations
+from shadow.api_client import DaemonClient, DaemonUnavailable, find_daemon
+from shadow.control import DaemonFile
+from shadow.errors import ConfigError
+from shadow.report import build_report
+from shadow.store import Store
+from tests.rollout.test_state import PLAN, Clock
+from tests.test_cli import assert_usage_error, run
+
+TOKEN = "s3cret-token-for-tests"
+STATUS = {
+    "rollout": "from-the-daemon", "candidate": "triage", "version": "7", "step": 1, "steps": 3,
+    "percent": 10.0, "status": "progressing", "live": True, "live_share": 0.09,
+    "holdout": 0.1, "review": 0.0, "step_started_at": "2026-01-05T00:00:00+00:00",
+    "promotion": {"phase": "inconclusive", "checks": [
+        {"name": "agreement", "phase": "inconclusive", "detail": "41 of 100 needed"}]},
+    "rollback": None, "stored_evaluations": {}, "warnings": ["labels arrive slowly"],
+    "last_transition": {"action": "promote", "actor": "dana", "at": "2026-01-05T00:00:00+00:00",
+                        "reason": "owner approved"},
+}
+HISTORY = [{"revision": 1, "at": "2026-01-04T00:00:00+00:00", "actor": "controller",
+            "action": "start", "from_step": None, "to_step": 0, "from_status": None,
+            "to_status": "progressing", "percent": 0.0, "reason": "from-the-daemon start",
+            "evidence": {}}]
+DEAD_LETTER = {"kind": "event", "source": "kafka:tickets", "position": "0:17",
+               "reason": "not JSON", "raw": "{from-the-daemon", "received_at": "2026-01-05"}
+
+
+class FakeControl:
+    """A daemon's control surface with canned answers; records every call."""
+
+    def __init__(self, report: dict[str, Any] | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.ready = True
+        self.fail = False
+        self.report_data = report or {}
+        self.hold: threading.Event | None = None
+        self.holding = threading.Event()
+
+    def health(self) -> dict[str, Any]:
+        self.calls.append(("health", None))
+        return {"status": "alive", "pid": 4242}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {"reasons": [] if self.ready else ["starting"]}
+
+    def rollout_status(self) -> dict[str, Any]:
+        self.calls.append(("rollout_status", None))
+        if self.hold is not None:
+            self.holding.set()
+            self.hold.wait(10)
+        if self.fail:
+            raise RuntimeError("secret detail of /var/lib/shadow")
+        return STATUS
+
+    def rollout_history(self, limit: int | None) -> list[dict[str, Any]]:
+        self.calls.append(("rollout_history", limit))
+        return HISTORY
+
+    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
+                        force: bool = False) -> dict[str, Any]:
+        self.calls.append(("rollout_command", (action, actor, reason, full, force)))
+        if action == "resume":
+            raise Refused("rollout 'from-the-daemon' is progressing: only a paused rollout "
+                          "resumes")
+        return {"transition": f"{action} from the daemon by {actor}: {reason}",
+                "state": {"step": 2, "percent": 100.0, "status": "promoted"}}
+
+    def report(self, fmt: str) -> str:
+        self.calls.append(("report", fmt))
+        return {"json": render.to_json, "markdown": render.to_markdown,
+                "table": render.to_table}[fmt](self.report_data)
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        self.calls.append(("dead_letters", limit))
+        return [DEAD_LETTER]
+
+    def metrics(self) -> str:
+        self.calls.append(("metrics", None))
+        return "# TYPE shadow_events_total counter\nshadow_events_total 3\n"
+
+
+@pytest.fixture(scope="module")
+def report_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real report of an empty store, marked so that it is recognisable."""
+    with Store(tmp_path_factory.mktemp("report") / "empty.duckdb") as store:
+        report = build_report(store)
+    return {**report, "events_read": 4242}
+
+
+@pytest.fixture
+def fake(report_data: dict[str, Any]) -> FakeControl:
+    return FakeControl(report_data)
+
+
+@pytest.fixture
+def server(fake: FakeControl) -> Iterator[ApiServer]:
+    with ApiServer(fake, port=0, token=TOKEN) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: ApiServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, trust_env=False, timeout=10) as client:
+        yield client
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+BODIES = {"/rollout/{action}": {"actor": "dana", "reason": "tests"}, "/reports": {}}
+
+
+def operations(public: bool) -> list[tuple[str, str]]:
+    doc = openapi()
+    everything = {(m.upper(), p) for p, item in doc["paths"].items() for m in item}
+    chosen = public_operations(doc) if public else everything - public_operations(doc)
+    return sorted(chosen)
+
+
+def call(http: httpx.Client, method: str, path: str, headers: dict[str, str] | None = None
+         ) -> httpx.Response:
+    body = BODIES.get(path) if method == "POST" else None
+    return http.request(method, path.replace("{action}", "promote"), json=body,
+                        headers=headers or {})
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+# -- the server --------------------------------------------------------------------------
+
+
+def test_the_server_binds_loopback_by_default_and_does_nothing_until_started() -> None:
+    server = ApiServer(FakeControl(), token=TOKEN)
+    assert (server.host, server.port, server.state) == ("127.0.0.1", 8787, ApiState.NEW)
+    server.stop()  # before start: nothing to stop, and no start afterwards
+    assert server.state is ApiState.STOPPED
+
+
+def test_the_server_listens_on_loopback(server: ApiServer) -> None:
+    assert server.url == f"http://127.0.0.1:{server.port}" and server.port != 0
+    # A whole request, not a bare connect: a connection the server has accepted but not yet
+    # handled when it stops is closed by nobody (asyncio drops the pending accept task).
+    assert httpx.get(f"http://127.0.0.1:{server.port}/health", trust_env=False).is_success
+
+
+@pytest.mark.parametrize("token", [None, "", "   "])
+def test_an_api_without_a_token_cannot_be_built(token: str | None) -> None:
+    with pytest.raises(ConfigError, match="SHADOW_API_TOKEN"):
+        ApiServer(FakeControl(), token=token)
+
+
+def test_stop_is_idempotent_and_a_stopped_server_does_not_start_again(fake: FakeControl) -> None:
+    server = ApiServer(fake, port=0, token=TOKEN)
+    server.start()
+    port = server.port
+    server.stop()
+    server.stop()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass
+    with pytest.raises(Exception, match="stopped"):
+        server.start()
+
+
+def test_a_port_in_use_is_a_configuration_error(server: ApiServer) -> None:
+    second = ApiServer(FakeControl(), port=server.port, token=TOKEN)
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+        second.start()
+    assert second.state is ApiState.STOPPED
+
+
+# -- authentication -------------------------------------------------------------------------
+
+
+def test_health_ready_and_the_description_need_no_token(http: httpx.Client,
+                                                        fake: FakeControl) -> None:
+    assert operations(public=True) == [("GET", "/health"), ("GET", "/openapi.json"),
+                                       ("GET", "/ready")]
+    health = http.get("/health")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})  # reveals nothing
+    assert fake.calls == []
+    assert http.get("/ready").json() == {"ready": True, "checks": {"reasons": []}}
+    assert http.get("/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_health_with_the_token_gives_the_daemon_s_details(http: httpx.Client) -> None:
+    assert http.get("/health", headers=bearer()).json() == {"status": "alive", "pid": 4242}
+    assert http.get("/health", headers=bearer("wrong")).json() == {"status": "ok"}
+
+
+def test_not_ready_is_503_with_the_checks(http: httpx.Client, fake: FakeControl) -> None:
+    fake.ready = False
+    response = http.get("/ready")
+    assert response.status_code == 503
+    assert response.json() == {"ready": False, "checks": {"reasons": ["starting"]}}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": f"Basic {TOKEN}"},
+                                     {"Authorization": "Bearer"}, {"Authorization": TOKEN}])
+def test_every_protected_route_refuses_an_unauthenticated_call_with_401(
+        http: httpx.Client, fake: FakeControl, headers: dict[str, str]) -> None:
+    protected = operations(public=False)
+    assert len(protected) == 7
+    for method, path in protected:
+        response = call(http, method, path, headers)
+        assert response.status_code == 401, (method, path)
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "Bearer" in response.json()["error"]
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize("token", ["wrong", TOKEN + "x", TOKEN[:-1], TOKEN.upper()])
+def test_every_protected_route_refuses_a_wrong_token_with_403(
+        http: httpx.Client, fake: FakeControl, token: str) -> None:
+    for method, path in operations(public=False):
+        response = call(http, method, path, bearer(token))
+        assert response.status_code == 403, (method, path)
+        assert "SHADOW_API_TOKEN" in response.json()["error"]
+    assert fake.calls == []
+
+
+def test_every_protected_route_answers_the_right_token(http: httpx.Client,
+                                                       fake: FakeControl) -> None:
+    for method, path in operations(public=False):
+        assert call(http, method, path, bearer()).status_code == 200, (method, path)
+    assert {name for name, _ in fake.calls} == {
+        "rollout_status", "rollout_history", "rollout_command", "report", "dead_letters",
+        "metrics"}
+
+
+def test_an_unknown_route_is_401_without_a_token_and_404_with_it(http: httpx.Client) -> None:
+    assert http.get("/secrets").status_code == 401
+    response = http.get("/secrets", headers=bearer())
+    assert response.status_code == 404 and response.json() == {
+        "error": "no such route: GET /secrets"}
+    wrong_method = http.delete("/rollout", headers=bearer())
+    assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET"
+
+
+def test_metrics_can_be_opened_to_scrapers_without_a_token(fake: FakeControl) -> None:
+    assert ("GET", "/metrics") in public_operations(openapi(metrics_token_required=False))
+    with ApiServer(fake, port=0, token=TOKEN, metrics_token_required=False) as server, \
+            httpx.Client(base_url=server.url, trust_env=False) as http:
+        assert http.get("/metrics").status_code == 200
+        assert http.get("/rollout").status_code == 401
+
+
+# -- the routes -----------------------------------------------------------------------------
+
+
+def test_the_description_lists_exactly_the_served_routes(server: ApiServer) -> None:
+    served = {(r.method, r.resource.canonical) for r in server.application().router.routes()
+              if r.resource is not None}
+    described = {(m.upper(), p) for p, item in openapi()["paths"].items() for m in item}
+    assert served == described
+    served_doc = httpx.get(server.url + "/openapi.json", trust_env=False).json()
+    assert served_doc == json.loads(json.dumps(openapi()))
+
+
+def test_status_and_history_come_from_the_control(http: httpx.Client,
+                                                  fake: FakeControl) -> None:
+    assert http.get("/rollout", headers=bearer()).json() == STATUS
+    assert http.get("/rollout/history?limit=5", headers=bearer()).json() == HISTORY
+    http.get("/rollout/history", headers=bearer())
+    assert fake.calls[1:] == [("rollout_history", 5), ("rollout_history", None)]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=-3", "limit=ten", "limit=1001"])
+def test_a_bad_limit_is_400(http: httpx.Client, query: str) -> None:
+    response = http.get(f"/dead-letters?{query}", headers=bearer())
+    assert response.status_code == 400 and "limit" in response.json()["error"]
+
+
+def test_a_command_passes_the_person_and_the_reason(http: httpx.Client,
+                                                    fake: FakeControl) -> None:
+    response = http.post("/rollout/promote", headers=bearer(),
+                         json={"actor": "dana", "full": True, "reason": "owner approved"})
+    assert response.status_code == 200
+    assert response.json()["transition"] == "promote from the daemon by dana: owner approved"
+    http.post("/rollout/pause", headers=bearer(), json={"actor": "dana"})
+    assert fake.calls == [
+        ("rollout_command", ("promote", "dana", "owner approved", True, False)),
+        ("rollout_command", ("pause", "dana", "pause by dana", False, False))]
+
+
+def test_a_refused_transition_is_409_with_the_message(http: httpx.Client) -> None:
+    response = http.post("/rollout/resume", headers=bearer(), json={"actor": "dana"})
+    assert response.status_code == 409
+    assert response.json() == {"error": "rollout 'from-the-daemon' is progressing: only a "
+                                        "paused rollout resumes"}
+
+
+@pytest.mark.parametrize("action", ["rollback", "abort"])
+@pytest.mark.parametrize("reason", [None, "", "  "])
+def test_rollback_and_abort_need_a_reason(http: httpx.Client, fake: FakeControl, action: str,
+                                          reason: str | None) -> None:
+    body = {"actor": "dana"} | ({} if reason is None else {"reason": reason})
+    response = http.post(f"/rollout/{action}", headers=bearer(), json=body)
+    assert response.status_code == 400 and "reason" in response.json()["error"]
+    assert fake.calls == []
+
+
+def test_an_unknown_action_is_404(http: httpx.Client, fake: FakeControl) -> None:
+    response = http.post("/rollout/start", headers=bearer(), json={"actor": "dana"})
+    assert response.status_code == 404 and "promote, pause" in response.json()["error"]
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(("body", "fragment"), [
+    (b"{not json", "not JSON"),
+    (b"[1]", "JSON object"),
+    (b"{}", "actor"),
+    (b'{"actor": " "}', "actor"),
+    (b'{"actor": "dana", "full": "yes"}', "full"),
+    (b'{"actor": "dana", "urgent": true}', "urgent"),
+    (b'{"actor": "dana", "force": true, "reason": "x"}', "only promote"),
+])
+def test_a_malformed_command_is_400(http: httpx.Client, fake: FakeControl, body: bytes,
+                                    fragment: str) -> None:
+    response = http.post("/rollout/pause", headers=bearer() | {"Content-Type": "application/json"},
+                         content=body)
+    assert response.status_code == 400 and fragment in response.json()["error"]
+    assert fake.calls == []
+
+
+def test_a_body_too_large_is_413(http: httpx.Client, fake: FakeControl) -> None:
+    response = http.post("/rollout/pause", headers=bearer(),
+                         json={"actor": "dana", "reason": "x" * 100_000})
+    assert response.status_code == 413 and "too large" in response.json()["error"]
+    assert fake.calls == []
+
+
+def test_surrounding_whitespace_of_the_configured_token_is_ignored(fake: FakeControl) -> None:
+    with ApiServer(fake, port=0, token=f" {TOKEN}\n") as server:
+        assert DaemonClient(server.url, TOKEN).rollout_status() == STATUS
+
+
+@pytest.mark.parametrize(("fmt", "media"), [("json", "application/json"),
+                                            ("markdown", "text/markdown"),
+                                            ("table", "text/plain")])
+def test_reports_come_in_each_format_with_its_content_type(
+        http: httpx.Client, report_data: dict[str, Any], fmt: str, media: str) -> None:
+    posted = http.post("/reports", headers=bearer(), json={"format": fmt})
+    got = http.get(f"/report?format={fmt}", headers=bearer())
+    for response in (posted, got):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == f"{media}; charset=utf-8"
+        assert "4,242" in response.text or '"events_read": 4242' in response.text
+    assert http.post("/reports", headers=bearer(), json={"format": "pdf"}).status_code == 400
+    assert http.post("/reports", headers=bearer(), json={"fmt": "json"}).status_code == 400
+
+
+def test_metrics_are_prometheus_text(http: httpx.Client) -> None:
+    response = http.get("/metrics", headers=bearer())
+    assert response.headers["Content-Type"] == METRICS_TYPE
+    assert response.text.endswith("shadow_events_total 3\n")
+
+
+def test_dead_letters_come_from_the_control(http: httpx.Client, fake: FakeControl) -> None:
+    response = http.get("/dead-letters?limit=3", headers=bearer())
+    assert response.json() == {"dead_letters": [DEAD_LETTER]}
+    assert fake.calls == [("dead_letters", 3)]
+
+
+def test_an_unexpected_error_is_a_generic_500_with_the_traceback_in_the_log(
+        http: httpx.Client, fake: FakeControl) -> None:
+    fake.fail = True
+    with structlog.testing.capture_logs() as logs:
+        response = http.get("/rollout", headers=bearer())
+    assert response.status_code == 500
+    assert "secret" not in response.text and "log" in response.json()["error"]
+    (entry,) = [e for e in logs if e["event"] == "control api request failed"]
+    assert entry["log_level"] == "error" and entry["exc_info"] is True
+
+
+def test_health_answers_while_a_control_call_blocks(http: httpx.Client, fake: FakeControl,
+                                                    server: ApiServer) -> None:
+    fake.hold = threading.Event()
+    answers: list[int] = []
+    slow = threading.Thread(target=lambda: answers.append(
+        httpx.get(server.url + "/rollout", headers=bearer(), trust_env=False).status_code))
+    slow.start()
+    try:
+        assert fake.holding.wait(5)
+        assert http.get("/health", timeout=2).status_code == 200
+        assert answers == []
+    finally:
+        fake.hold.set()
+        slow.join(10)
+    assert answers == [200]
+
+
+# -- a real rollout through HTTP --------------------------------------------------------------
+
+
+class ControllerControl(FakeControl):
+    """The rollout part of a daemon: a real controller over a real store."""
+
+    def __init__(self, controller: Controller) -> None:
+        super().__init__()
+        self.controller = controller
+        self.lock = threading.Lock()  # one DuckDB connection, used from the API's threads
+
+    def rollout_status(self) -> dict[str, Any]:
+        with self.lock:
+            c = self.controller
+            recent = audit.history(c.store, c.rollout, limit=1)
+            return status_view(c, c.assess(), audit.latest_evaluations(c.store, c.rollout),
+                               recent[0].as_dict() if recent else None)
+
+    def rollout_history(self, limit: int | None) -> list[dict[str, Any]]:
+        with self.lock:
+            c = self.controller
+            return [r.as_dict() for r in audit.history(c.store, c.rollout, limit=limit)]
+
+    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
+                        force: bool = False) -> dict[str, Any]:
+        with self.lock:
+            c = self.controller
+            t = c.command(Action(action), actor=actor, reason=reason, force=force,
+                          to_step=c.plan.last if full else None)
+            return {"transition": describe(t), "state": {"step": t.after.step}}
+
+
+@pytest.fixture
+def controlled(tmp_path: Path) -> Iterator[tuple[Controller, DaemonClient]]:
+    with Store(tmp_path / "s.duckdb") as store:
+        controller = Controller(store, PLAN, rollout="triage", candidate="triage", version="1",
+                                comparator="exact", now=Clock())
+        controller.sync()
+        with ApiServer(ControllerControl(controller), port=0, token=TOKEN) as server:
+            yield controller, DaemonClient(server.url, TOKEN)
+
+
+def stored_status(controller: Controller) -> tuple[int, Status]:
+    state = audit.load(controller.store, "triage")
+    assert state is not None
+    return state.step, state.status
+
+
+def test_promote_and_rollback_through_http_change_the_stored_rollout(
+        controlled: tuple[Controller, DaemonClient]) -> None:
+    controller, client = controlled
+    with pytest.raises(Refused, match="has not earned promotion"):
+        client.rollout_command("promote", actor="dana", reason="eager")
+    assert stored_status(controller) == (0, Status.PROGRESSING)
+
+    promoted = client.rollout_command("promote", actor="dana", reason="owner approved",
+                                      force=True)
+    assert promoted["transition"].endswith("by dana: owner approved")
+    assert stored_status(controller) == (1, Status.PROGRESSING)
+    assert client.rollout_status()["percent"] == 5
+
+    with pytest.raises(ConfigError, match="reason"):
+        client.rollout_command("rollback", actor="dana")
+    client.rollout_command("rollback", actor="dana", reason="replies too long")
+    assert stored_status(controller) == (0, Status.ROLLED_BACK)
+    with pytest.raises(Refused, match="restart it first"):
+        client.rollout_command("promote", actor="dana", force=True)
+
+    history = client.rollout_history()
+    assert [(r["action"], r["actor"]) for r in history] == [
+        ("start", "controller"), ("promote", "dana"), ("rollback", "dana")]
+    assert history[-1]["reason"] == "replies too long"
+    assert client.rollout_history(limit=1) == history[-1:]
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+def test_the_client_reports_a_refused_token_as_a_configuration_error(server: ApiServer) -> None:
+    with pytest.raises(ConfigError, match="refused the token: set SHADOW_API_TOKEN"):
+        DaemonClient(server.url, "wrong").rollout_status()
+
+
+def test_the_client_calls_every_route(server: ApiServer, fake: FakeControl) -> None:
+    client = DaemonClient(server.url, TOKEN)
+    assert client.health() == {"status": "ok", "pid": 4242} | {"status": "alive"}
+    assert client.readiness() == (True, {"reasons": []})
+    fake.ready = False
+    assert client.readiness() == (False, {"reasons": ["starting"]})
+    assert client.dead_letters(2) == [DEAD_LETTER]
+    assert json.loads(client.report("json"))["events_read"] == 4242
+    assert "# Shadow comparison report" in client.report("markdown")
+    assert client.metrics().endswith("shadow_events_total 3\n")
+    with pytest.raises(Refused, match="only a paused rollout resumes"):
+        client.rollout_command("resume", actor="dana")
+
+
+def test_the_client_says_when_nothing_listens() -> None:
+    with pytest.raises(DaemonUnavailable, match="refuses connections"):
+        DaemonClient(f"http://127.0.0.1:{closed_port()}", TOKEN).health()
+
+
+def daemon_file(store: Path, api: str, pid: int | None = None) -> None:
+    DaemonFile(pid=os.getpid() if pid is None else pid, api=api, store=str(store),
+               started_at=datetime.now(UTC).isoformat()).write(store)
+
+
+def test_find_daemon_needs_a_live_daemon_and_the_token(tmp_path: Path, server: ApiServer) -> None:
+    store = tmp_path / "shadow.duckdb"
+    assert find_daemon(store, environ={"SHADOW_API_TOKEN": TOKEN}) is None
+    daemon_file(store, server.url, pid=dead_pid())
+    assert find_daemon(store, environ={"SHADOW_API_TOKEN": TOKEN}) is None
+    daemon_file(store, server.url)
+    with pytest.raises(ConfigError, match="running daemon .* owns the store"):
+        find_daemon(store, environ={})
+    client = find_daemon(store, environ={"SHADOW_API_TOKEN": TOKEN})
+    assert client is not None and client.rollout_status() == STATUS
+
+
+# -- the CLI through a running daemon -----------------------------------------------------------
+
+CONFIG = """
+candidate:
+  callable: triage:triage
+  name: triage
+store:
+  path: shadow.duckdb
+rollout:
+  steps:
+    - {percent: 0}
+    - {percent: 10}
+    - {percent: 100}
+  sink: {kind: file, path: decisions.jsonl}
+"""
+
+
+@pytest.fixture
+def daemon_dir(tmp_path: Path, server: ApiServer) -> Path:
+    """A configuration whose store a daemon (the server in this process) runs."""
+    (tmp_path / "shadow.yaml").write_text(CONFIG, encoding="utf-8")
+    daemon_file(tmp_path / "shadow.duckdb", server.url)
+    return tmp_path
+
+
+def shadow(directory: Path, *args: str, token: str | None = TOKEN) -> Any:
+    env = {"SHADOW_CONFIG": "shadow.yaml", "SHADOW_ACTOR": "dana"}
+    return run(directory, *args, **env, **({"SHADOW_API_TOKEN": token} if token else {}))
+
+
+def test_rollout_status_comes_from_the_daemon(daemon_dir: Path) -> None:
+    as_json = shadow(daemon_dir, "rollout", "status", "--format", "json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == STATUS
+    text = shadow(daemon_dir, "rollout", "status")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("rollout from-the-daemon: triage 7\n")
+    assert "  … agreement" in text.stdout and "warning: labels arrive slowly" in text.stdout
+    assert not (daemon_dir / "shadow.duckdb").exists()  # the file was never opened
+
+
+def test_rollout_history_comes_from_the_daemon(daemon_dir: Path) -> None:
+    result = shadow(daemon_dir, "rollout", "history", "--limit", "3")
+    assert result.returncode == 0, result.stderr
+    assert "start" in result.stdout and "from-the-daemon start" in result.stdout
+
+
+def test_promote_full_goes_to_the_daemon_after_confirmation(daemon_dir: Path,
+                                                            fake: FakeControl) -> None:
+    unconfirmed = shadow(daemon_dir, "rollout", "promote", "--full")
+    assert_usage_error(unconfirmed, "--full", "from-the-daemon", "from 10 % straight to 100 %",
+                       "--yes")
+    assert [c for c in fake.calls if c[0] == "rollout_command"] == []
+    result = shadow(daemon_dir, "rollout", "promote", "--full", "--yes", "--reason", "go")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "promote from the daemon by dana: go\n"
+    assert fake.calls[-1] == ("rollout_command", ("promote", "dana", "go", True, False))
+
+
+def test_a_refusal_from_the_daemon_exits_1(daemon_dir: Path) -> None:
+    result = shadow(daemon_dir, "rollout", "resume")
+    assert result.returncode == 1
+    assert result.stderr == ("shadow: refused: rollout 'from-the-daemon' is progressing: only a "
+                             "paused rollout resumes\n")
+
+
+def test_report_and_dead_letters_come_from_the_daemon(daemon_dir: Path,
+                                                      report_data: dict[str, Any]) -> None:
+    report = shadow(daemon_dir, "report", "--db", "shadow.duckdb", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    assert report.stdout == render.to_json(report_data)
+    table = shadow(daemon_dir, "report", "--db", "shadow.duckdb")
+    assert table.stdout == render.to_table(report_data)
+    dead = shadow(daemon_dir, "dead-letters", "--db", "shadow.duckdb")
+    assert dead.returncode == 0, dead.stderr
+    assert "{from-the-daemon" in dead.stdout
+
+
+def test_rollout_commands_read_the_token_from_the_variable_the_config_names(
+        daemon_dir: Path) -> None:
+    config = daemon_dir / "shadow.yaml"
+    config.write_text(CONFIG + "daemon:\n  api: {token_env: TRIAGE_API_TOKEN}\n",
+                      encoding="utf-8")
+    result = run(daemon_dir, "rollout", "status", "--format", "json",
+                 SHADOW_CONFIG="shadow.yaml", TRIAGE_API_TOKEN=TOKEN)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == STATUS
+    missing = shadow(daemon_dir, "rollout", "status")  # SHADOW_API_TOKEN is not the one
+    assert_usage_error(missing, "set TRIAGE_API_TOKEN")
+
+
+def test_a_running_daemon_without_a_token_is_a_usage_error(daemon_dir: Path) -> None:
+    for args in (["rollout", "status"], ["dead-letters", "--db", "shadow.duckdb"]):
+        result = shadow(daemon_dir, *args, token=None)
+        assert_usage_error(result, "running daemon", "set SHADOW_API_TOKEN")
+
+
+def test_a_wrong_token_is_a_usage_error(daemon_dir: Path) -> None:
+    result = shadow(daemon_dir, "rollout", "rollback", "--reason", "x", token="wrong")
+    assert_usage_error(result, "refused the token", "SHADOW_API_TOKEN")
+
+
+@pytest.mark.parametrize("how", ["dead pid", "nothing listens"])
+def test_without_a_live_daemon_the_cli_opens_the_file(tmp_path: Path, how: str) -> None:
+    store = tmp_path / "shadow.duckdb"
+    with Store(store):
+        pass
+    if how == "dead pid":
+        daemon_file(store, "http://127.0.0.1:9", pid=dead_pid())
+    else:
+        daemon_file(store, f"http://127.0.0.1:{closed_port()}")
+    result = shadow(tmp_path, "dead-letters", "--db", "shadow.duckdb")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "no dead letters"

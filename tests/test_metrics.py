@@ -1,0 +1,472 @@
+"""The metrics endpoint: Prometheus text whose numbers match what went into the store.
+
+A store is filled by real replays in three parts (shadow; live with a working
+sink; live with a sink that refuses), with a candidate that errors, abstains
+and reports tokens, cost and a fixed latency per event. Every expected number
+is computed here from the generated input, never read back from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.testing import ListSource, RecordingSink
+from rollout.controller import Controller
+from rollout.gates import Evaluation
+from rollout.plan import RolloutSpec
+from rollout.runtime import LiveRollout
+from rollout.state import Action, RolloutState, Status
+from shadow.candidates import CallableCandidate, Candidate
+from shadow.comparators import build_comparator
+from shadow.config import ExactSpec
+from shadow.metrics import LATENCY_BUCKETS_MS, RuntimeMetrics, render_metrics
+from shadow.models import ErrorKind, Event, Prediction
+from shadow.runner import Replay, compare
+from shadow.store import Store
+
+START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+LABELS = ["billing", "login", "refund", "shipping"]
+N = 150
+SHADOW, PUBLISHED, PENDING = range(0, 50), range(50, 100), range(100, 150)
+"""Events replayed in shadow mode; then live with a working sink; then live with a failing one."""
+WITH_OUTCOME = range(0, 120)
+CHANGED = {i for i in WITH_OUTCOME if i % 25 == 1}
+"""Keys whose later outcome overrides the first: comparisons use the final one."""
+LATENCIES_MS = (3.0, 7.0, 20.0, 60.0, 300.0, 2000.0, 20_000.0)
+ABSTAIN_BELOW = 0.5
+TRIAGE, BASELINE = ("triage", "1"), ("baseline", "")
+
+PLAN = RolloutSpec.model_validate({
+    "name": "triage", "steps": [{"percent": 0, "min_compared": 1_000_000}, {"percent": 100}],
+    "sink": {"kind": "file", "path": "unused.jsonl"},
+    "rollback": {"healthy": 0.6, "degraded": 0.3},
+})
+
+
+# -- the input, and what it must lead to ------------------------------------------------
+
+
+def truth(i: int) -> str:
+    return LABELS[i % 4]
+
+
+def final(i: int) -> str:
+    return "escalated" if i in CHANGED else truth(i)
+
+
+def triage_output(i: int) -> dict[str, Any] | None:
+    """None: the call raises. Confidence 0.2 abstains; every tenth from 5 disagrees."""
+    if i % 10 == 3:
+        return None
+    label = LABELS[(i + 1) % 4] if i % 10 == 5 else truth(i)
+    return {"label": label, "confidence": 0.2 if i % 10 == 7 else 0.9}
+
+
+def baseline_output(i: int) -> dict[str, Any]:
+    """Every fifteenth output holds a set, which is not JSON: a ``not_json`` error."""
+    if i % 15 == 0:
+        return {"label": {i}}
+    return {"label": truth(i) if i % 3 else "other"}
+
+
+def index(event: Event) -> int:
+    return int(event.event_id.removeprefix("e"))
+
+
+def triage(event: Event) -> dict[str, Any]:
+    output = triage_output(index(event))
+    if output is None:
+        raise RuntimeError("model overloaded")
+    return output
+
+
+def baseline(event: Event) -> dict[str, Any]:
+    return baseline_output(index(event))
+
+
+def triage_result(i: int) -> str:
+    output = triage_output(i)
+    if output is None:
+        return "error"
+    return "abstained" if output["confidence"] < ABSTAIN_BELOW else "ok"
+
+
+def baseline_result(i: int) -> str:
+    return "error" if i % 15 == 0 else "ok"
+
+
+def prompt_tokens(i: int) -> int:
+    return 100 + i
+
+
+def completion_tokens(i: int) -> int:
+    return i % 5
+
+
+def cost(i: int) -> float:
+    return (prompt_tokens(i) + completion_tokens(i)) * 0.00001
+
+
+class Metered(Candidate):
+    """The triage callable as if behind a chat endpoint: tokens, cost and a latency per event."""
+
+    def __init__(self) -> None:
+        self.inner = CallableCandidate(triage, name=TRIAGE[0], version=TRIAGE[1])
+        self.inner.abstain_below = ABSTAIN_BELOW
+        self.name, self.version = self.inner.name, self.inner.version
+
+    def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        return [
+            replace(p, latency_ms=LATENCIES_MS[i % len(LATENCIES_MS)],
+                    prompt_tokens=prompt_tokens(i), completion_tokens=completion_tokens(i),
+                    cost=cost(i))
+            for p, i in zip(self.inner.predict(events, now), map(index, events), strict=True)
+        ]
+
+
+def event(i: int) -> dict[str, Any]:
+    return {"event_id": f"e{i}", "key": f"t{i}", "occurred_at": START.isoformat(),
+            "segment": {"channel": "email" if i % 2 else "chat"}, "payload": {"i": i}}
+
+
+def outcomes() -> list[dict[str, Any]]:
+    first = [{"key": f"t{i}", "outcome": truth(i), "decided_at": START.isoformat()}
+             for i in WITH_OUTCOME]
+    later = [{"key": f"t{i}", "outcome": final(i),
+              "decided_at": (START + timedelta(hours=1)).isoformat()} for i in CHANGED]
+    return [*first, *later, {"outcome": "billing", "decided_at": START.isoformat()}]  # no key
+
+
+NOT_AN_EVENT = {"key": "t-none", "occurred_at": START.isoformat()}  # no event_id
+
+
+class Clock:
+    """Thirty seconds pass at every look, so every gate evaluation has its own time."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=30)
+        return self.now
+
+
+@dataclass
+class Filled:
+    """The store's file, what the controller and the sinks saw, and the metrics rendered."""
+
+    db: Path
+    comparator: str
+    state: RolloutState
+    promotion: Evaluation
+    rollback: Evaluation
+    published: int
+    """Decisions the working sink received."""
+    text: str
+    families: dict[str, Metric] = field(default_factory=dict)
+
+    def series(self, sample: str, *labels: str) -> dict[tuple[str, ...], float]:
+        return series(self.families, sample, *labels)
+
+
+def fill(db: Path) -> Filled:
+    clock = Clock()
+    comparator = build_comparator(ExactSpec(prediction_path="label"))
+    store = Store(db)
+    store.open()
+    controller = Controller(store, PLAN, rollout="triage", candidate=TRIAGE[0],
+                            version=TRIAGE[1], comparator=comparator.name, now=clock)
+    controller.sync()
+    working, refusing = RecordingSink(), RecordingSink()
+    refusing.fail_next(1_000_000)
+    parts = [
+        (SHADOW, [NOT_AN_EVENT], working, [ListSource(outcomes(), name="outcomes")]),
+        (PUBLISHED, [event(0)], working, []),  # e0 again, from another source: a duplicate
+        (PENDING, [NOT_AN_EVENT], refusing, []),
+    ]
+    lives = []
+    with working, refusing:
+        for part, (events, extra, sink, outcome_sources) in enumerate(parts):
+            if part == 1:
+                controller.command(Action.PROMOTE, actor="dana", reason="go live", force=True)
+            live = LiveRollout(controller, sink,
+                               compare=lambda: compare(store, comparator, now=clock))
+            metered, plain = Metered(), CallableCandidate(baseline, name=BASELINE[0])
+            source = ListSource([*map(event, events), *extra], name=f"events-{part}")
+            with metered, plain:
+                Replay(store, [metered, plain], comparator, batch_size=25, now=clock,
+                       rollout=live).run([source], outcome_sources)
+            lives.append(live)
+    promotion = lives[0].assessments[-1].promotion
+    rollback = lives[-1].assessments[-1].rollback
+    assert promotion is not None and rollback is not None
+    text = render_metrics(store)
+    filled = Filled(db, comparator.name, controller.state, promotion, rollback,
+                    len(working.published), text)
+    store.close()
+    return filled
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filled]:
+    result = fill(tmp_path_factory.mktemp("metrics") / "store.duckdb")
+    result.families = parse(result.text)
+    yield result
+
+
+def parse(text: str) -> dict[str, Metric]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def series(families: dict[str, Metric], sample: str, *labels: str) -> dict[tuple[str, ...], float]:
+    """The values of one sample name, by their label values in the order given."""
+    found: dict[tuple[str, ...], float] = {}
+    for family in families.values():
+        for s in family.samples:
+            if s.name == sample:
+                assert sorted(s.labels) == sorted(labels), s
+                found[tuple(s.labels[name] for name in labels)] = s.value
+    assert found, f"no {sample} in the metrics"
+    return found
+
+
+# -- the tests --------------------------------------------------------------------------
+
+
+def test_the_metrics_parse_as_prometheus_text_with_the_expected_types(filled: Filled) -> None:
+    types = {name: family.type for name, family in filled.families.items()}
+    expected = {
+        "shadow_events": "counter", "shadow_duplicates": "counter",
+        "shadow_dead_letters": "counter", "shadow_outcomes": "counter",
+        "shadow_predictions": "counter", "shadow_prediction_errors": "counter",
+        "shadow_comparisons": "counter", "shadow_prediction_latency_ms": "histogram",
+        "shadow_tokens": "counter", "shadow_cost": "counter",
+        "shadow_live_decisions_published": "counter", "shadow_live_decisions_pending": "gauge",
+        "shadow_rollout_percent": "gauge", "shadow_rollout_step": "gauge",
+        "shadow_rollout_status": "gauge", "shadow_rollout_transitions": "counter",
+        "shadow_gate_phase": "gauge", "shadow_gate_value": "gauge",
+        "shadow_gate_threshold": "gauge", "shadow_gate_low": "gauge",
+        "shadow_gate_high": "gauge", "shadow_gate_samples": "gauge", "shadow_up": "gauge",
+    }
+    assert {name: types.get(name) for name in expected} == expected
+    assert all(name.startswith("shadow_") for name in types)
+    assert filled.series("shadow_up") == {(): 1.0}
+
+
+def test_intake_counters_match_the_records_replayed(filled: Filled) -> None:
+    assert filled.series("shadow_events_total") == {(): N}
+    assert filled.series("shadow_duplicates_total") == {(): 1}
+    assert filled.series("shadow_dead_letters_total", "kind") == {("event",): 2, ("outcome",): 1}
+    assert filled.series("shadow_outcomes_total") == {(): len(WITH_OUTCOME) + len(CHANGED)}
+
+
+def test_predictions_are_counted_by_mode_and_result(filled: Filled) -> None:
+    expected: Counter[tuple[str, ...]] = Counter()
+    for candidate in (TRIAGE, BASELINE):
+        for mode in ("shadow", "live"):
+            for result in ("ok", "error", "abstained"):
+                expected[(*candidate, mode, result)] = 0
+    for i in range(N):
+        expected[(*TRIAGE, "shadow" if i in SHADOW else "live", triage_result(i))] += 1
+        expected[(*BASELINE, "shadow", baseline_result(i))] += 1
+    found = filled.series("shadow_predictions_total", "candidate", "version", "mode", "result")
+    assert found == dict(expected)
+
+
+def test_errors_are_counted_by_kind_with_every_kind_present(filled: Filled) -> None:
+    expected = {(*c, kind.value): 0 for c in (TRIAGE, BASELINE) for kind in ErrorKind}
+    expected[(*TRIAGE, "exception")] = sum(triage_result(i) == "error" for i in range(N))
+    expected[(*BASELINE, "not_json")] = sum(baseline_result(i) == "error" for i in range(N))
+    found = filled.series("shadow_prediction_errors_total", "candidate", "version", "kind")
+    assert found == expected
+
+
+def test_comparisons_use_the_final_outcome_of_each_key(filled: Filled) -> None:
+    verdicts: Counter[tuple[str, ...]] = Counter()
+    for i in WITH_OUTCOME:
+        output = triage_output(i)
+        if output is not None and triage_result(i) == "ok":
+            label = output["label"]
+            verdicts[(*TRIAGE, "agree" if label == final(i) else "disagree")] += 1
+        if baseline_result(i) == "ok":
+            label = baseline_output(i)["label"]
+            verdicts[(*BASELINE, "agree" if label == final(i) else "disagree")] += 1
+    found = filled.series("shadow_comparisons_total",
+                   "candidate", "version", "comparator", "verdict")
+    assert found == {(c, v, filled.comparator, verdict): n
+                     for (c, v, verdict), n in verdicts.items()}
+
+
+def test_the_latency_histogram_counts_successful_predictions_in_their_buckets(
+    filled: Filled
+) -> None:
+    labels = ("candidate", "version", "le")
+    buckets = filled.series("shadow_prediction_latency_ms_bucket", *labels)
+    counts = filled.series("shadow_prediction_latency_ms_count", *labels[:2])
+    sums = filled.series("shadow_prediction_latency_ms_sum", *labels[:2])
+    answered = [i for i in range(N) if triage_result(i) != "error"]
+    latencies = [LATENCIES_MS[i % len(LATENCIES_MS)] for i in answered]
+    expected = {(*TRIAGE, str(float(b))): sum(x <= b for x in latencies)
+                for b in LATENCY_BUCKETS_MS}
+    expected[(*TRIAGE, "+Inf")] = len(latencies)
+    assert {k: v for k, v in buckets.items() if k[:2] == TRIAGE} == expected
+    assert counts[TRIAGE] == len(answered)
+    assert sums[TRIAGE] == pytest.approx(sum(latencies))
+    # The baseline's latencies were measured: only their consistency is known.
+    ladder = [buckets[(*BASELINE, str(float(b)))] for b in LATENCY_BUCKETS_MS]
+    assert ladder == sorted(ladder)
+    assert buckets[(*BASELINE, "+Inf")] == counts[BASELINE] >= ladder[-1]
+    assert counts[BASELINE] == sum(baseline_result(i) == "ok" for i in range(N))
+
+
+def test_tokens_and_cost_add_up_over_every_call(filled: Filled) -> None:
+    assert filled.series("shadow_tokens_total", "candidate", "version", "kind") == {
+        (*TRIAGE, "prompt"): sum(map(prompt_tokens, range(N))),
+        (*TRIAGE, "completion"): sum(map(completion_tokens, range(N))),
+        (*BASELINE, "prompt"): 0, (*BASELINE, "completion"): 0,
+    }
+    spent = filled.series("shadow_cost_total", "candidate", "version")
+    assert spent == {TRIAGE: pytest.approx(sum(map(cost, range(N)))), BASELINE: 0}
+
+
+def test_live_decisions_are_published_or_pending(filled: Filled) -> None:
+    published = sum(triage_result(i) == "ok" for i in PUBLISHED)
+    pending = sum(triage_result(i) == "ok" for i in PENDING)
+    assert filled.published == published
+    assert filled.series("shadow_live_decisions_published_total", "candidate", "version") == \
+        {TRIAGE: published, BASELINE: 0}
+    assert filled.series("shadow_live_decisions_pending", "candidate", "version") == \
+        {TRIAGE: pending, BASELINE: 0}
+
+
+def test_rollout_gauges_match_the_state(filled: Filled) -> None:
+    state = filled.state
+    assert (state.status, state.step, state.percent) == (Status.PROMOTED, 1, 100.0)
+    assert filled.series("shadow_rollout_percent", "rollout") == {("triage",): 100.0}
+    assert filled.series("shadow_rollout_step", "rollout") == {("triage",): 1}
+    assert filled.series("shadow_rollout_status", "rollout", "status") == {
+        ("triage", s.value): float(s is Status.PROMOTED) for s in Status}
+    assert filled.series("shadow_rollout_info", "rollout", "candidate", "version") == {
+        ("triage", *TRIAGE): 1}
+    transitions = filled.series("shadow_rollout_transitions_total", "rollout", "action")
+    assert transitions == {("triage", a.value): float(a in (Action.START, Action.PROMOTE))
+                           for a in Action}
+
+
+@pytest.mark.parametrize("kind", ["promotion", "rollback"])
+def test_gate_gauges_show_the_latest_evaluation_of_each_kind(filled: Filled, kind: str) -> None:
+    evaluation = filled.promotion if kind == "promotion" else filled.rollback
+    phases = filled.series("shadow_gate_phase", "rollout", "kind", "phase")
+    assert {k[2]: v for k, v in phases.items() if k[1] == kind} == {
+        p: float(p == evaluation.phase.value) for p in ("pass", "fail", "inconclusive")}
+    check_phases = filled.series("shadow_gate_check_phase", "rollout", "kind", "check", "phase")
+    for check in evaluation.checks:
+        assert check_phases[("triage", kind, check.name, check.phase.value)] == 1.0
+    for field_name, metric in [("value", "shadow_gate_value"),
+                               ("threshold", "shadow_gate_threshold"),
+                               ("low", "shadow_gate_low"), ("high", "shadow_gate_high"),
+                               ("n", "shadow_gate_samples")]:
+        found = {k[2]: v for k, v in filled.series(metric, "rollout", "kind", "check").items()
+                 if k[1] == kind}
+        expected = {c.name: getattr(c, field_name) for c in evaluation.checks
+                    if getattr(c, field_name) is not None}
+        assert found == pytest.approx(expected, rel=1e-12), metric
+
+
+def test_the_promotion_gate_reports_its_confidence_bounds(filled: Filled) -> None:
+    (agreement,) = [c for c in filled.promotion.checks if c.name == "agreement"]
+    assert agreement.low is not None and agreement.high is not None and agreement.n
+    assert filled.series("shadow_gate_low", "rollout", "kind", "check")[
+        ("triage", "promotion", "agreement")] == pytest.approx(agreement.low)
+
+
+def test_the_same_numbers_come_back_after_a_restart(filled: Filled) -> None:
+    with Store(filled.db, read_only=True) as store:
+        assert render_metrics(store) == filled.text
+
+
+def test_a_new_store_renders_zeros_and_no_candidates(tmp_path: Path) -> None:
+    with Store(tmp_path / "new.duckdb") as store:
+        families = parse(render_metrics(store))
+    assert series(families, "shadow_events_total") == {(): 0}
+    assert series(families, "shadow_dead_letters_total", "kind") == {
+        ("event",): 0, ("outcome",): 0}
+    assert families["shadow_predictions"].samples == []
+    assert families["shadow_rollout_status"].samples == []
+    assert series(families, "shadow_up") == {(): 1}
+
+
+def test_an_unreadable_store_still_answers_with_up_zero(tmp_path: Path) -> None:
+    runtime = RuntimeMetrics()
+    runtime.set_lag("kafka:tickets", 0, 7)
+    text = render_metrics(Store(tmp_path / "never-opened.duckdb"), runtime=runtime)
+    families = parse(text)
+    assert [s.value for s in families["shadow_up"].samples] == [0.0]
+    assert "shadow_events" not in families
+    assert [s.value for s in families["shadow_consumer_lag"].samples] == [7.0]
+
+
+def test_runtime_metrics_show_lag_intake_and_jobs(filled: Filled) -> None:
+    at = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+    runtime = RuntimeMetrics(now=lambda: at)
+    runtime.set_lag("kafka:tickets", "tickets/0", 42)
+    runtime.set_lag("kafka:tickets", "tickets/1", 3)
+    runtime.set_lags("kafka:outcomes", {"outcomes/0": 5, "outcomes/1": -2})
+    runtime.add_records("kafka:tickets", 10)
+    runtime.progress("export.jsonl", 100, 0.5)
+    runtime.progress("export.jsonl", 250, 1.0)
+    runtime.job_finished("compare", True)
+    runtime.job_finished("compare", False)
+    runtime.job_finished("report", True)
+    with Store(filled.db, read_only=True) as store:
+        text = render_metrics(store, runtime=runtime)
+    families = parse(text)
+    assert series(families, "shadow_consumer_lag", "source", "partition") == {
+        ("kafka:tickets", "tickets/0"): 42, ("kafka:tickets", "tickets/1"): 3,
+        ("kafka:outcomes", "outcomes/0"): 5, ("kafka:outcomes", "outcomes/1"): 0}
+    assert series(families, "shadow_source_records_total", "source") == {
+        ("kafka:tickets",): 10, ("export.jsonl",): 250}
+    assert series(families, "shadow_source_fraction_done", "source") == {("export.jsonl",): 1.0}
+    assert series(families, "shadow_job_runs_total", "job", "result") == {
+        ("compare", "ok"): 1, ("compare", "error"): 1, ("report", "ok"): 1,
+        ("report", "error"): 0}
+    assert series(families, "shadow_job_last_success_timestamp_seconds", "job") == {
+        ("compare",): at.timestamp(), ("report",): at.timestamp()}
+    assert series(families, "shadow_start_time_seconds") == {(): at.timestamp()}
+    # The store's numbers are there too, unchanged.
+    assert series(families, "shadow_events_total") == {(): N}
+
+
+def test_set_lags_forgets_partitions_a_source_no_longer_holds() -> None:
+    runtime = RuntimeMetrics()
+    runtime.set_lags("kafka:tickets", {0: 4, 1: 9})
+    runtime.set_lags("kafka:tickets", {1: 2})
+    (lag,) = [f for f in runtime.collect() if f.name == "shadow_consumer_lag"]
+    assert [(s.labels["partition"], s.value) for s in lag.samples] == [("1", 2)]
+
+
+def test_runtime_metrics_count_every_update_from_several_threads() -> None:
+    runtime = RuntimeMetrics()
+
+    def count() -> None:
+        for _ in range(2000):
+            runtime.add_records("kafka:tickets", 1)
+            runtime.collect()
+
+    threads = [threading.Thread(target=count) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (records,) = [f for f in runtime.collect() if f.name == "shadow_source_records"]
+    assert [s.value for s in records.samples] == [8000]
