@@ -148,13 +148,14 @@ def _translate(status: int, raw: bytes, call: str, token_env: str) -> ShadowErro
     return ShadowError(f"the daemon's API answered {status} to {call}: {message}")
 
 
-def find_daemon(store: Path, *, token_env: str = TOKEN_ENV,
+def find_daemon(store: Path, *, token_env: str | None = None,
                 environ: Mapping[str, str] = os.environ,
                 timeout_s: float = 10.0) -> DaemonClient | None:
     """A client of the daemon running ``store``, or ``None`` when none runs it.
 
     The token is read from the environment variable ``token_env``: the
-    configuration's ``daemon.api.token_env`` where the command has one.
+    configuration's ``daemon.api.token_env`` where the command has one, else
+    the variable the running daemon says it uses.
 
     Raises:
         ConfigError: a daemon runs the store but the token variable is not set.
@@ -162,6 +163,7 @@ def find_daemon(store: Path, *, token_env: str = TOKEN_ENV,
     found = DaemonFile.read(store)
     if found is None:
         return None
+    token_env = token_env or found.token_env
     token = environ.get(token_env, "").strip()
     if not token:
         raise ConfigError(

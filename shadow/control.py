@@ -73,6 +73,8 @@ class DaemonFile:
     """Base URL of the control API, e.g. ``http://127.0.0.1:8787``."""
     store: str
     started_at: str
+    token_env: str = "SHADOW_API_TOKEN"
+    """The name (never the value) of the environment variable holding the API token."""
 
     @staticmethod
     def path_for(store: Path) -> Path:
@@ -90,7 +92,8 @@ class DaemonFile:
         try:
             data = json.loads(cls.path_for(store).read_text(encoding="utf-8"))
             found = cls(pid=int(data["pid"]), api=str(data["api"]), store=str(data["store"]),
-                        started_at=str(data["started_at"]))
+                        started_at=str(data["started_at"]),
+                        token_env=str(data.get("token_env", "SHADOW_API_TOKEN")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return found if _alive(found.pid) else None

@@ -96,7 +96,8 @@ class Daemon:
             api.start()
             stack.callback(api.stop)
             DaemonFile(pid=os.getpid(), api=api.url, store=str(self.store_path),
-                       started_at=self._started_at.isoformat()).write(self.store_path)
+                       started_at=self._started_at.isoformat(),
+                       token_env=api_spec.token_env).write(self.store_path)
             stack.callback(DaemonFile.remove, self.store_path)
             jobs = Jobs(self.store, self._jobs(), self.call, now=self.now,
                         on_result=self._job_result)
