@@ -51,7 +51,7 @@ COMMANDS = tuple(a.value for a in (Action.PROMOTE, Action.PAUSE, Action.RESUME, 
                                    Action.RESTART, Action.ABORT))
 REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
 REPORT_TYPES = {"json": "application/json", "markdown": "text/markdown",
-                "table": "text/plain"}
+                "table": "text/plain", "html": "text/html"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEAD_LETTERS_MAX = 1000
 _MAX_BODY = 64 * 1024

@@ -86,9 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="print no progress")
     replay.set_defaults(handler=_replay)
 
-    report = commands.add_parser("report", help="report agreement, errors and latency")
+    report = commands.add_parser(
+        "report", help="report agreement, readiness, errors, latency and cost",
+        description="The comparison report: a terminal table, JSON, a Markdown summary with the "
+        "verdict to paste into a ticket, or one self-contained HTML file with charts for owners. "
+        "What 'ready' means comes from the config's 'report' section (else the rollout's gates).")
     _add_db(report)
-    report.add_argument("--format", choices=["table", "json", "markdown"], default="table")
+    _add_config(report)
+    report.add_argument("--format", choices=["table", "json", "markdown", "html"],
+                        default="table")
     report.add_argument("--out", type=Path, metavar="FILE", help="write here instead of stdout")
     report.set_defaults(handler=_report)
 
@@ -182,21 +188,21 @@ def _replay(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     import orjson
 
-    from shadow import render
     from shadow.api_client import from_daemon_or_store
-    from shadow.report import build_report
+    from shadow.config import load_config
+    from shadow.reporting import full_report, render_report
 
-    if args.db is None:
-        raise ConfigError("--db is required (or set SHADOW_DB)")
-    # Through a running daemon the report comes as JSON and is rendered here, as from the file.
+    config = load_config(args.config)
+    db = args.db or (Path(config.store.path) if config.store.path else None)
+    if db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    # Through a running daemon the report comes as JSON (made with the daemon's configuration)
+    # and is rendered here, as from the file.
     report = from_daemon_or_store(
-        args.db, lambda daemon: orjson.loads(daemon.report("json")), build_report)
-    if args.format == "json":
-        text = render.to_json(report)
-    elif args.format == "markdown":
-        text = render.to_markdown(report)
-    else:
-        text = render.to_table(report, color=args.out is None and sys.stdout.isatty())
+        db, lambda daemon: orjson.loads(daemon.report("json")),
+        lambda store: full_report(store, config))
+    text = render_report(report, args.format,
+                         color=args.out is None and sys.stdout.isatty())
     _emit(text, args.out)
     return EXIT_OK
 

@@ -366,6 +366,26 @@ class DaemonSpec(_Spec):
     poll_timeout_s: float = Field(0.5, gt=0.0, le=60.0)
 
 
+class ReportSpec(_Spec):
+    """What "ready" means to the owners reading ``shadow report``, and what it may show."""
+
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    """The Wilson 95 % lower bound of agreement must reach it; the rollout's gate by default,
+    else 0.9."""
+    max_error_rate: float | None = Field(None, ge=0.0, le=1.0)
+    max_p95_latency_ms: float | None = Field(None, gt=0.0)
+    min_compared: int = Field(200, ge=1)
+    segment_min_samples: int = Field(100, ge=1)
+    segment_floor: float | None = Field(None, ge=0.0, le=1.0)
+    daily_volume: float | None = Field(None, gt=0.0)
+    """Events per day at full production, for the cost projection."""
+    redact: list[str] = Field(default_factory=list)
+    """Payload fields (relative to the payload, e.g. ``requester.email``) never shown."""
+    top_disagreements: int = Field(20, ge=0, le=1000)
+    currency: str | None = None
+    """Shown before costs, e.g. ``$``."""
+
+
 class LoggingSpec(_Spec):
     redact: list[str] = Field(default_factory=list)
     """Payload fields (dotted paths, e.g. ``payload.requester.email``) never written to logs."""
@@ -387,6 +407,7 @@ class Config(_Spec):
     """What ``shadow run`` consumes."""
     daemon: DaemonSpec = DaemonSpec()
     logging: LoggingSpec = LoggingSpec()
+    report: ReportSpec = ReportSpec()
 
     @model_validator(mode="after")
     def _one_way_to_name_candidates(self) -> Config:

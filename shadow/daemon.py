@@ -210,7 +210,8 @@ class Daemon:
         jobs = [
             Job("compare", spec.compare_every, lambda: compare(store, comparator, now=self.now)),
             Job("report", spec.report_every,
-                lambda: write_reports(store, self._beside_config(spec.reports_dir), self.now())),
+                lambda: write_reports(store, self.config, self._beside_config(spec.reports_dir),
+                                      self.now())),
             Job("checkpoint", spec.checkpoint_every, lambda: checkpoint(store)),
         ]
         if self.live is not None:
@@ -356,16 +357,14 @@ class Daemon:
         return dict(self.call(command))
 
     def report(self, fmt: str) -> str:
-        from shadow import render
-        from shadow.report import build_report
+        from shadow.reporting import FORMATS, full_report, render_report
 
-        renderers: dict[str, Callable[[dict[str, Any]], str]] = {
-            "json": render.to_json, "markdown": render.to_markdown, "table": render.to_table}
-        if fmt not in renderers:
-            raise ConfigError(f"format: expected one of {sorted(renderers)}, got {fmt!r}")
+        if fmt not in FORMATS:
+            raise ConfigError(f"format: expected one of {list(FORMATS)}, got {fmt!r}")
         assert self.store is not None
         store = self.store
-        return str(renderers[fmt](self.call(lambda: build_report(store))))
+        report = self.call(lambda: full_report(store, self.config, now=self.now))
+        return render_report(report, fmt)
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         from shadow.report import recent_dead_letters

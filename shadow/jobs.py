@@ -21,6 +21,7 @@ import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from shadow.config import Config
 from shadow.models import utc_now
 from shadow.store import Store
 
@@ -112,16 +113,16 @@ def checkpoint(store: Store) -> None:
     store.db.execute("CHECKPOINT")
 
 
-def write_reports(store: Store, directory: Path, at: datetime) -> list[Path]:
-    """The owner report as JSON and Markdown, named by the time it was made."""
-    from shadow import render
-    from shadow.report import build_report
+def write_reports(store: Store, config: Config, directory: Path, at: datetime) -> list[Path]:
+    """The owner report as HTML, Markdown and JSON, named by the time it was made."""
+    from shadow.reporting import full_report, render_report
 
-    report = build_report(store)
+    report = full_report(store, config, now=lambda: at)
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"report-{at:%Y%m%dT%H%M%SZ}"
     written = []
-    for suffix, text in ((".json", render.to_json(report)), (".md", render.to_markdown(report))):
+    for suffix, fmt in ((".html", "html"), (".md", "markdown"), (".json", "json")):
+        text = render_report(report, fmt)
         path = stem.with_suffix(suffix)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -147,3 +147,46 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["No predictions in this store yet.", ""]
     lines += [_inputs_line(report), ""]
     return "\n".join(lines)
+
+
+_VERDICT = {"ready": "READY", "not_ready": "NOT READY", "not_enough_data": "NOT ENOUGH DATA"}
+_MARK = {"pass": "✓", "fail": "✗", "unknown": "?"}
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}" if value >= 1 else f"{value:,.6f}"
+
+
+def _owner_check(check: dict[str, Any]) -> str:
+    return f"- {_MARK[check['status']]} **{check['name']}**: {check['detail']}"
+
+
+def owner_markdown(report: dict[str, Any]) -> str:
+    """The owner's verdict, checklist and key numbers per candidate, for a ticket or chat."""
+    lines = ["# Readiness report", ""]
+    for candidate in report["candidates"]:
+        verdict, agreement = candidate["verdict"], candidate["agreement"]
+        cost, errors = candidate["cost"], candidate["errors"]
+        lines += [f"## {_identity(candidate)}: {_VERDICT[verdict['status']]}", ""]
+        lines += [_owner_check(check) for check in verdict["checks"]]
+        lines += [
+            "",
+            f"Agreement {interval(agreement)} (95 % Wilson, n={agreement['n']:,}); "
+            f"errors {percent(errors['rate'])}; p95 {millis(candidate['latency']['p95'])}; "
+            f"cost/decision {_money(cost['per_decision'])}; "
+            f"per month {_money(cost['per_month_current'])} now, "
+            f"{_money(cost['per_month_10x'])} at 10x, {_money(cost['per_month_full'])} at full.",
+        ]
+        below = [s for s in candidate["segments"] if s["below_floor"]]
+        if below:
+            lines.append("Below floor: " + ", ".join(
+                f"{s['field']}={s['value']} {percent(s['rate'])} (n={s['compared']:,})"
+                for s in below))
+        lines.append("")
+    baseline = report["human_baseline"]
+    if baseline is not None:
+        lines += [f"People agree with each other {percent(baseline['rate'])} of the time "
+                  f"({baseline['pairs']:,} pairs over {baseline['keys']:,} cases).", ""]
+    if not report["candidates"]:
+        lines += ["No predictions in this store yet.", ""]
+    return "\n".join(lines) + "\n"

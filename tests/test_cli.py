@@ -133,6 +133,8 @@ REPORTS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
     "out-markdown": (("report", "--db", "shadow.duckdb", "--format", "markdown",
                       "--out", "report-markdown.txt"), {}),
     "out-table": (("report", "--db", "shadow.duckdb", "--out", "report-table.txt"), {}),
+    "out-html": (("report", "--db", "shadow.duckdb", "--format", "html",
+                  "--out", "report-html.txt"), {}),
     "out-unwritable": (("report", "--db", "shadow.duckdb", "--out", "no/such/dir/r.txt"), {}),
 }
 
@@ -197,9 +199,10 @@ def test_report_markdown_with_db_from_environment(replayed: Replayed) -> None:
     result = replayed.reports["markdown"]
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("# Shadow comparison report\n")
-    assert "## triage (version 1.2)" in result.stdout
-    assert "| language=de | 2 | 0.0 % [" in result.stdout
+    # The owners' summary: the verdict first, and why (4 compared, fewer than 200).
+    assert result.stdout.startswith("# Readiness report\n")
+    assert "## triage (version 1.2): NOT ENOUGH DATA" in result.stdout
+    assert "**sample size**: 4 compared" in result.stdout
 
 
 def test_report_json_follows_the_contract(replayed: Replayed) -> None:
@@ -210,6 +213,8 @@ def test_report_json_follows_the_contract(replayed: Replayed) -> None:
     assert (report["events_read"], report["duplicates"], report["dead_letters"]) == (7, 1, 1)
     (candidate,) = report["candidates"]
     assert candidate["name"] == "triage" and candidate["version"] == "1.2"
+    (owned,) = report["owner"]["candidates"]
+    assert owned["verdict"]["status"] == "not_enough_data"
     assert (candidate["events"], candidate["predictions"], candidate["errors"]) == (5, 5, 0)
     assert (candidate["compared"], candidate["pending"]) == (4, 1)
     agreement = candidate["agreement"]
@@ -236,8 +241,8 @@ def test_report_json_follows_the_contract(replayed: Replayed) -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "marker"),
-    [("json", '"candidates"'), ("markdown", "# Shadow comparison report"),
-     ("table", "triage (version 1.2)")],
+    [("json", '"candidates"'), ("markdown", "# Readiness report"),
+     ("table", "triage (version 1.2)"), ("html", "NOT ENOUGH DATA")],
 )
 def test_report_out_file(replayed: Replayed, fmt: str, marker: str) -> None:
     result = replayed.reports[f"out-{fmt}"]
@@ -256,6 +261,7 @@ def test_report_out_json_equals_stdout_json(replayed: Replayed) -> None:
 
     for report in (written, printed):
         del report["generated_at"]
+        del report["owner"]["generated_at"]
     assert written == printed
 
 
@@ -468,7 +474,7 @@ def test_demo_runs_end_to_end(demo: tuple[Path, subprocess.CompletedProcess[str]
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     for name in ("events.jsonl", "outcomes.jsonl", "shadow.yaml", "shadow.duckdb",
-                 "report.json", "report.md"):
+                 "report.json", "report.md", "report.html"):
         assert (directory / name).is_file(), name
     assert "What to look at:" in result.stdout
     assert "language=de" in result.stdout

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from shadow import render
+from shadow.config import load_config
 from shadow.demo.workload import generate
 from shadow.replay import ReplayRequest, describe, replay_files
-from shadow.report import build_report
+from shadow.reporting import full_report, render_report
 from shadow.store import Store
 
 CONFIG = """\
@@ -25,6 +26,9 @@ comparator:
   prediction_path: category # the candidate answers {"category": ..., "confidence": ...}
 store:
   path: shadow.duckdb       # relative to this file
+report:                     # what "ready" means to the owners
+  threshold: 0.80           # the 95 % lower bound of agreement must reach it
+  segment_floor: 0.70       # and no language, channel or tier may fall below this
 """
 
 MIN_SEGMENT_SAMPLE = 30
@@ -44,9 +48,10 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
         progress=progress,
     )
     with Store(store_path, read_only=True) as store:
-        report = build_report(store)
-    (directory / "report.json").write_text(render.to_json(report), encoding="utf-8")
-    (directory / "report.md").write_text(render.to_markdown(report), encoding="utf-8")
+        report = full_report(store, load_config(config))
+    for name, fmt in (("report.json", "json"), ("report.md", "markdown"),
+                      ("report.html", "html")):
+        (directory / name).write_text(render_report(report, fmt), encoding="utf-8")
 
     return "\n".join([
         describe(summary),
@@ -61,7 +66,9 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
         f"{files.keys_without_outcome} still open",
         "  shadow.yaml     the configuration used",
         "  shadow.duckdb   the store: events, predictions, outcomes, comparisons, dead letters",
-        "  report.md       the report in Markdown; report.json the same as JSON",
+        "  report.html     the owners' report: verdict, charts, disagreements, cost "
+        "(open it in a browser)",
+        "  report.md       the verdict and key numbers in Markdown; report.json all of it",
         "",
         "What to look at:",
         *_findings(report, directory),

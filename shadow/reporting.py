@@ -1,0 +1,71 @@
+"""The report in every format, from one place: the CLI, the daemon's jobs and its API.
+
+The JSON keeps the core contract (``shadow.report``) at the top level and
+adds the owners' sections (verdict, over time, confusion, coverage, cost,
+disagreements, rollout timeline; ``shadow.owner``) under ``owner``.
+Markdown and HTML are the owners' views; ``table`` is the terminal summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from shadow.config import Config
+from shadow.models import utc_now
+from shadow.owner import OwnerOptions, build_owner_report
+from shadow.report import build_report
+from shadow.store import Store
+
+FORMATS = ("table", "json", "markdown", "html")
+
+
+def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> OwnerOptions:
+    """The report's options: its own section, then the rollout's gates, then defaults."""
+    spec = config.report
+    gates = config.rollout.gates if config.rollout is not None else None
+    threshold = spec.threshold if spec.threshold is not None else (
+        gates.agreement if gates is not None else 0.9)
+    max_error_rate = spec.max_error_rate if spec.max_error_rate is not None else (
+        gates.max_error_rate if gates is not None and gates.max_error_rate is not None else 0.05)
+    p95 = spec.max_p95_latency_ms if spec.max_p95_latency_ms is not None else (
+        gates.max_p95_latency_ms if gates is not None else None)
+    floor = spec.segment_floor if spec.segment_floor is not None else (
+        gates.segments.floor if gates is not None else None)
+    comparator = config.comparator
+    return OwnerOptions(
+        threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
+        min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
+        segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
+        top_disagreements=spec.top_disagreements,
+        prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
+        now=now)
+
+
+def full_report(store: Store, config: Config, *,
+                now: Callable[[], datetime] = utc_now) -> dict[str, Any]:
+    """The core report with the owners' sections under ``owner``."""
+    report = build_report(store, now=now)
+    owner = build_owner_report(store, owner_options(config, now=now))
+    owner.pop("legacy", None)
+    owner["options"]["currency"] = config.report.currency
+    report["owner"] = owner
+    return report
+
+
+def render_report(report: dict[str, Any], fmt: str, *, color: bool = False) -> str:
+    """Text of ``full_report`` in one of :data:`FORMATS`."""
+    from shadow import render
+
+    if fmt == "json":
+        return render.to_json(report)
+    if fmt == "markdown":
+        return render.owner_markdown(report["owner"])
+    if fmt == "html":
+        from shadow.html import to_html
+
+        return to_html(report["owner"])
+    if fmt == "table":
+        return render.to_table(report, color=color)
+    raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")
