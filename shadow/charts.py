@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 WIDTH = 640
-LEFT, RIGHT, TOP, BOTTOM = 150, 20, 16, 34
+LEFT, RIGHT, TOP, BOTTOM = 190, 20, 16, 34
 BAR = 18
 ROW = 28
 
