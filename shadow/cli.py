@@ -127,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_db(run)
     run.set_defaults(handler=_run)
 
+    from shadow.calibrate import add_calibrate_parser
+    from shadow.evaluate import add_eval_parser
+
+    add_eval_parser(commands, _add_config)
+    add_calibrate_parser(commands, _add_config)
+
     from rollout.commands import add_parser as add_rollout
 
     add_rollout(commands, _add_db_and_config)

@@ -1,0 +1,484 @@
+"""``shadow eval``: a golden-set regression gate for CI.
+
+Runs one candidate over a labelled golden set through the real pipeline (a
+throwaway DuckDB store, the configured comparator), then reports agreement
+overall, per segment and per field, the cases whose verdict changed against a
+baseline (the ``--out`` JSON of an earlier run), and checks the gates.
+
+A golden set is either the canonical event and outcome files (``GOLDEN`` events
+plus ``--outcomes``), or one JSONL file of canonical events that each carry an
+extra ``expected`` field holding the outcome; its outcome is taken as decided at
+the event's ``occurred_at``.
+
+Exit codes:
+    0  the gates passed (or none was asked for);
+    1  runtime failure (the store could not be written, …);
+    2  usage or configuration error, one line on stderr;
+    3  a gate failed: agreement below ``--fail-below``, or more than
+       ``--max-drop`` percentage points below the baseline's agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from shadow.errors import ConfigError, ShadowError
+from shadow.stats import wilson
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
+
+VERDICTS = ("agree", "disagree", "error", "abstain", "no_outcome")
+"""A case's verdict; only ``agree`` and ``disagree`` count towards agreement."""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What the user asked for; flags win over the configuration file."""
+
+    golden: list[Path]
+    outcomes: list[Path] = field(default_factory=list)
+    candidate: str | None = None
+    config: Path | None = None
+    compare: str | None = None
+    baseline: Path | None = None
+    fail_below: float | None = None
+    max_drop: float | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One golden case: its verdict, and what to show when it is not an agreement."""
+
+    event_id: str
+    verdict: str
+    expected: Any = None
+    got: Any = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    candidate: str
+    version: str | None
+    agreement: dict[str, Any]
+    segments: list[dict[str, Any]]
+    fields: list[dict[str, Any]]
+    cases: list[Case]
+    errors: int
+    changed: list[tuple[str, str, str]] = field(default_factory=list)
+    """``(event_id, baseline verdict, verdict)``; ``absent`` where a side lacks the case."""
+    baseline_rate: float | None = None
+    gates: list[Gate] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(gate.passed for gate in self.gates)
+
+    def as_json(self) -> dict[str, Any]:
+        """The ``--out`` document, which is also the ``--baseline`` format."""
+        return {
+            "candidate": self.candidate, "version": self.version,
+            "agreement": self.agreement, "segments": self.segments, "fields": self.fields,
+            "cases": {case.event_id: case.verdict for case in self.cases},
+            "errors": self.errors,
+        }
+
+
+# -- running ------------------------------------------------------------------
+
+
+def run_eval(request: EvalRequest) -> EvalResult:
+    """Replay the golden set into a temporary store, measure, compare with the baseline.
+
+    Raises:
+        ConfigError: a missing or malformed file, flag or baseline.
+    """
+    _check_flags(request)
+    baseline = _load_baseline(request.baseline) if request.baseline is not None else None
+    for path in [*request.golden, *request.outcomes]:
+        if not path.is_file():
+            raise ConfigError(f"no such file: {path}")
+    with tempfile.TemporaryDirectory(prefix="shadow-eval-") as scratch:
+        events, outcomes = request.golden, request.outcomes
+        if not outcomes:
+            events, outcomes = _split_golden(request, Path(scratch))
+        db = Path(scratch) / "eval.duckdb"
+        _replay(request, events, outcomes, db)
+        result = _measure(db)
+    if baseline is not None:
+        result = _against_baseline(result, baseline)
+    return _with_gates(result, request)
+
+
+def _check_flags(request: EvalRequest) -> None:
+    if request.fail_below is not None and not 0.0 <= request.fail_below <= 1.0:
+        raise ConfigError(
+            f"--fail-below: expected a rate between 0 and 1, got {request.fail_below}")
+    if request.max_drop is not None:
+        if request.max_drop < 0:
+            raise ConfigError(f"--max-drop: expected points >= 0, got {request.max_drop}")
+        if request.baseline is None:
+            raise ConfigError("--max-drop needs --baseline (the --out JSON of an earlier run)")
+
+
+def _load_baseline(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read baseline {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"baseline {path} is not JSON: {exc}") from exc
+    ok = (isinstance(raw, dict) and isinstance(raw.get("agreement"), dict)
+          and isinstance(raw.get("cases"), dict))
+    if not ok:
+        raise ConfigError(f"baseline {path}: expected the --out JSON of an earlier shadow eval")
+    return dict(raw)
+
+
+def _split_golden(request: EvalRequest, scratch: Path) -> tuple[list[Path], list[Path]]:
+    """Write the single-file golden set as canonical events and outcomes files."""
+    from shadow.config import load_config
+
+    config = load_config(request.config)
+    if config.mapping.model_dump() != type(config.mapping)().model_dump():
+        raise ConfigError("a single-file golden set uses the canonical formats; with a "
+                          "'mapping' in the config give the outcomes with --outcomes")
+    events_path, outcomes_path = scratch / "events.jsonl", scratch / "outcomes.jsonl"
+    with events_path.open("w", encoding="utf-8") as events, \
+            outcomes_path.open("w", encoding="utf-8") as outcomes:
+        for path in request.golden:
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                event, outcome = _split_line(line, f"{path}:{number}")
+                events.write(json.dumps(event) + "\n")
+                outcomes.write(json.dumps(outcome) + "\n")
+    return [events_path], [outcomes_path]
+
+
+def _split_line(line: str, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a JSON line ({exc})") from exc
+    if not isinstance(event, dict) or "expected" not in event:
+        raise ConfigError(f"{where}: expected an event with an 'expected' field "
+                          "(or give the outcomes in their own file with --outcomes)")
+    expected = event.pop("expected")
+    if not event.get("key") or not event.get("occurred_at"):
+        raise ConfigError(f"{where}: the event needs 'key' and 'occurred_at'")
+    outcome = {"key": event["key"], "outcome": expected, "decided_at": event["occurred_at"]}
+    return event, outcome
+
+
+def _replay(request: EvalRequest, events: list[Path], outcomes: list[Path], db: Path) -> None:
+    from shadow.config import load_config
+    from shadow.replay import ReplayRequest, replay_files
+
+    if request.candidate is None and len(load_config(request.config).all_candidates()) > 1:
+        raise ConfigError("the config names several candidates; pick one with --candidate")
+    summary = replay_files(ReplayRequest(
+        events=events, outcomes=outcomes, db=db, config=request.config,
+        candidate=request.candidate, compare=request.compare,
+    ))
+    # A golden set is curated: a case silently dropped would weaken the gate.
+    if summary.dead_letters or summary.outcome_dead_letters:
+        raise ConfigError(f"the golden set has {summary.dead_letters} unreadable events and "
+                          f"{summary.outcome_dead_letters} unreadable outcomes; see "
+                          "`shadow dead-letters` after a `shadow replay` of the same files")
+    if summary.duplicates:
+        raise ConfigError(f"the golden set repeats {summary.duplicates} event ids")
+    if not summary.events_stored:
+        raise ConfigError("the golden set is empty")
+
+
+_CASES_SQL = """
+WITH final AS (
+    SELECT key, arg_max(outcome, decided_at) AS outcome FROM outcomes GROUP BY key
+)
+SELECT e.event_id, p.error_type, p.error_message, p.abstained, p.output, f.outcome, c.agree
+FROM events e
+JOIN predictions p USING (event_id)
+LEFT JOIN final f ON f.key = e.key
+LEFT JOIN comparisons c ON c.event_id = p.event_id AND c.candidate = p.candidate
+     AND c.version IS NOT DISTINCT FROM p.version
+ORDER BY e.event_id
+"""
+
+
+def _measure(db: Path) -> EvalResult:
+    from shadow.store import Store
+
+    with Store(db, read_only=True) as store:
+        sql = store.db
+        candidate, version = sql.execute(
+            "SELECT candidate, version FROM predictions LIMIT 1").fetchall()[0]
+        cases = [_case(*row) for row in sql.execute(_CASES_SQL).fetchall()]
+        segments = [
+            {"field": name, "value": value, **_agreement(agreed, n)}
+            for name, value, n, agreed in sql.execute(
+                "SELECT s.field, s.value, count(*), count(*) FILTER (WHERE c.agree) "
+                "FROM comparisons c JOIN event_segments s USING (event_id) "
+                "GROUP BY ALL ORDER BY s.field, s.value").fetchall()
+        ]
+        fields = [
+            {"field": name, **_agreement(agreed, n)}
+            for name, n, agreed in sql.execute(
+                "SELECT field, count(*), count(*) FILTER (WHERE agree) "
+                "FROM comparison_fields GROUP BY ALL ORDER BY field").fetchall()
+        ]
+    agreed = sum(case.verdict == "agree" for case in cases)
+    compared = agreed + sum(case.verdict == "disagree" for case in cases)
+    return EvalResult(
+        candidate=candidate, version=version, agreement=_agreement(agreed, compared),
+        segments=segments, fields=fields, cases=cases,
+        errors=sum(case.verdict == "error" for case in cases),
+    )
+
+
+def _case(event_id: str, error_type: str | None, error_message: str | None, abstained: bool,
+          output: str | None, outcome: str | None, agree: bool | None) -> Case:
+    expected = json.loads(outcome) if outcome is not None else None
+    got = json.loads(output) if output is not None else None
+    if error_type is not None:
+        return Case(event_id, "error", expected, None, f"{error_type}: {error_message}")
+    if abstained:
+        return Case(event_id, "abstain", expected, got)
+    if agree is None:
+        return Case(event_id, "no_outcome", None, got)
+    return Case(event_id, "agree" if agree else "disagree", expected, got)
+
+
+def _agreement(agreed: int, compared: int) -> dict[str, Any]:
+    interval = wilson(agreed, compared)
+    return {"rate": interval.rate, "low": interval.low, "high": interval.high,
+            "compared": compared, "agreed": agreed}
+
+
+def _against_baseline(result: EvalResult, baseline: dict[str, Any]) -> EvalResult:
+    before: dict[str, str] = {str(k): str(v) for k, v in baseline["cases"].items()}
+    now = {case.event_id: case.verdict for case in result.cases}
+    changed = [
+        (event_id, before.get(event_id, "absent"), now.get(event_id, "absent"))
+        for event_id in sorted(before.keys() | now.keys())
+        if before.get(event_id, "absent") != now.get(event_id, "absent")
+    ]
+    rate = baseline["agreement"].get("rate")
+    return replace(result, changed=changed,
+                    baseline_rate=float(rate) if isinstance(rate, int | float) else None)
+
+
+def _with_gates(result: EvalResult, request: EvalRequest) -> EvalResult:
+    return replace(result, gates=gates(result.agreement["rate"], result.baseline_rate,
+                                        fail_below=request.fail_below,
+                                        max_drop=request.max_drop))
+
+
+def gates(rate: float | None, baseline_rate: float | None, *,
+          fail_below: float | None, max_drop: float | None) -> list[Gate]:
+    """The gates asked for, judged; an unknown agreement (nothing compared) fails them."""
+    found: list[Gate] = []
+    shown = _percent(rate)
+    if fail_below is not None:
+        passed = rate is not None and rate >= fail_below
+        found.append(Gate("agreement >= floor", passed,
+                          f"agreement {shown} {'>=' if passed else '<'} floor "
+                          f"{_percent(fail_below)}"))
+    if max_drop is not None:
+        if rate is None or baseline_rate is None:
+            found.append(Gate("drop <= max", False,
+                              f"agreement {shown}, baseline {_percent(baseline_rate)}: "
+                              "cannot measure the drop"))
+        else:
+            drop = 100 * (baseline_rate - rate)
+            passed = drop <= max_drop + 1e-9
+            found.append(Gate("drop <= max", passed,
+                              f"drop {drop:+.1f} points against baseline "
+                              f"{_percent(baseline_rate)} {'<=' if passed else '>'} "
+                              f"max {max_drop:g}"))
+    return found
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{100 * rate:.1f} %"
+
+
+def _line(label: str, agreement: dict[str, Any]) -> str:
+    rate, low, high = agreement["rate"], agreement["low"], agreement["high"]
+    interval = "" if rate is None else f", 95 % CI {100 * low:.1f}–{100 * high:.1f} %"
+    return (f"  {label:<28} {_percent(rate):>8}  "
+            f"({agreement['agreed']}/{agreement['compared']}{interval})")
+
+
+def describe_eval(result: EvalResult) -> str:
+    """The summary a person reads in the CI log."""
+    version = f" {result.version}" if result.version else ""
+    lines = [f"shadow eval: {result.candidate}{version} on {len(result.cases)} golden cases",
+             _line("overall", result.agreement) + f"   errors {result.errors}"]
+    others = {v: sum(c.verdict == v for c in result.cases) for v in ("abstain", "no_outcome")}
+    if any(others.values()):
+        lines.append(f"  not compared: {others['abstain']} abstained, "
+                     f"{others['no_outcome']} without outcome")
+    if result.segments:
+        lines.append("by segment")
+        lines += [_line(f"{s['field']}={s['value']}", s) for s in result.segments]
+    if result.fields:
+        lines.append("by field")
+        lines += [_line(f["field"], f) for f in result.fields]
+    if result.baseline_rate is not None or result.changed:
+        lines.append(f"cases that changed verdict against the baseline "
+                     f"({_percent(result.baseline_rate)}): {len(result.changed)}")
+        lines += [f"  {event_id}  {old} → {new}" for event_id, old, new in result.changed]
+    for gate in result.gates:
+        lines.append(f"gate {gate.name}: {gate.message}  {'pass' if gate.passed else 'FAIL'}")
+    lines.append("result: " + ("pass" if result.passed else f"FAIL (exit {EXIT_GATE})"))
+    return "\n".join(lines) + "\n"
+
+
+def junit_xml(result: EvalResult) -> bytes:
+    """One ``shadow eval`` testsuite: a testcase per golden case, then one per gate."""
+    suite = ET.Element("testsuite", name="shadow eval")
+    classname = f"shadow eval.{result.candidate}"
+    failures = errors = skipped = 0
+    for case in result.cases:
+        element = ET.SubElement(suite, "testcase", name=case.event_id, classname=classname)
+        shown = f"expected {_json(case.expected)}, got {_json(case.got)}"
+        if case.verdict == "disagree":
+            failures += 1
+            ET.SubElement(element, "failure", message=shown, type="disagree").text = shown
+        elif case.verdict == "error":
+            errors += 1
+            message = f"{case.error}; expected {_json(case.expected)}"
+            ET.SubElement(element, "error", message=message, type="candidate_error").text = message
+        elif case.verdict in ("abstain", "no_outcome"):
+            skipped += 1
+            ET.SubElement(element, "skipped", message=case.verdict)
+    for gate in result.gates:
+        element = ET.SubElement(suite, "testcase", name=gate.name, classname="shadow eval.gates")
+        if not gate.passed:
+            failures += 1
+            ET.SubElement(element, "failure", message=gate.message, type="gate").text = gate.message
+    suite.set("tests", str(len(result.cases) + len(result.gates)))
+    suite.set("failures", str(failures))
+    suite.set("errors", str(errors))
+    suite.set("skipped", str(skipped))
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# -- command line ---------------------------------------------------------------
+
+
+def add_eval_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Register ``eval`` on the ``shadow`` subparsers; ``add_config`` adds ``--config``."""
+    parser = commands.add_parser(
+        "eval", help="golden-set regression gate for CI (exit 3 when a gate fails)",
+        description="Run a candidate over a labelled golden set, report agreement overall, "
+        "per segment and per field, list the cases that changed verdict against a baseline, "
+        "and exit 3 when agreement is below the floor or dropped too far. A golden set is "
+        "event files plus --outcomes, or one JSONL file of events each with an 'expected' "
+        "outcome. Exit codes: 0 pass, 1 runtime failure, 2 usage error, 3 gate failed.")
+    parser.add_argument("golden", nargs="+", type=Path, metavar="GOLDEN",
+                        help="golden events (.jsonl, .csv, .parquet), or JSONL events "
+                        "with an 'expected' field when --outcomes is not given")
+    parser.add_argument("--outcomes", nargs="+", type=Path, default=[], metavar="OUTCOMES",
+                        help="the expected outcomes, in the canonical outcome format")
+    parser.add_argument("--candidate", metavar="MODULE:FUNC|URL",
+                        help="the candidate (default: 'candidate' in the config)")
+    add_config(parser)
+    parser.add_argument("--compare", metavar="NAME",
+                        help="comparator kind or name under 'comparators' in the config")
+    parser.add_argument("--baseline", type=Path, metavar="REPORT.json",
+                        help="the --out JSON of an earlier run, to list changed verdicts")
+    parser.add_argument("--fail-below", type=float, metavar="RATE",
+                        help="exit 3 when agreement is below this rate (0..1)")
+    parser.add_argument("--max-drop", type=float, metavar="POINTS",
+                        help="exit 3 when agreement fell more than this many percentage points "
+                        "below the baseline's")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="write a JUnit XML report")
+    parser.add_argument("--out", type=Path, metavar="REPORT.json",
+                        help="write the result as JSON (the --baseline format)")
+    parser.set_defaults(handler=eval_command)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """The ``eval`` handler: returns the exit code."""
+    result = run_eval(EvalRequest(
+        golden=args.golden, outcomes=args.outcomes, candidate=args.candidate,
+        config=args.config, compare=args.compare, baseline=args.baseline,
+        fail_below=args.fail_below, max_drop=args.max_drop,
+    ))
+    sys.stdout.write(describe_eval(result))
+    if args.junit is not None:
+        _write(args.junit, junit_xml(result))
+    if args.out is not None:
+        _write(args.out, (json.dumps(result.as_json(), indent=2) + "\n").encode())
+    return EXIT_OK if result.passed else EXIT_GATE
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise ShadowError(f"cannot write {path}: {exc.strerror}") from exc
+
+
+def run_command(add: Callable[[Any, Callable[[argparse.ArgumentParser], None]], None],
+                argv: Sequence[str] | None) -> int:
+    """A ``shadow`` parser with the one subcommand ``add`` registers; run it like the CLI."""
+    from shadow import logs
+
+    parser = argparse.ArgumentParser(prog="shadow")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add(commands, _add_config)
+    args = parser.parse_args(argv)
+    logs.configure_default()
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"shadow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShadowError as exc:
+        print(f"shadow: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=os.environ.get("SHADOW_CONFIG"),
+                        metavar="FILE", help="YAML configuration (env SHADOW_CONFIG)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``shadow eval …`` without the rest of the CLI (``argv`` starts with ``eval``)."""
+    return run_command(add_eval_parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
