@@ -207,6 +207,16 @@ class Controller:
             evidence = self._earned(force)
         return self._move(action, actor, reason, evidence, to_step=to_step)
 
+    def hold(self, reason: str, evidence: dict[str, Any]) -> Transition | None:
+        """Pause promotion for a person to look (drift, say); traffic and rollback stay.
+
+        Does nothing when the rollout is already paused or has ended.
+        """
+        if self.state.status not in (Status.PROGRESSING, Status.AWAITING_APPROVAL,
+                                     Status.PROMOTED):
+            return None
+        return self._move(Action.PAUSE, CONTROLLER, reason, evidence)
+
     def _earned(self, force: bool) -> dict[str, Any]:
         state = self.state
         forward = self.assess().promotion

@@ -91,6 +91,8 @@ class StepStats:
     compared: int = 0
     agreed: int = 0
     p95_latency_ms: float | None = None
+    violations: int = 0
+    """Predictions that violated a hard constraint (errored ones are never checked)."""
     segments: tuple[SegmentStats, ...] = ()
     agreements: tuple[bool, ...] = field(default=(), repr=False)
     """Comparisons in the order the predictions were made, for the rollback detector."""
@@ -111,6 +113,8 @@ def promotion(stats: StepStats, plan: RolloutSpec, step: StepSpec) -> Evaluation
         checks.append(_latency(stats.p95_latency_ms, gates.max_p95_latency_ms))
     if gates.min_coverage is not None:
         checks.append(_coverage(stats, gates.min_coverage))
+    if gates.max_violation_rate is not None:
+        checks.append(_violation_rate(stats, gates.max_violation_rate))
     checks.extend(_segments(stats.segments, gates))
     return Evaluation(tuple(checks))
 
@@ -188,6 +192,18 @@ def _coverage(stats: StepStats, floor: float) -> Check:
     phase = Phase.PASS if coverage >= floor else Phase.FAIL
     return Check(name="coverage", phase=phase, value=coverage, threshold=floor, n=answered,
                  detail=f"{coverage:.2%} of answers not abstained, floor {floor:.2%}")
+
+
+def _violation_rate(stats: StepStats, budget: float) -> Check:
+    checked = stats.predictions - stats.errors
+    if checked <= 0:
+        return Check(name="violations", phase=Phase.INCONCLUSIVE, threshold=budget, n=0,
+                     detail="no successful predictions yet")
+    rate = stats.violations / checked
+    phase = Phase.PASS if rate <= budget else Phase.FAIL
+    return Check(name="violations", phase=phase, value=rate, threshold=budget, n=checked,
+                 detail=f"{rate:.2%} of checked predictions violated a hard constraint, "
+                        f"{'≤' if phase is Phase.PASS else '>'} budget {budget:.2%}")
 
 
 def _segments(segments: tuple[SegmentStats, ...], gates: GateSpec) -> list[Check]:

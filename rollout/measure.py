@@ -21,7 +21,8 @@ WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
 
 _COUNTS = f"""
 SELECT count(*), count(error_type), count(*) FILTER (abstained),
-       quantile_cont(latency_ms, 0.95) FILTER (error_type IS NULL)
+       quantile_cont(latency_ms, 0.95) FILTER (error_type IS NULL),
+       count(violations)
 FROM ({_STEP})
 """
 
@@ -53,7 +54,7 @@ def measure(store: Store, state: RolloutState, comparator: str, *, now: datetime
     params: dict[str, Any] = {"candidate": state.candidate, "version": state.version,
                               "since": state.step_started_at}
     db = store.db
-    predictions, errors, abstained, p95 = db.execute(_COUNTS, params).fetchall()[0]
+    predictions, errors, abstained, p95, violations = db.execute(_COUNTS, params).fetchall()[0]
     with_comparator = {**params, "comparator": comparator}
     compared, agreed = db.execute(_COMPARED, with_comparator).fetchall()[0]
     segments = tuple(SegmentStats(*row) for row in
@@ -62,11 +63,12 @@ def measure(store: Store, state: RolloutState, comparator: str, *, now: datetime
     if state.live:
         agreements = tuple(row[0] for row in db.execute(_IN_ORDER, with_comparator).fetchall())
     window_start = now - window
-    w_predictions, w_errors, _, w_p95 = db.execute(
+    w_predictions, w_errors, _, w_p95, _ = db.execute(
         _COUNTS, {**params, "since": max(window_start, state.step_started_at)}).fetchall()[0]
     return StepStats(
         elapsed=now - state.step_started_at, predictions=predictions, errors=errors,
         abstained=abstained, compared=compared, agreed=agreed, p95_latency_ms=p95,
+        violations=violations,
         segments=segments, agreements=agreements,
         window=WindowStats(predictions=w_predictions, errors=w_errors, p95_latency_ms=w_p95,
                            covered=window_start >= state.step_started_at),

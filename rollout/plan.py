@@ -88,6 +88,8 @@ class GateSpec(_Spec):
     max_p95_latency_ms: float | None = Field(None, gt=0.0)
     min_coverage: Rate | None = None
     """Share of predictions that must not be abstentions (when abstention is used)."""
+    max_violation_rate: Rate | None = None
+    """Share of the checked (not errored) predictions allowed to violate a hard constraint."""
     segments: SegmentGateSpec = SegmentGateSpec()
 
 

@@ -5,8 +5,8 @@ a batch's predictions are committed first, then every live decision not yet
 published goes to the sink and is marked published. A crash between the two
 publishes those decisions again on restart (at-least-once; every message
 carries its ``event_id`` so production can drop repeats); none is lost. A
-prediction that errored or abstained is never published: that case stays
-with the humans.
+prediction that errored, abstained or violated a hard constraint is never
+published: that case stays with the humans.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SELECT p.event_id, e.key, p.output, p.review, p.rollout_step, p.predicted_at
 FROM predictions p JOIN events e USING (event_id)
 WHERE p.candidate = ? AND p.version IS NOT DISTINCT FROM ? AND p.mode = 'live'
   AND p.published_at IS NULL AND p.error_type IS NULL AND NOT p.abstained
+  AND p.violations IS NULL
 ORDER BY p.predicted_at, p.event_id
 LIMIT ?
 """

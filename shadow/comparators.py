@@ -23,9 +23,12 @@ from shadow.config import (
     CustomSpec,
     ExactSpec,
     FieldsSpec,
+    JudgeSpec,
     NormalizedSpec,
     NumericSpec,
+    SemanticSpec,
     SetSpec,
+    SimilaritySpec,
 )
 from shadow.loading import load_callable
 from shadow.paths import MISSING, get_path
@@ -199,7 +202,8 @@ def build_comparator(spec: ComparatorSpec) -> Comparator:
     """The comparator a spec describes, with its sub-comparators.
 
     Raises:
-        ConfigError: a custom ``module:function`` cannot be imported or is not callable.
+        ConfigError: a custom ``module:function`` cannot be imported or is not callable,
+            or the ``semantic`` extra is not installed.
     """
     match spec:
         case ExactSpec():
@@ -214,6 +218,11 @@ def build_comparator(spec: ComparatorSpec) -> Comparator:
             return _Fields(spec)
         case CustomSpec():
             return _Custom(spec, load_callable(spec.function, what="custom comparator"))
+        case SimilaritySpec() | SemanticSpec() | JudgeSpec():
+            # imported here: the text comparators build on this module's classes
+            from shadow.text_comparators import build_text_comparator
+
+            return build_text_comparator(spec)
     raise AssertionError(f"unknown comparator spec {spec!r}")  # pragma: no cover
 
 

@@ -8,7 +8,7 @@ offending key path and what was expected there, e.g.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -79,16 +79,163 @@ class CustomSpec(_ComparatorBase):
     """``module:function`` taking ``(prediction_output, outcome)`` and returning a bool."""
 
 
+class SimilaritySpec(_ComparatorBase):
+    """Lexical similarity of two texts (see :mod:`shadow.text_comparators`)."""
+
+    kind: Literal["similarity"]
+    metric: Literal["f1", "rouge_l"] = "f1"
+    """Token-level F1 (bag of words) or ROUGE-L (longest common subsequence) F-measure."""
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """The texts agree when the score is at least this."""
+
+
+class SemanticSpec(_ComparatorBase):
+    """Cosine similarity of sentence embeddings from a model shipped in the ``semantic`` extra."""
+
+    kind: Literal["semantic"]
+    threshold: float = Field(0.8, ge=-1.0, le=1.0)
+    """The texts agree when the cosine similarity is at least this."""
+
+
+class JudgeSpec(_ComparatorBase):
+    """An LLM asked, through an OpenAI-compatible chat API, whether the two agree."""
+
+    kind: Literal["judge"]
+    base_url: str = Field(pattern=_URL_PATTERN)
+    """Up to ``/v1``; ``/chat/completions`` is appended."""
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    """Environment variable holding the API key, sent as a bearer token."""
+    rubric: str | None = None
+    """The instructions; ``{{ output }}`` and ``{{ outcome }}`` are filled in. A default
+    rubric asks whether the two say the same thing."""
+    timeout_s: float = Field(30.0, gt=0.0)
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Attempts per call in all; connection errors, timeouts, 429 and 5xx are retried."""
+    cache: bool = True
+    cache_path: str = ".shadow-judge-cache.sqlite"
+    """SQLite file of verdicts by content hash, relative to the working directory."""
+
+
 ComparatorSpec = Annotated[
-    ExactSpec | NormalizedSpec | SetSpec | NumericSpec | FieldsSpec | CustomSpec,
+    ExactSpec | NormalizedSpec | SetSpec | NumericSpec | FieldsSpec | CustomSpec
+    | SimilaritySpec | SemanticSpec | JudgeSpec,
     Field(discriminator="kind"),
 ]
 FieldsSpec.model_rebuild()
 
-COMPARATOR_KINDS = ("exact", "normalized", "set", "numeric", "fields", "custom")
+COMPARATOR_KINDS = (
+    "exact", "normalized", "set", "numeric", "fields", "custom",
+    "similarity", "semantic", "judge",
+)
 
 
 # -- candidates --------------------------------------------------------------
+
+
+class _CheckBase(_Spec):
+    name: Annotated[str, Field(pattern=r"^[\w.:-]+$")] | None = None
+    """Names the check in violations and metrics; the kind by default."""
+
+
+class RegexCheckSpec(_CheckBase):
+    kind: Literal["regex"]
+    pattern: str
+    must: Literal["match", "not_match"]
+    path: str | None = None
+    """Dotted path into the output to the text; the whole output (as JSON text) by default."""
+    ignore_case: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+PiiType = Literal["email", "phone", "card"]
+
+
+def _every_pii_type() -> list[PiiType]:
+    return ["email", "phone", "card"]
+
+
+class PiiCheckSpec(_CheckBase):
+    """Built-in patterns for personal data; card numbers must also pass the Luhn check."""
+
+    kind: Literal["pii"]
+    types: list[PiiType] = Field(default_factory=_every_pii_type, min_length=1)
+    path: str | None = None
+    """Where to look; every string in the output by default."""
+
+
+class RequiredCheckSpec(_CheckBase):
+    kind: Literal["required"]
+    fields: list[str] = Field(min_length=1)
+    """Dotted paths into the output that must be present and not null."""
+
+
+class JsonSchemaCheckSpec(_CheckBase):
+    kind: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+    """A JSON schema (draft 2020-12) the whole output must be valid against."""
+
+    @field_validator("schema_")
+    @classmethod
+    def _is_a_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from jsonschema import Draft202012Validator
+        from jsonschema.exceptions import SchemaError
+
+        try:
+            Draft202012Validator.check_schema(value)
+        except SchemaError as exc:
+            raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+        return value
+
+
+class LabelsCheckSpec(_CheckBase):
+    kind: Literal["labels"]
+    path: str
+    """The label (or list of labels) in the output; each must be one of ``allowed``."""
+    allowed: list[str | int | float | bool | None] = Field(min_length=1)
+
+
+class MaxLengthCheckSpec(_CheckBase):
+    kind: Literal["max_length"]
+    max: int = Field(ge=0)
+    """Characters of the text at ``path``, or of the JSON text of anything else."""
+    path: str | None = None
+
+
+class CustomCheckSpec(_CheckBase):
+    kind: Literal["custom"]
+    function: CallablePath
+    """``module:function`` taking the output; returns None or True when it is fine,
+    False or a message when it is not."""
+
+
+def _check_kind(raw: Any) -> str:
+    # "" is no kind at all: reported as "expected one of …", naming the check kinds.
+    kind = raw.get("kind") if isinstance(raw, dict) else getattr(raw, "kind", None)
+    return kind if isinstance(kind, str) else ""
+
+
+CheckSpec = Annotated[
+    Annotated[RegexCheckSpec, Tag("regex")]
+    | Annotated[PiiCheckSpec, Tag("pii")]
+    | Annotated[RequiredCheckSpec, Tag("required")]
+    | Annotated[JsonSchemaCheckSpec, Tag("json_schema")]
+    | Annotated[LabelsCheckSpec, Tag("labels")]
+    | Annotated[MaxLengthCheckSpec, Tag("max_length")]
+    | Annotated[CustomCheckSpec, Tag("custom")],
+    Discriminator(_check_kind),
+]
+"""A hard constraint on every output of a candidate (see :mod:`shadow.constraints`)."""
+
+CHECK_KINDS = ("regex", "pii", "required", "json_schema", "labels", "max_length", "custom")
 
 
 class _CandidateBase(_Spec):
@@ -102,6 +249,8 @@ class _CandidateBase(_Spec):
     abstain_below: float | None = Field(None, ge=0.0, le=1.0)
     """Predictions less confident than this are abstentions: stored, compared with
     nothing and never acted on; reported as coverage."""
+    checks: list[CheckSpec] = Field(default_factory=list)
+    """Hard constraints on every output; a violating live decision is never published."""
 
 
 class CallableCandidateSpec(_CandidateBase):
@@ -386,6 +535,34 @@ class ReportSpec(_Spec):
     """Shown before costs, e.g. ``$``."""
 
 
+class DriftSpec(_Spec):
+    """The current window of events against a reference window: has the traffic moved?"""
+
+    reference_days: float = Field(7.0, gt=0.0)
+    """The reference is the first days of events (the start of shadow mode) ..."""
+    reference_start: datetime | None = None
+    """... or this named period, with ``reference_end``."""
+    reference_end: datetime | None = None
+    current_days: float = Field(7.0, gt=0.0)
+    """The current window: the last days before now."""
+    numeric_fields: list[str] = Field(default_factory=list)
+    """Dotted paths into payloads (``payload.amount``), compared besides payload length."""
+    bins: int = Field(10, ge=2, le=100)
+    psi: float = Field(0.25, gt=0.0)
+    p_value: float = Field(0.001, gt=0.0, lt=1.0)
+    new_outcome_share: float = Field(0.05, gt=0.0, le=1.0)
+    pause_rollout: bool = False
+    """When drift is detected, pause the rollout for a person to look."""
+    every: Duration = timedelta(hours=1)
+    """How often the daemon measures it."""
+
+    @model_validator(mode="after")
+    def _a_named_period_has_both_ends(self) -> DriftSpec:
+        if (self.reference_start is None) != (self.reference_end is None):
+            raise ValueError("give both reference_start and reference_end, or neither")
+        return self
+
+
 class LoggingSpec(_Spec):
     redact: list[str] = Field(default_factory=list)
     """Payload fields (dotted paths, e.g. ``payload.requester.email``) never written to logs."""
@@ -408,6 +585,7 @@ class Config(_Spec):
     daemon: DaemonSpec = DaemonSpec()
     logging: LoggingSpec = LoggingSpec()
     report: ReportSpec = ReportSpec()
+    drift: DriftSpec | None = None
 
     @model_validator(mode="after")
     def _one_way_to_name_candidates(self) -> Config:
@@ -514,7 +692,7 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
 
 
 _KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
-_TAGS = {*COMPARATOR_KINDS, "callable", "http", "chat"}
+_TAGS = {*COMPARATOR_KINDS, *CHECK_KINDS, "callable", "http", "chat"}
 _PATTERN_NAMES = {
     _CALLABLE_PATTERN: "the form module:function",
     _URL_PATTERN: "an http:// or https:// URL",

@@ -216,6 +216,8 @@ class Daemon:
         ]
         if self.live is not None:
             jobs.insert(1, Job("evaluate", spec.evaluate_every, self._evaluate))
+        if self.config.drift is not None:
+            jobs.append(Job("drift", self.config.drift.every, self._drift))
         retention = spec.retention
         if retention.payload_older_than is not None:
             age = retention.payload_older_than
@@ -224,6 +226,22 @@ class Daemon:
             jobs.append(Job("retention", spec.retention_every,
                             lambda: apply_retention(store, age, archive, self.now())))
         return jobs
+
+    def _drift(self) -> None:
+        """Measure drift, publish it as metrics, and pause the rollout when asked to."""
+        from shadow.drift import drift_metrics
+        from shadow.reporting import measure_configured_drift
+
+        assert self.store is not None and self.config.drift is not None
+        drift = measure_configured_drift(self.store, self.config, now=self.now)
+        if drift is None:
+            return
+        if self.runtime is not None:
+            self.runtime.set_drift(drift_metrics(drift))
+        if drift.drifted:
+            log.warning("drift detected", reasons=drift.reasons)
+            if self.config.drift.pause_rollout and self.controller is not None:
+                self.controller.hold("drift: " + "; ".join(drift.reasons), drift.as_dict())
 
     def _evaluate(self) -> None:
         assert self.live is not None

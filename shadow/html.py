@@ -69,12 +69,42 @@ def to_html(report: dict[str, Any]) -> str:
         "<h2>Rollout</h2>",
         _rollout(report.get("rollout")),
     ]
+    if report.get("drift") is not None:
+        body += ["<h2>Drift</h2>", _drift(report["drift"])]
     body += [_candidate(c, report.get("human_baseline"), report.get("options") or {})
              for c in candidates]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>Shadow comparison report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _drift(drift: dict[str, Any]) -> str:
+    """The current window against the reference: verdict, reasons and the statistics."""
+    ref, cur = drift.get("reference") or {}, drift.get("current") or {}
+    verdict = ('<p class="fail"><strong>Drift detected:</strong> '
+               + esc("; ".join(drift.get("reasons") or [])) + "</p>"
+               if drift.get("drifted") else "<p>No drift beyond the thresholds.</p>")
+    span = (f"<p>Current window {esc(cur.get('start'))} – {esc(cur.get('end'))} "
+            f"({_count(cur.get('events'))} events) against the reference "
+            f"{esc(ref.get('start'))} – {esc(ref.get('end'))} "
+            f"({_count(ref.get('events'))} events).</p>")
+    segments = _table(
+        ["segment field", "chi-squared", "dof", "p-value"],
+        [[esc(s.get("field")), _float(s.get("chi2")), _count(s.get("dof")),
+          _float(s.get("p_value"), 4)] for s in drift.get("segments") or []], {1, 2, 3})
+    numeric = _table(
+        ["field", "PSI", "KS D", "KS p-value"],
+        [[esc(n.get("field")), _float(n.get("psi"), 3), _float(n.get("ks"), 3),
+          _float(n.get("ks_p_value"), 4)] for n in drift.get("numeric") or []], {1, 2, 3})
+    share = drift.get("new_outcome_share")
+    new = ("" if share is None else
+           f"<p>Outcomes never seen in the reference: {pct(share)} of the current window.</p>")
+    return verdict + span + segments + numeric + new
+
+
+def _float(value: Any, digits: int = 2) -> str:
+    return "–" if value is None else f"{float(value):.{digits}f}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: set[int]) -> str:

@@ -160,7 +160,7 @@ SELECT candidate, coalesce(version, ''),
        coalesce(sum(cost), 0),
        count(*) FILTER (WHERE mode = 'live' AND published_at IS NOT NULL),
        count(*) FILTER (WHERE mode = 'live' AND published_at IS NULL
-                        AND error_type IS NULL AND NOT abstained),
+                        AND error_type IS NULL AND NOT abstained AND violations IS NULL),
        {_latency_buckets_sql()}
 FROM predictions
 GROUP BY ALL ORDER BY 1, 2
@@ -199,6 +199,14 @@ ORDER BY ALL
 """
 
 
+_BY_CHECK = """
+SELECT candidate, coalesce(version, ''), split_part(v, ' ', 1), count(*)
+FROM (SELECT candidate, version, unnest(violations) AS v FROM predictions
+      WHERE violations IS NOT NULL)
+GROUP BY ALL ORDER BY ALL
+"""
+
+
 def _predictions(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     predictions = CounterMetricFamily(
         "shadow_predictions", "Predictions stored, by mode and result (ok, error, abstained).",
@@ -212,7 +220,14 @@ def _predictions(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     for *labels, n in db.execute(_BY_ERROR_KIND, {"kinds": [k.value for k in ErrorKind]}) \
             .fetchall():
         errors.add_metric(labels, n)
-    return [predictions, errors, *_per_candidate(db.execute(_PER_CANDIDATE).fetchall())]
+    violations = CounterMetricFamily(
+        "shadow_prediction_violations",
+        "Hard-constraint violations of stored predictions, by check.",
+        labels=[*_CANDIDATE, "check"])
+    for *labels, n in db.execute(_BY_CHECK).fetchall():
+        violations.add_metric(labels, n)
+    return [predictions, errors, violations,
+            *_per_candidate(db.execute(_PER_CANDIDATE).fetchall())]
 
 
 def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
@@ -229,7 +244,8 @@ def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
         labels=_CANDIDATE)
     pending = GaugeMetricFamily(
         "shadow_live_decisions_pending",
-        "Live decisions (successful, not abstained) not yet published to the sink.",
+        "Live decisions (successful, not abstained, no violation) not yet published to "
+        "the sink.",
         labels=_CANDIDATE)
     for name, version, ok, latency_sum, prompt, completion, spent, sent, waiting, *le in rows:
         labels = [name, version]
@@ -385,6 +401,7 @@ class RuntimeMetrics:
         self._fraction: dict[str, float] = {}
         self._runs: dict[str, dict[str, int]] = {}
         self._last_success: dict[str, float] = {}
+        self._drift: list[tuple[str, dict[str, str], float]] = []
 
     def set_lag(self, source: str, partition: str | int, lag: int) -> None:
         """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
@@ -425,9 +442,15 @@ class RuntimeMetrics:
             if ok:
                 self._last_success[job] = at
 
+    def set_drift(self, gauges: Sequence[tuple[str, dict[str, str], float]]) -> None:
+        """The latest drift measurement, as ``shadow.drift.drift_metrics`` shapes it."""
+        with self._lock:
+            self._drift = list(gauges)
+
     def collect(self) -> list[Metric]:
         """The families, from a consistent snapshot."""
         with self._lock:
+            drift = list(self._drift)
             lag = {source: dict(partitions) for source, partitions in self._lag.items()}
             records, fraction = dict(self._records), dict(self._fraction)
             runs = {job: dict(results) for job, results in self._runs.items()}
@@ -454,10 +477,23 @@ class RuntimeMetrics:
                       "When each scheduled job last succeeded, in Unix time.",
                       ["job"], (([j], t) for j, t in last_success.items())),
         ]
-        return families
+        return families + _drift_families(drift)
 
 
 # -- building families ------------------------------------------------------------------
+
+
+def _drift_families(gauges: Sequence[tuple[str, dict[str, str], float]]) -> list[Metric]:
+    by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for name, labels, value in gauges:
+        by_name.setdefault(name, []).append((labels, value))
+    families: list[Metric] = []
+    for name, samples in sorted(by_name.items()):
+        labelnames = sorted(samples[0][0])
+        families.append(_labelled(
+            GaugeMetricFamily, name, "Drift of the current window against the reference.",
+            labelnames, (([labels[k] for k in labelnames], v) for labels, v in samples)))
+    return families
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -154,4 +154,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             error VARCHAR
         )""",
     ]),
+    # Hard-constraint violations of each prediction; NULL when there are none.
+    (5, [
+        "ALTER TABLE predictions ADD COLUMN violations VARCHAR[]",
+    ]),
 ]

@@ -166,6 +166,9 @@ class Prediction:
     """A live decision also sent for a person to confirm or correct."""
     step: int | None = None
     """The rollout step the event was routed at."""
+    violations: tuple[str, ...] = ()
+    """Hard-constraint violations, e.g. ``pii:email matched at output.reply``: the
+    check's name, a space, what was wrong. A live decision with any is never published."""
 
     @property
     def ok(self) -> bool:

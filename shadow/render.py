@@ -187,6 +187,10 @@ def owner_markdown(report: dict[str, Any]) -> str:
     if baseline is not None:
         lines += [f"People agree with each other {percent(baseline['rate'])} of the time "
                   f"({baseline['pairs']:,} pairs over {baseline['keys']:,} cases).", ""]
+    drift = report.get("drift")
+    if drift is not None:
+        lines += [("**Drift detected:** " + "; ".join(drift["reasons"])) if drift["drifted"]
+                  else "No drift beyond the thresholds against the reference window.", ""]
     if not report["candidates"]:
         lines += ["No predictions in this store yet.", ""]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,9 @@ Wilson score interval. Errored predictions are never compared: they count in
 ``errors`` and ``error_rate`` only. Abstentions (less confident than the
 candidate's ``abstain_below``) are not compared either: ``coverage`` is the
 share of predictions the AI would act on, and agreement is measured on those.
+Hard-constraint violations are counted per candidate (``violations``, and
+``violation_rate`` of the predictions checked, i.e. not errored) and by check
+in ``violation_kinds``; violating predictions are still compared.
 """
 
 from __future__ import annotations
@@ -46,10 +49,12 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
     segments = _segments(store)
     fields = _fields(store)
     errors = _error_kinds(store)
+    violation_kinds = _violation_kinds(store)
 
     candidates = []
     for row in db.execute(_CANDIDATES_SQL).fetchall():
-        name, version, predictions, failed, abstained, prompt, completion, cost, *latency = row
+        name, version, predictions, failed, abstained, violated, prompt, completion, cost, \
+            *latency = row
         p50, p95, p99 = latency
         key = (name, version)
         n_compared, n_agreed, comparators = compared.get(key, (0, 0, []))
@@ -65,6 +70,10 @@ def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict
             "pending": handled - n_compared,
             "abstained": abstained,
             "coverage": handled / predictions if predictions else None,
+            "violations": violated,
+            "violation_rate": violated / (predictions - failed) if predictions > failed
+            else None,
+            "violation_kinds": violation_kinds.get(key, []),
             "agreement": agreement(n_agreed, n_compared),
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
             "tokens": {"prompt": prompt, "completion": completion},
@@ -91,6 +100,7 @@ _CANDIDATES_SQL = """
 SELECT candidate, version, count(*) AS predictions,
        count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
        count(*) FILTER (WHERE abstained) AS abstained,
+       count(violations) AS violations,
        sum(prompt_tokens), sum(completion_tokens), sum(cost),
        quantile_cont(latency_ms, 0.50), quantile_cont(latency_ms, 0.95),
        quantile_cont(latency_ms, 0.99)
@@ -146,6 +156,21 @@ def _error_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
     out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for candidate, version, kind, n, example in rows:
         out[(candidate, version)].append({"type": kind, "count": n, "example": example})
+    return out
+
+
+def _violation_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
+    """Violations by check (the first word of each violation text), most frequent first."""
+    rows = store.db.execute(
+        "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, count(*), "
+        "       any_value(v) "
+        "FROM (SELECT candidate, version, unnest(violations) AS v FROM predictions "
+        "      WHERE violations IS NOT NULL) "
+        "GROUP BY ALL ORDER BY count(*) DESC, check_name"
+    ).fetchall()
+    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+    for candidate, version, check, n, example in rows:
+        out[(candidate, version)].append({"check": check, "count": n, "example": example})
     return out
 
 

@@ -13,6 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from shadow.config import Config
+from shadow.drift import (
+    DriftError,
+    DriftReport,
+    DriftThresholds,
+    first_days,
+    last_days,
+    measure_drift,
+    period,
+)
 from shadow.models import utc_now
 from shadow.owner import OwnerOptions, build_owner_report
 from shadow.report import build_report
@@ -50,8 +59,30 @@ def full_report(store: Store, config: Config, *,
     owner = build_owner_report(store, owner_options(config, now=now))
     owner.pop("legacy", None)
     owner["options"]["currency"] = config.report.currency
+    drift = measure_configured_drift(store, config, now=now)
+    owner["drift"] = drift.as_dict() if drift is not None else None
     report["owner"] = owner
     return report
+
+
+def measure_configured_drift(store: Store, config: Config, *,
+                             now: Callable[[], datetime] = utc_now) -> DriftReport | None:
+    """Drift as the ``drift`` section asks; ``None`` when not asked for or nothing is stored."""
+    spec = config.drift
+    if spec is None:
+        return None
+    try:
+        reference = (period(spec.reference_start, spec.reference_end)
+                     if spec.reference_start is not None and spec.reference_end is not None
+                     else first_days(store, spec.reference_days))
+        current = last_days(store, spec.current_days, now())
+    except DriftError:
+        return None  # no events yet
+    return measure_drift(
+        store, reference=reference, current=current, numeric_fields=spec.numeric_fields,
+        bins=spec.bins, outcome_label=config.comparator.outcome_path,
+        thresholds=DriftThresholds(psi=spec.psi, p_value=spec.p_value,
+                                   new_outcome_share=spec.new_outcome_share))
 
 
 def render_report(report: dict[str, Any], fmt: str, *, color: bool = False) -> str:

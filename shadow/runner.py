@@ -211,6 +211,8 @@ class Replay:
             to_predict = fresh + self._unpredicted(known, candidate)
             if to_predict:
                 predictions = candidate.predict(to_predict, now)
+                if candidate.checks is not None:
+                    predictions = candidate.checks.apply(predictions)
                 if self.rollout is not None:
                     predictions = self.rollout.route(predictions, to_predict)
                 batch.predictions.extend(predictions)
@@ -273,6 +275,8 @@ class Replay:
         for start in range(0, len(failed), self.batch_size):
             events = self.store.events_by_id(failed[start : start + self.batch_size])
             predictions = candidate.predict(events, self.now())
+            if candidate.checks is not None:
+                predictions = candidate.checks.apply(predictions)
             self.store.replace_predictions(predictions)
             s = self.summary
             s.retried += len(predictions)

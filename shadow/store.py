@@ -449,6 +449,8 @@ def _predictions_table(predictions: list[Prediction]) -> pa.Table:
         "model": pa.array([p.model for p in predictions], pa.string()),
         "review": pa.array([p.review for p in predictions], pa.bool_()),
         "rollout_step": pa.array([p.step for p in predictions], pa.int32()),
+        "violations": pa.array([list(p.violations) if p.violations else None
+                                for p in predictions], pa.list_(pa.string())),
     })
 
 

@@ -335,7 +335,7 @@ def test_config_error(failures: Failures) -> None:
     # the validation problems follow, one indented line per key path
     assert details == [
         "  comparator.kind: expected one of exact, normalized, set, numeric, fields, custom, "
-        "got 'fuzzy'"
+        "similarity, semantic, judge, got 'fuzzy'"
     ]
 
 

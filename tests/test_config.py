@@ -23,7 +23,7 @@ from shadow.config import (
 from shadow.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-KINDS = "exact, normalized, set, numeric, fields, custom"
+KINDS = "exact, normalized, set, numeric, fields, custom, similarity, semantic, judge"
 
 FULL = """\
 version: 1

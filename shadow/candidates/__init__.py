@@ -12,6 +12,7 @@ from shadow.candidates.callable import CallableCandidate, batch
 from shadow.candidates.chat import ChatCandidate
 from shadow.candidates.http import HttpCandidate
 from shadow.config import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
+from shadow.constraints import Checks
 
 __all__ = [
     "CallableCandidate",
@@ -28,10 +29,14 @@ def build_candidate(spec: CandidateSpec) -> Candidate:
     """The candidate a configuration describes; no I/O until it is opened.
 
     Raises:
-        ConfigError: a callable cannot be loaded.
+        ConfigError: a callable (the candidate or a custom check) cannot be loaded.
     """
+    candidate: Candidate
     if isinstance(spec, HttpCandidateSpec):
-        return HttpCandidate.from_spec(spec)
-    if isinstance(spec, ChatCandidateSpec):
-        return ChatCandidate.from_spec(spec)
-    return CallableCandidate.from_spec(spec)
+        candidate = HttpCandidate.from_spec(spec)
+    elif isinstance(spec, ChatCandidateSpec):
+        candidate = ChatCandidate.from_spec(spec)
+    else:
+        candidate = CallableCandidate.from_spec(spec)
+    candidate.checks = Checks.from_specs(spec.checks)
+    return candidate

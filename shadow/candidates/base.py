@@ -6,10 +6,13 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shadow.models import Event, Prediction
 from shadow.paths import get_path
+
+if TYPE_CHECKING:
+    from shadow.constraints import Checks
 
 MAX_MESSAGE = 2_000
 MAX_BODY = 4_096
@@ -29,6 +32,8 @@ class Candidate(ABC):
     version: str | None
     confidence_path: str | None = None
     abstain_below: float | None = None
+    checks: Checks | None = None
+    """Hard constraints the runner applies to every prediction; None when there are none."""
 
     def judge(self, output: Any) -> tuple[float | None, bool]:
         """The output's confidence, and whether it is low enough to abstain.
