@@ -181,10 +181,10 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``shadow calibrate …`` without the rest of the CLI (``argv`` starts with ``calibrate``)."""
-    from shadow.evaluate import run_command
+    """``shadow calibrate …`` (``argv`` starts with ``calibrate``), exactly as the CLI runs it."""
+    from shadow.cli import main as cli_main
 
-    return run_command(add_calibrate_parser, argv)
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

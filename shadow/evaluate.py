@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -448,36 +447,11 @@ def _write(path: Path, data: bytes) -> None:
         raise ShadowError(f"cannot write {path}: {exc.strerror}") from exc
 
 
-def run_command(add: Callable[[Any, Callable[[argparse.ArgumentParser], None]], None],
-                argv: Sequence[str] | None) -> int:
-    """A ``shadow`` parser with the one subcommand ``add`` registers; run it like the CLI."""
-    from shadow import logs
-
-    parser = argparse.ArgumentParser(prog="shadow")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add(commands, _add_config)
-    args = parser.parse_args(argv)
-    logs.configure_default()
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        return int(args.handler(args))
-    except ConfigError as exc:
-        print(f"shadow: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ShadowError as exc:
-        print(f"shadow: failed: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=os.environ.get("SHADOW_CONFIG"),
-                        metavar="FILE", help="YAML configuration (env SHADOW_CONFIG)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``shadow eval …`` without the rest of the CLI (``argv`` starts with ``eval``)."""
-    return run_command(add_eval_parser, argv)
+    """``shadow eval …`` (``argv`` starts with ``eval``), exactly as the CLI runs it."""
+    from shadow.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
