@@ -215,6 +215,22 @@ class KafkaSource(Source):
         return RawRecord(self.name, position, value, message.value)
 
 
+def acks_all_producer(bootstrap: str, *, timeout_s: float, options: dict[str, Any],
+                      limit_requests: bool = False) -> KafkaProducer:
+    """An idempotent acks=all producer whose waits are bounded by ``timeout_s``.
+
+    Reaching the broker and fetching a topic's metadata wait no longer than an
+    ack; with ``limit_requests`` each request does too. ``options`` win.
+    """
+    millis = int(timeout_s * 1000)
+    names = ["max_block_ms", "bootstrap_timeout_ms"]
+    if limit_requests:
+        names.append("request_timeout_ms")
+    limits = {name: millis for name in names if name in KafkaProducer.DEFAULT_CONFIG}
+    return KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                         **(limits | options))
+
+
 class KafkaSink(Sink):
     """Publishes live decisions to a topic for production to act on.
 
@@ -239,13 +255,8 @@ class KafkaSink(Sink):
 
     def _open(self) -> None:
         try:
-            millis = int(self.timeout_s * 1000)
-            # Reaching the broker and fetching a topic's metadata wait no longer than acks.
-            limits = {"max_block_ms": millis, "bootstrap_timeout_ms": millis}
-            options = {name: value for name, value in limits.items()
-                       if name in KafkaProducer.DEFAULT_CONFIG} | self._options
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                           enable_idempotence=True, **options)
+            self._producer = acks_all_producer(self.bootstrap, timeout_s=self.timeout_s,
+                                               options=self._options)
         except KafkaError as exc:
             raise SinkError(f"cannot publish to {self.topic} at {self.bootstrap}: {exc}") from exc
 

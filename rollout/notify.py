@@ -162,16 +162,11 @@ class KafkaNotifier(Notifier):
         # Imported here: kafka-python takes a quarter of a second to import, and
         # most deployments announce by webhook. Its errors never leave: announce()
         # catches them like any other failure.
-        from kafka import KafkaProducer
+        from connectors.kafka import acks_all_producer
 
         if self._producer is None:
-            millis = int(self.timeout_s * 1000)
-            limits = {"max_block_ms": millis, "request_timeout_ms": millis,
-                      "bootstrap_timeout_ms": millis}
-            options = {name: value for name, value in limits.items()
-                       if name in KafkaProducer.DEFAULT_CONFIG} | self._options
-            self._producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all",
-                                           **options)
+            self._producer = acks_all_producer(self.bootstrap, timeout_s=self.timeout_s,
+                                               options=self._options, limit_requests=True)
         headers = [("action", announcement.action.encode()),
                    ("message_id", announcement.message_id.encode())]
         try:

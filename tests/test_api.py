@@ -34,7 +34,7 @@ from shadow.control import DaemonFile
 from shadow.errors import ConfigError
 from shadow.report import build_report
 from shadow.store import Store
-from tests.rollout.test_state import PLAN, Clock
+from tests.rollout.test_state import PLAN, ticking
 from tests.test_cli import assert_usage_error, run
 
 TOKEN = "s3cret-token-for-tests"
@@ -467,7 +467,7 @@ class ControllerControl(FakeControl):
 def controlled(tmp_path: Path) -> Iterator[tuple[Controller, DaemonClient]]:
     with Store(tmp_path / "s.duckdb") as store:
         controller = Controller(store, PLAN, rollout="triage", candidate="triage", version="1",
-                                comparator="exact", now=Clock())
+                                comparator="exact", now=ticking())
         controller.sync()
         with ApiServer(ControllerControl(controller), port=0, token=TOKEN) as server:
             yield controller, DaemonClient(server.url, TOKEN)

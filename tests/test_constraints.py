@@ -27,6 +27,7 @@ from shadow.models import Event, Prediction, PredictionError
 from shadow.report import build_report
 from shadow.runner import Replay, compare
 from shadow.store import Store
+from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "login", "refund", "shipping"]
@@ -228,13 +229,8 @@ def test_build_candidate_compiles_the_checks_once() -> None:
 # -- in the pipeline ----------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=30)
-        return self.now
+def ticking() -> SteppingClock:
+    return SteppingClock(START, timedelta(seconds=30))
 
 
 def triage(event: Event) -> dict[str, Any]:
@@ -262,7 +258,7 @@ def candidate(function: Callable[[Event], Any] = triage) -> CallableCandidate:
 
 
 def test_violations_are_stored_reported_and_exported_as_metrics(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ticking()
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     with Store(tmp_path / "s.duckdb") as store:
         with candidate() as c:
@@ -298,11 +294,11 @@ def test_retried_predictions_are_checked_too(tmp_path: Path) -> None:
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     with Store(tmp_path / "s.duckdb") as store:
         with candidate(flaky) as c:
-            replay = Replay(store, c, comparator, batch_size=10, now=Clock())
+            replay = Replay(store, c, comparator, batch_size=10, now=ticking())
             replay.run([ListSource(events(10))])
             assert store.db.execute("SELECT count(violations) FROM predictions").fetchall() \
                 == [(0,)]  # errored predictions are not checked
-            Replay(store, c, comparator, batch_size=10, now=Clock()).run([], retry_errors=True)
+            Replay(store, c, comparator, batch_size=10, now=ticking()).run([], retry_errors=True)
         assert store.db.execute(
             "SELECT count(*) FROM predictions WHERE violations = "
             "['labels output.category=\"sales\" is not an allowed label']").fetchall() == [(10,)]
@@ -317,7 +313,7 @@ def plan(steps: list[dict[str, Any]], **gates: Any) -> RolloutSpec:
 
 def rollout_run(store: Store, spec: RolloutSpec, sink: RecordingSink, n: int, *,
                 promote: bool = False) -> Controller:
-    clock = Clock()
+    clock = ticking()
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
                             comparator=comparator.name, now=clock)

@@ -33,6 +33,7 @@ from shadow.metrics import LATENCY_BUCKETS_MS, RuntimeMetrics, render_metrics
 from shadow.models import ErrorKind, Event, Prediction
 from shadow.runner import Replay, compare
 from shadow.store import Store
+from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "login", "refund", "shipping"]
@@ -150,15 +151,8 @@ def outcomes() -> list[dict[str, Any]]:
 NOT_AN_EVENT = {"key": "t-none", "occurred_at": START.isoformat()}  # no event_id
 
 
-class Clock:
-    """Thirty seconds pass at every look, so every gate evaluation has its own time."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=30)
-        return self.now
+def ticking() -> SteppingClock:
+    return SteppingClock(START, timedelta(seconds=30))
 
 
 @dataclass
@@ -180,7 +174,7 @@ class Filled:
 
 
 def fill(db: Path) -> Filled:
-    clock = Clock()
+    clock = ticking()
     comparator = build_comparator(ExactSpec(prediction_path="label"))
     store = Store(db)
     store.open()

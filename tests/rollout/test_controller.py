@@ -23,20 +23,14 @@ from shadow.config import ExactSpec
 from shadow.models import Event
 from shadow.runner import Replay, compare
 from shadow.store import Store
+from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "login", "refund", "shipping"]
 
 
-class Clock:
-    """Thirty seconds pass at every look: time moves only when the code looks."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(seconds=30)
-        return self.now
+def ticking() -> SteppingClock:
+    return SteppingClock(START, timedelta(seconds=30))
 
 
 def truth(i: int) -> str:
@@ -76,7 +70,7 @@ def plan(steps: list[dict[str, Any]], **extra: Any) -> RolloutSpec:
 
 class Run:
     def __init__(self, db: Path, spec: RolloutSpec, n: int) -> None:
-        self.clock = Clock()
+        self.clock = ticking()
         self.sink = RecordingSink()
         self.notifier = RecordingNotifier()
         self.db, self.spec, self.n = db, spec, n
@@ -166,7 +160,7 @@ def test_only_live_successful_decisions_reach_the_sink_once_each(
 def test_no_data_never_promotes(tmp_path: Path) -> None:
     spec = plan([{"percent": 0, "min_compared": 1}, {"percent": 100}])
     with Store(tmp_path / "s.duckdb") as store:
-        clock = Clock()
+        clock = ticking()
         controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
                                 comparator="exact", now=clock)
         for _ in range(20):
@@ -182,7 +176,7 @@ def test_all_errors_never_promote(tmp_path: Path) -> None:
 
     spec = plan([{"percent": 0, "min_compared": 10}, {"percent": 100}],
                 gates={"agreement": 0.0, "max_error_rate": None})
-    clock = Clock()
+    clock = ticking()
     with Store(tmp_path / "s.duckdb") as store:
         comparator = build_comparator(ExactSpec())
         controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
@@ -236,7 +230,7 @@ def test_a_step_needing_approval_waits_for_a_person(tmp_path: Path) -> None:
 
 def test_decisions_the_sink_refused_are_published_on_a_later_batch(tmp_path: Path) -> None:
     spec = plan([{"percent": 0, "min_compared": 1}, {"percent": 100}], review=0.25)
-    clock = Clock()
+    clock = ticking()
     with Store(tmp_path / "s.duckdb") as store:
         comparator = build_comparator(ExactSpec())
         controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
@@ -265,7 +259,7 @@ def test_decisions_the_sink_refused_are_published_on_a_later_batch(tmp_path: Pat
 def test_status_warns_when_labels_are_too_few_to_catch_a_drop_in_time(tmp_path: Path) -> None:
     spec = plan([{"percent": 0, "min_compared": 1}, {"percent": 100}],
                 rollback={"healthy": 0.95, "degraded": 0.8, "detect_within": "1h"})
-    clock = Clock()
+    clock = ticking()
     with Store(tmp_path / "s.duckdb") as store:
         controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
                                 comparator="exact", now=clock)

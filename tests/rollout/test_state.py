@@ -12,6 +12,7 @@ from rollout import audit
 from rollout.controller import Controller
 from rollout.plan import RolloutSpec
 from rollout.state import Action, Refused, Status
+from tests.clock import SteppingClock
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 PLAN = RolloutSpec.model_validate({
@@ -20,16 +21,11 @@ PLAN = RolloutSpec.model_validate({
 })
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(minutes=1)
-        return self.now
+def ticking() -> SteppingClock:
+    return SteppingClock(T0, timedelta(minutes=1))
 
 
-def controller(db: Path, clock: Clock, version: str = "1") -> Controller:
+def controller(db: Path, clock: SteppingClock, version: str = "1") -> Controller:
     from shadow.store import Store
 
     store = Store(db)
@@ -60,7 +56,7 @@ GET_TO: dict[Status, Callable[[Controller], None]] = {
 
 @pytest.mark.parametrize("status", list(Status))
 def test_the_state_survives_a_restart_at_every_status(tmp_path: Path, status: Status) -> None:
-    clock = Clock()
+    clock = ticking()
     first = controller(tmp_path / "s.duckdb", clock)
     first.sync()
     GET_TO[status](first)
@@ -84,7 +80,7 @@ def test_the_state_survives_a_restart_at_every_status(tmp_path: Path, status: St
 
 
 def test_a_new_candidate_version_restarts_from_shadow(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ticking()
     first = controller(tmp_path / "s.duckdb", clock)
     first.sync()
     person(first, Action.PROMOTE, to_step=2)
@@ -101,7 +97,7 @@ def test_a_new_candidate_version_restarts_from_shadow(tmp_path: Path) -> None:
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Controller:
-    c = controller(tmp_path / "s.duckdb", Clock())
+    c = controller(tmp_path / "s.duckdb", ticking())
     c.sync()
     return c
 
@@ -155,7 +151,7 @@ def test_a_command_needs_a_person_and_a_reason(fresh: Controller) -> None:
 
 
 def test_a_stale_writer_cannot_overwrite_a_newer_state(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ticking()
     c = controller(tmp_path / "s.duckdb", clock)
     c.sync()
     stale = c.state
