@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
@@ -79,6 +79,7 @@ class KafkaSource(Source):
         self._next: dict[TopicPartition, int] = {}
         """The offset after the last record handed out, per partition (for the lag)."""
         self._seeked = False
+        self._awaiting_time: list[TopicPartition] = []
 
     @property
     def exhausted(self) -> bool:
@@ -88,9 +89,10 @@ class KafkaSource(Source):
         reset = "latest" if self.start is Start.LATEST else "earliest"
         try:
             self._consumer = KafkaConsumer(
-                *self.topics, bootstrap_servers=self.bootstrap, group_id=self.group_id,
+                bootstrap_servers=self.bootstrap, group_id=self.group_id,
                 enable_auto_commit=False, auto_offset_reset=reset, **self._options,
             )
+            self._consumer.subscribe(self.topics, listener=_StartListener(self._on_assigned))
         except KafkaError as exc:
             raise SourceError(f"cannot consume {self.topics} from {self.bootstrap}: {exc}") from exc
         self._last_record_at = self._clock()
@@ -105,8 +107,8 @@ class KafkaSource(Source):
         try:
             batches = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
                                     max_records=max_records)
-            if batches and self._needs_seek():
-                return self._seek_to_start(consumer)
+            if self._awaiting_time:
+                self._seek_to_time(consumer)
         except KafkaError as exc:
             raise SourceError(f"cannot consume {self.topics}: {exc}") from exc
         records = [self._record(message) for messages in batches.values() for message in messages]
@@ -143,25 +145,40 @@ class KafkaSource(Source):
             raise SourceError(f"cannot read the lag of {self.topics}: {exc}") from exc
         return lags
 
-    def _needs_seek(self) -> bool:
-        # Starting at a time (or from the very beginning regardless of committed
-        # offsets) needs the partitions assigned first; done once, on first poll.
-        wanted = self.start is Start.EARLIEST or isinstance(self.start, datetime)
-        return wanted and not self._seeked
+    def _on_assigned(self, partitions: set[TopicPartition]) -> None:
+        """Move the first partitions assigned to the configured start.
 
-    def _seek_to_start(self, consumer: KafkaConsumer) -> list[RawRecord]:
+        Done in the rebalance listener, before anything is fetched from them,
+        and only once: partitions a later rebalance hands over continue from
+        the group's committed offsets.
+        """
+        wanted = self.start is Start.EARLIEST or isinstance(self.start, datetime)
+        if not wanted or self._seeked or not partitions:
+            return
         self._seeked = True
-        partitions = list(consumer.assignment())
-        if isinstance(self.start, datetime):
-            millis = int(self.start.timestamp() * 1000)
-            found = consumer.offsets_for_times({tp: millis for tp in partitions})
-            ends = consumer.end_offsets(partitions)
-            for tp in partitions:
-                at = found.get(tp)
-                consumer.seek(tp, at.offset if at is not None else ends[tp])
-        else:
+        consumer = self._consumer
+        assert consumer is not None
+        if self.start is Start.EARLIEST:
             consumer.seek_to_beginning(*partitions)
-        return []  # what this poll fetched is read again from the new position
+            return
+        # Looking offsets up is a broker request, which does not belong inside
+        # the group protocol's callback: the partitions wait, paused, for the
+        # end of this poll.
+        consumer.pause(*partitions)
+        self._awaiting_time = list(partitions)
+
+    def _seek_to_time(self, consumer: KafkaConsumer) -> None:
+        assert isinstance(self.start, datetime)
+        partitions, self._awaiting_time = self._awaiting_time, []
+        assigned = consumer.assignment()
+        partitions = [tp for tp in partitions if tp in assigned]
+        millis = int(self.start.timestamp() * 1000)
+        found = consumer.offsets_for_times({tp: millis for tp in partitions})
+        ends = consumer.end_offsets(partitions)
+        for tp in partitions:
+            at = found.get(tp)
+            consumer.seek(tp, at.offset if at is not None else ends[tp])
+        consumer.resume(*partitions)
 
     def commit(self, position: str) -> None:
         """Commit the offsets of every record handed out so far.
@@ -213,6 +230,17 @@ class KafkaSource(Source):
                              "expected a JSON object as the record value")
         value[METADATA_KEY] = metadata
         return RawRecord(self.name, position, value, message.value)
+
+
+class _StartListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, assigned: Callable[[set[TopicPartition]], None]) -> None:
+        self._assigned = assigned
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._assigned(set(assigned))
 
 
 def acks_all_producer(bootstrap: str, *, timeout_s: float, options: dict[str, Any],

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shadow.errors import ConfigError
+from shadow.errors import ConfigError, ShadowError
 from shadow.stats import wilson
 
 EXIT_OK, EXIT_BELOW = 0, 3
@@ -169,8 +169,15 @@ def calibrate_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--min-agreement: expected a rate between 0 and 1, "
                           f"got {args.min_agreement}")
     comparator = build_comparator(load_config(args.config).comparator_named(args.compare))
-    result = calibrate(read_verdicts(args.verdicts),
-                       lambda output, outcome: comparator.compare(output, outcome).agree,
+
+    def judge(output: Any, outcome: Any) -> bool:
+        judgement = comparator.compare(output, outcome)
+        if judgement.deferred:
+            # A calibration over the verdicts the judge happened to answer would mislead.
+            raise ShadowError(f"the comparator gave no verdict: {judgement.note}")
+        return judgement.agree
+
+    result = calibrate(read_verdicts(args.verdicts), judge,
                        comparator=args.compare or comparator.name,
                        min_agreement=args.min_agreement)
     if args.format == "json":

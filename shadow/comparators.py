@@ -43,12 +43,26 @@ class Judgement(NamedTuple):
 
     ``fields`` maps each field of a ``fields`` comparator to its verdict (a nested
     ``fields`` comparator adds its own as ``outer.inner``); it is empty otherwise.
-    ``note`` says why, when the values could not be compared normally.
+    ``note`` says why: the score (``f1=0.667``), the judge's reason, or why the
+    values could not be compared normally. It is stored with the comparison.
+
+    ``deferred`` means there is no verdict yet: the comparator cannot judge now
+    (an LLM judge that is unreachable or gave no usable answer). ``agree`` is
+    then meaningless, ``note`` says what failed, and the runner stores nothing,
+    so the prediction stays pending and is judged at the next compare. Build one
+    with :meth:`defer`.
     """
 
     agree: bool
     fields: dict[str, bool]
     note: str | None = None
+    deferred: bool = False
+
+    @classmethod
+    def defer(cls, note: str) -> Judgement:
+        """No verdict now; ask again later. ``agree`` is false for readers that ignore
+        ``deferred``, which is what they were given before deferral existed."""
+        return cls(False, {}, note, deferred=True)
 
 
 def _agree() -> Judgement:
@@ -75,7 +89,10 @@ class Comparator(ABC):
         A pure function of its two JSON values: same inputs, same judgement. It
         never raises; a value of the wrong type, an absent path, or a custom
         function that raises or returns a non-bool all yield a disagreeing
-        judgement with a ``note``.
+        judgement with a ``note``. The one exception to purity is a comparator
+        that depends on a service (the ``judge``): when the service fails it
+        returns :meth:`Judgement.defer` instead of a verdict, never a
+        disagreement, and the same inputs may be judged later.
         """
 
 
@@ -167,6 +184,9 @@ class _Fields(_SpecComparator):
         notes: list[str] = []
         for field, comparator in self._fields.items():
             judgement = self._judge_field(field, comparator, output, outcome)
+            if judgement.deferred:
+                # No verdict for the whole prediction; the other fields are judged again later.
+                return Judgement.defer(f"{field}: {judgement.note}")
             verdicts[field] = judgement.agree
             verdicts.update({f"{field}.{inner}": v for inner, v in judgement.fields.items()})
             if judgement.note is not None:

@@ -154,10 +154,12 @@ def _summary(candidates: Sequence[dict[str, Any]], baseline: dict[str, Any] | No
     rows = [[_identity(c), _verdict_badge(c.get("verdict")),
              _interval(c.get("agreement")), _count((c.get("agreement") or {}).get("n")),
              pct((c.get("errors") or {}).get("rate")),
+             pct((c.get("violations") or {}).get("rate"), 2),
              _millis((c.get("latency") or {}).get("p95")),
              _money((c.get("cost") or {}).get("per_decision"), "", 4)] for c in candidates]
     table = _table(["candidate", "verdict", "agreement (95 % Wilson)", "compared",
-                    "error rate", "p95 latency", "cost per decision"], rows, {3, 4, 5, 6})
+                    "error rate", "violation rate", "p95 latency", "cost per decision"], rows,
+                   {3, 4, 5, 6, 7})
     return table + f'<p class="meta">Humans agree with each other: {_interval(baseline)}</p>'
 
 
@@ -183,6 +185,7 @@ def _candidate(candidate: dict[str, Any], baseline: dict[str, Any] | None,
              _coverage(name, candidate.get("coverage")),
              _latency(name, candidate.get("latency")),
              _errors(candidate.get("errors")),
+             _violations(candidate.get("violations")),
              _cost(candidate.get("cost"), currency),
              _disagreements(candidate.get("disagreements")),
              "</section>"]
@@ -287,6 +290,36 @@ def _errors(errors: dict[str, Any] | None) -> str:
             for k in kinds]
     table = _table(["kind", "count", "example"], rows, {1}) if rows else no_data("error kinds")
     return title + line + table
+
+
+def _violations(violations: dict[str, Any] | None) -> str:
+    """Outputs caught by a hard-constraint check: the share, by check, recent examples."""
+    title = "<h3>Hard-constraint violations</h3>"
+    if not violations or not violations.get("checked"):
+        return title + no_data("checked outputs")
+    checked, violating = violations.get("checked"), violations.get("violating") or 0
+    budget = violations.get("threshold")
+    line = (f"<p><strong>{pct(violations.get('rate'), 2)}</strong> of checked outputs violated "
+            f"a hard constraint ({_count(violating)} of {_count(checked)} checked; errored "
+            f"predictions are not checked).")
+    if budget is not None:
+        ok = violations.get("rate") is not None and violations["rate"] <= budget
+        line += (f' Budget {pct(budget, 2)}: <span class="{"pass" if ok else "fail"}">'
+                 f'{"PASS" if ok else "FAIL"}</span>.')
+    line += "</p>"
+    if not violating:
+        return title + line
+    kinds = [[esc(k.get("check")), _count(k.get("predictions")), pct(k.get("rate"), 2),
+              _count(k.get("count"))] for k in violations.get("kinds") or []]
+    table = _table(["check", "outputs caught", "share of checked", "violations"], kinds,
+                   {1, 2, 3}) if kinds else no_data("violations by check")
+    examples = [[f"{esc(e.get('event_id'))}<br><span class=\"muted\">key {esc(e.get('key'))}"
+                 f"<br>{esc(e.get('occurred_at') or '')}</span>",
+                 f"<pre>{esc(chr(10).join(e.get('violations') or []))}</pre>"]
+                for e in violations.get("examples") or []]
+    shown = ("<h3>Recent violations</h3>" + _table(["event", "violations"], examples, set())
+             if examples else "")
+    return title + line + table + shown
 
 
 def _cost(cost: dict[str, Any] | None, currency: str) -> str:

@@ -158,4 +158,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (5, [
         "ALTER TABLE predictions ADD COLUMN violations VARCHAR[]",
     ]),
+    # Why a comparison came out as it did: the comparator's note (a similarity
+    # score, the judge's reason); NULL for comparisons made before it was kept.
+    (6, [
+        "ALTER TABLE comparisons ADD COLUMN note VARCHAR",
+    ]),
 ]

@@ -184,7 +184,9 @@ class Verdict(enum.StrEnum):
 class Comparison:
     """A prediction judged against the final outcome of its key.
 
-    ``fields`` holds per-field verdicts when the comparator looks at fields.
+    ``fields`` holds per-field verdicts when the comparator looks at fields;
+    ``note`` says why (a score such as ``f1=0.667``, the judge's reason), when the
+    comparator gave one. A comparator that could not judge yields no comparison.
     """
 
     event_id: str
@@ -193,6 +195,7 @@ class Comparison:
     comparator: str
     agree: bool
     fields: dict[str, bool] = field(default_factory=dict)
+    note: str | None = None
     outcome_decided_at: datetime
     compared_at: datetime
 

@@ -8,7 +8,7 @@ Markdown renderings read::
     {"generated_at", "store", "options",
      "candidates": [{"name", "version", "verdict", "agreement", "over_time",
                      "segments", "confusion", "fields", "coverage", "latency",
-                     "errors", "cost", "disagreements"}],
+                     "errors", "violations", "cost", "disagreements"}],
      "human_baseline", "rollout", "legacy"}
 
 Definitions a reader of the numbers needs:
@@ -30,6 +30,14 @@ Definitions a reader of the numbers needs:
 - ``redact`` paths are dotted and relative to the payload (``requester.email``
   means ``payload["requester"]["email"]``); through a list the path applies to
   every element. Only ``disagreements[*].payload`` carries payloads.
+- ``violations`` counts hard-constraint violations (``shadow.constraints``) of
+  the predictions that were checked, i.e. did not error. ``rate`` is violating
+  predictions over checked ones; each of ``kinds`` is one check (the first word
+  of a violation text) with the predictions it caught (``predictions``, and
+  their share of the checked ones) and its violation texts (``count``).
+  ``examples`` are the most recent violating predictions with their texts, no
+  payload and no output; a text that quotes a value found at a ``redact`` path
+  of its event's payload has that value replaced by ``[redacted]``.
 - The human baseline looks at keys with outcomes from more than one distinct
   actor: each outcome whose previous outcome (by ``decided_at``) came from a
   different actor makes a pair, agreeing when the two are the same JSON text.
@@ -48,6 +56,7 @@ from typing import Any
 import orjson
 
 from shadow.models import utc_now
+from shadow.redaction import redact, redact_text, redact_within
 from shadow.report import build_report
 from shadow.stats import wilson
 from shadow.store import Store
@@ -60,7 +69,6 @@ LATENCY_BOUNDS_MS = tuple(
 ) + (1_000_000.0,)
 """Upper bounds of the latency buckets, 0.1 ms to 1,000 s."""
 MAX_LABELS = 12
-REDACTED = "[redacted]"
 DAYS_PER_MONTH = 30
 
 
@@ -86,6 +94,11 @@ class OwnerOptions:
     redact: tuple[str, ...] = ()
     """Dotted paths relative to the payload, e.g. ``requester.email``."""
     top_disagreements: int = 20
+    max_violation_rate: float | None = None
+    """Share of checked predictions allowed to violate a hard constraint; no verdict line
+    when unset."""
+    top_violations: int = 10
+    """How many recent violating predictions to show as examples."""
     prediction_label: str | None = None
     """Dotted path to the label inside outputs, for the confusion matrix (whole output if unset)."""
     outcome_label: str | None = None
@@ -93,11 +106,12 @@ class OwnerOptions:
     now: Callable[[], datetime] = field(default=utc_now, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "max_error_rate", "segment_floor"):
+        for name in ("threshold", "max_error_rate", "segment_floor", "max_violation_rate"):
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {value}")
-        for name in ("min_compared", "segment_min_samples", "top_disagreements"):
+        for name in ("min_compared", "segment_min_samples", "top_disagreements",
+                     "top_violations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("max_p95_latency_ms", "daily_volume"):
@@ -146,6 +160,7 @@ def _candidate(q: _Queries, options: OwnerOptions, key: Key, base: dict[str, Any
     errors = {"rate": base["errors"] / base["predictions"], "count": base["errors"],
               "kinds": q.error_kinds.get(key, [])}
     cost = _cost(base, options.daily_volume)
+    violations = _violations(q, options, key)
     report = {
         "name": key[0], "version": key[1],
         "agreement": agreement,
@@ -156,11 +171,14 @@ def _candidate(q: _Queries, options: OwnerOptions, key: Key, base: dict[str, Any
         "coverage": q.coverage.get(key),
         "latency": latency,
         "errors": errors,
+        "violations": violations,
         "cost": cost,
         "disagreements": q.disagreements.get(key, []),
         "predictions": base["predictions"],
     }
     checks = _checks(options, agreement, errors, latency, cost, segments, state)
+    if options.max_violation_rate is not None:
+        checks.insert(3, _violation_check(violations, options.max_violation_rate))
     return {**report, "verdict": {"status": _status(checks), "checks": checks}}
 
 
@@ -200,6 +218,16 @@ def _checks(options: OwnerOptions, agreement: dict[str, Any], errors: dict[str, 
     ]
 
 
+def _violation_check(violations: dict[str, Any], budget: float) -> dict[str, Any]:
+    checked, violating, rate = violations["checked"], violations["violating"], violations["rate"]
+    if rate is None:
+        return _check("violation rate", None, None, budget, "no checked predictions yet")
+    kinds = ", ".join(f"{k['check']} {k['predictions']:,}" for k in violations["kinds"][:3])
+    return _check("violation rate", rate <= budget, rate, budget,
+                  f"{violating:,} of {checked:,} checked outputs ({rate:.2%}) violated a hard "
+                  f"constraint, budget {budget:.2%}" + (f"; most: {kinds}" if kinds else ""))
+
+
 def _rollout_check(state: dict[str, Any] | None) -> dict[str, Any]:
     if state is None:
         return _check("rollout state", None, None, None, "no rollout")
@@ -219,6 +247,16 @@ def _status(checks: list[dict[str, Any]]) -> str:
 
 
 # -- shaping -----------------------------------------------------------------
+
+
+def _violations(q: _Queries, options: OwnerOptions, key: Key) -> dict[str, Any]:
+    checked, violating = q.violation_counts.get(key, (0, 0))
+    kinds = [{**kind, "rate": kind["predictions"] / checked}
+             for kind in q.violation_kinds.get(key, [])]
+    return {"checked": checked, "violating": violating,
+            "rate": violating / checked if checked else None,
+            "threshold": options.max_violation_rate, "kinds": kinds,
+            "examples": q.violation_examples.get(key, [])}
 
 
 def _interval(agreed: int, n: int) -> dict[str, float | None]:
@@ -245,26 +283,6 @@ def _cost(base: dict[str, Any], full: float | None) -> dict[str, Any]:
         "per_day_10x": day(current * 10), "per_month_10x": month(current * 10),
         "daily_volume_full": full, "per_day_full": day(full), "per_month_full": month(full),
     }
-
-
-def redact(payload: Any, paths: Iterable[str]) -> Any:
-    """A copy of ``payload`` with the value at each dotted path replaced by ``[redacted]``.
-
-    >>> redact({"a": {"b": 1, "c": 2}}, ["a.b"])
-    {'a': {'b': '[redacted]', 'c': 2}}
-    """
-    for path in paths:
-        payload = _redact(payload, path.split("."))
-    return payload
-
-
-def _redact(value: Any, parts: list[str]) -> Any:
-    if isinstance(value, list):
-        return [_redact(item, parts) for item in value]
-    if not isinstance(value, dict) or parts[0] not in value:
-        return value
-    head, rest = parts[0], parts[1:]
-    return {**value, head: _redact(value[head], rest) if rest else REDACTED}
 
 
 def _json_path(dotted: str | None) -> str:
@@ -460,13 +478,57 @@ class _Queries:
             "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
             "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
         out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        paths = self.options.redact
         for c, v, event_id, key, segment, payload, output, outcome, decided_at in rows:
+            loaded = _loads(payload)
             out[(c, v)].append({
                 "event_id": event_id, "key": key, "segment": _loads(segment),
-                "payload": redact(_loads(payload), self.options.redact),
-                "output": _loads(output), "outcome": _loads(outcome),
+                "payload": redact(loaded, paths),
+                "output": redact_within(_loads(output), loaded, paths),
+                "outcome": redact_within(_loads(outcome), loaded, paths),
                 "decided_at": decided_at.isoformat(),
             })
+        return out
+
+    @cached_property
+    def violation_counts(self) -> dict[Key, tuple[int, int]]:
+        rows = self._rows(
+            "SELECT candidate, version, count(*), count(*) FILTER (WHERE len(violations) > 0) "
+            "FROM predictions WHERE error_type IS NULL GROUP BY ALL")
+        return {(c, v): (checked, violating) for c, v, checked, violating in rows}
+
+    @cached_property
+    def violation_kinds(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, "
+            "  count(DISTINCT event_id) AS caught, count(*) "
+            "FROM (SELECT candidate, version, event_id, unnest(violations) AS v "
+            "  FROM predictions WHERE error_type IS NULL AND len(violations) > 0) "
+            "GROUP BY ALL ORDER BY caught DESC, check_name")
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, check, caught, n in rows:
+            out[(c, v)].append({"check": check, "predictions": caught, "count": n})
+        return out
+
+    @cached_property
+    def violation_examples(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT p.candidate, p.version, e.event_id, e.key, e.occurred_at, p.violations, "
+            "  e.payload "
+            "FROM predictions p JOIN events e USING (event_id) "
+            "WHERE p.error_type IS NULL AND len(p.violations) > 0 "
+            "QUALIFY row_number() OVER (PARTITION BY p.candidate, p.version "
+            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
+            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_violations])
+        paths = self.options.redact
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, event_id, key, occurred_at, texts, payload in rows:
+            shown = list(texts)
+            if paths:
+                loaded = _loads(payload)
+                shown = [redact_text(text, loaded, paths) for text in shown]
+            out[(c, v)].append({"event_id": event_id, "key": key,
+                                "occurred_at": occurred_at.isoformat(), "violations": shown})
         return out
 
     def human_baseline(self) -> dict[str, Any] | None:

@@ -161,6 +161,20 @@ def _owner_check(check: dict[str, Any]) -> str:
     return f"- {_MARK[check['status']]} **{check['name']}**: {check['detail']}"
 
 
+def _violations_line(violations: dict[str, Any] | None) -> str:
+    """Hard constraints in one line: the share of checked outputs caught, and by which check."""
+    if not violations or not violations["checked"]:
+        return "Hard constraints: no checked outputs."
+    checked, violating = violations["checked"], violations["violating"]
+    line = (f"Hard constraints: {100 * violations['rate']:.2f} % of checked outputs violated one "
+            f"({violating:,} of {checked:,})")
+    if violations["threshold"] is not None:
+        line += f", budget {100 * violations['threshold']:.2f} %"
+    kinds = "; ".join(f"{k['check']} {k['predictions']:,} ({100 * k['rate']:.2f} %)"
+                      for k in violations["kinds"])
+    return line + (f": {kinds}." if kinds else ".")
+
+
 def owner_markdown(report: dict[str, Any]) -> str:
     """The owner's verdict, checklist and key numbers per candidate, for a ticket or chat."""
     lines = ["# Readiness report", ""]
@@ -177,6 +191,7 @@ def owner_markdown(report: dict[str, Any]) -> str:
             f"per month {_money(cost['per_month_current'])} now, "
             f"{_money(cost['per_month_10x'])} at 10x, {_money(cost['per_month_full'])} at full.",
         ]
+        lines.append(_violations_line(candidate.get("violations")))
         below = [s for s in candidate["segments"] if s["below_floor"]]
         if below:
             lines.append("Below floor: " + ", ".join(

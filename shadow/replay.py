@@ -141,7 +141,8 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
     lines = [
         f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
         f" + duplicates {s.duplicates:,} + dead letters {s.dead_letters:,}",
-        f"predictions     {s.predictions:>10,}   errors {s.prediction_errors:,}",
+        f"predictions     {s.predictions:>10,}   errors {s.prediction_errors:,}"
+        + (f"   violating a check {s.violations:,}" if s.violations else ""),
     ]
     if s.already_stored:
         lines.insert(1, f"{'':>29}of the duplicates, {s.already_stored:,} were already stored "
@@ -157,6 +158,9 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
         lines.append(f"routed live     {s.live:>10,}   published {s.published:,}")
     rate = f"{100 * s.agreed / s.compared:.1f} % agree" if s.compared else "nothing new to compare"
     lines.append(f"compared        {s.compared:>10,}   {rate}")
+    if s.deferred:
+        lines.append(f"not judged yet  {s.deferred:>10,}   the comparator could not judge them "
+                     "now; they are compared at the next run")
     lines.append(f"took {s.seconds:.1f} s")
     if request is not None and request.db is not None:
         lines.append(f"next: shadow report --db {request.db}")

@@ -42,12 +42,14 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
         gates.max_p95_latency_ms if gates is not None else None)
     floor = spec.segment_floor if spec.segment_floor is not None else (
         gates.segments.floor if gates is not None else None)
+    violations = spec.max_violation_rate if spec.max_violation_rate is not None else (
+        gates.max_violation_rate if gates is not None else None)
     comparator = config.comparator
     return OwnerOptions(
         threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
         segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
-        top_disagreements=spec.top_disagreements,
+        top_disagreements=spec.top_disagreements, max_violation_rate=violations,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
         now=now)
 

@@ -51,12 +51,17 @@ class ReplaySummary:
     dead_letters: int = 0
     predictions: int = 0
     prediction_errors: int = 0
+    violations: int = 0
+    """Predictions that broke a candidate's hard-constraint checks (stored, never published)."""
     outcomes_read: int = 0
     outcomes_stored: int = 0
     outcome_duplicates: int = 0
     outcome_dead_letters: int = 0
     compared: int = 0
     agreed: int = 0
+    deferred: int = 0
+    """Pending predictions left pending because the comparator could not judge them now
+    (an unreachable judge); they are compared at the next compare. Not in ``compared``."""
     retried: int = 0
     """Errored predictions made again (``--retry-errors``); counted in ``predictions`` too."""
     live: int = 0
@@ -225,6 +230,7 @@ class Replay:
         s.dead_letters += len(dead)
         s.predictions += len(batch.predictions)
         s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
+        s.violations += sum(1 for p in batch.predictions if p.violations)
         return batch, None
 
     def _classify(
@@ -282,6 +288,7 @@ class Replay:
             s.retried += len(predictions)
             s.predictions += len(predictions)
             s.prediction_errors += sum(1 for p in predictions if p.error is not None)
+            s.violations += sum(1 for p in predictions if p.violations)
 
     def _prepare_outcomes(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         mapped, dead = map_records(records, self.outcome_mapper, RecordKind.OUTCOME, self.now())
@@ -333,6 +340,25 @@ def _collect_between_batches() -> Iterator[None]:
             gc.enable()
 
 
+MAX_CONSECUTIVE_DEFERRALS = 5
+"""After this many deferred judgements in a row, a compare run stops asking the
+comparator and defers the rest of its pending predictions: a judge that is down
+is not called once per prediction (each call with its own retries)."""
+
+
+@dataclass(slots=True)
+class _Deferrals:
+    """The deferred judgements of one compare run."""
+
+    count: int = 0
+    in_a_row: int = 0
+    last_note: str | None = None
+
+    @property
+    def giving_up(self) -> bool:
+        return self.in_a_row >= MAX_CONSECUTIVE_DEFERRALS
+
+
 def compare(
     store: Store,
     comparator: Comparator,
@@ -342,25 +368,50 @@ def compare(
 ) -> int:
     """Compare every pending prediction with the final outcome of its key.
 
+    A deferred judgement (:meth:`shadow.comparators.Judgement.defer`: the judge
+    could not be asked) writes nothing, so its prediction stays pending for the
+    next run; after :data:`MAX_CONSECUTIVE_DEFERRALS` in a row the rest of this
+    run is deferred without asking. Deferrals are counted in
+    ``summary.deferred`` and logged as one warning per run.
+
     Returns how many comparisons were (re)made.
     """
     made = 0
+    deferrals = _Deferrals()
     for chunk in store.pending_comparisons(comparator.name):
         compared_at = now()
-        comparisons = list(_judge(chunk, comparator, compared_at))
+        comparisons = list(_judge(chunk, comparator, compared_at, deferrals))
         store.write_comparisons(comparisons)
         made += len(comparisons)
         if summary is not None:
             summary.compared += len(comparisons)
             summary.agreed += sum(c.agree for c in comparisons)
+    if summary is not None:
+        summary.deferred += deferrals.count
+    if deferrals.count:
+        log.warning("comparisons deferred", comparator=comparator.name,
+                    deferred=deferrals.count, compared=made,
+                    gave_up=deferrals.giving_up, last_error=deferrals.last_note)
     return made
 
 
-def _judge(chunk: Iterable[Any], comparator: Comparator, at: datetime) -> Iterable[Comparison]:
+def _judge(
+    chunk: Iterable[Any], comparator: Comparator, at: datetime, deferrals: _Deferrals
+) -> Iterable[Comparison]:
+    """The comparisons of a chunk; deferred items yield nothing and are counted."""
     for item in chunk:
+        if deferrals.giving_up:
+            deferrals.count += 1
+            continue
         judgement = comparator.compare(item.output, item.outcome)
+        if judgement.deferred:
+            deferrals.count += 1
+            deferrals.in_a_row += 1
+            deferrals.last_note = judgement.note
+            continue
+        deferrals.in_a_row = 0
         yield Comparison(
             event_id=item.event_id, candidate=item.candidate, version=item.version,
             comparator=comparator.name, agree=judgement.agree, fields=judgement.fields,
-            outcome_decided_at=item.decided_at, compared_at=at,
+            note=judgement.note, outcome_decided_at=item.decided_at, compared_at=at,
         )

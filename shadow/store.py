@@ -326,7 +326,10 @@ class Store:
                 db.unregister(name)
 
     def write_comparisons(self, comparisons: Sequence[Comparison]) -> None:
-        """Replace the comparisons of these predictions, in one transaction."""
+        """Replace the comparisons of these predictions, in one transaction.
+
+        Each is stored with its ``note`` (``NULL`` when the comparator gave none).
+        """
         if not comparisons:
             return
         rows = pa.table({
@@ -335,6 +338,7 @@ class Store:
             "version": pa.array([c.version for c in comparisons], pa.string()),
             "comparator": [c.comparator for c in comparisons],
             "agree": pa.array([c.agree for c in comparisons], pa.bool_()),
+            "note": pa.array([c.note for c in comparisons], pa.string()),
             "outcome_decided_at": pa.array([c.outcome_decided_at for c in comparisons], _TS),
             "compared_at": pa.array([c.compared_at for c in comparisons], _TS),
         })

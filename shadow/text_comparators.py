@@ -11,7 +11,10 @@ All three take their text after the spec's ``prediction_path`` and
 ``outcome_path``. ``similarity`` and ``semantic`` need a string on both sides
 (anything else disagrees with a note); ``judge`` accepts any JSON value. The
 note of a judgement carries the score (``f1=0.667``, ``cosine=0.913``) or the
-judge's reason. In the configuration file::
+judge's reason, and is stored with the comparison. When the judge cannot be
+asked or gives no usable answer, its judgement is deferred (no verdict, nothing
+stored) and the prediction is judged again at the next compare. In the
+configuration file::
 
     comparators:
       lexical: {kind: similarity, metric: rouge_l, threshold: 0.6, prediction_path: reply}
@@ -28,7 +31,7 @@ judge's reason. In the configuration file::
 >>> from shadow.config import parse_config
 >>> spec = parse_config({"comparator": {"kind": "similarity", "threshold": 0.5}}).comparator
 >>> build_text_comparator(spec).compare("Your refund is on its way", "the refund is on the way")
-Judgement(agree=True, fields={}, note='f1=0.667')
+Judgement(agree=True, fields={}, note='f1=0.667', deferred=False)
 """
 
 from __future__ import annotations
@@ -270,12 +273,15 @@ class JudgeError(ShadowError):
 class _Judge(_SpecComparator):
     """Asks the model once per distinct (model, rubric, output, outcome).
 
-    A call that fails after its retries, or an answer without a verdict,
-    disagrees with the note ``judge failed: ...`` and logs a warning; failures
-    are not cached, but the stored comparison is not redone on its own (change
-    the configuration, or delete the comparisons, to ask again). An
-    ``api_key_env`` that is not set raises :class:`ConfigError` at the first
-    call: a configuration mistake, not a per-item failure.
+    A call that fails after its retries, an answer without a verdict, or a
+    cache that cannot be read or written gives :meth:`Judgement.defer` with the
+    note ``judge failed: ...``: no verdict, so nothing is stored or cached and
+    the next compare asks again (:func:`shadow.runner.compare` also stops
+    asking for the rest of a run after several failures in a row, and logs
+    them). A prediction or outcome that cannot be serialised to JSON for the
+    prompt can never be judged: it disagrees with a note. An ``api_key_env``
+    that is not set raises :class:`ConfigError` at the first call: a
+    configuration mistake, not a per-item failure.
     """
 
     def __init__(self, spec: JudgeSpec, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -303,9 +309,14 @@ class _Judge(_SpecComparator):
             judgement = self._ask(output, outcome)
             self._remember(key, judgement)
             return judgement
-        except (JudgeError, TypeError, sqlite3.Error) as exc:
+        except (JudgeError, sqlite3.Error) as exc:
+            # A warning per item would flood the log during an outage: the runner
+            # logs one per compare run with the count and the last error.
+            log.debug("judge_failed", comparator=self.name, url=self._url, error=str(exc))
+            return Judgement.defer(f"judge failed: {exc}")
+        except TypeError as exc:  # orjson: a value that is not JSON, now or ever
             log.warning("judge_failed", comparator=self.name, url=self._url, error=str(exc))
-            return Judgement(False, {}, f"judge failed: {exc}")
+            return Judgement(False, {}, f"judge failed: cannot show the values: {exc}")
 
     def _key(self, output: Any, outcome: Any) -> str:
         content = [self._spec.model, self._rubric, output, outcome]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,18 @@ def test_a_bad_verdict_line_is_a_usage_error(tmp_path: Path, line: str) -> None:
 def test_kappa_is_undefined_when_both_always_say_same() -> None:
     result = measure(10, 0, 0, 0)
     assert result.accuracy == 1.0 and result.kappa is None
+
+
+def test_a_judge_that_cannot_be_reached_fails_the_run_instead_of_counting_as_different(
+    tmp_path: Path, verdicts: Path,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "shadow.yaml").write_text(
+        f"version: 1\ncomparator: {{kind: judge, base_url: 'http://127.0.0.1:{port}/v1', "
+        "model: m, max_attempts: 1, timeout_s: 2, cache: false}\n", encoding="utf-8")
+    done = run(tmp_path, str(verdicts), "--config", "shadow.yaml")
+    assert done.returncode == 1, done.stderr
+    assert "the comparator gave no verdict" in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""

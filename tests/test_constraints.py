@@ -24,6 +24,7 @@ from shadow.constraints import Checks, luhn
 from shadow.errors import ConfigError
 from shadow.metrics import render_metrics
 from shadow.models import Event, Prediction, PredictionError
+from shadow.replay import describe
 from shadow.report import build_report
 from shadow.runner import Replay, compare
 from shadow.store import Store
@@ -262,8 +263,10 @@ def test_violations_are_stored_reported_and_exported_as_metrics(tmp_path: Path) 
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     with Store(tmp_path / "s.duckdb") as store:
         with candidate() as c:
-            Replay(store, c, comparator, batch_size=30, now=clock).run(
+            summary = Replay(store, c, comparator, batch_size=30, now=clock).run(
                 [ListSource(events(100))], [ListSource(outcomes(100))])
+        assert summary.violations == 20
+        assert "violating a check 20" in describe(summary)
         rows = store.db.execute(
             "SELECT event_id, violations FROM predictions WHERE violations IS NOT NULL "
             "ORDER BY CAST(substr(event_id, 2) AS INTEGER)").fetchall()
@@ -298,7 +301,9 @@ def test_retried_predictions_are_checked_too(tmp_path: Path) -> None:
             replay.run([ListSource(events(10))])
             assert store.db.execute("SELECT count(violations) FROM predictions").fetchall() \
                 == [(0,)]  # errored predictions are not checked
-            Replay(store, c, comparator, batch_size=10, now=ticking()).run([], retry_errors=True)
+            retried = Replay(store, c, comparator, batch_size=10, now=ticking()).run(
+                [], retry_errors=True)
+            assert retried.violations == 10
         assert store.db.execute(
             "SELECT count(*) FROM predictions WHERE violations = "
             "['labels output.category=\"sales\" is not an allowed label']").fetchall() == [(10,)]

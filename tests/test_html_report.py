@@ -63,6 +63,15 @@ def candidate(name: str = "triage-llm", status: str = "not_ready") -> dict[str, 
                  "per_day_current": 4.2, "per_month_current": 126.0, "per_day_10x": 42.0,
                  "per_month_10x": 1260.0, "daily_volume_full": 250000, "per_day_full": 1050.0,
                  "per_month_full": 31500.0},
+        "violations": {"checked": 1185, "violating": 5, "rate": 5 / 1185, "threshold": 0.01,
+                       "kinds": [{"check": "pii:email", "predictions": 4, "count": 4,
+                                  "rate": 4 / 1185},
+                                 {"check": "tone", "predictions": 1, "count": 1,
+                                  "rate": 1 / 1185}],
+                       "examples": [{"event_id": "ev-9", "key": "case-9",
+                                     "occurred_at": "2024-06-04T08:00:00+00:00",
+                                     "violations": ["pii:email matched at output.reply",
+                                                    f"tone said {EVIL}"]}]},
         "disagreements": [{"event_id": "ev-1", "key": "case-1", "segment": {"region": "us"},
                            "payload": {"text": EVIL, "email": "[redacted]"},
                            "output": {"label": "approve"}, "outcome": {"label": "reject"},
@@ -187,6 +196,30 @@ def test_strings_from_the_data_are_escaped() -> None:
     assert "<script>" not in document
     assert "&lt;script&gt;" in document
     assert EVIL in page.all_text  # shown to the reader as text
+
+
+def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
+    report = sample_report()
+    first = report["candidates"][0]
+    first["errors"]["kinds"][1]["example"] = "bad value"  # only the violations carry EVIL
+    first["disagreements"][0]["payload"]["text"] = "hello"
+    report["candidates"] = [first]
+    document = to_html(report)
+    page = parse(document)
+    assert page.script_tags == 0 and "<script>" not in document
+    assert f"tone said {EVIL}" in page.all_text
+    assert "tone said &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in document
+    assert "<h3>Hard-constraint violations</h3>" in document
+    assert "<strong>0.42 %</strong> of checked outputs violated a hard constraint" in document
+    assert "(5 of 1,185 checked;" in document
+    assert 'Budget 1.00 %: <span class="pass">PASS</span>' in document
+    assert ('<td>pii:email</td><td class="num">4</td><td class="num">0.34 %</td>'
+            '<td class="num">4</td>') in document
+    assert "<td>0.42 %</td>" not in document and '<td class="num">0.42 %</td>' in document
+    first["violations"]["threshold"] = 0.004
+    assert 'Budget 0.40 %: <span class="fail">FAIL</span>' in to_html(report)
+    first["violations"]["threshold"] = None
+    assert "Budget" not in to_html(report)
 
 
 def test_payload_is_pretty_json_in_pre() -> None:

@@ -512,3 +512,25 @@ def test_markdown_has_verdicts_checklist_and_numbers(store: Store) -> None:
     assert f"cost/decision {a['cost']['per_decision']:,.6f}" in text
     assert f"{a['cost']['per_month_current']:,.2f} now" in text
     assert len(text.splitlines()) <= 40
+
+
+def test_a_redacted_value_echoed_in_output_or_outcome_is_redacted_there_too(
+    tmp_path: Path,
+) -> None:
+    def echo(event: Event) -> dict[str, Any]:
+        return {"label": "billing", "reply": f"Dear {event.payload['requester']['email']}"}
+
+    email = "ana.lima@example.com"
+    event = {"event_id": "e1", "key": "t1", "occurred_at": START.isoformat(),
+             "payload": {"requester": {"email": email, "id": 4021}}}
+    outcome = {"key": "t1", "decided_at": (START + timedelta(hours=1)).isoformat(),
+               "outcome": {"label": "refund", "note": f"wrote to {email} (id 4021)"}}
+    with Store(tmp_path / "store.duckdb") as store:
+        Replay(store, CallableCandidate(echo, name="echo"),
+               build_comparator(ExactSpec(prediction_path="label", outcome_path="label"))).run(
+            [ListSource([event], name="events")], [ListSource([outcome], name="outcomes")])
+        options = ready_options(redact=("requester.email", "requester.id"))
+        [shown] = candidate(build_owner_report(store, options), "echo")["disagreements"]
+    assert shown["payload"] == {"requester": {"email": "[redacted]", "id": "[redacted]"}}
+    assert shown["output"] == {"label": "billing", "reply": "Dear [redacted]"}
+    assert shown["outcome"] == {"label": "refund", "note": "wrote to [redacted] (id [redacted])"}

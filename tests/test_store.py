@@ -13,7 +13,7 @@ import pytest
 
 from shadow.errors import StoreError
 from shadow.migrations import MIGRATIONS
-from shadow.models import DeadLetter, Outcome, RecordKind
+from shadow.models import Comparison, DeadLetter, Outcome, RecordKind
 from shadow.store import Duplicate, Store, WriteBatch
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -228,3 +228,47 @@ def test_a_reader_of_an_older_store_upgrades_it_first(tmp_path: Path) -> None:
         version = store.db.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
 
     assert (abstained, version) == (0, MIGRATIONS[-1][0])
+
+
+def make_version_5_store(path: Path) -> None:
+    """A store as the release before comparison notes left it, with one comparison."""
+    db = duckdb.connect(str(path))
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
+               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+    for version, statements in MIGRATIONS:
+        if version <= 5:
+            for statement in statements:
+                db.execute(statement)
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+    db.execute(
+        "INSERT INTO comparisons (event_id, candidate, version, comparator, agree, "
+        "outcome_decided_at, compared_at) VALUES ('e1', 'c', '1', 'exact:x', true, ?, ?)",
+        [NOW, NOW])
+    db.close()
+
+
+def test_a_version_5_store_gains_comparison_notes_and_keeps_its_comparisons(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v5.duckdb"
+    make_version_5_store(path)
+
+    with Store(path) as store:
+        before = store.db.execute(
+            "SELECT event_id, agree, note FROM comparisons").fetchall()
+        store.write_comparisons([Comparison(
+            event_id="e2", candidate="c", version="1", comparator="similarity:x",
+            agree=False, note="f1=0.250", outcome_decided_at=NOW, compared_at=NOW)])
+        after = store.db.execute(
+            "SELECT event_id, agree, note FROM comparisons ORDER BY event_id").fetchall()
+
+    assert before == [("e1", True, None)]
+    assert after == [("e1", True, None), ("e2", False, "f1=0.250")]
+    assert versions(path) == [version for version, _ in MIGRATIONS]
+
+
+def test_a_comparison_without_a_note_is_stored_with_null(store: Store) -> None:
+    store.write_comparisons([Comparison(
+        event_id="e1", candidate="c", comparator="exact:x", agree=True,
+        outcome_decided_at=NOW, compared_at=NOW)])
+    assert store.db.execute("SELECT note FROM comparisons").fetchall() == [(None,)]

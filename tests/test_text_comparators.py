@@ -24,7 +24,8 @@ from shadow.comparators import Comparator, Judgement, build_comparator
 from shadow.config import parse_config
 from shadow.errors import ConfigError
 from shadow.models import Event
-from shadow.runner import Replay, compare
+from shadow.replay import describe
+from shadow.runner import MAX_CONSECUTIVE_DEFERRALS, Replay, ReplaySummary, compare
 from shadow.store import Store
 from shadow.text_comparators import DEFAULT_RUBRIC, f1_score, rouge_l, tokens
 from tests.http_server import Reply, Request, TestServer
@@ -324,18 +325,18 @@ def test_without_the_cache_every_comparison_asks(server: TestServer, tmp_path: P
     assert not (tmp_path / "judge.sqlite").exists()
 
 
-def test_a_failing_judge_disagrees_with_a_note_logs_and_is_not_cached(tmp_path: Path) -> None:
+def test_a_failing_judge_defers_with_a_note_and_is_not_cached(tmp_path: Path) -> None:
     with TestServer(lambda request: Reply(status=400, body="bad request")) as server:
         judge = comparator(**judge_spec(server, tmp_path))
         with capture_logs() as logs:
             judged = judge.compare("a", "b")
         judge.compare("a", "b")
         assert len(server.requests) == 2  # one attempt each: a 400 is not retried
-    assert not judged.agree and judged.fields == {}
+    assert judged.deferred and not judged.agree and judged.fields == {}
     assert judged.note is not None and judged.note.startswith("judge failed: ")
     assert "answered 400" in judged.note
-    assert [entry["event"] for entry in logs] == ["judge_failed"]
-    assert logs[0]["log_level"] == "warning"
+    # no warning per item: the runner warns once per compare run
+    assert [entry for entry in logs if entry["log_level"] == "warning"] == []
 
 
 def test_a_server_error_is_retried(tmp_path: Path) -> None:
@@ -346,23 +347,34 @@ def test_a_server_error_is_retried(tmp_path: Path) -> None:
     assert judged == Judgement(True, {}, "ok")
 
 
-def test_a_reply_without_a_verdict_is_a_failure(tmp_path: Path) -> None:
+def test_a_reply_without_a_verdict_is_deferred(tmp_path: Path) -> None:
     reply = completion('{"verdict": "maybe", "reason": "unsure"}')
     with TestServer(lambda request: reply) as server, capture_logs():
         judged = comparator(**judge_spec(server, tmp_path)).compare("a", "b")
-    assert not judged.agree
+    assert judged.deferred and not judged.agree
     assert judged.note is not None and "no agree/disagree verdict" in judged.note
 
 
-def test_an_unreachable_judge_is_a_failure_not_an_exception(tmp_path: Path) -> None:
+def test_an_unreachable_judge_defers_rather_than_raising(tmp_path: Path) -> None:
     with TestServer(judge_server) as server:
         url = server.url
     spec = {"kind": "judge", "base_url": url + "/v1", "model": "m", "max_attempts": 1,
             "cache_path": str(tmp_path / "judge.sqlite")}
     with capture_logs():
         judged = comparator(**spec).compare("a", "b")
-    assert not judged.agree and judged.note is not None
+    assert judged.deferred and judged.note is not None
     assert judged.note.startswith("judge failed: ")
+
+
+def test_a_deferred_field_defers_the_whole_prediction(tmp_path: Path) -> None:
+    with TestServer(lambda request: Reply(status=400)) as server:
+        fields = comparator(kind="fields", fields={
+            "category": {"kind": "exact"}, "reply": judge_spec(server, tmp_path)})
+        with capture_logs():
+            judged = fields.compare({"category": "billing", "reply": "a"},
+                                    {"category": "bug", "reply": "b"})
+    assert judged.deferred and judged.fields == {}
+    assert judged.note is not None and judged.note.startswith("reply: judge failed: ")
 
 
 def test_a_missing_api_key_variable_is_a_config_error(server: TestServer, tmp_path: Path,
@@ -419,3 +431,89 @@ def test_a_replay_compares_drafted_replies_by_similarity(tmp_path: Path) -> None
             "SELECT event_id FROM comparisons WHERE comparator = ? AND agree ORDER BY event_id",
             [rouge.name]).fetchall()
         assert agreed == [("e0",)]
+
+
+def reply_inputs(replies: dict[int, tuple[str, str]]) -> tuple[ListSource, ListSource]:
+    """Events whose payload is the drafted reply, and the reply the human sent."""
+    events = [{"event_id": f"e{i}", "key": f"t{i}", "occurred_at": START.isoformat(),
+               "payload": {"reply": draft}} for i, (draft, _) in replies.items()]
+    outcomes = [{"key": f"t{i}", "outcome": sent, "decided_at": START.isoformat()}
+                for i, (_, sent) in replies.items()]
+    return ListSource(events), ListSource(outcomes)
+
+
+def echo(event: Event) -> dict[str, Any]:
+    return dict(event.payload)
+
+
+def test_the_similarity_score_is_stored_as_the_comparisons_note(tmp_path: Path) -> None:
+    similarity = comparator(kind="similarity", metric="f1", threshold=0.5,
+                            prediction_path="reply")
+    # F1 by hand, as in the replay test above: e0 4 common tokens of 5 and 5; e1 5 common
+    # of 6 and 7; e2 nothing in common.
+    f1 = {"e0": 0.8, "e1": 2 * (5 / 6) * (5 / 7) / (5 / 6 + 5 / 7), "e2": 0.0}
+    with Store(tmp_path / "s.duckdb") as store:
+        with CallableCandidate(echo, name="drafter", version="1") as candidate:
+            events, outcomes = reply_inputs(REPLIES)
+            Replay(store, candidate, similarity, now=lambda: START).run([events], [outcomes])
+        notes = store.db.execute(
+            "SELECT event_id, note FROM comparisons ORDER BY event_id").fetchall()
+    assert notes == [("e0", "f1=0.800"), ("e1", "f1=0.769"), ("e2", "f1=0.000")]
+    assert notes == [(event, f"f1={score:.3f}") for event, score in f1.items()]
+
+
+class SwitchableJudge:
+    """Answers 503 (retry at once) while ``down``, then like :func:`judge_server`."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def __call__(self, request: Request) -> Reply:
+        if self.down:
+            return Reply(status=503, body="overloaded", headers={"retry-after": "0"})
+        return judge_server(request)
+
+
+def test_a_judge_outage_leaves_predictions_pending_until_the_judge_answers(
+    tmp_path: Path,
+) -> None:
+    replies = {i: (f"reply number {i}" + (" is wrong" if i % 3 == 0 else ""), f"reply {i}")
+               for i in range(2 * MAX_CONSECUTIVE_DEFERRALS + 1)}
+    expected = sorted(
+        (f"e{i}", "wrong" not in draft,
+         "the same meaning" if "wrong" not in draft else "a different answer")
+        for i, (draft, _) in replies.items())
+    switch = SwitchableJudge()
+    with TestServer(switch) as server, Store(tmp_path / "s.duckdb") as store:
+        judge = comparator(**judge_spec(server, tmp_path, max_attempts=2,
+                                        prediction_path="reply"))
+        with CallableCandidate(echo, name="drafter", version="1") as candidate, \
+                capture_logs() as logs:
+            events, outcomes = reply_inputs(replies)
+            first = Replay(store, candidate, judge, now=lambda: START).run([events], [outcomes])
+
+        # Two attempts for each of the first failures in a row, then no more calls.
+        assert len(server.requests) == 2 * MAX_CONSECUTIVE_DEFERRALS
+        assert (first.compared, first.agreed, first.deferred) == (0, 0, len(replies))
+        assert f"not judged yet  {len(replies):>10,}" in describe(first)
+        assert store.count("comparisons") == 0
+        pending = [item for chunk in store.pending_comparisons(judge.name) for item in chunk]
+        assert sorted(item.event_id for item in pending) == [e for e, _, _ in expected]
+        warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+        assert [(w["event"], w["deferred"], w["compared"]) for w in warnings] == [
+            ("comparisons deferred", len(replies), 0)]
+        assert "answered 503 (after 2 attempt(s))" in warnings[0]["last_error"]
+
+        switch.down = False
+        second = ReplaySummary()
+        with capture_logs() as logs:
+            assert compare(store, judge, second, now=lambda: START) == len(replies)
+
+        assert len(server.requests) == 2 * MAX_CONSECUTIVE_DEFERRALS + len(replies)
+        assert (second.compared, second.deferred) == (len(replies), 0)
+        assert second.agreed == sum(agree for _, agree, _ in expected)
+        assert [entry for entry in logs if entry["log_level"] == "warning"] == []
+        rows = store.db.execute(
+            "SELECT event_id, agree, note FROM comparisons ORDER BY event_id").fetchall()
+        assert rows == expected
+        assert list(store.pending_comparisons(judge.name)) == []
