@@ -26,9 +26,9 @@ additionally runs under cProfile (slower: use a small ``--events``), and the
 top functions are printed.
 
 ``check_crcs`` is a setting of its own because kafka-python verifies each
-record batch's CRC-32C in pure Python unless the optional ``crc32c`` package
-is installed (about 5 MB/s here); with it on, both consumers spend most of
-their time there.
+record batch's CRC-32C, in C with the ``crc32c`` package (a dependency of this
+project) and otherwise in pure Python at about 5 MB/s, where it dominates both
+consumers; the run prints which one it used.
 """
 
 from __future__ import annotations
