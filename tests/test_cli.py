@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -539,3 +541,30 @@ def test_demo_config_replays_again_without_changes(
     assert result.returncode == 0, result.stderr
     assert "stored 0 + " in result.stdout
     assert "nothing new to compare" in result.stdout
+
+
+def test_demo_report_has_a_human_baseline_from_reviews_and_recategorisations(
+    demo: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    directory, _ = demo
+    history: dict[str, list[tuple[datetime, str, Any]]] = {}
+    for line in (directory / "outcomes.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            decided = datetime.fromisoformat(row["decided_at"])
+        except ValueError:
+            continue  # the demo's malformed lines
+        history.setdefault(row["key"], []).append((decided, row["actor"], row["outcome"]))
+    pairs = agreed = 0
+    for decisions in history.values():
+        decisions.sort()
+        for (_, before, label), (_, after, again) in itertools.pairwise(decisions):
+            if before != after:
+                pairs += 1
+                agreed += label == again
+
+    report = json.loads((directory / "report.json").read_text(encoding="utf-8"))
+
+    baseline = report["owner"]["human_baseline"]
+    assert (baseline["pairs"], baseline["agreed"]) == (pairs, agreed)
+    assert 0.6 < agreed / pairs < 0.95

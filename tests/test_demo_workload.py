@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -96,12 +95,20 @@ def test_duplicate_lines_are_exact_repeats_of_earlier_lines(demo: DemoFiles) -> 
 def test_outcome_counts_match_the_files(demo: DemoFiles) -> None:
     events, _ = _events(_read(demo.events))
     outcomes, _ = _outcomes(_read(demo.outcomes))
-    per_key = Counter(o.key for o in outcomes)
+    history: dict[str, list[Outcome]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.decided_at):
+        history.setdefault(outcome.key, []).append(outcome)
     event_keys = {e.key for e in events}
-    assert len(event_keys - set(per_key)) == demo.keys_without_outcome
-    assert sum(1 for n in per_key.values() if n > 1) == demo.keys_with_changed_outcome
+    assert len(event_keys - set(history)) == demo.keys_without_outcome
+    changed = [h for h in history.values() if len({o.outcome for o in h}) > 1]
+    assert len(changed) == demo.keys_with_changed_outcome
+    # A review is a last decision repeating the label before it, by someone else.
+    reviewed = [h for h in history.values()
+                if len(h) > 1 and h[-1].outcome == h[-2].outcome and h[-1].actor != h[-2].actor]
+    assert len(reviewed) == demo.keys_reviewed
     assert 0.05 <= demo.keys_without_outcome / len(event_keys) <= 0.12
     assert 0.03 <= demo.keys_with_changed_outcome / len(event_keys) <= 0.08
+    assert 0.15 <= demo.keys_reviewed / len(history) <= 0.25
 
 
 def test_changed_outcomes_end_in_a_different_label(demo: DemoFiles) -> None:
@@ -109,7 +116,7 @@ def test_changed_outcomes_end_in_a_different_label(demo: DemoFiles) -> None:
     history: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         history.setdefault(outcome.key, []).append(outcome)
-    changed = [h for h in history.values() if len(h) > 1]
+    changed = [h for h in history.values() if len({o.outcome for o in h}) > 1]
     assert changed
     for h in changed:
         assert h[0].decided_at < h[-1].decided_at

@@ -63,6 +63,7 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
         f"malformed lines and {files.duplicate_lines} duplicates among them",
         f"  outcomes.jsonl  {files.outcomes_written:,} human decisions; "
         f"{files.keys_with_changed_outcome} tickets re-categorised later, "
+        f"{files.keys_reviewed} confirmed by a second agent, "
         f"{files.keys_without_outcome} still open",
         "  shadow.yaml     the configuration used",
         "  shadow.duckdb   the store: events, predictions, outcomes, comparisons, dead letters",
@@ -80,10 +81,18 @@ def _findings(report: dict[str, Any], directory: Path) -> list[str]:
     overall = candidate["agreement"]["rate"]
     segments = [s for s in candidate["segments"] if s["compared"] >= MIN_SEGMENT_SAMPLE]
     worst = min(segments, key=lambda s: s["agreement"]["rate"])
-    return [
+    findings = [
         f"  - Overall agreement is {render.percent(overall)}, but {worst['field']}="
         f"{worst['value']} agrees only {render.percent(worst['agreement']['rate'])}: "
         "an average hides the segment the candidate fails (it knows no German keywords).",
+    ]
+    baseline = report.get("owner", {}).get("human_baseline")
+    if baseline and baseline["pairs"]:
+        findings.append(
+            f"  - When a second agent revisited a ticket ({baseline['pairs']:,} times: reviews "
+            f"and re-categorisations), the two agreed {render.percent(baseline['rate'])} of the "
+            "time. People disagree too: that is the bar to hold the candidate to.")
+    return findings + [
         f"  - {candidate['pending']:,} predictions are pending: their tickets have no human "
         "outcome yet. They are compared when the outcome arrives.",
         f"  - {report['dead_letters']} malformed lines were kept, not dropped, with the reason: "

@@ -3,9 +3,9 @@
 Each event is a ticket being created; each outcome is the category a support
 agent filed it under, hours to days later. The files carry the problems real
 exports have: malformed lines, exact duplicate lines, tickets still open, tickets
-re-categorised later, and agents who are occasionally wrong themselves.
-Everything is drawn from one ``random.Random(seed)``, so a seed always writes
-the same bytes.
+re-categorised later, tickets a second agent reviewed and confirmed, and agents
+who are occasionally wrong themselves. Everything is drawn from generators
+seeded by ``seed``, so a seed always writes the same bytes.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ P_MALFORMED = 0.003
 P_DUPLICATE = 0.01
 P_OPEN = 0.08
 P_RECATEGORISED = 0.05
+P_REVIEWED = 0.2
+"""Share of decided tickets a second agent reviews later (a QA spot check) and confirms."""
 P_AGENT_NOISE = 0.03
 P_AMBIGUOUS = 0.25
 P_VAGUE = 0.07
@@ -77,7 +79,9 @@ class DemoFiles:
     ``duplicate_lines`` describe the events file (a duplicate is a line identical
     to an earlier one); ``malformed_outcome_lines`` the outcomes file.
     ``keys_without_outcome`` counts keys of valid events with no valid outcome;
-    ``keys_with_changed_outcome`` counts keys with more than one valid outcome.
+    ``keys_with_changed_outcome`` counts keys whose valid outcomes carry more
+    than one label; ``keys_reviewed`` keys whose final label a second agent
+    confirmed later. Both give the report its human-to-human baseline.
     """
 
     events: Path
@@ -89,6 +93,7 @@ class DemoFiles:
     malformed_outcome_lines: int
     keys_without_outcome: int
     keys_with_changed_outcome: int
+    keys_reviewed: int
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,9 @@ def generate(directory: Path, *, events: int = 5000, seed: int = 7) -> DemoFiles
     rng = random.Random(seed)
     tickets = _tickets(rng, events)
     event_lines, malformed, duplicates, broken_keys = _event_lines(rng, tickets)
-    outcomes = _outcomes(rng, tickets)
+    # Reviews draw from a generator of their own: the review rate can change
+    # without reshuffling the tickets and their decisions.
+    outcomes, reviewed = _outcomes(rng, tickets, random.Random(f"{seed}-reviews"))
     outcome_lines, malformed_outcomes = _outcome_lines(rng, outcomes)
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -137,6 +144,9 @@ def generate(directory: Path, *, events: int = 5000, seed: int = 7) -> DemoFiles
     _write(outcomes_path, outcome_lines)
 
     per_key = Counter(key for key, _, _, _ in outcomes)
+    labels: dict[str, set[str]] = {}
+    for key, label, _, _ in outcomes:
+        labels.setdefault(key, set()).add(label)
     valid_keys = {t.key for t in tickets} - broken_keys
     return DemoFiles(
         events=events_path,
@@ -147,7 +157,8 @@ def generate(directory: Path, *, events: int = 5000, seed: int = 7) -> DemoFiles
         outcomes_written=len(outcome_lines),
         malformed_outcome_lines=malformed_outcomes,
         keys_without_outcome=len(valid_keys - per_key.keys()),
-        keys_with_changed_outcome=sum(1 for n in per_key.values() if n > 1),
+        keys_with_changed_outcome=sum(1 for found in labels.values() if len(found) > 1),
+        keys_reviewed=reviewed,
     )
 
 
@@ -283,12 +294,16 @@ def _delay(rng: random.Random, priority: str) -> timedelta:
     return timedelta(seconds=int(max(hours, 0.1) * 3600))
 
 
-def _outcomes(rng: random.Random, tickets: list[_Ticket]) -> list[tuple[str, str, datetime, str]]:
-    """``(key, label, decided_at, actor)`` for every decision, in decided_at order.
+def _outcomes(
+    rng: random.Random, tickets: list[_Ticket], reviews: random.Random
+) -> tuple[list[tuple[str, str, datetime, str]], int]:
+    """``(key, label, decided_at, actor)`` for every decision, in decided_at order,
+    and how many tickets a second agent reviewed.
 
     Tickets whose event line is malformed still get outcomes: the ticketing
     system knows them even though the export broke.
     """
+    reviewed = 0
     decisions = []
     for ticket in tickets:
         if rng.random() < P_OPEN:
@@ -305,8 +320,13 @@ def _outcomes(rng: random.Random, tickets: list[_Ticket]) -> list[tuple[str, str
             decided_at += timedelta(seconds=rng.randint(2 * 3600, 72 * 3600))
             actor = f"{rng.choice(agents)}@support.example.com"
         decisions.append((ticket.key, label, decided_at, actor))
+        if reviews.random() < P_REVIEWED:
+            reviewer = reviews.choice([a for a in agents if f"{a}@support.example.com" != actor])
+            later = decided_at + timedelta(seconds=reviews.randint(3600, 48 * 3600))
+            decisions.append((ticket.key, label, later, f"{reviewer}@support.example.com"))
+            reviewed += 1
     decisions.sort(key=lambda d: (d[2], d[0]))
-    return decisions
+    return decisions, reviewed
 
 
 def _outcome_lines(
