@@ -531,6 +531,8 @@ class ReportSpec(_Spec):
     redact: list[str] = Field(default_factory=list)
     """Payload fields (relative to the payload, e.g. ``requester.email``) never shown."""
     top_disagreements: int = Field(20, ge=0, le=1000)
+    top_violations: int = Field(10, ge=0, le=1000)
+    """Recent violating predictions shown as examples, per candidate."""
     max_violation_rate: float | None = Field(None, ge=0.0, le=1.0)
     """Share of checked outputs allowed to violate a hard constraint; the rollout's gate by
     default, else no verdict line (the figures are shown either way)."""

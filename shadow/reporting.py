@@ -49,7 +49,8 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
         threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
         segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
-        top_disagreements=spec.top_disagreements, max_violation_rate=violations,
+        top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
+        max_violation_rate=violations,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
         now=now)
 

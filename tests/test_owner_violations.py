@@ -283,6 +283,13 @@ def test_the_budget_comes_from_the_report_section_or_the_rollout_gate() -> None:
     assert owner_options(both).max_violation_rate == 0.03
 
 
+def test_the_number_of_examples_comes_from_the_report_section() -> None:
+    base = {"candidate": {"callable": "tests.test_owner_violations:triage"}}
+    assert owner_options(parse_config(base)).top_violations == 10
+    chosen = parse_config({**base, "report": {"top_violations": 3}})
+    assert owner_options(chosen).top_violations == 3
+
+
 def test_options_reject_a_budget_outside_zero_and_one() -> None:
     with pytest.raises(ValueError, match="max_violation_rate"):
         OwnerOptions(max_violation_rate=1.5)
