@@ -4,7 +4,8 @@ from connectors.base import RawRecord, Source
 from connectors.files import FileFormat, FileSource
 from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from connectors.sinks import Decision, FileSink, Sink, WebhookSink
-from connectors.webhooks import WebhookServer, WebhookSource
+from connectors.webhook_server import WebhookServer
+from connectors.webhooks import WebhookSource
 
 __all__ = [
     "Decision",

@@ -4,7 +4,7 @@
 its own thread and event loop. Control calls block (the daemon runs them on its
 pipeline thread), so they run in a small thread pool and the server keeps
 answering ``/health`` meanwhile. The routes and their schemas are described by
-:func:`openapi`, which is also served at ``/openapi.json``.
+:func:`shadow.openapi.openapi`, which is also served at ``/openapi.json``.
 
 Authentication: every route needs ``Authorization: Bearer <token>`` except
 ``/health``, ``/ready`` and ``/openapi.json`` (and ``/metrics`` when
@@ -30,7 +30,6 @@ import hmac
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
 from typing import Any, TypeVar
 
 import orjson
@@ -41,19 +40,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from rollout.state import Action, Refused
 from shadow.control import Control
 from shadow.errors import ConfigError, ShadowError
+from shadow.openapi import COMMANDS, DEAD_LETTERS_MAX, REPORT_TYPES, openapi, public_operations
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-COMMANDS = tuple(a.value for a in (Action.PROMOTE, Action.PAUSE, Action.RESUME, Action.ROLLBACK,
-                                   Action.RESTART, Action.ABORT))
 REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
-REPORT_TYPES = {"json": "application/json", "markdown": "text/markdown",
-                "table": "text/plain", "html": "text/html"}
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DEAD_LETTERS_MAX = 1000
 _MAX_BODY = 64 * 1024
 
 
@@ -213,7 +208,8 @@ class ApiServer:
     # -- the application ------------------------------------------------------------
 
     def application(self) -> web.Application:
-        """The aiohttp application: every route of :func:`openapi`, behind the guard."""
+        """The aiohttp application: every route :func:`~shadow.openapi.openapi` describes,
+        behind the guard."""
         app = web.Application(middlewares=[self._guard], client_max_size=_MAX_BODY)
         app.router.add_get("/health", self._health, allow_head=False)
         app.router.add_get("/ready", self._ready, allow_head=False)
@@ -388,142 +384,3 @@ async def _body(request: web.Request, model: type[M]) -> M:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
                              for e in exc.errors())
         raise _HttpError(400, problems) from exc
-
-
-# -- the OpenAPI description ----------------------------------------------------------
-
-
-def public_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
-    """``(METHOD, path)`` of every operation the description marks as needing no token."""
-    return {(method.upper(), path) for path, item in doc["paths"].items()
-            for method, op in item.items() if op.get("security") == []}
-
-
-def _version() -> str:
-    try:
-        return metadata.version("shadow-rollout")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
-_ERROR = {"description": "an error", "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/Error"}}}}
-_ANY = {"type": "object", "additionalProperties": True}
-
-
-def _responses(ok: str, schema: dict[str, Any] | None = None, *codes: int,
-               media: str = "application/json") -> dict[str, Any]:
-    out: dict[str, Any] = {"200": {"description": ok, "content": {
-        media: {"schema": schema or _ANY}}}}
-    for code in codes:
-        out[str(code)] = _ERROR
-    return out
-
-
-def _op(summary: str, responses: dict[str, Any], *, public: bool = False,
-        **extra: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, **extra}
-    if public:
-        op["security"] = []
-    else:
-        responses = {**responses, "401": _ERROR, "403": _ERROR}
-    op["responses"] = responses
-    return op
-
-
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema}
-
-
-def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every route :class:`ApiServer` serves."""
-    fmt = _query("format", "report format (default json)",
-                 {"type": "string", "enum": list(REPORT_TYPES), "default": "json"})
-    report_media = {media: {"schema": {"type": "string"}} for media in REPORT_TYPES.values()}
-    report_ok = {"200": {"description": "the owner report, as text", "content": report_media},
-                 "400": _ERROR}
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "shadow daemon control API", "version": _version(),
-                 "description": "Status and commands of a running `shadow run` daemon."},
-        "security": [{"bearer": []}],
-        "paths": {
-            "/health": {"get": _op(
-                "liveness: the process answers (details only with a valid token)",
-                _responses("alive"), public=True)},
-            "/ready": {"get": _op(
-                "readiness: store open, sources consuming, no shutdown under way",
-                {**_responses("ready", {"$ref": "#/components/schemas/Readiness"}),
-                 "503": {"description": "not ready, with the checks", "content": {
-                     "application/json": {"schema": {
-                         "$ref": "#/components/schemas/Readiness"}}}}},
-                public=True)},
-            "/openapi.json": {"get": _op("this description", _responses("OpenAPI 3.1"),
-                                         public=True)},
-            "/rollout": {"get": _op(
-                "rollout status with gate evidence (as `shadow rollout status --format json`)",
-                _responses("status", None, 400))},
-            "/rollout/history": {"get": _op(
-                "every transition, oldest first, with actor, reason and evidence",
-                _responses("transitions", {"type": "array", "items": _ANY}, 400),
-                parameters=[_query("limit", "only the last N",
-                                   {"type": "integer", "minimum": 1})])},
-            "/rollout/{action}": {"post": _op(
-                "a person's command: promote, pause, resume, rollback, restart or abort",
-                {**_responses("the transition made and the new state",
-                              {"$ref": "#/components/schemas/CommandResult"}, 400, 404),
-                 "409": {**_ERROR, "description": "refused: unsafe or meaningless now; "
-                                                  "nothing changed"}},
-                parameters=[{"name": "action", "in": "path", "required": True,
-                             "schema": {"type": "string", "enum": list(COMMANDS)}}],
-                requestBody={"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Command"}}}})},
-            "/reports": {"post": _op(
-                "generate the owner report", report_ok,
-                requestBody={"required": False, "content": {"application/json": {"schema": {
-                    "type": "object", "additionalProperties": False, "properties": {
-                        "format": {"type": "string", "enum": list(REPORT_TYPES),
-                                   "default": "json"}}}}}})},
-            "/report": {"get": _op("the owner report (as POST /reports)", report_ok,
-                                   parameters=[fmt])},
-            "/dead-letters": {"get": _op(
-                "the most recent dead letters, newest first, with their raw text",
-                _responses("dead letters", {"type": "object", "properties": {
-                    "dead_letters": {"type": "array", "items": _ANY}}}, 400),
-                parameters=[_query("limit", "how many (default 20)",
-                                   {"type": "integer", "minimum": 1,
-                                    "maximum": DEAD_LETTERS_MAX, "default": 20})])},
-            "/metrics": {"get": _op(
-                "Prometheus metrics (text exposition format 0.0.4)",
-                _responses("metrics", {"type": "string"}, media="text/plain"),
-                public=not metrics_token_required)},
-        },
-        "components": {
-            "securitySchemes": {"bearer": {
-                "type": "http", "scheme": "bearer",
-                "description": "the daemon's token (SHADOW_API_TOKEN); missing → 401, "
-                               "wrong → 403"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"type": "string"}}},
-                "Readiness": {"type": "object", "required": ["ready", "checks"],
-                              "properties": {"ready": {"type": "boolean"}, "checks": _ANY}},
-                "Command": {
-                    "type": "object", "required": ["actor"], "additionalProperties": False,
-                    "properties": {
-                        "actor": {"type": "string", "description": "who gives the command"},
-                        "reason": {"type": "string",
-                                   "description": "for the audit trail; required for "
-                                                  "rollback and abort"},
-                        "full": {"type": "boolean", "default": False,
-                                 "description": "promote: to the last step at once"},
-                        "force": {"type": "boolean", "default": False,
-                                  "description": "promote although the gates have not "
-                                                 "passed (audited)"}}},
-                "CommandResult": {"type": "object", "required": ["transition", "state"],
-                                  "properties": {"transition": {"type": "string"},
-                                                 "state": _ANY}},
-            },
-        },
-    }

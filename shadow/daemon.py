@@ -31,7 +31,8 @@ import structlog
 from connectors.base import Source
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
-from connectors.webhooks import WebhookServer, WebhookSource
+from connectors.webhook_server import WebhookServer
+from connectors.webhooks import WebhookSource
 from shadow.candidates import build_candidate
 from shadow.comparators import Comparator, build_comparator
 from shadow.config import Config, SourceSpec

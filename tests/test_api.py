@@ -28,10 +28,11 @@ from rollout.commands import describe, status_view
 from rollout.controller import Controller
 from rollout.state import Action, Refused, Status
 from shadow import render
-from shadow.api import METRICS_TYPE, ApiServer, ApiState, openapi, public_operations
+from shadow.api import METRICS_TYPE, ApiServer, ApiState
 from shadow.api_client import DaemonClient, DaemonUnavailable, find_daemon
 from shadow.control import DaemonFile
 from shadow.errors import ConfigError
+from shadow.openapi import openapi, public_operations
 from shadow.report import build_report
 from shadow.store import Store
 from tests.rollout.test_state import PLAN, ticking

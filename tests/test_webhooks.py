@@ -27,7 +27,8 @@ import structlog
 import yaml
 
 from connectors.mapping import EventMapper, OutcomeMapper, map_records
-from connectors.webhooks import METADATA_KEY, WebhookServer, WebhookSource
+from connectors.webhook_server import WebhookServer
+from connectors.webhooks import METADATA_KEY, WebhookSource
 from shadow.candidates import CallableCandidate
 from shadow.comparators import build_comparator
 from shadow.config import EventMapping, ExactSpec, OutcomeMapping
