@@ -17,7 +17,8 @@ from shadow.candidates import CallableCandidate
 from shadow.comparators import build_comparator
 from shadow.config import ExactSpec, FieldsSpec
 from shadow.models import Event
-from shadow.owner import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS, OwnerOptions, build_owner_report
+from shadow.owner import OwnerOptions, build_owner_report
+from shadow.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.render import owner_markdown
 from shadow.report import build_report
 from shadow.runner import Replay
