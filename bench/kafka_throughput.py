@@ -58,8 +58,8 @@ import shadow.runner as runner_module
 import shadow.store as store_module
 from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec
 from shadow.runner import Replay
 from shadow.store import Store
 

@@ -14,9 +14,9 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import RawRecord
-from shadow.config import EventMapping, OutcomeMapping
 from shadow.models import DeadLetter, Event, Outcome, RecordKind
 from shadow.paths import MISSING, get_path
+from shadow.source_specs import EventMapping, OutcomeMapping
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
-from shadow.config import (
+from shadow.comparator_specs import (
     ComparatorSpec,
     CustomSpec,
     ExactSpec,

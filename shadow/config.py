@@ -1,5 +1,10 @@
 """The configuration file: small frozen values, validated when loaded.
 
+:class:`Config` is the whole file. Its larger parts are specified beside the
+code they configure (:mod:`shadow.comparator_specs`, :mod:`shadow.candidate_specs`,
+:mod:`shadow.source_specs`, :mod:`shadow.daemon_specs`); the store, report,
+drift and logging settings are here.
+
 A bad file fails with :class:`ConfigError`, whose message names every
 offending key path and what was expected there, e.g.
 ``comparator.threshold: expected a number between 0 and 1, got 'high'``.
@@ -7,515 +12,29 @@ offending key path and what was expected there, e.g.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from rollout.plan import Duration, RolloutSpec
+from shadow.candidate_specs import CHECK_KINDS, CandidateSpec
+from shadow.comparator_specs import COMPARATOR_KINDS, ComparatorSpec, ExactSpec
+from shadow.daemon_specs import DaemonSpec
 from shadow.errors import ConfigError
+from shadow.source_specs import MappingConfig, SourcesConfig
+from shadow.spec import CALLABLE_PATTERN, URL_PATTERN, Spec
 
-_CALLABLE_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
-_URL_PATTERN = r"^https?://"
 
-CallablePath = Annotated[str, Field(pattern=_CALLABLE_PATTERN, description="module:function")]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-# -- comparators -------------------------------------------------------------
-
-
-class _ComparatorBase(_Spec):
-    prediction_path: str | None = None
-    """Dotted path into the prediction output to compare, e.g. ``category``."""
-    outcome_path: str | None = None
-    """Dotted path into the outcome to compare."""
-
-
-class ExactSpec(_ComparatorBase):
-    kind: Literal["exact"] = "exact"
-
-
-class NormalizedSpec(_ComparatorBase):
-    kind: Literal["normalized"]
-
-
-class SetSpec(_ComparatorBase):
-    kind: Literal["set"]
-    threshold: float = Field(1.0, ge=0.0, le=1.0)
-    """Minimum Jaccard similarity of the two lists for agreement."""
-
-
-class NumericSpec(_ComparatorBase):
-    kind: Literal["numeric"]
-    abs_tol: float = Field(0.0, ge=0.0)
-    rel_tol: float = Field(0.0, ge=0.0)
-
-
-class FieldsSpec(_ComparatorBase):
-    kind: Literal["fields"]
-    fields: dict[str, ComparatorSpec] = Field(min_length=1)
-    """A comparator per field; the output agrees when every listed field agrees."""
-
-
-class CustomSpec(_ComparatorBase):
-    kind: Literal["custom"]
-    function: CallablePath
-    """``module:function`` taking ``(prediction_output, outcome)`` and returning a bool."""
-
-
-class SimilaritySpec(_ComparatorBase):
-    """Lexical similarity of two texts (see :mod:`shadow.text_comparators`)."""
-
-    kind: Literal["similarity"]
-    metric: Literal["f1", "rouge_l"] = "f1"
-    """Token-level F1 (bag of words) or ROUGE-L (longest common subsequence) F-measure."""
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
-    """The texts agree when the score is at least this."""
-
-
-class SemanticSpec(_ComparatorBase):
-    """Cosine similarity of sentence embeddings from a model shipped in the ``semantic`` extra."""
-
-    kind: Literal["semantic"]
-    threshold: float = Field(0.8, ge=-1.0, le=1.0)
-    """The texts agree when the cosine similarity is at least this."""
-
-
-class JudgeSpec(_ComparatorBase):
-    """An LLM asked, through an OpenAI-compatible chat API, whether the two agree."""
-
-    kind: Literal["judge"]
-    base_url: str = Field(pattern=_URL_PATTERN)
-    """Up to ``/v1``; ``/chat/completions`` is appended."""
-    model: str = Field(min_length=1)
-    api_key_env: str | None = None
-    """Environment variable holding the API key, sent as a bearer token."""
-    rubric: str | None = None
-    """The instructions; ``{{ output }}`` and ``{{ outcome }}`` are filled in. A default
-    rubric asks whether the two say the same thing."""
-    timeout_s: float = Field(30.0, gt=0.0)
-    max_attempts: int = Field(3, ge=1, le=20)
-    """Attempts per call in all; connection errors, timeouts, 429 and 5xx are retried."""
-    cache: bool = True
-    cache_path: str = ".shadow-judge-cache.sqlite"
-    """SQLite file of verdicts by content hash, relative to the working directory."""
-
-
-ComparatorSpec = Annotated[
-    ExactSpec | NormalizedSpec | SetSpec | NumericSpec | FieldsSpec | CustomSpec
-    | SimilaritySpec | SemanticSpec | JudgeSpec,
-    Field(discriminator="kind"),
-]
-FieldsSpec.model_rebuild()
-
-COMPARATOR_KINDS = (
-    "exact", "normalized", "set", "numeric", "fields", "custom",
-    "similarity", "semantic", "judge",
-)
-
-
-# -- candidates --------------------------------------------------------------
-
-
-class _CheckBase(_Spec):
-    name: Annotated[str, Field(pattern=r"^[\w.:-]+$")] | None = None
-    """Names the check in violations and metrics; the kind by default."""
-
-
-class RegexCheckSpec(_CheckBase):
-    kind: Literal["regex"]
-    pattern: str
-    must: Literal["match", "not_match"]
-    path: str | None = None
-    """Dotted path into the output to the text; the whole output (as JSON text) by default."""
-    ignore_case: bool = False
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-
-PiiType = Literal["email", "phone", "card"]
-
-
-def _every_pii_type() -> list[PiiType]:
-    return ["email", "phone", "card"]
-
-
-class PiiCheckSpec(_CheckBase):
-    """Built-in patterns for personal data; card numbers must also pass the Luhn check."""
-
-    kind: Literal["pii"]
-    types: list[PiiType] = Field(default_factory=_every_pii_type, min_length=1)
-    path: str | None = None
-    """Where to look; every string in the output by default."""
-
-
-class RequiredCheckSpec(_CheckBase):
-    kind: Literal["required"]
-    fields: list[str] = Field(min_length=1)
-    """Dotted paths into the output that must be present and not null."""
-
-
-class JsonSchemaCheckSpec(_CheckBase):
-    kind: Literal["json_schema"]
-    schema_: dict[str, Any] = Field(alias="schema")
-    """A JSON schema (draft 2020-12) the whole output must be valid against."""
-
-    @field_validator("schema_")
-    @classmethod
-    def _is_a_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from jsonschema import Draft202012Validator
-        from jsonschema.exceptions import SchemaError
-
-        try:
-            Draft202012Validator.check_schema(value)
-        except SchemaError as exc:
-            raise ValueError(f"not a valid JSON schema: {exc.message}") from None
-        return value
-
-
-class LabelsCheckSpec(_CheckBase):
-    kind: Literal["labels"]
-    path: str
-    """The label (or list of labels) in the output; each must be one of ``allowed``."""
-    allowed: list[str | int | float | bool | None] = Field(min_length=1)
-
-
-class MaxLengthCheckSpec(_CheckBase):
-    kind: Literal["max_length"]
-    max: int = Field(ge=0)
-    """Characters of the text at ``path``, or of the JSON text of anything else."""
-    path: str | None = None
-
-
-class CustomCheckSpec(_CheckBase):
-    kind: Literal["custom"]
-    function: CallablePath
-    """``module:function`` taking the output; returns None or True when it is fine,
-    False or a message when it is not."""
-
-
-def _check_kind(raw: Any) -> str:
-    # "" is no kind at all: reported as "expected one of …", naming the check kinds.
-    kind = raw.get("kind") if isinstance(raw, dict) else getattr(raw, "kind", None)
-    return kind if isinstance(kind, str) else ""
-
-
-CheckSpec = Annotated[
-    Annotated[RegexCheckSpec, Tag("regex")]
-    | Annotated[PiiCheckSpec, Tag("pii")]
-    | Annotated[RequiredCheckSpec, Tag("required")]
-    | Annotated[JsonSchemaCheckSpec, Tag("json_schema")]
-    | Annotated[LabelsCheckSpec, Tag("labels")]
-    | Annotated[MaxLengthCheckSpec, Tag("max_length")]
-    | Annotated[CustomCheckSpec, Tag("custom")],
-    Discriminator(_check_kind),
-]
-"""A hard constraint on every output of a candidate (see :mod:`shadow.constraints`)."""
-
-CHECK_KINDS = ("regex", "pii", "required", "json_schema", "labels", "max_length", "custom")
-
-
-class _CandidateBase(_Spec):
-    """What every kind of candidate has."""
-
-    name: str | None = None
-    """Defaults to the callable path, URL or model."""
-    version: str | None = None
-    confidence_path: str | None = None
-    """Dotted path to a numeric confidence in the output; ``confidence`` by default."""
-    abstain_below: float | None = Field(None, ge=0.0, le=1.0)
-    """Predictions less confident than this are abstentions: stored, compared with
-    nothing and never acted on; reported as coverage."""
-    checks: list[CheckSpec] = Field(default_factory=list)
-    """Hard constraints on every output; a violating live decision is never published."""
-
-
-class CallableCandidateSpec(_CandidateBase):
-    """A Python function in this process; its version defaults to the module's ``__version__``."""
-
-    kind: Literal["callable"] = "callable"
-    callable: CallablePath
-    batch_size: int = Field(64, ge=1, le=100_000)
-    """How many events a batch callable receives at once."""
-
-
-class RetrySpec(_Spec):
-    """Retries of calls that may succeed later: connection errors, timeouts, 429 and 5xx."""
-
-    max_attempts: int = Field(3, ge=1, le=20)
-    """Attempts in all, the first one included."""
-    backoff_s: float = Field(0.2, ge=0.0)
-    """Upper bound of the first wait; it doubles per attempt (with full jitter)."""
-    max_backoff_s: float = Field(5.0, ge=0.0)
-    max_retry_after_s: float = Field(60.0, ge=0.0)
-    """A server's Retry-After is honoured up to this long."""
-
-
-class BreakerSpec(_Spec):
-    """A circuit breaker: stop calling an endpoint that keeps failing."""
-
-    failures: int = Field(10, ge=1)
-    """Consecutive failed calls (after their retries) that open the circuit."""
-    cooldown_s: float = Field(30.0, ge=0.0)
-    """How long it stays open before one call is let through to probe."""
-
-
-class RemoteSpec(_CandidateBase):
-    """What every candidate behind a network call shares.
-
-    Header values may name environment variables as ``${NAME}``; secrets
-    belong there, never in this file.
-    """
-
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout_s: float = Field(10.0, gt=0.0)
-    concurrency: int = Field(16, ge=1, le=10_000)
-    """Calls in flight at most."""
-    retry: RetrySpec = RetrySpec()
-    breaker: BreakerSpec = BreakerSpec()
-
-    @field_validator("headers")
-    @classmethod
-    def _secrets_come_from_the_environment(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if _SECRET_HEADER.search(name) and "${" not in text:
-                raise ValueError(
-                    f"header {name!r} carries a secret: write it as ${{NAME}} and set the "
-                    f"environment variable NAME, so it is never stored in this file"
-                )
-        return value
-
-
-_SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|password", re.IGNORECASE)
-
-
-class HttpCandidateSpec(RemoteSpec):
-    """A JSON endpoint: the event is POSTed, the response JSON is the output."""
-
-    kind: Literal["http"]
-    url: Annotated[str, Field(pattern=_URL_PATTERN)]
-    body: Any = None
-    """A template for the request body; the canonical event JSON when absent."""
-    output_path: str | None = None
-    """Dotted path into the response JSON to the output; the whole response when absent."""
-
-
-class PricesSpec(_Spec):
-    """What the provider charges, per 1,000 tokens."""
-
-    prompt_per_1k: float = Field(ge=0.0)
-    completion_per_1k: float = Field(ge=0.0)
-
-
-class ChatCandidateSpec(RemoteSpec):
-    """A prompt against an OpenAI-compatible chat-completions endpoint.
-
-    ``system`` and ``user`` are templates filled from the event
-    (``{{ payload.subject }}``). With ``json_schema`` the server is asked for
-    structured output and the answer is validated against the schema.
-    """
-
-    kind: Literal["chat"]
-    base_url: Annotated[str, Field(pattern=_URL_PATTERN)]
-    """E.g. ``https://api.openai.com/v1``; ``/chat/completions`` is appended."""
-    model: str = Field(min_length=1)
-    system: str | None = None
-    user: str = Field(min_length=1)
-    json_schema: dict[str, Any] | None = None
-    output: Literal["json", "text"] = "json"
-    """``json``: the reply is parsed as JSON; ``text``: the reply text is the output."""
-    temperature: float | None = Field(0.0, ge=0.0, le=2.0)
-    max_tokens: int | None = Field(None, ge=1)
-    api_key_env: str | None = "OPENAI_API_KEY"
-    """The environment variable holding the API key, sent as a bearer token."""
-    prices: PricesSpec | None = None
-
-
-def _candidate_kind(raw: Any) -> str:
-    # Configurations written before there was more than one kind have no `kind`.
-    if isinstance(raw, dict):
-        return str(raw.get("kind", "callable"))
-    return str(getattr(raw, "kind", "callable"))
-
-
-CandidateSpec = Annotated[
-    Annotated[CallableCandidateSpec, Tag("callable")]
-    | Annotated[HttpCandidateSpec, Tag("http")]
-    | Annotated[ChatCandidateSpec, Tag("chat")],
-    Discriminator(_candidate_kind),
-]
-
-
-# -- mapping -----------------------------------------------------------------
-
-
-class EventMapping(_Spec):
-    """Where each canonical field of an Event sits in a raw record.
-
-    Values are dotted paths (``ticket.via.channel``, ``tags.0``); ``$`` is the
-    whole record. ``segment`` is either a path to an object of strings or a
-    table of segment field to path.
-    """
-
-    event_id: str = "event_id"
-    key: str = "key"
-    occurred_at: str = "occurred_at"
-    routing_key: str | None = "routing_key"
-    segment: str | dict[str, str] = "segment"
-    payload: str = "payload"
-
-
-class OutcomeMapping(_Spec):
-    key: str = "key"
-    outcome: str = "outcome"
-    decided_at: str = "decided_at"
-    actor: str | None = "actor"
-
-
-class MappingConfig(_Spec):
-    events: EventMapping = EventMapping()
-    outcomes: OutcomeMapping = OutcomeMapping()
-
-
-# -- store and the whole file ------------------------------------------------
-
-
-class StoreConfig(_Spec):
+class StoreConfig(Spec):
     path: str | None = None
     batch_size: int = Field(20_000, ge=1, le=1_000_000)
     """Records per write transaction."""
 
 
-# -- sources and the daemon ----------------------------------------------------
-
-
-class FileSourceSpec(_Spec):
-    """An export file, read once (the daemon reads it at start-up; replays are idempotent)."""
-
-    kind: Literal["file"]
-    path: str
-
-
-class KafkaSourceSpec(_Spec):
-    kind: Literal["kafka"]
-    bootstrap: str = Field(min_length=1)
-    topics: list[str] = Field(min_length=1)
-    group: str = Field(min_length=1)
-    start: Literal["committed", "earliest", "latest"] = "committed"
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Passed to kafka-python's consumer (e.g. security settings)."""
-
-
-class WebhookSourceSpec(_Spec):
-    """An HTTP endpoint a vendor pushes to, verified with the vendor's signature scheme."""
-
-    kind: Literal["webhook"]
-    name: str = Field(min_length=1)
-    path: str = Field(pattern=r"^/[\w\-./]*$")
-    scheme: Literal["zendesk", "hubspot_v3", "standard", "github", "none"] = "none"
-    secret_env: str | None = None
-    """Environment variable holding the signing secret; required unless the scheme is none."""
-    tolerance: Duration = timedelta(minutes=5)
-    max_body_bytes: int = Field(1_048_576, ge=1)
-    ack_timeout: Duration = timedelta(seconds=4)
-    """How long a delivery may wait to be stored before it gets 503 (the vendor retries)."""
-
-    @model_validator(mode="after")
-    def _signed_sources_name_their_secret(self) -> WebhookSourceSpec:
-        if self.scheme != "none" and self.secret_env is None:
-            raise ValueError(f"the {self.scheme} scheme needs secret_env")
-        return self
-
-
-SourceSpec = Annotated[
-    FileSourceSpec | KafkaSourceSpec | WebhookSourceSpec, Field(discriminator="kind")
-]
-
-
-class SourcesConfig(_Spec):
-    events: list[SourceSpec] = Field(default_factory=list)
-    outcomes: list[SourceSpec] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_group_per_kafka_source(self) -> SourcesConfig:
-        # Members of one group are rebalanced together; one thread polling them in
-        # turn could wait forever on a rebalance the other member must join.
-        groups = [s.group for s in [*self.events, *self.outcomes] if s.kind == "kafka"]
-        shared = sorted({g for g in groups if groups.count(g) > 1})
-        if shared:
-            raise ValueError(f"each Kafka source needs a consumer group of its own; "
-                             f"{shared} is used by more than one")
-        return self
-
-
-class ListenSpec(_Spec):
-    host: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65_535)
-
-
-class ApiSpec(ListenSpec):
-    port: int = Field(8787, ge=0, le=65_535)
-    token_env: str = "SHADOW_API_TOKEN"
-    """The bearer token every data or state-changing call must carry."""
-
-
-class WebhookServerSpec(ListenSpec):
-    port: int = Field(8788, ge=0, le=65_535)
-    public_url: str | None = Field(None, pattern=r"^https?://")
-    """The URL vendors call, when a proxy sits in front (HubSpot signs the full URL)."""
-
-
-class RetentionSpec(_Spec):
-    payload_older_than: Duration | None = None
-    """Raw event payloads and dead-letter records older than this are archived then blanked;
-    counts, predictions, outcomes and comparisons stay. ``None`` keeps everything."""
-    archive_dir: str | None = None
-    """Parquet files of what was blanked; ``None`` deletes without archiving."""
-
-
-class JobsSpec(_Spec):
-    evaluate_every: Duration = timedelta(seconds=30)
-    compare_every: Duration = timedelta(seconds=60)
-    report_every: Duration = timedelta(days=1)
-    reports_dir: str = "reports"
-    retention_every: Duration = timedelta(days=1)
-    checkpoint_every: Duration = timedelta(hours=1)
-    retention: RetentionSpec = RetentionSpec()
-
-
-class DaemonSpec(_Spec):
-    api: ApiSpec = ApiSpec()
-    webhooks: WebhookServerSpec = WebhookServerSpec()
-    jobs: JobsSpec = JobsSpec()
-    shutdown_deadline: Duration = timedelta(seconds=30)
-    """How long in-flight work may take to finish after SIGTERM."""
-    poll_timeout_s: float = Field(0.5, gt=0.0, le=60.0)
-
-
-class ReportSpec(_Spec):
+class ReportSpec(Spec):
     """What "ready" means to the owners reading ``shadow report``, and what it may show."""
 
     threshold: float | None = Field(None, ge=0.0, le=1.0)
@@ -540,7 +59,7 @@ class ReportSpec(_Spec):
     """Shown before costs, e.g. ``$``."""
 
 
-class DriftSpec(_Spec):
+class DriftSpec(Spec):
     """The current window of events against a reference window: has the traffic moved?"""
 
     reference_days: float = Field(7.0, gt=0.0)
@@ -568,12 +87,12 @@ class DriftSpec(_Spec):
         return self
 
 
-class LoggingSpec(_Spec):
+class LoggingSpec(Spec):
     redact: list[str] = Field(default_factory=list)
     """Payload fields (dotted paths, e.g. ``payload.requester.email``) never written to logs."""
 
 
-class Config(_Spec):
+class Config(Spec):
     version: Literal[1] = 1
     candidate: CandidateSpec | None = None
     candidates: list[CandidateSpec] = Field(default_factory=list)
@@ -699,8 +218,8 @@ def parse_config(raw: dict[str, Any], *, origin: str = "config") -> Config:
 _KINDS_TEXT = ", ".join(COMPARATOR_KINDS)
 _TAGS = {*COMPARATOR_KINDS, *CHECK_KINDS, "callable", "http", "chat"}
 _PATTERN_NAMES = {
-    _CALLABLE_PATTERN: "the form module:function",
-    _URL_PATTERN: "an http:// or https:// URL",
+    CALLABLE_PATTERN: "the form module:function",
+    URL_PATTERN: "an http:// or https:// URL",
 }
 _TYPE_LABELS = {"str", "int", "float", "bool", "dict", "list", "none"}
 

@@ -28,7 +28,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from shadow.config import (
+from shadow.candidate_specs import (
     CheckSpec,
     CustomCheckSpec,
     JsonSchemaCheckSpec,

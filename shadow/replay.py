@@ -9,16 +9,15 @@ from typing import Any
 
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
-from shadow.candidates import Candidate, build_candidate
-from shadow.comparators import build_comparator
-from shadow.config import (
+from shadow.candidate_specs import (
     CallableCandidateSpec,
     CandidateSpec,
-    Config,
     HttpCandidateSpec,
     RemoteSpec,
-    load_config,
 )
+from shadow.candidates import Candidate, build_candidate
+from shadow.comparators import build_comparator
+from shadow.config import Config, load_config
 from shadow.errors import ConfigError
 from shadow.runner import Replay, ReplaySummary
 from shadow.store import Store

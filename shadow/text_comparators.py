@@ -60,8 +60,8 @@ import orjson
 import structlog
 
 from shadow.candidates.remote import expand
+from shadow.comparator_specs import JudgeSpec, SemanticSpec, SimilaritySpec
 from shadow.comparators import Comparator, Judgement, _SpecComparator
-from shadow.config import JudgeSpec, SemanticSpec, SimilaritySpec
 from shadow.errors import ConfigError, ShadowError
 from shadow.paths import get_path
 from shadow.templates import TemplateError, render

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec
 from shadow.models import Event
 from shadow.runner import Replay
 from shadow.store import Store

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from shadow import batch
+from shadow.candidate_specs import CallableCandidateSpec
 from shadow.candidates import CallableCandidate
-from shadow.config import CallableCandidateSpec
 from shadow.errors import LoadError
 from shadow.loading import load_callable
 from shadow.models import Event, PredictionError

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from shadow.candidate_specs import ChatCandidateSpec, PricesSpec, RetrySpec
 from shadow.candidates import ChatCandidate
-from shadow.config import ChatCandidateSpec, PricesSpec, RetrySpec
 from shadow.errors import ConfigError
 from shadow.models import ErrorKind, Event
 from tests.http_server import Reply, Request, TestServer

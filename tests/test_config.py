@@ -7,19 +7,16 @@ from typing import Any
 
 import pytest
 
-from shadow.config import (
-    CallableCandidateSpec,
-    Config,
+from shadow.candidate_specs import CallableCandidateSpec, HttpCandidateSpec
+from shadow.comparator_specs import (
     CustomSpec,
     ExactSpec,
     FieldsSpec,
-    HttpCandidateSpec,
     NormalizedSpec,
     NumericSpec,
     SetSpec,
-    load_config,
-    parse_config,
 )
+from shadow.config import Config, load_config, parse_config
 from shadow.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

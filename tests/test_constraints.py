@@ -18,8 +18,9 @@ from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action
 from shadow.candidates import CallableCandidate, build_candidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec, parse_config
+from shadow.config import parse_config
 from shadow.constraints import Checks, luhn
 from shadow.errors import ConfigError
 from shadow.metrics import render_metrics

@@ -15,8 +15,8 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec
 from shadow.drift import (
     PAYLOAD_LENGTH,
     DriftReport,

@@ -13,8 +13,9 @@ from rollout.controller import Controller
 from rollout.plan import RolloutSpec
 from rollout.state import Status
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec, parse_config
+from shadow.config import parse_config
 from shadow.drift import drift_metrics
 from shadow.metrics import RuntimeMetrics, render_metrics
 from shadow.reporting import full_report, measure_configured_drift, render_report

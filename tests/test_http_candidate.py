@@ -19,8 +19,8 @@ import httpx
 import pytest
 import structlog
 
+from shadow.candidate_specs import BreakerSpec, HttpCandidateSpec, RetrySpec
 from shadow.candidates.http import HttpCandidate
-from shadow.config import BreakerSpec, HttpCandidateSpec, RetrySpec
 from shadow.errors import ConfigError
 from shadow.models import ErrorKind, Event, Prediction
 from tests.http_server import Reply, Request, TestServer

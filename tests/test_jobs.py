@@ -87,8 +87,8 @@ def test_retention_blanks_old_payloads_archives_them_and_keeps_the_counts(
 
     from connectors.testing import ListSource
     from shadow.candidates import CallableCandidate
+    from shadow.comparator_specs import ExactSpec
     from shadow.comparators import build_comparator
-    from shadow.config import ExactSpec
     from shadow.runner import Replay
 
     events = [{"event_id": f"e{i}", "key": f"k{i}", "occurred_at": "2026-01-01T00:00:00Z",

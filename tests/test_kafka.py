@@ -21,11 +21,12 @@ from connectors.kafka import KafkaSink, KafkaSource, Start
 from connectors.mapping import EventMapper
 from connectors.sinks import Decision
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import EventMapping, ExactSpec
 from shadow.models import Event, Mode, Prediction
 from shadow.report import build_report
 from shadow.runner import Replay
+from shadow.source_specs import EventMapping
 from shadow.store import Store
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)

@@ -14,11 +14,12 @@ import pytest
 
 from connectors.base import RawRecord
 from connectors.mapping import EventMapper, MappingFailed, OutcomeMapper, map_records
-from shadow.config import EventMapping, OutcomeMapping, load_config
+from shadow.config import load_config
 from shadow.models import Event, RecordKind
 from shadow.replay import ReplayRequest, replay_files
 from shadow.report import build_report
 from shadow.runner import ReplaySummary
+from shadow.source_specs import EventMapping, OutcomeMapping
 from shadow.store import Store
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -27,8 +27,8 @@ from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action, RolloutState, Status
 from shadow.candidates import CallableCandidate, Candidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec
 from shadow.metrics import LATENCY_BUCKETS_MS, RuntimeMetrics, render_metrics
 from shadow.models import ErrorKind, Event, Prediction
 from shadow.runner import Replay, compare

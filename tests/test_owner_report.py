@@ -14,8 +14,8 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec, FieldsSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec, FieldsSpec
 from shadow.models import Event
 from shadow.owner import OwnerOptions, build_owner_report
 from shadow.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS

@@ -17,8 +17,9 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec, parse_config
+from shadow.config import parse_config
 from shadow.constraints import Checks
 from shadow.html import to_html
 from shadow.models import Event

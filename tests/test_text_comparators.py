@@ -185,7 +185,7 @@ def test_semantic_model_loads_from_the_wheel_without_network_or_writing_files(
         "socket.socket.connect = refuse\n"
         "socket.getaddrinfo = refuse\n"
         "from shadow.comparators import build_comparator\n"
-        "from shadow.config import SemanticSpec\n"
+        "from shadow.comparator_specs import SemanticSpec\n"
         "c = build_comparator(SemanticSpec(kind='semantic'))\n"
         "print(c.compare('refund issued', 'the refund was issued').agree)\n"
     )

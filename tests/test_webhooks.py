@@ -30,11 +30,12 @@ from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from connectors.webhook_server import WebhookServer
 from connectors.webhooks import METADATA_KEY, WebhookSource
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import EventMapping, ExactSpec, OutcomeMapping
 from shadow.errors import SourceError
 from shadow.models import RecordKind
 from shadow.runner import Replay
+from shadow.source_specs import EventMapping, OutcomeMapping
 from shadow.store import Store, StoredEvent, WriteBatch
 from tests.test_signatures import (
     NOW,

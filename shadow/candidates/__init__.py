@@ -7,11 +7,11 @@
   the same call machinery, structured output, tokens and cost.
 """
 
+from shadow.candidate_specs import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
 from shadow.candidates.base import Candidate, confidence_of
 from shadow.candidates.callable import CallableCandidate, batch
 from shadow.candidates.chat import ChatCandidate
 from shadow.candidates.http import HttpCandidate
-from shadow.config import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
 from shadow.constraints import Checks
 
 __all__ = [

@@ -21,8 +21,8 @@ from typing import Any, TypeVar, overload
 
 import orjson
 
+from shadow.candidate_specs import CallableCandidateSpec
 from shadow.candidates.base import Candidate, truncate
-from shadow.config import CallableCandidateSpec
 from shadow.loading import load_callable
 from shadow.models import ErrorKind, Event, Mode, Prediction, PredictionError
 

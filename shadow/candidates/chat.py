@@ -16,9 +16,9 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from shadow.candidate_specs import ChatCandidateSpec
 from shadow.candidates.http import canonical
 from shadow.candidates.remote import Attempt, RemoteCandidate, expand, failure
-from shadow.config import ChatCandidateSpec
 from shadow.models import ErrorKind, Event
 from shadow.paths import MISSING, get_path
 from shadow.templates import render

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shadow.candidate_specs import HttpCandidateSpec
 from shadow.candidates.remote import Attempt, RemoteCandidate, failure
-from shadow.config import HttpCandidateSpec
 from shadow.models import ErrorKind, Event
 from shadow.paths import MISSING, get_path
 from shadow.templates import render

@@ -26,9 +26,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from shadow.candidate_specs import RemoteSpec
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
 from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
-from shadow.config import RemoteSpec
 from shadow.errors import ConfigError, ShadowError
 from shadow.models import ErrorKind, Event, Prediction, PredictionError, utc_now
 from shadow.templates import TemplateError

@@ -18,8 +18,8 @@ from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action, Status
 from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
-from shadow.config import ExactSpec
 from shadow.models import Event
 from shadow.runner import Replay, compare
 from shadow.store import Store
