@@ -135,6 +135,14 @@ class _CandidateBase(Spec):
     checks: list[CheckSpec] = Field(default_factory=list)
     """Hard constraints on every output; a violating live decision is never published."""
 
+    @property
+    def resolved_name(self) -> str:
+        """The name its predictions are stored and reported under."""
+        return self.name or self._default_name()
+
+    def _default_name(self) -> str:
+        raise NotImplementedError
+
 
 class CallableCandidateSpec(_CandidateBase):
     """A Python function in this process; its version defaults to the module's ``__version__``."""
@@ -143,6 +151,9 @@ class CallableCandidateSpec(_CandidateBase):
     callable: CallablePath
     batch_size: int = Field(64, ge=1, le=100_000)
     """How many events a batch callable receives at once."""
+
+    def _default_name(self) -> str:
+        return self.callable
 
 
 class RetrySpec(Spec):
@@ -205,6 +216,9 @@ class HttpCandidateSpec(RemoteSpec):
     output_path: str | None = None
     """Dotted path into the response JSON to the output; the whole response when absent."""
 
+    def _default_name(self) -> str:
+        return self.url
+
 
 class PricesSpec(Spec):
     """What the provider charges, per 1,000 tokens."""
@@ -235,6 +249,9 @@ class ChatCandidateSpec(RemoteSpec):
     api_key_env: str | None = "OPENAI_API_KEY"
     """The environment variable holding the API key, sent as a bearer token."""
     prices: PricesSpec | None = None
+
+    def _default_name(self) -> str:
+        return f"{self.model}@{self.base_url}"
 
 
 def _candidate_kind(raw: Any) -> str:

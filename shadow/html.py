@@ -154,7 +154,7 @@ def _summary(candidates: Sequence[dict[str, Any]], baseline: dict[str, Any] | No
     rows = [[_identity(c), _verdict_badge(c.get("verdict")),
              _interval(c.get("agreement")), _count((c.get("agreement") or {}).get("n")),
              pct((c.get("errors") or {}).get("rate")),
-             pct((c.get("violations") or {}).get("rate"), 2),
+             _violation_rate(c.get("violations")),
              _millis((c.get("latency") or {}).get("p95")),
              _money((c.get("cost") or {}).get("per_decision"), "", 4)] for c in candidates]
     table = _table(["candidate", "verdict", "agreement (95 % Wilson)", "compared",
@@ -292,9 +292,21 @@ def _errors(errors: dict[str, Any] | None) -> str:
     return title + line + table
 
 
+def _unconfigured(violations: dict[str, Any] | None) -> bool:
+    """No checks configured and nothing caught: "0 %" would claim outputs were checked."""
+    return violations is not None and violations.get("configured") is False \
+        and not violations.get("violating")
+
+
+def _violation_rate(violations: dict[str, Any] | None) -> str:
+    return "–" if _unconfigured(violations) else pct((violations or {}).get("rate"), 2)
+
+
 def _violations(violations: dict[str, Any] | None) -> str:
     """Outputs caught by a hard-constraint check: the share, by check, recent examples."""
     title = "<h3>Hard-constraint violations</h3>"
+    if _unconfigured(violations):
+        return title + "<p>No hard-constraint checks are configured for this candidate.</p>"
     if not violations or not violations.get("checked"):
         return title + no_data("checked outputs")
     checked, violating = violations.get("checked"), violations.get("violating") or 0

@@ -86,6 +86,9 @@ class OwnerOptions:
     when unset."""
     top_violations: int = 10
     """How many recent violating predictions to show as examples."""
+    checked: frozenset[str] | None = None
+    """Names of the candidates configured with hard-constraint checks; ``None`` when not
+    known (a report made without the configuration)."""
     prediction_label: str | None = None
     """Dotted path to the label inside outputs, for the confusion matrix (whole output if unset)."""
     outcome_label: str | None = None
@@ -113,6 +116,7 @@ class OwnerOptions:
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "now"}
         out["redact"] = list(self.redact)
+        out["checked"] = None if self.checked is None else sorted(self.checked)
         return out
 
 
@@ -240,7 +244,8 @@ def _violations(q: OwnerQueries, options: OwnerOptions, key: Key) -> dict[str, A
     checked, violating = q.violation_counts.get(key, (0, 0))
     kinds = [{**kind, "rate": kind["predictions"] / checked}
              for kind in q.violation_kinds.get(key, [])]
-    return {"checked": checked, "violating": violating,
+    configured = None if options.checked is None else key[0] in options.checked
+    return {"configured": configured, "checked": checked, "violating": violating,
             "rate": violating / checked if checked else None,
             "threshold": options.max_violation_rate, "kinds": kinds,
             "examples": q.violation_examples.get(key, [])}

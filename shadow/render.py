@@ -163,6 +163,8 @@ def _owner_check(check: dict[str, Any]) -> str:
 
 def _violations_line(violations: dict[str, Any] | None) -> str:
     """Hard constraints in one line: the share of checked outputs caught, and by which check."""
+    if violations and violations.get("configured") is False and not violations["violating"]:
+        return "Hard constraints: none configured."
     if not violations or not violations["checked"]:
         return "Hard constraints: no checked outputs."
     checked, violating = violations["checked"], violations["violating"]

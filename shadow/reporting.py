@@ -45,12 +45,14 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
     violations = spec.max_violation_rate if spec.max_violation_rate is not None else (
         gates.max_violation_rate if gates is not None else None)
     comparator = config.comparator
+    specs = config.all_candidates()
+    checked = frozenset(c.resolved_name for c in specs if c.checks) if specs else None
     return OwnerOptions(
         threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
         segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
         top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
-        max_violation_rate=violations,
+        max_violation_rate=violations, checked=checked,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
         now=now)
 

@@ -234,8 +234,34 @@ def test_without_redaction_the_violation_text_is_shown_whole(store: Store) -> No
 
 def test_a_candidate_without_violations(store: Store) -> None:
     v = candidate(build_owner_report(store, options()), "plain")["violations"]
-    assert v == {"checked": N, "violating": 0, "rate": 0.0, "threshold": None, "kinds": [],
-                 "examples": []}
+    assert v == {"configured": None, "checked": N, "violating": 0, "rate": 0.0,
+                 "threshold": None, "kinds": [], "examples": []}
+
+
+def test_a_candidate_configured_without_checks_is_not_reported_as_clean(store: Store) -> None:
+    report = build_owner_report(store, options(checked=frozenset({"triage"})))
+    assert candidate(report, "plain")["violations"]["configured"] is False
+    assert candidate(report, "triage")["violations"]["configured"] is True
+    assert "Hard constraints: none configured." in owner_markdown(report).split("## plain")[1]
+    document = to_html(report)
+    assert "No hard-constraint checks are configured" in section(document, "plain")
+    assert "No hard-constraint checks are configured" not in section(document)
+    summary = document.split("<h2>Candidates</h2>", 1)[1].split("</table>", 1)[0]
+    plain_row = summary.split("<td>plain", 1)[1].split("</tr>", 1)[0]
+    assert re.findall(r'<td class="num">([^<]*)</td>', plain_row)[2] == "–"
+
+
+def test_which_candidates_have_checks_comes_from_the_configuration() -> None:
+    pii = [{"kind": "pii"}]
+    config = parse_config({"candidates": [
+        {"callable": "tests.test_owner_violations:triage", "checks": pii},
+        {"callable": "tests.test_owner_violations:plain", "name": "plain"},
+        {"kind": "http", "url": "http://127.0.0.1:9/predict", "checks": pii},
+        {"kind": "chat", "base_url": "http://127.0.0.1:9/v1", "model": "m", "user": "x",
+         "checks": pii}]})
+    assert owner_options(config).checked == frozenset({
+        "tests.test_owner_violations:triage", "http://127.0.0.1:9/predict",
+        "m@http://127.0.0.1:9/v1"})
 
 
 def test_redact_text_through_lists_and_nested_values() -> None:

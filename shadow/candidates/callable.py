@@ -76,7 +76,7 @@ class CallableCandidate(Candidate):
         function = load_callable(spec.callable, what="candidate")
         module = importlib.import_module(spec.callable.partition(":")[0])
         version = spec.version or _module_version(module)
-        candidate = cls(function, name=spec.name or spec.callable, version=version,
+        candidate = cls(function, name=spec.resolved_name, version=version,
                         batch_size=spec.batch_size)
         candidate.confidence_path = spec.confidence_path
         candidate.abstain_below = spec.abstain_below

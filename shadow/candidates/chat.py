@@ -28,7 +28,7 @@ class ChatCandidate(RemoteCandidate):
     spec: ChatCandidateSpec
 
     def __init__(self, spec: ChatCandidateSpec, **options: Any) -> None:
-        super().__init__(spec, default_name=f"{spec.model}@{spec.base_url}", **options)
+        super().__init__(spec, **options)
         self.url = spec.base_url.rstrip("/") + "/chat/completions"
         self._validator = (
             Draft202012Validator(spec.json_schema) if spec.json_schema is not None else None

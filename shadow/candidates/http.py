@@ -26,7 +26,7 @@ class HttpCandidate(RemoteCandidate):
     spec: HttpCandidateSpec
 
     def __init__(self, spec: HttpCandidateSpec, **options: Any) -> None:
-        super().__init__(spec, default_name=spec.url, **options)
+        super().__init__(spec, **options)
         self.url = spec.url
 
     @classmethod

@@ -65,12 +65,11 @@ class RemoteCandidate(Candidate):
         self,
         spec: RemoteSpec,
         *,
-        default_name: str,
         clock: Callable[[], float] = time.monotonic,
         uniform: Callable[[float, float], float] | None = None,
     ) -> None:
         self.spec = spec
-        self.name = spec.name or default_name
+        self.name = spec.resolved_name
         self.version = spec.version
         self.confidence_path, self.abstain_below = spec.confidence_path, spec.abstain_below
         self.breaker = CircuitBreaker(spec.breaker, clock=clock)
