@@ -235,9 +235,9 @@ def time_pipeline(
     )
     candidate = CallableCandidate(label, name="trivial")
     candidate.predict = stages.wrap("candidate", candidate.predict)  # type: ignore[method-assign]
-    originals = runner_module.map_records, store_module._arrow_tables
+    originals = runner_module.map_records, store_module.arrow_tables
     runner_module.map_records = stages.wrap("map + validate", runner_module.map_records)
-    store_module._arrow_tables = stages.wrap("arrow tables", store_module._arrow_tables)
+    store_module.arrow_tables = stages.wrap("arrow tables", store_module.arrow_tables)
     profiler = cProfile.Profile() if profile else None
     try:
         with Store(db_path) as store:
@@ -254,7 +254,7 @@ def time_pipeline(
             finished = time.perf_counter()
             stored = (store.count("events"), store.count("predictions"))
     finally:
-        runner_module.map_records, store_module._arrow_tables = originals
+        runner_module.map_records, store_module.arrow_tables = originals
     if summary.events_stored != count or stored != (count, count) or summary.dead_letters:
         raise SystemExit(f"pipeline stored {stored[0]:,} events and {stored[1]:,} predictions "
                          f"({summary.dead_letters} dead letters), expected {count:,} each")

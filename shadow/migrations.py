@@ -7,6 +7,10 @@ are stored as JSON text.
 
 from __future__ import annotations
 
+import duckdb
+
+from shadow.errors import StoreError
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         """CREATE TABLE events (
@@ -164,3 +168,41 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE comparisons ADD COLUMN note VARCHAR",
     ]),
 ]
+
+
+def migrate(db: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema to the newest version, one migration per transaction.
+
+    Returns the version the store is at afterwards.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version "
+        "(version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    current = check_version(db)
+    for version, statements in MIGRATIONS:
+        if version <= current:
+            continue
+        db.execute("BEGIN TRANSACTION")
+        for statement in statements:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+        db.execute("COMMIT")
+        current = version
+    return current
+
+
+def check_version(db: duckdb.DuckDBPyConnection) -> int:
+    """The store's schema version, refusing one newer than this code knows."""
+    try:
+        rows = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchall()
+    except duckdb.CatalogException:
+        return 0
+    current = int(rows[0][0])
+    newest = MIGRATIONS[-1][0]
+    if current > newest:
+        raise StoreError(
+            f"the store has schema version {current}, newer than this tool's {newest}; "
+            f"upgrade the tool to read it"
+        )
+    return current

@@ -24,7 +24,8 @@ from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from shadow.candidates import Candidate
 from shadow.comparators import Comparator
 from shadow.models import Comparison, Event, Outcome, RecordKind, utc_now
-from shadow.store import Duplicate, Store, StoredEvent, WriteBatch, WriteCounts
+from shadow.store import Store
+from shadow.writes import Duplicate, StoredEvent, WriteBatch, WriteCounts
 
 if TYPE_CHECKING:
     from rollout.runtime import LiveRollout

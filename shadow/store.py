@@ -1,8 +1,8 @@
 """The DuckDB store: events, outcomes with history, predictions, comparisons, dead letters.
 
 Writes are batched: each :meth:`Store.write` turns a batch into Arrow tables
-and inserts them in one transaction, which is two orders of magnitude faster
-than row-by-row INSERTs in DuckDB. Idempotency is enforced here, not by the
+and inserts them in one transaction (:mod:`shadow.writes`); the schema comes
+from :mod:`shadow.migrations`. Idempotency is enforced here, not by the
 caller: an event is stored once per ``event_id``, a prediction once per event
 and candidate, an outcome once per ``key`` and ``decided_at``, a dead letter or
 a duplicate once per source position. Only one process can hold the file open
@@ -14,20 +14,26 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import duckdb
 import orjson
 import pyarrow as pa
 
 from shadow.errors import StoreError
-from shadow.migrations import MIGRATIONS
-from shadow.models import Comparison, DeadLetter, Event, Outcome, Prediction
-
-_TS = pa.timestamp("us", tz="UTC")
+from shadow.migrations import MIGRATIONS, check_version, migrate
+from shadow.models import Comparison, Event, Prediction
+from shadow.writes import (
+    UTC_TIMESTAMP,
+    WriteBatch,
+    WriteCounts,
+    arrow_tables,
+    insert,
+    predictions_table,
+)
 
 _SETTINGS = {
     "TimeZone": "UTC",
@@ -38,46 +44,6 @@ _SETTINGS = {
     # dozens of times per million events; 128 MB keeps replays fast and recovery short.
     "checkpoint_threshold": "128MB",
 }
-
-
-class StoredEvent(NamedTuple):
-    """An event with where it was read, so re-reading the same record is recognised.
-
-    A named tuple, like :class:`~connectors.base.RawRecord`: one per event stored.
-    """
-
-    event: Event
-    source: str
-    position: str
-
-
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    """A record whose ``event_id`` was already stored from another position."""
-
-    event_id: str
-    source: str
-    position: str
-
-
-@dataclass(slots=True)
-class WriteBatch:
-    """Everything one transaction writes. Lists may be empty."""
-
-    events: list[StoredEvent] = field(default_factory=list)
-    predictions: list[Prediction] = field(default_factory=list)
-    outcomes: list[tuple[Outcome, str, str]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    duplicates: list[Duplicate] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class WriteCounts:
-    """What a write actually added, after idempotency checks."""
-
-    outcomes: int
-    dead_letters: int
-    duplicates: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +194,7 @@ class Store:
         """Put these predictions in place of the ones stored for the same event and candidate."""
         if not predictions:
             return
-        new = {"new_predictions": _predictions_table(list(predictions))}
+        new = {"new_predictions": predictions_table(list(predictions))}
         with self._transaction(new) as tx:
             tx.execute(_DELETE_SAME.format(table="predictions", new="new_predictions"))
             tx.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
@@ -285,9 +251,9 @@ class Store:
         checked them against :meth:`stored_positions` and :meth:`predicted`.
         Outcomes, dead letters and duplicates are checked here.
         """
-        tables = _arrow_tables(batch)
+        tables = arrow_tables(batch)
         with self._transaction({f"new_{t}": arrow for t, arrow in tables.items()}, db) as tx:
-            return _insert(tx, tables)
+            return insert(tx, tables)
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -339,8 +305,9 @@ class Store:
             "comparator": [c.comparator for c in comparisons],
             "agree": pa.array([c.agree for c in comparisons], pa.bool_()),
             "note": pa.array([c.note for c in comparisons], pa.string()),
-            "outcome_decided_at": pa.array([c.outcome_decided_at for c in comparisons], _TS),
-            "compared_at": pa.array([c.compared_at for c in comparisons], _TS),
+            "outcome_decided_at": pa.array([c.outcome_decided_at for c in comparisons],
+                                           UTC_TIMESTAMP),
+            "compared_at": pa.array([c.compared_at for c in comparisons], UTC_TIMESTAMP),
         })
         fields = pa.table({
             "event_id": [c.event_id for c in comparisons for _ in c.fields],
@@ -387,172 +354,6 @@ LEFT JOIN comparisons c
 WHERE p.error_type IS NULL AND NOT p.abstained
   AND (c.event_id IS NULL OR c.outcome_decided_at <> f.decided_at OR c.comparator <> ?)
 """
-
-
-def _arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
-    tables: dict[str, pa.Table] = {}
-    if batch.events:
-        tables["events"] = _events_table(batch.events)
-    if batch.predictions:
-        tables["predictions"] = _predictions_table(batch.predictions)
-    if batch.outcomes:
-        tables["outcomes"] = _outcomes_table(batch.outcomes)
-    if batch.dead_letters:
-        tables["dead_letters"] = _dead_letters_table(batch.dead_letters)
-    if batch.duplicates:
-        tables["duplicates"] = pa.table({
-            "event_id": [d.event_id for d in batch.duplicates],
-            "source": [d.source for d in batch.duplicates],
-            "position": [d.position for d in batch.duplicates],
-        })
-    return tables
-
-
-def _events_table(rows: list[StoredEvent]) -> pa.Table:
-    dumps = orjson.dumps
-    events = [row.event for row in rows]
-    return pa.table({
-        "event_id": [e.event_id for e in events],
-        "key": [e.key for e in events],
-        "routing_key": [e.route for e in events],
-        "occurred_at": pa.array([e.occurred_at for e in events], _TS),
-        "segment": [dumps(e.segment).decode() for e in events],
-        "payload": [dumps(e.payload).decode() for e in events],
-        "source": [row.source for row in rows],
-        "position": [row.position for row in rows],
-    })
-
-
-def _predictions_table(predictions: list[Prediction]) -> pa.Table:
-    dumps = orjson.dumps
-    return pa.table({
-        "event_id": [p.event_id for p in predictions],
-        "candidate": [p.candidate for p in predictions],
-        "version": pa.array([p.version for p in predictions], pa.string()),
-        "mode": [p.mode.value for p in predictions],
-        "output": pa.array(
-            [dumps(p.output).decode() if p.error is None else None for p in predictions],
-            pa.string(),
-        ),
-        "confidence": pa.array([p.confidence for p in predictions], pa.float64()),
-        "abstained": pa.array([p.abstained for p in predictions], pa.bool_()),
-        "latency_ms": pa.array([p.latency_ms for p in predictions], pa.float64()),
-        "error_type": pa.array([p.error and p.error.type for p in predictions], pa.string()),
-        "error_message": pa.array([p.error and p.error.message for p in predictions], pa.string()),
-        "error_kind": pa.array(
-            [p.error and p.error.kind.value for p in predictions], pa.string()
-        ),
-        "error_body": pa.array([p.error and p.error.body for p in predictions], pa.string()),
-        "predicted_at": pa.array([p.predicted_at for p in predictions], _TS),
-        "status": pa.array([p.status for p in predictions], pa.int32()),
-        "attempts": pa.array([p.attempts for p in predictions], pa.int32()),
-        "ttfb_ms": pa.array([p.ttfb_ms for p in predictions], pa.float64()),
-        "prompt_tokens": pa.array([p.prompt_tokens for p in predictions], pa.int64()),
-        "completion_tokens": pa.array([p.completion_tokens for p in predictions], pa.int64()),
-        "cost": pa.array([p.cost for p in predictions], pa.float64()),
-        "model": pa.array([p.model for p in predictions], pa.string()),
-        "review": pa.array([p.review for p in predictions], pa.bool_()),
-        "rollout_step": pa.array([p.step for p in predictions], pa.int32()),
-        "violations": pa.array([list(p.violations) if p.violations else None
-                                for p in predictions], pa.list_(pa.string())),
-    })
-
-
-def _outcomes_table(rows: list[tuple[Outcome, str, str]]) -> pa.Table:
-    return pa.table({
-        "key": [o.key for o, _, _ in rows],
-        "decided_at": pa.array([o.decided_at for o, _, _ in rows], _TS),
-        "outcome": [orjson.dumps(o.outcome).decode() for o, _, _ in rows],
-        "actor": pa.array([o.actor for o, _, _ in rows], pa.string()),
-        "source": [source for _, source, _ in rows],
-        "position": [position for _, _, position in rows],
-    })
-
-
-def _dead_letters_table(rows: list[DeadLetter]) -> pa.Table:
-    return pa.table({
-        "kind": [d.kind.value for d in rows],
-        "source": [d.source for d in rows],
-        "position": [d.position for d in rows],
-        "raw": [d.raw for d in rows],
-        "reason": [d.reason for d in rows],
-        "received_at": pa.array([d.received_at for d in rows], _TS),
-    })
-
-
-# Tables whose rows may repeat across replays, and the columns that identify a row.
-_IDENTITY = {
-    "outcomes": ("key", "decided_at"),
-    "dead_letters": ("source", "position"),
-    "duplicates": ("source", "position"),
-}
-
-
-# The long form of segments, for slicing in SQL; unnested by DuckDB, which is
-# cheaper than a nested Python loop per event.
-_SEGMENTS_SQL = """
-INSERT INTO event_segments
-SELECT n.event_id, s.key, s.value ->> '$' FROM new_events n, json_each(n.segment) s
-"""
-
-
-def _insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteCounts:
-    added = dict.fromkeys(_IDENTITY, 0)
-    if "events" in tables:
-        db.execute(_SEGMENTS_SQL)
-    for table in tables:
-        identity = _IDENTITY.get(table)
-        if identity is None:
-            db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM new_{table}")  # noqa: S608
-            continue
-        on = " AND ".join(f"t.{c} = n.{c}" for c in identity)
-        partition = ", ".join(identity)
-        added[table] = int(_scalar(
-            db,
-            f"INSERT INTO {table} BY NAME "  # noqa: S608
-            f"SELECT * EXCLUDE (rank) FROM ("
-            f"  SELECT n.*, row_number() OVER (PARTITION BY {partition}) AS rank"
-            f"  FROM new_{table} n ANTI JOIN {table} t ON {on}"
-            f") WHERE rank = 1",
-        ))
-    return WriteCounts(added["outcomes"], added["dead_letters"], added["duplicates"])
-
-
-def migrate(db: duckdb.DuckDBPyConnection) -> int:
-    """Bring the schema to the newest version, one migration per transaction.
-
-    Returns the version the store is at afterwards.
-    """
-    db.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version "
-        "(version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-    )
-    current = check_version(db)
-    for version, statements in MIGRATIONS:
-        if version <= current:
-            continue
-        db.execute("BEGIN TRANSACTION")
-        for statement in statements:
-            db.execute(statement)
-        db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-        db.execute("COMMIT")
-        current = version
-    return current
-
-
-def check_version(db: duckdb.DuckDBPyConnection) -> int:
-    """The store's schema version, refusing one newer than this code knows."""
-    try:
-        current = int(_scalar(db, "SELECT coalesce(max(version), 0) FROM schema_version"))
-    except duckdb.CatalogException:
-        return 0
-    newest = MIGRATIONS[-1][0]
-    if current > newest:
-        raise StoreError(
-            f"the store has schema version {current}, newer than this tool's {newest}; "
-            f"upgrade the tool to read it"
-        )
-    return current
 
 
 def _is_duckdb(path: Path) -> bool:

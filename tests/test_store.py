@@ -14,7 +14,8 @@ import pytest
 from shadow.errors import StoreError
 from shadow.migrations import MIGRATIONS
 from shadow.models import Comparison, DeadLetter, Outcome, RecordKind
-from shadow.store import Duplicate, Store, WriteBatch
+from shadow.store import Store
+from shadow.writes import Duplicate, WriteBatch
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 NEWEST = max(version for version, _ in MIGRATIONS)

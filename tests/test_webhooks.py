@@ -36,7 +36,8 @@ from shadow.errors import SourceError
 from shadow.models import RecordKind
 from shadow.runner import Replay
 from shadow.source_specs import EventMapping, OutcomeMapping
-from shadow.store import Store, StoredEvent, WriteBatch
+from shadow.store import Store
+from shadow.writes import StoredEvent, WriteBatch
 from tests.test_signatures import (
     NOW,
     SCHEMES,
