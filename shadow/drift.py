@@ -4,7 +4,7 @@ A :class:`Window` is a half-open interval ``[start, end)`` of ``events.occurred_
 (and of ``outcomes.decided_at`` for outcomes). :func:`measure_drift` compares two
 windows on three kinds of evidence, each aggregated in DuckDB; only per-category,
 per-bin and per-distinct-value counts come back to Python, where the statistics
-are a few lines of arithmetic (no scipy):
+(:mod:`shadow.stats`) are a few lines of arithmetic (no scipy):
 
 * **Segment mix** (each field of ``event_segments``): Pearson's chi-squared
   goodness of fit of the current counts against the reference proportions,
@@ -42,7 +42,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,6 +50,8 @@ from typing import Any
 import duckdb
 
 from shadow.errors import ConfigError, ShadowError, StoreError
+from shadow.paths import sql_json_path
+from shadow.stats import chi2_sf, ks_p_value, ks_statistic, psi
 from shadow.store import Store
 
 PAYLOAD_LENGTH = "payload_length"
@@ -316,17 +317,10 @@ def pool_cells(
 
 
 def _number_at(dotted: str) -> str:
-    path = _json_path(dotted)
+    path = sql_json_path(dotted)
     types = ", ".join(f"'{t}'" for t in _NUMERIC_JSON_TYPES)
     return (f"CASE WHEN json_type(e.payload, '{path}') IN ({types}) "
             f"THEN CAST(e.payload ->> '{path}' AS DOUBLE) END")
-
-
-def _json_path(dotted: str | None) -> str:
-    if not dotted:
-        return "$"
-    escaped = (part.replace("'", "''").replace('"', '\\"') for part in dotted.split("."))
-    return "$" + "".join(f'."{part}"' for part in escaped)
 
 
 def _numeric(store: Store, name: str, expression: str, windows: tuple[datetime, ...],
@@ -361,7 +355,7 @@ def _numeric(store: Store, name: str, expression: str, windows: tuple[datetime, 
 
 def _new_outcomes(store: Store, windows: tuple[datetime, ...],
                   outcome_label: str | None) -> tuple[float | None, tuple[tuple[str, int], ...]]:
-    value = f"o.outcome ->> '{_json_path(outcome_label)}'"
+    value = f"o.outcome ->> '{sql_json_path(outcome_label)}'"
     ref = "o.decided_at >= $1 AND o.decided_at < $2"
     cur = "o.decided_at >= $3 AND o.decided_at < $4"
     rows = _query(
@@ -384,110 +378,6 @@ def _query(store: Store, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any
         return store.db.execute(sql, list(params)).fetchall()
     except duckdb.Error as exc:
         raise StoreError(f"cannot measure drift in {store.path}: {exc}") from exc
-
-
-# -- statistics ------------------------------------------------------------------
-
-
-def psi(reference: Sequence[int], current: Sequence[int], epsilon: float = 1e-4) -> float:
-    """Population stability index of two histograms over the same bins."""
-    ref_total, cur_total = sum(reference), sum(current)
-    total = 0.0
-    for r, c in zip(reference, current, strict=True):
-        p = max(r / ref_total, epsilon)
-        q = max(c / cur_total, epsilon)
-        total += (q - p) * math.log(q / p)
-    return total
-
-
-def ks_statistic(reference: dict[float, int], current: dict[float, int]) -> float:
-    """Two-sample KS ``D`` from counts per distinct value."""
-    ref_total, cur_total = sum(reference.values()), sum(current.values())
-    ref_cum = cur_cum = 0
-    d = 0.0
-    for value in sorted(reference.keys() | current.keys()):
-        ref_cum += reference.get(value, 0)
-        cur_cum += current.get(value, 0)
-        d = max(d, abs(ref_cum / ref_total - cur_cum / cur_total))
-    return d
-
-
-def ks_p_value(d: float, n: int, m: int) -> float:
-    """Asymptotic p-value of the two-sample KS statistic (Numerical Recipes ``probks``)."""
-    root = math.sqrt(n * m / (n + m))
-    return kolmogorov_sf((root + 0.12 + 0.11 / root) * d)
-
-
-def kolmogorov_sf(lam: float) -> float:
-    """``Q_KS(lam) = 2 sum_{j>=1} (-1)**(j-1) exp(-2 j**2 lam**2)``; 1 where it cannot converge."""
-    a2 = -2.0 * lam * lam
-    total, sign, previous = 0.0, 2.0, 0.0
-    for j in range(1, 101):
-        term = sign * math.exp(a2 * j * j)
-        total += term
-        if abs(term) <= 1e-3 * previous or abs(term) <= 1e-8 * total:
-            return min(max(total, 0.0), 1.0)
-        sign, previous = -sign, abs(term)
-    return 1.0
-
-
-def chi2_sf(x: float, dof: int) -> float:
-    """``P(X >= x)`` for a chi-squared variable with ``dof`` degrees of freedom."""
-    if dof < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, not {dof}")
-    if x <= 0:
-        return 1.0
-    return gamma_q(dof / 2.0, x / 2.0)
-
-
-def gamma_q(a: float, x: float) -> float:
-    """Regularized upper incomplete gamma ``Q(a, x)`` (Numerical Recipes ``gammq``)."""
-    if x < 0 or a <= 0:
-        raise ValueError(f"gamma_q needs x >= 0 and a > 0, not x={x}, a={a}")
-    if x < a + 1.0:
-        return 1.0 - _gamma_series(a, x)
-    return _gamma_fraction(a, x)
-
-
-_ITMAX = 500
-_EPS = 3e-16
-_FPMIN = 1e-300
-
-
-def _gamma_series(a: float, x: float) -> float:
-    """``P(a, x)`` by its series, for ``x < a + 1``."""
-    if x == 0:
-        return 0.0
-    ap, total = a, 1.0 / a
-    delta = total
-    for _ in range(_ITMAX):
-        ap += 1.0
-        delta *= x / ap
-        total += delta
-        if abs(delta) < abs(total) * _EPS:
-            break
-    return total * math.exp(-x + a * math.log(x) - math.lgamma(a))
-
-
-def _gamma_fraction(a: float, x: float) -> float:
-    """``Q(a, x)`` by its continued fraction (modified Lentz), for ``x >= a + 1``."""
-    b = x + 1.0 - a
-    c = 1.0 / _FPMIN
-    d = 1.0 / b
-    h = d
-    for i in range(1, _ITMAX + 1):
-        an = -i * (i - a)
-        b += 2.0
-        d = an * d + b
-        d = _FPMIN if abs(d) < _FPMIN else d
-        c = b + an / c
-        c = _FPMIN if abs(c) < _FPMIN else c
-        d = 1.0 / d
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < _EPS:
-            break
-    return math.exp(-x + a * math.log(x) - math.lgamma(a)) * h
 
 
 # -- metrics ---------------------------------------------------------------------

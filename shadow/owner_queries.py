@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from shadow.paths import sql_json_path
 from shadow.redaction import redact, redact_text, redact_within
 from shadow.stats import wilson
 from shadow.store import Store
@@ -36,12 +37,6 @@ MAX_LABELS = 12
 def interval(agreed: int, n: int) -> dict[str, float | None]:
     rate, low, high = wilson(agreed, n)
     return {"rate": rate, "low": low, "high": high}
-
-
-def _json_path(dotted: str | None) -> str:
-    if dotted is None:
-        return "$"
-    return "$" + "".join('."' + part.replace('"', '\\"') + '"' for part in dotted.split("."))
 
 
 def _label(column: str, path: str) -> str:
@@ -157,8 +152,8 @@ class OwnerQueries:
 
     @cached_property
     def confusion(self) -> dict[Key, dict[str, Any] | None]:
-        human = _label("o.outcome", _json_path(self.options.outcome_label))
-        ai = _label("p.output", _json_path(self.options.prediction_label))
+        human = _label("o.outcome", sql_json_path(self.options.outcome_label))
+        ai = _label("p.output", sql_json_path(self.options.prediction_label))
         rows = self._rows(
             f"SELECT c.candidate, c.version, {human}, {ai}, count(*) "  # noqa: S608
             "FROM comparisons c JOIN events e USING (event_id) "

@@ -47,3 +47,20 @@ def get_path(value: Any, path: str) -> Any:
         else:
             return MISSING
     return value
+
+
+def sql_json_path(dotted: str | None) -> str:
+    """A DuckDB JSONPath for a dotted path, safe inside a single-quoted SQL literal.
+
+    Each part is quoted, so keys with spaces or punctuation need nothing
+    special; quotes in a key are escaped for the JSONPath, then for SQL.
+
+    >>> sql_json_path("requester.email")
+    '$."requester"."email"'
+    >>> print(sql_json_path(None), sql_json_path("it's"))
+    $ $."it''s"
+    """
+    if not dotted:
+        return "$"
+    escaped = (part.replace('"', '\\"').replace("'", "''") for part in dotted.split("."))
+    return "$" + "".join(f'."{part}"' for part in escaped)

@@ -22,10 +22,8 @@ from shadow.drift import (
     DriftReport,
     DriftThresholds,
     Window,
-    chi2_sf,
     drift_metrics,
     first_days,
-    kolmogorov_sf,
     last_days,
     measure_drift,
     period,
@@ -33,6 +31,7 @@ from shadow.drift import (
 )
 from shadow.errors import ConfigError
 from shadow.runner import Replay
+from shadow.stats import chi2_sf, kolmogorov_sf
 from shadow.store import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

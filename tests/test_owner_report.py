@@ -535,3 +535,27 @@ def test_a_redacted_value_echoed_in_output_or_outcome_is_redacted_there_too(
     assert shown["payload"] == {"requester": {"email": "[redacted]", "id": "[redacted]"}}
     assert shown["output"] == {"label": "billing", "reply": "Dear [redacted]"}
     assert shown["outcome"] == {"label": "refund", "note": "wrote to [redacted] (id [redacted])"}
+
+
+def test_label_paths_with_quotes_and_spaces_read_the_labels(tmp_path: Path) -> None:
+    def quoted(event: Event) -> dict[str, Any]:
+        return {"agent's pick": event.payload["guess"]}
+
+    guesses = ["billing", "login", "billing", "refund"]
+    truths = ["billing", "billing", "billing", "refund"]
+    with Store(tmp_path / "store.duckdb") as store:
+        Replay(store, CallableCandidate(quoted, name="quoted"),
+               build_comparator(ExactSpec(prediction_path="agent's pick",
+                                          outcome_path="final label"))).run(
+            [ListSource([{"event_id": f"e{i}", "key": f"t{i}", "occurred_at": START.isoformat(),
+                          "payload": {"guess": g}} for i, g in enumerate(guesses)])],
+            [ListSource([{"key": f"t{i}", "decided_at": START.isoformat(),
+                          "outcome": {"final label": t}} for i, t in enumerate(truths)])])
+        report = build_owner_report(store, ready_options(
+            prediction_label="agent's pick", outcome_label="final label"))
+    confusion = candidate(report, "quoted")["confusion"]
+    expected = Counter(zip(truths, guesses, strict=True))
+    labels = confusion["labels"]
+    assert sorted(labels) == ["billing", "login", "refund"]
+    assert {(labels[h], labels[a]): n for h, row in enumerate(confusion["matrix"])
+            for a, n in enumerate(row) if n} == dict(expected)
