@@ -365,8 +365,12 @@ class _Judge(_SpecComparator):
                 raise JudgeError(f"the response is not JSON: {exc}") from exc
             except urllib.error.HTTPError as exc:
                 exc.close()
-                retryable = exc.code == 429 or exc.code >= 500
+                retryable = exc.code in (408, 429) or exc.code >= 500
                 problem = f"{self._url} answered {exc.code}"
+                if not retryable:
+                    # Asking again will not help: the predictions stay pending until
+                    # the configuration is fixed, so say where to look.
+                    problem += " (refused: check base_url, model and api_key_env)"
                 wait = _retry_after(exc.headers.get("retry-after"))
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
                 retryable, problem, wait = True, f"{type(exc).__name__}: {exc}", None

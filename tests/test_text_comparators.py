@@ -334,7 +334,7 @@ def test_a_failing_judge_defers_with_a_note_and_is_not_cached(tmp_path: Path) ->
         assert len(server.requests) == 2  # one attempt each: a 400 is not retried
     assert judged.deferred and not judged.agree and judged.fields == {}
     assert judged.note is not None and judged.note.startswith("judge failed: ")
-    assert "answered 400" in judged.note
+    assert "answered 400 (refused: check base_url, model and api_key_env)" in judged.note
     # no warning per item: the runner warns once per compare run
     assert [entry for entry in logs if entry["log_level"] == "warning"] == []
 
@@ -345,6 +345,16 @@ def test_a_server_error_is_retried(tmp_path: Path) -> None:
         judged = comparator(**judge_spec(server, tmp_path, max_attempts=2)).compare("a", "a")
         assert len(server.requests) == 2
     assert judged == Judgement(True, {}, "ok")
+
+
+@pytest.mark.parametrize("status", [408, 429])
+def test_a_timeout_or_rate_limit_answer_is_retried(tmp_path: Path, status: int) -> None:
+    answers = iter([Reply(status=status, headers={"retry-after": "0"}),
+                    completion('{"verdict": "disagree", "reason": "no"}')])
+    with TestServer(lambda request: next(answers)) as server:
+        judged = comparator(**judge_spec(server, tmp_path, max_attempts=2)).compare("a", "b")
+        assert len(server.requests) == 2
+    assert judged == Judgement(False, {}, "no")
 
 
 def test_a_reply_without_a_verdict_is_deferred(tmp_path: Path) -> None:
