@@ -85,7 +85,7 @@ class Daemon:
         if other is not None:
             raise StoreError(f"another daemon (pid {other.pid}, API at {other.api}) is running "
                              f"for {self.store_path}; stop it first")
-        from shadow.metrics import RuntimeMetrics
+        from shadow.runtime_metrics import RuntimeMetrics
 
         self.runtime = RuntimeMetrics()
         with ExitStack() as stack:

@@ -4,8 +4,8 @@ Everything about the store is aggregated by DuckDB at scrape time, in one
 read transaction on a connection of its own: the numbers are the store's own,
 consistent with each other and with the report, and a restart does not reset
 them. What the store does not hold (consumer lag, records handed out, the
-scheduler's runs) lives in :class:`RuntimeMetrics`, which the daemon updates
-from its pipeline thread.
+scheduler's runs) lives in :class:`~shadow.runtime_metrics.RuntimeMetrics`,
+which the daemon updates from its pipeline thread.
 
 Counters are the store's row counts, so they only grow in normal operation,
 with two exceptions Prometheus reads as a counter reset: a prediction made
@@ -23,9 +23,7 @@ sees the very first one.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -43,7 +41,9 @@ from prometheus_client.process_collector import ProcessCollector
 from rollout.gates import Phase
 from rollout.state import Action, Status
 from shadow.errors import StoreError
-from shadow.models import ErrorKind, Mode, RecordKind, utc_now
+from shadow.metric_families import counter, gauge
+from shadow.models import ErrorKind, Mode, RecordKind
+from shadow.runtime_metrics import RuntimeMetrics
 from shadow.store import Store
 
 log = structlog.get_logger(__name__)
@@ -73,7 +73,7 @@ def render_metrics(store: Store, *, runtime: RuntimeMetrics | None = None) -> st
     except (duckdb.Error, StoreError) as exc:
         log.warning("metrics: the store cannot be read", store=str(store.path), error=str(exc))
         up = 0.0
-    families.append(_gauge("shadow_up", "1 when the store was read for this scrape, else 0.", up))
+    families.append(gauge("shadow_up", "1 when the store was read for this scrape, else 0.", up))
     if runtime is not None:
         families.extend(runtime.collect())
     registry = CollectorRegistry(auto_describe=False)
@@ -137,11 +137,11 @@ def _intake(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     for kind, n in rows:
         dead.add_metric([kind], n)
     return [
-        _counter("shadow_events", "Events stored (each event_id once).", events),
-        _counter("shadow_duplicates",
+        counter("shadow_events", "Events stored (each event_id once).", events),
+        counter("shadow_duplicates",
                  "Records whose event_id was already stored from another position.", duplicates),
         dead,
-        _counter("shadow_outcomes", "Outcomes stored, history included (each key and "
+        counter("shadow_outcomes", "Outcomes stored, history included (each key and "
                  "decided_at once).", outcomes),
     ]
 
@@ -369,146 +369,12 @@ def _gates(db: duckdb.DuckDBPyConnection) -> list[Metric]:
               for field, (name, doc) in _CHECK_GAUGES.items()}
     for rollout, kind, name, current, *values in db.execute(_CHECKS).fetchall():
         _state_set(check_phase, [rollout, kind, name], current)
-        for gauge, value in zip(gauges.values(), values, strict=True):
+        for family, value in zip(gauges.values(), values, strict=True):
             if value is not None:
-                gauge.add_metric([rollout, kind, name], value)
+                family.add_metric([rollout, kind, name], value)
     return [phase, evaluated, check_phase, *gauges.values()]
 
 
 def _state_set(family: GaugeMetricFamily, labels: list[str], current: str) -> None:
     for p in Phase:
         family.add_metric([*labels, p.value], float(p.value == current))
-
-
-# -- this process ---------------------------------------------------------------------
-
-
-class RuntimeMetrics:
-    """What this process knows and the store does not: lag, intake, scheduled jobs.
-
-    Thread-safe: the pipeline thread and the scheduler update it while the
-    API thread renders. Every update is a few dictionary operations under a
-    lock, cheap enough for every pass of the pipeline loop.
-    """
-
-    def __init__(self, *, now: Callable[[], datetime] = utc_now) -> None:
-        self._now = now
-        self._lock = threading.Lock()
-        self.started_at = now().timestamp()
-        self._lag: dict[str, dict[str, int]] = {}
-        self._records: dict[str, int] = {}
-        self._handed_out: dict[str, int] = {}
-        self._fraction: dict[str, float] = {}
-        self._runs: dict[str, dict[str, int]] = {}
-        self._last_success: dict[str, float] = {}
-        self._drift: list[tuple[str, dict[str, str], float]] = []
-
-    def set_lag(self, source: str, partition: str | int, lag: int) -> None:
-        """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
-        with self._lock:
-            self._lag.setdefault(source, {})[str(partition)] = max(0, int(lag))
-
-    def set_lags(self, source: str, lags: Mapping[str | int, int]) -> None:
-        """The lag of every partition ``source`` holds now; partitions it lost disappear."""
-        fresh = {str(partition): max(0, int(lag)) for partition, lag in lags.items()}
-        with self._lock:
-            self._lag[source] = fresh
-
-    def add_records(self, source: str, n: int) -> None:
-        """``n`` more records handed out by ``source``."""
-        with self._lock:
-            self._records[source] = self._records.get(source, 0) + max(0, n)
-
-    def progress(self, source: str, handed_out: int, fraction: float | None) -> None:
-        """A :data:`shadow.runner.Progress` callback: ``Replay(..., progress=runtime.progress)``.
-
-        ``handed_out`` counts from the start of the replay; a count lower than
-        the last one is a new replay, counted from zero.
-        """
-        with self._lock:
-            last = self._handed_out.get(source, 0)
-            added = handed_out - last if handed_out >= last else handed_out
-            self._handed_out[source] = handed_out
-            self._records[source] = self._records.get(source, 0) + max(0, added)
-            if fraction is not None:
-                self._fraction[source] = fraction
-
-    def job_finished(self, job: str, ok: bool) -> None:
-        """A scheduled job ran to its end (``ok``) or raised."""
-        at = self._now().timestamp()
-        with self._lock:
-            runs = self._runs.setdefault(job, {"ok": 0, "error": 0})
-            runs["ok" if ok else "error"] += 1
-            if ok:
-                self._last_success[job] = at
-
-    def set_drift(self, gauges: Sequence[tuple[str, dict[str, str], float]]) -> None:
-        """The latest drift measurement, as ``shadow.drift.drift_metrics`` shapes it."""
-        with self._lock:
-            self._drift = list(gauges)
-
-    def collect(self) -> list[Metric]:
-        """The families, from a consistent snapshot."""
-        with self._lock:
-            drift = list(self._drift)
-            lag = {source: dict(partitions) for source, partitions in self._lag.items()}
-            records, fraction = dict(self._records), dict(self._fraction)
-            runs = {job: dict(results) for job, results in self._runs.items()}
-            last_success = dict(self._last_success)
-        families: list[Metric] = [
-            _gauge("shadow_start_time_seconds", "When this daemon started, in Unix time.",
-                   self.started_at),
-            _labelled(GaugeMetricFamily, "shadow_consumer_lag",
-                      "Records a source's partition has not handed out yet.",
-                      ["source", "partition"],
-                      (([s, p], n) for s, by_partition in lag.items()
-                       for p, n in by_partition.items())),
-            _labelled(CounterMetricFamily, "shadow_source_records",
-                      "Records handed out by each source since this process started.",
-                      ["source"], (([s], n) for s, n in records.items())),
-            _labelled(GaugeMetricFamily, "shadow_source_fraction_done",
-                      "Share of a bounded source read (files), 0 to 1.",
-                      ["source"], (([s], f) for s, f in fraction.items())),
-            _labelled(CounterMetricFamily, "shadow_job_runs",
-                      "Runs of each scheduled job since this process started, by result.",
-                      ["job", "result"],
-                      (([j, r], n) for j, results in runs.items() for r, n in results.items())),
-            _labelled(GaugeMetricFamily, "shadow_job_last_success_timestamp_seconds",
-                      "When each scheduled job last succeeded, in Unix time.",
-                      ["job"], (([j], t) for j, t in last_success.items())),
-        ]
-        return families + _drift_families(drift)
-
-
-# -- building families ------------------------------------------------------------------
-
-
-def _drift_families(gauges: Sequence[tuple[str, dict[str, str], float]]) -> list[Metric]:
-    by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, value in gauges:
-        by_name.setdefault(name, []).append((labels, value))
-    families: list[Metric] = []
-    for name, samples in sorted(by_name.items()):
-        labelnames = sorted(samples[0][0])
-        families.append(_labelled(
-            GaugeMetricFamily, name, "Drift of the current window against the reference.",
-            labelnames, (([labels[k] for k in labelnames], v) for labels, v in samples)))
-    return families
-
-
-def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    return CounterMetricFamily(name, documentation, value=value)
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=value)
-
-
-def _labelled(
-    kind: type[CounterMetricFamily] | type[GaugeMetricFamily], name: str, documentation: str,
-    labels: list[str], samples: Iterable[tuple[list[str], float]],
-) -> Metric:
-    family = kind(name, documentation, labels=labels)
-    for values, value in sorted(samples):
-        family.add_metric(values, value)
-    return family

@@ -17,9 +17,10 @@ from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
 from shadow.config import parse_config
 from shadow.drift import drift_metrics
-from shadow.metrics import RuntimeMetrics, render_metrics
+from shadow.metrics import render_metrics
 from shadow.reporting import full_report, measure_configured_drift, render_report
 from shadow.runner import Replay
+from shadow.runtime_metrics import RuntimeMetrics
 from shadow.store import Store
 
 DAY0 = datetime(2026, 2, 1, tzinfo=UTC)

@@ -1,0 +1,112 @@
+"""What this process knows and the store does not, for the daemon's ``GET /metrics``.
+
+:func:`shadow.metrics.render_metrics` adds these families to the store's.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from shadow.metric_families import drift_families, gauge, labelled
+from shadow.models import utc_now
+
+
+class RuntimeMetrics:
+    """What this process knows and the store does not: lag, intake, scheduled jobs.
+
+    Thread-safe: the pipeline thread and the scheduler update it while the
+    API thread renders. Every update is a few dictionary operations under a
+    lock, cheap enough for every pass of the pipeline loop.
+    """
+
+    def __init__(self, *, now: Callable[[], datetime] = utc_now) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+        self.started_at = now().timestamp()
+        self._lag: dict[str, dict[str, int]] = {}
+        self._records: dict[str, int] = {}
+        self._handed_out: dict[str, int] = {}
+        self._fraction: dict[str, float] = {}
+        self._runs: dict[str, dict[str, int]] = {}
+        self._last_success: dict[str, float] = {}
+        self._drift: list[tuple[str, dict[str, str], float]] = []
+
+    def set_lag(self, source: str, partition: str | int, lag: int) -> None:
+        """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
+        with self._lock:
+            self._lag.setdefault(source, {})[str(partition)] = max(0, int(lag))
+
+    def set_lags(self, source: str, lags: Mapping[str | int, int]) -> None:
+        """The lag of every partition ``source`` holds now; partitions it lost disappear."""
+        fresh = {str(partition): max(0, int(lag)) for partition, lag in lags.items()}
+        with self._lock:
+            self._lag[source] = fresh
+
+    def add_records(self, source: str, n: int) -> None:
+        """``n`` more records handed out by ``source``."""
+        with self._lock:
+            self._records[source] = self._records.get(source, 0) + max(0, n)
+
+    def progress(self, source: str, handed_out: int, fraction: float | None) -> None:
+        """A :data:`shadow.runner.Progress` callback: ``Replay(..., progress=runtime.progress)``.
+
+        ``handed_out`` counts from the start of the replay; a count lower than
+        the last one is a new replay, counted from zero.
+        """
+        with self._lock:
+            last = self._handed_out.get(source, 0)
+            added = handed_out - last if handed_out >= last else handed_out
+            self._handed_out[source] = handed_out
+            self._records[source] = self._records.get(source, 0) + max(0, added)
+            if fraction is not None:
+                self._fraction[source] = fraction
+
+    def job_finished(self, job: str, ok: bool) -> None:
+        """A scheduled job ran to its end (``ok``) or raised."""
+        at = self._now().timestamp()
+        with self._lock:
+            runs = self._runs.setdefault(job, {"ok": 0, "error": 0})
+            runs["ok" if ok else "error"] += 1
+            if ok:
+                self._last_success[job] = at
+
+    def set_drift(self, gauges: Sequence[tuple[str, dict[str, str], float]]) -> None:
+        """The latest drift measurement, as ``shadow.drift.drift_metrics`` shapes it."""
+        with self._lock:
+            self._drift = list(gauges)
+
+    def collect(self) -> list[Metric]:
+        """The families, from a consistent snapshot."""
+        with self._lock:
+            drift = list(self._drift)
+            lag = {source: dict(partitions) for source, partitions in self._lag.items()}
+            records, fraction = dict(self._records), dict(self._fraction)
+            runs = {job: dict(results) for job, results in self._runs.items()}
+            last_success = dict(self._last_success)
+        families: list[Metric] = [
+            gauge("shadow_start_time_seconds", "When this daemon started, in Unix time.",
+                   self.started_at),
+            labelled(GaugeMetricFamily, "shadow_consumer_lag",
+                      "Records a source's partition has not handed out yet.",
+                      ["source", "partition"],
+                      (([s, p], n) for s, by_partition in lag.items()
+                       for p, n in by_partition.items())),
+            labelled(CounterMetricFamily, "shadow_source_records",
+                      "Records handed out by each source since this process started.",
+                      ["source"], (([s], n) for s, n in records.items())),
+            labelled(GaugeMetricFamily, "shadow_source_fraction_done",
+                      "Share of a bounded source read (files), 0 to 1.",
+                      ["source"], (([s], f) for s, f in fraction.items())),
+            labelled(CounterMetricFamily, "shadow_job_runs",
+                      "Runs of each scheduled job since this process started, by result.",
+                      ["job", "result"],
+                      (([j, r], n) for j, results in runs.items() for r, n in results.items())),
+            labelled(GaugeMetricFamily, "shadow_job_last_success_timestamp_seconds",
+                      "When each scheduled job last succeeded, in Unix time.",
+                      ["job"], (([j], t) for j, t in last_success.items())),
+        ]
+        return families + drift_families(drift)
