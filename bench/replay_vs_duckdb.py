@@ -67,7 +67,8 @@ def time_duckdb(events: Path, work: Path) -> float:
     return elapsed
 
 
-def time_replay(events: Path, work: Path) -> tuple[float, float]:
+def time_replay(events: Path, work: Path, count: int) -> tuple[float, float]:
+    """Seconds and peak RSS of the replay; exits if the store does not hold every event."""
     db_path = work / "replay.duckdb"
     db_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "shadow", "replay", str(events), "--quiet",
@@ -76,6 +77,12 @@ def time_replay(events: Path, work: Path) -> tuple[float, float]:
     subprocess.run(command, check=True, cwd=HERE, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    with duckdb.connect(str(db_path), read_only=True) as db:
+        stored = [db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]  # noqa: S608
+                  for table in ("events", "predictions")]
+    if stored != [count, count]:
+        raise SystemExit(f"the replay stored {stored[0]:,} events and {stored[1]:,} "
+                         f"predictions, expected {count:,} each")
     db_path.unlink(missing_ok=True)
     return elapsed, peak_mib
 
@@ -97,7 +104,7 @@ def main() -> None:
     warm_page_cache(events)
     # The best of two: the reference must not be flattered by the replay's position.
     reference = min(time_duckdb(events, args.dir), time_duckdb(events, args.dir))
-    replay, peak = time_replay(events, args.dir)
+    replay, peak = time_replay(events, args.dir, args.events)
     ref_rate, replay_rate = args.events / reference, args.events / replay
     print(f"duckdb read_json into a table : {reference:7.2f} s  {ref_rate:>10,.0f} events/s")
     print(f"shadow replay (trivial cand.) : {replay:7.2f} s  {replay_rate:>10,.0f} events/s")

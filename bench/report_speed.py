@@ -9,8 +9,9 @@ prints the figures with the command that produced them. The target is
 under 5 s for 1,000,000 compared predictions.
 
 The data: events over 30 days in 3 × 4 segments, label outputs (8 labels)
-with confidence, cost and latency, 1 % errors (two kinds), outcomes for every
-event, and a second outcome from another person for 5 % of the keys.
+with confidence, cost and latency, 1 % errors (two kinds), 0.5 % of the other
+predictions violating a check, outcomes for every event, and a second outcome
+from another person for 5 % of the keys.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ FROM range($n) r(i) WHERE i % 20 = 0
 
 _PREDICTIONS = f"""
 INSERT INTO predictions (event_id, candidate, version, mode, output, confidence, latency_ms,
-                         error_type, error_message, predicted_at, cost, error_kind)
+                         error_type, error_message, predicted_at, cost, error_kind, violations)
 SELECT 'e' || i, 'candidate-' || c, CAST(c AS VARCHAR), 'shadow',
        CASE WHEN failed THEN NULL ELSE to_json(
            {LABELS}[(i + CAST(hash(i, c) % 100 < 8 + 4 * c AS INTEGER)) % 8 + 1]) END,
@@ -75,13 +76,16 @@ SELECT 'e' || i, 'candidate-' || c, CAST(c AS VARCHAR), 'shadow',
        CASE WHEN failed THEN ['TimeoutError', 'ValueError'][i % 2 + 1] END,
        CASE WHEN failed THEN 'failed on ' || i END,
        TIMESTAMPTZ '{START.isoformat()}' + to_seconds(CAST(i * 2592000 // $n AS BIGINT)),
-       0.0004 * (1 + c), CASE WHEN failed THEN 'exception' END
+       0.0004 * (1 + c), CASE WHEN failed THEN 'exception' END,
+       CASE WHEN NOT failed AND hash(i, c, 4) % 200 = 0
+            THEN ['pii:email matched at output.reply'] END
 FROM (SELECT i, c, hash(i, c, 3) % 100 = 0 AS failed
       FROM range($n) r(i), range($candidates) k(c))
 """
 
 _COMPARISONS = f"""
-INSERT INTO comparisons
+INSERT INTO comparisons (event_id, candidate, version, comparator, agree, outcome_decided_at,
+                         compared_at)
 SELECT p.event_id, p.candidate, p.version, 'exact', p.output = o.outcome,
        o.decided_at, TIMESTAMPTZ '{START.isoformat()}' + INTERVAL 31 DAY
 FROM predictions p JOIN events e USING (event_id)

@@ -1,0 +1,48 @@
+"""The benchmarks run, at a small size, so that they do not rot between measurements.
+
+Each benchmark checks its own results (the store holds every event, no call
+failed) and exits non-zero otherwise; the figures at this size mean nothing
+and are not looked at. The real runs and their figures are in
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+def bench(script: str, *args: str, timeout: float = 300) -> str:
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+    return done.stdout
+
+
+def test_report_speed(tmp_path: Path) -> None:
+    out = bench("report_speed.py", "--compared", "4000", "--candidates", "2", "--runs", "1",
+                "--dir", str(tmp_path))
+    assert "over 2 candidates" in out and "build_owner_report:" in out
+    assert "shadow report --format html:" in out
+
+
+def test_replay_vs_duckdb(tmp_path: Path) -> None:
+    out = bench("replay_vs_duckdb.py", "--events", "3000", "--dir", str(tmp_path))
+    assert "3,000" in out
+
+
+def test_http_concurrency(tmp_path: Path) -> None:
+    out = bench("http_concurrency.py", "--events", "300", "--concurrency", "16", "--delay",
+                "0.01", "--runs", "1", "--dir", str(tmp_path))
+    assert "300" in out
+
+
+def test_kafka_throughput(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("kafka_throughput.py", "--events", "3000", "--bootstrap", kafka_bootstrap,
+                "--check-crcs", "on", "--dir", str(tmp_path))
+    assert "produced 3,000 events" in out and "ratio pipeline / plain" in out
