@@ -56,8 +56,8 @@ def events(n: int) -> list[dict[str, Any]]:
 
 
 def source(bootstrap: str, topic: str, **options: Any) -> KafkaSource:
-    return KafkaSource(bootstrap=bootstrap, topics=[topic], group_id=f"g-{topic}",
-                       start=Start.EARLIEST, poll_timeout_s=0.5, idle_s=3.0, **options)
+    settings = {"start": Start.EARLIEST, "poll_timeout_s": 0.5, "idle_s": 3.0, **options}
+    return KafkaSource(bootstrap=bootstrap, topics=[topic], group_id=f"g-{topic}", **settings)
 
 
 def replay(db: Path, sources: list[KafkaSource], outcomes: list[KafkaSource]) -> Any:
@@ -275,3 +275,40 @@ def test_a_source_can_start_at_a_point_in_time(kafka_bootstrap: str, tmp_path: P
         ids = sorted(row[0] for row in store.db.execute("SELECT event_id FROM events").fetchall())
     assert summary.events_read == 5
     assert ids == sorted(e["event_id"] for e in later)
+
+
+@pytest.mark.parametrize("consumed", [40, 15])
+def test_starting_from_the_beginning_fetches_each_record_once(
+    kafka_bootstrap: str, consumed: int
+) -> None:
+    topic = topic_name("events")
+    n = 40
+    produce(kafka_bootstrap, topic, events(n), key=lambda e: e["key"])
+    # The group has committed offsets (at the end, or part way), so EARLIEST must move back.
+    with source(kafka_bootstrap, topic, start=Start.COMMITTED) as first:
+        taken: list[Any] = []
+        while len(taken) < consumed:
+            taken += first.poll(consumed - len(taken))
+        first.commit(taken[-1].position)
+
+    again = source(kafka_bootstrap, topic)
+    polled: list[int] = []
+    with again:
+        consumer = again._consumer
+        assert consumer is not None
+        poll = consumer.poll
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            batches = poll(*args, **kwargs)
+            polled.append(sum(len(records) for records in batches.values()))
+            return batches
+
+        consumer.poll = counting
+        handed_out = 0
+        while not again.exhausted:
+            records = again.poll(500)
+            handed_out += len(records)
+            if records:
+                again.commit(records[-1].position)
+    assert handed_out == n
+    assert sum(polled) == n  # nothing fetched, decoded and thrown away before the seek
