@@ -58,6 +58,10 @@ class KafkaSourceSpec(Spec):
     topics: list[str] = Field(min_length=1)
     group: str = Field(min_length=1)
     start: Literal["committed", "earliest", "latest"] = "committed"
+    """``committed``: resume from the group's committed offsets (the earliest record
+    where it has none). ``earliest``: from the first record, at every start, however
+    far the group had got (a re-read stores nothing twice). ``latest``: only new
+    records where the group has no committed offsets."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed to kafka-python's consumer (e.g. security settings)."""
 
