@@ -369,8 +369,13 @@ def _disagreements(rows: Sequence[dict[str, Any]] | None) -> str:
               f"<br>{esc(r.get('decided_at') or '')}</span>",
               _pretty(r.get("segment") or None), _pretty(r.get("payload")),
               _pretty(r.get("output")), _pretty(r.get("outcome"))] for r in rows]
-    return title + _table(["event", "segment", "payload", "AI output", "human outcome"],
-                          cells, set())
+    headers = ["event", "segment", "payload", "AI output", "human outcome"]
+    if any(r.get("note") for r in rows):
+        # A score or a judge's reason says why the two were found to differ.
+        headers.append("comparator's note")
+        for row, r in zip(cells, rows, strict=True):
+            row.append(esc(r.get("note") or ""))
+    return title + _table(headers, cells, set())
 
 
 def _baseline_table(baseline: dict[str, Any] | None) -> str:

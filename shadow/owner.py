@@ -27,6 +27,8 @@ Definitions a reader of the numbers needs:
   (``None`` when none did). ``daily_volume_current`` is the candidate's
   predictions divided by the span of their events' ``occurred_at`` in days
   (last minus first, at least one day). A month is 30 days.
+- ``disagreements[*].note`` is the comparator's note (a similarity score, a
+  judge's reason), ``None`` when it gave none.
 - ``redact`` paths are dotted and relative to the payload (``requester.email``
   means ``payload["requester"]["email"]``); through a list the path applies to
   every element. Only ``disagreements[*].payload`` carries payloads.

@@ -217,7 +217,7 @@ class OwnerQueries:
     def disagreements(self) -> dict[Key, list[dict[str, Any]]]:
         rows = self._rows(
             "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "
-            "  o.outcome, c.outcome_decided_at "
+            "  o.outcome, c.outcome_decided_at, c.note "
             "FROM comparisons c JOIN events e USING (event_id) "
             f"JOIN predictions p ON {_SAME_PREDICTION} "
             "LEFT JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
@@ -227,7 +227,7 @@ class OwnerQueries:
             "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
         out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
         paths = self.options.redact
-        for c, v, event_id, key, segment, payload, output, outcome, decided_at in rows:
+        for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
             loaded = _loads(payload)
             out[(c, v)].append({
                 "event_id": event_id, "key": key, "segment": _loads(segment),
@@ -235,6 +235,7 @@ class OwnerQueries:
                 "output": redact_within(_loads(output), loaded, paths),
                 "outcome": redact_within(_loads(outcome), loaded, paths),
                 "decided_at": decided_at.isoformat(),
+                "note": redact_text(note, loaded, paths) if note is not None else None,
             })
         return out
 

@@ -14,8 +14,9 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec, FieldsSpec
+from shadow.comparator_specs import ExactSpec, FieldsSpec, SimilaritySpec
 from shadow.comparators import build_comparator
+from shadow.html import to_html
 from shadow.models import Event
 from shadow.owner import OwnerOptions, build_owner_report
 from shadow.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
@@ -559,3 +560,23 @@ def test_label_paths_with_quotes_and_spaces_read_the_labels(tmp_path: Path) -> N
     assert sorted(labels) == ["billing", "login", "refund"]
     assert {(labels[h], labels[a]): n for h, row in enumerate(confusion["matrix"])
             for a, n in enumerate(row) if n} == dict(expected)
+
+
+def test_disagreements_carry_the_comparators_note(tmp_path: Path) -> None:
+    def reply(event: Event) -> dict[str, Any]:
+        return {"reply": event.payload["draft"]}
+
+    # Token F1 by hand: one shared word of three on each side, so P = R = F1 = 1/3.
+    draft, sent = "Refund issued today", "refund was denied"
+    with Store(tmp_path / "store.duckdb") as store:
+        spec = SimilaritySpec(kind="similarity", prediction_path="reply", threshold=0.5)
+        Replay(store, CallableCandidate(reply, name="drafter"), build_comparator(spec)).run(
+            [ListSource([{"event_id": "e1", "key": "t1", "occurred_at": START.isoformat(),
+                          "payload": {"draft": draft}}])],
+            [ListSource([{"key": "t1", "decided_at": START.isoformat(), "outcome": sent}])])
+        report = build_owner_report(store, ready_options())
+    [shown] = candidate(report, "drafter")["disagreements"]
+    assert shown["note"] == f"f1={1 / 3:.3f}"
+    document = to_html(report)
+    assert "<th>comparator&#x27;s note</th>" in document
+    assert f"<td>f1={1 / 3:.3f}</td>" in document
