@@ -205,6 +205,10 @@ def _replay(request: EvalRequest, events: list[Path], outcomes: list[Path], db: 
         raise ConfigError(f"the golden set repeats {summary.duplicates} event ids")
     if not summary.events_stored:
         raise ConfigError("the golden set is empty")
+    if summary.deferred:
+        # Agreement over the cases the judge happened to answer would pass a weaker gate.
+        raise ShadowError(f"the comparator gave no verdict on {summary.deferred} golden "
+                          "cases (see the warning above); evaluate again once it can")
 
 
 _CASES_SQL = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -31,3 +32,21 @@ def test_a_floor_above_the_agreement_fails_with_exit_code_3(tmp_path: Path) -> N
                  str(GOLDEN / "golden.yaml"), "--fail-below", "0.99")
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_judge_that_cannot_be_reached_fails_the_evaluation_with_exit_code_1(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = (GOLDEN / "golden.yaml").read_text(encoding="utf-8").split("comparator:")[0]
+    (tmp_path / "judged.yaml").write_text(
+        config + f"comparator: {{kind: judge, base_url: 'http://127.0.0.1:{port}/v1', "
+        "model: m, prediction_path: category, max_attempts: 1, timeout_s: 2, cache: false}\n",
+        encoding="utf-8")
+    result = run(tmp_path, "eval", str(GOLDEN / "tickets.jsonl"), "--config", "judged.yaml",
+                 "--fail-below", "0.5")
+    assert result.returncode == 1, result.stderr
+    assert "the comparator gave no verdict on 40 golden cases" in result.stderr
+    assert "Traceback" not in result.stderr and "result: pass" not in result.stdout
