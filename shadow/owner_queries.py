@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from shadow.paths import sql_json_path
-from shadow.redaction import redact, redact_text, redact_within
+from shadow.redaction import redact, redact_within
 from shadow.stats import wilson
 from shadow.store import Store
 
@@ -229,13 +229,14 @@ class OwnerQueries:
         paths = self.options.redact
         for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
             loaded = _loads(payload)
+            # One pass, so the payload's private values are looked up once per row.
+            shown_output, shown_outcome, shown_note = redact_within(
+                [_loads(output), _loads(outcome), note], loaded, paths)
             out[(c, v)].append({
                 "event_id": event_id, "key": key, "segment": _loads(segment),
-                "payload": redact(loaded, paths),
-                "output": redact_within(_loads(output), loaded, paths),
-                "outcome": redact_within(_loads(outcome), loaded, paths),
-                "decided_at": decided_at.isoformat(),
-                "note": redact_text(note, loaded, paths) if note is not None else None,
+                "payload": redact(loaded, paths), "output": shown_output,
+                "outcome": shown_outcome, "decided_at": decided_at.isoformat(),
+                "note": shown_note,
             })
         return out
 
@@ -272,10 +273,7 @@ class OwnerQueries:
         paths = self.options.redact
         out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
         for c, v, event_id, key, occurred_at, texts, payload in rows:
-            shown = list(texts)
-            if paths:
-                loaded = _loads(payload)
-                shown = [redact_text(text, loaded, paths) for text in shown]
+            shown = redact_within(list(texts), _loads(payload), paths) if paths else list(texts)
             out[(c, v)].append({"event_id": event_id, "key": key,
                                 "occurred_at": occurred_at.isoformat(), "violations": shown})
         return out

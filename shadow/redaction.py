@@ -34,18 +34,6 @@ def _redact(value: Any, parts: list[str]) -> Any:
     return {**value, head: _redact(value[head], rest) if rest else REDACTED}
 
 
-def redact_text(text: str, payload: Any, paths: Iterable[str]) -> str:
-    """``text`` with every value found at a dotted ``paths`` of ``payload`` replaced by
-    ``[redacted]``: what ``redact`` hides in the payload must not show through a message.
-
-    >>> redact_text("no reply to jo@x.org", {"a": {"b": "jo@x.org"}}, ["a.b"])
-    'no reply to [redacted]'
-    """
-    for secret in _secrets(payload, paths):
-        text = text.replace(secret, REDACTED)
-    return text
-
-
 def _texts_at(value: Any, parts: list[str]) -> Iterable[str]:
     if isinstance(value, list):
         return [t for item in value for t in _texts_at(item, parts)]
@@ -70,11 +58,14 @@ def _leaf_texts(value: Any) -> list[str]:
 
 
 def redact_within(value: Any, payload: Any, paths: Iterable[str]) -> Any:
-    """A copy of the JSON ``value`` in which every string quoting a value found at
-    ``paths`` of ``payload`` has it replaced by ``[redacted]``.
+    """A copy of the JSON ``value`` (a message is a string, which is one) in which
+    every value found at ``paths`` of ``payload`` is replaced by ``[redacted]``:
+    what ``redact`` hides in the payload must not show through elsewhere.
 
     >>> redact_within({"reply": "Hi jo@x.org"}, {"email": "jo@x.org"}, ["email"])
     {'reply': 'Hi [redacted]'}
+    >>> redact_within("no reply to jo@x.org", {"a": {"b": "jo@x.org"}}, ["a.b"])
+    'no reply to [redacted]'
     """
     secrets = _secrets(payload, paths)
     return _scrub(value, secrets) if secrets else value

@@ -179,19 +179,13 @@ def insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteC
             continue
         on = " AND ".join(f"t.{c} = n.{c}" for c in identity)
         partition = ", ".join(identity)
-        added[table] = (_scalar(
-            db,
+        # An INSERT answers with one row, the count of rows it added.
+        ((count,),) = db.execute(
             f"INSERT INTO {table} BY NAME "  # noqa: S608
             f"SELECT * EXCLUDE (rank) FROM ("
             f"  SELECT n.*, row_number() OVER (PARTITION BY {partition}) AS rank"
             f"  FROM new_{table} n ANTI JOIN {table} t ON {on}"
             f") WHERE rank = 1",
-        ))
+        ).fetchall()
+        added[table] = int(count)
     return WriteCounts(added["outcomes"], added["dead_letters"], added["duplicates"])
-
-
-def _scalar(db: duckdb.DuckDBPyConnection, sql: str) -> int:
-    # fetchall, not fetchone: DuckDB 2 keeps a result open until it is read to
-    # the end, and refuses other work on the connection meanwhile.
-    rows = db.execute(sql).fetchall()
-    return int(rows[0][0]) if rows else 0

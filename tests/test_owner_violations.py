@@ -24,7 +24,7 @@ from shadow.constraints import Checks
 from shadow.html import to_html
 from shadow.models import Event
 from shadow.owner import OwnerOptions, build_owner_report
-from shadow.redaction import redact_text
+from shadow.redaction import redact_within
 from shadow.render import owner_markdown
 from shadow.reporting import owner_options
 from shadow.runner import Replay
@@ -266,9 +266,9 @@ def test_which_candidates_have_checks_comes_from_the_configuration() -> None:
 
 def test_redact_text_through_lists_and_nested_values() -> None:
     payload = {"people": [{"email": "a@x.org"}, {"email": "b@x.org"}], "id": {"n": 4711}}
-    assert redact_text("a@x.org, b@x.org, 4711", payload, ["people.email", "id"]) == (
+    assert redact_within("a@x.org, b@x.org, 4711", payload, ["people.email", "id"]) == (
         "[redacted], [redacted], [redacted]")
-    assert redact_text("a@x.org", payload, ["missing.path"]) == "a@x.org"
+    assert redact_within("a@x.org", payload, ["missing.path"]) == "a@x.org"
 
 
 # -- the checklist ---------------------------------------------------------------------

@@ -151,7 +151,6 @@ def test_similarity_rejects_an_unknown_metric() -> None:
 
 
 def test_semantic_agrees_on_a_paraphrase_and_not_on_an_unrelated_text() -> None:
-    pytest.importorskip("wordllama")
     semantic = comparator(kind="semantic", threshold=0.8)
     paraphrase = semantic.compare("Please reset your password via the link",
                                   "Use the link to reset the password")
@@ -163,13 +162,11 @@ def test_semantic_agrees_on_a_paraphrase_and_not_on_an_unrelated_text() -> None:
 
 
 def test_semantic_fingerprint_changes_with_the_threshold() -> None:
-    pytest.importorskip("wordllama")
     loose, strict = comparator(kind="semantic", threshold=0.5), comparator(kind="semantic")
     assert loose.name.startswith("semantic:") and loose.name != strict.name
 
 
 def test_semantic_disagrees_with_an_empty_text_and_agrees_on_two() -> None:
-    pytest.importorskip("wordllama")
     semantic = comparator(kind="semantic")
     assert semantic.compare("", "refund") == Judgement(False, {}, "cosine=0.000")
     assert semantic.compare(" ", "") == Judgement(True, {}, "cosine=1.000")
@@ -178,7 +175,6 @@ def test_semantic_disagrees_with_an_empty_text_and_agrees_on_two() -> None:
 def test_semantic_model_loads_from_the_wheel_without_network_or_writing_files(
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("wordllama")
     script = (
         "import socket\n"
         "def refuse(*a, **k): raise RuntimeError('network access attempted')\n"
