@@ -124,6 +124,18 @@ class TestServer:
         self.start()
         return self
 
+    def wait_for_requests(self, count: int, timeout_s: float = 5.0) -> int:
+        """Wait until ``count`` requests have been read; return how many were.
+
+        A client that gave up on a slow answer has sent its request, but on a
+        loaded machine the server's thread may read it only after the client
+        has moved on: counting without waiting would miss it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while len(self.requests) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(self.requests)
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

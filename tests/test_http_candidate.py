@@ -236,8 +236,8 @@ def test_a_template_naming_a_missing_path_is_an_error_not_an_exception(
 def test_a_slow_server_times_out_after_every_attempt() -> None:
     with TestServer(lambda request: Reply(delay_s=0.5)) as server:
         predictions = _predict(_spec(server.url, timeout_s=0.1), _events(2))
-        requests = len(server.requests)
-    attempts = FAST_RETRY.max_attempts
+        attempts = FAST_RETRY.max_attempts
+        requests = server.wait_for_requests(2 * attempts)
     for prediction in predictions:
         assert prediction.error is not None
         assert prediction.error.kind is ErrorKind.TIMEOUT

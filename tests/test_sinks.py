@@ -326,8 +326,9 @@ def test_a_webhook_that_times_out_is_asked_again(waits: list[float]) -> None:
     with TestServer(Script(Reply(delay_s=1.0))) as server, \
             webhook(server.url, waits, timeout_s=0.2) as sink:
         sink.publish([decision()])
+        requests = server.wait_for_requests(2)
 
-    assert len(server.requests) == 2
+    assert requests == 2
     assert server.requests[0].connection != server.requests[1].connection
 
 
