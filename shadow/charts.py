@@ -28,8 +28,12 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+PERCENT = "\u00a0%"
+"""The percent sign and the no-break space before it, so a line never ends on a bare number."""
+
+
 def pct(value: float | None, digits: int = 1) -> str:
-    return "no data" if value is None else f"{100 * value:.{digits}f} %"
+    return "no data" if value is None else f"{100 * value:.{digits}f}{PERCENT}"
 
 
 def no_data(what: str) -> str:
@@ -248,7 +252,7 @@ def rollout_steps(title: str, timeline: Sequence[dict[str, Any]]) -> str:
     parts = []
     for tick in (0, 25, 50, 75, 100):
         parts += [_line(x0, y(tick), x1, y(tick), GRID_COLOUR),
-                  _text(x0 - 6, y(tick) + 4, f"{tick} %", "end", "axis")]
+                  _text(x0 - 6, y(tick) + 4, f"{tick}{PERCENT}", "end", "axis")]
     path = [f"M{_num(xs[0])},{_num(y(float(events[0]['percent'])))}"]
     for x, event in zip(xs[1:], events[1:], strict=True):
         path.append(f"H{_num(x)}V{_num(y(float(event['percent'])))}")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shadow import charts
-from shadow.charts import esc, no_data, pct
+from shadow.charts import PERCENT, esc, no_data, pct
 
 VERDICTS = {
     "ready": ("READY", "ready"),
@@ -157,7 +157,7 @@ def _summary(candidates: Sequence[dict[str, Any]], baseline: dict[str, Any] | No
              _violation_rate(c.get("violations")),
              _millis((c.get("latency") or {}).get("p95")),
              _money((c.get("cost") or {}).get("per_decision"), "", 4)] for c in candidates]
-    table = _table(["candidate", "verdict", "agreement (95 % Wilson)", "compared",
+    table = _table(["candidate", "verdict", "agreement (95\u00a0% Wilson)", "compared",
                     "error rate", "violation rate", "p95 latency", "cost per decision"], rows,
                    {3, 4, 5, 6, 7})
     return table + f'<p class="meta">Humans agree with each other: {_interval(baseline)}</p>'
@@ -171,7 +171,7 @@ def _candidate(candidate: dict[str, Any], baseline: dict[str, Any] | None,
              _verdict(candidate.get("verdict")),
              f"<p>Agreement with human outcomes: <strong>{_interval(candidate.get('agreement'))}"
              f"</strong> over {_count((candidate.get('agreement') or {}).get('n'))} compared"
-             " decisions (95 % Wilson interval).</p>",
+             " decisions (95\u00a0% Wilson interval).</p>",
              '<div class="grid">',
              _chart_block("Agreement over time",
                           charts.over_time(f"{name}: agreement over time",
@@ -397,7 +397,7 @@ def _rollout(rollout: dict[str, Any] | None) -> str:
         return state_html + no_data("rollout timeline")
     rows = [[esc(e.get("at")), esc(e.get("actor")), esc(e.get("action")),
              f"{_value(e.get('from_step'))} → {_value(e.get('to_step'))}",
-             "–" if e.get("percent") is None else f"{float(e['percent']):g} %",
+             "–" if e.get("percent") is None else f"{float(e['percent']):g}{PERCENT}",
              esc(e.get("status")), esc(e.get("reason") or "")] for e in timeline]
     table = _table(["at", "actor", "action", "step", "traffic", "status", "reason"], rows, {4})
     chart = charts.rollout_steps("Rollout: traffic share after each event", timeline)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import html
 import os
 import re
 import shutil
@@ -77,6 +78,9 @@ def candidate(name: str = "triage-llm", status: str = "not_ready") -> dict[str, 
                            "output": {"label": "approve"}, "outcome": {"label": "reject"},
                            "decided_at": "2024-06-03T10:00:00+00:00"}],
     }
+
+
+NBSP = "\u00a0"
 
 
 def sample_report() -> dict[str, Any]:
@@ -164,13 +168,22 @@ def test_every_svg_carries_a_title_element() -> None:
 
 
 def test_numbers_are_formatted_for_people() -> None:
-    text = parse(to_html(sample_report())).all_text
+    text = parse(to_html(sample_report())).all_text.replace(NBSP, " ")
     assert "87.1 % [85.1 %, 88.9 %]" in text
     assert "90.5 % [82.9 %, 94.9 %]" in text  # human baseline
     assert "$0.0042" in text and "$31,500.00" in text and "$1,260.00" in text
     assert "250,000" in text and "10,000" in text  # full and 10x daily volume
     assert "p95 480.0 ms" in re.sub(r"\s+", " ", text)
     assert "1.25 %" in text  # error rate
+
+
+def test_no_line_breaks_between_a_number_and_its_percent_sign() -> None:
+    report = sample_report()
+    reason = html.escape(report["rollout"]["timeline"][-1]["reason"])
+    document = to_html(report).replace(reason, "")
+    percentages = re.findall(r"\d(\s)%", document)  # the reason above is data, not a figure
+    assert len(percentages) > 20
+    assert set(percentages) == {NBSP}
 
 
 def test_floor_markers_and_below_floor_segments_are_shown() -> None:
@@ -204,7 +217,7 @@ def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
     first["errors"]["kinds"][1]["example"] = "bad value"  # only the violations carry EVIL
     first["disagreements"][0]["payload"]["text"] = "hello"
     report["candidates"] = [first]
-    document = to_html(report)
+    document = to_html(report).replace(NBSP, " ")
     page = parse(document)
     assert page.script_tags == 0 and "<script>" not in document
     assert f"tone said {EVIL}" in page.all_text
@@ -217,7 +230,7 @@ def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
             '<td class="num">4</td>') in document
     assert "<td>0.42 %</td>" not in document and '<td class="num">0.42 %</td>' in document
     first["violations"]["threshold"] = 0.004
-    assert 'Budget 0.40 %: <span class="fail">FAIL</span>' in to_html(report)
+    assert 'Budget 0.40\u00a0%: <span class="fail">FAIL</span>' in to_html(report)
     first["violations"]["threshold"] = None
     assert "Budget" not in to_html(report)
 
