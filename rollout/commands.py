@@ -80,14 +80,14 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
 
     simulate = sub.add_parser(
         "simulate", help="false-promotion and rollback rates of the gates, by simulation")
-    from rollout import simulate as simulation
+    from rollout import simulate_cli as simulation
 
     simulation.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from rollout import simulate as simulation
+    from rollout import simulate_cli as simulation
 
     code, text = simulation.run_command(args)
     if code == 2:

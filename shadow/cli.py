@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     from shadow.calibrate import add_calibrate_parser
-    from shadow.evaluate import add_eval_parser
+    from shadow.eval_cli import add_eval_parser
 
     add_eval_parser(commands, _add_config)
     add_calibrate_parser(commands, _add_config)

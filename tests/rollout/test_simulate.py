@@ -16,10 +16,9 @@ from rollout.simulate import (
     Scenario,
     SimulationResult,
     _cusum_walk,
-    add_arguments,
-    run_command,
     simulate,
 )
+from rollout.simulate_cli import add_arguments, run_command
 from rollout.statistics import Cusum, Method, beta_binomial_low_at_least
 
 # -- the documented scenario ------------------------------------------------------------
