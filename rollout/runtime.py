@@ -178,7 +178,7 @@ def open_rollout(
     sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
 
     def compare_now() -> int:
-        from shadow.runner import compare
+        from shadow.compare import compare
 
         return compare(store, comparator, now=now)
 

@@ -35,12 +35,13 @@ from connectors.webhook_server import WebhookServer
 from connectors.webhooks import WebhookSource
 from shadow.candidates import build_candidate
 from shadow.comparators import Comparator, build_comparator
+from shadow.compare import compare
 from shadow.config import Config
 from shadow.control import DaemonFile
 from shadow.errors import ConfigError, StoreError
 from shadow.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
 from shadow.models import utc_now
-from shadow.runner import Replay, compare
+from shadow.runner import Replay
 from shadow.source_specs import SourceSpec
 from shadow.store import Store
 

@@ -72,7 +72,7 @@ class Judge(_SpecComparator):
     A call that fails after its retries, an answer without a verdict, or a
     cache that cannot be read or written gives :meth:`Judgement.defer` with the
     note ``judge failed: ...``: no verdict, so nothing is stored or cached and
-    the next compare asks again (:func:`shadow.runner.compare` also stops
+    the next compare asks again (:func:`shadow.compare.compare` also stops
     asking for the rest of a run after several failures in a row, and logs
     them). A prediction or outcome that cannot be serialised to JSON for the
     prompt can never be judged: it disagrees with a note. An ``api_key_env``

@@ -20,6 +20,7 @@ from rollout.state import Action
 from shadow.candidates import CallableCandidate, build_candidate
 from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
+from shadow.compare import compare
 from shadow.config import parse_config
 from shadow.constraints import Checks, luhn
 from shadow.errors import ConfigError
@@ -27,7 +28,7 @@ from shadow.metrics import render_metrics
 from shadow.models import Event, Prediction, PredictionError
 from shadow.replay import describe
 from shadow.report import build_report
-from shadow.runner import Replay, compare
+from shadow.runner import Replay
 from shadow.store import Store
 from tests.clock import SteppingClock
 

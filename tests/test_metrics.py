@@ -29,9 +29,10 @@ from rollout.state import Action, RolloutState, Status
 from shadow.candidates import CallableCandidate, Candidate
 from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
+from shadow.compare import compare
 from shadow.metrics import LATENCY_BUCKETS_MS, render_metrics
 from shadow.models import ErrorKind, Event, Prediction
-from shadow.runner import Replay, compare
+from shadow.runner import Replay
 from shadow.runtime_metrics import RuntimeMetrics
 from shadow.store import Store
 from tests.clock import SteppingClock

@@ -21,11 +21,12 @@ from structlog.testing import capture_logs
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.comparators import Comparator, Judgement, build_comparator
+from shadow.compare import MAX_CONSECUTIVE_DEFERRALS, compare
 from shadow.config import parse_config
 from shadow.errors import ConfigError
 from shadow.models import Event
 from shadow.replay import describe
-from shadow.runner import MAX_CONSECUTIVE_DEFERRALS, Replay, ReplaySummary, compare
+from shadow.runner import Replay, ReplaySummary
 from shadow.store import Store
 from shadow.text_comparators import DEFAULT_RUBRIC, f1_score, rouge_l, tokens
 from tests.http_server import Reply, Request, TestServer

@@ -20,8 +20,9 @@ from rollout.state import Action, Status
 from shadow.candidates import CallableCandidate
 from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
+from shadow.compare import compare
 from shadow.models import Event
-from shadow.runner import Replay, compare
+from shadow.runner import Replay
 from shadow.store import Store
 from tests.clock import SteppingClock
 
