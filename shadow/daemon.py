@@ -41,7 +41,7 @@ from shadow.control import DaemonFile
 from shadow.errors import ConfigError, StoreError
 from shadow.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
 from shadow.models import utc_now
-from shadow.runner import Replay
+from shadow.runner import Replay, ReplaySummary
 from shadow.source_specs import SourceSpec
 from shadow.store import Store
 
@@ -208,10 +208,9 @@ class Daemon:
     def _jobs(self) -> list[Job]:
         spec = self.config.daemon.jobs
         store = self.store
-        assert store is not None and self.comparator is not None
-        comparator = self.comparator
+        assert store is not None
         jobs = [
-            Job("compare", spec.compare_every, lambda: compare(store, comparator, now=self.now)),
+            Job("compare", spec.compare_every, self._compare),
             Job("report", spec.report_every,
                 lambda: write_reports(store, self.config, self._beside_config(spec.reports_dir),
                                       self.now())),
@@ -229,6 +228,13 @@ class Daemon:
             jobs.append(Job("retention", spec.retention_every,
                             lambda: apply_retention(store, age, archive, self.now())))
         return jobs
+
+    def _compare(self) -> None:
+        assert self.store is not None and self.comparator is not None
+        summary = ReplaySummary()
+        compare(self.store, self.comparator, summary, now=self.now)
+        if self.runtime is not None:
+            self.runtime.compare_finished(self.comparator.name, summary.deferred)
 
     def _drift(self) -> None:
         """Measure drift, publish it as metrics, and pause the rollout when asked to."""

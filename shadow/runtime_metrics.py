@@ -34,6 +34,8 @@ class RuntimeMetrics:
         self._runs: dict[str, dict[str, int]] = {}
         self._last_success: dict[str, float] = {}
         self._drift: list[tuple[str, dict[str, str], float]] = []
+        self._deferred: dict[str, int] = {}
+        self._deferred_last_run: dict[str, int] = {}
 
     def set_lag(self, source: str, partition: str | int, lag: int) -> None:
         """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
@@ -74,6 +76,16 @@ class RuntimeMetrics:
             if ok:
                 self._last_success[job] = at
 
+    def compare_finished(self, comparator: str, deferred: int) -> None:
+        """A compare run ended with ``deferred`` predictions the comparator could not judge.
+
+        They stay pending, so a last run that deferred some while the one before
+        did too is a judge that has been down for a while.
+        """
+        with self._lock:
+            self._deferred[comparator] = self._deferred.get(comparator, 0) + max(0, deferred)
+            self._deferred_last_run[comparator] = max(0, deferred)
+
     def set_drift(self, gauges: Sequence[tuple[str, dict[str, str], float]]) -> None:
         """The latest drift measurement, as ``shadow.drift.drift_metrics`` shapes it."""
         with self._lock:
@@ -87,6 +99,7 @@ class RuntimeMetrics:
             records, fraction = dict(self._records), dict(self._fraction)
             runs = {job: dict(results) for job, results in self._runs.items()}
             last_success = dict(self._last_success)
+            deferred, deferred_last_run = dict(self._deferred), dict(self._deferred_last_run)
         families: list[Metric] = [
             gauge("shadow_start_time_seconds", "When this daemon started, in Unix time.",
                    self.started_at),
@@ -108,5 +121,13 @@ class RuntimeMetrics:
             labelled(GaugeMetricFamily, "shadow_job_last_success_timestamp_seconds",
                       "When each scheduled job last succeeded, in Unix time.",
                       ["job"], (([j], t) for j, t in last_success.items())),
+            labelled(CounterMetricFamily, "shadow_comparisons_deferred",
+                      "Judgements deferred by compare runs since this process started "
+                      "(the judge could not be asked).",
+                      ["comparator"], (([c], n) for c, n in deferred.items())),
+            labelled(GaugeMetricFamily, "shadow_comparisons_deferred_last_run",
+                      "Predictions the last compare run left pending because the comparator "
+                      "could not judge them.",
+                      ["comparator"], (([c], n) for c, n in deferred_last_run.items())),
         ]
         return families + drift_families(drift)

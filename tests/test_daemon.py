@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,29 +95,11 @@ logging:
         producer.close()
 
     def start(self, *, token: str | None = TOKEN) -> subprocess.Popen[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-        if token is not None:
-            env["SHADOW_API_TOKEN"] = token
-        # Logs go to a file: a pipe nobody reads while the daemon runs would fill and block it.
         self.runs += 1
-        log = open(self.directory / f"daemon-{self.runs}.log", "w", encoding="utf-8")  # noqa: SIM115
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "shadow", "run", "--config", str(self.config)],
-                cwd=self.directory, env=env, stdout=log, stderr=log, text=True)
-        finally:
-            log.close()
-        process.log = self.directory / f"daemon-{self.runs}.log"  # type: ignore[attr-defined]
-        return process
+        return start_daemon(self.config, f"daemon-{self.runs}.log", token=token)
 
     def api(self, timeout_s: float = 60) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = DaemonFile.read(self.db)
-            if found is not None and get(found.api + "/ready")[0] == 200:
-                return found.api
-            time.sleep(0.2)
-        raise AssertionError("the daemon did not become ready")
+        return ready_api(self.db, timeout_s)
 
     def cli(self, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
@@ -154,6 +137,36 @@ def get(url: str, *, token: str | None = None, method: str = "GET",
         return exc.code, exc.read().decode()
     except OSError:
         return 0, ""
+
+
+def start_daemon(config: Path, log_name: str, *, token: str | None = TOKEN
+                 ) -> subprocess.Popen[str]:
+    """``shadow run`` on ``config`` in its directory, logging to ``log_name`` there."""
+    directory = config.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    if token is not None:
+        env["SHADOW_API_TOKEN"] = token
+    # Logs go to a file: a pipe nobody reads while the daemon runs would fill and block it.
+    log = open(directory / log_name, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shadow", "run", "--config", str(config)],
+            cwd=directory, env=env, stdout=log, stderr=log, text=True)
+    finally:
+        log.close()
+    process.log = directory / log_name  # type: ignore[attr-defined]
+    return process
+
+
+def ready_api(db: Path, timeout_s: float = 60) -> str:
+    """The API address of the daemon running for ``db``, once it answers ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = DaemonFile.read(db)
+        if found is not None and get(found.api + "/ready")[0] == 200:
+            return found.api
+        time.sleep(0.2)
+    raise AssertionError("the daemon did not become ready")
 
 
 def counts(db: Path) -> tuple[int, int, int, int]:
@@ -355,3 +368,94 @@ daemon:
         daemon.wait(timeout=60)
     assert daemon.returncode == 0, log.read_text(encoding="utf-8")
     assert counts(tmp_path / "hooks.duckdb")[:2] == (5, 5)
+
+
+def test_a_judge_outage_shows_in_the_metrics_until_the_judge_answers(tmp_path: Path) -> None:
+    """File sources, an HTTP candidate and a judge on one local server; the judge is down first."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    n = 6
+    judge_up = False
+
+    def reply(request: Request) -> Reply:
+        if request.path == "/predict":
+            i = int(request.json()["event_id"][1:])
+            return Reply(body={"category": label_of(i)})
+        if not judge_up:
+            return Reply(status=503, body="overloaded")
+        prompt = request.json()["messages"][1]["content"]  # the default rubric
+        sides = re.search(r"AI output:\n(.*)\n\nHuman outcome:\n(.*)\n\nReply", prompt)
+        assert sides is not None
+        verdict = "agree" if sides.group(1) == sides.group(2) else "disagree"
+        content = json.dumps({"verdict": verdict, "reason": "checked"})
+        return Reply(body={"choices": [{"message": {"content": content}}]})
+
+    # Every event's candidate answer is label_of(i); the human chose billing for all.
+    with (tmp_path / "events.jsonl").open("w", encoding="utf-8") as events, \
+            (tmp_path / "outcomes.jsonl").open("w", encoding="utf-8") as outcomes:
+        for i in range(n):
+            events.write(json.dumps({"event_id": f"e{i}", "key": f"t{i}",
+                                     "occurred_at": "2026-01-01T00:00:00Z",
+                                     "payload": {"i": i}}) + "\n")
+            outcomes.write(json.dumps({"key": f"t{i}", "outcome": {"category": "billing"},
+                                       "decided_at": "2026-01-02T00:00:00Z"}) + "\n")
+    expected_agree = sum(label_of(i) == "billing" for i in range(n))
+
+    def metrics(api: str) -> dict[str, dict[tuple[str, ...], float]]:
+        status, text = get(api + "/metrics", token=TOKEN)
+        assert status == 200
+        found: dict[str, dict[tuple[str, ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = tuple(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                found.setdefault(sample.name, {})[key] = sample.value
+        return found
+
+    def until(api: str, holds: Any, what: str) -> dict[str, dict[tuple[str, ...], float]]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = metrics(api)
+            if holds(found):
+                return found
+            time.sleep(0.3)
+        raise AssertionError(f"{what} did not happen in time: {found}")
+
+    def deferred_last_run(found: dict[str, dict[tuple[str, ...], float]]) -> float | None:
+        values = list(found.get("shadow_comparisons_deferred_last_run", {}).values())
+        return values[0] if values else None
+
+    with TestServer(reply) as server:
+        config = tmp_path / "daemon.yaml"
+        config.write_text(f"""
+candidate: {{kind: http, url: {server.url}/predict, name: triage, version: "7"}}
+comparator:
+  kind: judge
+  base_url: {server.url}/v1
+  model: test-judge
+  prediction_path: category
+  outcome_path: category
+  max_attempts: 1
+  cache: false
+store: {{path: daemon.duckdb}}
+sources:
+  events: [{{kind: file, path: events.jsonl}}]
+  outcomes: [{{kind: file, path: outcomes.jsonl}}]
+daemon:
+  api: {{port: 0}}
+  jobs: {{compare_every: 1s}}
+""", encoding="utf-8")
+        daemon = start_daemon(config, "daemon.log")
+        try:
+            api = ready_api(tmp_path / "daemon.duckdb")
+            down = until(api, lambda f: deferred_last_run(f) == n, "a compare run deferring all")
+            assert sum(down.get("shadow_comparisons_total", {}).values()) == 0
+            (total,) = down["shadow_comparisons_deferred_total"].values()
+            assert total >= n and total % n == 0  # every run deferred every prediction
+            judge_up = True
+            up = until(api, lambda f: deferred_last_run(f) == 0, "a compare run with the judge up")
+            verdicts = up["shadow_comparisons_total"]
+            agreed = sum(v for k, v in verdicts.items() if "verdict=agree" in k)
+            assert (agreed, sum(verdicts.values())) == (expected_agree, n)
+        finally:
+            code, err = stop(daemon)
+    assert code == 0, err

@@ -186,9 +186,24 @@ def test_a_shadow_prediction_is_never_published() -> None:
         Decision.of(live("e1", Mode.SHADOW), event, rollout="triage", step=0, percent=5.0)
 
 
-def consume_command(bootstrap: str, topic: str, db: Path, idle_s: float = 4.0) -> list[str]:
+def consume_command(bootstrap: str, topic: str, db: Path, idle_s: float = 4.0,
+                    expect: int = 0) -> list[str]:
+    """``tests.kafka_consumer``; with ``expect``, it waits out idleness until that many events."""
     return [sys.executable, "-m", "tests.kafka_consumer", bootstrap, topic, f"g-{topic}",
-            str(db), str(idle_s)]
+            str(db), str(idle_s), str(expect)]
+
+
+def wait_until_handed_out(log: Path, at_least: int, process: subprocess.Popen[bytes]) -> None:
+    """Until the consumer has handed out ``at_least`` records (it prints each batch)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        lines = log.read_text(encoding="utf-8").splitlines()
+        handed_out = [int(line.split()[-1]) for line in lines if line.startswith("handed out ")]
+        if handed_out and handed_out[-1] >= at_least:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the consumer did not hand out {at_least} records: "
+                         f"{log.read_text(encoding='utf-8')[-3000:]}")
 
 
 def stored(db: Path) -> tuple[int, int, int, int]:
@@ -207,16 +222,15 @@ def test_a_consumer_killed_midway_and_restarted_loses_nothing_and_counts_nothing
     db = tmp_path / "store.duckdb"
     root = Path(__file__).resolve().parent.parent
 
-    process = subprocess.Popen(consume_command(kafka_bootstrap, topic, db), cwd=root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not db.with_name(db.name + ".wal").exists():
-        time.sleep(0.05)
-    time.sleep(1.5)  # some batches committed, one in the middle
+    log = tmp_path / "consumer.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(consume_command(kafka_bootstrap, topic, db, expect=n), cwd=root,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    wait_until_handed_out(log, 600, process)  # some batches committed, one in the middle
     killed_midway = process.poll() is None
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    subprocess.run(consume_command(kafka_bootstrap, topic, db), cwd=root, check=True,
+    subprocess.run(consume_command(kafka_bootstrap, topic, db, expect=n), cwd=root, check=True,
                    capture_output=True, timeout=300)
 
     assert killed_midway, "the consumer finished before it could be killed"
@@ -237,13 +251,12 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
         produce(broker, topic, events(n), key=lambda e: e["key"])
         db = tmp_path / "store.duckdb"
         root = Path(__file__).resolve().parent.parent
-        with (tmp_path / "consumer.log").open("w") as log:
-            process = subprocess.Popen(consume_command(broker, topic, db, idle_s=12), cwd=root,
-                                       stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not db.with_name(db.name + ".wal").exists():
-            time.sleep(0.05)
-        time.sleep(1.0)
+        log = tmp_path / "consumer.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(consume_command(broker, topic, db, expect=n), cwd=root,
+                                       stdout=out, stderr=subprocess.STDOUT)
+        wait_until_handed_out(log, 600, process)
+        stopped_midway = process.poll() is None
         subprocess.run([str(script), "stop", "--keep-data"], env=env, check=True, timeout=120)
         time.sleep(3)
         subprocess.run([str(script), "start"], env=env, check=True, capture_output=True,
@@ -253,6 +266,7 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
         subprocess.run([str(script), "stop"], env=env, capture_output=True, timeout=120)
 
     assert process.returncode == 0, (tmp_path / "consumer.log").read_text()[-3000:]
+    assert stopped_midway, "the consumer finished before the broker stopped"
     assert stored(db) == (n, n, n, 0)
 
 
