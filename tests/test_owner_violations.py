@@ -337,12 +337,12 @@ def section(document: str, name: str = "triage") -> str:
 def test_html_section_shows_the_figures_escaped(store: Store) -> None:
     document = to_html(build_owner_report(store, options(max_violation_rate=RATE - 1e-9)))
     html = section(document)
-    assert f"<strong>{100 * RATE:.2f} %</strong> of checked outputs" in html
+    assert f"<strong>{100 * RATE:.2f}\u00a0%</strong> of checked outputs" in html
     assert f"{len(VIOLATING):,} of {len(CHECKED):,} checked" in html
     assert 'Budget ' in html and '<span class="fail">FAIL</span>' in html
     for kind in expected_kinds():
         row = (f"<td>{kind['check']}</td><td class=\"num\">{kind['predictions']:,}</td>"
-               f"<td class=\"num\">{100 * kind['rate']:.2f} %</td>"
+               f"<td class=\"num\">{100 * kind['rate']:.2f}\u00a0%</td>"
                f"<td class=\"num\">{kind['count']:,}</td>")
         assert row in html
     latest_echo = max(i for i in sorted(VIOLATING)[-8:] if echoes(i))
@@ -355,7 +355,7 @@ def test_html_section_shows_the_figures_escaped(store: Store) -> None:
 def test_html_section_without_violations_or_budget(store: Store) -> None:
     document = to_html(build_owner_report(store, options()))
     html = section(document, "plain")
-    assert "<strong>0.00 %</strong> of checked outputs" in html
+    assert "<strong>0.00\u00a0%</strong> of checked outputs" in html
     assert f"0 of {N:,} checked" in html
     assert "Budget" not in html and "<table>" not in html
     assert "Budget" not in section(document)
