@@ -9,6 +9,7 @@ with nothing to draw returns a short "no data" paragraph instead of an empty SVG
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,11 @@ PERCENT = "\u00a0%"
 
 def pct(value: float | None, digits: int = 1) -> str:
     return "no data" if value is None else f"{100 * value:.{digits}f}{PERCENT}"
+
+
+def milliseconds(value: float) -> str:
+    """Three decimals below a millisecond (an in-process candidate), else one."""
+    return f"{value:,.3f} ms" if value < 1 else f"{value:,.1f} ms"
 
 
 def no_data(what: str) -> str:
@@ -72,7 +78,7 @@ def _rate_axis(x0: float, x1: float, y: float, top: float) -> list[str]:
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         x = x0 + tick * (x1 - x0)
         parts.append(_line(x, top, x, y, GRID_COLOUR))
-        parts.append(_text(x, y + 14, f"{tick:.0%}", "middle", "axis"))
+        parts.append(_text(x, y + 14, pct(tick, 0), "middle", "axis"))
     return parts
 
 
@@ -163,7 +169,7 @@ def _y_axis(x0: float, x1: float, y0: float, y1: float) -> list[str]:
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = _scale(tick, 0.0, 1.0, y0, y1)
         parts.append(_line(x0, y, x1, y, GRID_COLOUR))
-        parts.append(_text(x0 - 6, y + 4, f"{tick:.0%}", "end", "axis"))
+        parts.append(_text(x0 - 6, y + 4, pct(tick, 0), "end", "axis"))
     return parts
 
 
@@ -187,8 +193,11 @@ def coverage_curve(title: str, rows: Sequence[dict[str, Any]]) -> str:
                          f'stroke="{colour}" stroke-width="2"{extra}/>')
             last_y = float(points[-1].split(",")[1])
             parts.append(_text(x1 + 6, last_y + 4, key))
+    shown = -math.inf
     for x, r in zip(xs, rows, strict=True):
-        parts.append(_text(x, y0 + 16, f"{float(r['threshold']):.2f}", "middle", "axis"))
+        if x - shown >= 32:  # closer thresholds would print their labels over each other
+            parts.append(_text(x, y0 + 16, f"{float(r['threshold']):.2f}", "middle", "axis"))
+            shown = x
     parts.append(_text((x0 + x1) / 2, height - 2, "confidence threshold", "middle", "axis"))
     return svg(WIDTH, height, title, parts)
 
@@ -220,10 +229,11 @@ def latency_histogram(title: str, latency: dict[str, Any] | None) -> str:
             x = x0 + _bucket_position(float(value), edges) * width
             parts.append(_line(x, y1 - 4, x, y0, ALERT_COLOUR, 1.5, "4 2"))
             near_end = x > x1 - 90
+            # One row per marker: close percentiles would print over each other.
             parts.append(_text(x - 3 if near_end else x + 3,
-                               y1 - 6 + 10 * ("p50", "p95", "p99").index(name),
-                               f"{name} {value:,.0f} ms", "end" if near_end else "start",
-                               "marker"))
+                               y1 - 6 + 14 * ("p50", "p95", "p99").index(name),
+                               f"{name} {milliseconds(float(value))}",
+                               "end" if near_end else "start", "marker"))
     return svg(WIDTH, height, title, parts)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shadow import charts
-from shadow.charts import PERCENT, esc, no_data, pct
+from shadow.charts import PERCENT, esc, milliseconds, no_data, pct
 
 VERDICTS = {
     "ready": ("READY", "ready"),
@@ -134,7 +134,7 @@ def _money(value: Any, currency: str, digits: int = 2) -> str:
 
 
 def _millis(value: Any) -> str:
-    return "no data" if value is None else f"{float(value):,.1f} ms"
+    return "no data" if value is None else milliseconds(float(value))
 
 
 def _identity(candidate: dict[str, Any]) -> str:

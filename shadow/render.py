@@ -9,6 +9,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from shadow.charts import milliseconds
+
 
 def to_json(report: dict[str, Any]) -> str:
     text: str = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
@@ -27,9 +29,7 @@ def interval(agreement: dict[str, Any]) -> str:
 
 
 def millis(value: float | None) -> str:
-    if value is None:
-        return "–"
-    return f"{value:,.3f} ms" if value < 1 else f"{value:,.1f} ms"
+    return "–" if value is None else milliseconds(value)
 
 
 def _cost(cost: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import html
+import itertools
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from shadow import charts
 from shadow.html import to_html
 
 EVIL = "<script>alert('x')</script>"
@@ -184,6 +186,35 @@ def test_no_line_breaks_between_a_number_and_its_percent_sign() -> None:
     percentages = re.findall(r"\d(\s)%", document)  # the reason above is data, not a figure
     assert len(percentages) > 20
     assert set(percentages) == {NBSP}
+
+
+def _texts(svg: str, cls: str | None = None) -> list[tuple[float, float, str]]:
+    """(x, y, text) of the chart's ``<text>`` elements, of one class if given."""
+    found = re.findall(r'<text x="([-\d.]+)" y="([-\d.]+)"[^>]*?(?: class="(\w+)")?>([^<]*)</text>',
+                       svg)
+    return [(float(x), float(y), text) for x, y, c, text in found if cls is None or c == cls]
+
+
+def test_latency_markers_of_an_in_process_candidate_read_in_fractions_of_a_millisecond() -> None:
+    latency = {"p50": 0.036, "p95": 0.0604, "p99": 0.079,
+               "histogram": [{"le_ms": 0.1, "count": 4000}, {"le_ms": 0.5, "count": 3}]}
+    markers = _texts(charts.latency_histogram("latency", latency), "marker")
+    assert [text for _, _, text in markers] == ["p50 0.036 ms", "p95 0.060 ms", "p99 0.079 ms"]
+    rows = sorted(y for _, y, _ in markers)
+    assert all(b - a >= 12 for a, b in itertools.pairwise(rows))  # 12px text, one row each
+    summary = parse(to_html(sample_report())).all_text
+    assert "p50 120.0 ms" in re.sub(r"\s+", " ", summary)
+
+
+def test_threshold_labels_that_would_overlap_are_left_out() -> None:
+    thresholds = [0.0, 0.1, 0.2, 0.5, 0.9, 0.95, 0.99]
+    rows = [{"threshold": t, "coverage": 1 - t, "agreement": 0.8, "n": 10} for t in thresholds]
+    labels = [(x, text) for x, y, text in _texts(charts.coverage_curve("c", rows), "axis")
+              if re.fullmatch(r"\d\.\d\d", text)]
+    xs = [x for x, _ in labels]
+    assert all(b - a >= 32 for a, b in itertools.pairwise(xs))
+    # 480 px for 0 to 0.99: 0.95 is 24 px after 0.90, 0.99 is 44 px after it.
+    assert [text for _, text in labels] == ["0.00", "0.10", "0.20", "0.50", "0.90", "0.99"]
 
 
 def test_floor_markers_and_below_floor_segments_are_shown() -> None:
