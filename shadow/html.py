@@ -361,13 +361,28 @@ def _pretty(value: Any) -> str:
     return f"<pre>{esc(text)}</pre>"
 
 
+def _segment(segment: Any) -> str:
+    """``name: value`` lines for the usual flat segment; JSON for anything nested."""
+    if not segment:
+        return "–"
+    if isinstance(segment, dict) and not any(isinstance(v, dict | list)
+                                             for v in segment.values()):
+        return "<br>".join(f'<span class="muted">{esc(k)}:</span> {esc(_scalar(v))}'
+                           for k, v in sorted(segment.items()))
+    return _pretty(segment)
+
+
+def _scalar(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _disagreements(rows: Sequence[dict[str, Any]] | None) -> str:
     title = "<h3>Top disagreements</h3>"
     if not rows:
         return title + no_data("disagreements")
     cells = [[f"{esc(r.get('event_id'))}<br><span class=\"muted\">key {esc(r.get('key'))}"
               f"<br>{esc(r.get('decided_at') or '')}</span>",
-              _pretty(r.get("segment") or None), _pretty(r.get("payload")),
+              _segment(r.get("segment")), _pretty(r.get("payload")),
               _pretty(r.get("output")), _pretty(r.get("outcome"))] for r in rows]
     headers = ["event", "segment", "payload", "AI output", "human outcome"]
     if any(r.get("note") for r in rows):

@@ -266,6 +266,17 @@ def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
     assert "Budget" not in to_html(report)
 
 
+def test_a_flat_segment_reads_as_name_value_lines_and_a_nested_one_as_json() -> None:
+    report = sample_report()
+    (row,) = report["candidates"][0]["disagreements"]
+    row["segment"] = {"tier": "pro", "lang": "<b>de</b>", "vip": True}
+    cell = '<span class="muted">lang:</span> &lt;b&gt;de&lt;/b&gt;<br>'
+    cell += '<span class="muted">tier:</span> pro<br><span class="muted">vip:</span> true'
+    assert cell in to_html(report)
+    row["segment"] = {"region": {"country": "us"}}
+    assert '<pre>{\n  &quot;region&quot;: {\n    &quot;country&quot;' in to_html(report)
+
+
 def test_payload_is_pretty_json_in_pre() -> None:
     document = to_html(sample_report())
     assert '<pre>{\n  &quot;email&quot;: &quot;[redacted]&quot;,' in document
