@@ -109,7 +109,9 @@ class Replay:
         self.summary = ReplaySummary()
         self._handed_out: dict[str, int] = {}
         self._seen: set[str] = set()
-        self._store_had_events = False
+        # Whether stored events must be looked up before writing: until ``feeds`` has
+        # counted them, assume so. An empty store makes the first pass a pure insert.
+        self._store_had_events = True
 
     def run(
         self, events: Sequence[Source], outcomes: Sequence[Source] = (), *,
@@ -118,7 +120,6 @@ class Replay:
         """Ingest the sources, predict, compare; with ``retry_errors`` also predict again
         every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
-        self._store_had_events = self.store.count("events") > 0
         feeds = self.feeds(events, outcomes)
         if self.rollout is not None:
             # Live traffic interleaves events and outcomes; the gates need both as they come.
@@ -160,7 +161,12 @@ class Replay:
     def feeds(
         self, events: Sequence[Source], outcomes: Sequence[Source] = ()
     ) -> list[tuple[Source, Prepare]]:
-        """Each source with what turns its records into a write batch."""
+        """Each source with what turns its records into a write batch.
+
+        Every way into the pipeline (``run``, or the daemon's ``pump``) starts here,
+        so this is where the store is asked whether it holds events already.
+        """
+        self._store_had_events = self.store.count("events") > 0
         found: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
         return found + [(s, self._prepare_outcomes) for s in outcomes]
 

@@ -595,6 +595,40 @@ def test_replaying_the_same_inputs_again_changes_nothing(
                            for t in stored_rows}
 
 
+def test_the_daemon_s_way_in_stores_nothing_again_from_a_file_read_before(
+    tmp_path: Path, write_lines: LineWriter
+) -> None:
+    """``feeds`` and ``pump``, as the daemon drives them, after a replay of the same file."""
+    from connectors.files import FileSource
+    from shadow.candidates import CallableCandidate
+    from shadow.comparator_specs import ExactSpec
+    from shadow.comparators import build_comparator
+    from shadow.runner import Replay
+
+    data = make_dataset(seed=44)
+    lines = noisy_event_file(seed=45, events=data.events).lines
+    events = write_lines("events.jsonl", lines)
+    db = tmp_path / "shadow.duckdb"
+    first = replay(db, [events], batch_size=10)
+    tables = ("events", "predictions", "dead_letters", "duplicates")
+    stored = {t: rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in tables}  # noqa: S608
+    CALLS.clear()
+
+    with Store(db) as store, CallableCandidate(guess, name=f"{HERE}:guess") as candidate:
+        again = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10)
+        source = FileSource(events)
+        with source:
+            feeds = again.feeds([source])
+            while not source.exhausted:
+                again.pump(feeds)
+
+    assert CALLS == []
+    assert stored == {t: rows(db, f"SELECT count(*) FROM {t}")[0][0]  # noqa: S608
+                      for t in tables}
+    assert (again.summary.events_stored, again.summary.predictions) == (0, 0)
+    assert again.summary.already_stored == first.events_stored
+
+
 # -- malformed input ------------------------------------------------------------------
 
 
