@@ -75,6 +75,14 @@ class CommandBody(BaseModel):
     force: bool = False
 
 
+class BackupBody(BaseModel):
+    """The body of ``POST /backup``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    path: str
+
+
 class ApiServer:
     """The control API of one daemon, served from a thread of its own.
 
@@ -221,6 +229,7 @@ class ApiServer:
         app.router.add_get("/report", self._get_report, allow_head=False)
         app.router.add_get("/dead-letters", self._dead_letters, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
+        app.router.add_post("/backup", self._backup)
         return app
 
     @web.middleware
@@ -331,6 +340,10 @@ class ApiServer:
         assert limit is not None
         rows = await self._call(self.control.dead_letters, limit)
         return _json({"dead_letters": rows})
+
+    async def _backup(self, request: web.Request) -> web.Response:
+        body = await _body(request, BackupBody)
+        return _json(await self._call(self.control.backup, body.path))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = await self._call(self.control.metrics)

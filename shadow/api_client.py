@@ -94,6 +94,11 @@ class DaemonClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics")[2].decode("utf-8")
 
+    def backup(self, path: str, *, timeout_s: float = 3600.0) -> dict[str, Any]:
+        """``Backup.as_dict`` of the copy; a large store takes a while, hence the timeout."""
+        return dict(orjson.loads(self._request("POST", "/backup", body={"path": path},
+                                               timeout_s=timeout_s)[2]))
+
     # -- transport ------------------------------------------------------------------
 
     def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
@@ -102,7 +107,8 @@ class DaemonClient:
 
     def _request(self, method: str, path: str, *, body: dict[str, Any] | None = None,
                  query: Mapping[str, Any] | None = None,
-                 accept: tuple[int, ...] = (200,)) -> tuple[int, str, bytes]:
+                 accept: tuple[int, ...] = (200,),
+                 timeout_s: float | None = None) -> tuple[int, str, bytes]:
         url = self.base_url + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         data = None
@@ -110,8 +116,9 @@ class DaemonClient:
             data = orjson.dumps(body)
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        timeout = timeout_s or self.timeout_s
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
+            with self._opener.open(request, timeout=timeout) as response:
                 return response.status, response.headers.get_content_type(), response.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()
@@ -119,16 +126,16 @@ class DaemonClient:
                 return exc.code, exc.headers.get_content_type(), raw
             raise _translate(exc.code, raw, f"{method} {path}", self.token_env) from None
         except urllib.error.URLError as exc:
-            raise self._unreachable(exc.reason) from exc
+            raise self._unreachable(exc.reason, timeout) from exc
         except (OSError, HTTPException) as exc:  # timeouts and drops after sending
-            raise self._unreachable(exc) from exc
+            raise self._unreachable(exc, timeout) from exc
 
-    def _unreachable(self, reason: object) -> ShadowError:
+    def _unreachable(self, reason: object, timeout_s: float) -> ShadowError:
         where = f"the daemon's API at {self.base_url}"
         if isinstance(reason, ConnectionRefusedError):
             return DaemonUnavailable(f"{where} refuses connections")
         if isinstance(reason, TimeoutError):
-            return ShadowError(f"{where} did not answer within {self.timeout_s:g} s; "
+            return ShadowError(f"{where} did not answer within {timeout_s:g} s; "
                                f"the command may or may not have taken effect")
         return ShadowError(f"{where} failed: {reason}")
 

@@ -108,6 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--format", choices=["table", "json"], default="table")
     dead.set_defaults(handler=_dead_letters)
 
+    backup = commands.add_parser(
+        "backup", help="copy the store, as of one moment, to a new file",
+        description="Copy the store to a new DuckDB file, consistent as of one moment, while "
+        "a daemon runs it (through its API; intake waits during the copy) or not. The copy is "
+        "checked table by table and only then given its name; it never overwrites a file. "
+        "Restore by putting the copy in the store's place while no daemon runs.")
+    backup.add_argument("target", type=Path, metavar="TARGET",
+                        help="the new file (its directory must exist)")
+    _add_db_and_config(backup)
+    backup.add_argument("--format", choices=["text", "json"], default="text")
+    backup.set_defaults(handler=_backup)
+
     demo = commands.add_parser(
         "demo", help="generate a support-ticket workload, replay it and report",
         description="Generate a realistic support-ticket workload and an imperfect sample "
@@ -235,6 +247,33 @@ def _demo(args: argparse.Namespace) -> int:
     if args.events < 100:
         raise ConfigError("--events: expected at least 100 tickets")
     print(run_demo(args.dir, events=args.events, progress=_progress()))
+    return EXIT_OK
+
+
+def _backup(args: argparse.Namespace) -> int:
+    import orjson
+
+    from shadow.api_client import from_daemon_or_store
+    from shadow.backup import Backup, backup
+    from shadow.config import load_config
+
+    config = load_config(args.config)
+    db = args.db or (Path(config.store.path) if config.store.path else None)
+    if db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    # Absolute: a daemon writes the copy, and its working directory is not this one.
+    target = args.target.expanduser().absolute()
+    done = Backup.from_dict(from_daemon_or_store(
+        db, lambda daemon: daemon.backup(str(target)),
+        lambda store: backup(store, target).as_dict()))
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(done.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    counts = ", ".join(f"{done.rows.get(t, 0):,} {t}"
+                       for t in ("events", "predictions", "outcomes", "comparisons"))
+    print(f"backed up {db} to {done.path}: {counts} "
+          f"({done.size_bytes / 1e6:,.1f} MB in {done.seconds:.2f} s)")
+    print(f"to restore: stop the daemon, then put {done.path.name} in place of {db}")
     return EXIT_OK
 
 

@@ -60,6 +60,14 @@ class Control(Protocol):
         """Prometheus text exposition format."""
         ...
 
+    def backup(self, path: str) -> dict[str, Any]:
+        """Copy the store to the new file ``path`` (absolute); ``Backup.as_dict`` of the copy.
+
+        Raises:
+            ConfigError: the path is relative, exists, or its directory does not (HTTP 400).
+        """
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DaemonFile:

@@ -48,6 +48,7 @@ from shadow.store import Store
 log = structlog.get_logger(__name__)
 
 _CALL_TIMEOUT_S = 120.0
+_BACKUP_TIMEOUT_S = 3600.0
 
 
 class Daemon:
@@ -296,7 +297,7 @@ class Daemon:
                 except Exception as exc:  # noqa: BLE001 - lag is informational
                     log.debug("no consumer lag", source=source.name, error=str(exc))
 
-    def call(self, function: Callable[[], Any]) -> Any:
+    def call(self, function: Callable[[], Any], timeout_s: float = _CALL_TIMEOUT_S) -> Any:
         """Run ``function`` on the pipeline thread, wait for it and return its result."""
         if threading.current_thread() is self._thread:
             return function()
@@ -305,7 +306,7 @@ class Daemon:
         future: Future[Any] = Future()
         self._tasks.put((function, future))
         self._wake.set()
-        return future.result(timeout=_CALL_TIMEOUT_S)
+        return future.result(timeout=timeout_s)
 
     def _run_tasks(self) -> None:
         while True:
@@ -406,6 +407,17 @@ class Daemon:
         assert self.store is not None
         store = self.store
         return str(self.call(lambda: render_metrics(store, runtime=self.runtime)))
+
+    def backup(self, path: str) -> dict[str, Any]:
+        from shadow.backup import backup
+
+        assert self.store is not None
+        store = self.store
+        # On the pipeline thread, so the copy is of one moment: intake waits meanwhile.
+        copy = self.call(lambda: backup(store, Path(path)), timeout_s=_BACKUP_TIMEOUT_S)
+        log.info("store backed up", path=path, seconds=round(copy.seconds, 3),
+                 size_bytes=copy.size_bytes)
+        return dict(copy.as_dict())
 
     def _controller(self) -> Any:
         if self.controller is None:

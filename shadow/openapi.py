@@ -123,6 +123,14 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                 parameters=[_query("limit", "how many (default 20)",
                                    {"type": "integer", "minimum": 1,
                                     "maximum": DEAD_LETTERS_MAX, "default": 20})])},
+            "/backup": {"post": _op(
+                "copy the store, as of one moment, to a new file on the daemon's machine",
+                _responses("the copy", {"$ref": "#/components/schemas/Backup"}, 400),
+                requestBody={"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["path"], "additionalProperties": False,
+                    "properties": {"path": {
+                        "type": "string",
+                        "description": "absolute path of a file that does not exist yet"}}}}}})},
             "/metrics": {"get": _op(
                 "Prometheus metrics (text exposition format 0.0.4)",
                 _responses("metrics", {"type": "string"}, media="text/plain"),
@@ -134,6 +142,14 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                 "description": "the daemon's token (SHADOW_API_TOKEN); missing → 401, "
                                "wrong → 403"}},
             "schemas": {
+                "Backup": {
+                    "type": "object", "required": ["path", "rows", "size_bytes", "seconds"],
+                    "properties": {
+                        "path": {"type": "string"},
+                        "rows": {"type": "object", "description": "rows per table",
+                                 "additionalProperties": {"type": "integer"}},
+                        "size_bytes": {"type": "integer"},
+                        "seconds": {"type": "number"}}},
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}}},
                 "Readiness": {"type": "object", "required": ["ready", "checks"],

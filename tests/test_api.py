@@ -110,6 +110,10 @@ class FakeControl:
         self.calls.append(("metrics", None))
         return "# TYPE shadow_events_total counter\nshadow_events_total 3\n"
 
+    def backup(self, path: str) -> dict[str, Any]:
+        self.calls.append(("backup", path))
+        return {"path": path, "rows": {"events": 3}, "size_bytes": 12288, "seconds": 0.01}
+
 
 @pytest.fixture(scope="module")
 def report_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -140,7 +144,8 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-BODIES = {"/rollout/{action}": {"actor": "dana", "reason": "tests"}, "/reports": {}}
+BODIES = {"/rollout/{action}": {"actor": "dana", "reason": "tests"}, "/reports": {},
+          "/backup": {"path": "/srv/backups/shadow-1.duckdb"}}
 
 
 def operations(public: bool) -> list[tuple[str, str]]:
@@ -242,7 +247,7 @@ def test_not_ready_is_503_with_the_checks(http: httpx.Client, fake: FakeControl)
 def test_every_protected_route_refuses_an_unauthenticated_call_with_401(
         http: httpx.Client, fake: FakeControl, headers: dict[str, str]) -> None:
     protected = operations(public=False)
-    assert len(protected) == 7
+    assert len(protected) == 8
     for method, path in protected:
         response = call(http, method, path, headers)
         assert response.status_code == 401, (method, path)
@@ -267,7 +272,20 @@ def test_every_protected_route_answers_the_right_token(http: httpx.Client,
         assert call(http, method, path, bearer()).status_code == 200, (method, path)
     assert {name for name, _ in fake.calls} == {
         "rollout_status", "rollout_history", "rollout_command", "report", "dead_letters",
-        "metrics"}
+        "metrics", "backup"}
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    ({}, "path: Field required"),
+    ({"path": 7}, "path: Input should be a valid string"),
+    ({"path": "/x.duckdb", "overwrite": True}, "overwrite: Extra inputs are not permitted"),
+])
+def test_a_backup_body_names_what_is_wrong(http: httpx.Client, fake: FakeControl,
+                                           body: dict[str, Any], problem: str) -> None:
+    response = http.post("/backup", json=body, headers=bearer())
+    assert response.status_code == 400
+    assert response.json() == {"error": problem}
+    assert fake.calls == []
 
 
 def test_an_unknown_route_is_401_without_a_token_and_404_with_it(http: httpx.Client) -> None:

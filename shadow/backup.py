@@ -1,0 +1,126 @@
+"""A consistent copy of the store, taken while it is in use.
+
+The copy is a DuckDB file of its own, a store like any other: ``shadow report
+--db COPY`` reads it, and restoring is putting it in the store's place while
+no daemon runs. It is taken in one transaction of the store's writer (the
+daemon's pipeline thread, or the command that opened the file), so it holds
+every table as of one moment. It is written next to its target under a
+hidden ``.partial`` name, checked table by table against the store, and only
+then renamed into place: a target that exists is always a complete copy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from shadow.errors import ConfigError, StoreError
+from shadow.store import Store
+
+_ALIAS = "shadow_backup"
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """What a backup wrote."""
+
+    path: Path
+    rows: dict[str, int]
+    """Rows per table, the same in the copy as in the store when it was taken."""
+    size_bytes: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "rows": dict(self.rows), "size_bytes": self.size_bytes,
+                "seconds": round(self.seconds, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Backup:
+        return cls(Path(data["path"]), {str(k): int(v) for k, v in data["rows"].items()},
+                   int(data["size_bytes"]), float(data["seconds"]))
+
+
+def backup(store: Store, target: Path) -> Backup:
+    """Copy ``store`` to the new file ``target`` (absolute, in an existing directory).
+
+    Raises:
+        ConfigError: ``target`` is relative, exists, or its directory does not.
+        StoreError: DuckDB could not write the copy, or the copy does not hold
+            what the store held; nothing is left at ``target``.
+    """
+    started = time.monotonic()
+    _check_target(target)
+    partial = target.with_name(f".{target.name}.partial")
+    _remove(partial)
+    db = store.db
+    try:
+        source = str(db.execute("SELECT current_database()").fetchall()[0][0])
+        rows = _rows(db, source)
+        db.execute(f"ATTACH {_literal(str(partial))} AS {_ALIAS} (READ_WRITE)")
+        try:
+            db.execute(f"COPY FROM DATABASE {_identifier(source)} TO {_ALIAS}")
+            copied = _rows(db, _ALIAS)
+        finally:
+            db.execute(f"DETACH {_ALIAS}")
+    except duckdb.Error as exc:
+        _remove(partial)
+        raise StoreError(f"backup to {target} failed: {exc}") from exc
+    if copied != rows:
+        _remove(partial)
+        differ = sorted(t for t in rows.keys() | copied.keys() if rows.get(t) != copied.get(t))
+        raise StoreError(f"backup to {target} failed: the copy differs in {', '.join(differ)}")
+    _sync(partial)
+    if target.exists():  # appeared while the copy was written
+        _remove(partial)
+        raise ConfigError(f"backup target {target} exists now; choose a new file name")
+    os.replace(partial, target)
+    _sync(target.parent)
+    return Backup(target, rows, target.stat().st_size, time.monotonic() - started)
+
+
+def _check_target(target: Path) -> None:
+    if not target.is_absolute():
+        raise ConfigError(f"backup target {target}: expected an absolute path")
+    if target.exists():
+        raise ConfigError(f"backup target {target} exists; choose a new file name "
+                          "(a backup never overwrites)")
+    if not target.parent.is_dir():
+        raise ConfigError(f"backup target {target}: the directory {target.parent} does not exist")
+
+
+def _rows(db: duckdb.DuckDBPyConnection, catalog: str) -> dict[str, int]:
+    tables = [name for (name,) in db.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? AND schema_name = 'main' "
+        "ORDER BY table_name", [catalog]).fetchall()]
+    counts: dict[str, int] = {}
+    for table in tables:
+        qualified = f"{_identifier(catalog)}.main.{_identifier(table)}"
+        counts[table] = int(db.execute(f"SELECT count(*) FROM {qualified}").fetchall()[0][0])
+    return counts
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to disk, so a rename survives a power loss."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,196 @@
+"""``shadow backup``: a copy of the store, from the file or through a running daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from connectors.testing import ListSource
+from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
+from shadow.comparators import build_comparator
+from shadow.runner import Replay
+from shadow.store import Store
+from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
+from tests.http_server import Reply, Request, TestServer
+
+N = 300
+LABELS = ["billing", "login", "refund"]
+KEY_TABLES = ("events", "predictions", "outcomes", "comparisons", "dead_letters")
+
+
+def event(i: int) -> dict[str, Any]:
+    return {"event_id": f"e{i}", "key": f"t{i}", "occurred_at": "2026-01-01T00:00:00Z",
+            "segment": {"tier": "pro" if i % 3 else "free"}, "payload": {"i": i}}
+
+
+def outcome(i: int) -> dict[str, Any]:
+    return {"key": f"t{i}", "outcome": LABELS[i % 2], "decided_at": "2026-01-02T00:00:00Z"}
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Path:
+    db = tmp_path / "shadow.duckdb"
+    records: list[Any] = [event(i) for i in range(N)] + ["{not json"]
+    with Store(db) as store, CallableCandidate(
+            lambda e: LABELS[e.payload["i"] % 3], name="triage") as candidate:
+        Replay(store, candidate, build_comparator(ExactSpec())).run(
+            [ListSource(records)],
+            [ListSource([outcome(i) for i in range(N)])])
+    return db
+
+
+def shadow(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    return subprocess.run([sys.executable, "-m", "shadow", *args], cwd=cwd,
+                          env={**clean, **env}, capture_output=True, text=True, timeout=120,
+                          check=False)
+
+
+def rows(db: Path, table: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(db), read_only=True) as connection:
+        return sorted(connection.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+
+
+def tables(db: Path) -> dict[str, int]:
+    with duckdb.connect(str(db), read_only=True) as connection:
+        names = [n for (n,) in connection.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()]
+        return {n: connection.execute(f'SELECT count(*) FROM "{n}"').fetchall()[0][0]
+                for n in names}
+
+
+def test_a_backup_holds_every_row_of_every_table(filled: Path, tmp_path: Path) -> None:
+    result = shadow(tmp_path, "backup", "copy.duckdb", "--db", str(filled), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    reported = json.loads(result.stdout)
+    copy = tmp_path / "copy.duckdb"
+    assert reported["path"] == str(copy)
+    assert reported["size_bytes"] == copy.stat().st_size
+    assert tables(copy) == tables(filled) == reported["rows"]
+    assert reported["rows"]["events"] == N and reported["rows"]["dead_letters"] == 1
+    for table in KEY_TABLES:
+        assert rows(copy, table) == rows(filled, table), table
+    # The copy is a store: it opens at the current schema and reports like the original.
+    report = shadow(tmp_path, "report", "--db", "copy.duckdb", "--format", "json")
+    assert report.returncode == 0, report.stderr
+    (candidate,) = json.loads(report.stdout)["candidates"]
+    agreed = sum(LABELS[i % 3] == LABELS[i % 2] for i in range(N))
+    assert candidate["compared"] == N
+    assert candidate["agreement"]["rate"] == pytest.approx(agreed / N)
+    assert sorted(p.name for p in tmp_path.iterdir() if "copy" in p.name) == ["copy.duckdb"]
+
+
+def test_the_text_summary_names_the_counts_and_how_to_restore(filled: Path,
+                                                               tmp_path: Path) -> None:
+    result = shadow(tmp_path, "backup", "b.duckdb", "--db", str(filled))
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first.startswith(f"backed up {filled} to {tmp_path / 'b.duckdb'}: {N} events, "
+                            f"{N} predictions, {N} outcomes, {N} comparisons (")
+    assert second == f"to restore: stop the daemon, then put b.duckdb in place of {filled}"
+
+
+@pytest.mark.parametrize("where", ["existing", "missing directory"])
+def test_a_backup_never_overwrites_and_needs_its_directory(filled: Path, tmp_path: Path,
+                                                          where: str) -> None:
+    target = tmp_path / "old.duckdb" if where == "existing" else tmp_path / "nowhere" / "b.duckdb"
+    if where == "existing":
+        target.write_bytes(b"yesterday's backup")
+    result = shadow(tmp_path, "backup", str(target), "--db", str(filled))
+    assert result.returncode == 2
+    expected = "exists; choose a new file name" if where == "existing" else "does not exist"
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    if where == "existing":
+        assert target.read_bytes() == b"yesterday's backup"
+    else:
+        assert not target.parent.exists()
+    assert not list(tmp_path.glob(".*.partial*"))
+
+
+# -- through a running daemon -----------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_candidate() -> Iterator[TestServer]:
+    def reply(request: Request) -> Reply:
+        i = int(request.json()["event_id"][1:])
+        return Reply(body={"category": LABELS[i % 3]}, delay_s=0.01)
+
+    with TestServer(reply) as server:
+        yield server
+
+
+def test_a_running_daemon_takes_the_backup_between_two_batches(
+        tmp_path: Path, slow_candidate: TestServer) -> None:
+    n = 2000
+    (tmp_path / "events.jsonl").write_text(
+        "".join(json.dumps(event(i)) + "\n" for i in range(n)), encoding="utf-8")
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"""
+candidate: {{kind: http, url: {slow_candidate.url}/predict, name: triage, version: "1",
+            concurrency: 2}}
+store: {{path: daemon.duckdb, batch_size: 50}}
+sources:
+  events: [{{kind: file, path: events.jsonl}}]
+daemon:
+  api: {{port: 0}}
+""", encoding="utf-8")
+    elsewhere = tmp_path / "operator"
+    elsewhere.mkdir()
+    daemon = start_daemon(config, "daemon.log")
+    try:
+        api = ready_api(tmp_path / "daemon.duckdb")
+        # A relative target is the operator's directory, not the daemon's.
+        result = shadow(elsewhere, "backup", "mid.duckdb", "--db", str(tmp_path / "daemon.duckdb"),
+                        "--format", "json", SHADOW_API_TOKEN=TOKEN)
+        assert result.returncode == 0, result.stderr
+        assert get(api + "/ready")[0] == 200  # the daemon goes on
+    finally:
+        code, log = stop(daemon)
+    assert code == 0, log
+    assert "store backed up" in log
+    copy = elsewhere / "mid.duckdb"
+    reported = json.loads(result.stdout)
+    assert reported["path"] == str(copy) and tables(copy) == reported["rows"]
+    # One moment: every event in the copy has its prediction, as at every commit of the store.
+    backed_up = ids(copy, "events")
+    assert backed_up and backed_up == ids(copy, "predictions")
+
+    # Put in the store's place, the copy is a store the next run continues from: the
+    # export file is read again from its start, and what the copy holds is not stored twice.
+    os.replace(copy, tmp_path / "daemon.duckdb")
+    restarted = start_daemon(config, "daemon-2.log")
+    try:
+        api = ready_api(tmp_path / "daemon.duckdb")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and events_total(api) < n:
+            time.sleep(0.3)
+    finally:
+        code, log = stop(restarted)
+    assert code == 0, log
+    assert ids(tmp_path / "daemon.duckdb", "events") == {f"e{i}" for i in range(n)}
+    with Store(tmp_path / "daemon.duckdb", read_only=True) as store:
+        assert (store.count("events"), store.count("predictions")) == (n, n)
+        assert store.count("duplicates") == 0
+
+
+def ids(db: Path, table: str) -> set[str]:
+    with duckdb.connect(str(db), read_only=True) as connection:
+        return {e for (e,) in connection.execute(f"SELECT event_id FROM {table}").fetchall()}
+
+
+def events_total(api: str) -> float:
+    status, text = get(api + "/metrics", token=TOKEN)
+    assert status == 200
+    (line,) = [x for x in text.splitlines() if x.startswith("shadow_events_total ")]
+    return float(line.split()[1])
