@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from shadow.errors import ConfigError, StoreError
+from shadow.models import utc_now
 from shadow.store import Store
 
 _ALIAS = "shadow_backup"
@@ -34,18 +37,21 @@ class Backup:
     """Rows per table, the same in the copy as in the store when it was taken."""
     size_bytes: int
     seconds: float
+    taken_at: datetime
+    """When the copy was taken: what the store received later is not in it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "rows": dict(self.rows), "size_bytes": self.size_bytes,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "taken_at": self.taken_at.isoformat()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Backup:
         return cls(Path(data["path"]), {str(k): int(v) for k, v in data["rows"].items()},
-                   int(data["size_bytes"]), float(data["seconds"]))
+                   int(data["size_bytes"]), float(data["seconds"]),
+                   datetime.fromisoformat(data["taken_at"]))
 
 
-def backup(store: Store, target: Path) -> Backup:
+def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now) -> Backup:
     """Copy ``store`` to the new file ``target`` (absolute, in an existing directory).
 
     Raises:
@@ -61,6 +67,7 @@ def backup(store: Store, target: Path) -> Backup:
     try:
         source = str(db.execute("SELECT current_database()").fetchall()[0][0])
         rows = _rows(db, source)
+        taken_at = now()
         db.execute(f"ATTACH {_literal(str(partial))} AS {_ALIAS} (READ_WRITE)")
         try:
             db.execute(f"COPY FROM DATABASE {_identifier(source)} TO {_ALIAS}")
@@ -80,7 +87,7 @@ def backup(store: Store, target: Path) -> Backup:
         raise ConfigError(f"backup target {target} exists now; choose a new file name")
     os.replace(partial, target)
     _sync(target.parent)
-    return Backup(target, rows, target.stat().st_size, time.monotonic() - started)
+    return Backup(target, rows, target.stat().st_size, time.monotonic() - started, taken_at)
 
 
 def _check_target(target: Path) -> None:

@@ -271,7 +271,7 @@ def _backup(args: argparse.Namespace) -> int:
         return EXIT_OK
     counts = ", ".join(f"{done.rows.get(t, 0):,} {t}"
                        for t in ("events", "predictions", "outcomes", "comparisons"))
-    print(f"backed up {db} to {done.path}: {counts} "
+    print(f"backed up {db} to {done.path} as of {done.taken_at.isoformat()}: {counts} "
           f"({done.size_bytes / 1e6:,.1f} MB in {done.seconds:.2f} s)")
     print(f"to restore: stop the daemon, then put {done.path.name} in place of {db}")
     return EXIT_OK

@@ -414,7 +414,8 @@ class Daemon:
         assert self.store is not None
         store = self.store
         # On the pipeline thread, so the copy is of one moment: intake waits meanwhile.
-        copy = self.call(lambda: backup(store, Path(path)), timeout_s=_BACKUP_TIMEOUT_S)
+        copy = self.call(lambda: backup(store, Path(path), now=self.now),
+                         timeout_s=_BACKUP_TIMEOUT_S)
         log.info("store backed up", path=path, seconds=round(copy.seconds, 3),
                  size_bytes=copy.size_bytes)
         return dict(copy.as_dict())

@@ -143,13 +143,16 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                                "wrong → 403"}},
             "schemas": {
                 "Backup": {
-                    "type": "object", "required": ["path", "rows", "size_bytes", "seconds"],
+                    "type": "object",
+                    "required": ["path", "rows", "size_bytes", "seconds", "taken_at"],
                     "properties": {
                         "path": {"type": "string"},
                         "rows": {"type": "object", "description": "rows per table",
                                  "additionalProperties": {"type": "integer"}},
                         "size_bytes": {"type": "integer"},
-                        "seconds": {"type": "number"}}},
+                        "seconds": {"type": "number"},
+                        "taken_at": {"type": "string", "format": "date-time",
+                                     "description": "later arrivals are not in the copy"}}},
                 "Error": {"type": "object", "required": ["error"],
                           "properties": {"error": {"type": "string"}}},
                 "Readiness": {"type": "object", "required": ["ready", "checks"],

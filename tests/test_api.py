@@ -112,7 +112,8 @@ class FakeControl:
 
     def backup(self, path: str) -> dict[str, Any]:
         self.calls.append(("backup", path))
-        return {"path": path, "rows": {"events": 3}, "size_bytes": 12288, "seconds": 0.01}
+        return {"path": path, "rows": {"events": 3}, "size_bytes": 12288, "seconds": 0.01,
+                "taken_at": "2026-03-02T12:00:00+00:00"}
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +72,11 @@ def tables(db: Path) -> dict[str, int]:
 
 
 def test_a_backup_holds_every_row_of_every_table(filled: Path, tmp_path: Path) -> None:
+    before = datetime.now(UTC)
     result = shadow(tmp_path, "backup", "copy.duckdb", "--db", str(filled), "--format", "json")
     assert result.returncode == 0, result.stderr
     reported = json.loads(result.stdout)
+    assert before <= datetime.fromisoformat(reported["taken_at"]) <= datetime.now(UTC)
     copy = tmp_path / "copy.duckdb"
     assert reported["path"] == str(copy)
     assert reported["size_bytes"] == copy.stat().st_size
@@ -95,8 +99,10 @@ def test_the_text_summary_names_the_counts_and_how_to_restore(filled: Path,
     result = shadow(tmp_path, "backup", "b.duckdb", "--db", str(filled))
     assert result.returncode == 0, result.stderr
     first, second = result.stdout.splitlines()
-    assert first.startswith(f"backed up {filled} to {tmp_path / 'b.duckdb'}: {N} events, "
-                            f"{N} predictions, {N} outcomes, {N} comparisons (")
+    assert re.fullmatch(
+        rf"backed up {re.escape(str(filled))} to {re.escape(str(tmp_path / 'b.duckdb'))} "
+        rf"as of \d{{4}}-\d\d-\d\dT[\d:.]+\+00:00: {N} events, {N} predictions, "
+        rf"{N} outcomes, {N} comparisons \([\d.]+ MB in [\d.]+ s\)", first), first
     assert second == f"to restore: stop the daemon, then put b.duckdb in place of {filled}"
 
 
