@@ -94,6 +94,23 @@ def test_a_backup_holds_every_row_of_every_table(filled: Path, tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir() if "copy" in p.name) == ["copy.duckdb"]
 
 
+def test_rows_still_only_in_the_write_ahead_log_are_in_the_copy(filled: Path,
+                                                                tmp_path: Path) -> None:
+    with duckdb.connect(str(filled)) as db:  # a writer that stopped before checkpointing
+        db.execute("PRAGMA disable_checkpoint_on_shutdown")
+        db.execute("SET checkpoint_threshold = '1GB'")
+        db.execute("INSERT INTO dead_letters (kind, source, position, raw, reason, received_at) "
+                   "SELECT 'event', 'late.jsonl', 'line ' || i, 'x', 'late', now() "
+                   "FROM range(7) r(i)")
+    assert Path(str(filled) + ".wal").stat().st_size > 0
+    result = shadow(tmp_path, "backup", "copy.duckdb", "--db", str(filled), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    copy = tmp_path / "copy.duckdb"
+    assert not Path(str(copy) + ".wal").exists()  # one self-contained file
+    assert json.loads(result.stdout)["rows"]["dead_letters"] == 1 + 7
+    assert rows(copy, "dead_letters") == rows(filled, "dead_letters")
+
+
 def test_the_text_summary_names_the_counts_and_how_to_restore(filled: Path,
                                                                tmp_path: Path) -> None:
     result = shadow(tmp_path, "backup", "b.duckdb", "--db", str(filled))

@@ -31,6 +31,13 @@ def test_report_speed(tmp_path: Path) -> None:
     assert "shadow report --format html:" in out
 
 
+def test_backup_speed(tmp_path: Path) -> None:
+    out = bench("backup_speed.py", "--compared", "4000", "--candidates", "2", "--runs", "1",
+                "--dir", str(tmp_path))
+    assert "shadow backup:" in out and "ratio backup / file copy" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-4000-2.duckdb"]
+
+
 def test_replay_vs_duckdb(tmp_path: Path) -> None:
     out = bench("replay_vs_duckdb.py", "--events", "3000", "--dir", str(tmp_path))
     assert "3,000" in out
