@@ -24,6 +24,7 @@ from typing import IO, Any, Self
 import orjson
 
 from connectors.http_post import JsonPoster
+from shadow.disk import fsync
 from shadow.errors import SinkError
 from shadow.models import Event, Mode, Prediction, utc_now
 
@@ -235,7 +236,7 @@ class FileSink(Sink):
             created = not self.path.exists()
             self._file = self.path.open("ab")
             if created:
-                _fsync_directory(self.path.parent)
+                fsync(self.path.parent)
             elif self._file.tell() > 0 and not _ends_with_newline(self.path):
                 self._file.write(b"\n")
         except OSError as exc:
@@ -268,15 +269,6 @@ def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as file:
         file.seek(-1, os.SEEK_END)
         return file.read(1) == b"\n"
-
-
-def _fsync_directory(directory: Path) -> None:
-    # A new file's name is durable only once its directory is synced.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class WebhookSink(Sink):

@@ -26,6 +26,7 @@ from typing import Any
 
 import duckdb
 
+from shadow.disk import fsync
 from shadow.errors import ConfigError, StoreError
 from shadow.models import utc_now
 from shadow.store import Store
@@ -86,12 +87,12 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         _remove(partial)
         differ = sorted(t for t in rows.keys() | copied.keys() if rows.get(t) != copied.get(t))
         raise StoreError(f"backup to {target} failed: the copy differs in {', '.join(differ)}")
-    _sync(partial)
+    fsync(partial)
     if target.exists():  # appeared while the copy was written
         _remove(partial)
         raise ConfigError(f"backup target {target} exists now; choose a new file name")
     os.replace(partial, target)
-    _sync(target.parent)
+    fsync(target.parent)
     return Backup(target, rows, target.stat().st_size, time.monotonic() - started, taken_at)
 
 
@@ -143,12 +144,3 @@ def _identifier(name: str) -> str:
 def _remove(path: Path) -> None:
     for leftover in (path, _log(path)):
         leftover.unlink(missing_ok=True)
-
-
-def _sync(path: Path) -> None:
-    """Flush ``path`` (a file or a directory) to disk, so a rename survives a power loss."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
