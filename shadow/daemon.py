@@ -169,6 +169,7 @@ class Daemon:
             batch_size=config.store.batch_size, now=self.now, rollout=self.live,
             progress=self.runtime.progress if self.runtime is not None else None)
         self.replay.evaluate_each_batch = False
+        self.replay.remember_ids = False
         for source in [*events, *outcomes]:
             stack.enter_context(source)
             self._sources.append(source)

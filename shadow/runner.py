@@ -106,6 +106,10 @@ class Replay:
         self.rollout = rollout
         self.evaluate_each_batch = True
         """With a rollout: compare and evaluate after every batch (a daemon schedules it)."""
+        self.remember_ids = True
+        """Keep every event id written by this replay in memory, so that a replay into an
+        empty store never asks the store. A daemon runs for years: it sets this off, and
+        remembers one batch's ids while the store answers for the rest."""
         self.summary = ReplaySummary()
         self._handed_out: dict[str, int] = {}
         self._seen: set[str] = set()
@@ -249,9 +253,11 @@ class Replay:
         A record read again at the position it was first stored from is a
         re-read, not a new duplicate; any other repeat is kept as a duplicate.
         """
+        if not self.remember_ids:
+            self._seen.clear()  # the earlier batches are in the store, which is asked
         stored = (
             self.store.stored_positions([e.event_id for e, _ in mapped])
-            if self._store_had_events else {}
+            if self._store_had_events or not self.remember_ids else {}
         )
         fresh: list[Event] = []
         known: list[Event] = []

@@ -629,6 +629,38 @@ def test_the_daemon_s_way_in_stores_nothing_again_from_a_file_read_before(
     assert again.summary.already_stored == first.events_stored
 
 
+def test_a_daemon_remembers_one_batch_of_ids_and_asks_the_store_for_the_rest(
+    tmp_path: Path, write_lines: LineWriter
+) -> None:
+    from connectors.files import FileSource
+    from shadow.candidates import CallableCandidate
+    from shadow.comparator_specs import ExactSpec
+    from shadow.comparators import build_comparator
+    from shadow.runner import Replay
+
+    data = make_dataset(seed=46)
+    noisy = noisy_event_file(seed=47, events=data.events)
+    events = write_lines("events.jsonl", noisy.lines)
+    replay(tmp_path / "replayed.duckdb", [events], batch_size=10)
+    largest = 0
+    with Store(tmp_path / "daemon.duckdb") as store, \
+            CallableCandidate(guess, name=f"{HERE}:guess") as candidate:
+        daemon_way = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10)
+        daemon_way.remember_ids = False
+        with FileSource(events) as source:
+            feeds = daemon_way.feeds([source])
+            while not source.exhausted:
+                daemon_way.pump(feeds)
+                largest = max(largest, len(daemon_way._seen))
+    assert 0 < largest <= 10
+    for table, columns in (("events", "event_id, position"), ("duplicates", "event_id, position"),
+                           ("predictions", "event_id, output")):
+        query = f"SELECT {columns} FROM {table} ORDER BY ALL"  # noqa: S608
+        assert rows(tmp_path / "daemon.duckdb", query) == \
+            rows(tmp_path / "replayed.duckdb", query), table
+    assert rows(tmp_path / "daemon.duckdb", "SELECT count(*) FROM duplicates")[0][0] > 0
+
+
 # -- malformed input ------------------------------------------------------------------
 
 
