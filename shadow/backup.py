@@ -16,6 +16,7 @@ at the target is always a complete copy.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,11 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import structlog
 
 from shadow.disk import fsync
 from shadow.errors import ConfigError, StoreError
 from shadow.models import utc_now
 from shadow.store import Store
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,10 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         raise ConfigError(f"backup target {target} exists now; choose a new file name")
     os.replace(partial, target)
     fsync(target.parent)
-    return Backup(target, rows, target.stat().st_size, time.monotonic() - started, taken_at)
+    made = Backup(target, rows, target.stat().st_size, time.monotonic() - started, taken_at)
+    log.info("store backed up", path=str(target), seconds=round(made.seconds, 3),
+             size_bytes=made.size_bytes)
+    return made
 
 
 def _fold_log(db: duckdb.DuckDBPyConnection) -> None:
@@ -116,6 +123,23 @@ def _settle(copy: Path) -> dict[str, int]:
 
 def _log(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
+
+
+def backup_in_turn(store: Store, directory: Path, keep: int, at: datetime) -> Backup:
+    """A backup named by its time in ``directory``, keeping the newest ``keep`` of them.
+
+    Only files named like this job's backups of this store are ever deleted.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = store.path.stem
+    stamp = f"{at:%Y%m%dT%H%M%S}{at.microsecond // 1000:03d}Z"
+    made = backup(store, directory.absolute() / f"{stem}-{stamp}.duckdb", now=lambda: at)
+    name = re.compile(re.escape(stem) + r"-\d{8}T\d{9}Z\.duckdb")
+    ours = sorted(p for p in directory.iterdir() if name.fullmatch(p.name))
+    for old in ours[:-keep]:
+        old.unlink()
+        log.info("old backup deleted", path=str(old))
+    return made
 
 
 def _check_target(target: Path) -> None:

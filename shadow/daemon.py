@@ -33,6 +33,7 @@ from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
 from connectors.webhook_server import WebhookServer
 from connectors.webhooks import WebhookSource
+from shadow.backup import backup_in_turn
 from shadow.candidates import build_candidate
 from shadow.comparators import Comparator, build_comparator
 from shadow.compare import compare
@@ -222,6 +223,10 @@ class Daemon:
             jobs.insert(1, Job("evaluate", spec.evaluate_every, self._evaluate))
         if self.config.drift is not None:
             jobs.append(Job("drift", self.config.drift.every, self._drift))
+        if spec.backup_every is not None:
+            directory, keep = self._beside_config(spec.backup_dir), spec.backup_keep
+            jobs.append(Job("backup", spec.backup_every,
+                            lambda: backup_in_turn(store, directory, keep, self.now())))
         retention = spec.retention
         if retention.payload_older_than is not None:
             age = retention.payload_older_than
@@ -417,8 +422,6 @@ class Daemon:
         # On the pipeline thread, so the copy is of one moment: intake waits meanwhile.
         copy = self.call(lambda: backup(store, Path(path), now=self.now),
                          timeout_s=_BACKUP_TIMEOUT_S)
-        log.info("store backed up", path=path, seconds=round(copy.seconds, 3),
-                 size_bytes=copy.size_bytes)
         return dict(copy.as_dict())
 
     def _controller(self) -> Any:

@@ -43,6 +43,11 @@ class JobsSpec(Spec):
     retention_every: Duration = timedelta(days=1)
     checkpoint_every: Duration = timedelta(hours=1)
     retention: RetentionSpec = RetentionSpec()
+    backup_every: Duration | None = None
+    """Copy the store into ``backup_dir`` this often (``shadow backup``); off unless set."""
+    backup_dir: str = "backups"
+    backup_keep: int = Field(7, ge=1)
+    """The newest backups kept in ``backup_dir``; older ones this job made are deleted."""
 
 
 class DaemonSpec(Spec):

@@ -17,6 +17,7 @@ import duckdb
 import pytest
 
 from connectors.testing import ListSource
+from shadow.backup import backup_in_turn
 from shadow.candidates import CallableCandidate
 from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
@@ -217,3 +218,67 @@ def events_total(api: str) -> float:
     assert status == 200
     (line,) = [x for x in text.splitlines() if x.startswith("shadow_events_total ")]
     return float(line.split()[1])
+
+
+def test_backups_in_turn_keep_the_newest_and_touch_nothing_else(filled: Path,
+                                                               tmp_path: Path) -> None:
+    directory = tmp_path / "backups"
+    directory.mkdir()
+    strangers = [directory / "notes.txt", directory / "shadow-by-hand.duckdb",
+                 directory / "other-20260101T000000000Z.duckdb"]
+    for stranger in strangers:
+        stranger.write_text("not ours", encoding="utf-8")
+    times = [datetime(2026, 3, 2, 12, 0, 0, 1000 * ms, tzinfo=UTC) for ms in (5, 7, 9, 11)]
+    made = []
+    with Store(filled, read_only=True) as store:
+        for at in times:
+            made.append(backup_in_turn(store, directory, 2, at))
+    assert [b.path.name for b in made] == [f"shadow-20260302T120000{ms:03d}Z.duckdb"
+                                           for ms in (5, 7, 9, 11)]
+    kept = sorted(p.name for p in directory.iterdir() if p not in strangers)
+    assert kept == [made[2].path.name, made[3].path.name]
+    assert all(s.read_text(encoding="utf-8") == "not ours" for s in strangers)
+    assert tables(made[3].path) == tables(filled)
+
+
+def test_the_daemon_backs_up_on_schedule(tmp_path: Path, slow_candidate: TestServer) -> None:
+    n = 60
+    (tmp_path / "events.jsonl").write_text(
+        "".join(json.dumps(event(i)) + "\n" for i in range(n)), encoding="utf-8")
+    config = tmp_path / "daemon.yaml"
+    config.write_text(f"""
+candidate: {{kind: http, url: {slow_candidate.url}/predict, name: triage, version: "1"}}
+store: {{path: daemon.duckdb}}
+sources:
+  events: [{{kind: file, path: events.jsonl}}]
+daemon:
+  api: {{port: 0}}
+  jobs: {{backup_every: 1s, backup_dir: copies, backup_keep: 2}}
+""", encoding="utf-8")
+    daemon = start_daemon(config, "daemon.log")
+    try:
+        api = ready_api(tmp_path / "daemon.duckdb")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and events_total(api) < n:
+            time.sleep(0.3)
+        # A backup that starts after this count has every event; the one running may not.
+        wanted = max(backups_made(api) + 2, 4)
+        while time.monotonic() < deadline and backups_made(api) < wanted:
+            time.sleep(0.3)
+    finally:
+        code, log = stop(daemon)
+    assert code == 0, log
+    copies = sorted((tmp_path / "copies").iterdir())
+    assert [p.name[:7] for p in copies] == ["daemon-", "daemon-"]
+    assert log.count('"event": "store backed up"') >= 4
+    for copy in copies:
+        assert ids(copy, "events") == ids(copy, "predictions")
+    assert len(ids(copies[-1], "events")) == n  # made after every event was stored
+
+
+def backups_made(api: str) -> float:
+    status, text = get(api + "/metrics", token=TOKEN)
+    assert status == 200
+    found = [x for x in text.splitlines()
+             if x.startswith('shadow_job_runs_total{job="backup",result="ok"}')]
+    return float(found[0].split()[-1]) if found else 0.0
