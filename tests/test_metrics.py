@@ -8,6 +8,7 @@ is computed here from the generated input, never read back from the store.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -466,3 +467,69 @@ def test_runtime_metrics_count_every_update_from_several_threads() -> None:
         t.join()
     (records,) = [f for f in runtime.collect() if f.name == "shadow_source_records"]
     assert [s.value for s in records.samples] == [8000]
+
+
+# -- the alerting rules shipped in deploy/ ----------------------------------------------------
+
+ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus-alerts.yml"
+
+
+def daemon_job_names(tmp_path: Path, store: Store) -> set[str]:
+    """The scheduled jobs of a daemon with every optional one switched on."""
+    from shadow.config import parse_config
+    from shadow.daemon import Daemon
+
+    config = parse_config({"daemon": {"jobs": {
+        "backup_every": "1d", "retention": {"payload_older_than": "90d"}}}})
+    daemon = Daemon(config, store_path=store.path, base_dir=tmp_path)
+    daemon.store, daemon.comparator = store, build_comparator(ExactSpec())
+    return {job.name for job in daemon._jobs()}
+
+
+def test_every_alert_rule_parses_and_asks_for_series_a_daemon_exposes(
+        filled: Filled, tmp_path: Path) -> None:
+    import promql_parser
+    import yaml
+
+    with Store(filled.db, read_only=True) as store:
+        jobs = daemon_job_names(tmp_path, store)
+        runtime = RuntimeMetrics()
+        for job in jobs:
+            runtime.job_finished(job, True)
+            runtime.job_finished(job, False)
+        runtime.set_lag("kafka:tickets", "tickets/0", 3)
+        runtime.compare_finished("judge:0123456789ab", 2)
+        text = render_metrics(store, runtime=runtime)
+    labels: dict[str, list[dict[str, str]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels.setdefault(sample.name, []).append(dict(sample.labels))
+
+    rules = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"][0]["rules"]
+    assert len(rules) == len({rule["alert"] for rule in rules}) >= 10
+    for rule in rules:
+        name, expr = rule["alert"], promql_parser.parse(rule["expr"])
+        selectors: list[Any] = []
+        grouped: list[set[str]] = []
+
+        def visit(node: Any, found: list[Any] = selectors, by: list[set[str]] = grouped) -> None:
+            if isinstance(node, promql_parser.VectorSelector):
+                found.append(node)
+            elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+                by.append(set(node.modifier.labels))
+
+        promql_parser.walk(expr, pre_visit=visit)
+        assert selectors, name
+        for selector in selectors:
+            assert selector.name in labels, (name, selector.name)
+            present = labels[selector.name]
+            for matcher in selector.matchers.matchers:
+                assert any(s.get(matcher.name) == matcher.value for s in present), \
+                    (name, selector.name, matcher.name, matcher.value)
+            for by in grouped:
+                assert all(label in s for label in by for s in present), (name, by)
+        # The labels an annotation shows survive the expression.
+        shown = set(re.findall(r"\$labels\.(\w+)", str(rule["annotations"])))
+        for label in shown:
+            assert all(label in by for by in grouped), (name, label)
+            assert all(label in s for s in labels[selectors[0].name]), (name, label)
