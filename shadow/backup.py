@@ -84,7 +84,7 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         if _log(store.path).exists():
             shutil.copyfile(_log(store.path), _log(partial))
         copied = _settle(partial)
-    except (duckdb.Error, OSError) as exc:
+    except (duckdb.Error, OSError, StoreError) as exc:
         _remove(partial)
         raise StoreError(f"backup to {target} failed: {exc}") from exc
     if copied != rows:
@@ -132,9 +132,9 @@ def backup_in_turn(store: Store, directory: Path, keep: int, at: datetime) -> Ba
     """
     directory.mkdir(parents=True, exist_ok=True)
     stem = store.path.stem
-    stamp = f"{at:%Y%m%dT%H%M%S}{at.microsecond // 1000:03d}Z"
+    stamp = f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z"
     made = backup(store, directory.absolute() / f"{stem}-{stamp}.duckdb", now=lambda: at)
-    name = re.compile(re.escape(stem) + r"-\d{8}T\d{9}Z\.duckdb")
+    name = re.compile(re.escape(stem) + r"-\d{8}T\d{6}\.\d{3}Z\.duckdb")
     ours = sorted(p for p in directory.iterdir() if name.fullmatch(p.name))
     for old in ours[:-keep]:
         old.unlink()

@@ -225,7 +225,8 @@ def test_backups_in_turn_keep_the_newest_and_touch_nothing_else(filled: Path,
     directory = tmp_path / "backups"
     directory.mkdir()
     strangers = [directory / "notes.txt", directory / "shadow-by-hand.duckdb",
-                 directory / "other-20260101T000000000Z.duckdb"]
+                 directory / "other-20260101T000000.000Z.duckdb",
+                 directory / "shadow-20260101T000000.000Z.duckdb.partial"]
     for stranger in strangers:
         stranger.write_text("not ours", encoding="utf-8")
     times = [datetime(2026, 3, 2, 12, 0, 0, 1000 * ms, tzinfo=UTC) for ms in (5, 7, 9, 11)]
@@ -233,7 +234,7 @@ def test_backups_in_turn_keep_the_newest_and_touch_nothing_else(filled: Path,
     with Store(filled, read_only=True) as store:
         for at in times:
             made.append(backup_in_turn(store, directory, 2, at))
-    assert [b.path.name for b in made] == [f"shadow-20260302T120000{ms:03d}Z.duckdb"
+    assert [b.path.name for b in made] == [f"shadow-20260302T120000.{ms:03d}Z.duckdb"
                                            for ms in (5, 7, 9, 11)]
     kept = sorted(p.name for p in directory.iterdir() if p not in strangers)
     assert kept == [made[2].path.name, made[3].path.name]
