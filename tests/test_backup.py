@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -196,9 +196,7 @@ daemon:
     restarted = start_daemon(config, "daemon-2.log")
     try:
         api = ready_api(tmp_path / "daemon.duckdb")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and events_total(api) < n:
-            time.sleep(0.3)
+        until(lambda: events_total(api) >= n)
     finally:
         code, log = stop(restarted)
     assert code == 0, log
@@ -206,6 +204,13 @@ daemon:
     with Store(tmp_path / "daemon.duckdb", read_only=True) as store:
         assert (store.count("events"), store.count("predictions")) == (n, n)
         assert store.count("duplicates") == 0
+
+
+def until(holds: Callable[[], bool], timeout_s: float = 120) -> None:
+    """Wait for ``holds()``; the assertions after it say what was missing if it never did."""
+    deadline = time.monotonic() + timeout_s
+    while not holds() and time.monotonic() < deadline:
+        time.sleep(0.3)
 
 
 def ids(db: Path, table: str) -> set[str]:
@@ -259,13 +264,10 @@ daemon:
     daemon = start_daemon(config, "daemon.log")
     try:
         api = ready_api(tmp_path / "daemon.duckdb")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and events_total(api) < n:
-            time.sleep(0.3)
+        until(lambda: events_total(api) >= n)
         # A backup that starts after this count has every event; the one running may not.
         wanted = max(backups_made(api) + 2, 4)
-        while time.monotonic() < deadline and backups_made(api) < wanted:
-            time.sleep(0.3)
+        until(lambda: backups_made(api) >= wanted)
     finally:
         code, log = stop(daemon)
     assert code == 0, log
