@@ -18,7 +18,6 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -112,11 +111,8 @@ class _Target:
         if self.config.rollout is None:
             raise ConfigError("rollout: this configuration has no 'rollout' section"
                               + ("" if args.config else " (give --config FILE)"))
-        db = args.db or (Path(self.config.store.path) if self.config.store.path else None)
-        if db is None:
-            raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+        self.db = self.config.store_at(args.db)
         self.plan: RolloutSpec = self.config.rollout
-        self.db = Path(db)
         self.daemon = find_daemon(self.db, token_env=self.config.daemon.api.token_env)
 
 

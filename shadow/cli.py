@@ -158,9 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.config is None:
         raise ConfigError("--config is required (or set SHADOW_CONFIG)")
     config = load_config(args.config)
-    db = args.db or (Path(config.store.path) if config.store.path else None)
-    if db is None:
-        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    db = config.store_at(args.db)
     # A daemon logs what it does (info) as JSON lines for a collector, unless a person watches.
     logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "info"),
                    fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT",
@@ -211,9 +209,7 @@ def _report(args: argparse.Namespace) -> int:
     from shadow.reporting import full_report, render_report
 
     config = load_config(args.config)
-    db = args.db or (Path(config.store.path) if config.store.path else None)
-    if db is None:
-        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    db = config.store_at(args.db)
     # Through a running daemon the report comes as JSON (made with the daemon's configuration)
     # and is rendered here, as from the file.
     report = from_daemon_or_store(
@@ -258,9 +254,7 @@ def _backup(args: argparse.Namespace) -> int:
     from shadow.config import load_config
 
     config = load_config(args.config)
-    db = args.db or (Path(config.store.path) if config.store.path else None)
-    if db is None:
-        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+    db = config.store_at(args.db)
     # Absolute: a daemon writes the copy, and its working directory is not this one.
     target = args.target.expanduser().absolute()
     done = Backup.from_dict(from_daemon_or_store(

@@ -128,6 +128,18 @@ class Config(Spec):
             raise ValueError(f"names {clash} are built-in comparator kinds; pick other names")
         return value
 
+    def store_at(self, db: Path | None) -> Path:
+        """The store a command works on: ``--db`` (or ``SHADOW_DB``), else ``store.path``.
+
+        Raises:
+            ConfigError: neither names one.
+        """
+        if db is not None:
+            return Path(db)
+        if self.store.path:
+            return Path(self.store.path)
+        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in the config)")
+
     def comparator_named(self, name: str | None) -> ComparatorSpec:
         """The comparator ``--compare NAME`` selects: a named one, or a kind with defaults.
 
