@@ -114,8 +114,8 @@ class Replay:
         self._handed_out: dict[str, int] = {}
         self._seen: set[str] = set()
         # Whether stored events must be looked up before writing: until ``feeds`` has
-        # counted them, assume so. An empty store makes the first pass a pure insert.
-        self._store_had_events = True
+        # decided, assume so. Into an empty store, a replay that remembers its ids does not.
+        self._look_up_stored = True
 
     def run(
         self, events: Sequence[Source], outcomes: Sequence[Source] = (), *,
@@ -170,7 +170,7 @@ class Replay:
         Every way into the pipeline (``run``, or the daemon's ``pump``) starts here,
         so this is where the store is asked whether it holds events already.
         """
-        self._store_had_events = self.store.count("events") > 0
+        self._look_up_stored = not self.remember_ids or self.store.count("events") > 0
         found: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
         return found + [(s, self._prepare_outcomes) for s in outcomes]
 
@@ -257,7 +257,7 @@ class Replay:
             self._seen.clear()  # the earlier batches are in the store, which is asked
         stored = (
             self.store.stored_positions([e.event_id for e, _ in mapped])
-            if self._store_had_events or not self.remember_ids else {}
+            if self._look_up_stored else {}
         )
         fresh: list[Event] = []
         known: list[Event] = []
