@@ -148,29 +148,27 @@ def _fields(store: Store) -> dict[Key, list[dict[str, Any]]]:
 
 
 def _error_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
-    rows = store.db.execute(
-        "SELECT candidate, version, error_type, count(*), any_value(error_message) "
-        "FROM predictions WHERE error_type IS NOT NULL "
-        "GROUP BY ALL ORDER BY count(*) DESC, error_type"
-    ).fetchall()
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-    for candidate, version, kind, n, example in rows:
-        out[(candidate, version)].append({"type": kind, "count": n, "example": example})
-    return out
+    return _kinds(store, "type",
+                  "SELECT candidate, version, error_type, count(*), any_value(error_message) "
+                  "FROM predictions WHERE error_type IS NOT NULL "
+                  "GROUP BY ALL ORDER BY count(*) DESC, error_type")
 
 
 def _violation_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
     """Violations by check (the first word of each violation text), most frequent first."""
-    rows = store.db.execute(
-        "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, count(*), "
-        "       any_value(v) "
-        "FROM (SELECT candidate, version, unnest(violations) AS v FROM predictions "
-        "      WHERE violations IS NOT NULL) "
-        "GROUP BY ALL ORDER BY count(*) DESC, check_name"
-    ).fetchall()
+    return _kinds(store, "check",
+                  "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, count(*), "
+                  "       any_value(v) "
+                  "FROM (SELECT candidate, version, unnest(violations) AS v FROM predictions "
+                  "      WHERE violations IS NOT NULL) "
+                  "GROUP BY ALL ORDER BY count(*) DESC, check_name")
+
+
+def _kinds(store: Store, named: str, sql: str) -> dict[Key, list[dict[str, Any]]]:
+    """Rows of (candidate, version, kind, count, example) by candidate; the kind as ``named``."""
     out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-    for candidate, version, check, n, example in rows:
-        out[(candidate, version)].append({"check": check, "count": n, "example": example})
+    for candidate, version, kind, n, example in store.db.execute(sql).fetchall():
+        out[(candidate, version)].append({named: kind, "count": n, "example": example})
     return out
 
 
