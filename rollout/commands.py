@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Callable
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -25,7 +26,7 @@ import structlog
 
 from rollout import audit
 from rollout.controller import Assessment, Controller
-from rollout.gates import Phase
+from rollout.gates import Phase, span
 from rollout.plan import RolloutSpec
 from rollout.runtime import rolled_out
 from rollout.state import Action, Refused, Transition
@@ -200,8 +201,67 @@ def status_view(controller: Controller, a: Assessment, stored: dict[str, Any],
         "promotion": a.promotion.as_dict() if a.promotion else None,
         "rollback": a.rollback.as_dict() if a.rollback else None,
         "stored_evaluations": stored, "last_transition": last_transition,
+        "evidence": evidence_view(controller, a),
         "warnings": list(a.warnings),
     }
+
+
+def evidence_view(controller: Controller, a: Assessment) -> dict[str, Any] | None:
+    """What the gates counted: the unit, the label window, label delays by verdict, and
+    how fast independent labels reach the rollback detector."""
+    if a.stats is None:
+        return None
+    plan, units = controller.plan, a.stats.units
+    detection = controller.detection(a.stats)
+    detector = a.stats.detector
+    return {
+        "unit": plan.unit.value, "keys": units.keys, "past_label_window": units.mature,
+        "labelled": units.labelled, "unlabelled_counted_against": units.pending,
+        "expired": units.expired, "live_not_independent": units.dependent,
+        "label_window_seconds": units.window.total_seconds(),
+        "label_window_learned": plan.label_window == "auto",
+        "data_clock": units.clock.isoformat() if units.clock else None,
+        "label_delays": [
+            {"verdict": "agree" if d.agreed else "disagree", "labelled": d.labelled,
+             "median_seconds": d.median.total_seconds(), "p95_seconds": d.p95.total_seconds()}
+            for d in a.delays],
+        "detector": None if not a.state.live else {
+            "independent_labels": detector.seen, "statistic": detector.statistic,
+            "threshold": controller.detector.threshold_at(detector.seen),
+            "alarmed_at": detector.alarmed_at,
+            "per_day": detection.per_day if detection else None,
+            "needed": detection.needed if detection else None,
+            "in_time": detection.in_time if detection else None},
+    }
+
+
+_VERDICTS = {"agree": "agreements", "disagree": "disagreements"}
+
+
+def _evidence_text(e: dict[str, Any]) -> list[str]:
+    window = span(timedelta(seconds=e["label_window_seconds"]))
+    learned = " (learned)" if e["label_window_learned"] else ""
+    lines = [
+        f"  evidence: one vote per key ({e['unit']}); {e['past_label_window']:,} keys past "
+        f"their label window of {window}{learned}, {e['labelled']:,} labelled, "
+        f"{e['unlabelled_counted_against']:,} unlabelled counted against, "
+        f"{e['expired']:,} never labelled and left out"
+        + (f", {e['live_not_independent']:,} live keys judged only by outcomes that may echo "
+           f"the AI left out" if e["live_not_independent"] else "")]
+    delays = {d["verdict"]: d for d in e["label_delays"]}
+    if delays:
+        lines.append("  label delay: " + "; ".join(
+            f"{_VERDICTS[verdict]} median {span(timedelta(seconds=d['median_seconds']))}, p95 "
+            f"{span(timedelta(seconds=d['p95_seconds']))} ({d['labelled']:,})"
+            for verdict, d in sorted(delays.items())))
+    d = e["detector"]
+    if d is not None:
+        pace = (f", {d['per_day']:.1f} per day; a drop takes about {d['needed']:.0f} to catch "
+                f"({'in time' if d['in_time'] else 'NOT in time'})"
+                if d["per_day"] is not None else "")
+        lines.append(f"  rollback detector: {d['independent_labels']:,} independent labels, "
+                     f"CUSUM {d['statistic']} of {d['threshold']}{pace}")
+    return lines
 
 
 def _status_text(view: dict[str, Any]) -> str:
@@ -212,6 +272,8 @@ def _status_text(view: dict[str, Any]) -> str:
         f"  live share of all traffic {view['live_share']:.2%} (holdout {view['holdout']:.0%},"
         f" review {view['review']:.0%})",
     ]
+    if view.get("evidence"):
+        lines.extend(_evidence_text(view["evidence"]))
     for kind in ("promotion", "rollback"):
         evaluation = view[kind]
         if evaluation is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -34,6 +34,7 @@ from rollout.state import (
     transition,
 )
 from rollout.statistics import Cusum
+from rollout.units import LabelDelay, Progress, Units
 from shadow.models import utc_now
 from shadow.store import Store
 
@@ -49,6 +50,49 @@ class Assessment:
     rollback: Evaluation | None = None
     transition: Transition | None = None
     warnings: tuple[str, ...] = field(default=())
+    stats: StepStats | None = field(default=None, repr=False)
+    delays: tuple[LabelDelay, ...] = field(default=(), repr=False)
+    """Label delays of the step's units by verdict."""
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """Whether the rollback detector gets labels fast enough to matter."""
+
+    per_day: float
+    """Independent labels per day in the current step."""
+    needed: float
+    """Mean independent labels from a drop to the degraded level until the alarm."""
+    in_time: bool
+    """Whether ``needed`` labels arrive within ``rollback.detect_within``."""
+
+
+def _counted(stats: StepStats, keep: int = 200) -> dict[str, Any]:
+    """The labels the detector counted in this evaluation, up to the alarm (the last
+    ``keep`` of them by key), for the audit trail."""
+    fed = list(stats.fed)
+    alarm = stats.detector.alarmed_at
+    return {"labels_seen": stats.detector.seen, "alarmed_at": alarm,
+            "keys": [k for k, _ in fed[-keep:]],
+            "disagreed": [k for k, agreed in fed[-keep:] if not agreed]}
+
+
+def _late_disagreements(delays: tuple[LabelDelay, ...], minimum: int = 20) -> list[str]:
+    by = {d.agreed: d for d in delays}
+    agreed, disagreed = by.get(True), by.get(False)
+    if agreed is None or disagreed is None or min(agreed.labelled, disagreed.labelled) < minimum:
+        return []
+    if disagreed.median <= agreed.median * 1.5 or disagreed.median <= timedelta(0):
+        return []
+    return [f"disagreements are labelled later than agreements (median "
+            f"{_hours(disagreed.median)} against {_hours(agreed.median)}): keys younger than "
+            f"the label window are not judged, and unlabelled older ones count against the "
+            f"candidate, so this cannot flatter it, but it slows promotion"]
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:g} d" if hours >= 48 else f"{hours:.3g} h"
 
 
 class Controller:
@@ -64,7 +108,8 @@ class Controller:
         self.comparator = comparator
         self.notifiers = list(notifiers)
         self.now = now
-        self.detector: Cusum = plan.rollback.detector()
+        self.detector: Cusum = plan.detector()
+        self.units = Units(store, plan, rollout=rollout, comparator=comparator)
         self._state: RolloutState | None = None
         self._router: Router | None = None
 
@@ -122,26 +167,46 @@ class Controller:
 
     # -- evaluation -------------------------------------------------------------
 
-    def measure(self) -> StepStats:
-        return measure(self.store, self.state, self.comparator, now=self.now(),
-                       window=self.plan.rollback.window)
+    def progress(self) -> Progress:
+        """Where the step's units stand, brought up to date unless the store is read-only."""
+        if self.store.read_only:
+            return self.units.progress(self.state)
+        return self.units.sync(self.state)
 
-    def assess(self) -> Assessment:
-        """Measure and judge the current step; records nothing, changes nothing."""
+    def due(self) -> bool:
+        """Whether ``evaluate_every_compared`` keys were labelled since the last evaluation."""
+        p = self.progress()
+        return p.labels - p.evaluated_labels >= self.plan.evaluate_every_compared
+
+    def measure(self, progress: Progress | None = None) -> StepStats:
+        return measure(self.store, self.state, self.units,
+                       progress if progress is not None else self.progress(), self.detector,
+                       now=self.now(), window=self.plan.rollback.window)
+
+    def assess(self, progress: Progress | None = None) -> Assessment:
+        """Measure and judge the current step; records no decision, changes nothing
+        (it brings the step's units up to date, which any later evaluation would do)."""
         state = self.state
-        stats = self.measure()
+        stats = self.measure(progress)
         back = forward = None
         if state.live:
             back = rollback(stats, self.plan.rollback, self.detector)
         if state.step < self.plan.last and state.status not in (Status.ROLLED_BACK,
                                                                  Status.ABORTED):
             forward = promotion(stats, self.plan, self.plan.steps[state.step])
-        return Assessment(state, forward, back, None, self.warnings(stats))
+        delays = self.units.label_delays()
+        return Assessment(state, forward, back, None, self.warnings(stats, delays), stats,
+                          delays)
 
     def evaluate(self) -> Assessment:
-        """Assess, store the evaluations and make at most one transition."""
-        a = self.assess()
+        """Assess, store the evaluations and the detector's state, and make at most one
+        transition."""
+        progress = self.progress()
+        a = self.assess(progress)
         state, now = a.state, self.now()
+        assert a.stats is not None
+        self.units.save(replace(progress, detector=a.stats.detector, fed=progress.labels,
+                                evaluated_labels=progress.labels))
         if a.rollback is not None:
             audit.record_evaluation(self.store, state, "rollback", a.rollback, now)
         if a.promotion is not None:
@@ -150,7 +215,7 @@ class Controller:
         if a.rollback is not None and a.rollback.phase is Phase.FAIL:
             reason = "; ".join(c.detail for c in a.rollback.failed())
             t = self._move(Action.ROLLBACK, CONTROLLER, f"automatic: {reason}",
-                           a.rollback.as_dict())
+                           {**a.rollback.as_dict(), "counted": _counted(a.stats)})
         elif a.promotion is not None and a.promotion.phase is Phase.PASS \
                 and state.status is Status.PROGRESSING:
             if self.plan.steps[state.step].approval:
@@ -162,26 +227,38 @@ class Controller:
                                a.promotion.as_dict())
         return replace(a, state=self.state, transition=t)
 
-    def warnings(self, stats: StepStats) -> tuple[str, ...]:
+    def warnings(self, stats: StepStats,
+                 delays: tuple[LabelDelay, ...] = ()) -> tuple[str, ...]:
         """What an operator should know about the evidence itself."""
         found = []
         spec = self.plan.rollback
-        hours = stats.elapsed.total_seconds() / 3600
-        if self.state.live and hours > 0:
-            per_hour = stats.compared / hours
-            needed = self.detector.mean_delay(spec.degraded)
-            within = spec.detect_within.total_seconds() / 3600
-            if per_hour * within < needed:
-                found.append(
-                    f"labels arrive at {per_hour:.1f} compared events per hour; catching a "
-                    f"drop to {spec.degraded:.0%} agreement takes about {needed:.0f}, so not "
-                    f"within {within:g} h: raise the holdout or review share")
-        if stats.compared >= 200 and stats.agreed / stats.compared < spec.healthy:
+        healthy, degraded = spec.levels(self.plan.gates.agreement)
+        detection = self.detection(stats)
+        if detection is not None and not detection.in_time:
+            found.append(
+                f"independent labels arrive at {detection.per_day:.1f} keys per day; catching "
+                f"a drop to {degraded:.0%} agreement takes about {detection.needed:.0f}, so "
+                f"not within {_hours(spec.detect_within)}: raise the holdout or review share, "
+                f"or declare an outcome source independent")
+        if stats.compared >= 200 and stats.agreed / stats.compared < healthy:
             found.append(
                 f"measured agreement {stats.agreed / stats.compared:.1%} is below the "
-                f"rollback detector's healthy level {spec.healthy:.0%}: expect needless "
+                f"rollback detector's healthy level {healthy:.0%}: expect needless "
                 f"rollbacks, or set rollout.rollback.healthy")
+        found.extend(_late_disagreements(delays))
         return tuple(found)
+
+    def detection(self, stats: StepStats) -> Detection | None:
+        """How fast independent labels arrive in a live step, and whether that catches
+        the degraded level within ``rollback.detect_within``; ``None`` in shadow."""
+        days = stats.elapsed.total_seconds() / 86_400
+        if not self.state.live or days <= 0:
+            return None
+        per_day = stats.detector.seen / days
+        _, degraded = self.plan.rollback.levels(self.plan.gates.agreement)
+        needed = self.detector.mean_delay(degraded)
+        within = self.plan.rollback.detect_within.total_seconds() / 86_400
+        return Detection(per_day=per_day, needed=needed, in_time=per_day * within >= needed)
 
     # -- commands -----------------------------------------------------------------
 

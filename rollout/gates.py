@@ -13,7 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from rollout.plan import GateSpec, RollbackSpec, RolloutSpec, StepSpec
-from rollout.statistics import Bounds, Cusum, Method, confidence_sequence
+from rollout.statistics import Bounds, Cusum, DetectorState, Method, confidence_sequence, one_sided
+from rollout.units import SegmentUnits, UnitCounts
 
 
 class Phase(enum.StrEnum):
@@ -61,14 +62,6 @@ class Evaluation:
         return {"phase": self.phase.value, "checks": [c.as_dict() for c in self.checks]}
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentStats:
-    field: str
-    value: str
-    compared: int
-    agreed: int
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowStats:
     """Predictions in the trailing window, for sustained error and latency breaches."""
@@ -82,31 +75,47 @@ class WindowStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StepStats:
-    """What was measured for the candidate during the current step."""
+    """What was measured for the candidate during the current step.
+
+    Predictions, errors, latency and violations count events; agreement counts
+    units, one per key (:mod:`rollout.units`).
+    """
 
     elapsed: timedelta
     predictions: int = 0
     errors: int = 0
     abstained: int = 0
-    compared: int = 0
-    agreed: int = 0
     p95_latency_ms: float | None = None
     violations: int = 0
     """Predictions that violated a hard constraint (errored ones are never checked)."""
-    segments: tuple[SegmentStats, ...] = ()
-    agreements: tuple[bool, ...] = field(default=(), repr=False)
-    """Comparisons in the order the predictions were made, for the rollback detector."""
+    units: UnitCounts = UnitCounts()
+    segments: tuple[SegmentUnits, ...] = ()
+    detector: DetectorState = DetectorState()
+    """The rollback detector after the labels that arrived since it last ran."""
+    fed: tuple[tuple[str, bool], ...] = field(default=(), repr=False)
+    """The (key, agreed) labels fed to the detector by this measurement, in order."""
     window: WindowStats = WindowStats()
+
+    @property
+    def compared(self) -> int:
+        """Keys past their label window that are labelled."""
+        return self.units.labelled
+
+    @property
+    def agreed(self) -> float:
+        return self.units.agreed
 
 
 def promotion(stats: StepStats, plan: RolloutSpec, step: StepSpec) -> Evaluation:
     """May the rollout leave ``step`` for the next one?"""
     gates = plan.gates
+    units = stats.units
     checks = [
-        _at_least("compared events", stats.compared, step.min_compared),
+        _at_least("compared keys", units.labelled, step.min_compared),
         _dwell(stats.elapsed, step.min_dwell),
-        agreement(stats.agreed, stats.compared, gates.agreement, plan.alpha, plan.method,
-                  plan.tuning),
+        _labelled(units, plan.min_labelled),
+        agreement(units.agreed, units.mature, gates.agreement, plan.alpha, plan.method,
+                  plan.tuning, pending=units.pending),
         _error_rate(stats.errors, stats.predictions, gates.max_error_rate),
     ]
     if gates.max_p95_latency_ms is not None:
@@ -115,35 +124,58 @@ def promotion(stats: StepStats, plan: RolloutSpec, step: StepSpec) -> Evaluation
         checks.append(_coverage(stats, gates.min_coverage))
     if gates.max_violation_rate is not None:
         checks.append(_violation_rate(stats, gates.max_violation_rate))
-    checks.extend(_segments(stats.segments, gates))
+    checks.extend(_segments(stats.segments, gates, plan.alpha))
     return Evaluation(tuple(checks))
 
 
 def agreement(
-    agreed: int, compared: int, threshold: float, alpha: float,
-    method: Method = Method.BETA_BINOMIAL, tuning: int = 500,
+    agreed: float, judged: int, threshold: float, alpha: float,
+    method: Method = Method.ONE_SIDED, tuning: int = 500, *, pending: int = 0,
 ) -> Check:
     """Pass when the confidence sequence's lower end reaches ``threshold``;
-    fail when its upper end is below it; otherwise wait for more data."""
-    if compared == 0:
+    fail when its upper end is below it; otherwise wait for more data.
+
+    ``judged`` units are past their label window; ``pending`` of them have no
+    label yet and count as disagreements for the lower end, agreements for
+    the upper one, so late labels can neither promote nor fail a candidate.
+    """
+    if judged == 0:
         return Check(name="agreement", phase=Phase.INCONCLUSIVE, threshold=threshold, n=0,
-                     detail="no compared events yet")
-    bounds = confidence_sequence(agreed, compared, alpha, method, tuning)
-    low, high = _ends(bounds)
-    rate = agreed / compared
-    if low >= threshold:
+                     detail="no keys past their label window yet")
+    low = _bounds(agreed, judged, alpha, method, tuning).low
+    high = _bounds(agreed + pending, judged, alpha, method, tuning).high
+    assert low is not None and high is not None
+    labelled = judged - pending
+    rate = agreed / labelled if labelled else 0.0
+    if _passes(agreed, judged, threshold, alpha, method, low):
         phase, detail = Phase.PASS, f"lower bound {low:.4f} ≥ {threshold}"
-    elif high < threshold:
+    elif _fails(agreed + pending, judged, threshold, alpha, method, high):
         phase, detail = Phase.FAIL, f"upper bound {high:.4f} < {threshold}"
     else:
         phase, detail = Phase.INCONCLUSIVE, f"{low:.4f} … {high:.4f} still contains {threshold}"
+    unlabelled = f", {pending} unlabelled counted against" if pending else ""
     return Check(name="agreement", phase=phase, value=rate, threshold=threshold, low=low,
-                 high=high, n=compared, detail=f"{detail} ({method.value}, α={alpha})")
+                 high=high, n=judged,
+                 detail=f"{detail} ({method.value}, α={alpha}, {judged} keys{unlabelled})")
 
 
-def _ends(bounds: Bounds) -> tuple[float, float]:
-    assert bounds.low is not None and bounds.high is not None
-    return bounds.low, bounds.high
+def _bounds(successes: float, n: int, alpha: float, method: Method, tuning: int) -> Bounds:
+    return confidence_sequence(successes, n, alpha, method, tuning)
+
+
+def _passes(successes: float, n: int, threshold: float, alpha: float, method: Method,
+            low: float) -> bool:
+    if method is Method.ONE_SIDED:
+        return threshold <= 0.0 or (threshold < 1.0
+                                    and one_sided(successes, n, threshold, alpha) == 1)
+    return low >= threshold
+
+
+def _fails(successes: float, n: int, threshold: float, alpha: float, method: Method,
+           high: float) -> bool:
+    if method is Method.ONE_SIDED:
+        return 0.0 < threshold < 1.0 and one_sided(successes, n, threshold, alpha) == -1
+    return high < threshold
 
 
 def _at_least(name: str, value: int, minimum: int) -> Check:
@@ -206,38 +238,103 @@ def _violation_rate(stats: StepStats, budget: float) -> Check:
                         f"{'≤' if phase is Phase.PASS else '>'} budget {budget:.2%}")
 
 
-def _segments(segments: tuple[SegmentStats, ...], gates: GateSpec) -> list[Check]:
-    """Segments with enough samples and a floor; below the floor fails, whatever the total."""
+def _labelled(units: UnitCounts, minimum: float) -> Check:
+    share = units.labelled_share
+    window = span(units.window)
+    if share is None:
+        return Check(name="labels", phase=Phase.INCONCLUSIVE, threshold=minimum, n=0,
+                     detail=f"no key past its label window ({window}) yet")
+    phase = Phase.PASS if share >= minimum else Phase.INCONCLUSIVE
+    return Check(name="labels", phase=phase, value=share, threshold=minimum, n=units.mature,
+                 detail=f"{units.labelled} of {units.mature} keys past their label window "
+                        f"({window}) are labelled ({share:.1%}, at least {minimum:.0%} needed)")
+
+
+def _segments(segments: tuple[SegmentUnits, ...], gates: GateSpec, alpha: float) -> list[Check]:
+    """Each segment with a floor is a gate of its own: its sequence must clear the floor
+    (pass) or fall below it (fail); until then, and while it is too small, it holds."""
     checks = []
     spec = gates.segments
     for s in segments:
         floor = spec.floor_of(s.field, s.value)
-        if floor is None or s.compared < spec.min_samples:
+        if floor is None:
             continue
-        rate = s.agreed / s.compared
-        phase = Phase.PASS if rate >= floor else Phase.FAIL
-        checks.append(Check(
-            name=f"segment {s.field}={s.value}", phase=phase, value=rate, threshold=floor,
-            n=s.compared,
-            detail=f"{rate:.2%} {'≥' if phase is Phase.PASS else '<'} floor {floor:.2%}"))
+        name = f"segment {s.field}={s.value}"
+        if s.mature < spec.min_samples:
+            if spec.allow_small:
+                continue
+            checks.append(Check(
+                name=name, phase=Phase.INCONCLUSIVE, threshold=floor, n=s.mature,
+                detail=f"{s.mature} keys of the {spec.min_samples} needed to judge it against "
+                       f"its floor {floor:.2%} ({spec.min_samples - s.mature} more)"))
+            continue
+        checks.append(_segment(name, s, floor, alpha))
     return checks
 
 
+def _segment(name: str, s: SegmentUnits, floor: float, alpha: float) -> Check:
+    labelled = s.labelled
+    rate = s.agreed / labelled if labelled else 0.0
+    if _passes(s.agreed, s.mature, floor, alpha, Method.ONE_SIDED, 0.0):
+        phase, detail = Phase.PASS, f"shown above its floor {floor:.2%}"
+    elif _fails(s.agreed + s.pending, s.mature, floor, alpha, Method.ONE_SIDED, 1.0):
+        phase, detail = Phase.FAIL, f"shown below its floor {floor:.2%}"
+    else:
+        more = keys_to_decide(rate, s.mature, floor, alpha)
+        phase = Phase.INCONCLUSIVE
+        if more == 0:
+            wait = f"waiting for the labels of {s.pending} keys past their label window"
+        elif more is None:
+            wait = "at this rate no number of keys will tell"
+        else:
+            wait = f"about {more} more keys at this rate"
+        detail = f"not yet shown above or below its floor {floor:.2%}; {wait}"
+    return Check(name=name, phase=phase, value=rate, threshold=floor, n=s.mature,
+                 detail=f"{rate:.2%} of {labelled} labelled keys: {detail}")
+
+
+def keys_to_decide(rate: float, judged: int, threshold: float, alpha: float,
+                   limit: int = 10_000_000) -> int | None:
+    """About how many more keys, at ``rate``, until the one-sided tests decide
+    against ``threshold``; ``None`` when not within ``limit``."""
+    if not 0.0 < threshold < 1.0 or abs(rate - threshold) < 1e-9:
+        return None
+
+    def decided(n: int) -> bool:
+        return one_sided(rate * n, n, threshold, alpha) != 0
+
+    low, high = judged, max(judged, 1)
+    while not decided(high):
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if decided(middle) else (middle, high)
+    return high - judged
+
+
 def rollback(stats: StepStats, spec: RollbackSpec, detector: Cusum) -> Evaluation:
-    """Must a live step go back to shadow? ``fail`` means roll back now."""
-    result = detector.run(stats.agreements)
-    if result.alarmed_at is not None:
+    """Must a live step go back to shadow? ``fail`` means roll back now.
+
+    The detector has run forward over the independent labels in the order they
+    arrived (:attr:`StepStats.detector`); an alarm is final for the step.
+    """
+    state = stats.detector
+    threshold = detector.threshold_at(max(state.seen - 1, 0))
+    levels = f"healthy {detector.healthy}, degraded {detector.degraded}"
+    if state.alarmed_at is not None:
         cusum = Check(
-            name="degradation", phase=Phase.FAIL, value=float(result.statistic),
-            threshold=float(detector.threshold), n=result.seen,
-            detail=(f"CUSUM reached {result.statistic} ≥ {detector.threshold} at compared "
-                    f"event {result.alarmed_at} (healthy {detector.healthy}, degraded "
-                    f"{detector.degraded})"))
+            name="degradation", phase=Phase.FAIL, value=float(state.statistic),
+            threshold=float(threshold), n=state.seen,
+            detail=(f"CUSUM reached {state.statistic} ≥ {threshold} at independent label "
+                    f"{state.alarmed_at} of the step ({levels})"))
     else:
         cusum = Check(
-            name="degradation", phase=Phase.PASS, value=float(result.statistic),
-            threshold=float(detector.threshold), n=result.seen,
-            detail=f"CUSUM at {result.statistic} of {detector.threshold}")
+            name="degradation", phase=Phase.PASS, value=float(state.statistic),
+            threshold=float(threshold), n=state.seen,
+            detail=f"CUSUM at {state.statistic} of {threshold} after {state.seen} independent "
+                   f"labels ({levels})")
     checks = [cusum]
     window = stats.window
     sustained = window.covered and window.predictions >= spec.min_window_predictions
@@ -259,3 +356,12 @@ def _span(delta: timedelta) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def span(delta: timedelta) -> str:
+    """A duration as a person reads it: ``4.3d``, ``6h``, ``90s``."""
+    seconds = delta.total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g}{unit}"
+    return f"{seconds:.3g}s"

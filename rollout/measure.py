@@ -1,7 +1,9 @@
 """Measurements of the current step, aggregated in DuckDB.
 
 A step's measurements are those of the predictions the rolled-out candidate
-made since the step started: each step restarts its statistics.
+made since the step started: each step restarts its statistics. Errors,
+latency and violations count predictions; agreement counts units, one per
+key (:mod:`rollout.units`).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from rollout.gates import SegmentStats, StepStats, WindowStats
+from rollout.gates import StepStats, WindowStats
 from rollout.state import RolloutState
+from rollout.statistics import Cusum
+from rollout.units import Progress, Units
 from shadow.store import Store
 
 _STEP = """
@@ -26,50 +30,32 @@ SELECT count(*), count(error_type), count(*) FILTER (abstained),
 FROM ({_STEP})
 """
 
-_COMPARED = f"""
-SELECT count(*), count(*) FILTER (c.agree)
-FROM ({_STEP}) p JOIN comparisons c USING (event_id, candidate)
-WHERE c.version IS NOT DISTINCT FROM p.version AND c.comparator = $comparator
-"""
 
-_SEGMENTS = f"""
-SELECT s.field, s.value, count(*), count(*) FILTER (c.agree)
-FROM ({_STEP}) p JOIN comparisons c USING (event_id, candidate)
-JOIN event_segments s USING (event_id)
-WHERE c.version IS NOT DISTINCT FROM p.version AND c.comparator = $comparator
-GROUP BY ALL ORDER BY 1, 2
-"""
+def measure(store: Store, state: RolloutState, units: Units, progress: Progress,
+            detector: Cusum, *, now: datetime, window: timedelta) -> StepStats:
+    """What the candidate did during the current step, up to ``now``.
 
-_IN_ORDER = f"""
-SELECT c.agree
-FROM ({_STEP}) p JOIN comparisons c USING (event_id, candidate)
-WHERE c.version IS NOT DISTINCT FROM p.version AND c.comparator = $comparator
-ORDER BY p.predicted_at, p.event_id
-"""
-
-
-def measure(store: Store, state: RolloutState, comparator: str, *, now: datetime,
-            window: timedelta) -> StepStats:
-    """What the candidate did during the current step, up to ``now``."""
+    ``progress`` is where the step's units stand (synced by the caller); the
+    detector is advanced, in memory, over the labels it has not seen.
+    """
     params: dict[str, Any] = {"candidate": state.candidate, "version": state.version,
                               "since": state.step_started_at}
     db = store.db
     predictions, errors, abstained, p95, violations = db.execute(_COUNTS, params).fetchall()[0]
-    with_comparator = {**params, "comparator": comparator}
-    compared, agreed = db.execute(_COMPARED, with_comparator).fetchall()[0]
-    segments = tuple(SegmentStats(*row) for row in
-                     db.execute(_SEGMENTS, with_comparator).fetchall())
-    agreements: tuple[bool, ...] = ()
+    counts, segments = units.counts()
+    fed: tuple[tuple[str, bool], ...] = ()
+    detector_state = progress.detector
     if state.live:
-        agreements = tuple(row[0] for row in db.execute(_IN_ORDER, with_comparator).fetchall())
+        fresh = units.fresh_agreements(progress)
+        detector_state = detector.advance(progress.detector, (agree for _, agree in fresh))
+        fed = tuple(fresh[: detector_state.seen - progress.detector.seen])
     window_start = now - window
     w_predictions, w_errors, _, w_p95, _ = db.execute(
         _COUNTS, {**params, "since": max(window_start, state.step_started_at)}).fetchall()[0]
     return StepStats(
         elapsed=now - state.step_started_at, predictions=predictions, errors=errors,
-        abstained=abstained, compared=compared, agreed=agreed, p95_latency_ms=p95,
-        violations=violations,
-        segments=segments, agreements=agreements,
+        abstained=abstained, p95_latency_ms=p95, violations=violations,
+        units=counts, segments=segments, detector=detector_state, fed=fed,
         window=WindowStats(predictions=w_predictions, errors=w_errors, p95_latency_ms=w_p95,
                            covered=window_start >= state.step_started_at),
     )

@@ -18,10 +18,16 @@ step, its status, the history) lives in :mod:`rollout.state`. A plan looks like:
         segments: {min_samples: 200, floor: 0.85}
       rollback: {healthy: 0.95, degraded: 0.80}
       holdout: 0.05
+      unit: first                # one vote per key: its first prediction of the step
+      label_window: auto         # or 2d: how long a label may take to arrive
+
+What the gates count is one observation per *key* (the case), judged once
+its label window has passed; see docs/statistics.md.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -46,6 +52,20 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _parse_window(value: Any) -> Any:
+    return value if value == "auto" else parse_duration(value)
+
+
+LabelWindow = Annotated[timedelta | Literal["auto"], BeforeValidator(_parse_window)]
+
+
+def _parse_expiry(value: Any) -> Any:
+    return value if value in ("auto", "never") else parse_duration(value)
+
+
+LabelExpiry = Annotated[timedelta | Literal["auto", "never"], BeforeValidator(_parse_expiry)]
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -67,9 +87,13 @@ class StepSpec(_Spec):
 
 
 class SegmentGateSpec(_Spec):
-    """No segment with enough samples may fall below its floor."""
+    """A segment with a floor holds the step until its own sequence shows it above
+    the floor (pass) or below it (fail)."""
 
     min_samples: int = Field(100, ge=1)
+    """Keys a segment needs before it is judged; a smaller one holds the step."""
+    allow_small: bool = False
+    """Let segments below ``min_samples`` through instead of holding the step."""
     floor: Rate | None = None
     """Applies to every segment value; ``None`` leaves segments without a floor of their own."""
     floors: dict[str, Rate] = Field(default_factory=dict)
@@ -96,10 +120,15 @@ class GateSpec(_Spec):
 class RollbackSpec(_Spec):
     """What takes a live step back to shadow at once."""
 
-    healthy: Rate = 0.95
-    """Agreement of a healthy candidate; the detector's false-alarm budget holds at or above it."""
-    degraded: Rate = 0.80
-    """The agreement the detector must catch quickly."""
+    healthy: Rate | None = None
+    """Agreement of a healthy candidate; the detector's false-alarm budget holds at or
+    above it. Defaults to the promotion threshold plus ``margin``, and may not exceed it."""
+    degraded: Rate | None = None
+    """The agreement the detector must catch quickly; defaults to the promotion threshold
+    minus 0.10, and must lie below the threshold."""
+    margin: Rate = 0.05
+    """How far above the promotion threshold ``healthy`` may lie: a candidate promoted just
+    above the threshold but below ``healthy`` may be rolled back needlessly."""
     false_alarm: Rate = Field(0.01, gt=0.0, lt=1.0)
     horizon: int = Field(100_000, ge=1)
     """Compared events over which ``false_alarm`` is the chance of a needless rollback."""
@@ -111,20 +140,48 @@ class RollbackSpec(_Spec):
     detect_within: Duration = timedelta(days=1)
     """``status`` warns when labels arrive too slowly to catch ``degraded`` within this."""
 
-    @model_validator(mode="after")
-    def _degraded_below_healthy(self) -> RollbackSpec:
-        if not 0.0 < self.degraded < self.healthy < 1.0:
-            raise ValueError(
-                f"need 0 < degraded < healthy < 1, got degraded={self.degraded}, "
-                f"healthy={self.healthy}")
-        if self.healthy <= 0.5:
-            raise ValueError(f"healthy must be above 0.5 (a detector in whole steps needs it), "
-                             f"got {self.healthy}")
-        return self
+    def levels(self, threshold: float) -> tuple[float, float]:
+        """``(healthy, degraded)``, the defaults filled in from the promotion threshold."""
+        healthy = self.healthy if self.healthy is not None else min(threshold + self.margin,
+                                                                     0.99)
+        degraded = self.degraded if self.degraded is not None else max(threshold - 0.10, 0.01)
+        return healthy, degraded
 
-    def detector(self) -> Cusum:
-        return Cusum.design(healthy=self.healthy, degraded=self.degraded,
+    def detector(self, threshold: float) -> Cusum:
+        healthy, degraded = self.levels(threshold)
+        return Cusum.design(healthy=healthy, degraded=degraded,
                             false_alarm=self.false_alarm, horizon=self.horizon)
+
+
+def _check_levels(rollback: RollbackSpec, threshold: float) -> None:
+    """The promotion threshold, the healthy level and the degraded level must agree."""
+    healthy, degraded = rollback.levels(threshold)
+    if healthy > threshold + rollback.margin + 1e-12:
+        raise ValueError(
+            f"rollback.healthy ({healthy}) is more than rollback.margin ({rollback.margin}) "
+            f"above gates.agreement ({threshold}): a candidate promoted between the two would "
+            f"be rolled back needlessly; lower rollback.healthy or raise the margin")
+    if not degraded < threshold:
+        raise ValueError(
+            f"rollback.degraded ({degraded}) must lie below gates.agreement ({threshold}): "
+            f"the detector would roll back candidates the gate promotes")
+    if not 0.0 < degraded < healthy < 1.0:
+        raise ValueError(f"rollback: need 0 < degraded < healthy < 1, got degraded={degraded}, "
+                         f"healthy={healthy}")
+    if healthy <= 0.5:
+        raise ValueError(f"rollback.healthy must be above 0.5 (a detector in whole steps needs "
+                         f"it), got {healthy}")
+
+
+class Unit(enum.StrEnum):
+    """What one observation of agreement is: one per key (case), never one per event."""
+
+    FIRST = "first"
+    """The key's first prediction in the step: what the AI would have acted on."""
+    LAST = "last"
+    """The key's last prediction made before its outcome was decided."""
+    MEAN = "mean"
+    """The mean agreement of the key's compared predictions in the step."""
 
 
 class RolloutSpec(_Spec):
@@ -141,7 +198,25 @@ class RolloutSpec(_Spec):
     rollback: RollbackSpec = RollbackSpec()
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     """Error of each step's confidence sequence; see docs/statistics.md for across steps."""
-    method: Method = Method.BETA_BINOMIAL
+    method: Method = Method.ONE_SIDED
+    unit: Unit = Unit.FIRST
+    label_window: LabelWindow = "auto"
+    """How long after its first event a key's label may take to arrive (data time:
+    the events' ``occurred_at``). Keys younger than that are not judged yet; older ones
+    without a label count against the candidate. ``auto``: the 95th percentile of the
+    label delays observed in the step."""
+    label_expiry: LabelExpiry = "auto"
+    """When a key still without a label stops counting against the candidate: some cases
+    never get one (spam, merged tickets). ``auto``: four label windows; ``never`` keeps
+    every unlabelled key against it, which holds whatever the reason labels are missing."""
+    min_labelled: Rate = 0.8
+    """Share of the keys past their label window that must be labelled, else the step waits."""
+    independent_sources: list[str] = Field(default_factory=list)
+    """Outcome sources (names or shell patterns, ``kafka:crm-*``) whose outcomes of live
+    events are independent human decisions. Outcomes of other sources judge the AI only
+    where it did not act (the shadow share, the holdout) and where a person reviewed it."""
+    evaluate_every_compared: int = Field(100, ge=1)
+    """Newly compared keys between evaluations of the gates, whatever the batch size."""
     tuning: int = Field(500, ge=1)
     """The normal mixture's tuning count (ignored by the beta-binomial)."""
     holdout: Rate = 0.0
@@ -151,6 +226,11 @@ class RolloutSpec(_Spec):
     sink: SinkSpec | None = None
     """Where live decisions are published; without one nothing can go live."""
     notify: list[NotifySpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _levels_agree(self) -> RolloutSpec:
+        _check_levels(self.rollback, self.gates.agreement)
+        return self
 
     @model_validator(mode="after")
     def _steps_rise_from_shadow(self) -> RolloutSpec:
@@ -165,6 +245,9 @@ class RolloutSpec(_Spec):
 
     def step(self, index: int) -> StepSpec:
         return self.steps[index]
+
+    def detector(self) -> Cusum:
+        return self.rollback.detector(self.gates.agreement)
 
     @property
     def last(self) -> int:

@@ -58,6 +58,11 @@ class LiveRollout:
         self.assessments: list[Assessment] = []
 
     @property
+    def batch_limit(self) -> int:
+        """The largest batch a replay should write between two evaluations."""
+        return self.controller.plan.evaluate_every_compared
+
+    @property
     def store(self) -> Store:
         return self.controller.store
 
@@ -115,10 +120,16 @@ class LiveRollout:
                 "AND version IS NOT DISTINCT FROM ? AND event_id IN (SELECT unnest(?))",
                 [at, c.candidate, c.version, event_ids])
 
-    def after_batch(self) -> Assessment:
-        """Publish, compare what can be compared, and let the controller act."""
+    def after_batch(self, *, force: bool = False) -> Assessment | None:
+        """Publish, compare what can be compared, and let the controller act once
+        ``evaluate_every_compared`` keys were labelled since it last did (or when forced).
+
+        Returns the assessment, or ``None`` when no evaluation was due.
+        """
         self.publish_pending()
         self.compare()
+        if not force and not self.controller.due():
+            return None
         assessment = self.controller.evaluate()
         self.assessments.append(assessment)
         return assessment

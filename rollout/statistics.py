@@ -44,6 +44,7 @@ stays within budget.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ class Bounds(NamedTuple):
 
 
 class Method(enum.Enum):
+    ONE_SIDED = "one_sided"
+    """Beta mixtures on each side of the threshold (the default; see :func:`one_sided`)."""
     BETA_BINOMIAL = "beta_binomial"
     NORMAL_MIXTURE = "normal_mixture"
 
@@ -158,16 +161,142 @@ def normal_mixture(successes: int, n: int, alpha: float, tuning: int = 500) -> B
     return Bounds(max(0.0, centre - radius), min(1.0, centre + radius))
 
 
+# -- one-sided beta mixtures ------------------------------------------------------
+
+
+def log_above(successes: float, n: int, threshold: float) -> float:
+    """``ln M⁺_n(t)``: evidence that the rate is *above* ``t``.
+
+    The likelihood ratio of every alternative ``q ≥ t`` against ``t``, mixed
+    under a uniform prior on ``[t, 1]``::
+
+        M⁺_n(t) = ∫_t^1 (q/t)^S ((1−q)/(1−t))^(n−S) dq / (1 − t)
+                = B(S+1, n−S+1) · (1 − I_t(S+1, n−S+1)) / ((1−t) · t^S · (1−t)^(n−S))
+
+    For any true rate ``p ≤ t`` one observation multiplies it by at most
+    ``p·q/t + (1−p)(1−q)/(1−t) ≤ 1``, so it is a nonnegative supermartingale
+    for every such ``p`` at once, and ``P(sup_n M⁺_n ≥ 1/α) ≤ α`` (Ville).
+    The same holds for observations anywhere in [0, 1] with mean ``p``
+    (``x ↦ a^x b^(1−x)`` is convex, so a value in between multiplies it by
+    no more than the two ends would on average): ``successes`` may be a sum
+    of per-key means.
+    """
+    _check(successes, n, 0.5)
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+    failures = n - successes
+    a, b = successes + 1, failures + 1
+    return (_log_beta(a, b) + _log_upper_tail(threshold, a, b) - math.log1p(-threshold)
+            - successes * math.log(threshold) - failures * math.log1p(-threshold))
+
+
+def log_below(successes: float, n: int, threshold: float) -> float:
+    """``ln M⁻_n(t)``: evidence that the rate is *below* ``t``, the mirror of
+    :func:`log_above` (a uniform prior on ``[0, t]``)."""
+    return log_above(n - successes, n, 1.0 - threshold)
+
+
+def one_sided(successes: float, n: int, threshold: float, alpha: float) -> int:
+    """``+1`` when the rate is shown above ``threshold``, ``−1`` when shown
+    below it, ``0`` while undecided; each statement errs with probability at
+    most ``alpha`` under continuous monitoring.
+
+    >>> one_sided(290, 300, 0.9, 0.05), one_sided(60, 100, 0.9, 0.05), one_sided(9, 10, 0.9, 0.05)
+    (1, -1, 0)
+    """
+    _check(successes, n, alpha)
+    if n == 0:
+        return 0
+    level = math.log(1 / alpha)
+    if successes > threshold * n and log_above(successes, n, threshold) >= level:
+        return 1
+    if successes < threshold * n and log_below(successes, n, threshold) >= level:
+        return -1
+    return 0
+
+
+def one_sided_bounds(successes: float, n: int, alpha: float) -> Bounds:
+    """The rates the one-sided tests cannot yet rule out: the lower end is the
+    highest threshold shown exceeded, the upper end the lowest shown not reached.
+
+    >>> b = one_sided_bounds(95, 100, 0.05)
+    >>> round(b.low, 3), round(b.high, 3)
+    (0.866, 0.993)
+    """
+    _check(successes, n, alpha)
+    if n == 0:
+        return Bounds(None, None)
+    level = math.log(1 / alpha)
+    centre = successes / n
+
+    def above(t: float) -> bool:
+        return 0.0 < t < centre and log_above(successes, n, t) >= level
+
+    def below(t: float) -> bool:
+        return centre < t < 1.0 and log_below(successes, n, t) >= level
+
+    low = _bisect(above, 1e-12, centre) if above(1e-12) else 0.0
+    high = _bisect(below, 1 - 1e-12, centre) if below(1 - 1e-12) else 1.0
+    return Bounds(low, high)
+
+
+def _log_upper_tail(x: float, a: float, b: float) -> float:
+    """``ln(1 − I_x(a, b))``, the log of the regularised incomplete beta's upper tail."""
+    return _log_regularised_beta(1.0 - x, b, a)
+
+
+def _log_regularised_beta(x: float, a: float, b: float) -> float:
+    """``ln I_x(a, b)`` from its continued fraction (modified Lentz), on the side
+    where the fraction converges fast; the other side through ``I_x(a, b) =
+    1 − I_{1−x}(b, a)``, kept in logs so that tails of 1e-300 stay exact."""
+    if x <= 0.0:
+        return -math.inf
+    if x >= 1.0:
+        return 0.0
+    if x < (a + 1) / (a + b + 2):
+        return _log_beta_prefix(x, a, b) + math.log(_beta_fraction(x, a, b)) - math.log(a)
+    other = _log_beta_prefix(1.0 - x, b, a) + math.log(_beta_fraction(1.0 - x, b, a)) \
+        - math.log(b)
+    return math.log1p(-math.exp(other)) if other < 0 else -math.inf
+
+
+def _log_beta_prefix(x: float, a: float, b: float) -> float:
+    return a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)
+
+
+def _beta_fraction(x: float, a: float, b: float, iterations: int = 10_000) -> float:
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, iterations + 1):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < eps:
+            return fraction
+    raise ArithmeticError(f"incomplete beta did not converge for x={x}, a={a}, b={b}")
+
+
 def confidence_sequence(
-    successes: int, n: int, alpha: float, method: Method = Method.BETA_BINOMIAL,
+    successes: float, n: int, alpha: float, method: Method = Method.ONE_SIDED,
     tuning: int = 500,
 ) -> Bounds:
+    """The bounds of ``method`` at ``successes`` of ``n``; ``successes`` may be a
+    sum of values in [0, 1] (one key's mean agreement) for the one-sided mixture."""
+    if method is Method.ONE_SIDED:
+        return one_sided_bounds(successes, n, alpha)
+    whole = round(successes)
     if method is Method.NORMAL_MIXTURE:
-        return normal_mixture(successes, n, alpha, tuning)
-    return beta_binomial(successes, n, alpha)
+        return normal_mixture(whole, n, alpha, tuning)
+    return beta_binomial(whole, n, alpha)
 
 
-def _check(successes: int, n: int, alpha: float) -> None:
+def _check(successes: float, n: int, alpha: float) -> None:
     if not 0 <= successes <= n:
         raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
     if not 0.0 < alpha < 1.0:
@@ -189,6 +318,9 @@ class Cusum:
     degraded: float
     up: int
     threshold: int
+    false_alarm: float | None = None
+    horizon: int | None = None
+    """With both set, the budget renews every ``horizon`` comparisons (:meth:`advance`)."""
 
     @classmethod
     def design(
@@ -212,8 +344,50 @@ class Cusum:
         if not 0.0 < false_alarm < 1.0 or horizon < 1:
             raise ValueError("false_alarm must be in (0, 1) and horizon a positive count")
         up = _whole_step_up(healthy, degraded)
-        target = -horizon / math.log1p(-false_alarm)  # the run length giving that chance
-        return cls(healthy, degraded, up, _smallest_threshold(1 - healthy, up, target))
+        threshold = _epoch_threshold(1 - healthy, up, false_alarm, horizon, 0)
+        return cls(healthy, degraded, up, threshold, false_alarm, horizon)
+
+    def threshold_at(self, seen: int) -> int:
+        """The alarm threshold for the comparison after ``seen`` of them.
+
+        The budget renews every ``horizon`` comparisons and halves each time:
+        the ``k``-th renewal (from 0) may alarm falsely with probability
+        ``false_alarm / 2^k``, so the chance of a false alarm *ever* stays
+        below ``2 · false_alarm`` however long the step lasts, and below
+        ``false_alarm`` within the first ``horizon``. The threshold rises by
+        a few units per renewal; detection slows by as little.
+        """
+        if self.false_alarm is None or self.horizon is None:
+            return self.threshold
+        epoch = seen // self.horizon
+        if epoch == 0:
+            return self.threshold
+        return _epoch_threshold(1 - self.healthy, self.up, self.false_alarm, self.horizon,
+                                min(epoch, 60))
+
+    def advance(self, state: DetectorState, agreements: Iterable[bool]) -> DetectorState:
+        """Feed comparisons in arrival order from ``state``; an alarm is final.
+
+        >>> c = Cusum.design(healthy=0.95, degraded=0.8, false_alarm=0.01, horizon=100_000)
+        >>> s = c.advance(DetectorState(), [True] * 10 + [False] * 3)
+        >>> s.statistic, s.seen, s.alarmed_at
+        (24, 13, None)
+        """
+        if state.alarmed_at is not None:
+            return state
+        statistic, seen, up = state.statistic, state.seen, self.up
+        threshold = self.threshold_at(seen)
+        bound = (seen // self.horizon + 1) * self.horizon if self.horizon else math.inf
+        for agree in agreements:
+            if seen >= bound:
+                threshold, bound = self.threshold_at(seen), bound + (self.horizon or 0)
+            seen += 1
+            statistic = statistic - 1 if agree else statistic + up
+            if statistic < 0:
+                statistic = 0
+            elif statistic >= threshold:
+                return DetectorState(statistic, seen, alarmed_at=seen)
+        return DetectorState(statistic, seen, None)
 
     def run(self, agreements: Iterable[bool], start: int = 0) -> CusumResult:
         """Feed comparisons in order; stops at the first alarm."""
@@ -239,6 +413,25 @@ class Cusum:
     def mean_delay(self, agreement: float) -> float:
         """The average number of comparisons to an alarm from zero at ``agreement``."""
         return average_run_length(1 - agreement, self.up, self.threshold)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorState:
+    """Where a forward-running detector stands: persisted between evaluations."""
+
+    statistic: int = 0
+    seen: int = 0
+    """Comparisons fed so far in this step."""
+    alarmed_at: int | None = None
+    """The 1-based index of the comparison that raised the alarm."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _epoch_threshold(disagree: float, up: int, false_alarm: float, horizon: int,
+                     epoch: int) -> int:
+    budget = false_alarm / 2**epoch
+    target = -horizon / math.log1p(-budget)  # the run length giving that chance
+    return _smallest_threshold(disagree, up, target)
 
 
 def _whole_step_up(healthy: float, degraded: float) -> int:

@@ -167,6 +167,42 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (6, [
         "ALTER TABLE comparisons ADD COLUMN note VARCHAR",
     ]),
+    # What the rollout gates count: one unit per key of the current step, kept up
+    # to date incrementally, and where the incremental work and the forward-running
+    # rollback detector stand (rollout/units.py).
+    (7, [
+        """CREATE TABLE rollout_units (
+            rollout VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            event_id VARCHAR NOT NULL,
+            occurred_at TIMESTAMPTZ NOT NULL,
+            shadow BOOLEAN NOT NULL,
+            eligible BOOLEAN NOT NULL,
+            agree DOUBLE,
+            independent BOOLEAN,
+            decided_at TIMESTAMPTZ,
+            label_seq BIGINT,
+            PRIMARY KEY (rollout, key)
+        )""",
+        """CREATE TABLE rollout_unit_segments (
+            rollout VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            field VARCHAR NOT NULL,
+            value VARCHAR NOT NULL
+        )""",
+        """CREATE TABLE rollout_progress (
+            rollout VARCHAR NOT NULL PRIMARY KEY,
+            step_started_at TIMESTAMPTZ NOT NULL,
+            predicted_through TIMESTAMPTZ,
+            compared_through TIMESTAMPTZ,
+            labels BIGINT NOT NULL,
+            fed BIGINT NOT NULL,
+            evaluated_labels BIGINT NOT NULL,
+            statistic INTEGER NOT NULL,
+            seen BIGINT NOT NULL,
+            alarmed_at BIGINT
+        )""",
+    ]),
 ]
 
 

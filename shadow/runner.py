@@ -136,7 +136,7 @@ class Replay:
                 self._retry_errors(candidate)
         compare(self.store, self.comparator, self.summary, now=self.now)
         if self.rollout is not None:
-            self.rollout.after_batch()
+            self.rollout.after_batch(force=True)
             self.summary.live, self.summary.published = self.rollout.live, self.rollout.published
         finished = self.now()
         self.summary.seconds = (finished - started).total_seconds()
@@ -204,7 +204,7 @@ class Replay:
 
     def _step(self, source: Source, prepare: Prepare) -> int:
         """Read, prepare and write one batch; returns how many records it had."""
-        records = source.poll(self.batch_size)
+        records = source.poll(self._batch_limit())
         if not records:
             return 0
         batch, done = prepare(records)
@@ -218,6 +218,13 @@ class Replay:
             else:
                 self.rollout.publish_pending()
         return len(records)
+
+    def _batch_limit(self) -> int:
+        """With a rollout evaluated here, batches are no larger than its evaluation cadence,
+        so gates and routing follow the traffic whatever ``batch_size`` says."""
+        if self.rollout is not None and self.evaluate_each_batch:
+            return min(self.batch_size, self.rollout.batch_limit)
+        return self.batch_size
 
     def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         now = self.now()

@@ -97,8 +97,10 @@ class Run:
 
 @pytest.fixture(scope="module")
 def rolled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Run, Store]]:
+    # The outcomes are the agents' own decisions, independent of the AI: declared so, they
+    # judge live events too (at 100 % without a holdout nothing else could).
     spec = plan([{"percent": 0, "min_compared": 300}, {"percent": 50, "min_compared": 300},
-                 {"percent": 100, "min_compared": 300}])
+                 {"percent": 100, "min_compared": 300}], independent_sources=["outcomes"])
     run = Run(tmp_path_factory.mktemp("rolled") / "store.duckdb", spec, 6000)
     store = run.go()
     yield run, store
@@ -176,7 +178,8 @@ def test_all_errors_never_promote(tmp_path: Path) -> None:
         raise RuntimeError("model server down")
 
     spec = plan([{"percent": 0, "min_compared": 10}, {"percent": 100}],
-                gates={"agreement": 0.0, "max_error_rate": None})
+                gates={"agreement": 0.6, "max_error_rate": None},
+                rollback={"healthy": 0.65, "degraded": 0.5})
     clock = ticking()
     with Store(tmp_path / "s.duckdb") as store:
         comparator = build_comparator(ExactSpec())
@@ -268,4 +271,4 @@ def test_status_warns_when_labels_are_too_few_to_catch_a_drop_in_time(tmp_path: 
         controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
         clock.now += timedelta(hours=5)
         (warning,) = controller.assess().warnings
-        assert "labels arrive at 0.0 compared events per hour" in warning
+        assert "independent labels arrive at 0.0 keys per day" in warning

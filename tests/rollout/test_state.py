@@ -133,7 +133,7 @@ def test_commands_refuse_meaningless_or_unsafe_transitions(
 
 
 def test_promotion_without_evidence_is_refused_unless_forced(fresh: Controller) -> None:
-    with pytest.raises(Refused, match="has not earned promotion.*compared events: 0 of at least"):
+    with pytest.raises(Refused, match="has not earned promotion.*compared keys: 0 of at least"):
         fresh.command(Action.PROMOTE, actor="dana", reason="looks fine")
     t = fresh.command(Action.PROMOTE, actor="dana", reason="owner signed off", force=True)
     assert t.evidence["forced"] is True and t.after.step == 1
