@@ -33,12 +33,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from rollout.statistics import Cusum, Method, beta_binomial_low_at_least, normal_mixture
+from rollout.statistics import (
+    Cusum,
+    Method,
+    beta_binomial_low_at_least,
+    normal_mixture,
+    one_sided,
+)
 from shadow.stats import wilson
 
 # The product's targets for the documented scenario (docs/statistics.md).
 TARGET_FALSE_PROMOTION = 0.05
-TARGET_EVENTS_TO_PROMOTION = 500
+TARGET_EVENTS_TO_PROMOTION = 300
 TARGET_FALSE_ROLLBACK = 0.01
 TARGET_EVENTS_TO_ROLLBACK = 200
 
@@ -63,7 +69,7 @@ class Scenario:
 
     threshold: float = 0.90        # promotion threshold on agreement
     alpha: float = 0.05            # per-step error of the confidence sequence
-    method: Method = Method.BETA_BINOMIAL
+    method: Method = Method.ONE_SIDED
     tuning: int = 500              # normal mixture tuning count
     check_every: int = 100         # compared events between gate checks
     max_events: int = 20_000       # a run that has not promoted by then did not promote
@@ -251,6 +257,8 @@ class _Gates:
 
     def _gate(self, successes: int, n: int) -> bool:
         s = self._scenario
+        if s.method is Method.ONE_SIDED:
+            return one_sided(successes, n, s.threshold, s.alpha) == 1
         if s.method is Method.NORMAL_MIXTURE:
             low = normal_mixture(successes, n, s.alpha, s.tuning).low
             return low is not None and low >= s.threshold
@@ -267,9 +275,9 @@ def _promotion_runs(
     """Per run, the compared events at which the gate and the naive gate first
     promote (infinite when not within ``max_events``)."""
     full, last = divmod(scenario.max_events, scenario.check_every)
-    batches = [_binomial_table(scenario.check_every, agreement)] * full
+    batches = [binomial_table(scenario.check_every, agreement)] * full
     if last:  # a final, shorter batch so that exactly max_events are seen
-        batches.append(_binomial_table(last, agreement))
+        batches.append(binomial_table(last, agreement))
     sizes = [len(table) - 1 for table in batches]
     gate_at: list[float] = []
     naive_at: list[float] = []
@@ -298,7 +306,7 @@ def _first_promotions(
     return gate_at, naive_at
 
 
-def _binomial_table(size: int, p: float) -> list[float]:
+def binomial_table(size: int, p: float) -> list[float]:
     """The CDF of Binomial(size, p) at 0 … size: ``bisect_right(table, u)`` of a
     uniform ``u`` in [0, 1) is a binomial draw."""
     if p <= 0.0 or p >= 1.0:
@@ -321,14 +329,14 @@ def _rollback_runs(
     false_rollbacks = alarms_before_drop = 0
     delays: list[float] = []
     for _ in range(runs):
-        alarm, _state = _cusum_walk(steady.random, healthy, cusum, 0, scenario.horizon)
+        alarm, _state = cusum_walk(steady.random, healthy, cusum, 0, scenario.horizon)
         false_rollbacks += alarm is not None
     for _ in range(runs):
-        alarm, state = _cusum_walk(drop.random, healthy, cusum, 0, scenario.before_drop)
+        alarm, state = cusum_walk(drop.random, healthy, cusum, 0, scenario.before_drop)
         if alarm is not None:
             alarms_before_drop += 1
             continue
-        alarm, _state = _cusum_walk(drop.random, dropped, cusum, state, scenario.horizon)
+        alarm, _state = cusum_walk(drop.random, dropped, cusum, state, scenario.horizon)
         delays.append(math.inf if alarm is None else alarm)
     return RollbackOutcome(
         false_rollbacks=false_rollbacks,
@@ -337,7 +345,7 @@ def _rollback_runs(
     )
 
 
-def _cusum_walk(
+def cusum_walk(
     uniform: Callable[[], float], disagree: float, cusum: Cusum, statistic: int, length: int,
 ) -> tuple[int | None, int]:
     """Feed ``length`` comparisons at disagreement rate ``disagree`` to the

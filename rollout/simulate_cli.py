@@ -1,4 +1,11 @@
-"""``shadow rollout simulate``: its options, and the table it prints."""
+"""``shadow rollout simulate``: its options, and the tables it prints.
+
+Without ``--scenario`` it simulates the classic scenario (independent,
+instantly labelled comparisons; every option below ``--format`` applies);
+with ``--scenario NAME`` or ``all``, the named scenarios of
+:mod:`rollout.simulate_scenarios` at their documented settings (only
+``--runs``, ``--seed`` and ``--format`` apply).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from rollout.simulate import (
     SimulationResult,
     simulate,
 )
+from rollout.simulate_figures import Exact, Figure, Measure, Median, Rate, ScenarioResult
+from rollout.simulate_scenarios import SCENARIOS, run_scenarios
 from rollout.statistics import Method
 from shadow.stats import wilson
 
@@ -48,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="random seed; the same seed gives the same figures (default 0)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--scenario", metavar="NAME", default=None,
+                        help="a named real-traffic scenario at its documented settings, or "
+                             f"all: {', '.join(SCENARIOS)} (default: the classic scenario "
+                             "the options below describe)")
     for field in fields(Scenario):
         option = "--" + field.name.replace("_", "-")
         default = field.default
@@ -67,6 +80,8 @@ def run_command(args: argparse.Namespace) -> tuple[int, str]:
     success (0); on a bad value (2), a one-line message naming the option,
     meant for stderr.
     """
+    if args.scenario is not None:
+        return _run_named(args)
     try:
         values = {field.name: getattr(args, field.name) for field in fields(Scenario)}
         values["method"] = Method(values["method"])
@@ -145,3 +160,55 @@ def _events(median: float) -> str:
 
 def _met(holds: bool) -> str:
     return "yes" if holds else "NO"
+
+
+# -- named scenarios ----------------------------------------------------------------------
+
+
+def _run_named(args: argparse.Namespace) -> tuple[int, str]:
+    try:
+        results = run_scenarios(args.scenario, runs=args.runs, seed=args.seed)
+    except ParameterError as exc:
+        return EXIT_USAGE, f"--{exc.name.replace('_', '-')} {exc.problem}"
+    if args.format == "json":
+        return EXIT_OK, json.dumps({"runs": args.runs, "seed": args.seed,
+                                    "scenarios": [r.as_dict() for r in results]}, indent=2)
+    return EXIT_OK, "\n\n".join(format_scenario(r) for r in results)
+
+
+def format_scenario(result: ScenarioResult) -> str:
+    """One named scenario: its setting, then gate beside naive against the target."""
+    rows: list[tuple[str, str, str, str, str] | None] = [
+        ("", "gate", "naive", "target", "met")]
+    notes = []
+    for figure in result.figures:
+        rows.append((figure.what, _measure(figure.gate),
+                     _measure(figure.naive) if figure.naive is not None else "",
+                     _target(figure), "" if figure.met is None else _met(figure.met)))
+        if figure.naive_is:
+            notes.append(f"naive in '{figure.what}': {figure.naive_is}")
+    header = [
+        f"Scenario {result.name}: {result.runs:,} runs, seed {result.seed}",
+        f"setting: {result.setting}",
+        f"naive: {result.naive}",
+        *notes,
+        "",
+    ]
+    return "\n".join(header + _align(rows))
+
+
+def _measure(measure: Measure) -> str:
+    if isinstance(measure, Rate):
+        return _rate(measure.count, measure.runs)
+    if isinstance(measure, Median):
+        return _events(measure.value)
+    assert isinstance(measure, Exact)
+    return f"{measure.value:.3%} (exact)"
+
+
+def _target(figure: Figure) -> str:
+    if figure.target is None:
+        return ""
+    if isinstance(figure.gate, Median):
+        return f"<= {figure.target:g}"
+    return f"<= {figure.target:.0%}"
