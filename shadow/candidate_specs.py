@@ -127,6 +127,9 @@ class _CandidateBase(Spec):
     name: str | None = None
     """Defaults to the callable path, URL or model."""
     version: str | None = None
+    """A new version restarts a rollout from shadow. Without one, a callable's module
+    ``__version__`` is used, and failing that a fingerprint of what determines the
+    candidate's answers (:mod:`shadow.candidates.fingerprint`)."""
     confidence_path: str | None = None
     """Dotted path to a numeric confidence in the output; ``confidence`` by default."""
     abstain_below: float | None = Field(None, ge=0.0, le=1.0)
@@ -145,7 +148,11 @@ class _CandidateBase(Spec):
 
 
 class CallableCandidateSpec(_CandidateBase):
-    """A Python function in this process; its version defaults to the module's ``__version__``."""
+    """A Python function in this process.
+
+    Its version defaults to the module's ``__version__``, then to a fingerprint
+    of the ``module:function`` reference and the function's source.
+    """
 
     kind: Literal["callable"] = "callable"
     callable: CallablePath
@@ -195,7 +202,7 @@ class RemoteSpec(_CandidateBase):
     @classmethod
     def _secrets_come_from_the_environment(cls, value: dict[str, str]) -> dict[str, str]:
         for name, text in value.items():
-            if _SECRET_HEADER.search(name) and "${" not in text:
+            if is_credential_header(name) and "${" not in text:
                 raise ValueError(
                     f"header {name!r} carries a secret: write it as ${{NAME}} and set the "
                     f"environment variable NAME, so it is never stored in this file"
@@ -204,6 +211,11 @@ class RemoteSpec(_CandidateBase):
 
 
 _SECRET_HEADER = re.compile(r"authorization|api[-_]?key|token|secret|password", re.IGNORECASE)
+
+
+def is_credential_header(name: str) -> bool:
+    """Whether a header of this name carries a credential (its value must say ``${NAME}``)."""
+    return _SECRET_HEADER.search(name) is not None
 
 
 class HttpCandidateSpec(RemoteSpec):

@@ -23,6 +23,7 @@ import orjson
 
 from shadow.candidate_specs import CallableCandidateSpec
 from shadow.candidates.base import Candidate, truncate
+from shadow.candidates.fingerprint import fingerprint, source_of
 from shadow.loading import load_callable
 from shadow.models import ErrorKind, Event, Mode, Prediction, PredictionError
 
@@ -75,7 +76,8 @@ class CallableCandidate(Candidate):
     def from_spec(cls, spec: CallableCandidateSpec) -> CallableCandidate:
         function = load_callable(spec.callable, what="candidate")
         module = importlib.import_module(spec.callable.partition(":")[0])
-        version = spec.version or _module_version(module)
+        version = (spec.version or _module_version(module)
+                   or fingerprint(spec, source=source_of(function)))
         candidate = cls(function, name=spec.resolved_name, version=version,
                         batch_size=spec.batch_size)
         candidate.confidence_path = spec.confidence_path

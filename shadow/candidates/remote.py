@@ -28,6 +28,7 @@ import orjson
 
 from shadow.candidate_specs import RemoteSpec
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
+from shadow.candidates.fingerprint import fingerprint
 from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
 from shadow.errors import ConfigError, ShadowError
 from shadow.models import ErrorKind, Event, Prediction, PredictionError, utc_now
@@ -70,7 +71,7 @@ class RemoteCandidate(Candidate):
     ) -> None:
         self.spec = spec
         self.name = spec.resolved_name
-        self.version = spec.version
+        self.version = spec.version or fingerprint(spec)
         self.confidence_path, self.abstain_below = spec.confidence_path, spec.abstain_below
         self.breaker = CircuitBreaker(spec.breaker, clock=clock)
         self._uniform = uniform or jitter()
