@@ -173,14 +173,15 @@ def test_the_first_event_agrees_at_the_true_rate_whatever_the_correlation() -> N
 
 
 def test_each_epochs_threshold_is_the_smallest_whose_run_length_meets_its_budget() -> None:
-    cusum = Live().detector()
+    live = Live()
+    cusum = live.detector()
     for epoch in range(5):
-        target = -cusum.horizon / math.log1p(-cusum.false_alarm / 2**epoch)
+        target = -live.horizon / math.log1p(-live.false_alarm / 2**epoch)
         threshold = cusum.up
         while average_run_length(1 - cusum.healthy, cusum.up, threshold) < target:
             threshold += 1
-        assert cusum.threshold_at(epoch * cusum.horizon) == threshold
-        assert cusum.threshold_at((epoch + 1) * cusum.horizon - 1) == threshold
+        assert cusum.threshold_at(epoch * live.horizon) == threshold
+        assert cusum.threshold_at((epoch + 1) * live.horizon - 1) == threshold
 
 
 def brute_force_alarm(cusum: Cusum, disagree: float, comparisons: int) -> float:
