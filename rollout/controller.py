@@ -146,7 +146,7 @@ class Controller:
                       f"candidate changed from {state.candidate} {state.version} to "
                       f"{self.candidate} {self.version}")
             t = transition(state, Action.RESTART, self.plan, actor=CONTROLLER, reason=reason,
-                           at=now)
+                           at=now, new_candidate=True)
             self._commit(t, replace_candidate=True)
         else:
             self._set(state)
@@ -168,9 +168,8 @@ class Controller:
     # -- evaluation -------------------------------------------------------------
 
     def progress(self) -> Progress:
-        """Where the step's units stand, brought up to date unless the store is read-only."""
-        if self.store.read_only:
-            return self.units.progress(self.state)
+        """Where the step's units stand, brought up to date (in memory only over a
+        read-only store)."""
         return self.units.sync(self.state)
 
     def due(self) -> bool:

@@ -3,7 +3,9 @@
 A step's measurements are those of the predictions the rolled-out candidate
 made since the step started: each step restarts its statistics. Errors,
 latency and violations count predictions; agreement counts units, one per
-key (:mod:`rollout.units`).
+key (:mod:`rollout.units`, which keeps both up to date incrementally). Only
+the trailing window's error rate and latency are read here, over the
+window's rows alone.
 """
 
 from __future__ import annotations
@@ -23,10 +25,8 @@ WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
   AND predicted_at >= $since
 """
 
-_COUNTS = f"""
-SELECT count(*), count(error_type), count(*) FILTER (abstained),
-       quantile_cont(latency_ms, 0.95) FILTER (error_type IS NULL),
-       count(violations)
+_WINDOW = f"""
+SELECT count(*), count(error_type), quantile_cont(latency_ms, 0.95) FILTER (error_type IS NULL)
 FROM ({_STEP})
 """
 
@@ -38,10 +38,8 @@ def measure(store: Store, state: RolloutState, units: Units, progress: Progress,
     ``progress`` is where the step's units stand (synced by the caller); the
     detector is advanced, in memory, over the labels it has not seen.
     """
-    params: dict[str, Any] = {"candidate": state.candidate, "version": state.version,
-                              "since": state.step_started_at}
-    db = store.db
-    predictions, errors, abstained, p95, violations = db.execute(_COUNTS, params).fetchall()[0]
+    params: dict[str, Any] = {"candidate": state.candidate, "version": state.version}
+    tally = units.tally()
     counts, segments = units.counts()
     fed: tuple[tuple[str, bool], ...] = ()
     detector_state = progress.detector
@@ -50,11 +48,12 @@ def measure(store: Store, state: RolloutState, units: Units, progress: Progress,
         detector_state = detector.advance(progress.detector, (agree for _, agree in fresh))
         fed = tuple(fresh[: detector_state.seen - progress.detector.seen])
     window_start = now - window
-    w_predictions, w_errors, _, w_p95, _ = db.execute(
-        _COUNTS, {**params, "since": max(window_start, state.step_started_at)}).fetchall()[0]
+    w_predictions, w_errors, w_p95 = store.db.execute(
+        _WINDOW, {**params, "since": max(window_start, state.step_started_at)}).fetchall()[0]
     return StepStats(
-        elapsed=now - state.step_started_at, predictions=predictions, errors=errors,
-        abstained=abstained, p95_latency_ms=p95, violations=violations,
+        elapsed=now - state.step_started_at, predictions=tally.predictions,
+        errors=tally.errors, abstained=tally.abstained, p95_latency_ms=tally.p95_latency_ms,
+        violations=tally.violations,
         units=counts, segments=segments, detector=detector_state, fed=fed,
         window=WindowStats(predictions=w_predictions, errors=w_errors, p95_latency_ms=w_p95,
                            covered=window_start >= state.step_started_at),

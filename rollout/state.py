@@ -100,15 +100,19 @@ def initial(plan: RolloutSpec, *, rollout: str, candidate: str, version: str | N
 def transition(
     state: RolloutState, action: Action, plan: RolloutSpec, *, actor: str, reason: str,
     at: datetime, evidence: dict[str, Any] | None = None, to_step: int | None = None,
+    new_candidate: bool = False,
 ) -> Transition:
     """The transition ``action`` makes from ``state``.
 
-    ``to_step`` is for promotions that skip ahead (``promote --full``).
+    ``to_step`` is for promotions that skip ahead (``promote --full``);
+    ``new_candidate`` restarts even a rollout at its start (its evidence was
+    about another candidate).
 
     Raises:
         Refused: the action makes no sense, or is unsafe, in this state.
     """
-    _check(state, action, plan, to_step)
+    if not (action is Action.RESTART and new_candidate):
+        _check(state, action, plan, to_step)
     after = _apply(state, action, plan, at, to_step)
     return Transition(action=action, actor=actor, reason=reason, at=at, before=state,
                       after=replace(after, updated_at=at, revision=state.revision + 1),

@@ -235,8 +235,9 @@ def one_sided_bounds(successes: float, n: int, alpha: float) -> Bounds:
     def below(t: float) -> bool:
         return centre < t < 1.0 and log_below(successes, n, t) >= level
 
-    low = _bisect(above, 1e-12, centre) if above(1e-12) else 0.0
-    high = _bisect(below, 1 - 1e-12, centre) if below(1 - 1e-12) else 1.0
+    # To a millionth: the decisions never rest on the bounds (one_sided decides).
+    low = _bisect(above, 1e-12, centre, iterations=20) if above(1e-12) else 0.0
+    high = _bisect(below, 1 - 1e-12, centre, iterations=20) if below(1 - 1e-12) else 1.0
     return Bounds(low, high)
 
 

@@ -7,168 +7,131 @@ is that prediction's (``first``), the one of the key's last prediction before
 its outcome was decided (``last``), or the mean over the key's compared
 predictions (``mean``).
 
-The table ``rollout_units`` holds the units of each rollout's current step.
-:meth:`Units.sync` brings it up to date from the predictions and comparisons
-made since it last ran (cursors in ``rollout_progress``), so its cost follows
-the new rows, not the step's size; a new step empties it. Every label a unit
-gets is numbered in the order labels arrived (``label_seq``): the rollback
-detector reads them forward in that order, exactly once.
-
 Two rules keep the counts honest on real traffic:
 
 * **Mature labels only.** A unit is judged once its label window has passed
   (data time: the newest ``occurred_at`` or ``decided_at`` among the step's
-  units, so a replay of last year's export ages as its data did). A mature unit
-  without a label counts as a disagreement for the promotion test and as an
-  agreement for the failing test, so labels that arrive late for the hard
-  cases cannot flatter the candidate.
+  units, so a replay of last year's export ages as its data did). A mature
+  unit without a label counts as a disagreement for the promotion test and
+  as an agreement for the failing test, so labels that arrive late for the
+  hard cases cannot flatter the candidate. A key with no label after
+  ``label_expiry`` leaves the count (some cases are never labelled), which
+  assumes such keys are no harder than the rest; ``never`` drops that
+  assumption.
 * **Independent outcomes only.** A unit routed live (the AI acted) is judged
   only by an outcome from a source declared independent
   (``rollout.independent_sources``); otherwise the outcome may echo the AI.
   Units of the shadow share, the holdout and the review sample always count.
+
+The counts live in memory (:class:`rollout.ledger.Ledger`) and move by the
+rows that are new since the last sync: predictions and comparisons are read
+by time ranges DuckDB skips to through its zone maps, and the events behind
+new predictions are the ones the pipeline just routed (:meth:`Units.note`).
+What the ledger learns is appended to ``rollout_units``,
+``rollout_unit_segments`` and ``rollout_labels``; a restarted controller
+replays them, in order, into the same ledger (the same label numbers, so
+the rollback detector goes on exactly where it stood).
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
-from rollout.plan import RolloutSpec, Unit
+from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow
+from rollout.plan import RolloutSpec
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
+from shadow.models import Event, Prediction
 from shadow.store import Store
 
-_EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+_TIME = pa.timestamp("us", tz="UTC")
 
-_NEW_UNITS = """
-INSERT INTO rollout_units BY NAME
-SELECT $rollout AS rollout, key,
-       arg_min(event_id, (predicted_at, occurred_at, event_id)) AS event_id,
-       arg_min(occurred_at, (predicted_at, occurred_at, event_id)) AS occurred_at,
-       arg_min(apart, (predicted_at, occurred_at, event_id)) AS shadow,
-       arg_min(apart, (predicted_at, occurred_at, event_id)) OR $any_source AS eligible
-FROM (
-    SELECT e.key, p.event_id, e.occurred_at, p.predicted_at,
-           (p.mode = 'shadow' OR p.review) AS apart
-    FROM predictions p JOIN events e USING (event_id)
-    WHERE p.candidate = $candidate AND p.version IS NOT DISTINCT FROM $version
-      AND p.predicted_at >= $since AND p.error_type IS NULL AND NOT p.abstained
-)
-GROUP BY key
-ON CONFLICT DO NOTHING
-RETURNING key, event_id
+_NEW_PREDICTIONS = """
+SELECT event_id, mode = 'shadow' OR review, predicted_at, error_type IS NOT NULL, abstained,
+       violations IS NOT NULL, latency_ms
+FROM predictions
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
+  AND predicted_at >= $since
+ORDER BY predicted_at, event_id
 """
 
-_NEWEST_PREDICTION = """
-SELECT max(predicted_at) FROM predictions
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version AND predicted_at >= $since
+_NEW_COMPARISONS = """
+SELECT event_id, agree, outcome_decided_at, compared_at
+FROM comparisons
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
+  AND comparator = $comparator AND compared_at >= $since
+ORDER BY compared_at, event_id
 """
 
-_NEW_SEGMENTS = """
-INSERT INTO rollout_unit_segments
-SELECT $rollout, n.key, s.field, s.value
-FROM new_units n JOIN event_segments s USING (event_id)
+_EVENTS = """
+SELECT e.event_id, e.key, e.occurred_at,
+       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
+       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
+FROM events e LEFT JOIN event_segments s USING (event_id)
+WHERE e.event_id IN (SELECT unnest($ids))
+GROUP BY ALL
 """
 
-_FRESH_COMPARISONS = """
-SELECT c.event_id, c.agree, c.outcome_decided_at, c.compared_at
-FROM comparisons c
-WHERE c.candidate = $candidate AND c.version IS NOT DISTINCT FROM $version
-  AND c.comparator = $comparator AND c.compared_at >= $since
+_STEP_EVENTS = """
+SELECT e.event_id, e.key, e.occurred_at,
+       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
+       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
+FROM predictions p JOIN events e USING (event_id) LEFT JOIN event_segments s USING (event_id)
+WHERE p.candidate = $candidate AND p.version IS NOT DISTINCT FROM $version
+  AND p.predicted_at >= $since AND p.error_type IS NULL AND NOT p.abstained
+GROUP BY ALL
 """
 
-# unit = first: the unit's own prediction carries its label.
-_FIRST_LABELS = f"""
-SELECT u.key, f.agree::DOUBLE, f.outcome_decided_at, f.compared_at, u.label_seq,
-       (SELECT any_value(o.source) FROM outcomes o
-        WHERE o.key = u.key AND o.decided_at = f.outcome_decided_at) AS source
-FROM ({_FRESH_COMPARISONS}) f JOIN rollout_units u ON u.rollout = $rollout
-  AND u.event_id = f.event_id
+_FEW = 5000
+"""Up to this many events are looked up by id; more, by the predictions' time range."""
+
+_SOURCES = """
+SELECT key, decided_at, any_value(source) FROM outcomes
+WHERE key IN (SELECT unnest($keys)) GROUP BY ALL
 """
 
-# unit = last or mean: recompute the keys that got a comparison.
-_KEY_LABELS = f"""
-WITH touched AS (
-    SELECT DISTINCT e.key, max(f.compared_at) OVER (PARTITION BY e.key) AS compared_at
-    FROM ({_FRESH_COMPARISONS}) f JOIN events e USING (event_id)
-    JOIN rollout_units u ON u.rollout = $rollout AND u.key = e.key
-), judged AS (
-    SELECT e.key, e.occurred_at, c.agree::DOUBLE AS agree, c.outcome_decided_at AS decided_at
-    FROM comparisons c JOIN events e USING (event_id)
-    JOIN predictions p ON p.event_id = c.event_id AND p.candidate = c.candidate
-      AND p.version IS NOT DISTINCT FROM c.version
-    WHERE c.candidate = $candidate AND c.version IS NOT DISTINCT FROM $version
-      AND c.comparator = $comparator AND p.predicted_at >= $step_started
-      AND e.key IN (SELECT key FROM touched)
-), per_key AS (
-    SELECT key, max(decided_at) AS decided_at, avg(agree) AS mean,
-           coalesce(arg_max(agree, occurred_at) FILTER (occurred_at <= decided_at),
-                    arg_min(agree, occurred_at)) AS last
-    FROM judged GROUP BY key
-)
-SELECT k.key, CASE WHEN $unit = 'mean' THEN k.mean ELSE k.last END, k.decided_at,
-       t.compared_at, u.label_seq,
-       (SELECT any_value(o.source) FROM outcomes o
-        WHERE o.key = k.key AND o.decided_at = k.decided_at) AS source
-FROM per_key k JOIN touched t USING (key)
-JOIN rollout_units u ON u.rollout = $rollout AND u.key = k.key
+_TALLY = """
+SELECT count(*), count(error_type), count(*) FILTER (abstained), count(violations)
+FROM predictions
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
+  AND predicted_at >= $since AND predicted_at <= $through
 """
 
-_APPLY_LABELS = """
-UPDATE rollout_units u
-SET agree = l.agree, decided_at = l.decided_at, independent = u.shadow OR l.independent,
-    label_seq = coalesce(u.label_seq, l.seq)
-FROM new_labels l
-WHERE u.rollout = $rollout AND u.key = l.key
+_LATENCY_BINS = """
+SELECT CASE WHEN latency_ms <= $floor THEN 0
+            ELSE 1 + floor(ln(latency_ms / $floor) / ln(1.002))::BIGINT END, count(*)
+FROM predictions
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
+  AND predicted_at >= $since AND predicted_at <= $through AND error_type IS NULL
+GROUP BY 1
 """
 
-_CLOCK = """
-SELECT greatest(max(occurred_at), max(decided_at)),
-       quantile_cont(greatest(epoch(decided_at) - epoch(occurred_at), 0), 0.95)
-           FILTER (agree IS NOT NULL)
-FROM rollout_units WHERE rollout = $rollout
+_AT_BOUNDARY = """
+SELECT event_id FROM {table}
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version {extra}
+  AND {column} = $at
 """
 
-_COUNTED = """
-SELECT key, agree, occurred_at <= $cutoff AS mature
-FROM rollout_units
-WHERE rollout = $rollout AND eligible AND (agree IS NULL OR independent)
-  AND (agree IS NOT NULL OR occurred_at > $expired)
+_STORED_UNITS = """
+SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible,
+       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
+       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
+FROM rollout_units u LEFT JOIN rollout_unit_segments s
+  ON s.rollout = u.rollout AND s.key = u.key
+WHERE u.rollout = $rollout
+GROUP BY ALL ORDER BY any_value(u.seq)
 """
 
-_COUNTS = f"""
-SELECT count(*), count(*) FILTER (mature), count(agree) FILTER (mature),
-       coalesce(sum(agree) FILTER (mature), 0), any_value(o.dependent), any_value(o.expired)
-FROM ({_COUNTED}) CROSS JOIN (
-    SELECT count(*) FILTER (agree IS NOT NULL AND NOT independent) AS dependent,
-           count(*) FILTER (eligible AND agree IS NULL AND occurred_at <= $expired) AS expired
-    FROM rollout_units WHERE rollout = $rollout) o
-"""
-
-_SEGMENT_COUNTS = f"""
-SELECT s.field, s.value, count(*) FILTER (mature), count(agree) FILTER (mature),
-       coalesce(sum(agree) FILTER (mature), 0)
-FROM ({_COUNTED}) u JOIN rollout_unit_segments s ON s.rollout = $rollout AND s.key = u.key
-GROUP BY ALL ORDER BY 1, 2
-"""
-
-_FEED = """
-SELECT key, agree >= 0.5, label_seq FROM rollout_units
-WHERE rollout = $rollout AND label_seq > $fed AND independent
-ORDER BY label_seq
-"""
-
-_DELAYS = """
-SELECT agree >= 0.5 AS agreed, count(*),
-       quantile_cont(greatest(epoch(decided_at) - epoch(occurred_at), 0), 0.5),
-       quantile_cont(greatest(epoch(decided_at) - epoch(occurred_at), 0), 0.95)
-FROM rollout_units WHERE rollout = $rollout AND agree IS NOT NULL
-GROUP BY ALL ORDER BY 1
+_STORED_LABELS = """
+SELECT key, event_id, agree, epoch(decided_at), epoch(occurred_at), independent
+FROM rollout_labels WHERE rollout = $rollout ORDER BY seq
 """
 
 
@@ -181,12 +144,14 @@ class Progress:
     predicted_through: datetime | None = None
     compared_through: datetime | None = None
     labels: int = 0
-    """The last ``label_seq`` handed out."""
+    """Label numbers handed out so far."""
     evaluated_labels: int = 0
     """``labels`` when the gates were last evaluated (the cadence)."""
     fed: int = 0
-    """The last ``label_seq`` the rollback detector has seen."""
+    """The last label number the rollback detector has seen."""
     detector: DetectorState = DetectorState()
+    mature_cutoff: float | None = None
+    expiry_cutoff: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,9 +159,9 @@ class UnitCounts:
     """The units of the step as the gates see them."""
 
     keys: int = 0
-    """Units counted (routed apart from the AI, or labelled by an independent source)."""
+    """Units of the step (keys with a successful prediction)."""
     mature: int = 0
-    """Of those, the ones past their label window."""
+    """Counted units past their label window."""
     labelled: int = 0
     """Of the mature ones, the ones with a label."""
     agreed: float = 0.0
@@ -244,155 +209,360 @@ class LabelDelay:
     p95: timedelta
 
 
+@dataclass(frozen=True, slots=True)
+class PredictionTally:
+    """The step's predictions, for the error, latency, coverage and violation gates."""
+
+    predictions: int = 0
+    errors: int = 0
+    abstained: int = 0
+    violations: int = 0
+    p95_latency_ms: float | None = None
+
+
 class Units:
-    """The units of one rollout over one store."""
+    """The units of one rollout over one store; one ledger per step, in memory.
+
+    Not thread-safe: the pipeline's thread owns it (the daemon runs everything
+    that touches the rollout there).
+    """
 
     def __init__(self, store: Store, plan: RolloutSpec, *, rollout: str, comparator: str) -> None:
         self.store, self.plan = store, plan
         self.rollout, self.comparator = rollout, comparator
+        self._ledger: Ledger | None = None
+        self._progress: Progress | None = None
+        self._notes: dict[str, tuple[str, float, tuple[Segment, ...]]] = {}
+        self._boundary: dict[str, set[str]] = {"predictions": set(), "comparisons": set()}
+        self._rows = 0
+        """Label rows stored for the step."""
 
-    # -- progress ---------------------------------------------------------------
+    # -- from the pipeline ----------------------------------------------------------
+
+    def note(self, events: Sequence[Event], predictions: Sequence[Prediction]) -> None:
+        """The events behind a batch of the rolled-out candidate's predictions, so that the
+        next sync need not look them up; called before the batch is written."""
+        predicted = {p.event_id for p in predictions}
+        for e in events:
+            if e.event_id in predicted:
+                self._notes[e.event_id] = (e.key, e.occurred_at.timestamp(),
+                                           _segments(e.segment))
+
+    # -- progress ---------------------------------------------------------------------
 
     def progress(self, state: RolloutState) -> Progress:
         """The stored progress of ``state``'s step; a fresh one when the step is new."""
         row = self.store.db.execute(
             "SELECT step_started_at, predicted_through, compared_through, labels, fed, "
-            "evaluated_labels, statistic, seen, alarmed_at FROM rollout_progress "
-            "WHERE rollout = ?", [self.rollout]).fetchone()
+            "evaluated_labels, statistic, seen, alarmed_at, mature_cutoff, expiry_cutoff "
+            "FROM rollout_progress WHERE rollout = ?", [self.rollout]).fetchone()
         if row is None or row[0] != state.step_started_at:
             return Progress(rollout=self.rollout, step_started_at=state.step_started_at)
         return Progress(rollout=self.rollout, step_started_at=row[0], predicted_through=row[1],
                         compared_through=row[2], labels=row[3], fed=row[4],
-                        evaluated_labels=row[5], detector=DetectorState(row[6], row[7], row[8]))
+                        evaluated_labels=row[5], detector=DetectorState(row[6], row[7], row[8]),
+                        mature_cutoff=row[9], expiry_cutoff=row[10])
 
     def save(self, progress: Progress) -> None:
+        """Store ``progress`` (the detector's state after an evaluation); drops fed labels."""
         with self.store.transaction() as tx:
             _save(tx, progress)
+        self._progress = progress
+        if self._ledger is not None:
+            self._ledger.feed = [f for f in self._ledger.feed if f[0] > progress.fed]
 
-    # -- incremental sync ---------------------------------------------------------
+    # -- sync -------------------------------------------------------------------------
 
     def sync(self, state: RolloutState) -> Progress:
-        """Bring the step's units up to date; returns the progress, stored.
+        """Bring the step's units up to date and store what changed; returns the progress.
 
-        Everything is written in one transaction, so a crash leaves the units as
-        they were before (and the next sync does the same work again).
+        Everything is written in one transaction; a crash before its commit leaves
+        the stored units as they were, and the next sync does the work again. Over a
+        read-only store the units are brought up to date in memory only.
         """
-        progress = self.progress(state)
-        with self.store.transaction() as tx:
-            if progress.predicted_through is None and progress.labels == 0:
-                tx.execute("DELETE FROM rollout_units WHERE rollout = ?", [self.rollout])
-                tx.execute("DELETE FROM rollout_unit_segments WHERE rollout = ?", [self.rollout])
-            progress = self._add_units(tx, state, progress)
-            progress = self._add_labels(tx, state, progress)
-            _save(tx, progress)
+        ledger, progress = self._loaded(state)
+        new_units: list[UnitRow] = []
+        labels: list[tuple[Any, ...]] = []
+        progress = self._add_predictions(ledger, state, progress, new_units)
+        progress = self._add_comparisons(ledger, state, progress, labels)
+        window, expiry = self._window(ledger)
+        ledger.advance(window, expiry)
+        progress = replace(progress, labels=ledger.labels, mature_cutoff=_finite(
+            ledger.mature_cutoff), expiry_cutoff=_finite(ledger.expiry_cutoff))
+        if not self.store.read_only:
+            with self.store.transaction() as tx:
+                _append(tx, self.rollout, new_units, labels,
+                        units_before=len(ledger.units) - len(new_units),
+                        labels_before=self._rows)
+                _save(tx, progress)
+        self._rows += len(labels)
+        self._progress = progress
         return progress
 
-    def _add_units(self, tx: Any, state: RolloutState, progress: Progress) -> Progress:
-        since = max(progress.predicted_through or state.step_started_at, state.step_started_at)
-        params = {"rollout": self.rollout, "candidate": state.candidate,
-                  "version": state.version, "since": since}
-        newest = tx.execute(_NEWEST_PREDICTION, {k: params[k] for k in
-                                                 ("candidate", "version", "since")}).fetchone()
-        if newest is None or newest[0] is None:
-            return progress
-        added = tx.execute(_NEW_UNITS, {**params,
-                                        "any_source": bool(self.plan.independent_sources)})
-        rows = added.fetchall()
-        if rows:
-            new_units = pa.table({"key": [r[0] for r in rows], "event_id": [r[1] for r in rows]})
-            tx.register("new_units", new_units)
-            try:
-                tx.execute(_NEW_SEGMENTS, {"rollout": self.rollout})
-            finally:
-                tx.unregister("new_units")
-        return replace(progress, predicted_through=newest[0])
+    def _loaded(self, state: RolloutState) -> tuple[Ledger, Progress]:
+        if (self._ledger is not None and self._progress is not None
+                and self._progress.step_started_at == state.step_started_at):
+            return self._ledger, self._progress
+        progress = self.progress(state)
+        ledger = Ledger(unit=self.plan.unit)
+        self._rows, self._notes = 0, {}
+        self._boundary = {"predictions": set(), "comparisons": set()}
+        fresh = progress.predicted_through is None and progress.compared_through is None
+        if fresh and not self.store.read_only:
+            with self.store.transaction() as tx:
+                for table in ("rollout_units", "rollout_unit_segments", "rollout_labels"):
+                    tx.execute(f"DELETE FROM {table} WHERE rollout = ?", [self.rollout])
+                _save(tx, progress)
+        elif not fresh:
+            self._replay(self.store.db, ledger, state, progress)
+        self._ledger, self._progress = ledger, progress
+        return ledger, progress
 
-    def _add_labels(self, tx: Any, state: RolloutState, progress: Progress) -> Progress:
-        since = max(progress.compared_through or state.step_started_at, state.step_started_at)
-        params: dict[str, Any] = {
-            "rollout": self.rollout, "candidate": state.candidate, "version": state.version,
-            "comparator": self.comparator, "since": since}
-        if self.plan.unit is Unit.FIRST:
-            rows = tx.execute(_FIRST_LABELS, params).fetchall()
-        else:
-            rows = tx.execute(_KEY_LABELS, {**params, "unit": self.plan.unit.value,
-                                            "step_started": state.step_started_at}).fetchall()
+    def _replay(self, tx: Any, ledger: Ledger, state: RolloutState, progress: Progress) -> None:
+        """Rebuild the ledger of a step from what was stored, as it stood."""
+        ledger.mature_cutoff = progress.mature_cutoff or float("-inf")
+        ledger.expiry_cutoff = progress.expiry_cutoff or float("-inf")
+        for key, event_id, occurred, shadow, eligible, fields, values in tx.execute(
+                _STORED_UNITS, {"rollout": self.rollout}).fetchall():
+            ledger.add_unit(UnitRow(key=key, event_id=event_id, occurred_at=occurred,
+                                    shadow=shadow, eligible=eligible,
+                                    segments=tuple(zip(fields or (), values or (),
+                                                       strict=True))))
+        for key, event_id, agree, decided, occurred, independent in tx.execute(
+                _STORED_LABELS, {"rollout": self.rollout}).fetchall():
+            ledger.add_event(event_id, key, occurred)
+            ledger.label(event_id, agree, decided, occurred, independent)
+            self._rows += 1
+        ledger.feed = [f for f in ledger.feed if f[0] > progress.fed]
+        params = self._params(state)
+        if progress.predicted_through is not None:
+            through = {**params, "since": state.step_started_at,
+                       "through": progress.predicted_through}
+            counts = tx.execute(_TALLY, through).fetchall()[0]
+            ledger.tally = Tally(*counts)
+            for index, count in tx.execute(
+                    _LATENCY_BINS, {**through, "floor": ledger.tally.latency.floor}).fetchall():
+                ledger.tally.latency.counts[index] = count
+                ledger.tally.latency.total += count
+            self._boundary["predictions"] = self._at(
+                tx, "predictions", "predicted_at", progress.predicted_through, state)
+        if progress.compared_through is not None:
+            self._boundary["comparisons"] = self._at(
+                tx, "comparisons", "compared_at", progress.compared_through, state)
+
+    def _at(self, tx: Any, table: str, column: str, at: datetime,
+            state: RolloutState) -> set[str]:
+        extra = "AND comparator = $comparator" if table == "comparisons" else ""
+        params = {**self._params(state), "at": at}
+        if table == "comparisons":
+            params["comparator"] = self.comparator
+        sql = _AT_BOUNDARY.format(table=table, column=column, extra=extra)
+        return {r[0] for r in tx.execute(sql, params).fetchall()}
+
+    def _params(self, state: RolloutState) -> dict[str, Any]:
+        return {"candidate": state.candidate, "version": state.version}
+
+    def _add_predictions(self, ledger: Ledger, state: RolloutState, progress: Progress,
+                         new_units: list[UnitRow]) -> Progress:
+        since = max(progress.predicted_through or state.step_started_at, state.step_started_at)
+        rows = self.store.db.execute(
+            _NEW_PREDICTIONS, {**self._params(state), "since": since}).fetchall()
+        boundary = self._boundary["predictions"]
+        rows = [r for r in rows if not (r[2] == since and r[0] in boundary)]
         if not rows:
             return progress
-        # A stable order inside a batch: when the label arrived, then the key.
-        rows.sort(key=lambda r: (r[3], r[0]))
-        patterns = self.plan.independent_sources
-        labels, seqs = progress.labels, []
-        for row in rows:
-            if row[4] is None:
-                labels += 1
-                seqs.append(labels)
+        events = self._events([r[0] for r in rows if not (r[3] or r[4])],
+                              {**self._params(state), "since": since})
+        tally, eligible_live = ledger.tally, bool(self.plan.independent_sources)
+        for event_id, apart, _, errored, abstained, violated, latency in rows:
+            tally.predictions += 1
+            tally.errors += errored
+            tally.abstained += abstained
+            tally.violations += violated
+            if errored:
+                continue
+            tally.latency.add(latency)
+            found = events.get(event_id)
+            if abstained or found is None:
+                continue
+            key, occurred, segments = found
+            row = UnitRow(key=key, event_id=event_id, occurred_at=occurred, shadow=apart,
+                          eligible=apart or eligible_live, segments=segments)
+            if ledger.add_unit(row):
+                new_units.append(row)
             else:
-                seqs.append(row[4])
-        new_labels = pa.table({
-            "key": [r[0] for r in rows],
-            "agree": pa.array([r[1] for r in rows], pa.float64()),
-            "decided_at": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
-            "independent": [_independent(r[5], patterns) for r in rows],
-            "seq": pa.array(seqs, pa.int64()),
-        })
-        tx.register("new_labels", new_labels)
-        try:
-            tx.execute(_APPLY_LABELS, {"rollout": self.rollout})
-        finally:
-            tx.unregister("new_labels")
-        return replace(progress, labels=labels, compared_through=max(r[3] for r in rows))
+                ledger.add_event(event_id, key, occurred)
+        self._notes.clear()
+        last = rows[-1][2]
+        self._boundary["predictions"] = {r[0] for r in rows if r[2] == last} | (
+            boundary if last == since else set())
+        return replace(progress, predicted_through=last)
 
-    # -- what the gates read --------------------------------------------------------
+    def _events(self, event_ids: list[str], step: dict[str, Any],
+                ) -> dict[str, tuple[str, float, tuple[Segment, ...]]]:
+        """Key, occurrence and segments of these events: noted by the pipeline, else read
+        (by id when few are missing, with the predictions' time range when many are)."""
+        found = {e: self._notes.pop(e) for e in event_ids if e in self._notes}
+        missing = [e for e in event_ids if e not in found]
+        if missing:
+            sql, params = (_EVENTS, {"ids": missing}) if len(missing) <= _FEW else (
+                _STEP_EVENTS, step)
+            wanted = set(missing)
+            for event_id, key, occurred, fields, values in self.store.db.execute(
+                    sql, params).fetchall():
+                if event_id not in wanted:
+                    continue
+                found[event_id] = (key, occurred.timestamp(),
+                                   tuple(zip(fields or (), values or (), strict=True)))
+        return found
+
+    def _add_comparisons(self, ledger: Ledger, state: RolloutState, progress: Progress,
+                         labels: list[tuple[Any, ...]]) -> Progress:
+        since = max(progress.compared_through or state.step_started_at, state.step_started_at)
+        rows = self.store.db.execute(
+            _NEW_COMPARISONS, {**self._params(state), "comparator": self.comparator,
+                               "since": since}).fetchall()
+        boundary = self._boundary["comparisons"]
+        rows = [r for r in rows if not (r[3] == since and r[0] in boundary)]
+        if not rows:
+            return progress
+        sources = self._sources(ledger, rows)
+        for event_id, agree, decided, _ in rows:
+            found = ledger.events.get(event_id)
+            if found is None:
+                continue
+            key, occurred = found
+            independent = _independent(sources.get((key, decided)),
+                                       self.plan.independent_sources)
+            if ledger.label(event_id, agree, decided.timestamp(), occurred, independent):
+                labels.append((key, event_id, agree, decided, occurred, independent))
+        last = rows[-1][3]
+        self._boundary["comparisons"] = {r[0] for r in rows if r[3] == last} | (
+            boundary if last == since else set())
+        return replace(progress, compared_through=last)
+
+    def _sources(self, ledger: Ledger, rows: list[tuple[Any, ...]]) -> dict[tuple[str, Any], str]:
+        """The outcome source of each comparison's decision, when sources can matter."""
+        if not self.plan.independent_sources:
+            return {}
+        keys = sorted({ledger.events[r[0]][0] for r in rows if r[0] in ledger.events})
+        return {(k, d): s for k, d, s in self.store.db.execute(
+            _SOURCES, {"keys": keys}).fetchall()}
+
+    def _window(self, ledger: Ledger) -> tuple[float, float | None]:
+        window = self.plan.label_window
+        seconds = (ledger.delays.quantile(0.95) or 0.0) if window == "auto" else \
+            window.total_seconds()
+        expiry = self.plan.label_expiry
+        if expiry == "never":
+            return seconds, None
+        return seconds, 4 * seconds if expiry == "auto" else expiry.total_seconds()
+
+    # -- what the gates read ------------------------------------------------------------
 
     def counts(self) -> tuple[UnitCounts, tuple[SegmentUnits, ...]]:
         """The step's units and its segments' units, as of the last sync."""
-        db = self.store.db
-        clock, auto = db.execute(_CLOCK, {"rollout": self.rollout}).fetchone() or (None, None)
-        window = self.plan.label_window
-        if window == "auto":
-            window = timedelta(seconds=float(auto or 0.0))
-        assert isinstance(window, timedelta)
-        if clock is None:
-            return UnitCounts(window=window), ()
-        expiry = self.plan.label_expiry
-        expired = (_EARLIEST if expiry == "never" else
-                   clock - (window * 4 if expiry == "auto" else expiry))
-        params = {"rollout": self.rollout, "cutoff": clock - window, "expired": expired}
-        keys, mature, labelled, agreed, dependent, unlabelled = db.execute(
-            _COUNTS, params).fetchall()[0]
-        counts = UnitCounts(keys=keys, mature=mature, labelled=labelled, agreed=float(agreed),
-                            dependent=dependent, expired=unlabelled, window=window, clock=clock)
-        segments = tuple(SegmentUnits(f, v, m, n, float(a)) for f, v, m, n, a in
-                         db.execute(_SEGMENT_COUNTS, params).fetchall())
-        return counts, segments
+        ledger = self._ledger
+        if ledger is None:
+            return UnitCounts(), ()
+        t = ledger.totals
+        window, _ = self._window(ledger)
+        clock = datetime.fromtimestamp(ledger.clock, UTC) if ledger.clock is not None else None
+        counts = UnitCounts(keys=len(ledger.units), mature=t.mature, labelled=t.labelled,
+                            agreed=t.agreed, dependent=ledger.dependent, expired=ledger.expired,
+                            window=timedelta(seconds=window), clock=clock)
+        return counts, tuple(_segment(s, totals) for s, totals in sorted(ledger.segments.items())
+                             if totals.mature)
+
+    def tally(self) -> PredictionTally:
+        if self._ledger is None:
+            return PredictionTally()
+        t = self._ledger.tally
+        return PredictionTally(predictions=t.predictions, errors=t.errors,
+                               abstained=t.abstained, violations=t.violations,
+                               p95_latency_ms=t.latency.quantile(0.95))
 
     def fresh_agreements(self, progress: Progress) -> list[tuple[str, bool]]:
-        """Independent labels the detector has not seen, as ``(key, agreed)`` in the
-        order they arrived (a key's mean agreement of one half or more agrees)."""
-        rows = self.store.db.execute(
-            _FEED, {"rollout": self.rollout, "fed": progress.fed}).fetchall()
-        return [(r[0], bool(r[1])) for r in rows]
+        """Independent first labels the detector has not seen, as ``(key, agreed)`` in
+        the order they arrived (a key's mean agreement of one half or more agrees)."""
+        if self._ledger is None:
+            return []
+        return [(key, agreed) for seq, key, agreed in self._ledger.feed if seq > progress.fed]
 
     def label_delays(self) -> tuple[LabelDelay, ...]:
-        """Label delays of the step's units, split by verdict (agreements first... by
-        ``agreed``: disagreements, then agreements)."""
+        """Label delays of the step's units by verdict: disagreements, then agreements."""
+        if self._ledger is None:
+            return ()
         return tuple(
-            LabelDelay(agreed=bool(a), labelled=n, median=timedelta(seconds=m or 0.0),
-                       p95=timedelta(seconds=p or 0.0))
-            for a, n, m, p in self.store.db.execute(
-                _DELAYS, {"rollout": self.rollout}).fetchall())
+            LabelDelay(agreed=agreed, labelled=h.total,
+                       median=timedelta(seconds=h.quantile(0.5) or 0.0),
+                       p95=timedelta(seconds=h.quantile(0.95) or 0.0))
+            for agreed, h in sorted(self._ledger.verdict_delays.items()))
+
+
+def _segment(segment: Segment, totals: Totals) -> SegmentUnits:
+    return SegmentUnits(segment[0], segment[1], totals.mature, totals.labelled, totals.agreed)
+
+
+def _segments(segment: dict[str, Any]) -> tuple[Segment, ...]:
+    """As ``event_segments`` holds them: text values, JSON for anything else."""
+    return tuple(sorted(
+        (field, value if isinstance(value, str) else orjson.dumps(value).decode())
+        for field, value in segment.items() if value is not None))
 
 
 def _independent(source: str | None, patterns: Sequence[str]) -> bool:
     return source is not None and any(fnmatch.fnmatchcase(source, p) for p in patterns)
 
 
+def _finite(value: float) -> float | None:
+    return value if value != float("-inf") else None
+
+
+def _append(tx: Any, rollout: str, units: Iterable[UnitRow], labels: list[tuple[Any, ...]],
+            *, units_before: int, labels_before: int) -> None:
+    units = list(units)
+    if units:
+        tx.register("new_units", pa.table({
+            "rollout": [rollout] * len(units), "key": [u.key for u in units],
+            "event_id": [u.event_id for u in units],
+            "occurred_at": pa.array([datetime.fromtimestamp(u.occurred_at, UTC) for u in units],
+                                    _TIME),
+            "shadow": [u.shadow for u in units], "eligible": [u.eligible for u in units],
+            "seq": pa.array(range(units_before + 1, units_before + len(units) + 1), pa.int64())}))
+        segments = [(u.key, f, v) for u in units for f, v in u.segments]
+        tx.register("new_segments", pa.table({
+            "rollout": [rollout] * len(segments), "key": [s[0] for s in segments],
+            "field": [s[1] for s in segments], "value": [s[2] for s in segments]},
+            schema=pa.schema([("rollout", pa.string()), ("key", pa.string()),
+                              ("field", pa.string()), ("value", pa.string())])))
+        try:
+            tx.execute("INSERT INTO rollout_units BY NAME SELECT * FROM new_units")
+            tx.execute("INSERT INTO rollout_unit_segments BY NAME SELECT * FROM new_segments")
+        finally:
+            tx.unregister("new_units")
+            tx.unregister("new_segments")
+    if labels:
+        tx.register("new_labels", pa.table({
+            "rollout": [rollout] * len(labels), "key": [r[0] for r in labels],
+            "event_id": [r[1] for r in labels], "agree": [bool(r[2]) for r in labels],
+            "decided_at": pa.array([r[3] for r in labels], _TIME),
+            "occurred_at": pa.array([datetime.fromtimestamp(r[4], UTC) for r in labels], _TIME),
+            "independent": [r[5] for r in labels],
+            "seq": pa.array(range(labels_before + 1, labels_before + len(labels) + 1),
+                            pa.int64())}))
+        try:
+            tx.execute("INSERT INTO rollout_labels BY NAME SELECT * FROM new_labels")
+        finally:
+            tx.unregister("new_labels")
+
+
 def _save(tx: Any, p: Progress) -> None:
     d = p.detector
     tx.execute(
         "INSERT OR REPLACE INTO rollout_progress (rollout, step_started_at, predicted_through, "
-        "compared_through, labels, fed, evaluated_labels, statistic, seen, alarmed_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "compared_through, labels, fed, evaluated_labels, statistic, seen, alarmed_at, "
+        "mature_cutoff, expiry_cutoff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [p.rollout, p.step_started_at, p.predicted_through, p.compared_through, p.labels, p.fed,
-         p.evaluated_labels, d.statistic, d.seen, d.alarmed_at])
+         p.evaluated_labels, d.statistic, d.seen, d.alarmed_at, p.mature_cutoff,
+         p.expiry_cutoff])

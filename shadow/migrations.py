@@ -167,28 +167,35 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (6, [
         "ALTER TABLE comparisons ADD COLUMN note VARCHAR",
     ]),
-    # What the rollout gates count: one unit per key of the current step, kept up
-    # to date incrementally, and where the incremental work and the forward-running
-    # rollback detector stand (rollout/units.py).
+    # What the rollout gates count: one unit per key of the current step, with the
+    # labels it got in the order they arrived, and where the incremental work and the
+    # forward-running rollback detector stand (rollout/units.py). Append-only: a
+    # restarted controller replays them in ``seq`` order.
     (7, [
         """CREATE TABLE rollout_units (
             rollout VARCHAR NOT NULL,
+            seq BIGINT NOT NULL,
             key VARCHAR NOT NULL,
             event_id VARCHAR NOT NULL,
             occurred_at TIMESTAMPTZ NOT NULL,
             shadow BOOLEAN NOT NULL,
-            eligible BOOLEAN NOT NULL,
-            agree DOUBLE,
-            independent BOOLEAN,
-            decided_at TIMESTAMPTZ,
-            label_seq BIGINT,
-            PRIMARY KEY (rollout, key)
+            eligible BOOLEAN NOT NULL
         )""",
         """CREATE TABLE rollout_unit_segments (
             rollout VARCHAR NOT NULL,
             key VARCHAR NOT NULL,
             field VARCHAR NOT NULL,
             value VARCHAR NOT NULL
+        )""",
+        """CREATE TABLE rollout_labels (
+            rollout VARCHAR NOT NULL,
+            seq BIGINT NOT NULL,
+            key VARCHAR NOT NULL,
+            event_id VARCHAR NOT NULL,
+            agree BOOLEAN NOT NULL,
+            independent BOOLEAN NOT NULL,
+            decided_at TIMESTAMPTZ NOT NULL,
+            occurred_at TIMESTAMPTZ NOT NULL
         )""",
         """CREATE TABLE rollout_progress (
             rollout VARCHAR NOT NULL PRIMARY KEY,
@@ -200,7 +207,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             evaluated_labels BIGINT NOT NULL,
             statistic INTEGER NOT NULL,
             seen BIGINT NOT NULL,
-            alarmed_at BIGINT
+            alarmed_at BIGINT,
+            mature_cutoff DOUBLE,
+            expiry_cutoff DOUBLE
         )""",
     ]),
 ]

@@ -314,7 +314,7 @@ def test_retried_predictions_are_checked_too(tmp_path: Path) -> None:
 def plan(steps: list[dict[str, Any]], **gates: Any) -> RolloutSpec:
     return RolloutSpec.model_validate({
         "name": "triage", "steps": steps, "sink": {"kind": "file", "path": "unused.jsonl"},
-        "gates": {"agreement": 0.5, **gates}, "rollback": {"healthy": 0.95, "degraded": 0.8},
+        "gates": {"agreement": 0.5, **gates}, "rollback": {"healthy": 0.55, "degraded": 0.4},
     })
 
 

@@ -272,3 +272,19 @@ def test_status_warns_when_labels_are_too_few_to_catch_a_drop_in_time(tmp_path: 
         clock.now += timedelta(hours=5)
         (warning,) = controller.assess().warnings
         assert "independent labels arrive at 0.0 keys per day" in warning
+
+
+def test_a_new_candidate_version_restarts_the_step_even_at_the_start(tmp_path: Path) -> None:
+    spec = plan([{"percent": 0, "min_compared": 100}, {"percent": 100}])
+    clock = ticking()
+    with Store(tmp_path / "s.duckdb") as store:
+        first = Controller(store, spec, rollout="triage", candidate="triage", version="1",
+                           comparator="exact", now=clock)
+        started = first.sync().step_started_at
+        second = Controller(store, spec, rollout="triage", candidate="triage", version="2",
+                            comparator="exact", now=clock)
+        state = second.sync()
+        assert (state.step, state.version) == (0, "2")
+        assert state.step_started_at > started  # the statistics start again
+        (restart,) = [r for r in audit.history(store, "triage") if r.action is Action.RESTART]
+        assert "from triage 1 to triage 2" in restart.reason

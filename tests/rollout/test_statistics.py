@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -16,13 +17,19 @@ import pytest
 from rollout.statistics import (
     Bounds,
     Cusum,
+    DetectorState,
     Method,
+    _log_regularised_beta,
     average_run_length,
     beta_binomial,
     beta_binomial_high_below,
     beta_binomial_low_at_least,
     confidence_sequence,
+    log_above,
+    log_below,
     normal_mixture,
+    one_sided,
+    one_sided_bounds,
 )
 
 # -- independent references ---------------------------------------------------------
@@ -226,7 +233,9 @@ def test_normal_mixture_clips_to_the_unit_interval() -> None:
 
 
 def test_confidence_sequence_dispatches_on_the_method() -> None:
-    assert confidence_sequence(95, 100, 0.05) == beta_binomial(95, 100, 0.05)
+    assert confidence_sequence(95, 100, 0.05) == one_sided_bounds(95, 100, 0.05)
+    assert confidence_sequence(95, 100, 0.05, Method.BETA_BINOMIAL) == beta_binomial(
+        95, 100, 0.05)
     assert confidence_sequence(95, 100, 0.05, Method.NORMAL_MIXTURE, tuning=200) == (
         normal_mixture(95, 100, 0.05, 200))
 
@@ -354,3 +363,105 @@ def test_design_refuses_what_it_cannot_build(
     with pytest.raises(ValueError):
         Cusum.design(healthy=healthy, degraded=degraded, false_alarm=false_alarm,
                      horizon=horizon)
+
+
+# -- one-sided mixtures ---------------------------------------------------------------
+
+
+def binomial_upper_tail(a: int, b: int, x: float) -> float:
+    """I_x(a, b) for whole a, b: the chance of at least a successes in a + b − 1 trials."""
+    n = a + b - 1
+    return sum(math.comb(n, k) * x**k * (1 - x) ** (n - k) for k in range(a, n + 1))
+
+
+@pytest.mark.parametrize(("a", "b", "x"), [(3, 5, 0.2), (50, 4, 0.9), (900, 60, 0.93),
+                                           (5, 200, 0.01), (1, 1, 0.5), (400, 2, 0.999)])
+def test_the_incomplete_beta_matches_the_binomial_sum(a: int, b: int, x: float) -> None:
+    assert math.exp(_log_regularised_beta(x, a, b)) == pytest.approx(
+        binomial_upper_tail(a, b, x), rel=1e-9)
+
+
+def above_by_integration(s: float, n: int, t: float, grid: int = 40_000) -> float:
+    logs = [s * math.log(q / t) + (n - s) * math.log((1 - q) / (1 - t))
+            for q in (t + (i + 0.5) * (1 - t) / grid for i in range(grid))]
+    top = max(logs)
+    return top + math.log(sum(math.exp(v - top) for v in logs) / grid)
+
+
+@pytest.mark.parametrize(("s", "n", "t"), [(95, 100, 0.9), (40, 50, 0.9), (9.5, 10, 0.8),
+                                           (2700, 2900, 0.92), (0, 20, 0.5)])
+def test_the_upper_mixture_is_the_integral_it_is_defined_as(s: float, n: int, t: float) -> None:
+    assert log_above(s, n, t) == pytest.approx(above_by_integration(s, n, t), abs=1e-6)
+
+
+def test_the_lower_mixture_mirrors_the_upper_one() -> None:
+    assert log_below(10, 100, 0.2) == pytest.approx(log_above(90, 100, 0.8))
+
+
+def test_the_one_sided_test_errs_at_most_alpha_at_the_threshold_under_continuous_monitoring(
+) -> None:
+    """Exact: the chance that a candidate at the threshold is ever shown above it, looking
+    after every comparison up to 2,000, by dynamic programming over the successes."""
+    t, alpha, horizon = 0.9, 0.05, 2000
+    alive = {0: 1.0}  # successes → probability, over paths not yet shown above
+    crossed = 0.0
+    verdicts: dict[tuple[int, int], int] = {}
+    for n in range(1, horizon + 1):
+        step: dict[int, float] = {}
+        for k, mass in alive.items():
+            step[k + 1] = step.get(k + 1, 0.0) + mass * t
+            step[k] = step.get(k, 0.0) + mass * (1 - t)
+        alive = {}
+        for k, mass in step.items():
+            verdict = verdicts.setdefault((k, n), one_sided(k, n, t, alpha))
+            if verdict == 1:
+                crossed += mass
+            else:
+                alive[k] = mass
+    assert 0.001 < crossed <= alpha
+
+
+def test_values_between_0_and_1_are_accepted_as_means() -> None:
+    assert one_sided(95.5, 100, 0.8, 0.05) == 1
+    assert log_above(95.5, 100, 0.8) == pytest.approx(above_by_integration(95.5, 100, 0.8),
+                                                      abs=1e-6)
+
+
+def test_the_one_sided_bounds_are_where_each_test_just_decides() -> None:
+    bounds = one_sided_bounds(95, 100, 0.05)
+    assert bounds.low is not None and bounds.high is not None
+    assert log_above(95, 100, bounds.low) == pytest.approx(math.log(20), abs=1e-3)
+    assert log_below(95, 100, bounds.high) == pytest.approx(math.log(20), abs=1e-3)
+    # Narrower below than the two-sided mixture's, which spends α on both sides.
+    assert bounds.low > (beta_binomial(95, 100, 0.05).low or 1.0)
+
+
+# -- the forward detector ---------------------------------------------------------------
+
+
+def test_advancing_in_pieces_equals_advancing_at_once() -> None:
+    rng = random.Random(3)
+    detector = Cusum.design(healthy=0.95, degraded=0.8, false_alarm=0.01, horizon=500)
+    agreements = [rng.random() < 0.93 for _ in range(3000)]
+    whole = detector.advance(DetectorState(), agreements)
+    state = DetectorState()
+    for start in range(0, 3000, 137):
+        state = detector.advance(state, agreements[start:start + 137])
+    assert state == whole
+
+
+def test_the_budget_renews_every_horizon_with_half_the_chance() -> None:
+    detector = Cusum.design(healthy=0.95, degraded=0.8, false_alarm=0.01, horizon=1000)
+    for epoch in range(4):
+        threshold = detector.threshold_at(epoch * 1000 + 5)
+        target = -1000 / math.log1p(-0.01 / 2**epoch)
+        assert average_run_length(0.05, detector.up, threshold) >= target
+        assert average_run_length(0.05, detector.up, threshold - 1) < target
+    assert detector.threshold_at(999) == detector.threshold < detector.threshold_at(1000)
+
+
+def test_an_alarm_is_final() -> None:
+    detector = Cusum(healthy=0.95, degraded=0.8, up=8, threshold=16)
+    alarmed = detector.advance(DetectorState(), [False, False])
+    assert alarmed.alarmed_at == 2
+    assert detector.advance(alarmed, [True] * 100) == alarmed
