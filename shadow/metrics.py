@@ -312,7 +312,30 @@ def _rollouts(db: duckdb.DuckDBPyConnection) -> list[Metric]:
         "GROUP BY ALL ORDER BY ALL", [[a.value for a in Action]]).fetchall()
     for rollout, action, n in rows:
         transitions.add_metric([rollout, action], n)
-    return [info, percent, step, status, transitions]
+    return [info, percent, step, status, transitions, _label_delays(db)]
+
+
+_LABEL_DELAYS = """
+SELECT rollout, CASE WHEN agree THEN 'agree' ELSE 'disagree' END,
+       quantile_cont(delay, 0.5), quantile_cont(delay, 0.95)
+FROM (SELECT rollout, agree, greatest(epoch(decided_at) - epoch(occurred_at), 0) AS delay
+      FROM rollout_labels
+      QUALIFY row_number() OVER (PARTITION BY rollout, key ORDER BY seq) = 1)
+GROUP BY ALL ORDER BY ALL
+"""
+
+
+def _label_delays(db: duckdb.DuckDBPyConnection) -> Metric:
+    """How long the current step's keys waited for their first label, by verdict: a
+    disagreement labelled later than an agreement is the bias the label window handles."""
+    delays = GaugeMetricFamily(
+        "shadow_rollout_label_delay_seconds", "Data time from a key's first event of the "
+        "step to its first label's decision, by verdict (median and 95th percentile).",
+        labels=["rollout", "verdict", "quantile"])
+    for rollout, verdict, median, p95 in db.execute(_LABEL_DELAYS).fetchall():
+        delays.add_metric([rollout, verdict, "0.5"], median)
+        delays.add_metric([rollout, verdict, "0.95"], p95)
+    return delays
 
 
 _LATEST_EVALUATIONS = """

@@ -251,6 +251,7 @@ def test_the_metrics_parse_as_prometheus_text_with_the_expected_types(filled: Fi
         "shadow_live_decisions_published": "counter", "shadow_live_decisions_pending": "gauge",
         "shadow_rollout_percent": "gauge", "shadow_rollout_step": "gauge",
         "shadow_rollout_status": "gauge", "shadow_rollout_transitions": "counter",
+        "shadow_rollout_label_delay_seconds": "gauge",
         "shadow_gate_phase": "gauge", "shadow_gate_value": "gauge",
         "shadow_gate_threshold": "gauge", "shadow_gate_low": "gauge",
         "shadow_gate_high": "gauge", "shadow_gate_samples": "gauge", "shadow_up": "gauge",
@@ -358,6 +359,52 @@ def test_rollout_gauges_match_the_state(filled: Filled) -> None:
     transitions = filled.series("shadow_rollout_transitions_total", "rollout", "action")
     assert transitions == {("triage", a.value): float(a in (Action.START, Action.PROMOTE))
                            for a in Action}
+
+
+def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
+    """Disagreements labelled later than agreements, as the median and 95th percentile of
+    each verdict's delays, computed here from the data written."""
+    clock = ticking()
+    plan = RolloutSpec.model_validate({"name": "delays", "steps": [{"percent": 0}]})
+    comparator = build_comparator(ExactSpec())
+
+    def answer(e: Event) -> str:
+        return "a" if int(e.event_id[1:]) % 4 else "b"
+
+    delays: dict[str, list[float]] = {"agree": [], "disagree": []}
+    events, labels = [], []
+    for i in range(200):
+        occurred = START + timedelta(minutes=i)
+        agrees = i % 4 != 0
+        delay = timedelta(minutes=10 + (i % 7)) * (1 if agrees else 6)
+        delays["agree" if agrees else "disagree"].append(delay.total_seconds())
+        events.append({"event_id": f"e{i}", "key": f"k{i}", "occurred_at": occurred.isoformat(),
+                       "payload": {}})
+        labels.append({"key": f"k{i}", "outcome": "a",
+                       "decided_at": (occurred + delay).isoformat()})
+    with Store(tmp_path / "s.duckdb") as store:
+        controller = Controller(store, plan, rollout="delays", candidate="c", version="1",
+                                comparator=comparator.name, now=clock)
+        controller.sync()
+        live = LiveRollout(controller, RecordingSink(),
+                           compare=lambda: compare(store, comparator, now=clock))
+        with CallableCandidate(answer, name="c", version="1") as candidate:
+            Replay(store, candidate, comparator, now=clock, rollout=live).run(
+                [ListSource(events)], [ListSource(labels)])
+        found = series(parse(render_metrics(store)), "shadow_rollout_label_delay_seconds",
+                       "rollout", "verdict", "quantile")
+    for verdict, values in delays.items():
+        ordered = sorted(values)
+
+        def quantile(q: float, ordered: list[float] = ordered) -> float:
+            position = q * (len(ordered) - 1)  # linear interpolation, as quantile_cont
+            low = int(position)
+            high = min(low + 1, len(ordered) - 1)
+            return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+        assert found[("delays", verdict, "0.5")] == pytest.approx(quantile(0.5))
+        assert found[("delays", verdict, "0.95")] == pytest.approx(quantile(0.95))
+    assert found[("delays", "disagree", "0.5")] > 5 * found[("delays", "agree", "0.5")]
 
 
 @pytest.mark.parametrize("kind", ["promotion", "rollback"])
