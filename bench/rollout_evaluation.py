@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from rollout.controller import Controller  # noqa: E402
 from rollout.plan import RolloutSpec  # noqa: E402
+from shadow.models import Event  # noqa: E402
 from shadow.store import Store  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -77,6 +78,15 @@ class Clock:
         return self.now
 
 
+def routed(low: int, high: int) -> list[Event]:
+    """The events ``fill`` writes for ``low … high``, as the pipeline holds them."""
+    return [Event(event_id=f"e{i}", key=f"k{i}", occurred_at=START + timedelta(seconds=i),
+                  segment={"language": ["en", "de", "fr"][i % 3],
+                           "channel": ["email", "chat"][i % 2],
+                           "tier": ["free", "pro", "enterprise", "team"][i % 4]})
+            for i in range(low, high)]
+
+
 def fill(store: Store, low: int, high: int) -> None:
     with store.transaction() as tx:
         for statement in _FILL:
@@ -107,6 +117,9 @@ def main() -> None:
         ours, reference = [], []
         high = args.keys
         for _ in range(args.runs):
+            # As the pipeline does: it hands the events it routed to the rollout.
+            controller.units.note(routed(high, high + args.new), (f"e{i}" for i in range(
+                high, high + args.new)))
             fill(store, high, high + args.new)
             high += args.new
             clock.now = START + timedelta(seconds=high + 120)

@@ -70,7 +70,7 @@ class LiveRollout:
         """Mark the rolled-out candidate's predictions live or shadow, by the current router."""
         router: Router = self.controller.router()
         step = self.controller.state.step
-        self.controller.units.note(events, predictions)
+        self.controller.units.note(events, (p.event_id for p in predictions))
         keys = {e.event_id: e.route for e in events}
         candidate, version = self.controller.candidate, self.controller.version
         routed = []

@@ -48,10 +48,8 @@ from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow
 from rollout.plan import RolloutSpec
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
-from shadow.models import Event, Prediction
+from shadow.models import Event
 from shadow.store import Store
-
-_TIME = pa.timestamp("us", tz="UTC")
 
 _NEW_PREDICTIONS = """
 SELECT event_id, mode = 'shadow' OR review, predicted_at, error_type IS NOT NULL, abstained,
@@ -239,10 +237,10 @@ class Units:
 
     # -- from the pipeline ----------------------------------------------------------
 
-    def note(self, events: Sequence[Event], predictions: Sequence[Prediction]) -> None:
-        """The events behind a batch of the rolled-out candidate's predictions, so that the
-        next sync need not look them up; called before the batch is written."""
-        predicted = {p.event_id for p in predictions}
+    def note(self, events: Sequence[Event], predicted: Iterable[str]) -> None:
+        """The events behind a batch of predictions (by event id), so that the next sync
+        need not look them up; called before the batch is written."""
+        predicted = set(predicted)
         for e in events:
             if e.event_id in predicted:
                 self._notes[e.event_id] = (e.key, e.occurred_at.timestamp(),
@@ -521,40 +519,44 @@ def _finite(value: float) -> float | None:
 
 def _append(tx: Any, rollout: str, units: Iterable[UnitRow], labels: list[tuple[Any, ...]],
             *, units_before: int, labels_before: int) -> None:
+    """Append the new units, their segments and the new labels (times as epoch seconds,
+    turned into timestamps by DuckDB: a Python datetime per row costs more than the rest)."""
     units = list(units)
     if units:
-        tx.register("new_units", pa.table({
+        segments = [(u.key, f, v) for u in units for f, v in u.segments]
+        _insert(tx, "rollout_units", {
             "rollout": [rollout] * len(units), "key": [u.key for u in units],
             "event_id": [u.event_id for u in units],
-            "occurred_at": pa.array([datetime.fromtimestamp(u.occurred_at, UTC) for u in units],
-                                    _TIME),
+            "occurred_at": [u.occurred_at for u in units],
             "shadow": [u.shadow for u in units], "eligible": [u.eligible for u in units],
-            "seq": pa.array(range(units_before + 1, units_before + len(units) + 1), pa.int64())}))
-        segments = [(u.key, f, v) for u in units for f, v in u.segments]
-        tx.register("new_segments", pa.table({
+            "seq": range(units_before + 1, units_before + len(units) + 1)})
+        _insert(tx, "rollout_unit_segments", {
             "rollout": [rollout] * len(segments), "key": [s[0] for s in segments],
-            "field": [s[1] for s in segments], "value": [s[2] for s in segments]},
-            schema=pa.schema([("rollout", pa.string()), ("key", pa.string()),
-                              ("field", pa.string()), ("value", pa.string())])))
-        try:
-            tx.execute("INSERT INTO rollout_units BY NAME SELECT * FROM new_units")
-            tx.execute("INSERT INTO rollout_unit_segments BY NAME SELECT * FROM new_segments")
-        finally:
-            tx.unregister("new_units")
-            tx.unregister("new_segments")
+            "field": [s[1] for s in segments], "value": [s[2] for s in segments]})
     if labels:
-        tx.register("new_labels", pa.table({
+        _insert(tx, "rollout_labels", {
             "rollout": [rollout] * len(labels), "key": [r[0] for r in labels],
             "event_id": [r[1] for r in labels], "agree": [bool(r[2]) for r in labels],
-            "decided_at": pa.array([r[3] for r in labels], _TIME),
-            "occurred_at": pa.array([datetime.fromtimestamp(r[4], UTC) for r in labels], _TIME),
-            "independent": [r[5] for r in labels],
-            "seq": pa.array(range(labels_before + 1, labels_before + len(labels) + 1),
-                            pa.int64())}))
-        try:
-            tx.execute("INSERT INTO rollout_labels BY NAME SELECT * FROM new_labels")
-        finally:
-            tx.unregister("new_labels")
+            "decided_at": [r[3].timestamp() for r in labels],
+            "occurred_at": [r[4] for r in labels], "independent": [r[5] for r in labels],
+            "seq": range(labels_before + 1, labels_before + len(labels) + 1)})
+
+
+_TYPES = {"rollout": pa.string(), "key": pa.string(), "event_id": pa.string(),
+          "field": pa.string(), "value": pa.string(), "occurred_at": pa.float64(),
+          "decided_at": pa.float64(), "shadow": pa.bool_(), "eligible": pa.bool_(),
+          "agree": pa.bool_(), "independent": pa.bool_(), "seq": pa.int64()}
+
+
+def _insert(tx: Any, table: str, columns: dict[str, Any]) -> None:
+    rows = pa.table({name: pa.array(values, _TYPES[name]) for name, values in columns.items()})
+    times = {"occurred_at", "decided_at"} & set(columns)
+    select = ", ".join(f"to_timestamp({c}) AS {c}" if c in times else c for c in columns)
+    tx.register("new_rows", rows)
+    try:
+        tx.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM new_rows")
+    finally:
+        tx.unregister("new_rows")
 
 
 def _save(tx: Any, p: Progress) -> None:
