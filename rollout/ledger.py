@@ -135,7 +135,9 @@ class Ledger:
         return True
 
     def add_event(self, event_id: str, key: str, occurred_at: float) -> None:
-        """Another event of a known key (``last`` and ``mean`` units judge them all)."""
+        """Another event of a known key (``last`` and ``mean`` units judge them all); it
+        moves the data clock like any event of the step."""
+        self._tick(occurred_at)
         if self.unit is not Unit.FIRST and key in self.units:
             self.events[event_id] = (key, occurred_at)
 

@@ -10,8 +10,8 @@ predictions (``mean``).
 Two rules keep the counts honest on real traffic:
 
 * **Mature labels only.** A unit is judged once its label window has passed
-  (data time: the newest ``occurred_at`` or ``decided_at`` among the step's
-  units, so a replay of last year's export ages as its data did). A mature
+  (data time: the newest ``occurred_at`` of the step's events or ``decided_at``
+  of its labels, so a replay of last year's export ages as its data did). A mature
   unit without a label counts as a disagreement for the promotion test and
   as an agreement for the failing test, so labels that arrive late for the
   hard cases cannot flatter the candidate. A key with no label after
@@ -150,6 +150,8 @@ class Progress:
     detector: DetectorState = DetectorState()
     mature_cutoff: float | None = None
     expiry_cutoff: float | None = None
+    clock: float | None = None
+    """The data clock, epoch seconds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,7 +172,7 @@ class UnitCounts:
     """Units left out: no label within ``label_expiry``."""
     window: timedelta = timedelta(0)
     clock: datetime | None = None
-    """Data time: the newest ``occurred_at`` or label ``decided_at`` among the step's units."""
+    """Data time: the newest ``occurred_at`` or label ``decided_at`` of the step's events."""
 
     @property
     def pending(self) -> int:
@@ -252,14 +254,14 @@ class Units:
         """The stored progress of ``state``'s step; a fresh one when the step is new."""
         row = self.store.db.execute(
             "SELECT step_started_at, predicted_through, compared_through, labels, fed, "
-            "evaluated_labels, statistic, seen, alarmed_at, mature_cutoff, expiry_cutoff "
+            "evaluated_labels, statistic, seen, alarmed_at, mature_cutoff, expiry_cutoff, clock "
             "FROM rollout_progress WHERE rollout = ?", [self.rollout]).fetchone()
         if row is None or row[0] != state.step_started_at:
             return Progress(rollout=self.rollout, step_started_at=state.step_started_at)
         return Progress(rollout=self.rollout, step_started_at=row[0], predicted_through=row[1],
                         compared_through=row[2], labels=row[3], fed=row[4],
                         evaluated_labels=row[5], detector=DetectorState(row[6], row[7], row[8]),
-                        mature_cutoff=row[9], expiry_cutoff=row[10])
+                        mature_cutoff=row[9], expiry_cutoff=row[10], clock=row[11])
 
     def save(self, progress: Progress) -> None:
         """Store ``progress`` (the detector's state after an evaluation); drops fed labels."""
@@ -286,7 +288,8 @@ class Units:
         window, expiry = self._window(ledger)
         ledger.advance(window, expiry)
         progress = replace(progress, labels=ledger.labels, mature_cutoff=_finite(
-            ledger.mature_cutoff), expiry_cutoff=_finite(ledger.expiry_cutoff))
+            ledger.mature_cutoff), expiry_cutoff=_finite(ledger.expiry_cutoff),
+            clock=ledger.clock)
         if not self.store.read_only:
             with self.store.transaction() as tx:
                 _append(tx, self.rollout, new_units, labels,
@@ -332,6 +335,8 @@ class Units:
             ledger.label(event_id, agree, decided, occurred, independent)
             self._rows += 1
         ledger.feed = [f for f in ledger.feed if f[0] > progress.fed]
+        if progress.clock is not None:
+            ledger.clock = max(ledger.clock or progress.clock, progress.clock)
         params = self._params(state)
         if progress.predicted_through is not None:
             through = {**params, "since": state.step_started_at,
@@ -564,7 +569,7 @@ def _save(tx: Any, p: Progress) -> None:
     tx.execute(
         "INSERT OR REPLACE INTO rollout_progress (rollout, step_started_at, predicted_through, "
         "compared_through, labels, fed, evaluated_labels, statistic, seen, alarmed_at, "
-        "mature_cutoff, expiry_cutoff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "mature_cutoff, expiry_cutoff, clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [p.rollout, p.step_started_at, p.predicted_through, p.compared_through, p.labels, p.fed,
          p.evaluated_labels, d.statistic, d.seen, d.alarmed_at, p.mature_cutoff,
-         p.expiry_cutoff])
+         p.expiry_cutoff, p.clock])

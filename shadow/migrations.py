@@ -209,7 +209,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             seen BIGINT NOT NULL,
             alarmed_at BIGINT,
             mature_cutoff DOUBLE,
-            expiry_cutoff DOUBLE
+            expiry_cutoff DOUBLE,
+            clock DOUBLE
         )""",
     ]),
 ]

@@ -1,0 +1,180 @@
+"""The step's units in a real store: counted as the data says, and the same after a restart."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.testing import ListSource, RecordingSink
+from rollout.controller import Controller
+from rollout.plan import RolloutSpec
+from rollout.runtime import LiveRollout
+from rollout.state import Action
+from rollout.units import UnitCounts
+from shadow.candidates import CallableCandidate
+from shadow.comparator_specs import ExactSpec
+from shadow.comparators import build_comparator
+from shadow.compare import compare
+from shadow.models import Event
+from shadow.runner import Replay
+from shadow.store import Store
+from tests.clock import SteppingClock
+
+START = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+KEYS = 300
+EVENTS_PER_KEY = 3
+LABELLED = 150  # keys 0 … 149 get an outcome; the rest never do
+
+
+def plan(**extra: Any) -> RolloutSpec:
+    return RolloutSpec.model_validate({
+        "name": "triage", "steps": [{"percent": 0, "min_compared": 10_000}, {"percent": 100}],
+        "sink": {"kind": "file", "path": "unused.jsonl"}, "label_window": "2h",
+        "label_expiry": "never", **extra})
+
+
+def key_agrees(k: int) -> bool:
+    return k % 5 != 0
+
+
+def answer(event: Event) -> str:
+    k = int(event.key.removeprefix("k"))
+    return "right" if key_agrees(k) else "wrong"
+
+
+def events() -> list[dict[str, Any]]:
+    return [{"event_id": f"e{k}-{j}", "key": f"k{k}",
+             "occurred_at": (START + timedelta(minutes=k + 10 * j)).isoformat(),
+             "segment": {"language": "de" if k % 3 == 0 else "en"}, "payload": {}}
+            for j in range(EVENTS_PER_KEY) for k in range(KEYS)]
+
+
+def outcomes() -> list[dict[str, Any]]:
+    return [{"key": f"k{k}", "outcome": "right",
+             "decided_at": (START + timedelta(minutes=k + 60)).isoformat()}
+            for k in range(LABELLED)]
+
+
+def expected(clock_minutes: float, window_minutes: float) -> UnitCounts:
+    """The counts by hand: a key is judged when its first event is old enough; judged
+    keys without an outcome are pending; agreement per key, not per event."""
+    cutoff = clock_minutes - window_minutes
+    judged = [k for k in range(KEYS) if k <= cutoff]
+    labelled = [k for k in judged if k < LABELLED]
+    return UnitCounts(keys=KEYS, mature=len(judged), labelled=len(labelled),
+                      agreed=float(sum(key_agrees(k) for k in labelled)))
+
+
+def replay(db: Path, spec: RolloutSpec, *, after: Callable[[Controller], None] | None = None,
+           ) -> Controller:
+    clock = SteppingClock(START, timedelta(seconds=1))
+    comparator = build_comparator(ExactSpec())
+    store = Store(db)
+    store.open()
+    controller = Controller(store, spec, rollout="triage", candidate="triage", version="1",
+                            comparator=comparator.name, now=clock)
+    controller.sync()
+    if after is not None:
+        after(controller)
+    live = LiveRollout(controller, RecordingSink(),
+                       compare=lambda: compare(store, comparator, now=clock))
+    with live.sink, CallableCandidate(answer, name="triage", version="1") as candidate:
+        Replay(store, candidate, comparator, now=clock, rollout=live).run(
+            [ListSource(events(), name="events")], [ListSource(outcomes(), name="outcomes")])
+    return controller
+
+
+def counts(controller: Controller) -> UnitCounts:
+    found, _ = controller.units.counts()
+    return UnitCounts(keys=found.keys, mature=found.mature, labelled=found.labelled,
+                      agreed=found.agreed)
+
+
+def test_keys_are_counted_once_when_their_label_window_has_passed(tmp_path: Path) -> None:
+    controller = replay(tmp_path / "s.duckdb", plan())
+    try:
+        found, _ = controller.units.counts()
+        # The data clock: the newest event (key 299's third, at 299 + 20 minutes) or
+        # decision (key 149's, at 149 + 60), whichever is later.
+        clock = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
+        assert found.clock == START + timedelta(minutes=clock)
+        assert counts(controller) == expected(clock, 120)
+        assert found.pending > 0  # the unlabelled keys count against the candidate
+    finally:
+        controller.store.close()
+
+
+def test_a_restarted_controller_counts_what_the_first_one_counted(tmp_path: Path) -> None:
+    first = replay(tmp_path / "s.duckdb", plan())
+    before, segments_before = first.units.counts()
+    progress = first.units.progress(first.state)
+    first.store.close()
+    with Store(tmp_path / "s.duckdb") as store:
+        again = Controller(store, plan(), rollout="triage", candidate="triage", version="1",
+                           comparator="exact")
+        again.attach()
+        after_sync = again.progress()
+        after, segments_after = again.units.counts()
+        assert (after, segments_after) == (before, segments_before)
+        assert after_sync.labels == progress.labels
+        assert again.units.tally() == first.units.tally()
+    with Store(tmp_path / "s.duckdb", read_only=True) as store:
+        reader = Controller(store, plan(), rollout="triage", candidate="triage", version="1",
+                            comparator="exact")
+        reader.attach()
+        assert reader.assess().stats is not None
+        assert reader.units.counts() == (before, segments_before)
+
+
+def test_segments_count_their_keys_once(tmp_path: Path) -> None:
+    controller = replay(tmp_path / "s.duckdb", plan())
+    try:
+        _, segments = controller.units.counts()
+        clock = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
+        judged = [k for k in range(KEYS) if k <= clock - 120]
+        for s in segments:
+            keys = [k for k in judged if (k % 3 == 0) == (s.value == "de")]
+            labelled = [k for k in keys if k < LABELLED]
+            assert (s.field, s.mature, s.labelled) == ("language", len(keys), len(labelled))
+            assert s.agreed == sum(key_agrees(k) for k in labelled)
+    finally:
+        controller.store.close()
+
+
+def test_live_units_count_only_when_an_independent_source_labels_them(tmp_path: Path) -> None:
+    def go_live(controller: Controller) -> None:
+        controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
+
+    echoing = replay(tmp_path / "a.duckdb", plan(), after=go_live)
+    try:
+        found, _ = echoing.units.counts()
+        assert (found.mature, found.labelled) == (0, 0)
+        assert found.dependent == LABELLED  # every labelled key was live: left out
+    finally:
+        echoing.store.close()
+    declared = replay(tmp_path / "b.duckdb", plan(independent_sources=["outc*"]), after=go_live)
+    try:
+        clock = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
+        assert counts(declared) == expected(clock, 120)
+    finally:
+        declared.store.close()
+
+
+@pytest.mark.parametrize(("expiry", "pending"), [("never", True), ("3h", False)])
+def test_keys_never_labelled_stop_counting_after_their_expiry(
+    tmp_path: Path, expiry: str, pending: bool
+) -> None:
+    controller = replay(tmp_path / "s.duckdb", plan(label_expiry=expiry))
+    try:
+        found, _ = controller.units.counts()
+        clock = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
+        lapsed = [k for k in range(LABELLED, KEYS) if k <= clock - 180]
+        assert found.expired == (0 if pending else len(lapsed))
+        assert found.pending == len([k for k in range(LABELLED, KEYS) if k <= clock - 120]) - (
+            0 if pending else len(lapsed))
+    finally:
+        controller.store.close()
