@@ -43,6 +43,9 @@ class Delays:
     quantile: float = 0.95
     """``label_window: auto``: this quantile of the delays observed so far."""
     min_labelled: float = 0.8
+    expiry: float | None = 4.0
+    """``label_expiry: auto``: unlabelled keys older than this many windows leave the count
+    (``None``: never)."""
 
     def __post_init__(self) -> None:
         if not self.mean_delay >= 0.0 or not self.slower > 0.0:
@@ -52,6 +55,8 @@ class Delays:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ParameterError(name, f"must be between 0 and 1, got {value}")
+        if self.expiry is not None and not self.expiry >= 1.0:
+            raise ParameterError("expiry", f"must be at least one window, got {self.expiry}")
 
 
 class _Window:
@@ -103,6 +108,7 @@ def late_run(rng: random.Random, agreement: float, delays: Delays, setting: Gate
     fast, slow = delays.mean_delay, delays.mean_delay * delays.slower
     uniform, log = rng.random, math.log
     cursor = cursor_labelled = cursor_agreed = 0  # mature counts: keys 1 … cursor
+    lapse = lapse_labelled = 0  # keys 1 … lapse are past their expiry
     naive_labelled = naive_agreed = 0
     gate_at = naive_at = math.inf
     for check in range(1, checks + 1):
@@ -121,7 +127,9 @@ def late_run(rng: random.Random, agreement: float, delays: Delays, setting: Gate
             if key <= cursor:
                 cursor_labelled += 1
                 cursor_agreed += agrees
-        cutoff = max(now - window.value(), 0)
+            if key <= lapse:
+                lapse_labelled += 1
+        cutoff = max(now - window.value(), cursor)  # the cutoff only moves forward
         if cutoff > cursor:
             cursor_labelled += sum(labelled[cursor + 1:cutoff + 1])
             cursor_agreed += sum(agreed[cursor + 1:cutoff + 1])
@@ -129,9 +137,16 @@ def late_run(rng: random.Random, agreement: float, delays: Delays, setting: Gate
             cursor_labelled -= sum(labelled[cutoff + 1:cursor + 1])
             cursor_agreed -= sum(agreed[cutoff + 1:cursor + 1])
         cursor = cutoff
-        if (gate_at == math.inf and cursor and cursor_labelled >= setting.min_compared
-                and cursor_labelled >= delays.min_labelled * cursor
-                and verdicts.gate(cursor_agreed, cursor)):
+        if delays.expiry is not None:
+            # Expiry only moves forward, as the ledger's does; it never passes the window.
+            expired = min(max(now - int(delays.expiry * window.value()), 0), cursor)
+            if expired > lapse:
+                lapse_labelled += sum(labelled[lapse + 1:expired + 1])
+                lapse = expired
+        judged = cursor - (lapse - lapse_labelled)  # unlabelled keys past expiry leave
+        if (gate_at == math.inf and judged and cursor_labelled >= setting.min_compared
+                and cursor_labelled >= delays.min_labelled * judged
+                and verdicts.gate(cursor_agreed, judged)):
             gate_at = now
         if (naive_at == math.inf and naive_labelled >= setting.min_compared
                 and verdicts.naive(naive_agreed, naive_labelled)):
@@ -161,9 +176,10 @@ def late_disagreements(runs: int, seed: int, *, agreement: float = 0.88, good: f
         setting=(f"true agreement {agreement:g}, one key per time unit, label delays "
                  f"exponential with mean {delays.mean_delay:g} (agreements) and "
                  f"{delays.mean_delay * delays.slower:g} (disagreements); label_window auto "
-                 f"(p{delays.quantile * 100:g} of observed delays), min_labelled "
-                 f"{delays.min_labelled:g}; threshold {setting.threshold:g}, checked every "
-                 f"{setting.check_every} keys, at most {setting.max_keys:,} keys"),
+                 f"(p{delays.quantile * 100:g} of observed delays), label_expiry "
+                 + (f"{delays.expiry:g} windows" if delays.expiry is not None else "never")
+                 + f", min_labelled {delays.min_labelled:g}; threshold {setting.threshold:g}, "
+                 f"checked every {setting.check_every} keys, at most {setting.max_keys:,} keys"),
         naive="whatever is labelled so far, beta-binomial",
         figures=(
             Figure(what=f"false promotion (true agreement {agreement:g})",
