@@ -206,20 +206,25 @@ class Ledger:
         self._count(row, 1)
 
     def _count(self, row: UnitRow, sign: int) -> None:
-        if row.agree is not None and not row.independent:
+        # UnitRow.counted, unrolled: this runs twice for every change of every unit.
+        agree = row.agree
+        if agree is None:
+            if row.expired:
+                self.expired += sign
+                return
+        elif not row.independent:
             self.dependent += sign
-        if row.expired and row.agree is None:
-            self.expired += sign
-        if not row.counted:
             return
-        labelled = row.agree is not None
-        agree = row.agree or 0.0
-        self.totals.add(labelled, agree, sign)
+        if not (row.eligible and row.mature):
+            return
+        labelled = agree is not None
+        value = agree or 0.0
+        self.totals.add(labelled, value, sign)
         for segment in row.segments:
             totals = self.segments.get(segment)
             if totals is None:
                 totals = self.segments[segment] = Totals()
-            totals.add(labelled, agree, sign)
+            totals.add(labelled, value, sign)
 
 
 def _judge(unit: Unit, verdicts: dict[str, tuple[float, float, float]]) -> tuple[float, float]:

@@ -435,8 +435,8 @@ class Units:
             if found is None:
                 continue
             key, occurred = found
-            independent = _independent(sources.get((key, decided)),
-                                       self.plan.independent_sources)
+            independent = bool(sources) and _independent(sources.get((key, decided)),
+                                                         self.plan.independent_sources)
             if ledger.label(event_id, agree, decided.timestamp(), occurred, independent):
                 labels.append((key, event_id, agree, decided, occurred, independent))
         last = rows[-1][3]

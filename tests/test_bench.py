@@ -38,6 +38,12 @@ def test_backup_speed(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-4000-2.duckdb"]
 
 
+def test_rollout_evaluation(tmp_path: Path) -> None:
+    out = bench("rollout_evaluation.py", "--keys", "3000", "--new", "200", "--runs", "2",
+                "--dir", str(tmp_path))
+    assert "Controller.evaluate: median" in out and "restart (a new controller" in out
+
+
 def test_replay_vs_duckdb(tmp_path: Path) -> None:
     out = bench("replay_vs_duckdb.py", "--events", "3000", "--dir", str(tmp_path))
     assert "3,000" in out
