@@ -573,3 +573,23 @@ def _save(tx: Any, p: Progress) -> None:
         [p.rollout, p.step_started_at, p.predicted_through, p.compared_through, p.labels, p.fed,
          p.evaluated_labels, d.statistic, d.seen, d.alarmed_at, p.mature_cutoff,
          p.expiry_cutoff, p.clock])
+
+
+_STORED_DELAYS = """
+SELECT rollout, agree, count(*), quantile_cont(delay, 0.5), quantile_cont(delay, 0.95)
+FROM (SELECT rollout, agree, greatest(epoch(decided_at) - epoch(occurred_at), 0) AS delay
+      FROM rollout_labels
+      QUALIFY row_number() OVER (PARTITION BY rollout, key ORDER BY seq) = 1)
+GROUP BY ALL ORDER BY ALL
+"""
+
+
+def stored_label_delays(db: Any) -> dict[str, tuple[LabelDelay, ...]]:
+    """Each rollout's label delays in its current step, by verdict (disagreements first),
+    from the stored labels: what reports and metrics show without a controller."""
+    found: dict[str, list[LabelDelay]] = {}
+    for rollout, agreed, labelled, median, p95 in db.execute(_STORED_DELAYS).fetchall():
+        found.setdefault(rollout, []).append(LabelDelay(
+            agreed=agreed, labelled=labelled, median=timedelta(seconds=median),
+            p95=timedelta(seconds=p95)))
+    return {rollout: tuple(delays) for rollout, delays in found.items()}

@@ -401,12 +401,35 @@ def _baseline_table(baseline: dict[str, Any] | None) -> str:
             f" people agree with each other <strong>{_interval(baseline)}</strong>.</p>")
 
 
+def _label_delays(labels: dict[str, Any] | None) -> str:
+    """How late labels came, by verdict; the rollout's gates count one vote per key once
+    its label window has passed."""
+    if not labels or not labels.get("by_verdict"):
+        return ""
+    parts = [f"{'agreements' if d['verdict'] == 'agree' else 'disagreements'}: median "
+             f"{_duration(d['median_seconds'])}, 95th percentile {_duration(d['p95_seconds'])}"
+             f" ({_count(d['labelled'])} keys)" for d in labels["by_verdict"]]
+    warning = (" <strong>Disagreements are labelled later than agreements</strong>: the gates "
+               "judge a key only once its label window has passed, and count a key still "
+               "unlabelled then against the AI." if labels.get("disagreements_later") else "")
+    return (f"<p>The rollout's gates count one vote per {esc(labels.get('unit', 'key'))}. "
+            f"Label delays in the current step: {esc('; '.join(parts))}.{warning}</p>")
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def _rollout(rollout: dict[str, Any] | None) -> str:
     if not rollout:
         return no_data("rollout")
     state = rollout.get("state")
     state_html = (_table(["field", "value"], [[esc(k), _value(v)] for k, v in state.items()],
                          set()) if state else no_data("rollout state"))
+    state_html += _label_delays(rollout.get("labels"))
     timeline = rollout.get("timeline") or []
     if not timeline:
         return state_html + no_data("rollout timeline")

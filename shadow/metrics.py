@@ -40,6 +40,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from rollout.gates import Phase
 from rollout.state import Action, Status
+from rollout.units import stored_label_delays
 from shadow.errors import StoreError
 from shadow.metric_families import counter, gauge
 from shadow.models import ErrorKind, Mode, RecordKind
@@ -315,16 +316,6 @@ def _rollouts(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     return [info, percent, step, status, transitions, _label_delays(db)]
 
 
-_LABEL_DELAYS = """
-SELECT rollout, CASE WHEN agree THEN 'agree' ELSE 'disagree' END,
-       quantile_cont(delay, 0.5), quantile_cont(delay, 0.95)
-FROM (SELECT rollout, agree, greatest(epoch(decided_at) - epoch(occurred_at), 0) AS delay
-      FROM rollout_labels
-      QUALIFY row_number() OVER (PARTITION BY rollout, key ORDER BY seq) = 1)
-GROUP BY ALL ORDER BY ALL
-"""
-
-
 def _label_delays(db: duckdb.DuckDBPyConnection) -> Metric:
     """How long the current step's keys waited for their first label, by verdict: a
     disagreement labelled later than an agreement is the bias the label window handles."""
@@ -332,9 +323,11 @@ def _label_delays(db: duckdb.DuckDBPyConnection) -> Metric:
         "shadow_rollout_label_delay_seconds", "Data time from a key's first event of the "
         "step to its first label's decision, by verdict (median and 95th percentile).",
         labels=["rollout", "verdict", "quantile"])
-    for rollout, verdict, median, p95 in db.execute(_LABEL_DELAYS).fetchall():
-        delays.add_metric([rollout, verdict, "0.5"], median)
-        delays.add_metric([rollout, verdict, "0.95"], p95)
+    for rollout, found in stored_label_delays(db).items():
+        for d in found:
+            verdict = "agree" if d.agreed else "disagree"
+            delays.add_metric([rollout, verdict, "0.5"], d.median.total_seconds())
+            delays.add_metric([rollout, verdict, "0.95"], d.p95.total_seconds())
     return delays
 
 

@@ -138,7 +138,8 @@ def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dic
         "candidates": candidates,
         "human_baseline": q.human_baseline(),
         "rollout": {"state": latest,
-                    "timeline": q.timeline(latest["rollout"]) if latest else []},
+                    "timeline": q.timeline(latest["rollout"]) if latest else [],
+                    "labels": q.label_delays(latest["rollout"]) if latest else None},
         "legacy": build_report(store, now=options.now),
     }
 
@@ -147,7 +148,7 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, base: dict[str,
                state: dict[str, Any] | None) -> dict[str, Any]:
     compared, agreed = q.compared.get(key, (0, 0))
     agreement = {**interval(agreed, compared), "n": compared, "agreed": agreed,
-                 "method": "wilson"}
+                 "method": "wilson", "unit": "prediction"}
     segments = q.segments.get(key, [])
     latency = {**base["latency"], "histogram": q.histogram.get(key, [])}
     errors = {"rate": base["errors"] / base["predictions"], "count": base["errors"],

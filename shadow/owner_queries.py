@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from rollout.units import stored_label_delays
 from shadow.paths import sql_json_path
 from shadow.redaction import redact, redact_within
 from shadow.stats import wilson
@@ -305,6 +306,24 @@ class OwnerQueries:
             (r[1], r[2]): {name: value.isoformat() if isinstance(value, datetime) else value
                            for name, value in zip(names, r, strict=True)}
             for r in rows
+        }
+
+    def label_delays(self, rollout: str) -> dict[str, Any]:
+        """How late labels came in the rollout's current step, by verdict, and whether
+        disagreements came later: the gates count a key only once its label window has
+        passed, one vote per key, and this is why."""
+        delays = stored_label_delays(self.store.db).get(rollout, ())
+        by = {d.agreed: d for d in delays}
+        agreed, disagreed = by.get(True), by.get(False)
+        later = (agreed is not None and disagreed is not None
+                 and min(agreed.labelled, disagreed.labelled) >= 20
+                 and disagreed.median > agreed.median * 1.5)
+        return {
+            "unit": "key",
+            "by_verdict": [{"verdict": "agree" if d.agreed else "disagree",
+                            "labelled": d.labelled, "median_seconds": d.median.total_seconds(),
+                            "p95_seconds": d.p95.total_seconds()} for d in delays],
+            "disagreements_later": later,
         }
 
     def timeline(self, rollout: str) -> list[dict[str, Any]]:

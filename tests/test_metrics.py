@@ -31,8 +31,10 @@ from shadow.candidates import CallableCandidate, Candidate
 from shadow.comparator_specs import ExactSpec
 from shadow.comparators import build_comparator
 from shadow.compare import compare
+from shadow.html import to_html
 from shadow.metrics import LATENCY_BUCKETS_MS, render_metrics
 from shadow.models import ErrorKind, Event, Prediction
+from shadow.owner import build_owner_report
 from shadow.runner import Replay
 from shadow.runtime_metrics import RuntimeMetrics
 from shadow.store import Store
@@ -393,6 +395,8 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
                 [ListSource(events)], [ListSource(labels)])
         found = series(parse(render_metrics(store)), "shadow_rollout_label_delay_seconds",
                        "rollout", "verdict", "quantile")
+        owner = build_owner_report(store)["rollout"]["labels"]
+        page = to_html(build_owner_report(store))
     for verdict, values in delays.items():
         ordered = sorted(values)
 
@@ -405,6 +409,11 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
         assert found[("delays", verdict, "0.5")] == pytest.approx(quantile(0.5))
         assert found[("delays", verdict, "0.95")] == pytest.approx(quantile(0.95))
     assert found[("delays", "disagree", "0.5")] > 5 * found[("delays", "agree", "0.5")]
+    # The owner report shows the same, and says what it means.
+    assert {(d["verdict"], d["median_seconds"]) for d in owner["by_verdict"]} == {
+        (v, found[("delays", v, "0.5")]) for v in delays}
+    assert owner["disagreements_later"] is True and owner["unit"] == "key"
+    assert "Disagreements are labelled later than agreements" in page
 
 
 @pytest.mark.parametrize("kind", ["promotion", "rollback"])

@@ -230,7 +230,7 @@ def test_agreement_matches_the_input(store: Store) -> None:
     rate, low, high = wilson(agreed, len(compared))
     assert candidate(report, "triage")["agreement"] == approx(
         {"rate": rate, "low": low, "high": high, "n": len(compared), "agreed": agreed,
-         "method": "wilson"})
+         "method": "wilson", "unit": "prediction"})
     b_agreed = sum(b_label(i) == truth(i) for i in range(N))
     assert candidate(report, "rules")["agreement"]["agreed"] == b_agreed
     assert candidate(report, "rules")["agreement"]["n"] == N
@@ -334,7 +334,7 @@ def test_an_empty_store_has_no_candidates_and_no_baseline(tmp_path: Path) -> Non
         report = build_owner_report(store, ready_options())
     assert report["candidates"] == []
     assert report["human_baseline"] is None
-    assert report["rollout"] == {"state": None, "timeline": []}
+    assert report["rollout"] == {"state": None, "timeline": [], "labels": None}
     assert "No predictions" in owner_markdown(report)
 
 
