@@ -291,11 +291,15 @@ class Units:
             ledger.mature_cutoff), expiry_cutoff=_finite(ledger.expiry_cutoff),
             clock=ledger.clock)
         if not self.store.read_only:
-            with self.store.transaction() as tx:
-                _append(tx, self.rollout, new_units, labels,
-                        units_before=len(ledger.units) - len(new_units),
-                        labels_before=self._rows)
-                _save(tx, progress)
+            try:
+                with self.store.transaction() as tx:
+                    _append(tx, self.rollout, new_units, labels,
+                            units_before=len(ledger.units) - len(new_units),
+                            labels_before=self._rows)
+                    _save(tx, progress)
+            except BaseException:
+                self._ledger = None  # ahead of the store now: rebuilt from it next time
+                raise
         self._rows += len(labels)
         self._progress = progress
         return progress

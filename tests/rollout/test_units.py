@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import rollout.units
 from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
 from rollout.plan import RolloutSpec
@@ -176,5 +177,53 @@ def test_keys_never_labelled_stop_counting_after_their_expiry(
         assert found.expired == (0 if pending else len(lapsed))
         assert found.pending == len([k for k in range(LABELLED, KEYS) if k <= clock - 120]) - (
             0 if pending else len(lapsed))
+    finally:
+        controller.store.close()
+
+
+@pytest.mark.parametrize("few", [True, False])
+def test_units_written_without_the_pipeline_s_notes_are_read_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, few: bool
+) -> None:
+    """A controller that did not see the batches routed (an upgraded store, a replay
+    without the rollout) reads the events behind the predictions: by id when few are
+    missing, by the predictions' time range when many are."""
+    monkeypatch.setattr(rollout.units, "_FEW", 10_000 if few else 10)
+    clock = SteppingClock(START, timedelta(seconds=1))
+    comparator = build_comparator(ExactSpec())
+    with Store(tmp_path / "s.duckdb") as store:
+        controller = Controller(store, plan(), rollout="triage", candidate="triage",
+                                version="1", comparator=comparator.name, now=clock)
+        controller.sync()
+        with CallableCandidate(answer, name="triage", version="1") as candidate:
+            Replay(store, candidate, comparator, now=clock).run(
+                [ListSource(events())], [ListSource(outcomes())])
+        controller.evaluate()
+        clock_minutes = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
+        assert counts(controller) == expected(clock_minutes, 120)
+        _, segments = controller.units.counts()
+        assert {s.value for s in segments} == {"de", "en"}
+
+
+def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shadow.errors import StoreError
+
+    controller = replay(tmp_path / "s.duckdb", plan())
+    try:
+        before = counts(controller)
+        real = rollout.units._append
+
+        def refuse(*args: Any, **kwargs: Any) -> None:
+            raise StoreError("disk full")
+
+        monkeypatch.setattr(rollout.units, "_append", refuse)
+        with pytest.raises(StoreError):
+            controller.units.sync(controller.state)
+        assert controller.units.counts() == (UnitCounts(), ())  # nothing the store lacks
+        monkeypatch.setattr(rollout.units, "_append", real)
+        controller.units.sync(controller.state)  # rebuilt from the store
+        assert counts(controller) == before
     finally:
         controller.store.close()
