@@ -22,7 +22,9 @@ always a growing prefix of the units in ``occurred_at`` order.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from rollout.histogram import Histogram
 from rollout.plan import Unit
@@ -192,6 +194,46 @@ class Ledger:
             row = self.units[key]
             if row.agree is None and not row.expired:
                 self._change(row, expired=True)
+
+    def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Rebuild ``first`` units as stored, with the cutoffs already set: each row is a
+        unit (key, event id, occurred_at, shadow, eligible, segment fields, values), its
+        latest label (agree, decided_at, independent) and its first (stored label row
+        number, agree, independent, decided_at); ``None`` where it has none. The same
+        state as adding the units and replaying their labels, in one pass."""
+        firsts: list[tuple[int, UnitRow, bool, bool, float]] = []
+        waiting, unlabelled = self._waiting, self._unlabelled
+        for (key, event_id, occurred, shadow, eligible, fields, values, agree, decided,
+             independent, first_row, first_agree, first_independent, first_decided) in rows:
+            row = UnitRow(key=key, event_id=event_id, occurred_at=occurred, shadow=shadow,
+                          eligible=eligible,
+                          segments=tuple(zip(fields or (), values or (), strict=True)))
+            self.units[key] = row
+            self.events[event_id] = (key, occurred)
+            self._tick(occurred)
+            if agree is not None:
+                row.agree, row.decided_at = (1.0 if agree else 0.0), decided
+                row.independent = shadow or independent
+                self._tick(decided)
+                firsts.append((first_row, row, first_agree, shadow or first_independent,
+                               max(first_decided - occurred, 0.0)))
+            row.mature = occurred <= self.mature_cutoff
+            row.expired = row.mature and agree is None and occurred <= self.expiry_cutoff
+            self._count(row, 1)
+            if not row.mature:
+                waiting.append((occurred, key))
+            elif agree is None and not row.expired:
+                unlabelled.append((occurred, key))
+        heapq.heapify(waiting)
+        heapq.heapify(unlabelled)
+        firsts.sort(key=lambda f: f[0])
+        for seq, (_, row, agreed, independent, delay) in enumerate(firsts, start=1):
+            row.seq = seq
+            self.delays.add(delay)
+            self.verdict_delays.setdefault(agreed, Histogram(floor=1.0)).add(delay)
+            if independent:
+                self.feed.append((seq, row.key, agreed))
+        self.labels = len(firsts)
 
     # -- bookkeeping --------------------------------------------------------------
 

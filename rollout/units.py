@@ -45,7 +45,7 @@ import orjson
 import pyarrow as pa
 
 from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow
-from rollout.plan import RolloutSpec
+from rollout.plan import RolloutSpec, Unit
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
 from shadow.models import Event
@@ -125,6 +125,25 @@ FROM rollout_units u LEFT JOIN rollout_unit_segments s
   ON s.rollout = u.rollout AND s.key = u.key
 WHERE u.rollout = $rollout
 GROUP BY ALL ORDER BY any_value(u.seq)
+"""
+
+_STORED_FIRST_UNITS = """
+WITH labels AS (
+    SELECT key, min(seq) AS first_seq, arg_min(agree, seq) AS first_agree,
+           arg_min(independent, seq) AS first_independent,
+           epoch(arg_min(decided_at, seq)) AS first_decided, arg_max(agree, seq) AS agree,
+           epoch(arg_max(decided_at, seq)) AS decided, arg_max(independent, seq) AS independent
+    FROM rollout_labels WHERE rollout = $rollout GROUP BY key
+), segments AS (
+    SELECT key, list(field ORDER BY field) AS fields, list(value ORDER BY field) AS vals
+    FROM rollout_unit_segments WHERE rollout = $rollout GROUP BY key
+)
+SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible, s.fields, s.vals,
+       l.agree, l.decided, l.independent, l.first_seq, l.first_agree, l.first_independent,
+       l.first_decided
+FROM rollout_units u LEFT JOIN segments s USING (key) LEFT JOIN labels l USING (key)
+WHERE u.rollout = $rollout
+ORDER BY u.seq
 """
 
 _STORED_LABELS = """
@@ -327,17 +346,24 @@ class Units:
         """Rebuild the ledger of a step from what was stored, as it stood."""
         ledger.mature_cutoff = progress.mature_cutoff or float("-inf")
         ledger.expiry_cutoff = progress.expiry_cutoff or float("-inf")
-        for key, event_id, occurred, shadow, eligible, fields, values in tx.execute(
-                _STORED_UNITS, {"rollout": self.rollout}).fetchall():
-            ledger.add_unit(UnitRow(key=key, event_id=event_id, occurred_at=occurred,
-                                    shadow=shadow, eligible=eligible,
-                                    segments=tuple(zip(fields or (), values or (),
-                                                       strict=True))))
-        for key, event_id, agree, decided, occurred, independent in tx.execute(
-                _STORED_LABELS, {"rollout": self.rollout}).fetchall():
-            ledger.add_event(event_id, key, occurred)
-            ledger.label(event_id, agree, decided, occurred, independent)
-            self._rows += 1
+        where = {"rollout": self.rollout}
+        if self.plan.unit is Unit.FIRST:
+            # Each unit's first and latest label, folded in SQL; the ledger takes them whole.
+            ledger.restore(tx.execute(_STORED_FIRST_UNITS, where).fetchall())
+            self._rows = tx.execute("SELECT count(*) FROM rollout_labels WHERE rollout = $rollout",
+                                    where).fetchall()[0][0]
+        else:
+            for key, event_id, occurred, shadow, eligible, fields, values in tx.execute(
+                    _STORED_UNITS, where).fetchall():
+                ledger.add_unit(UnitRow(key=key, event_id=event_id, occurred_at=occurred,
+                                        shadow=shadow, eligible=eligible,
+                                        segments=tuple(zip(fields or (), values or (),
+                                                           strict=True))))
+            for key, event_id, agree, decided, occurred, independent in tx.execute(
+                    _STORED_LABELS, where).fetchall():
+                ledger.add_event(event_id, key, occurred)
+                ledger.label(event_id, agree, decided, occurred, independent)
+                self._rows += 1
         ledger.feed = [f for f in ledger.feed if f[0] > progress.fed]
         if progress.clock is not None:
             ledger.clock = max(ledger.clock or progress.clock, progress.clock)

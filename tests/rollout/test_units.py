@@ -109,23 +109,28 @@ def test_keys_are_counted_once_when_their_label_window_has_passed(tmp_path: Path
         controller.store.close()
 
 
-def test_a_restarted_controller_counts_what_the_first_one_counted(tmp_path: Path) -> None:
-    first = replay(tmp_path / "s.duckdb", plan())
+@pytest.mark.parametrize("unit", ["first", "last", "mean"])
+def test_a_restarted_controller_counts_what_the_first_one_counted(
+    tmp_path: Path, unit: str
+) -> None:
+    first = replay(tmp_path / "s.duckdb", plan(unit=unit))
     before, segments_before = first.units.counts()
     progress = first.units.progress(first.state)
     first.store.close()
     with Store(tmp_path / "s.duckdb") as store:
-        again = Controller(store, plan(), rollout="triage", candidate="triage", version="1",
-                           comparator="exact")
+        again = Controller(store, plan(unit=unit), rollout="triage", candidate="triage",
+                           version="1", comparator="exact")
         again.attach()
         after_sync = again.progress()
         after, segments_after = again.units.counts()
         assert (after, segments_after) == (before, segments_before)
         assert after_sync.labels == progress.labels
         assert again.units.tally() == first.units.tally()
+        assert again.units.label_delays() == first.units.label_delays()
+        assert again.units.fresh_agreements(progress) == first.units.fresh_agreements(progress)
     with Store(tmp_path / "s.duckdb", read_only=True) as store:
-        reader = Controller(store, plan(), rollout="triage", candidate="triage", version="1",
-                            comparator="exact")
+        reader = Controller(store, plan(unit=unit), rollout="triage", candidate="triage",
+                            version="1", comparator="exact")
         reader.attach()
         assert reader.assess().stats is not None
         assert reader.units.counts() == (before, segments_before)
