@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from rollout.histogram import Histogram
 from rollout.plan import Unit
 
@@ -197,17 +199,22 @@ class Ledger:
 
     def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """Rebuild ``first`` units as stored, with the cutoffs already set: each row is a
-        unit (key, event id, occurred_at, shadow, eligible, segment fields, values), its
-        latest label (agree, decided_at, independent) and its first (stored label row
-        number, agree, independent, decided_at); ``None`` where it has none. The same
-        state as adding the units and replaying their labels, in one pass."""
+        unit (key, event id, occurred_at, shadow, eligible, its segments as a JSON list of
+        ``[field, value]`` pairs), its latest label (agree,
+        decided_at, independent) and its first (stored label row number, agree,
+        independent, decided_at); ``None`` where it has none. The same state as adding
+        the units and replaying their labels, in one pass."""
         firsts: list[tuple[int, UnitRow, bool, bool, float]] = []
         waiting, unlabelled = self._waiting, self._unlabelled
-        for (key, event_id, occurred, shadow, eligible, fields, values, agree, decided,
+        parsed: dict[str | None, tuple[Segment, ...]] = {None: ()}
+        for (key, event_id, occurred, shadow, eligible, text, agree, decided,
              independent, first_row, first_agree, first_independent, first_decided) in rows:
+            segments = parsed.get(text)
+            if segments is None:
+                assert text is not None
+                segments = parsed[text] = tuple((f, v) for f, v in orjson.loads(text))
             row = UnitRow(key=key, event_id=event_id, occurred_at=occurred, shadow=shadow,
-                          eligible=eligible,
-                          segments=tuple(zip(fields or (), values or (), strict=True)))
+                          eligible=eligible, segments=segments)
             self.units[key] = row
             self.events[event_id] = (key, occurred)
             self._tick(occurred)
