@@ -34,8 +34,11 @@ from shadow.store import Store  # noqa: E402
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 _FILL = [
-    """INSERT INTO events SELECT 'e' || i, 'k' || i, 'k' || i,
-           $start + to_seconds(i), '{}', '{}', 'bench', i::VARCHAR, $start
+    """INSERT INTO events SELECT 'e' || i, 'k' || i, 'k' || i, $start + to_seconds(i),
+           json_object('language', ['en', 'de', 'fr'][1 + i % 3],
+                       'channel', ['email', 'chat'][1 + i % 2],
+                       'tier', ['free', 'pro', 'enterprise', 'team'][1 + i % 4]),
+           '{}', 'bench', i::VARCHAR, $start
        FROM range($low, $high) t(i)""",
     """INSERT INTO event_segments SELECT 'e' || i, f, CASE f
            WHEN 'language' THEN ['en', 'de', 'fr'][1 + i % 3]

@@ -21,6 +21,7 @@ always a growing prefix of the units in ``occurred_at`` order.
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -206,15 +207,10 @@ class Ledger:
         the units and replaying their labels, in one pass."""
         firsts: list[tuple[int, UnitRow, bool, bool, float]] = []
         waiting, unlabelled = self._waiting, self._unlabelled
-        parsed: dict[str | None, tuple[Segment, ...]] = {None: ()}
         for (key, event_id, occurred, shadow, eligible, text, agree, decided,
              independent, first_row, first_agree, first_independent, first_decided) in rows:
-            segments = parsed.get(text)
-            if segments is None:
-                assert text is not None
-                segments = parsed[text] = tuple((f, v) for f, v in orjson.loads(text))
             row = UnitRow(key=key, event_id=event_id, occurred_at=occurred, shadow=shadow,
-                          eligible=eligible, segments=segments)
+                          eligible=eligible, segments=parse_segments(text))
             self.units[key] = row
             self.events[event_id] = (key, occurred)
             self._tick(occurred)
@@ -274,6 +270,13 @@ class Ledger:
             if totals is None:
                 totals = self.segments[segment] = Totals()
             totals.add(labelled, value, sign)
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_segments(text: str | None) -> tuple[Segment, ...]:
+    """A unit's segments as stored: a JSON list of ``[field, value]`` pairs. Units mostly
+    share a few combinations, so each text is parsed once."""
+    return () if text is None else tuple((f, v) for f, v in orjson.loads(text))
 
 
 def _judge(unit: Unit, verdicts: dict[str, tuple[float, float, float]]) -> tuple[float, float]:

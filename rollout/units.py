@@ -27,8 +27,8 @@ The counts live in memory (:class:`rollout.ledger.Ledger`) and move by the
 rows that are new since the last sync: predictions and comparisons are read
 by time ranges DuckDB skips to through its zone maps, and the events behind
 new predictions are the ones the pipeline just routed (:meth:`Units.note`).
-What the ledger learns is appended to ``rollout_units``,
-``rollout_unit_segments`` and ``rollout_labels``; a restarted controller
+What the ledger learns is appended to ``rollout_units`` (with each unit's
+segments) and ``rollout_labels``; a restarted controller
 replays them, in order, into the same ledger (the same label numbers, so
 the rollback detector goes on exactly where it stood).
 """
@@ -36,6 +36,7 @@ the rollback detector goes on exactly where it stood).
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -44,7 +45,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow
+from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow, parse_segments
 from rollout.plan import RolloutSpec, Unit
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
@@ -69,22 +70,15 @@ ORDER BY compared_at, event_id
 """
 
 _EVENTS = """
-SELECT e.event_id, e.key, e.occurred_at,
-       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
-       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
-FROM events e LEFT JOIN event_segments s USING (event_id)
-WHERE e.event_id IN (SELECT unnest($ids))
-GROUP BY ALL
+SELECT event_id, key, occurred_at, segment::VARCHAR FROM events
+WHERE event_id IN (SELECT unnest($ids))
 """
 
 _STEP_EVENTS = """
-SELECT e.event_id, e.key, e.occurred_at,
-       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
-       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
-FROM predictions p JOIN events e USING (event_id) LEFT JOIN event_segments s USING (event_id)
+SELECT e.event_id, e.key, e.occurred_at, e.segment::VARCHAR
+FROM predictions p JOIN events e USING (event_id)
 WHERE p.candidate = $candidate AND p.version IS NOT DISTINCT FROM $version
   AND p.predicted_at >= $since AND p.error_type IS NULL AND NOT p.abstained
-GROUP BY ALL
 """
 
 _FEW = 5000
@@ -118,13 +112,8 @@ WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version {extra}
 """
 
 _STORED_UNITS = """
-SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible,
-       list(s.field ORDER BY s.field) FILTER (s.field IS NOT NULL),
-       list(s.value ORDER BY s.field) FILTER (s.field IS NOT NULL)
-FROM rollout_units u LEFT JOIN rollout_unit_segments s
-  ON s.rollout = u.rollout AND s.key = u.key
-WHERE u.rollout = $rollout
-GROUP BY ALL ORDER BY any_value(u.seq)
+SELECT key, event_id, epoch(occurred_at), shadow, eligible, segments
+FROM rollout_units WHERE rollout = $rollout ORDER BY seq
 """
 
 _STORED_FIRST_UNITS = """
@@ -134,15 +123,11 @@ WITH labels AS (
            epoch(arg_min(decided_at, seq)) AS first_decided, arg_max(agree, seq) AS agree,
            epoch(arg_max(decided_at, seq)) AS decided, arg_max(independent, seq) AS independent
     FROM rollout_labels WHERE rollout = $rollout GROUP BY key
-), segments AS (
-    -- One text per key, which units mostly share: far cheaper to hand to Python than lists.
-    SELECT key, to_json(list([field, value] ORDER BY field))::VARCHAR AS segments
-    FROM rollout_unit_segments WHERE rollout = $rollout GROUP BY key
 )
-SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible, s.segments,
+SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible, u.segments,
        l.agree, l.decided, l.independent, l.first_seq, l.first_agree, l.first_independent,
        l.first_decided
-FROM rollout_units u LEFT JOIN segments s USING (key) LEFT JOIN labels l USING (key)
+FROM rollout_units u LEFT JOIN labels l USING (key)
 WHERE u.rollout = $rollout
 ORDER BY u.seq
 """
@@ -335,7 +320,7 @@ class Units:
         fresh = progress.predicted_through is None and progress.compared_through is None
         if fresh and not self.store.read_only:
             with self.store.transaction() as tx:
-                for table in ("rollout_units", "rollout_unit_segments", "rollout_labels"):
+                for table in ("rollout_units", "rollout_labels"):
                     tx.execute(f"DELETE FROM {table} WHERE rollout = ?", [self.rollout])
                 _save(tx, progress)
         elif not fresh:
@@ -354,12 +339,11 @@ class Units:
             self._rows = tx.execute("SELECT count(*) FROM rollout_labels WHERE rollout = $rollout",
                                     where).fetchall()[0][0]
         else:
-            for key, event_id, occurred, shadow, eligible, fields, values in tx.execute(
+            for key, event_id, occurred, shadow, eligible, segments in tx.execute(
                     _STORED_UNITS, where).fetchall():
                 ledger.add_unit(UnitRow(key=key, event_id=event_id, occurred_at=occurred,
                                         shadow=shadow, eligible=eligible,
-                                        segments=tuple(zip(fields or (), values or (),
-                                                           strict=True))))
+                                        segments=parse_segments(segments)))
             for key, event_id, agree, decided, occurred, independent in tx.execute(
                     _STORED_LABELS, where).fetchall():
                 ledger.add_event(event_id, key, occurred)
@@ -442,12 +426,10 @@ class Units:
             sql, params = (_EVENTS, {"ids": missing}) if len(missing) <= _FEW else (
                 _STEP_EVENTS, step)
             wanted = set(missing)
-            for event_id, key, occurred, fields, values in self.store.db.execute(
+            for event_id, key, occurred, segment in self.store.db.execute(
                     sql, params).fetchall():
-                if event_id not in wanted:
-                    continue
-                found[event_id] = (key, occurred.timestamp(),
-                                   tuple(zip(fields or (), values or (), strict=True)))
+                if event_id in wanted:
+                    found[event_id] = (key, occurred.timestamp(), _stored_segments(segment))
         return found
 
     def _add_comparisons(self, ledger: Ledger, state: RolloutState, progress: Progress,
@@ -545,6 +527,12 @@ def _segments(segment: dict[str, Any]) -> tuple[Segment, ...]:
         for field, value in segment.items() if value is not None))
 
 
+@functools.lru_cache(maxsize=4096)
+def _stored_segments(text: str) -> tuple[Segment, ...]:
+    """An event's stored ``segment`` JSON, as :func:`_segments` makes it from the event."""
+    return _segments(orjson.loads(text))
+
+
 def _independent(source: str | None, patterns: Sequence[str]) -> bool:
     return source is not None and any(fnmatch.fnmatchcase(source, p) for p in patterns)
 
@@ -559,16 +547,17 @@ def _append(tx: Any, rollout: str, units: Iterable[UnitRow], labels: list[tuple[
     turned into timestamps by DuckDB: a Python datetime per row costs more than the rest)."""
     units = list(units)
     if units:
-        segments = [(u.key, f, v) for u in units for f, v in u.segments]
+        texts: dict[tuple[Segment, ...], str] = {}
+        for u in units:
+            if u.segments not in texts:
+                texts[u.segments] = orjson.dumps(u.segments).decode()
         _insert(tx, "rollout_units", {
             "rollout": [rollout] * len(units), "key": [u.key for u in units],
             "event_id": [u.event_id for u in units],
             "occurred_at": [u.occurred_at for u in units],
             "shadow": [u.shadow for u in units], "eligible": [u.eligible for u in units],
+            "segments": [texts[u.segments] for u in units],
             "seq": range(units_before + 1, units_before + len(units) + 1)})
-        _insert(tx, "rollout_unit_segments", {
-            "rollout": [rollout] * len(segments), "key": [s[0] for s in segments],
-            "field": [s[1] for s in segments], "value": [s[2] for s in segments]})
     if labels:
         _insert(tx, "rollout_labels", {
             "rollout": [rollout] * len(labels), "key": [r[0] for r in labels],
@@ -579,7 +568,7 @@ def _append(tx: Any, rollout: str, units: Iterable[UnitRow], labels: list[tuple[
 
 
 _TYPES = {"rollout": pa.string(), "key": pa.string(), "event_id": pa.string(),
-          "field": pa.string(), "value": pa.string(), "occurred_at": pa.float64(),
+          "segments": pa.string(), "occurred_at": pa.float64(),
           "decided_at": pa.float64(), "shadow": pa.bool_(), "eligible": pa.bool_(),
           "agree": pa.bool_(), "independent": pa.bool_(), "seq": pa.int64()}
 

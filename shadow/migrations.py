@@ -167,10 +167,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (6, [
         "ALTER TABLE comparisons ADD COLUMN note VARCHAR",
     ]),
-    # What the rollout gates count: one unit per key of the current step, with the
-    # labels it got in the order they arrived, and where the incremental work and the
-    # forward-running rollback detector stand (rollout/units.py). Append-only: a
-    # restarted controller replays them in ``seq`` order.
+    # What the rollout gates count: one unit per key of the current step (its
+    # segments as a JSON list of [field, value] pairs), the labels it got in the
+    # order they arrived, and where the incremental work and the forward-running
+    # rollback detector stand (rollout/units.py). Append-only: a restarted
+    # controller replays them in ``seq`` order.
     (7, [
         """CREATE TABLE rollout_units (
             rollout VARCHAR NOT NULL,
@@ -179,13 +180,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             event_id VARCHAR NOT NULL,
             occurred_at TIMESTAMPTZ NOT NULL,
             shadow BOOLEAN NOT NULL,
-            eligible BOOLEAN NOT NULL
-        )""",
-        """CREATE TABLE rollout_unit_segments (
-            rollout VARCHAR NOT NULL,
-            key VARCHAR NOT NULL,
-            field VARCHAR NOT NULL,
-            value VARCHAR NOT NULL
+            eligible BOOLEAN NOT NULL,
+            segments VARCHAR NOT NULL
         )""",
         """CREATE TABLE rollout_labels (
             rollout VARCHAR NOT NULL,
