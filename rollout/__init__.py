@@ -2,15 +2,17 @@
 
 The spec (``RolloutSpec``: steps, gates, rollback) is what the configuration
 asks for; the state (``RolloutState``) is what the store says happened. The
-router splits traffic, ``rollout.gates`` judges measurements, and
-``rollout.controller.Controller`` moves the state and audits every move.
+router splits traffic, ``rollout.units`` counts one unit per key (past its
+label window, judged only by independent outcomes), ``rollout.gates`` judges
+measurements, and ``rollout.controller.Controller`` moves the state and
+audits every move.
 """
 
-from rollout.plan import GateSpec, RollbackSpec, RolloutSpec, StepSpec
+from rollout.plan import GateSpec, RollbackSpec, RolloutSpec, StepSpec, Unit
 from rollout.router import Route, Router
 from rollout.state import Action, Refused, RolloutError, RolloutState, Status
 
 __all__ = [
     "Action", "GateSpec", "Refused", "RollbackSpec", "RolloutError", "RolloutSpec",
-    "RolloutState", "Route", "Router", "Status", "StepSpec",
+    "RolloutState", "Route", "Router", "Status", "StepSpec", "Unit",
 ]
