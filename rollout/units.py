@@ -43,120 +43,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-import pyarrow as pa
 
+from rollout import unit_store as stored
 from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow, parse_segments
 from rollout.plan import RolloutSpec, Unit
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
+from rollout.unit_store import LabelDelay, Progress, stored_label_delays
 from shadow.models import Event
 from shadow.store import Store
 
-_NEW_PREDICTIONS = """
-SELECT event_id, mode = 'shadow' OR review, predicted_at, error_type IS NOT NULL, abstained,
-       violations IS NOT NULL, latency_ms
-FROM predictions
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
-  AND predicted_at >= $since
-ORDER BY predicted_at, event_id
-"""
-
-_NEW_COMPARISONS = """
-SELECT event_id, agree, outcome_decided_at, compared_at
-FROM comparisons
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
-  AND comparator = $comparator AND compared_at >= $since
-ORDER BY compared_at, event_id
-"""
-
-_EVENTS = """
-SELECT event_id, key, occurred_at, segment::VARCHAR FROM events
-WHERE event_id IN (SELECT unnest($ids))
-"""
-
-_STEP_EVENTS = """
-SELECT e.event_id, e.key, e.occurred_at, e.segment::VARCHAR
-FROM predictions p JOIN events e USING (event_id)
-WHERE p.candidate = $candidate AND p.version IS NOT DISTINCT FROM $version
-  AND p.predicted_at >= $since AND p.error_type IS NULL AND NOT p.abstained
-"""
+__all__ = ["LabelDelay", "Progress", "SegmentUnits", "UnitCounts", "Units",
+           "stored_label_delays"]
 
 _FEW = 5000
 """Up to this many events are looked up by id; more, by the predictions' time range."""
-
-_SOURCES = """
-SELECT key, decided_at, any_value(source) FROM outcomes
-WHERE key IN (SELECT unnest($keys)) GROUP BY ALL
-"""
-
-_TALLY = """
-SELECT count(*), count(error_type), count(*) FILTER (abstained), count(violations)
-FROM predictions
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
-  AND predicted_at >= $since AND predicted_at <= $through
-"""
-
-_LATENCY_BINS = """
-SELECT CASE WHEN latency_ms <= $floor THEN 0
-            ELSE 1 + floor(ln(latency_ms / $floor) / ln(1.002))::BIGINT END, count(*)
-FROM predictions
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version
-  AND predicted_at >= $since AND predicted_at <= $through AND error_type IS NULL
-GROUP BY 1
-"""
-
-_AT_BOUNDARY = """
-SELECT event_id FROM {table}
-WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version {extra}
-  AND {column} = $at
-"""
-
-_STORED_UNITS = """
-SELECT key, event_id, epoch(occurred_at), shadow, eligible, segments
-FROM rollout_units WHERE rollout = $rollout ORDER BY seq
-"""
-
-_STORED_FIRST_UNITS = """
-WITH labels AS (
-    SELECT key, min(seq) AS first_seq, arg_min(agree, seq) AS first_agree,
-           arg_min(independent, seq) AS first_independent,
-           epoch(arg_min(decided_at, seq)) AS first_decided, arg_max(agree, seq) AS agree,
-           epoch(arg_max(decided_at, seq)) AS decided, arg_max(independent, seq) AS independent
-    FROM rollout_labels WHERE rollout = $rollout GROUP BY key
-)
-SELECT u.key, u.event_id, epoch(u.occurred_at), u.shadow, u.eligible, u.segments,
-       l.agree, l.decided, l.independent, l.first_seq, l.first_agree, l.first_independent,
-       l.first_decided
-FROM rollout_units u LEFT JOIN labels l USING (key)
-WHERE u.rollout = $rollout
-ORDER BY u.seq
-"""
-
-_STORED_LABELS = """
-SELECT key, event_id, agree, epoch(decided_at), epoch(occurred_at), independent
-FROM rollout_labels WHERE rollout = $rollout ORDER BY seq
-"""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Progress:
-    """Where the incremental work of one rollout's step stands (``rollout_progress``)."""
-
-    rollout: str
-    step_started_at: datetime
-    predicted_through: datetime | None = None
-    compared_through: datetime | None = None
-    labels: int = 0
-    """Label numbers handed out so far."""
-    evaluated_labels: int = 0
-    """``labels`` when the gates were last evaluated (the cadence)."""
-    fed: int = 0
-    """The last label number the rollback detector has seen."""
-    detector: DetectorState = DetectorState()
-    mature_cutoff: float | None = None
-    expiry_cutoff: float | None = None
-    clock: float | None = None
-    """The data clock, epoch seconds."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,16 +103,6 @@ class SegmentUnits:
     @property
     def pending(self) -> int:
         return self.mature - self.labelled
-
-
-@dataclass(frozen=True, slots=True)
-class LabelDelay:
-    """How long labels took to arrive (data time), for one verdict."""
-
-    agreed: bool
-    labelled: int
-    median: timedelta
-    p95: timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +162,7 @@ class Units:
     def save(self, progress: Progress) -> None:
         """Store ``progress`` (the detector's state after an evaluation); drops fed labels."""
         with self.store.transaction() as tx:
-            _save(tx, progress)
+            stored.save(tx, progress)
         self._progress = progress
         if self._ledger is not None:
             self._ledger.feed = [f for f in self._ledger.feed if f[0] > progress.fed]
@@ -298,10 +189,10 @@ class Units:
         if not self.store.read_only:
             try:
                 with self.store.transaction() as tx:
-                    _append(tx, self.rollout, new_units, labels,
+                    stored.append(tx, self.rollout, new_units, labels,
                             units_before=len(ledger.units) - len(new_units),
                             labels_before=self._rows)
-                    _save(tx, progress)
+                    stored.save(tx, progress)
             except BaseException:
                 self._ledger = None  # ahead of the store now: rebuilt from it next time
                 raise
@@ -322,7 +213,7 @@ class Units:
             with self.store.transaction() as tx:
                 for table in ("rollout_units", "rollout_labels"):
                     tx.execute(f"DELETE FROM {table} WHERE rollout = ?", [self.rollout])
-                _save(tx, progress)
+                stored.save(tx, progress)
         elif not fresh:
             self._replay(self.store.db, ledger, state, progress)
         self._ledger, self._progress = ledger, progress
@@ -335,17 +226,17 @@ class Units:
         where = {"rollout": self.rollout}
         if self.plan.unit is Unit.FIRST:
             # Each unit's first and latest label, folded in SQL; the ledger takes them whole.
-            ledger.restore(tx.execute(_STORED_FIRST_UNITS, where).fetchall())
+            ledger.restore(tx.execute(stored.STORED_FIRST_UNITS, where).fetchall())
             self._rows = tx.execute("SELECT count(*) FROM rollout_labels WHERE rollout = $rollout",
                                     where).fetchall()[0][0]
         else:
             for key, event_id, occurred, shadow, eligible, segments in tx.execute(
-                    _STORED_UNITS, where).fetchall():
+                    stored.STORED_UNITS, where).fetchall():
                 ledger.add_unit(UnitRow(key=key, event_id=event_id, occurred_at=occurred,
                                         shadow=shadow, eligible=eligible,
                                         segments=parse_segments(segments)))
             for key, event_id, agree, decided, occurred, independent in tx.execute(
-                    _STORED_LABELS, where).fetchall():
+                    stored.STORED_LABELS, where).fetchall():
                 ledger.add_event(event_id, key, occurred)
                 ledger.label(event_id, agree, decided, occurred, independent)
                 self._rows += 1
@@ -356,10 +247,10 @@ class Units:
         if progress.predicted_through is not None:
             through = {**params, "since": state.step_started_at,
                        "through": progress.predicted_through}
-            counts = tx.execute(_TALLY, through).fetchall()[0]
+            counts = tx.execute(stored.TALLY, through).fetchall()[0]
             ledger.tally = Tally(*counts)
-            for index, count in tx.execute(
-                    _LATENCY_BINS, {**through, "floor": ledger.tally.latency.floor}).fetchall():
+            bins = {**through, "floor": ledger.tally.latency.floor}
+            for index, count in tx.execute(stored.LATENCY_BINS, bins).fetchall():
                 ledger.tally.latency.counts[index] = count
                 ledger.tally.latency.total += count
             self._boundary["predictions"] = self._at(
@@ -374,7 +265,7 @@ class Units:
         params = {**self._params(state), "at": at}
         if table == "comparisons":
             params["comparator"] = self.comparator
-        sql = _AT_BOUNDARY.format(table=table, column=column, extra=extra)
+        sql = stored.AT_BOUNDARY.format(table=table, column=column, extra=extra)
         return {r[0] for r in tx.execute(sql, params).fetchall()}
 
     def _params(self, state: RolloutState) -> dict[str, Any]:
@@ -384,7 +275,7 @@ class Units:
                          new_units: list[UnitRow]) -> Progress:
         since = max(progress.predicted_through or state.step_started_at, state.step_started_at)
         rows = self.store.db.execute(
-            _NEW_PREDICTIONS, {**self._params(state), "since": since}).fetchall()
+            stored.NEW_PREDICTIONS, {**self._params(state), "since": since}).fetchall()
         boundary = self._boundary["predictions"]
         rows = [r for r in rows if not (r[2] == since and r[0] in boundary)]
         if not rows:
@@ -423,8 +314,8 @@ class Units:
         found = {e: self._notes.pop(e) for e in event_ids if e in self._notes}
         missing = [e for e in event_ids if e not in found]
         if missing:
-            sql, params = (_EVENTS, {"ids": missing}) if len(missing) <= _FEW else (
-                _STEP_EVENTS, step)
+            sql, params = (stored.EVENTS, {"ids": missing}) if len(missing) <= _FEW else (
+                stored.STEP_EVENTS, step)
             wanted = set(missing)
             for event_id, key, occurred, segment in self.store.db.execute(
                     sql, params).fetchall():
@@ -436,7 +327,7 @@ class Units:
                          labels: list[tuple[Any, ...]]) -> Progress:
         since = max(progress.compared_through or state.step_started_at, state.step_started_at)
         rows = self.store.db.execute(
-            _NEW_COMPARISONS, {**self._params(state), "comparator": self.comparator,
+            stored.NEW_COMPARISONS, {**self._params(state), "comparator": self.comparator,
                                "since": since}).fetchall()
         boundary = self._boundary["comparisons"]
         rows = [r for r in rows if not (r[3] == since and r[0] in boundary)]
@@ -463,7 +354,7 @@ class Units:
             return {}
         keys = sorted({ledger.events[r[0]][0] for r in rows if r[0] in ledger.events})
         return {(k, d): s for k, d, s in self.store.db.execute(
-            _SOURCES, {"keys": keys}).fetchall()}
+            stored.SOURCES, {"keys": keys}).fetchall()}
 
     def _window(self, ledger: Ledger) -> tuple[float, float | None]:
         window = self.plan.label_window
@@ -541,75 +432,3 @@ def _finite(value: float) -> float | None:
     return value if value != float("-inf") else None
 
 
-def _append(tx: Any, rollout: str, units: Iterable[UnitRow], labels: list[tuple[Any, ...]],
-            *, units_before: int, labels_before: int) -> None:
-    """Append the new units, their segments and the new labels (times as epoch seconds,
-    turned into timestamps by DuckDB: a Python datetime per row costs more than the rest)."""
-    units = list(units)
-    if units:
-        texts: dict[tuple[Segment, ...], str] = {}
-        for u in units:
-            if u.segments not in texts:
-                texts[u.segments] = orjson.dumps(u.segments).decode()
-        _insert(tx, "rollout_units", {
-            "rollout": [rollout] * len(units), "key": [u.key for u in units],
-            "event_id": [u.event_id for u in units],
-            "occurred_at": [u.occurred_at for u in units],
-            "shadow": [u.shadow for u in units], "eligible": [u.eligible for u in units],
-            "segments": [texts[u.segments] for u in units],
-            "seq": range(units_before + 1, units_before + len(units) + 1)})
-    if labels:
-        _insert(tx, "rollout_labels", {
-            "rollout": [rollout] * len(labels), "key": [r[0] for r in labels],
-            "event_id": [r[1] for r in labels], "agree": [bool(r[2]) for r in labels],
-            "decided_at": [r[3].timestamp() for r in labels],
-            "occurred_at": [r[4] for r in labels], "independent": [r[5] for r in labels],
-            "seq": range(labels_before + 1, labels_before + len(labels) + 1)})
-
-
-_TYPES = {"rollout": pa.string(), "key": pa.string(), "event_id": pa.string(),
-          "segments": pa.string(), "occurred_at": pa.float64(),
-          "decided_at": pa.float64(), "shadow": pa.bool_(), "eligible": pa.bool_(),
-          "agree": pa.bool_(), "independent": pa.bool_(), "seq": pa.int64()}
-
-
-def _insert(tx: Any, table: str, columns: dict[str, Any]) -> None:
-    rows = pa.table({name: pa.array(values, _TYPES[name]) for name, values in columns.items()})
-    times = {"occurred_at", "decided_at"} & set(columns)
-    select = ", ".join(f"to_timestamp({c}) AS {c}" if c in times else c for c in columns)
-    tx.register("new_rows", rows)
-    try:
-        tx.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM new_rows")
-    finally:
-        tx.unregister("new_rows")
-
-
-def _save(tx: Any, p: Progress) -> None:
-    d = p.detector
-    tx.execute(
-        "INSERT OR REPLACE INTO rollout_progress (rollout, step_started_at, predicted_through, "
-        "compared_through, labels, fed, evaluated_labels, statistic, seen, alarmed_at, "
-        "mature_cutoff, expiry_cutoff, clock) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [p.rollout, p.step_started_at, p.predicted_through, p.compared_through, p.labels, p.fed,
-         p.evaluated_labels, d.statistic, d.seen, d.alarmed_at, p.mature_cutoff,
-         p.expiry_cutoff, p.clock])
-
-
-_STORED_DELAYS = """
-SELECT rollout, agree, count(*), quantile_cont(delay, 0.5), quantile_cont(delay, 0.95)
-FROM (SELECT rollout, agree, greatest(epoch(decided_at) - epoch(occurred_at), 0) AS delay
-      FROM rollout_labels
-      QUALIFY row_number() OVER (PARTITION BY rollout, key ORDER BY seq) = 1)
-GROUP BY ALL ORDER BY ALL
-"""
-
-
-def stored_label_delays(db: Any) -> dict[str, tuple[LabelDelay, ...]]:
-    """Each rollout's label delays in its current step, by verdict (disagreements first),
-    from the stored labels: what reports and metrics show without a controller."""
-    found: dict[str, list[LabelDelay]] = {}
-    for rollout, agreed, labelled, median, p95 in db.execute(_STORED_DELAYS).fetchall():
-        found.setdefault(rollout, []).append(LabelDelay(
-            agreed=agreed, labelled=labelled, median=timedelta(seconds=median),
-            p95=timedelta(seconds=p95)))
-    return {rollout: tuple(delays) for rollout, delays in found.items()}

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import rollout.unit_store
 import rollout.units
 from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
@@ -218,16 +219,16 @@ def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_th
     controller = replay(tmp_path / "s.duckdb", plan())
     try:
         before = counts(controller)
-        real = rollout.units._append
+        real = rollout.unit_store.append
 
         def refuse(*args: Any, **kwargs: Any) -> None:
             raise StoreError("disk full")
 
-        monkeypatch.setattr(rollout.units, "_append", refuse)
+        monkeypatch.setattr(rollout.unit_store, "append", refuse)
         with pytest.raises(StoreError):
             controller.units.sync(controller.state)
         assert controller.units.counts() == (UnitCounts(), ())  # nothing the store lacks
-        monkeypatch.setattr(rollout.units, "_append", real)
+        monkeypatch.setattr(rollout.unit_store, "append", real)
         controller.units.sync(controller.state)  # rebuilt from the store
         assert counts(controller) == before
     finally:
