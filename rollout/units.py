@@ -186,12 +186,12 @@ class Units:
         progress = replace(progress, labels=ledger.labels, mature_cutoff=_finite(
             ledger.mature_cutoff), expiry_cutoff=_finite(ledger.expiry_cutoff),
             clock=ledger.clock)
-        if not self.store.read_only:
+        if not self.store.read_only and (new_units or labels or progress != self._progress):
             try:
                 with self.store.transaction() as tx:
                     stored.append(tx, self.rollout, new_units, labels,
-                            units_before=len(ledger.units) - len(new_units),
-                            labels_before=self._rows)
+                                  units_before=len(ledger.units) - len(new_units),
+                                  labels_before=self._rows)
                     stored.save(tx, progress)
             except BaseException:
                 self._ledger = None  # ahead of the store now: rebuilt from it next time

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -220,6 +221,16 @@ def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_th
     try:
         before = counts(controller)
         real = rollout.unit_store.append
+        # One more key predicted after the replay, written as the pipeline would.
+        later = START + timedelta(days=1)
+        controller.store.db.execute(
+            "INSERT INTO events (event_id, key, routing_key, occurred_at, segment, payload, "
+            "source, position) VALUES ('late', 'k-late', 'k-late', ?, '{}', '{}', 'x', '1')",
+            [START])
+        controller.store.db.execute(
+            "INSERT INTO predictions (event_id, candidate, version, mode, output, latency_ms, "
+            "predicted_at) VALUES ('late', 'triage', '1', 'shadow', '\"right\"', 1.0, ?)",
+            [later])
 
         def refuse(*args: Any, **kwargs: Any) -> None:
             raise StoreError("disk full")
@@ -229,7 +240,13 @@ def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_th
             controller.units.sync(controller.state)
         assert controller.units.counts() == (UnitCounts(), ())  # nothing the store lacks
         monkeypatch.setattr(rollout.unit_store, "append", real)
-        controller.units.sync(controller.state)  # rebuilt from the store
-        assert counts(controller) == before
+        controller.units.sync(controller.state)  # rebuilt from the store, then caught up
+        assert counts(controller) == replace(before, keys=before.keys + 1, mature=before.mature
+                                             + 1)
+        again = Controller(controller.store, plan(), rollout="triage", candidate="triage",
+                           version="1", comparator="exact")
+        again.attach()
+        again.progress()
+        assert counts(again) == counts(controller)  # the store holds the late key now
     finally:
         controller.store.close()
