@@ -36,7 +36,10 @@ class RawRecord(NamedTuple):
     def raw_text(self, limit: int = 65_536) -> str:
         raw = self.raw
         if isinstance(raw, dict):
-            raw = orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS)
+            try:
+                raw = orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS)
+            except (TypeError, orjson.JSONEncodeError):  # nested too deep, a huge integer
+                raw = repr(raw)
         text = raw.decode("utf-8", "replace").rstrip("\r\n") if isinstance(raw, bytes) else raw
         return text if len(text) <= limit else text[:limit] + "…[truncated]"
 

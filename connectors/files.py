@@ -162,9 +162,30 @@ class FileSource(Source):
         self._rows_total = parquet.metadata.num_rows
         for batch in parquet.iter_batches(batch_size=10_000):
             self._rows_read += batch.num_rows
-            for row in batch.to_pylist():
+            for row in _json_friendly(batch).to_pylist():
                 number += 1
                 yield RawRecord(self.name, f"row {number}", row, row)
+
+
+def _json_friendly(batch: Any) -> Any:
+    """Decimals as doubles, inside structs and lists too: JSON has numbers, not decimals,
+    and the store keeps payloads as JSON (a row with a ``Decimal`` could not be stored)."""
+    import pyarrow as pa
+
+    def plain(kind: Any) -> Any:
+        if pa.types.is_decimal(kind):
+            return pa.float64()
+        if pa.types.is_struct(kind):
+            return pa.struct([f.with_type(plain(f.type)) for f in kind])
+        if pa.types.is_list(kind):
+            return pa.list_(kind.value_field.with_type(plain(kind.value_type)))
+        if pa.types.is_large_list(kind):
+            return pa.large_list(kind.value_field.with_type(plain(kind.value_type)))
+        return kind
+
+    columns = [column if plain(column.type) == column.type else column.cast(plain(column.type))
+               for column in batch.columns]
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
 
 
 def _unflatten(row: dict[str, str]) -> dict[str, Any]:

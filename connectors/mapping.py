@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import RawRecord
@@ -122,10 +123,35 @@ def map_records(
             dead.append(dead_letter(record, kind, record.error or "undecodable record", now))
             continue
         try:
-            mapped.append((mapper(record.value), record))
+            item = mapper(record.value)
         except MappingFailed as exc:
             dead.append(dead_letter(record, kind, str(exc), now))
+            continue
+        problem = unstorable(item)
+        if problem is not None:
+            dead.append(dead_letter(record, kind, problem, now))
+            continue
+        mapped.append((item, record))
     return mapped, dead
+
+
+def unstorable(item: Any) -> str | None:
+    """Why a mapped event or outcome cannot be stored, or ``None``.
+
+    The store keeps payloads, segments and outcomes as JSON written by orjson,
+    which reads JSON nested up to 1,024 levels but writes at most 254, and
+    writes neither integers beyond 64 bits nor types JSON has no word for
+    (a ``Decimal``, ``bytes``). Such a record is caught here, before any
+    candidate sees it, instead of failing the write of its whole batch.
+    """
+    for name in ("payload", "segment", "outcome"):
+        if not hasattr(item, name):
+            continue
+        try:
+            orjson.dumps(getattr(item, name))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            return f"the record's {name} cannot be stored as JSON: {exc}"
+    return None
 
 
 def dead_letter(record: RawRecord, kind: RecordKind, reason: str, now: datetime) -> DeadLetter:

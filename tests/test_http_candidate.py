@@ -549,3 +549,16 @@ def test_a_secret_with_a_control_character_inside_is_refused_at_open(
         candidate.open()
     candidate.close()
     assert ok_server.requests == []
+
+
+def test_an_answer_nested_too_deep_to_store_is_an_error_of_its_own() -> None:
+    # orjson reads 300 levels, writes at most 254: the answer parses and cannot be kept.
+    deep: dict[str, Any] = {"label": "refund"}
+    for _ in range(300):
+        deep = {"deeper": deep}
+    with TestServer(lambda request: Reply(body=deep if _event_id(request) == "e0"
+                                          else {"label": "refund"})) as server:
+        first, second = _predict(_spec(server.url), _events(2))
+    assert first.error is not None and first.error.kind is ErrorKind.NOT_JSON
+    assert first.output is None and "cannot be stored as JSON" in first.error.message
+    assert second.error is None and second.output == {"label": "refund"}

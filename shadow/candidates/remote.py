@@ -14,6 +14,7 @@ degrades past about 32 concurrent requests, encode/httpx#3215), aiohttp 576.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import time
@@ -206,6 +207,10 @@ class RemoteCandidate(Candidate):
         self, event: Event, now: datetime, started: float, result: Attempt, *, attempts: int
     ) -> Prediction:
         ok = result.error is None
+        if ok and (problem := _unstorable(result.output)) is not None:
+            result = dataclasses.replace(result, output=None, error=PredictionError(
+                type="NotJSONSerializable", message=problem, kind=ErrorKind.NOT_JSON))
+            ok = False
         confidence, abstained = self.judge(result.output) if ok else (None, False)
         return Prediction(
             event_id=event.event_id, candidate=self.name, version=self.version,
@@ -215,6 +220,16 @@ class RemoteCandidate(Candidate):
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             cost=result.cost, model=result.model,
         )
+
+
+def _unstorable(output: Any) -> str | None:
+    """Why an answer that parsed cannot be stored (orjson reads JSON 1,024 levels deep
+    but writes 254), or ``None``: it becomes the prediction's error, not the batch's."""
+    try:
+        orjson.dumps(output)
+    except TypeError as exc:
+        return truncate(f"the answer cannot be stored as JSON: {exc}")
+    return None
 
 
 def failure(
