@@ -8,6 +8,7 @@ and returns the result.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -96,7 +97,12 @@ class DaemonFile:
 
     @classmethod
     def read(cls, store: Path) -> DaemonFile | None:
-        """The file of a daemon that is still alive, else ``None`` (a stale file is ignored)."""
+        """The file of a daemon that is still alive, else ``None`` (a stale file is ignored).
+
+        Alive means holding the store's lock (:class:`DaemonLock`), not having a pid that
+        answers: after a SIGKILL in a container the next daemon is pid 1 again, and any
+        process may get a dead daemon's pid.
+        """
         try:
             data = json.loads(cls.path_for(store).read_text(encoding="utf-8"))
             found = cls(pid=int(data["pid"]), api=str(data["api"]), store=str(data["store"]),
@@ -104,18 +110,52 @@ class DaemonFile:
                         token_env=str(data.get("token_env", "SHADOW_API_TOKEN")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return found if _alive(found.pid) else None
+        return found if DaemonLock.held(store) else None
 
     @classmethod
     def remove(cls, store: Path) -> None:
         cls.path_for(store).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+class DaemonLock:
+    """An exclusive ``flock`` on ``STORE.daemon.lock``, held while a daemon runs the store.
+
+    The kernel drops it when the process ends, however it ends, so a daemon killed
+    with SIGKILL leaves no lock behind; the file itself stays and is reused.
+    """
+
+    def __init__(self, store: Path) -> None:
+        self.path = store.with_name(store.name + ".daemon.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; ``False`` when another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
         return True
-    return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+    @staticmethod
+    def held(store: Path) -> bool:
+        """Whether some process holds the lock of ``store`` now."""
+        path = store.with_name(store.name + ".daemon.lock")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False

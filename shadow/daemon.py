@@ -38,7 +38,7 @@ from shadow.candidates import build_candidate
 from shadow.comparators import Comparator, build_comparator
 from shadow.compare import compare
 from shadow.config import Config
-from shadow.control import DaemonFile
+from shadow.control import DaemonFile, DaemonLock
 from shadow.errors import ConfigError, StoreError
 from shadow.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
 from shadow.models import utc_now
@@ -84,14 +84,17 @@ class Daemon:
         """
         self._thread = threading.current_thread()
         token = self._token()
-        other = DaemonFile.read(self.store_path)
-        if other is not None:
-            raise StoreError(f"another daemon (pid {other.pid}, API at {other.api}) is running "
-                             f"for {self.store_path}; stop it first")
+        lock = DaemonLock(self.store_path)
+        if not lock.acquire():
+            other = DaemonFile.read(self.store_path)
+            held = (f" (pid {other.pid}, API at {other.api})" if other is not None else "")
+            raise StoreError(f"another daemon{held} is running for {self.store_path}; "
+                             f"stop it first")
         from shadow.runtime_metrics import RuntimeMetrics
 
         self.runtime = RuntimeMetrics()
         with ExitStack() as stack:
+            stack.callback(lock.release)
             self.store = stack.enter_context(Store(self.store_path))
             feeds = self._wire(stack)
             from shadow.api import ApiServer

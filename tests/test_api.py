@@ -30,7 +30,7 @@ from rollout.state import Action, Refused, Status
 from shadow import render
 from shadow.api import METRICS_TYPE, ApiServer, ApiState
 from shadow.api_client import DaemonClient, DaemonUnavailable, find_daemon
-from shadow.control import DaemonFile
+from shadow.control import DaemonFile, DaemonLock
 from shadow.errors import ConfigError
 from shadow.openapi import openapi, public_operations
 from shadow.report import build_report
@@ -553,9 +553,25 @@ def test_the_client_says_when_nothing_listens() -> None:
         DaemonClient(f"http://127.0.0.1:{closed_port()}", TOKEN).health()
 
 
+_HELD: list[DaemonLock] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_locks() -> Iterator[None]:
+    yield
+    while _HELD:
+        _HELD.pop().release()
+
+
 def daemon_file(store: Path, api: str, pid: int | None = None) -> None:
+    """The file a daemon writes; without a ``pid`` (a live daemon: this process) it also
+    holds the store's lock, as a daemon does, until the test ends."""
     DaemonFile(pid=os.getpid() if pid is None else pid, api=api, store=str(store),
                started_at=datetime.now(UTC).isoformat()).write(store)
+    if pid is None:
+        lock = DaemonLock(store)
+        assert lock.acquire()
+        _HELD.append(lock)
 
 
 def test_find_daemon_needs_a_live_daemon_and_the_token(tmp_path: Path, server: ApiServer) -> None:
