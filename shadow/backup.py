@@ -76,7 +76,12 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
     _remove(partial)
     db = store.db
     try:
-        rows = _rows(db)
+        rows = _digest(db)
+    except duckdb.Error as exc:
+        raise StoreError(f"backup to {target} refused: the store cannot be read in full, so "
+                         f"it may be damaged ({_first_line(exc)}); earlier backups are kept"
+                         ) from exc
+    try:
         taken_at = now()
         if not store.read_only:
             _fold_log(db)
@@ -97,7 +102,8 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         raise ConfigError(f"backup target {target} exists now; choose a new file name")
     os.replace(partial, target)
     fsync(target.parent)
-    made = Backup(target, rows, target.stat().st_size, time.monotonic() - started, taken_at)
+    counts = {table: count for table, (count, _) in rows.items()}
+    made = Backup(target, counts, target.stat().st_size, time.monotonic() - started, taken_at)
     log.info("store backed up", path=str(target), seconds=round(made.seconds, 3),
              size_bytes=made.size_bytes)
     return made
@@ -111,11 +117,11 @@ def _fold_log(db: duckdb.DuckDBPyConnection) -> None:
         pass  # a reader's transaction is open: the log is copied along with the file
 
 
-def _settle(copy: Path) -> dict[str, int]:
-    """Open the copy (replaying a copied log into it), fold the log in, count its rows."""
+def _settle(copy: Path) -> dict[str, tuple[int, int]]:
+    """Open the copy (replaying a copied log into it), fold the log in, read it in full."""
     with duckdb.connect(str(copy)) as db:
-        rows = _rows(db)
         db.execute("CHECKPOINT")
+        rows = _digest(db)
     if _log(copy).exists():
         raise StoreError(f"the copy's write-ahead log {_log(copy)} was not folded in")
     return rows
@@ -152,13 +158,28 @@ def _check_target(target: Path) -> None:
         raise ConfigError(f"backup target {target}: the directory {target.parent} does not exist")
 
 
-def _rows(db: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Rows per table of the connection's database."""
+def _digest(db: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
+    """Rows and a checksum of every row's every column, per table.
+
+    Hashing every column reads every block of every table, and DuckDB checks each
+    block's checksum as it reads it: a damaged file fails here, not when the
+    backup is needed. The checksum (the XOR of the rows' hashes, whatever their
+    order) makes a copy that differs from the store in content fail too.
+    """
     tables = [name for (name,) in db.execute(
         "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
         "AND schema_name = 'main' ORDER BY table_name").fetchall()]
-    return {table: int(db.execute(f"SELECT count(*) FROM main.{_identifier(table)}")
-                       .fetchall()[0][0]) for table in tables}
+    found = {}
+    for table in tables:
+        count, checksum = db.execute(
+            f"SELECT count(*), coalesce(bit_xor(hash(t)), 0) FROM main.{_identifier(table)} t"
+        ).fetchall()[0]
+        found[table] = (int(count), int(checksum))
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _identifier(name: str) -> str:

@@ -285,3 +285,31 @@ def backups_made(api: str) -> float:
     found = [x for x in text.splitlines()
              if x.startswith('shadow_job_runs_total{job="backup",result="ok"}')]
     return float(found[0].split()[-1]) if found else 0.0
+
+
+def damage(db: Path, seed: int = 1) -> None:
+    """Random bytes over the middle third of the file, past its header."""
+    import random
+
+    rng = random.Random(seed)
+    size = db.stat().st_size
+    with db.open("r+b") as f:
+        for at in range(size // 3, 2 * size // 3, 4096):
+            f.seek(at)
+            f.write(bytes(rng.randrange(256) for _ in range(64)))
+
+
+def test_a_damaged_store_is_refused_and_earlier_backups_are_kept(filled: Path,
+                                                                 tmp_path: Path) -> None:
+    backups = tmp_path / "backups"
+    with Store(filled) as store:
+        good = backup_in_turn(store, backups, 1, datetime(2026, 1, 1, tzinfo=UTC))
+    with Store(filled) as store:  # fold the write-ahead log into the file before damaging it
+        store.db.execute("CHECKPOINT")
+    damage(filled)
+    result = shadow(tmp_path, "backup", "--db", str(filled), str(backups / "fresh.duckdb"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot be read in full" in result.stderr and "checksum" in result.stderr
+    assert sorted(p.name for p in backups.iterdir()) == [good.path.name]
+    assert tables(good.path)["events"] == N  # the good one still holds everything
