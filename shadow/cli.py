@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from shadow import logs
 from shadow.errors import ConfigError, ShadowError
 
@@ -34,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ShadowError as exc:
         print(f"shadow: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except duckdb.Error as exc:
+        # Whatever query met it: a damaged or truncated store file, most likely.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"shadow: failed: the store could not be read: {first}; if its file is damaged, "
+              f"restore a backup (README, The store)", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("shadow: interrupted; everything committed so far is kept", file=sys.stderr)

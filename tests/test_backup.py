@@ -313,3 +313,20 @@ def test_a_damaged_store_is_refused_and_earlier_backups_are_kept(filled: Path,
     assert "cannot be read in full" in result.stderr and "checksum" in result.stderr
     assert sorted(p.name for p in backups.iterdir()) == [good.path.name]
     assert tables(good.path)["events"] == N  # the good one still holds everything
+
+
+@pytest.mark.parametrize("command", ["report", "replay", "dead-letters"])
+def test_commands_on_a_damaged_store_fail_in_one_line(filled: Path, tmp_path: Path,
+                                                      command: str) -> None:
+    with Store(filled) as store:
+        store.db.execute("CHECKPOINT")
+    damage(filled)
+    args = {"report": ["report", "--db", str(filled)],
+            "dead-letters": ["dead-letters", "--db", str(filled)],
+            "replay": ["replay", str(tmp_path / "events.jsonl"), "--candidate",
+                       "shadow.demo.candidate:classify", "--db", str(filled)]}[command]
+    (tmp_path / "events.jsonl").write_text(json.dumps(event(0)) + "\n", encoding="utf-8")
+    result = shadow(tmp_path, *args)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "the store could not be read" in result.stderr or "cannot open store" in result.stderr
