@@ -21,6 +21,7 @@ from rollout import audit
 from rollout.gates import Evaluation, Phase, StepStats, promotion, rollback
 from rollout.measure import measure
 from rollout.notify import Announcement, Notifier
+from rollout.outbox import withdraw
 from rollout.plan import RolloutSpec
 from rollout.router import Router
 from rollout.state import (
@@ -320,6 +321,10 @@ class Controller:
             t = Transition(action=t.action, actor=t.actor, reason=t.reason, at=t.at,
                            before=t.before, after=after, evidence=t.evidence)
         audit.save(self.store, t)
+        before = t.before
+        if before is not None and before.live and (not after.live or replace_candidate):
+            withdraw(self.store, before.candidate, before.version, at=t.at,
+                     reason=f"{t.action.value}: the rollout stopped acting")
         self._set(after)
         log.info("rollout transition", rollout=self.rollout, action=t.action.value,
                  actor=t.actor, step=after.step, percent=after.percent,

@@ -223,6 +223,9 @@ class RolloutSpec(_Spec):
     """Share of routing keys that stays with the humans at every step, 100 % included."""
     review: Rate = 0.0
     """Share of live decisions also sent for a person to confirm or correct."""
+    max_decision_age: Duration | None = timedelta(hours=1)
+    """A live decision not published within this (the sink was away) is withdrawn instead:
+    production would act on a stale case. ``null`` publishes however late."""
     sink: SinkSpec | None = None
     """Where live decisions are published; without one nothing can go live."""
     notify: list[NotifySpec] = Field(default_factory=list)

@@ -23,6 +23,7 @@ import structlog
 from connectors.sinks import Decision, FileSink, Sink, SinkError, WebhookSink
 from rollout.controller import Assessment, Controller
 from rollout.notify import KafkaNotifier, Notifier, WebhookNotifier
+from rollout.outbox import withdraw
 from rollout.plan import NotifySpec, RolloutSpec, SinkSpec
 from rollout.router import Router
 from shadow.candidates import Candidate
@@ -38,7 +39,7 @@ SELECT p.event_id, e.key, p.output, p.review, p.rollout_step, p.predicted_at
 FROM predictions p JOIN events e USING (event_id)
 WHERE p.candidate = ? AND p.version IS NOT DISTINCT FROM ? AND p.mode = 'live'
   AND p.published_at IS NULL AND p.error_type IS NULL AND NOT p.abstained
-  AND p.violations IS NULL
+  AND p.violations IS NULL AND p.withdrawn_at IS NULL
 ORDER BY p.predicted_at, p.event_id
 LIMIT ?
 """
@@ -91,6 +92,10 @@ class LiveRollout:
         """
         sent = 0
         c = self.controller
+        max_age = c.plan.max_decision_age
+        if max_age is not None:
+            withdraw(self.store, c.candidate, c.version, reason="older than max_decision_age",
+                     at=c.now(), older_than=c.now() - max_age)
         while True:
             rows = self.store.db.execute(
                 _UNPUBLISHED, [c.candidate, c.version, self.publish_batch]).fetchall()

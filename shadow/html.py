@@ -416,6 +416,15 @@ def _label_delays(labels: dict[str, Any] | None) -> str:
             f"Label delays in the current step: {esc('; '.join(parts))}.{warning}</p>")
 
 
+def _withdrawn(withdrawn: list[dict[str, Any]] | None) -> str:
+    """Live decisions production never received, and why."""
+    if not withdrawn:
+        return ""
+    parts = [f"{_count(w['count'])} of {esc(w['candidate'])} ({esc(w['reason'])})"
+             for w in withdrawn]
+    return f"<p>Live decisions withdrawn, never published: {'; '.join(parts)}.</p>"
+
+
 def _duration(seconds: float) -> str:
     for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -429,7 +438,7 @@ def _rollout(rollout: dict[str, Any] | None) -> str:
     state = rollout.get("state")
     state_html = (_table(["field", "value"], [[esc(k), _value(v)] for k, v in state.items()],
                          set()) if state else no_data("rollout state"))
-    state_html += _label_delays(rollout.get("labels"))
+    state_html += _label_delays(rollout.get("labels")) + _withdrawn(rollout.get("withdrawn"))
     timeline = rollout.get("timeline") or []
     if not timeline:
         return state_html + no_data("rollout timeline")

@@ -160,8 +160,9 @@ SELECT candidate, coalesce(version, ''),
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
        coalesce(sum(cost), 0),
        count(*) FILTER (WHERE mode = 'live' AND published_at IS NOT NULL),
-       count(*) FILTER (WHERE mode = 'live' AND published_at IS NULL
+       count(*) FILTER (WHERE mode = 'live' AND published_at IS NULL AND withdrawn_at IS NULL
                         AND error_type IS NULL AND NOT abstained AND violations IS NULL),
+       count(*) FILTER (WHERE withdrawn_at IS NOT NULL),
        {_latency_buckets_sql()}
 FROM predictions
 GROUP BY ALL ORDER BY 1, 2
@@ -248,7 +249,11 @@ def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
         "Live decisions (successful, not abstained, no violation) not yet published to "
         "the sink.",
         labels=_CANDIDATE)
-    for name, version, ok, latency_sum, prompt, completion, spent, sent, waiting, *le in rows:
+    withdrawn = CounterMetricFamily(
+        "shadow_live_decisions_withdrawn", "Live decisions never published: the rollout "
+        "stopped acting, or they waited longer than max_decision_age.", labels=_CANDIDATE)
+    for (name, version, ok, latency_sum, prompt, completion, spent, sent, waiting, dropped,
+         *le) in rows:
         labels = [name, version]
         buckets = [(_bound(b), n) for b, n in zip(LATENCY_BUCKETS_MS, le, strict=True)]
         latency.add_metric(labels, [*buckets, ("+Inf", ok)], latency_sum)
@@ -257,7 +262,8 @@ def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
         cost.add_metric(labels, spent)
         published.add_metric(labels, sent)
         pending.add_metric(labels, waiting)
-    return [latency, tokens, cost, published, pending]
+        withdrawn.add_metric(labels, dropped)
+    return [latency, tokens, cost, published, pending, withdrawn]
 
 
 def _bound(value: float) -> str:

@@ -209,6 +209,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             clock DOUBLE
         )""",
     ]),
+    # Live decisions that will never be published: withdrawn when the rollout stopped
+    # acting (rollback, abort, restart) or when they grew older than allowed.
+    (8, [
+        "ALTER TABLE predictions ADD COLUMN withdrawn_at TIMESTAMPTZ",
+        "ALTER TABLE predictions ADD COLUMN withdrawn_reason VARCHAR",
+    ]),
 ]
 
 

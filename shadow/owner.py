@@ -139,7 +139,8 @@ def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dic
         "human_baseline": q.human_baseline(),
         "rollout": {"state": latest,
                     "timeline": q.timeline(latest["rollout"]) if latest else [],
-                    "labels": q.label_delays(latest["rollout"]) if latest else None},
+                    "labels": q.label_delays(latest["rollout"]) if latest else None,
+                    "withdrawn": q.withdrawn()},
         "legacy": build_report(store, now=options.now),
     }
 

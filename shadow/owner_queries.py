@@ -326,6 +326,13 @@ class OwnerQueries:
             "disagreements_later": later,
         }
 
+    def withdrawn(self) -> list[dict[str, Any]]:
+        """Live decisions never published, by candidate and reason (rollout/outbox.py)."""
+        rows = self._rows(
+            "SELECT candidate, version, withdrawn_reason, count(*) FROM predictions "
+            "WHERE withdrawn_at IS NOT NULL GROUP BY ALL ORDER BY ALL")
+        return [{"candidate": c, "version": v, "reason": r, "count": n} for c, v, r, n in rows]
+
     def timeline(self, rollout: str) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT changed_at, actor, action, from_step, to_step, percent, to_status, reason "

@@ -334,7 +334,8 @@ def test_an_empty_store_has_no_candidates_and_no_baseline(tmp_path: Path) -> Non
         report = build_owner_report(store, ready_options())
     assert report["candidates"] == []
     assert report["human_baseline"] is None
-    assert report["rollout"] == {"state": None, "timeline": [], "labels": None}
+    assert report["rollout"] == {"state": None, "timeline": [], "labels": None,
+                                 "withdrawn": []}
     assert "No predictions" in owner_markdown(report)
 
 
