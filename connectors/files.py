@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -87,7 +88,7 @@ class FileSource(Source):
             if self.format is FileFormat.PARQUET:
                 self._records = self._parquet_records()
             elif self.format is FileFormat.CSV:
-                self._handle = self.path.open(newline="", encoding="utf-8-sig")
+                self._handle = self.path.open("rb")
                 self._records = self._csv_records(self._handle)
             else:
                 self._handle = self.path.open("rb")
@@ -132,24 +133,64 @@ class FileSource(Source):
                 reason = f"expected a JSON object, got {_json_type(value)}"
                 yield RawRecord(source, f"line {number}", None, line, reason)
 
-    def _csv_records(self, handle: IO[str]) -> Iterator[RawRecord]:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            return
-        ended = reader.line_num
-        for cells in reader:
-            # A quoted cell may span lines: a record is where it starts.
-            position, ended = f"line {ended + 1}", reader.line_num
-            if not cells:
+    def _csv_records(self, handle: IO[bytes]) -> Iterator[RawRecord]:
+        """Records as the header names their cells; a record that cannot be read is a dead
+        letter with its line, and the records around it are read as usual.
+
+        A quoted cell may span lines, so a record is read line by line until its quotes
+        close; one that does not close within :data:`MAX_RECORD_LINES` lines (an
+        unbalanced quote) costs its first line only, and reading goes on from the next.
+        """
+        lines = _Lines(handle)
+        header: list[str] | None = None
+        while (first := lines.next()) is not None:
+            number, record, problem = self._csv_record(first, lines)
+            position = f"line {number}"
+            if problem is not None:
+                if header is None:
+                    raise SourceError(f"cannot read {self.path}: the header ({position}): "
+                                      f"{problem}")
+                yield RawRecord(self.name, position, None, first[1], problem)
+                continue
+            if not record:
                 continue  # a blank line
-            row = dict(zip(header, cells, strict=False))
-            if len(cells) > len(header):
-                raw = {**row, "(cells past the header)": cells[len(header):]}
+            if header is None:
+                header = record
+                continue
+            row = dict(zip(header, record, strict=False))
+            if len(record) > len(header):
+                raw = {**row, "(cells past the header)": record[len(header):]}
                 reason = f"row has more cells than the header's {len(header)}"
                 yield RawRecord(self.name, position, None, raw, reason)
                 continue
             yield RawRecord(self.name, position, _unflatten(row), row)
+
+    def _csv_record(self, first: tuple[int, bytes], lines: _Lines,
+                    ) -> tuple[int, list[str] | None, str | None]:
+        """The record starting at ``first``: its line, its cells, or why it cannot be read."""
+        number, data = first
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return number, None, f"not valid UTF-8: {exc.reason} at byte {exc.start}"
+        taken: list[tuple[int, bytes]] = []
+        while True:
+            try:
+                rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+            except csv.Error as exc:
+                if "unexpected end of data" not in str(exc):
+                    lines.again(taken)
+                    return number, None, f"not valid CSV: {exc}"
+                more = lines.next() if len(taken) + 1 < MAX_RECORD_LINES else None
+                continued = _utf8(more[1]) if more is not None else None
+                if more is None or continued is None:
+                    lines.again([*taken, *([more] if more is not None else [])])
+                    return number, None, ("unbalanced quote: no closing quote within "
+                                          f"{len(taken) + 1} lines")
+                taken.append(more)
+                text += continued
+                continue
+            return number, rows[0] if rows else [], None
 
     def _parquet_records(self) -> Iterator[RawRecord]:
         import pyarrow.parquet as pq  # only Parquet replays pay for the import
@@ -165,6 +206,37 @@ class FileSource(Source):
             for row in _json_friendly(batch).to_pylist():
                 number += 1
                 yield RawRecord(self.name, f"row {number}", row, row)
+
+
+def _utf8(data: bytes) -> str | None:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+MAX_RECORD_LINES = 1000
+"""How many lines one CSV record may span (a quoted cell with line breaks in it)."""
+
+
+class _Lines:
+    """A file's lines with their 1-based numbers, a byte-order mark dropped, and a way to
+    hand lines back to be read again."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._numbered = enumerate(handle, 1)
+        self._again: list[tuple[int, bytes]] = []
+
+    def next(self) -> tuple[int, bytes] | None:
+        if self._again:
+            return self._again.pop()
+        found = next(self._numbered, None)
+        if found is not None and found[0] == 1 and found[1].startswith(b"\xef\xbb\xbf"):
+            return 1, found[1][3:]
+        return found
+
+    def again(self, lines: list[tuple[int, bytes]]) -> None:
+        self._again.extend(reversed(lines))
 
 
 def _json_friendly(batch: Any) -> Any:

@@ -284,10 +284,54 @@ def test_csv_raw_is_the_row_as_read(tmp_path: Path) -> None:
                    "solved_at": "2024-05-08 13:44:20", "agent_email": "", "tags": ""}
 
 
-def test_csv_that_is_not_utf8_is_a_source_error(tmp_path: Path) -> None:
-    path = write(tmp_path, "r.csv", "id,name\n1,Müller\n".encode("latin-1"))
+def bad_and_good(records: list[RawRecord]) -> tuple[dict[str, str], list[str]]:
+    """Dead letters by position with their reason, and the ids of the records read."""
+    bad = {r.position: r.error or "" for r in records if r.value is None}
+    good = [str(r.value["id"]) for r in records if r.value is not None]
+    return bad, good
 
-    with FileSource(path) as source, pytest.raises(SourceError, match="cannot read"):
+
+def test_a_csv_line_that_is_not_utf8_is_an_error_record_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, "r.csv", b"id,name\n1,Anna\n2,M" + "ü".encode("latin-1")
+                 + b"ller\n3,Chen\n")
+    bad, good = bad_and_good(read_all(path))
+    assert good == ["1", "3"]
+    assert list(bad) == ["line 3"] and "not valid UTF-8" in bad["line 3"]
+
+
+def test_an_unbalanced_quote_costs_its_line_only(tmp_path: Path) -> None:
+    rows = [f"{i},fine" for i in range(1, 100)]
+    rows.insert(1, '2b,"never closed')
+    path = write(tmp_path, "r.csv", "id,name\n" + "\n".join(rows) + "\n")
+    bad, good = bad_and_good(read_all(path))
+    assert good == [str(i) for i in range(1, 100)]  # the 98 rows after it are all read
+    assert list(bad) == ["line 3"] and "unbalanced quote" in bad["line 3"]
+
+
+def test_a_quoted_cell_may_still_span_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.csv", 'id,name\n1,"two\nlines"\n2,"a ""quoted"" word"\n')
+    values = [r.value for r in read_all(path)]
+    assert values == [{"id": "1", "name": "two\nlines"}, {"id": "2", "name": 'a "quoted" word'}]
+
+
+def test_a_cell_over_the_field_limit_is_an_error_record(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.csv", f"id,name\n1,{'x' * 200_000}\n2,short\n")
+    bad, good = bad_and_good(read_all(path))
+    assert good == ["2"]
+    assert list(bad) == ["line 2"] and "field larger than field limit" in bad["line 2"]
+
+
+def test_a_malformed_quote_is_an_error_record(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.csv", 'id,name\n1,"x"y\n2,fine\n')
+    bad, good = bad_and_good(read_all(path))
+    assert good == ["2"] and "not valid CSV" in bad["line 2"]
+
+
+def test_a_header_that_cannot_be_read_is_a_source_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "r.csv", b"id,n\xe4me\n1,x\n")
+    with FileSource(path) as source, pytest.raises(SourceError, match="the header"):
         source.poll(10)
 
 

@@ -108,3 +108,25 @@ def test_a_signed_webhook_too_deep_to_store_is_a_dead_letter_and_the_next_is_sto
         ((_, _, reason, _),) = pipeline.dead_letters()
         assert [e[0] for e in pipeline.events()] == ["e2"]
     assert "payload cannot be stored as JSON" in reason
+
+
+def test_a_csv_export_with_bad_rows_stores_every_good_one(tmp_path: Path) -> None:
+    good = [f"k{i},billing,2026-01-02T00:00:00Z" for i in range(1, 51)]
+    lines = ["key,outcome,decided_at", *good[:10], 'k-bad,"never closed,2026-01-02T00:00:00Z',
+             *good[10:20]]
+    body = "\n".join(lines).encode() + b"\nk-latin,caf\xe9,2026-01-02T00:00:00Z\n" + \
+        "\n".join(good[20:]).encode() + b"\n"
+    (tmp_path / "outcomes.csv").write_bytes(body)
+    (tmp_path / "events.jsonl").write_text(json.dumps(event(1)) + "\n", encoding="utf-8")
+    (tmp_path / "triage.py").write_text(CANDIDATE, encoding="utf-8")
+    (tmp_path / "shadow.yaml").write_text(CONFIG, encoding="utf-8")
+    result = run(tmp_path, "replay", "events.jsonl", "--outcomes", "outcomes.csv", "--config",
+                 "shadow.yaml", "--db", "s.duckdb", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as con:
+        keys = {k for (k,) in con.execute("SELECT key FROM outcomes").fetchall()}
+    assert keys == {f"k{i}" for i in range(1, 51)}
+    reasons = {p: r for k, p, r in dead_letters(tmp_path / "s.duckdb")
+               if k == RecordKind.OUTCOME.value}
+    assert list(reasons) == ["line 12", "line 23"]
+    assert "unbalanced quote" in reasons["line 12"] and "UTF-8" in reasons["line 23"]
