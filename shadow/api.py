@@ -284,11 +284,12 @@ class ApiServer:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self._valid(token):
             return _json({"status": "ok"})  # liveness only; details need the token
-        details = await self._call(self.control.health)
+        # Answered on the event loop, never queued behind calls waiting on the pipeline.
+        details = self.control.health()
         return _json({"status": "ok", **details})
 
     async def _ready(self, request: web.Request) -> web.Response:
-        ready, checks = await self._call(self.control.readiness)
+        ready, checks = self.control.readiness()
         return _json({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def _openapi(self, request: web.Request) -> web.Response:

@@ -18,11 +18,15 @@ from typing import Any, Protocol
 
 class Control(Protocol):
     def health(self) -> dict[str, Any]:
-        """Liveness: the process answers. Never touches the store."""
+        """Liveness: the process answers. Never touches the store, never blocks: it is
+        called on the API's event loop."""
         ...
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready when the store is open, the sources are consuming and no shutdown is under way."""
+        """Ready when the store is open, the sources are consuming and no shutdown is under way.
+
+        Never blocks: it is called on the API's event loop, so that it answers while every
+        worker waits on the pipeline (a backup, say)."""
         ...
 
     def rollout_status(self) -> dict[str, Any]:

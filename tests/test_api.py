@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -449,6 +450,37 @@ def test_health_answers_while_a_control_call_blocks(http: httpx.Client, fake: Fa
         fake.hold.set()
         slow.join(10)
     assert answers == [200]
+
+
+def test_health_and_readiness_answer_while_every_worker_waits_on_the_pipeline(
+    http: httpx.Client, fake: FakeControl, server: ApiServer
+) -> None:
+    fake.hold = threading.Event()
+    answers: list[int] = []
+
+    def slow() -> None:
+        answers.append(httpx.get(server.url + "/rollout", headers=bearer(), trust_env=False,
+                                 timeout=30).status_code)
+
+    waiting = [threading.Thread(target=slow) for _ in range(6)]  # more than the 4 workers
+    for thread in waiting:
+        thread.start()
+    try:
+        assert fake.holding.wait(5)
+        deadline = time.monotonic() + 5
+        while sum(1 for c in fake.calls if c[0] == "rollout_status") < 4:
+            assert time.monotonic() < deadline, "the workers did not all take a call"
+            time.sleep(0.01)
+        started = time.monotonic()
+        assert http.get("/ready", timeout=2).status_code == 200
+        assert http.get("/health", headers=bearer(), timeout=2).json()["pid"] == 4242
+        assert time.monotonic() - started < 1.0
+        assert answers == []
+    finally:
+        fake.hold.set()
+        for thread in waiting:
+            thread.join(20)
+    assert answers == [200] * 6
 
 
 # -- a real rollout through HTTP --------------------------------------------------------------
