@@ -8,6 +8,7 @@ means they ran against a real broker.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +25,41 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(f"no Kafka broker: {reason}")
 
 
+def free_port_pair() -> int:
+    """A port that is free on 127.0.0.1 together with the next one (the controller's)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two free ports in a row on 127.0.0.1")
+
+
+def broker_env(run: Path) -> dict[str, str]:
+    """The environment of a broker of its own: free ports, its storage under ``run``,
+    so that parallel runs never share one (nor stop each other's)."""
+    return {**os.environ, "SHADOW_KAFKA_PORT": str(free_port_pair()),
+            "SHADOW_KAFKA_RUN": str(run)}
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The bootstrap address of a running broker, for the whole test session."""
     existing = os.environ.get("SHADOW_KAFKA_BOOTSTRAP")
     if existing:
         yield existing
         return
+    env = broker_env(tmp_path_factory.mktemp("kafka") / "run")
     try:
         started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True,
-                                 timeout=600, check=False)
+                                 timeout=600, check=False, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         unavailable(f"{SCRIPT.name} start failed: {exc}")
     if started.returncode != 0:
@@ -41,4 +67,5 @@ def kafka_bootstrap() -> Iterator[str]:
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120, check=False)
+        subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120, check=False,
+                       env=env)

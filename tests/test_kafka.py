@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from shadow.report import build_report
 from shadow.runner import Replay
 from shadow.source_specs import EventMapping
 from shadow.store import Store
+from tests.kafka import broker_env
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -242,7 +242,7 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
 ) -> None:
     # A broker of its own, so stopping it does not disturb the other tests.
     script = Path(__file__).resolve().parent.parent / "scripts" / "kafka-local"
-    env = {**os.environ, "SHADOW_KAFKA_PORT": "29192", "SHADOW_KAFKA_RUN": str(tmp_path / "k")}
+    env = broker_env(tmp_path / "k")
     broker = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True,
                             check=True, timeout=300).stdout.strip().splitlines()[-1]
     try:
