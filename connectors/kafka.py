@@ -42,6 +42,15 @@ class Start(enum.StrEnum):
     LATEST = "latest"
 
 
+_CONSUMER_DEFAULTS: dict[str, Any] = {
+    # A consumer that died (SIGKILL, a lost machine) keeps its partitions until its session
+    # times out; kafka-python's 45 s meant a restarted daemon sat idle that long. Ten
+    # seconds, with a heartbeat every three, lets a restart resume within about ten.
+    "session_timeout_ms": 10_000,
+    "heartbeat_interval_ms": 3_000,
+}
+
+
 class KafkaSource(Source):
     """Records from one or more topics, in a consumer group.
 
@@ -90,7 +99,8 @@ class KafkaSource(Source):
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id,
-                enable_auto_commit=False, auto_offset_reset=reset, **self._options,
+                enable_auto_commit=False, auto_offset_reset=reset,
+                **{**_CONSUMER_DEFAULTS, **self._options},
             )
             self._consumer.subscribe(self.topics, listener=_StartListener(self._on_assigned))
         except KafkaError as exc:
