@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import enum
 import threading
+import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -67,6 +69,7 @@ class WebhookServer:
         port: int = 0,
         public_url: str | None = None,
         shutdown_timeout_s: float | None = None,
+        body_timeout_s: float = 10.0,
     ) -> None:
         routes: dict[str, WebhookSource] = {}
         for source in sources:
@@ -80,6 +83,9 @@ class WebhookServer:
             parts = urllib.parse.urlsplit(public_url)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
                 raise ValueError(f"public_url must be http(s)://host[/prefix], got {public_url!r}")
+        if not body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be positive, got {body_timeout_s}")
+        self.body_timeout_s = body_timeout_s
         self.host, self.port = host, port
         self.public_url = public_url.rstrip("/") if public_url else None
         self.shutdown_timeout_s = (
@@ -120,6 +126,7 @@ class WebhookServer:
             raise RuntimeError(f"cannot start a webhook server that is {self._state.value}")
         self._state = ServerState.RUNNING
         loop = asyncio.new_event_loop()
+        loop.set_exception_handler(RateLimitedErrors())
         self._loop = loop
         self._thread = threading.Thread(target=loop.run_forever, name="webhooks", daemon=True)
         self._thread.start()
@@ -193,7 +200,15 @@ class WebhookServer:
         refused = source.check_headers(request.headers)
         if refused is not None:
             return _reply(refused)
-        body = await _read(request, limit)
+        try:
+            body = await asyncio.wait_for(_read(request, limit), timeout=self.body_timeout_s)
+        except TimeoutError:
+            log.warning("webhook delivery refused: body not received in time", source=source.name,
+                        body_timeout_s=self.body_timeout_s)
+            slow = _reply(Answer(408, {"status": "timeout", "reason": "the body did not arrive "
+                                       f"within {self.body_timeout_s:g} s"}))
+            slow.force_close()
+            return slow
         if body is None:
             return self._too_large(source, None)
         answer = await source.receive(method=request.method, url=self._signed_url(request),
@@ -216,6 +231,33 @@ class WebhookServer:
         scheme = forwarded.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
         host = forwarded.get("X-Forwarded-Host", request.host).split(",")[0].strip()
         return f"{scheme}://{host}{request.raw_path}"
+
+
+class RateLimitedErrors:
+    """The server loop's exception handler: each kind of error is logged at most once per
+    ``every_s``, with how many were left out since. A flood of connections beyond the
+    open-files limit makes asyncio report every failed accept; logged each time, they
+    filled the disk faster than the flood could be noticed."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.every_s, self.clock = every_s, clock
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exception = context.get("exception")
+        kind = f"{context.get('message', '')}|{type(exception).__name__}"
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.every_s:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        log.error("webhook server error", message=context.get("message"),
+                  error=repr(exception) if exception is not None else None,
+                  left_out_since_last=left_out)
 
 
 async def _read(request: web.Request, limit: int) -> bytes | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import queue
+import resource
 import signal
 import threading
 from collections.abc import Callable
@@ -84,6 +85,7 @@ class Daemon:
         """
         self._thread = threading.current_thread()
         token = self._token()
+        _raise_open_files_limit()
         lock = DaemonLock(self.store_path)
         if not lock.acquire():
             other = DaemonFile.read(self.store_path)
@@ -432,3 +434,21 @@ class Daemon:
             raise ConfigError("rollout: this daemon's configuration has no 'rollout' section")
         self.controller.sync()
         return self.controller
+
+
+def _raise_open_files_limit() -> None:
+    """Let the process open as many files as its hard limit allows.
+
+    The common soft limit of 1,024 is what a thousand slow webhook senders exhaust, and
+    with it the store, the API and every source; the hard limit is usually far higher
+    and any process may raise its soft limit up to it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # a container may forbid it; run with what is
+            log.warning("open files limit not raised", soft=soft, hard=hard, error=str(exc))
+        else:
+            log.info("open files limit raised", soft=wanted, was=soft)
