@@ -169,9 +169,12 @@ class Controller:
     # -- evaluation -------------------------------------------------------------
 
     def progress(self) -> Progress:
-        """Where the step's units stand, brought up to date (in memory only over a
-        read-only store)."""
-        return self.units.sync(self.state)
+        """Where the step's units stand, brought up to date as far as the next evaluation
+        (in memory only over a read-only store): labels are taken in up to the next
+        ``evaluate_every_compared``, and :attr:`Units.behind` says if more wait."""
+        current = self.units.current(self.state)
+        room = self.plan.evaluate_every_compared - (current.labels - current.evaluated_labels)
+        return self.units.sync(self.state, max_labels=max(room, 0))
 
     def due(self) -> bool:
         """Whether ``evaluate_every_compared`` keys were labelled since the last evaluation."""

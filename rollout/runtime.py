@@ -12,6 +12,7 @@ published: that case stays with the humans.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
@@ -56,12 +57,15 @@ class LiveRollout:
         self.publish_batch = publish_batch
         self.published = 0
         self.live = 0
-        self.assessments: list[Assessment] = []
+        self.assessments: deque[Assessment] = deque(maxlen=1000)
+        """The latest evaluations (a daemon runs for years: only the newest are kept)."""
 
     @property
     def batch_limit(self) -> int:
-        """The largest batch a replay should write between two evaluations."""
-        return self.controller.plan.evaluate_every_compared
+        """The largest batch a replay writes: the gates are evaluated at every
+        ``evaluate_every_compared`` labels whatever the batch, but routing changes only
+        between batches, so a rollback reaches the routing within this many records."""
+        return 10 * self.controller.plan.evaluate_every_compared
 
     @property
     def store(self) -> Store:
@@ -127,18 +131,24 @@ class LiveRollout:
                 [at, c.candidate, c.version, event_ids])
 
     def after_batch(self, *, force: bool = False) -> Assessment | None:
-        """Publish, compare what can be compared, and let the controller act once
-        ``evaluate_every_compared`` keys were labelled since it last did (or when forced).
+        """Publish, compare what can be compared, and let the controller act at every
+        ``evaluate_every_compared`` labels the batch brought, in the order they arrived
+        (and once more when forced).
 
-        Returns the assessment, or ``None`` when no evaluation was due.
+        Returns the last assessment, or ``None`` when no evaluation was due.
         """
         self.publish_pending()
         self.compare()
-        if not force and not self.controller.due():
-            return None
-        assessment = self.controller.evaluate()
-        self.assessments.append(assessment)
-        return assessment
+        return self.evaluate(force=force)
+
+    def evaluate(self, *, force: bool = False) -> Assessment | None:
+        """Let the controller act at every ``evaluate_every_compared`` new labels, in the
+        order they arrived, until none wait (at least once when forced)."""
+        controller, last = self.controller, None
+        while controller.due() or controller.units.behind or (force and last is None):
+            last = controller.evaluate()
+            self.assessments.append(last)
+        return last
 
 
 def build_sink(spec: SinkSpec) -> Sink:

@@ -132,6 +132,8 @@ class Units:
         self._boundary: dict[str, set[str]] = {"predictions": set(), "comparisons": set()}
         self._rows = 0
         """Label rows stored for the step."""
+        self.behind = False
+        """Whether the last sync left labels waiting (it took in ``max_labels``)."""
 
     # -- from the pipeline ----------------------------------------------------------
 
@@ -169,18 +171,27 @@ class Units:
 
     # -- sync -------------------------------------------------------------------------
 
-    def sync(self, state: RolloutState) -> Progress:
+    def current(self, state: RolloutState) -> Progress:
+        """The progress as it stands in memory (loaded from the store if need be)."""
+        return self._loaded(state)[1]
+
+    def sync(self, state: RolloutState, *, max_labels: int | None = None) -> Progress:
         """Bring the step's units up to date and store what changed; returns the progress.
+
+        With ``max_labels``, at most that many new labels are taken in, in the order they
+        arrived, and :attr:`behind` says whether more are waiting: the gates can be
+        evaluated at every ``evaluate_every_compared`` labels however many a batch brought.
 
         Everything is written in one transaction; a crash before its commit leaves
         the stored units as they were, and the next sync does the work again. Over a
         read-only store the units are brought up to date in memory only.
         """
         ledger, progress = self._loaded(state)
+        self.behind = False
         new_units: list[UnitRow] = []
         labels: list[tuple[Any, ...]] = []
         progress = self._add_predictions(ledger, state, progress, new_units)
-        progress = self._add_comparisons(ledger, state, progress, labels)
+        progress = self._add_comparisons(ledger, state, progress, labels, max_labels)
         window, expiry = self._window(ledger)
         ledger.advance(window, expiry)
         progress = replace(progress, labels=ledger.labels, mature_cutoff=_finite(
@@ -324,7 +335,7 @@ class Units:
         return found
 
     def _add_comparisons(self, ledger: Ledger, state: RolloutState, progress: Progress,
-                         labels: list[tuple[Any, ...]]) -> Progress:
+                         labels: list[tuple[Any, ...]], max_labels: int | None) -> Progress:
         since = max(progress.compared_through or state.step_started_at, state.step_started_at)
         rows = self.store.db.execute(
             stored.NEW_COMPARISONS, {**self._params(state), "comparator": self.comparator,
@@ -334,7 +345,12 @@ class Units:
         if not rows:
             return progress
         sources = self._sources(ledger, rows)
-        for event_id, agree, decided, _ in rows:
+        limit = ledger.labels + max_labels if max_labels is not None else None
+        for index, (event_id, agree, decided, _) in enumerate(rows):
+            if limit is not None and ledger.labels >= limit:
+                # The next evaluation is due here: the rest waits for the next sync.
+                rows, self.behind = rows[:index], True
+                break
             found = ledger.events.get(event_id)
             if found is None:
                 continue
@@ -343,6 +359,8 @@ class Units:
                                                          self.plan.independent_sources)
             if ledger.label(event_id, agree, decided.timestamp(), occurred, independent):
                 labels.append((key, event_id, agree, decided, occurred, independent))
+        if not rows:
+            return progress
         last = rows[-1][3]
         self._boundary["comparisons"] = {r[0] for r in rows if r[3] == last} | (
             boundary if last == since else set())

@@ -267,7 +267,7 @@ class Daemon:
     def _evaluate(self) -> None:
         assert self.live is not None
         self.live.publish_pending()
-        self.controller.evaluate()
+        self.live.evaluate(force=True)
 
     def _job_result(self, name: str, ok: bool) -> None:
         if self.runtime is not None:

@@ -344,7 +344,7 @@ def test_the_detector_goes_on_after_a_restart_as_if_there_was_none(
 
 def test_the_evaluation_cadence_does_not_depend_on_the_batch_size(tmp_path: Path) -> None:
     found = cases(800, agreement=0.95, seed=11)
-    promoted_at = []
+    labelled_at, judged_at = [], []
     for batch_size in (100, 20_000):
         p = Pipeline(tmp_path / f"{batch_size}.duckdb", plan(), found, batch_size=batch_size)
         p.open()
@@ -353,12 +353,17 @@ def test_the_evaluation_cadence_does_not_depend_on_the_batch_size(tmp_path: Path
             (promotion,) = [r for r in p.history() if r.action is Action.PROMOTE]
         finally:
             p.close()
-        (check,) = [c for c in promotion.evidence["checks"] if c["name"] == "agreement"]
-        promoted_at.append(check["n"])
-    n = promoted_at[0]
-    assert promoted_at == [n, n] and n < len(found) - 100
-    assert shown_above(agreed(found, n), n, 0.9)
-    assert not shown_above(agreed(found, n - 100), n - 100, 0.9)
+        checks = {c["name"]: c for c in promotion.evidence["checks"]}
+        labelled_at.append(checks["compared keys"]["value"])
+        judged_at.append(checks["agreement"]["n"])
+    # The gates are evaluated at every 100th label whatever the batch size (a batch of
+    # 20,000 once promoted only after 20,000); a larger batch has seen more events by then,
+    # so its data clock, and with it the keys past their label window, may be a key ahead.
+    assert abs(labelled_at[0] - labelled_at[1]) <= 5
+    for n in judged_at:
+        assert n < len(found) - 100 and abs(n - judged_at[0]) <= 5
+        assert shown_above(agreed(found, n), n, 0.9)
+        assert not shown_above(agreed(found, n - 100), n - 100, 0.9)
 
 
 # -- inconsistent rollback levels --------------------------------------------------------

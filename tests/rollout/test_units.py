@@ -123,7 +123,7 @@ def test_a_restarted_controller_counts_what_the_first_one_counted(
         again = Controller(store, plan(unit=unit), rollout="triage", candidate="triage",
                            version="1", comparator="exact")
         again.attach()
-        after_sync = again.progress()
+        after_sync = again.units.sync(again.state)
         after, segments_after = again.units.counts()
         assert (after, segments_after) == (before, segments_before)
         assert after_sync.labels == progress.labels
@@ -157,14 +157,18 @@ def test_live_units_count_only_when_an_independent_source_labels_them(tmp_path: 
     def go_live(controller: Controller) -> None:
         controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
 
-    echoing = replay(tmp_path / "a.duckdb", plan(), after=go_live)
+    # A fifth of the keys disagree: levels the candidate holds, so nothing rolls back.
+    levels: dict[str, Any] = {"gates": {"agreement": 0.7},
+                              "rollback": {"healthy": 0.75, "degraded": 0.5}}
+    echoing = replay(tmp_path / "a.duckdb", plan(**levels), after=go_live)
     try:
         found, _ = echoing.units.counts()
         assert (found.mature, found.labelled) == (0, 0)
         assert found.dependent == LABELLED  # every labelled key was live: left out
     finally:
         echoing.store.close()
-    declared = replay(tmp_path / "b.duckdb", plan(independent_sources=["outc*"]), after=go_live)
+    declared = replay(tmp_path / "b.duckdb", plan(independent_sources=["outc*"], **levels),
+                      after=go_live)
     try:
         clock = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
         assert counts(declared) == expected(clock, 120)
@@ -205,7 +209,7 @@ def test_units_written_without_the_pipeline_s_notes_are_read_from_the_store(
         with CallableCandidate(answer, name="triage", version="1") as candidate:
             Replay(store, candidate, comparator, now=clock).run(
                 [ListSource(events())], [ListSource(outcomes())])
-        controller.evaluate()
+        controller.units.sync(controller.state)  # everything, not up to the next evaluation
         clock_minutes = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)
         assert counts(controller) == expected(clock_minutes, 120)
         _, segments = controller.units.counts()
@@ -246,7 +250,7 @@ def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_th
         again = Controller(controller.store, plan(), rollout="triage", candidate="triage",
                            version="1", comparator="exact")
         again.attach()
-        again.progress()
+        again.units.sync(again.state)
         assert counts(again) == counts(controller)  # the store holds the late key now
     finally:
         controller.store.close()
