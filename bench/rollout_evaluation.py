@@ -68,6 +68,7 @@ WHERE p.candidate = 'triage' AND p.version = '1' AND p.predicted_at >= $start
 
 PLAN = RolloutSpec.model_validate({
     "name": "bench", "candidate": "triage", "label_window": "1m",
+    "evaluate_every_compared": 1000,  # one evaluation takes in each run's 1,000 new labels
     "steps": [{"percent": 0, "min_compared": 10_000_000}, {"percent": 100}],
     "sink": {"kind": "file", "path": "unused.jsonl"},
     "gates": {"agreement": 0.9, "segments": {"floor": 0.85}},
@@ -116,6 +117,7 @@ def main() -> None:
         fill(store, 0, args.keys)
         clock.now = START + timedelta(seconds=args.keys + 120)
         started = time.perf_counter()
+        controller.units.sync(controller.state)  # every label at once, not up to the next check
         controller.evaluate()
         catch_up = time.perf_counter() - started
         ours, reference = [], []
