@@ -171,14 +171,14 @@ class Controller:
     def progress(self) -> Progress:
         """Where the step's units stand, brought up to date as far as the next evaluation
         (in memory only over a read-only store): labels are taken in up to the next
-        ``evaluate_every_compared``, and :attr:`Units.behind` says if more wait."""
+        ``evaluate_every_compared``; any beyond it wait for the sync after that evaluation."""
         current = self.units.current(self.state)
         room = self.plan.evaluate_every_compared - (current.labels - current.evaluated_labels)
         return self.units.sync(self.state, max_labels=max(room, 0))
 
-    def due(self) -> bool:
+    def due(self, progress: Progress | None = None) -> bool:
         """Whether ``evaluate_every_compared`` keys were labelled since the last evaluation."""
-        p = self.progress()
+        p = progress if progress is not None else self.progress()
         return p.labels - p.evaluated_labels >= self.plan.evaluate_every_compared
 
     def measure(self, progress: Progress | None = None) -> StepStats:
@@ -201,10 +201,10 @@ class Controller:
         return Assessment(state, forward, back, None, self.warnings(stats, delays), stats,
                           delays)
 
-    def evaluate(self) -> Assessment:
+    def evaluate(self, progress: Progress | None = None) -> Assessment:
         """Assess, store the evaluations and the detector's state, and make at most one
-        transition."""
-        progress = self.progress()
+        transition; ``progress`` is a sync just made (else one is made here)."""
+        progress = progress if progress is not None else self.progress()
         a = self.assess(progress)
         state, now = a.state, self.now()
         assert a.stats is not None

@@ -145,10 +145,12 @@ class LiveRollout:
         """Let the controller act at every ``evaluate_every_compared`` new labels, in the
         order they arrived, until none wait (at least once when forced)."""
         controller, last = self.controller, None
-        while controller.due() or controller.units.behind or (force and last is None):
-            last = controller.evaluate()
+        while True:
+            progress = controller.progress()  # one sync serves the check and the evaluation
+            if not (controller.due(progress) or (force and last is None)):
+                return last
+            last = controller.evaluate(progress)
             self.assessments.append(last)
-        return last
 
 
 def build_sink(spec: SinkSpec) -> Sink:

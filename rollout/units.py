@@ -132,8 +132,6 @@ class Units:
         self._boundary: dict[str, set[str]] = {"predictions": set(), "comparisons": set()}
         self._rows = 0
         """Label rows stored for the step."""
-        self.behind = False
-        """Whether the last sync left labels waiting (it took in ``max_labels``)."""
 
     # -- from the pipeline ----------------------------------------------------------
 
@@ -179,15 +177,14 @@ class Units:
         """Bring the step's units up to date and store what changed; returns the progress.
 
         With ``max_labels``, at most that many new labels are taken in, in the order they
-        arrived, and :attr:`behind` says whether more are waiting: the gates can be
-        evaluated at every ``evaluate_every_compared`` labels however many a batch brought.
+        arrived; the rest wait for the next sync, so the gates can be evaluated at every
+        ``evaluate_every_compared`` labels however many a batch brought.
 
         Everything is written in one transaction; a crash before its commit leaves
         the stored units as they were, and the next sync does the work again. Over a
         read-only store the units are brought up to date in memory only.
         """
         ledger, progress = self._loaded(state)
-        self.behind = False
         new_units: list[UnitRow] = []
         labels: list[tuple[Any, ...]] = []
         progress = self._add_predictions(ledger, state, progress, new_units)
@@ -349,7 +346,7 @@ class Units:
         for index, (event_id, agree, decided, _) in enumerate(rows):
             if limit is not None and ledger.labels >= limit:
                 # The next evaluation is due here: the rest waits for the next sync.
-                rows, self.behind = rows[:index], True
+                rows = rows[:index]
                 break
             found = ledger.events.get(event_id)
             if found is None:
