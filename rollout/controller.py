@@ -35,6 +35,7 @@ from rollout.state import (
     transition,
 )
 from rollout.statistics import Cusum
+from rollout.unit_store import later_disagreements
 from rollout.units import LabelDelay, Progress, Units
 from shadow.models import utc_now
 from shadow.store import Store
@@ -78,13 +79,11 @@ def _counted(stats: StepStats, keep: int = 200) -> dict[str, Any]:
             "disagreed": [k for k, agreed in fed[-keep:] if not agreed]}
 
 
-def _late_disagreements(delays: tuple[LabelDelay, ...], minimum: int = 20) -> list[str]:
-    by = {d.agreed: d for d in delays}
-    agreed, disagreed = by.get(True), by.get(False)
-    if agreed is None or disagreed is None or min(agreed.labelled, disagreed.labelled) < minimum:
+def _late_disagreements(delays: tuple[LabelDelay, ...]) -> list[str]:
+    later = later_disagreements(delays)
+    if later is None:
         return []
-    if disagreed.median <= agreed.median * 1.5 or disagreed.median <= timedelta(0):
-        return []
+    disagreed, agreed = later
     return [f"disagreements are labelled later than agreements (median "
             f"{_hours(disagreed.median)} against {_hours(agreed.median)}): keys younger than "
             f"the label window are not judged, and unlabelled older ones count against the "

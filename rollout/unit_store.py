@@ -196,6 +196,17 @@ GROUP BY ALL ORDER BY ALL
 """
 
 
+def later_disagreements(delays: Iterable[LabelDelay], minimum: int = 20,
+                        ) -> tuple[LabelDelay, LabelDelay] | None:
+    """``(disagreements, agreements)`` when disagreements are labelled markedly later
+    (median 1.5 times longer, at least ``minimum`` labels of each), else ``None``."""
+    by = {d.agreed: d for d in delays}
+    agreed, disagreed = by.get(True), by.get(False)
+    if agreed is None or disagreed is None or min(agreed.labelled, disagreed.labelled) < minimum:
+        return None
+    return (disagreed, agreed) if disagreed.median > agreed.median * 1.5 else None
+
+
 def stored_label_delays(db: Any) -> dict[str, tuple[LabelDelay, ...]]:
     """Each rollout's label delays in its current step, by verdict (disagreements first),
     from the stored labels: what reports and metrics show without a controller."""

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from rollout.units import stored_label_delays
+from rollout.unit_store import later_disagreements, stored_label_delays
 from shadow.paths import sql_json_path
 from shadow.redaction import redact, redact_within
 from shadow.stats import wilson
@@ -313,17 +313,12 @@ class OwnerQueries:
         disagreements came later: the gates count a key only once its label window has
         passed, one vote per key, and this is why."""
         delays = stored_label_delays(self.store.db).get(rollout, ())
-        by = {d.agreed: d for d in delays}
-        agreed, disagreed = by.get(True), by.get(False)
-        later = (agreed is not None and disagreed is not None
-                 and min(agreed.labelled, disagreed.labelled) >= 20
-                 and disagreed.median > agreed.median * 1.5)
         return {
             "unit": "key",
             "by_verdict": [{"verdict": "agree" if d.agreed else "disagree",
                             "labelled": d.labelled, "median_seconds": d.median.total_seconds(),
                             "p95_seconds": d.p95.total_seconds()} for d in delays],
-            "disagreements_later": later,
+            "disagreements_later": later_disagreements(delays) is not None,
         }
 
     def withdrawn(self) -> list[dict[str, Any]]:
