@@ -29,7 +29,7 @@ import duckdb
 import structlog
 
 from shadow.disk import fsync
-from shadow.errors import ConfigError, StoreError
+from shadow.errors import ConfigError, StoreError, first_line
 from shadow.models import utc_now
 from shadow.store import Store
 
@@ -79,7 +79,7 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         rows = _digest(db)
     except duckdb.Error as exc:
         raise StoreError(f"backup to {target} refused: the store cannot be read in full, so "
-                         f"it may be damaged ({_first_line(exc)}); earlier backups are kept"
+                         f"it may be damaged ({first_line(exc)}); earlier backups are kept"
                          ) from exc
     try:
         taken_at = now()
@@ -177,9 +177,6 @@ def _digest(db: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
         found[table] = (int(count), int(checksum))
     return found
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _identifier(name: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 
 from shadow import logs
-from shadow.errors import ConfigError, ShadowError
+from shadow.errors import ConfigError, ShadowError, first_line
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -39,9 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except duckdb.Error as exc:
         # Whatever query met it: a damaged or truncated store file, most likely.
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"shadow: failed: the store could not be read: {first}; if its file is damaged, "
-              f"restore a backup (README, The store)", file=sys.stderr)
+        print(f"shadow: failed: the store could not be read: {first_line(exc)}; if its file "
+              f"is damaged, restore a backup (README, The store)", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("shadow: interrupted; everything committed so far is kept", file=sys.stderr)

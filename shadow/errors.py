@@ -36,3 +36,9 @@ class SignatureError(ShadowError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (a client library's may run to many)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from shadow.errors import StoreError
+from shadow.errors import StoreError, first_line
 from shadow.migrations import MIGRATIONS, check_version, migrate
 from shadow.models import Comparison, Event, Prediction
 from shadow.writes import (
@@ -100,7 +100,7 @@ class Store:
         try:
             self._db = duckdb.connect(str(self.path), read_only=self.read_only)
         except duckdb.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot open store {self.path}: {first_line(exc)}") from exc
         try:
             for setting, value in _SETTINGS.items():
                 self._db.execute(f"SET {setting} = '{value}'")
@@ -114,7 +114,7 @@ class Store:
             self._db = None
             if isinstance(exc, StoreError):
                 raise
-            raise StoreError(f"cannot open store {self.path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot open store {self.path}: {first_line(exc)}") from exc
         self._state = StoreState.OPEN
 
     def _upgrade(self) -> None:
@@ -135,7 +135,7 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(
                 f"cannot open store {self.path}: it needs an upgrade to schema version "
-                f"{MIGRATIONS[-1][0]} and cannot be written now: {_first_line(exc)}"
+                f"{MIGRATIONS[-1][0]} and cannot be written now: {first_line(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -283,7 +283,7 @@ class Store:
             db.execute("COMMIT")
         except duckdb.Error as exc:
             _rollback(db)
-            raise StoreError(f"cannot write to {self.path}: {_first_line(exc)}") from exc
+            raise StoreError(f"cannot write to {self.path}: {first_line(exc)}") from exc
         except BaseException:
             _rollback(db)
             raise
@@ -376,6 +376,3 @@ def _rollback(db: duckdb.DuckDBPyConnection) -> None:
     except duckdb.Error:
         pass  # no transaction was open: the failure came before BEGIN took effect
 
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
