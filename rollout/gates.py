@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from rollout.plan import GateSpec, RollbackSpec, RolloutSpec, StepSpec
-from rollout.statistics import Bounds, Cusum, DetectorState, Method, confidence_sequence, one_sided
+from rollout.statistics import Cusum, DetectorState, Method, confidence_sequence, one_sided
 from rollout.units import SegmentUnits, UnitCounts
 
 
@@ -142,8 +142,8 @@ def agreement(
     if judged == 0:
         return Check(name="agreement", phase=Phase.INCONCLUSIVE, threshold=threshold, n=0,
                      detail="no keys past their label window yet")
-    low = _bounds(agreed, judged, alpha, method, tuning).low
-    high = _bounds(agreed + pending, judged, alpha, method, tuning).high
+    low = confidence_sequence(agreed, judged, alpha, method, tuning).low
+    high = confidence_sequence(agreed + pending, judged, alpha, method, tuning).high
     assert low is not None and high is not None
     labelled = judged - pending
     rate = agreed / labelled if labelled else 0.0
@@ -157,10 +157,6 @@ def agreement(
     return Check(name="agreement", phase=phase, value=rate, threshold=threshold, low=low,
                  high=high, n=judged,
                  detail=f"{detail} ({method.value}, α={alpha}, {judged} keys{unlabelled})")
-
-
-def _bounds(successes: float, n: int, alpha: float, method: Method, tuning: int) -> Bounds:
-    return confidence_sequence(successes, n, alpha, method, tuning)
 
 
 def _passes(successes: float, n: int, threshold: float, alpha: float, method: Method,

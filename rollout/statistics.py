@@ -181,7 +181,7 @@ def log_above(successes: float, n: int, threshold: float) -> float:
     no more than the two ends would on average): ``successes`` may be a sum
     of per-key means.
     """
-    _check(successes, n, 0.5)
+    _check_counts(successes, n)
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
     failures = n - successes
@@ -298,10 +298,14 @@ def confidence_sequence(
 
 
 def _check(successes: float, n: int, alpha: float) -> None:
-    if not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    _check_counts(successes, n)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+
+
+def _check_counts(successes: float, n: int) -> None:
+    if not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
 
 
 # -- Bernoulli CUSUM ----------------------------------------------------------------
