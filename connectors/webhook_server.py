@@ -7,6 +7,17 @@ answers only what it can tell before a source sees the body: 404 for an
 unknown path, 405 for a method other than POST, 413 for a body larger than the
 endpoint's ``max_body_bytes``, 503 once intake is stopped. The answers and the
 contract with the sender are described in :mod:`connectors.webhooks`.
+
+It also refuses what would hold a connection, or a file, for nothing:
+
+- request headers not complete within ``header_timeout_s`` of connecting: 408,
+  and the connection is closed. On a kept-alive connection the time counts
+  from the previous answer, and the connection is closed without an answer;
+- a body not received within ``body_timeout_s``: 408, and the connection is closed;
+- a connection beyond ``max_connections`` open: a 503 (``Retry-After``) written
+  as soon as it is accepted, then closed, before any request is read.
+
+The timeouts and refusals are logged at most once per 10 s each, with a count.
 """
 
 from __future__ import annotations
@@ -14,15 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import http
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from connectors.webhooks import Answer, WebhookSource
 from shadow.errors import SourceError
@@ -57,8 +70,18 @@ class WebhookServer:
     ``shutdown_timeout_s`` for waiting requests). It cannot be restarted.
     Use it as a context manager. Constructing one does no I/O.
 
+    Bounds: a request's headers must arrive within ``header_timeout_s`` of
+    connecting or of the previous answer (which also closes a kept-alive
+    connection left idle that long), its body within ``body_timeout_s``. At
+    most ``max_connections`` are open at once; one more is answered 503 and
+    closed. The default of 512 is half the common soft limit of 1,024 open
+    files, so that where the daemon cannot raise that limit, the store, the
+    API and the sources still have files of their own; webhook vendors
+    rarely hold more than a few connections each.
+
     Raises:
-        ValueError: two sources on one path, a port out of range, a bad ``public_url``.
+        ValueError: two sources on one path, a port out of range, a bad ``public_url``,
+            a timeout that is not positive, ``max_connections`` below 1.
     """
 
     def __init__(
@@ -69,7 +92,9 @@ class WebhookServer:
         port: int = 0,
         public_url: str | None = None,
         shutdown_timeout_s: float | None = None,
+        header_timeout_s: float = 10.0,
         body_timeout_s: float = 10.0,
+        max_connections: int = 512,
     ) -> None:
         routes: dict[str, WebhookSource] = {}
         for source in sources:
@@ -83,9 +108,14 @@ class WebhookServer:
             parts = urllib.parse.urlsplit(public_url)
             if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
                 raise ValueError(f"public_url must be http(s)://host[/prefix], got {public_url!r}")
-        if not body_timeout_s > 0:
-            raise ValueError(f"body_timeout_s must be positive, got {body_timeout_s}")
-        self.body_timeout_s = body_timeout_s
+        for name, timeout in (("header_timeout_s", header_timeout_s),
+                              ("body_timeout_s", body_timeout_s)):
+            if not timeout > 0:
+                raise ValueError(f"{name} must be positive, got {timeout}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
+        self.max_connections = max_connections
         self.host, self.port = host, port
         self.public_url = public_url.rstrip("/") if public_url else None
         self.shutdown_timeout_s = (
@@ -98,6 +128,7 @@ class WebhookServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
 
     @property
     def sources(self) -> list[WebhookSource]:
@@ -157,31 +188,41 @@ class WebhookServer:
             return
         self._state = ServerState.STOPPED
         self.stop_intake()
-        loop, thread, runner = self._loop, self._thread, self._runner
+        loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(
-                    timeout=self.shutdown_timeout_s + 5)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), loop).result(
+                timeout=self.shutdown_timeout_s + 5)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
-        self._loop, self._thread, self._runner = None, None, None
+        self._loop, self._thread = None, None
 
     # -- on the server's loop -------------------------------------------------
 
     async def _listen(self) -> int:
-        app = web.Application()
+        app = web.Application(middlewares=[_handling])
         app.router.add_route("*", "/{tail:.*}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=self.shutdown_timeout_s)
         await runner.setup()
         self._runner = runner
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        port: int = runner.addresses[0][1]
+        assert runner.server is not None
+        gate = _Gate(runner.server, max_connections=self.max_connections,
+                     header_timeout_s=self.header_timeout_s)
+        self._listener = await asyncio.get_running_loop().create_server(
+            gate, self.host, self.port, backlog=128)
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
+
+    async def _close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         source = self._routes.get(request.path)
@@ -233,6 +274,165 @@ class WebhookServer:
         return f"{scheme}://{host}{request.raw_path}"
 
 
+class _Gate:
+    """The listening socket's protocol factory: admits up to ``max_connections`` at once,
+    each behind a timer for its request headers, and refuses the rest with a raw 503."""
+
+    def __init__(self, server: web.Server, *, max_connections: int,
+                 header_timeout_s: float) -> None:
+        self.server = server
+        self.max_connections, self.header_timeout_s = max_connections, header_timeout_s
+        self.open = 0
+        self.refusals, self.timeouts = _Window(), _Window()
+
+    def __call__(self) -> asyncio.Protocol:
+        # Counted here rather than at connection_made: a burst of accepts makes every
+        # protocol before any connection_made runs.
+        if self.open >= self.max_connections:
+            if (left_out := self.refusals.admit()) is not None:
+                log.warning("webhook connections refused: too many open",
+                            max_connections=self.max_connections, refused=left_out + 1)
+            return _Refused()
+        self.open += 1
+        return _Connection(self.server(), self)
+
+    def release(self) -> None:
+        self.open -= 1
+
+    def headers_late(self) -> None:
+        if (left_out := self.timeouts.admit()) is not None:
+            log.warning("webhook connections closed: request headers not received in time",
+                        header_timeout_s=self.header_timeout_s, closed=left_out + 1)
+
+
+class _Connection(asyncio.Protocol):
+    """An admitted connection: aiohttp's protocol for it, behind a timer for request headers.
+
+    The timer runs from connect, and again from each answer, until a request
+    reaches the handler (:meth:`request_started`). When it fires, the
+    connection is closed, after a 408 if no request got in before; a kept-alive
+    connection that sent nothing since its answer is merely idle, and closed
+    without a log line.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, gate: _Gate) -> None:
+        self._inner, self._gate = inner, gate
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._answered = 0
+        self._heard = False
+        """Whether bytes arrived since the last answer."""
+
+    @staticmethod
+    def of(request: web.BaseRequest) -> _Connection | None:
+        transport = request.transport
+        protocol = transport.get_protocol() if transport is not None else None
+        return protocol if isinstance(protocol, _Connection) else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._inner.connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._transport = None
+        self._gate.release()
+        self._inner.connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._disarm()
+
+    def request_answered(self) -> None:
+        self._answered += 1
+        self._heard = False
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self._transport is not None and not self._transport.is_closing():
+            self._timer = asyncio.get_running_loop().call_later(
+                self._gate.header_timeout_s, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _headers_late(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._heard or not self._answered:
+            self._gate.headers_late()
+        if not self._answered and not transport.get_write_buffer_size():
+            transport.write(_raw_reply(Answer(408, {
+                "status": "timeout", "reason": "the request headers did not arrive "
+                f"within {self._gate.header_timeout_s:g} s"})))
+        if transport.get_write_buffer_size():
+            transport.abort()  # a peer that does not read would hold a graceful close open
+        else:
+            transport.close()
+
+
+@web.middleware
+async def _handling(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Stops the connection's header timer while a request is handled, restarts it after."""
+    connection = _Connection.of(request)
+    if connection is not None:
+        connection.request_started()
+    try:
+        return await handler(request)
+    finally:
+        if connection is not None:
+            connection.request_answered()
+
+
+class _Refused(asyncio.Protocol):
+    """A connection beyond ``max_connections``: answered 503 and closed, nothing read."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        writer = cast(asyncio.Transport, transport)
+        writer.write(_TOO_MANY_CONNECTIONS)
+        writer.close()
+
+
+class _Window:
+    """Lets one call through per ``every_s`` and counts those held back in between."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.every_s, self.clock = every_s, clock
+        self._last: float | None = None
+        self._held_back = 0
+
+    def admit(self) -> int | None:
+        """None to hold this call back, else how many were held back since the last one."""
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every_s:
+            self._held_back += 1
+            return None
+        self._last = now
+        held_back, self._held_back = self._held_back, 0
+        return held_back
+
+
 class RateLimitedErrors:
     """The server loop's exception handler: each kind of error is logged at most once per
     ``every_s``, with how many were left out since. A flood of connections beyond the
@@ -242,19 +442,17 @@ class RateLimitedErrors:
     def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  ) -> None:
         self.every_s, self.clock = every_s, clock
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
+        self._windows: dict[str, _Window] = {}
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exception = context.get("exception")
         kind = f"{context.get('message', '')}|{type(exception).__name__}"
-        now = self.clock()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.every_s:
-            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+        window = self._windows.get(kind)
+        if window is None:
+            window = self._windows[kind] = _Window(self.every_s, self.clock)
+        left_out = window.admit()
+        if left_out is None:
             return
-        self._last[kind] = now
-        left_out = self._left_out.pop(kind, 0)
         log.error("webhook server error", message=context.get("message"),
                   error=repr(exception) if exception is not None else None,
                   left_out_since_last=left_out)
@@ -270,6 +468,18 @@ async def _read(request: web.Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _raw_reply(answer: Answer) -> bytes:
+    """The whole HTTP/1.1 response, written straight to a connection that is then closed."""
+    body = orjson.dumps(answer.body)
+    retry = f"Retry-After: {_RETRY_AFTER_S}\r\n" if answer.status == 503 else ""
+    return (f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{retry}Connection: close\r\n\r\n").encode() + body
+
+
+_TOO_MANY_CONNECTIONS = _raw_reply(Answer.unavailable("too many connections are open"))
 
 
 def _reply(answer: Answer, *, allow: str | None = None) -> web.Response:

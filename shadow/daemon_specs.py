@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rollout.plan import Duration
 from shadow.spec import Spec
@@ -25,6 +25,19 @@ class WebhookServerSpec(ListenSpec):
     port: int = Field(8788, ge=0, le=65_535)
     public_url: str | None = Field(None, pattern=r"^https?://")
     """The URL vendors call, when a proxy sits in front (HubSpot signs the full URL)."""
+    header_timeout: Duration = timedelta(seconds=10)
+    """How long a request's headers may take to arrive (from connecting, or the previous answer)."""
+    body_timeout: Duration = timedelta(seconds=10)
+    """How long a request's body may take to arrive before it gets 408."""
+    max_connections: int = Field(512, ge=1)
+    """Connections open at once; one more gets 503 and is closed."""
+
+    @field_validator("header_timeout", "body_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class RetentionSpec(Spec):

@@ -1,9 +1,10 @@
-"""Webhook intake bounded in time and space: a body that does not arrive is refused, a
-flood of errors is logged by the handful, and the daemon may open as many files as the
-system lets it."""
+"""Webhook intake bounded in time and space: headers or a body that do not arrive are
+refused, connections beyond the cap are turned away, floods of errors and refusals are
+logged by the handful, and the daemon may open as many files as the system lets it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -20,7 +21,7 @@ import structlog
 from connectors.webhook_server import RateLimitedErrors, WebhookServer
 from tests.daemon_process import TOKEN, ready_api, stop
 from tests.test_signatures import SECRET, sign_github
-from tests.test_webhooks import PATH, Pipeline, endpoint, event
+from tests.test_webhooks import PATH, Pipeline, endpoint, event, wait_for
 
 
 def test_a_body_that_stops_arriving_is_refused_and_the_next_delivery_is_stored(
@@ -96,3 +97,158 @@ def test_the_daemon_may_open_as_many_files_as_its_hard_limit(tmp_path: Path) -> 
         code, err = stop(daemon)
     assert code == 0, err
     assert limits == {"soft": str(hard), "hard": str(hard)} and hard > 1024
+
+
+LATE_HEADERS = "webhook connections closed: request headers not received"
+
+
+def _request(n: int) -> bytes:
+    """A whole signed delivery of event ``n``, as raw HTTP/1.1 (kept alive)."""
+    body = event(n)
+    headers = "".join(f"{k}: {v}\r\n"
+                      for k, v in sign_github(SECRET, body, delivery=f"d-{n}").items())
+    return (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+
+
+def _response(sock: socket.socket) -> bytes:
+    """One whole response (headers and a Content-Length body), the connection left open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    (length,) = [int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                 if line.lower().startswith(b"content-length:")]
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset ends it too)."""
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+def _parts(answer: bytes) -> tuple[bytes, set[bytes], dict[str, Any]]:
+    """The status line, the other header lines, and the JSON body."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *headers = head.split(b"\r\n")
+    assert f"Content-Length: {len(body)}".encode() in headers, answer
+    return status, set(headers), json.loads(body)
+
+
+def test_headers_that_stop_arriving_are_answered_408_and_the_next_delivery_is_stored(
+    tmp_path: Path,
+) -> None:
+    source = endpoint("github")
+    with Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+            WebhookServer(sources=[source], header_timeout_s=0.5) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
+            slow.sendall(_request(1)[:40])  # the request line and part of a header
+            started = time.monotonic()
+            answer = _until_closed(slow)
+            waited = time.monotonic() - started
+        status, headers, body = _parts(answer)
+        assert status == b"HTTP/1.1 408 Request Timeout"
+        assert b"Connection: close" in headers
+        assert body == {"status": "timeout",
+                        "reason": "the request headers did not arrive within 0.5 s"}
+        assert 0.4 <= waited < 2
+        fine = event(2)
+        response = httpx.post(server.url + PATH, content=fine, timeout=10,
+                              headers=sign_github(SECRET, fine, delivery="d-2"))
+        assert response.status_code == 200
+        assert [e[0] for e in pipeline.events()] == ["e2"]
+
+
+def test_a_kept_alive_connection_trickling_its_next_headers_is_closed(tmp_path: Path) -> None:
+    source = endpoint("github")
+    with structlog.testing.capture_logs() as logs, \
+            Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+            WebhookServer(sources=[source], header_timeout_s=0.5) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sender:
+        sender.sendall(_request(1))
+        assert _response(sender).startswith(b"HTTP/1.1 200 OK\r\n")
+        answered = time.monotonic()
+        sender.sendall(f"POST {PATH} HTTP/1.1\r\n".encode())
+        sender.settimeout(0.1)
+        after: bytes | None = None
+        while after is None and time.monotonic() - answered < 3:
+            try:
+                sender.sendall(b"X-Slow: 1\r\n")  # a header line every 0.1 s
+                after = sender.recv(4096)
+            except TimeoutError:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                after = b""
+        closed_after = time.monotonic() - answered
+        assert after == b""  # closed without an answer: the last one was the 200
+        assert 0.4 <= closed_after < 1.5
+        assert [e[0] for e in pipeline.events()] == ["e1"]
+    assert [e["closed"] for e in logs if e["event"].startswith(LATE_HEADERS)] == [1]
+
+
+def test_an_idle_kept_alive_connection_is_closed_without_a_log_line(tmp_path: Path) -> None:
+    source = endpoint("github")
+    with structlog.testing.capture_logs() as logs, \
+            Pipeline(tmp_path / "s.duckdb", [source]), \
+            WebhookServer(sources=[source], header_timeout_s=0.3) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5) as sender:
+        sender.sendall(_request(1))
+        assert _response(sender).startswith(b"HTTP/1.1 200 OK\r\n")
+        answered = time.monotonic()
+        assert _until_closed(sender) == b""
+        assert 0.2 <= time.monotonic() - answered < 1.5
+    assert not [e for e in logs if e["event"].startswith(LATE_HEADERS)]
+
+
+def _admitted(server: WebhookServer) -> bool:
+    """Whether a new connection gets a request in (404 for no path) rather than the 503."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as probe:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            probe.sendall(b"GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Connection: close\r\n\r\n")
+        return _until_closed(probe).startswith(b"HTTP/1.1 404 ")
+
+
+def test_a_connection_beyond_max_connections_is_answered_503_and_closed(tmp_path: Path) -> None:
+    source = endpoint("github")
+    with Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+            WebhookServer(sources=[source], max_connections=3) as server:
+        with contextlib.ExitStack() as idle:
+            for _ in range(3):
+                idle.enter_context(socket.create_connection(("127.0.0.1", server.port),
+                                                            timeout=5))
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+                started = time.monotonic()
+                answer = _until_closed(extra)
+                waited = time.monotonic() - started
+        status, headers, body = _parts(answer)
+        assert status == b"HTTP/1.1 503 Service Unavailable"
+        assert {b"Retry-After: 5", b"Connection: close"} <= headers
+        assert body == {"status": "unavailable", "reason": "too many connections are open"}
+        assert waited < 1  # answered at once, not after a timeout
+        wait_for(lambda: _admitted(server))  # the three are closed on the server's side too
+        fine = event(1)
+        response = httpx.post(server.url + PATH, content=fine, timeout=10,
+                              headers=sign_github(SECRET, fine, delivery="d-1"))
+        assert response.status_code == 200
+        assert [e[0] for e in pipeline.events()] == ["e1"]
+
+
+def test_refused_connections_are_logged_once_per_window() -> None:
+    source = endpoint("github")
+    with structlog.testing.capture_logs() as logs, \
+            WebhookServer(sources=[source], max_connections=1) as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=5):
+        for _ in range(50):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+                assert _until_closed(extra).startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    refusals = [e for e in logs if e["event"].startswith("webhook connections refused")]
+    assert [(e["log_level"], e["refused"]) for e in refusals] == [("warning", 1)]
+    assert len(logs) <= 3, logs
