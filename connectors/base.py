@@ -102,6 +102,11 @@ class Source(ABC):
         """True once a bounded source has handed out its last record."""
         return False
 
+    def away(self) -> str | None:
+        """Why the system behind the source cannot be used now (a broker that is
+        down, say), while polls go on returning nothing; ``None`` when all is well."""
+        return None
+
     def fraction_done(self) -> float | None:
         """How much of a bounded source has been read, 0 to 1; ``None`` when unknown."""
         return None

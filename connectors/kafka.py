@@ -51,6 +51,10 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
 }
 
 
+_AWAY_AFTER_S = 5.0
+"""How long no broker must be reachable before the source says it is away."""
+
+
 class KafkaSource(Source):
     """Records from one or more topics, in a consumer group.
 
@@ -58,6 +62,10 @@ class KafkaSource(Source):
     that time. With ``idle_s`` the source is bounded: it is exhausted once no
     record has arrived for that long (replays of a topic, tests, benchmarks).
     ``poll`` never blocks longer than ``poll_timeout_s``.
+
+    A broker that is away is waited for: polls return nothing (and :meth:`away`
+    says why) until it is back. Only a bounded source gives up, after
+    ``away_timeout_s``; an unbounded one waits for as long as it takes.
     """
 
     def __init__(
@@ -69,10 +77,10 @@ class KafkaSource(Source):
         start: Start | datetime = Start.COMMITTED,
         poll_timeout_s: float = 1.0,
         idle_s: float | None = None,
-        commit_timeout_s: float = 300.0,
+        commit_timeout_s: float = 1.0,
+        away_timeout_s: float = 300.0,
         options: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not topics:
             raise ValueError("a Kafka source needs at least one topic")
@@ -80,11 +88,14 @@ class KafkaSource(Source):
         self.bootstrap, self.topics, self.group_id = bootstrap, list(topics), group_id
         self.start, self.poll_timeout_s, self.idle_s = start, poll_timeout_s, idle_s
         self._options = dict(options or {})
-        self.commit_timeout_s = commit_timeout_s
-        self._clock, self._sleep = clock, sleep
+        self.commit_timeout_s, self.away_timeout_s = commit_timeout_s, away_timeout_s
+        self._away_since: float | None = None
+        self._clock = clock
         self._consumer: KafkaConsumer | None = None
         self._last_record_at = clock()
         self._uncommitted: dict[TopicPartition, int] = {}
+        """Offsets after the records handed out, per partition, that the broker has not taken."""
+        self._commit_error: str | None = None
         self._next: dict[TopicPartition, int] = {}
         """The offset after the last record handed out, per partition (for the lag)."""
         self._seeked = False
@@ -109,11 +120,15 @@ class KafkaSource(Source):
 
     def _close(self) -> None:
         if self._consumer is not None:
+            if self._commit_error is not None and self._uncommitted:
+                self._try_commit(self._consumer)
             self._consumer.close(autocommit=False)
 
     def _poll(self, max_records: int) -> list[RawRecord]:
         consumer = self._consumer
         assert consumer is not None
+        if self._commit_error is not None and not _coordinator_unknown(consumer):
+            self._try_commit(consumer)  # offsets of records stored before the broker went away
         try:
             batches = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
                                     max_records=max_records)
@@ -122,13 +137,28 @@ class KafkaSource(Source):
         except KafkaError as exc:
             raise SourceError(f"cannot consume {self.topics}: {exc}") from exc
         records = [self._record(message) for messages in batches.values() for message in messages]
-        if records or not consumer.assignment():
+        unreachable = self._unreachable(consumer)
+        if records or not consumer.assignment() or unreachable:
             # Waiting for the group to hand out partitions (after a member died,
-            # until its session times out) is not idleness.
+            # until its session times out), or for the broker to come back, is
+            # not idleness.
             self._last_record_at = self._clock()
         for partition, messages in batches.items():
             self._uncommitted[partition] = self._next[partition] = messages[-1].offset + 1
         return records
+
+    def _unreachable(self, consumer: KafkaConsumer) -> bool:
+        """Whether no broker is reachable; raises once a bounded source has waited too long."""
+        if not _coordinator_unknown(consumer):
+            self._away_since = None
+            return False
+        now = self._clock()
+        if self._away_since is None:
+            self._away_since = now
+        elif self.idle_s is not None and now - self._away_since > self.away_timeout_s:
+            raise SourceError(f"cannot consume {self.topics}: no broker reachable at "
+                              f"{self.bootstrap} for {self.away_timeout_s:g} s")
+        return True
 
     def lag(self) -> dict[str, int]:
         """Records each assigned partition holds beyond what this source has handed out.
@@ -191,36 +221,48 @@ class KafkaSource(Source):
         consumer.resume(*partitions)
 
     def commit(self, position: str) -> None:
-        """Commit the offsets of every record handed out so far.
+        """Commit the offsets of every record handed out so far, or keep them for later.
 
-        A broker that is away is waited for, up to ``commit_timeout_s``: the
-        records are safely stored already, and committing late only means
-        reading less again after a crash. If the group was rebalanced meanwhile
-        the offsets are let go: the records are delivered again and the store
-        recognises them.
-
-        Raises:
-            SourceError: the broker stayed away longer than ``commit_timeout_s``.
+        One attempt, waiting at most ``commit_timeout_s``: the records are
+        safely stored already, and committing late only means reading more
+        again after a crash. Offsets a broker that is away did not take are
+        committed by the next :meth:`poll` that reaches it (and by
+        :meth:`close`). If the group was rebalanced meanwhile the offsets are
+        let go: the records are delivered again and the store recognises them.
         """
         if self._consumer is None or not self._uncommitted:
             return
+        self._try_commit(self._consumer)
+
+    def away(self) -> str | None:
+        """Why the broker cannot be used now: no broker reachable for a few seconds (the
+        group's coordinator is unknown), or offsets waiting to be committed; ``None`` when
+        all is well. The coordinator is briefly unknown while a consumer joins its group,
+        which is not a broker away."""
+        since = self._away_since
+        if since is not None and self._clock() - since >= _AWAY_AFTER_S:
+            return f"no broker reachable at {self.bootstrap} (group {self.group_id})"
+        if self._commit_error is not None:
+            return f"offsets not committed: {self._commit_error}"
+        return None
+
+    def _try_commit(self, consumer: KafkaConsumer) -> None:
         offsets = {
             tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()
         }
-        give_up, wait = self._clock() + self.commit_timeout_s, 0.25
-        while True:
-            try:
-                self._consumer.commit(offsets=offsets)
-                break
-            except CommitFailedError as exc:
-                log.warning("offsets not committed: the group was rebalanced", error=str(exc))
-                break
-            except KafkaError as exc:
-                if self._clock() + wait > give_up:
-                    raise SourceError(f"cannot commit offsets of {self.topics}: {exc}") from exc
-                log.warning("commit failed, retrying", error=str(exc), wait_s=wait)
-                self._sleep(wait)
-                wait = min(wait * 2, 5.0)
+        try:
+            consumer.commit(offsets=offsets, timeout_ms=int(self.commit_timeout_s * 1000))
+        except CommitFailedError as exc:
+            log.warning("offsets not committed: the group was rebalanced", error=str(exc))
+        except KafkaError as exc:
+            if self._commit_error is None:
+                log.warning("offsets not committed; kept for when the broker is back",
+                            source=self.name, error=repr(exc))
+            self._commit_error = repr(exc)
+            return
+        if self._commit_error is not None:
+            log.info("offsets committed again", source=self.name)
+        self._commit_error = None
         self._uncommitted.clear()
 
     def _record(self, message: Any) -> RawRecord:
@@ -240,6 +282,17 @@ class KafkaSource(Source):
                              "expected a JSON object as the record value")
         value[METADATA_KEY] = metadata
         return RawRecord(self.name, position, value, message.value)
+
+
+def _coordinator_unknown(consumer: KafkaConsumer) -> bool:
+    """Whether the consumer has no group coordinator: no broker of the group is reachable.
+
+    kafka-python keeps this on its private ``_coordinator``; where that is
+    missing, the broker is taken to be there.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    unknown = getattr(coordinator, "coordinator_unknown", None)
+    return bool(unknown()) if callable(unknown) else False
 
 
 class _StartListener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -118,7 +118,9 @@ class WebhookSource(Source):
 
     Requests are received on the server's thread and queued; :meth:`poll`
     hands them out on the pipeline's, never waiting longer than
-    ``poll_timeout_s``. :meth:`commit` of a position releases every record
+    ``poll_timeout_s``; ``on_arrival``, if given, is called (on the server's
+    thread) each time records are queued, so a pipeline that polls without
+    waiting can sleep until then. :meth:`commit` of a position releases every record
     handed out up to and including it, in the order they were handed out, and
     acknowledges each delivery whose records are all committed.
 
@@ -149,6 +151,7 @@ class WebhookSource(Source):
         ack_timeout_s: float = 4.0,
         poll_timeout_s: float = 0.2,
         replay_capacity: int = 100_000,
+        on_arrival: Callable[[], None] | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         if not name:
@@ -166,7 +169,7 @@ class WebhookSource(Source):
         self.tolerance_s, self.max_body_bytes = tolerance_s, max_body_bytes
         self.ack_timeout_s, self.poll_timeout_s = ack_timeout_s, poll_timeout_s
         self.replay_capacity = replay_capacity
-        self._now = now
+        self._on_arrival, self._now = on_arrival, now
         self._ready = threading.Condition()
         self._accepting = True
         self._queue: deque[tuple[RawRecord, _InFlight]] = deque()
@@ -285,6 +288,8 @@ class WebhookSource(Source):
         if isinstance(flight_or_answer, Answer):
             return flight_or_answer
         flight = flight_or_answer
+        if not joined and self._on_arrival is not None:
+            self._on_arrival()
         try:
             answer = await asyncio.wait_for(asyncio.shield(flight.future), self.ack_timeout_s)
         except TimeoutError:

@@ -5,6 +5,13 @@ source in turn, predicts, writes, commits offsets and publishes live
 decisions. Everything else that needs the store (scheduled jobs, control API
 calls) is handed to that thread and runs between two batches.
 
+No poll waits: a pass over the sources takes what each has, and only a pass
+that found nothing sleeps, until a webhook delivery or a control call wakes it
+or ``daemon.poll_timeout_s`` has passed. Deliveries that arrive while a batch
+is written therefore share the next one (a group commit). A source whose system
+is away is retried in the background (:mod:`shadow.source_guard`) while the
+others go on.
+
 Shutdown (SIGTERM or SIGINT): webhook intake stops at once (new deliveries
 get 503 and the vendor retries), the batch in flight finishes, deliveries
 already accepted are stored and acknowledged within ``shutdown_deadline``,
@@ -44,12 +51,16 @@ from shadow.errors import ConfigError, StoreError
 from shadow.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
 from shadow.models import utc_now
 from shadow.runner import Replay, ReplaySummary
+from shadow.source_guard import GuardedSource, SourceStatus
 from shadow.source_specs import SourceSpec
 from shadow.store import Store
 
 log = structlog.get_logger(__name__)
 
 _CALL_TIMEOUT_S = 120.0
+_KAFKA_POLL_S = 0.01
+"""A Kafka poll waits this long at most. Not zero: kafka-python joins a group and finds
+a topic created after it subscribed only in polls that are given some time."""
 _BACKUP_TIMEOUT_S = 3600.0
 
 
@@ -160,8 +171,8 @@ class Daemon:
         self.comparator = build_comparator(config.comparator)
         if not config.sources.events:
             raise ConfigError("sources.events: the daemon needs at least one event source")
-        events = [self._source(spec, "event") for spec in config.sources.events]
-        outcomes = [self._source(spec, "outcome") for spec in config.sources.outcomes]
+        events = [_guarded(self._source(spec, "event")) for spec in config.sources.events]
+        outcomes = [_guarded(self._source(spec, "outcome")) for spec in config.sources.outcomes]
         if self.config.rollout is not None:
             from rollout.runtime import open_rollout
 
@@ -182,8 +193,11 @@ class Daemon:
         webhook_sources = [s for s in self._sources if isinstance(s, WebhookSource)]
         if webhook_sources:
             spec = config.daemon.webhooks
-            self.webhooks = WebhookServer(host=spec.host, port=spec.port,
-                                          sources=webhook_sources, public_url=spec.public_url)
+            self.webhooks = WebhookServer(
+                host=spec.host, port=spec.port, sources=webhook_sources,
+                public_url=spec.public_url, header_timeout_s=spec.header_timeout.total_seconds(),
+                body_timeout_s=spec.body_timeout.total_seconds(),
+                max_connections=spec.max_connections)
             self.webhooks.start()
             stack.callback(self.webhooks.stop)
         return self.replay.feeds(events, outcomes)
@@ -196,8 +210,7 @@ class Daemon:
 
             return KafkaSource(bootstrap=spec.bootstrap, topics=spec.topics,
                                group_id=spec.group, start=Start(spec.start),
-                               poll_timeout_s=self.config.daemon.poll_timeout_s,
-                               options=spec.options)
+                               poll_timeout_s=_KAFKA_POLL_S, options=spec.options)
         secret = None
         if spec.secret_env is not None:
             secret = os.environ.get(spec.secret_env)
@@ -207,7 +220,8 @@ class Daemon:
         return WebhookSource(name=spec.name, path=spec.path, kind=kind, scheme=spec.scheme,
                              secret=secret, tolerance_s=spec.tolerance.total_seconds(),
                              max_body_bytes=spec.max_body_bytes,
-                             ack_timeout_s=spec.ack_timeout.total_seconds())
+                             ack_timeout_s=spec.ack_timeout.total_seconds(),
+                             poll_timeout_s=0.0, on_arrival=self._wake.set)
 
     def _beside_config(self, name: str) -> Path:
         path = Path(name)
@@ -277,12 +291,13 @@ class Daemon:
 
     def _loop(self, feeds: list[Any]) -> None:
         assert self.replay is not None
+        idle_s = self.config.daemon.poll_timeout_s
         while not self._stop.is_set():
             read = self.replay.pump(feeds)
             self._record_intake()
             self._run_tasks()
             if not read:
-                self._wake.wait(0.05)
+                self._wake.wait(idle_s)
                 self._wake.clear()
 
     def _shut_down(self, feeds: list[Any]) -> None:
@@ -300,6 +315,7 @@ class Daemon:
     def _record_intake(self) -> None:
         if self.runtime is None:
             return
+        self.runtime.set_sources(self.source_statuses())
         for source in self._sources:
             lag = getattr(source, "lag", None)
             if callable(lag):
@@ -345,12 +361,24 @@ class Daemon:
     def health(self) -> dict[str, Any]:
         return {"status": "alive", "pid": os.getpid(), "started_at": self._started_at.isoformat()}
 
+    def source_statuses(self) -> list[SourceStatus]:
+        """Every source, up or away (webhook endpoints are up while the daemon runs)."""
+        return [s.status() if isinstance(s, GuardedSource) else SourceStatus(s.name, True)
+                for s in self._sources]
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready while running and at least one source is up: a source that is away is
+        reported, not a reason to turn away the deliveries the others can take."""
         reasons = []
         if not self._ready:
             reasons.append("starting" if not self._stop.is_set() else "shutting down")
+        statuses = self.source_statuses()
+        away = [s for s in statuses if not s.up]
+        if statuses and len(away) == len(statuses):
+            reasons.append("every source is away")
         return not reasons, {
-            "ready": not reasons, "reasons": reasons, "sources": [s.name for s in self._sources],
+            "ready": not reasons, "reasons": reasons,
+            "sources": [s.as_dict() for s in statuses], "away": [s.name for s in away],
             "webhooks": self.webhooks.url if self.webhooks is not None else None}
 
     def rollout_status(self) -> dict[str, Any]:
@@ -434,6 +462,11 @@ class Daemon:
             raise ConfigError("rollout: this daemon's configuration has no 'rollout' section")
         self.controller.sync()
         return self.controller
+
+
+def _guarded(source: Source) -> Source:
+    """Webhook endpoints only hand out what they received; every other source is guarded."""
+    return source if isinstance(source, WebhookSource) else GuardedSource(source)
 
 
 def _raise_open_files_limit() -> None:

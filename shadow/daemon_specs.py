@@ -69,4 +69,6 @@ class DaemonSpec(Spec):
     jobs: JobsSpec = JobsSpec()
     shutdown_deadline: Duration = timedelta(seconds=30)
     """How long in-flight work may take to finish after SIGTERM."""
-    poll_timeout_s: float = Field(0.5, gt=0.0, le=60.0)
+    poll_timeout_s: float = Field(0.05, gt=0.0, le=60.0)
+    """How long the pipeline sleeps after a pass that found no records. Webhook deliveries
+    and control calls wake it at once; Kafka records wait at most this long."""

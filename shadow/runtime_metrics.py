@@ -8,11 +8,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from shadow.metric_families import drift_families, gauge, labelled
 from shadow.models import utc_now
+
+if TYPE_CHECKING:
+    from shadow.source_guard import SourceStatus
 
 
 class RuntimeMetrics:
@@ -36,6 +40,7 @@ class RuntimeMetrics:
         self._drift: list[tuple[str, dict[str, str], float]] = []
         self._deferred: dict[str, int] = {}
         self._deferred_last_run: dict[str, int] = {}
+        self._sources: dict[str, tuple[bool, int]] = {}
 
     def set_lag(self, source: str, partition: str | int, lag: int) -> None:
         """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
@@ -47,6 +52,12 @@ class RuntimeMetrics:
         fresh = {str(partition): max(0, int(lag)) for partition, lag in lags.items()}
         with self._lock:
             self._lag[source] = fresh
+
+    def set_sources(self, statuses: Sequence[SourceStatus]) -> None:
+        """Whether each source is up, and its failed attempts since it last was."""
+        fresh = {s.name: (s.up, s.failures) for s in statuses}
+        with self._lock:
+            self._sources = fresh
 
     def add_records(self, source: str, n: int) -> None:
         """``n`` more records handed out by ``source``."""
@@ -100,6 +111,7 @@ class RuntimeMetrics:
             runs = {job: dict(results) for job, results in self._runs.items()}
             last_success = dict(self._last_success)
             deferred, deferred_last_run = dict(self._deferred), dict(self._deferred_last_run)
+            sources = dict(self._sources)
         families: list[Metric] = [
             gauge("shadow_start_time_seconds", "When this daemon started, in Unix time.",
                    self.started_at),
@@ -108,6 +120,12 @@ class RuntimeMetrics:
                       ["source", "partition"],
                       (([s, p], n) for s, by_partition in lag.items()
                        for p, n in by_partition.items())),
+            labelled(GaugeMetricFamily, "shadow_source_up",
+                      "1 while a source can be read, 0 while its system is away.",
+                      ["source"], (([s], float(up)) for s, (up, _) in sources.items())),
+            labelled(GaugeMetricFamily, "shadow_source_failures",
+                      "Failed attempts to open, poll or commit a source since it was last up.",
+                      ["source"], (([s], n) for s, (_, n) in sources.items())),
             labelled(CounterMetricFamily, "shadow_source_records",
                       "Records handed out by each source since this process started.",
                       ["source"], (([s], n) for s, n in records.items())),

@@ -37,6 +37,7 @@ from shadow.models import ErrorKind, Event, Prediction
 from shadow.owner import build_owner_report
 from shadow.runner import Replay
 from shadow.runtime_metrics import RuntimeMetrics
+from shadow.source_guard import SourceStatus
 from shadow.store import Store
 from tests.clock import SteppingClock
 
@@ -554,6 +555,7 @@ def test_every_alert_rule_parses_and_asks_for_series_a_daemon_exposes(
             runtime.job_finished(job, True)
             runtime.job_finished(job, False)
         runtime.set_lag("kafka:tickets", "tickets/0", 3)
+        runtime.set_sources([SourceStatus("kafka:tickets", False, "broker away", failures=2)])
         runtime.compare_finished("judge:0123456789ab", 2)
         text = render_metrics(store, runtime=runtime)
     labels: dict[str, list[dict[str, str]]] = {}
