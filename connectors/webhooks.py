@@ -241,8 +241,7 @@ class WebhookSource(Source):
                     self._remember(flight.delivery, flight.answer(), now)
                 if handed == position:
                     break
-        for flight in done:
-            _settle(flight.future, flight.answer())
+        _settle_all([(flight.future, flight.answer()) for flight in done])
 
     def close(self) -> None:
         """Stop intake and answer 503 to every request still waiting. Idempotent."""
@@ -253,8 +252,8 @@ class WebhookSource(Source):
             self._handed.clear()
             self._in_flight.clear()
             self._ready.notify_all()
-        for flight in waiting:
-            _settle(flight.future, Answer.unavailable("the source closed before storing it"))
+        _settle_all([(flight.future, Answer.unavailable("the source closed before storing it"))
+                     for flight in waiting])
         super().close()
 
     def _close(self) -> None:
@@ -291,7 +290,8 @@ class WebhookSource(Source):
         if not joined and self._on_arrival is not None:
             self._on_arrival()
         try:
-            answer = await asyncio.wait_for(asyncio.shield(flight.future), self.ack_timeout_s)
+            async with asyncio.timeout(self.ack_timeout_s):
+                answer = await asyncio.shield(flight.future)
         except TimeoutError:
             log.warning("webhook delivery not stored in time; the sender should retry",
                         source=self.name, delivery=delivery.id, ack_timeout_s=self.ack_timeout_s)
@@ -382,10 +382,15 @@ def _as_duplicate(answer: Answer) -> Answer:
     return Answer(200, {"status": "duplicate"})
 
 
-def _settle(future: asyncio.Future[Answer], answer: Answer) -> None:
+def _settle_all(answers: list[tuple[asyncio.Future[Answer], Answer]]) -> None:
+    """Answer each waiting request, with one wake-up of the server's loop for all of them."""
+    if not answers:
+        return
+
     def settle() -> None:
-        if not future.done():
-            future.set_result(answer)
+        for future, answer in answers:
+            if not future.done():
+                future.set_result(answer)
 
     with contextlib.suppress(RuntimeError):  # the server's loop is closed: nobody waits
-        future.get_loop().call_soon_threadsafe(settle)
+        answers[0][0].get_loop().call_soon_threadsafe(settle)

@@ -26,6 +26,7 @@ import os
 import queue
 import resource
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -58,6 +59,11 @@ from shadow.store import Store
 log = structlog.get_logger(__name__)
 
 _CALL_TIMEOUT_S = 120.0
+_SWITCH_INTERVAL_S = 0.005
+"""How long a thread may hold the GIL while another waits for it. Python's 5 ms meant
+that each return from DuckDB on the pipeline thread (which releases the GIL inside)
+could wait that long behind the webhook server's thread: four or five per batch, on
+every delivery's way to its answer."""
 _KAFKA_POLL_S = 0.01
 """A Kafka poll waits this long at most. Not zero: kafka-python joins a group and finds
 a topic created after it subscribed only in polls that are given some time."""
@@ -97,6 +103,7 @@ class Daemon:
         self._thread = threading.current_thread()
         token = self._token()
         _raise_open_files_limit()
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
         lock = DaemonLock(self.store_path)
         if not lock.acquire():
             other = DaemonFile.read(self.store_path)

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shadow.models import DeadLetter, Event, Outcome, Prediction
 
@@ -168,9 +169,14 @@ SELECT n.event_id, s.key, s.value ->> '$' FROM new_events n, json_each(n.segment
 """
 
 
+def _any_segment(events: pa.Table) -> bool:
+    """Whether some event has a segment (a statement fewer per batch when none has)."""
+    return bool(pc.any(pc.not_equal(events["segment"], "{}")).as_py())
+
+
 def insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteCounts:
     added = dict.fromkeys(_IDENTITY, 0)
-    if "events" in tables:
+    if "events" in tables and _any_segment(tables["events"]):
         db.execute(_SEGMENTS_SQL)
     for table in tables:
         identity = _IDENTITY.get(table)
