@@ -82,7 +82,7 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                 "liveness: the process answers (details only with a valid token)",
                 _responses("alive"), public=True)},
             "/ready": {"get": _op(
-                "readiness: store open, sources consuming, no shutdown under way",
+                "readiness: running, not stopping, a source up; each source up or away",
                 {**_responses("ready", {"$ref": "#/components/schemas/Readiness"}),
                  "503": {"description": "not ready, with the checks", "content": {
                      "application/json": {"schema": {

@@ -59,3 +59,10 @@ def test_kafka_throughput(kafka_bootstrap: str, tmp_path: Path) -> None:
     out = bench("kafka_throughput.py", "--events", "3000", "--bootstrap", kafka_bootstrap,
                 "--check-crcs", "on", "--dir", str(tmp_path))
     assert "produced 3,000 events" in out and "ratio pipeline / plain" in out
+
+
+def test_webhook_intake(tmp_path: Path) -> None:
+    out = bench("webhook_intake.py", "--deliveries", "200", "--sequential", "30",
+                "--concurrency", "10", "--dir", str(tmp_path))
+    assert "stored: 230 deliveries, each once" in out
+    assert "ratio shadow run / bare server" in out
