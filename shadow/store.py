@@ -264,7 +264,7 @@ class Store:
         Outcomes, dead letters and duplicates are checked here.
         """
         tables = arrow_tables(batch)
-        with self._transaction({f"new_{t}": arrow for t, arrow in tables.items()}, db) as tx:
+        with self._transaction({}, db) as tx:
             return insert(tx, tables)
 
     @contextmanager
