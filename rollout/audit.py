@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from rollout.gates import Evaluation
-from rollout.state import Action, Refused, RolloutState, Status, Transition
+from rollout.state import CONTROLLER, Action, Refused, RolloutState, Status, Transition
 from shadow.store import Store
 
 _STATE_COLUMNS = ("rollout, candidate, version, step, percent, status, step_started_at, "
@@ -56,12 +56,36 @@ def save(store: Store, t: Transition) -> None:
         before = t.before
         tx.execute(
             "INSERT INTO rollout_audit (rollout, revision, changed_at, actor, action, from_step, "
-            "to_step, from_status, to_status, percent, reason, evidence) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "to_step, from_status, to_status, percent, reason, evidence, token) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [s.rollout, s.revision, t.at, t.actor, t.action.value,
              before.step if before else None, s.step,
              before.status.value if before else None, s.status.value, s.percent, t.reason,
-             _json(t.evidence)])
+             _json(t.evidence), t.token])
+
+
+NOT_RECORDED = ""
+"""The token of a person's command recorded before the trail kept token names."""
+
+
+def credited(actor: str, token: str | None) -> str:
+    """Who made a transition, as far as the trail vouches for it.
+
+    ``token`` is the name of the API token the command came with (checked by the
+    daemon); ``actor`` only what the caller claimed, and labelled so.
+
+        >>> credited("ana", "ops")
+        'ana (claimed, token ops)'
+        >>> credited("ana", None)
+        'ana (claimed, local)'
+    """
+    if token is None and actor == CONTROLLER:
+        return CONTROLLER
+    if token is None:
+        return f"{actor} (claimed, local)"
+    if token == NOT_RECORDED:
+        return f"{actor} (claimed, token not recorded)"
+    return f"{actor} (claimed, token {token})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +101,15 @@ class AuditRecord:
     percent: float
     reason: str
     evidence: dict[str, Any]
+    token: str | None = None
+    """The API token's name; ``None`` for a local command or the controller's own,
+    ``NOT_RECORDED`` for a command recorded before token names were kept."""
 
     def as_dict(self) -> dict[str, Any]:
+        """``actor`` is as claimed; ``token`` the name the daemon checked."""
         return {
             "revision": self.revision, "at": self.at.isoformat(), "actor": self.actor,
+            "token": self.token,
             "action": self.action.value, "from_step": self.from_step, "to_step": self.to_step,
             "from_status": self.from_status.value if self.from_status else None,
             "to_status": self.to_status.value, "percent": self.percent, "reason": self.reason,
@@ -92,13 +121,13 @@ def history(store: Store, rollout: str, limit: int | None = None) -> list[AuditR
     """Transitions, oldest first (the last ``limit`` of them when given)."""
     rows = store.db.execute(
         "SELECT revision, changed_at, actor, action, from_step, to_step, from_status, to_status, "
-        "percent, reason, evidence FROM rollout_audit WHERE rollout = ? "
+        "percent, reason, evidence, token FROM rollout_audit WHERE rollout = ? "
         "ORDER BY revision DESC LIMIT ?", [rollout, limit if limit is not None else 2**62],
     ).fetchall()
     return [
         AuditRecord(r[0], r[1], r[2], Action(r[3]), r[4], r[5],
                     Status(r[6]) if r[6] else None, Status(r[7]), r[8], r[9],
-                    orjson.loads(r[10]) if r[10] else {})
+                    orjson.loads(r[10]) if r[10] else {}, r[11])
         for r in reversed(rows)
     ]
 

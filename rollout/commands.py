@@ -6,8 +6,10 @@ daemon's control API, with the token from the environment variable the
 configuration names (``daemon.api.token_env``, default ``SHADOW_API_TOKEN``), and the
 daemon's plan is the one in force; otherwise it reads the plan from the
 configuration and opens the store file. The output is the same either way.
-Changes are audited under the person's name (``--actor``, or the environment
-variable ``SHADOW_ACTOR``, or the login name).
+Changes are audited under the name of the API token they came with (none,
+shown as ``local``, when the file was opened), and beside it the name the
+person claims (``--actor``, or the environment variable ``SHADOW_ACTOR``, or
+the login name), labelled as claimed.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
     status.add_argument("--format", choices=["table", "json"], default="table")
     status.set_defaults(handler=_status)
 
-    history = sub.add_parser("history", help="every transition, with actor, reason, evidence")
+    history = sub.add_parser("history", help="every transition: who (token, claimed actor), "
+                                              "reason, evidence")
     common(history)
     history.add_argument("--limit", type=int, metavar="N", help="only the last N")
     history.add_argument("--format", choices=["table", "json"], default="table")
@@ -70,7 +73,8 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
                             help="why, for the audit trail" + (" (required)"
                                                                if reason_required else ""))
         parser.add_argument("--actor", default=os.environ.get("SHADOW_ACTOR"), metavar="NAME",
-                            help="who gives the command (env SHADOW_ACTOR; default: login name)")
+                            help="who gives the command, recorded as claimed beside the API "
+                                 "token's name (env SHADOW_ACTOR; default: login name)")
         if action is Action.PROMOTE:
             parser.add_argument("--full", action="store_true", help="to the last step at once")
             parser.add_argument("--yes", action="store_true", help="confirm --full without asking")
@@ -283,7 +287,8 @@ def _status_text(view: dict[str, Any]) -> str:
             lines.append(f"  {_MARK[Phase(check['phase'])]} {check['name']:<24} {check['detail']}")
     if view["last_transition"]:
         t = view["last_transition"]
-        lines.append(f"last change: {t['action']} by {t['actor']} at {t['at']}: {t['reason']}")
+        lines.append(f"last change: {t['action']} by {audit.credited(t['actor'], t.get('token'))} "
+                     f"at {t['at']}: {t['reason']}")
     for warning in view["warnings"]:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
@@ -310,8 +315,8 @@ def _print_history(records: list[dict[str, Any]], fmt: str) -> int:
     for r in records:
         came = f"{r['from_status']}@{r['from_step']}" if r["from_status"] else "-"
         print(f"{r['at']}  {r['action']:<15} {came:>20} → "
-              f"{r['to_status']}@{r['to_step']} ({r['percent']:g} %)  by {r['actor']}: "
-              f"{r['reason']}")
+              f"{r['to_status']}@{r['to_step']} ({r['percent']:g} %)  by "
+              f"{audit.credited(r['actor'], r.get('token'))}: {r['reason']}")
     return 0
 
 
@@ -364,7 +369,7 @@ def describe(t: Transition) -> str:
     before, after = t.before, t.after
     came = f"step {before.step} ({before.percent:g} %, {before.status.value})" if before else "-"
     return (f"{t.action.value}: {came} → step {after.step} ({after.percent:g} %, "
-            f"{after.status.value}) by {t.actor}: {t.reason}")
+            f"{after.status.value}) by {audit.credited(t.actor, t.token)}: {t.reason}")
 
 
 def _confirm_full(rollout: str, percent_now: float, to_step: int, percent: float | None,

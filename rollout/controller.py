@@ -265,11 +265,14 @@ class Controller:
     # -- commands -----------------------------------------------------------------
 
     def command(self, action: Action, *, actor: str, reason: str,
-                to_step: int | None = None, force: bool = False) -> Transition:
+                to_step: int | None = None, force: bool = False,
+                token: str | None = None) -> Transition:
         """A person's promote, pause, resume, rollback, restart or abort.
 
         A person promotes without ``force`` only what has earned it: a step
-        awaiting approval, or one whose gates pass right now.
+        awaiting approval, or one whose gates pass right now. ``actor`` is who
+        the person says they are; ``token`` the name of the API token the
+        command came with, if any. The audit record keeps both.
 
         Raises:
             Refused: the transition is unsafe or meaningless now; nothing changed.
@@ -284,7 +287,7 @@ class Controller:
         evidence: dict[str, Any] = {}
         if action is Action.PROMOTE:
             evidence = self._earned(force)
-        return self._move(action, actor, reason, evidence, to_step=to_step)
+        return self._move(action, actor, reason, evidence, to_step=to_step, token=token)
 
     def hold(self, reason: str, evidence: dict[str, Any]) -> Transition | None:
         """Pause promotion for a person to look (drift, say); traffic and rollback stay.
@@ -310,9 +313,11 @@ class Controller:
             + " (give --force to promote anyway; it is audited as forced)")
 
     def _move(self, action: Action, actor: str, reason: str, evidence: dict[str, Any],
-              to_step: int | None = None) -> Transition:
+              to_step: int | None = None, token: str | None = None) -> Transition:
         t = transition(self.state, action, self.plan, actor=actor, reason=reason,
                        at=self.now(), evidence=evidence, to_step=to_step)
+        if token is not None:
+            t = replace(t, token=token)
         self._commit(t)
         return t
 
@@ -321,7 +326,7 @@ class Controller:
         if replace_candidate:
             after = replace(after, candidate=self.candidate, version=self.version)
             t = Transition(action=t.action, actor=t.actor, reason=t.reason, at=t.at,
-                           before=t.before, after=after, evidence=t.evidence)
+                           before=t.before, after=after, evidence=t.evidence, token=t.token)
         audit.save(self.store, t)
         before = t.before
         if before is not None and before.live and (not after.live or replace_candidate):
@@ -329,7 +334,7 @@ class Controller:
                      reason=f"{t.action.value}: the rollout stopped acting")
         self._set(after)
         log.info("rollout transition", rollout=self.rollout, action=t.action.value,
-                 actor=t.actor, step=after.step, percent=after.percent,
+                 actor=t.actor, caller=t.token, step=after.step, percent=after.percent,
                  status=after.status.value, reason=t.reason)
         self._announce(t)
 

@@ -85,6 +85,9 @@ class Transition:
     before: RolloutState | None
     after: RolloutState
     evidence: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+    """The name of the control API token a person's command came with; ``None`` when it
+    came without one (a command on the store file, or the controller's own)."""
 
 
 def initial(plan: RolloutSpec, *, rollout: str, candidate: str, version: str | None,

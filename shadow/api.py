@@ -9,16 +9,22 @@ answering ``/health`` meanwhile. The routes and their schemas are described by
 Authentication: every route needs ``Authorization: Bearer <token>`` except
 ``/health``, ``/ready`` and ``/openapi.json`` (and ``/metrics`` when
 ``metrics_token_required=False``). A missing or malformed header is answered
-401 with ``WWW-Authenticate: Bearer``; a well-formed but wrong token 403. A
-token is always required, on loopback too: any local user, and any web page a
-browser on this machine opens, can reach 127.0.0.1, and a rollback must not be
-one forged request away.
+401 with ``WWW-Authenticate: Bearer``; a token the daemon does not know 403;
+a known token without the scope the route needs (``x-scope`` in
+:func:`shadow.openapi.openapi`, which is where each route's scope is
+declared) 403 naming that scope, with ``error="insufficient_scope"`` in
+``WWW-Authenticate``. A token is always required, on loopback too: any local
+user, and any web page a browser on this machine opens, can reach 127.0.0.1,
+and a rollback must not be one forged request away. The name of the token a
+command came with is passed to the control, for the audit trail; refusals,
+and every call beyond ``read``, are logged with it, as ``caller`` (a log key
+naming a token is redacted as a secret).
 
 Status codes: 200; 400 a malformed request, a missing reason, a configuration
 error; 401/403 as above; 404 an unknown route or action; 409 a refused
-transition (``rollout.state.Refused``); 500 anything unexpected (the body says
-only that, the daemon's log has the traceback); 503 not ready. Error bodies are
-always ``{"error": "…"}``.
+transition (``rollout.state.Refused``) or a backup name already taken; 500
+anything unexpected (the body says only that, the daemon's log has the
+traceback); 503 not ready. Error bodies are always ``{"error": "…"}``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
-import hmac
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +40,22 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rollout.state import Action, Refused
+from shadow.api_tokens import ApiToken, Tokens
+from shadow.backup import NAME_MAX, BackupExists
 from shadow.control import Control
+from shadow.daemon_specs import Scope
 from shadow.errors import ConfigError, ShadowError
-from shadow.openapi import COMMANDS, DEAD_LETTERS_MAX, REPORT_TYPES, openapi, public_operations
+from shadow.openapi import (
+    COMMANDS,
+    DEAD_LETTERS_MAX,
+    REPORT_TYPES,
+    openapi,
+    public_operations,
+    required_scopes,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +65,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY = 64 * 1024
+_UNLIMITED = 2**62
+_TOKEN = web.RequestKey("token", ApiToken)
 
 
 class ApiState(enum.Enum):
@@ -80,7 +97,7 @@ class BackupBody(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    path: str
+    name: str = Field(min_length=1, max_length=NAME_MAX)
 
 
 class ApiServer:
@@ -92,21 +109,21 @@ class ApiServer:
     started again. The constructor does no I/O.
 
     Raises:
-        ConfigError: no token (the API always requires one), a port out of
-            range, or (from ``start``) an address that cannot be listened on.
+        ConfigError: a port out of range, or (from ``start``) an address that
+            cannot be listened on. (``Tokens`` refuses to be empty: the API
+            always requires a token.)
     """
 
     def __init__(self, control: Control, *, host: str = "127.0.0.1", port: int = 8787,
-                 token: str | None, metrics_token_required: bool = True) -> None:
-        if token is None or not token.strip():
-            raise ConfigError("api: a token is required; set SHADOW_API_TOKEN (the CLI needs "
-                              "the same value to reach the daemon)")
+                 tokens: Tokens, metrics_token_required: bool = True) -> None:
         if not 0 <= port <= 65535:
             raise ConfigError(f"api: port {port} is not between 0 and 65535")
         self.control, self.host = control, host
         self.metrics_token_required = metrics_token_required
-        self._token = token.strip().encode()
-        self._public = public_operations(openapi(metrics_token_required=metrics_token_required))
+        self._tokens = tokens
+        doc = openapi(metrics_token_required=metrics_token_required)
+        self._public = public_operations(doc)
+        self._scopes = required_scopes(doc)
         self._requested_port = port
         self._port: int | None = None
         self._state = ApiState.NEW
@@ -234,9 +251,20 @@ class ApiServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        operation = self._operation(request)
+        response = await self._answer(request, handler, operation)
+        token = request.get(_TOKEN)
+        needed = self._scopes.get(operation)
+        if token is not None and needed is not None and needed is not Scope.READ:
+            log.info("control api call", caller=token.name, method=request.method,
+                     path=request.path, status=response.status)
+        return response
+
+    async def _answer(self, request: web.Request, handler: Handler,
+                      operation: tuple[str, str]) -> web.StreamResponse:
         try:
-            if not self._is_public(request):
-                self._authenticate(request)
+            if operation not in self._public:
+                request[_TOKEN] = self._authorize(request, self._scopes.get(operation))
             return await handler(request)
         except _HttpError as exc:
             return _error(exc.status, exc.message, exc.headers)
@@ -245,7 +273,7 @@ class ApiServer:
             message = (f"no such route: {request.method} {request.path}" if exc.status == 404
                        else exc.reason.lower())
             return _error(exc.status, message, headers)
-        except Refused as exc:
+        except (Refused, BackupExists) as exc:
             return _error(409, str(exc))
         except ConfigError as exc:
             return _error(400, str(exc))
@@ -257,22 +285,39 @@ class ApiServer:
                           path=request.path)
             return _error(500, "internal error; the daemon's log has the details")
 
-    def _is_public(self, request: web.Request) -> bool:
+    @staticmethod
+    def _operation(request: web.Request) -> tuple[str, str]:
+        """``(METHOD, path)`` as the description names it (``/rollout/{action}``)."""
         resource = request.match_info.route.resource
-        path = resource.canonical if resource is not None else request.path
-        return (request.method, path) in self._public
+        return request.method, resource.canonical if resource is not None else request.path
 
-    def _authenticate(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+    def _authorize(self, request: web.Request, needed: Scope | None) -> ApiToken:
+        """The token of the request, if it has the scope ``needed`` (any known token for an
+        unknown route, which then answers 404)."""
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
             raise _HttpError(401, "this route needs 'Authorization: Bearer <token>'",
                              {"WWW-Authenticate": 'Bearer realm="shadow"'})
-        if not self._valid(token):
-            raise _HttpError(403, "the token is not the daemon's (SHADOW_API_TOKEN)")
+        token = self._tokens.find(presented)
+        if token is None:
+            log.warning("control api refused an unknown token", method=request.method,
+                        path=request.path)
+            raise _HttpError(403, "the token is not one the daemon accepts (daemon.api: "
+                                  "tokens, tokens_file or token_env)",
+                             {"WWW-Authenticate": 'Bearer realm="shadow", error="invalid_token"'})
+        if needed is not None and not token.allows(needed):
+            log.warning("control api refused a token without the scope", caller=token.name,
+                        scope=token.scope.value, needs=needed.value, method=request.method,
+                        path=request.path)
+            raise _HttpError(
+                403, f"{request.method} {request.path} needs the scope {needed.value}; the "
+                     f"token {token.name!r} has {token.scope.value}",
+                {"WWW-Authenticate": f'Bearer realm="shadow", error="insufficient_scope", '
+                                     f'scope="{needed.value}"'})
+        return token
 
-    def _valid(self, token: str) -> bool:
-        return hmac.compare_digest(token.strip().encode(), self._token)
+    def _valid(self, presented: str) -> bool:
+        return self._tokens.find(presented) is not None
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -317,7 +362,8 @@ class ApiServer:
             raise _HttpError(400, f"full, force: only promote takes them, not {action}")
         result = await self._call(
             self.control.rollout_command, action, actor=body.actor,
-            reason=reason or f"{action} by {body.actor}", full=body.full, force=body.force)
+            reason=reason or f"{action} by {body.actor}", full=body.full, force=body.force,
+            token=request[_TOKEN].name)
         return _json(result)
 
     async def _post_report(self, request: web.Request) -> web.Response:
@@ -344,7 +390,8 @@ class ApiServer:
 
     async def _backup(self, request: web.Request) -> web.Response:
         body = await _body(request, BackupBody)
-        return _json(await self._call(self.control.backup, body.path))
+        return _json(await self._call(self.control.backup, body.name,
+                                      token=request[_TOKEN].name))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = await self._call(self.control.metrics)
@@ -371,7 +418,7 @@ def _limit(request: web.Request, *, default: int | None, maximum: int | None) ->
         value = 0
     if value < 1 or (maximum is not None and value > maximum):
         raise _HttpError(400, f"limit: expected a whole number {bound}, got {raw!r}")
-    return value
+    return min(value, _UNLIMITED)  # more than there can be is all of them, within a BIGINT
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

@@ -42,7 +42,8 @@ class DaemonClient:
 
     Raises (from every call):
         DaemonUnavailable: the connection was refused.
-        ConfigError: the token was refused (401/403), or the request was (400/404).
+        ConfigError: the token was refused (401/403: unknown, or without the scope the
+            call needs), or the request was (400/404).
         rollout.state.Refused: a command the rollout refused (409); nothing changed.
         ShadowError: anything else: a timeout, a dropped connection, a 5xx answer.
     """
@@ -94,10 +95,20 @@ class DaemonClient:
     def metrics(self) -> str:
         return self._request("GET", "/metrics")[2].decode("utf-8")
 
-    def backup(self, path: str, *, timeout_s: float = 3600.0) -> dict[str, Any]:
-        """``Backup.as_dict`` of the copy; a large store takes a while, hence the timeout."""
-        return dict(orjson.loads(self._request("POST", "/backup", body={"path": path},
-                                               timeout_s=timeout_s)[2]))
+    def backup(self, name: str, *, timeout_s: float = 3600.0) -> dict[str, Any]:
+        """``Backup.as_dict`` of a copy named ``name`` in the daemon's backup folder; a large
+        store takes a while, hence the timeout.
+
+        Raises:
+            BackupExists: the folder has a file of that name (409).
+        """
+        from shadow.backup import BackupExists
+
+        try:
+            answer = self._request("POST", "/backup", body={"name": name}, timeout_s=timeout_s)
+        except Refused as exc:
+            raise BackupExists(str(exc)) from None
+        return dict(orjson.loads(answer[2]))
 
     # -- transport ------------------------------------------------------------------
 
@@ -124,7 +135,8 @@ class DaemonClient:
             raw = exc.read()
             if exc.code in accept:
                 return exc.code, exc.headers.get_content_type(), raw
-            raise _translate(exc.code, raw, f"{method} {path}", self.token_env) from None
+            raise _translate(exc.code, raw, f"{method} {path}", self.token_env,
+                             exc.headers.get("WWW-Authenticate", "")) from None
         except urllib.error.URLError as exc:
             raise self._unreachable(exc.reason, timeout) from exc
         except (OSError, HTTPException) as exc:  # timeouts and drops after sending
@@ -140,14 +152,18 @@ class DaemonClient:
         return ShadowError(f"{where} failed: {reason}")
 
 
-def _translate(status: int, raw: bytes, call: str, token_env: str) -> ShadowError:
+def _translate(status: int, raw: bytes, call: str, token_env: str,
+               challenge: str = "") -> ShadowError:
     try:
         message = str(orjson.loads(raw)["error"])
     except (orjson.JSONDecodeError, KeyError, TypeError):
         message = raw.decode("utf-8", "replace").strip()[:200] or f"HTTP {status}"
+    if status == 403 and "insufficient_scope" in challenge:
+        return ConfigError(f"the daemon's API refused: {message}; set {token_env} to a token "
+                           f"with that scope")
     if status in (401, 403):
-        return ConfigError(f"the daemon's API refused the token: set {token_env} to the token "
-                           f"the daemon was started with ({message})")
+        return ConfigError(f"the daemon's API refused the token: set {token_env} to one of "
+                           f"the daemon's tokens ({message})")
     if status == 409:
         return Refused(message)
     if status in (400, 404, 422):

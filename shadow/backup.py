@@ -10,7 +10,14 @@ moment. The write-ahead log is first folded into the file, then the file
 re-inserting every row through SQL took a hundred times longer. The copy is
 written next to its target under a hidden ``.partial`` name, opened, counted
 table by table against the store, and only then renamed into place: a file
-at the target is always a complete copy.
+at the target is always a complete copy. A copy holds what the store holds,
+personal data included, so it is readable by its owner only (mode 0600), and
+a folder made for backups by its owner only (0700).
+
+Through the control API a backup is only ever written into the daemon's
+backup folder (``daemon.jobs.backup_dir``), under a plain file name
+(:func:`backup_named`); the command line without a daemon writes where its
+user says (:func:`backup`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ from shadow.models import utc_now
 from shadow.store import Store
 
 log = structlog.get_logger(__name__)
+
+NAME_MAX = 200
+
+
+class BackupExists(ConfigError):
+    """The backup's target exists; a backup never overwrites a file."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +79,8 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
     make a copy of no single moment (the check against the counts catches most).
 
     Raises:
-        ConfigError: ``target`` is relative, exists, or its directory does not.
+        ConfigError: ``target`` is relative, or its directory does not exist.
+        BackupExists: ``target`` exists.
         StoreError: the copy could not be written or does not hold what the
             store held; nothing is left at ``target``.
     """
@@ -85,8 +99,10 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         taken_at = now()
         if not store.read_only:
             _fold_log(db)
-        shutil.copyfile(store.path, partial)
+        _private(partial)
+        shutil.copyfile(store.path, partial)  # keeps the private file's mode
         if _log(store.path).exists():
+            _private(_log(partial))
             shutil.copyfile(_log(store.path), _log(partial))
         copied = _settle(partial)
     except (duckdb.Error, OSError, StoreError) as exc:
@@ -97,9 +113,9 @@ def backup(store: Store, target: Path, *, now: Callable[[], datetime] = utc_now)
         differ = sorted(t for t in rows.keys() | copied.keys() if rows.get(t) != copied.get(t))
         raise StoreError(f"backup to {target} failed: the copy differs in {', '.join(differ)}")
     fsync(partial)
-    if target.exists():  # appeared while the copy was written
+    if os.path.lexists(target):  # appeared while the copy was written
         _remove(partial)
-        raise ConfigError(f"backup target {target} exists now; choose a new file name")
+        raise BackupExists(f"backup target {target} exists now; choose a new file name")
     os.replace(partial, target)
     fsync(target.parent)
     counts = {table: count for table, (count, _) in rows.items()}
@@ -136,7 +152,7 @@ def backup_in_turn(store: Store, directory: Path, keep: int, at: datetime) -> Ba
 
     Only files named like this job's backups of this store are ever deleted.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     stem = store.path.stem
     stamp = f"{at:%Y%m%dT%H%M%S}.{at.microsecond // 1000:03d}Z"
     made = backup(store, directory.absolute() / f"{stem}-{stamp}.duckdb", now=lambda: at)
@@ -148,12 +164,65 @@ def backup_in_turn(store: Store, directory: Path, keep: int, at: datetime) -> Ba
     return made
 
 
+def backup_named(store: Store, directory: Path, name: str, *,
+                 now: Callable[[], datetime] = utc_now) -> Backup:
+    """Copy ``store`` to the new file ``name`` inside ``directory``, made if missing.
+
+    Raises:
+        ConfigError: ``name`` is not a plain file name (:func:`check_name`).
+        BackupExists: ``directory`` has a file of that name.
+        StoreError: as :func:`backup`.
+    """
+    check_name(name, str(directory))
+    directory = directory.absolute()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = directory / name
+    if target.parent != directory:  # check_name makes this impossible; a copy must not escape
+        raise ConfigError(f"backup name {name!r}: not a file name inside {directory}")
+    return backup(store, target, now=now)
+
+
+def check_name(name: str, folder: str) -> None:
+    """Refuse anything but a plain file name for a backup in ``folder`` (named in messages).
+
+    Raises:
+        ConfigError: the name is empty, too long, a path (absolute, with a
+            separator, with ``..``), hidden (starts with ``.``, as the
+            backups' own partial files do), or has control characters.
+    """
+    where = f"backups are written into {folder} (daemon.jobs.backup_dir); give a file name"
+    if not name.strip():
+        raise ConfigError(f"backup name: required; {where}")
+    shown = repr(name) if len(name) <= 80 else repr(name[:80]) + "…"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ConfigError(f"backup name {shown}: not valid Unicode text") from None
+    if size > NAME_MAX:  # file systems count bytes, and the partial copy's name is longer
+        raise ConfigError(f"backup name {shown}: longer than {NAME_MAX} bytes")
+    if name.startswith(("/", "\\", "~")) or (len(name) > 1 and name[1] == ":"):
+        raise ConfigError(f"backup name {shown} is an absolute path; {where}")
+    if "/" in name or "\\" in name:
+        raise ConfigError(f"backup name {shown} has a path separator; {where}")
+    if ".." in name:
+        raise ConfigError(f"backup name {shown} has '..'; {where}")
+    if name.startswith("."):
+        raise ConfigError(f"backup name {shown} starts with '.'; hidden names are refused")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ConfigError(f"backup name {shown} has control characters")
+
+
+def _private(path: Path) -> None:
+    """Make the empty file ``path``, readable and writable by its owner only."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _check_target(target: Path) -> None:
     if not target.is_absolute():
         raise ConfigError(f"backup target {target}: expected an absolute path")
-    if target.exists():
-        raise ConfigError(f"backup target {target} exists; choose a new file name "
-                          "(a backup never overwrites)")
+    if os.path.lexists(target):
+        raise BackupExists(f"backup target {target} exists; choose a new file name "
+                           "(a backup never overwrites)")
     if not target.parent.is_dir():
         raise ConfigError(f"backup target {target}: the directory {target.parent} does not exist")
 

@@ -118,14 +118,29 @@ def _parser() -> argparse.ArgumentParser:
     backup = commands.add_parser(
         "backup", help="copy the store, as of one moment, to a new file",
         description="Copy the store to a new DuckDB file, consistent as of one moment, while "
-        "a daemon runs it (through its API; intake waits during the copy) or not. The copy is "
-        "checked table by table and only then given its name; it never overwrites a file. "
+        "a daemon runs it (through its API, into its backup folder daemon.jobs.backup_dir; "
+        "intake waits during the copy) or not. The copy is checked table by table and only "
+        "then given its name; it never overwrites a file, and only its owner may read it. "
         "Restore by putting the copy in the store's place while no daemon runs.")
-    backup.add_argument("target", type=Path, metavar="TARGET",
-                        help="the new file (its directory must exist)")
+    backup.add_argument("target", metavar="TARGET",
+                        help="with no daemon running: the new file (its directory must exist); "
+                        "with one: a file name in its backup folder (needs an admin token)")
     _add_db_and_config(backup)
     backup.add_argument("--format", choices=["text", "json"], default="text")
     backup.set_defaults(handler=_backup)
+
+    token = commands.add_parser(
+        "token", help="make a control API token and its line for daemon.api.tokens_file",
+        description="Print a new random token for the daemon's control API, and the line that "
+        "grants it in daemon.api.tokens_file (its SHA-256, never the token itself). The line "
+        "goes to stdout, so `shadow token ana --scope operate >> tokens` adds it; the token "
+        "goes to stderr, shown this once. The daemon reads the file when it starts.")
+    token.add_argument("name", metavar="NAME",
+                       help="whose token it is: recorded with every command made with it")
+    token.add_argument("--scope", required=True, choices=["read", "operate", "admin"],
+                       help="read: status, reports, metrics; operate: also rollout commands; "
+                       "admin: also backups")
+    token.set_defaults(handler=_token)
 
     demo = commands.add_parser(
         "demo", help="generate a support-ticket workload, replay it and report",
@@ -256,17 +271,29 @@ def _demo(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     import orjson
 
-    from shadow.api_client import from_daemon_or_store
-    from shadow.backup import Backup, backup
+    from shadow.api_client import DaemonClient, from_daemon_or_store
+    from shadow.backup import Backup, backup, check_name
     from shadow.config import load_config
 
     config = load_config(args.config)
     db = config.store_at(args.db)
-    # Absolute: a daemon writes the copy, and its working directory is not this one.
-    target = args.target.expanduser().absolute()
+    folder = Path(config.daemon.jobs.backup_dir)
+    if args.config is not None and not folder.is_absolute():
+        folder = Path(args.config).resolve().parent / folder
+    where = str(folder) if args.config is not None else "the daemon's backup folder"
+
+    def through(daemon: DaemonClient) -> dict[str, Any]:
+        # A daemon writes backups into its own folder only: a path is refused here, before
+        # anything is sent, with where they go.
+        try:
+            check_name(args.target, where)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}, not a path: a daemon runs {db}") from None
+        return daemon.backup(args.target)
+
     done = Backup.from_dict(from_daemon_or_store(
-        db, lambda daemon: daemon.backup(str(target)),
-        lambda store: backup(store, target).as_dict()))
+        db, through,
+        lambda store: backup(store, Path(args.target).expanduser().absolute()).as_dict()))
     if args.format == "json":
         sys.stdout.write(orjson.dumps(done.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
@@ -275,6 +302,20 @@ def _backup(args: argparse.Namespace) -> int:
     print(f"backed up {db} to {done.path} as of {done.taken_at.isoformat()}: {counts} "
           f"({done.size_bytes / 1e6:,.1f} MB in {done.seconds:.2f} s)")
     print(f"to restore: stop the daemon, then put {done.path.name} in place of {db}")
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> int:
+    import re
+
+    from shadow.api_tokens import new_token, tokens_file_line
+    from shadow.daemon_specs import TOKEN_NAME_PATTERN, Scope
+
+    if not re.match(TOKEN_NAME_PATTERN, args.name):
+        raise ConfigError(f"NAME: {args.name!r}: letters, digits and . _ @ + - only, at most 64")
+    token = new_token()
+    print(tokens_file_line(args.name, Scope(args.scope), token))
+    print(f"token of {args.name} ({args.scope}), shown this once: {token}", file=sys.stderr)
     return EXIT_OK
 
 

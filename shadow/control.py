@@ -3,7 +3,8 @@
 The daemon implements :class:`Control`; ``shadow/api.py`` serves it over
 HTTP. Every method may be called from the API server's thread: the daemon
 runs the work on its own pipeline thread (the single writer of the store)
-and returns the result.
+and returns the result. Calls that change something are given the name of
+the API token they came with (``token``), which the API has checked.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ class Control(Protocol):
         """Transitions, oldest first, as ``AuditRecord.as_dict``."""
         ...
 
-    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
-                        force: bool = False) -> dict[str, Any]:
+    def rollout_command(self, action: str, *, actor: str, reason: str, token: str,
+                        full: bool = False, force: bool = False) -> dict[str, Any]:
         """promote | pause | resume | rollback | restart | abort.
+
+        ``actor`` is who the caller says gives the command; ``token`` the name of the
+        token it came with. The audit record keeps both.
 
         Returns ``{"transition": text, "state": {...}}``.
 
@@ -65,11 +69,13 @@ class Control(Protocol):
         """Prometheus text exposition format."""
         ...
 
-    def backup(self, path: str) -> dict[str, Any]:
-        """Copy the store to the new file ``path`` (absolute); ``Backup.as_dict`` of the copy.
+    def backup(self, name: str, *, token: str) -> dict[str, Any]:
+        """Copy the store to the new file ``name`` in the daemon's backup folder
+        (``daemon.jobs.backup_dir``); ``Backup.as_dict`` of the copy.
 
         Raises:
-            ConfigError: the path is relative, exists, or its directory does not (HTTP 400).
+            ConfigError: ``name`` is not a plain file name (HTTP 400).
+            shadow.backup.BackupExists: the folder has a file of that name (HTTP 409).
         """
         ...
 
@@ -87,7 +93,7 @@ class DaemonFile:
     store: str
     started_at: str
     token_env: str = "SHADOW_API_TOKEN"
-    """The name (never the value) of the environment variable holding the API token."""
+    """The name (never the value) of the environment variable the CLI reads its token from."""
 
     @staticmethod
     def path_for(store: Path) -> Path:

@@ -42,6 +42,7 @@ from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
 from connectors.webhook_server import WebhookServer
 from connectors.webhooks import WebhookSource
+from shadow.api_tokens import Tokens, load_tokens
 from shadow.backup import backup_in_turn
 from shadow.candidates import build_candidate
 from shadow.comparators import Comparator, build_comparator
@@ -101,7 +102,7 @@ class Daemon:
             StoreError: the store is held by another daemon or process.
         """
         self._thread = threading.current_thread()
-        token = self._token()
+        tokens = self._tokens()
         _raise_open_files_limit()
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
         lock = DaemonLock(self.store_path)
@@ -120,7 +121,7 @@ class Daemon:
             from shadow.api import ApiServer
 
             api_spec = self.config.daemon.api
-            api = ApiServer(self, host=api_spec.host, port=api_spec.port, token=token)
+            api = ApiServer(self, host=api_spec.host, port=api_spec.port, tokens=tokens)
             api.start()
             stack.callback(api.stop)
             DaemonFile(pid=os.getpid(), api=api.url, store=str(self.store_path),
@@ -149,13 +150,22 @@ class Daemon:
         if self.webhooks is not None:
             self.webhooks.stop_intake()
 
-    def _token(self) -> str:
-        name = self.config.daemon.api.token_env
-        token = os.environ.get(name, "")
-        if not token:
-            raise ConfigError(f"daemon.api.token_env: set the environment variable {name} to "
-                              f"the bearer token the control API requires")
-        return token
+    def _tokens(self) -> Tokens:
+        """The control API's tokens; one with every scope warns how to split it."""
+        spec = self.config.daemon.api
+        tokens = load_tokens(spec, base_dir=self.base_dir)
+        if spec.single_token:
+            log.warning(
+                "one api token has every scope",
+                variable=spec.token_env,
+                advice="the metrics scraper and every operator can roll the AI out to all "
+                       "traffic and back up the store; give each their own token with only "
+                       "the scope it needs under daemon.api.tokens (read: status, reports, "
+                       "metrics; operate: rollout commands; admin: backups) or "
+                       "daemon.api.tokens_file (README, Threat model)")
+        else:
+            log.info("api tokens", scopes={t.name: t.scope.value for t in tokens})
+        return tokens
 
     def _install_signals(self) -> None:
         def handler(signum: int, frame: object) -> None:
@@ -410,8 +420,8 @@ class Daemon:
                                                        limit=limit)]
         return list(self.call(history))
 
-    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
-                        force: bool = False) -> dict[str, Any]:
+    def rollout_command(self, action: str, *, actor: str, reason: str, token: str,
+                        full: bool = False, force: bool = False) -> dict[str, Any]:
         from rollout.commands import describe
         from rollout.state import Action
 
@@ -424,7 +434,7 @@ class Daemon:
             controller = self._controller()
             to_step = controller.plan.last if full else None
             t = controller.command(chosen, actor=actor, reason=reason, to_step=to_step,
-                                   force=force)
+                                   force=force, token=token)
             s = t.after
             return {"transition": describe(t),
                     "state": {"step": s.step, "percent": s.percent, "status": s.status.value}}
@@ -454,13 +464,16 @@ class Daemon:
         store = self.store
         return str(self.call(lambda: render_metrics(store, runtime=self.runtime)))
 
-    def backup(self, path: str) -> dict[str, Any]:
-        from shadow.backup import backup
+    def backup(self, name: str, *, token: str) -> dict[str, Any]:
+        from shadow.backup import backup_named, check_name
 
         assert self.store is not None
         store = self.store
+        directory = self._beside_config(self.config.daemon.jobs.backup_dir)
+        check_name(name, str(directory))  # refused before intake is made to wait
+        log.info("backup requested", caller=token, name=name, directory=str(directory))
         # On the pipeline thread, so the copy is of one moment: intake waits meanwhile.
-        copy = self.call(lambda: backup(store, Path(path), now=self.now),
+        copy = self.call(lambda: backup_named(store, directory, name, now=self.now),
                          timeout_s=_BACKUP_TIMEOUT_S)
         return dict(copy.as_dict())
 

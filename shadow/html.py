@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from rollout.audit import credited
 from shadow import charts
 from shadow.charts import PERCENT, esc, milliseconds, no_data, pct
 
@@ -442,10 +443,18 @@ def _rollout(rollout: dict[str, Any] | None) -> str:
     timeline = rollout.get("timeline") or []
     if not timeline:
         return state_html + no_data("rollout timeline")
-    rows = [[esc(e.get("at")), esc(e.get("actor")), esc(e.get("action")),
+    rows = [[esc(e.get("at")), esc(_by(e)), esc(e.get("action")),
              f"{_value(e.get('from_step'))} → {_value(e.get('to_step'))}",
              "–" if e.get("percent") is None else f"{float(e['percent']):g}{PERCENT}",
              esc(e.get("status")), esc(e.get("reason") or "")] for e in timeline]
-    table = _table(["at", "actor", "action", "step", "traffic", "status", "reason"], rows, {4})
+    table = _table(["at", "by", "action", "step", "traffic", "status", "reason"], rows, {4})
     chart = charts.rollout_steps("Rollout: traffic share after each event", timeline)
     return state_html + chart + table
+
+
+def _by(event: dict[str, Any]) -> Any:
+    """The token and the claimed actor; a timeline from before tokens were kept has no
+    ``token`` key, and then shows the actor alone."""
+    if "token" not in event:
+        return event.get("actor")
+    return credited(str(event.get("actor")), event["token"])

@@ -215,6 +215,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE predictions ADD COLUMN withdrawn_at TIMESTAMPTZ",
         "ALTER TABLE predictions ADD COLUMN withdrawn_reason VARCHAR",
     ]),
+    # Who gave each command, as far as the daemon can vouch: the name of the control API
+    # token it came with, beside the actor the caller claimed. NULL for a command made on
+    # the store file (no token involved) and for the controller's own transitions; '' for
+    # people's commands recorded before tokens had names, which are not known to be local.
+    (9, [
+        "ALTER TABLE rollout_audit ADD COLUMN token VARCHAR",
+        "UPDATE rollout_audit SET token = '' WHERE actor <> 'controller'",
+    ]),
 ]
 
 

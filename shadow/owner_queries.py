@@ -330,12 +330,13 @@ class OwnerQueries:
 
     def timeline(self, rollout: str) -> list[dict[str, Any]]:
         rows = self._rows(
-            "SELECT changed_at, actor, action, from_step, to_step, percent, to_status, reason "
-            "FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
+            "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
+            "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
         return [
-            {"at": at.isoformat(), "actor": actor, "action": action, "from_step": before,
-             "to_step": after, "percent": percent, "status": status, "reason": reason}
-            for at, actor, action, before, after, percent, status, reason in rows
+            {"at": at.isoformat(), "actor": actor, "token": token, "action": action,
+             "from_step": before, "to_step": after, "percent": percent, "status": status,
+             "reason": reason}
+            for at, actor, token, action, before, after, percent, status, reason in rows
         ]
 
 

@@ -31,15 +31,20 @@ from rollout.state import Action, Refused, Status
 from shadow import render
 from shadow.api import METRICS_TYPE, ApiServer, ApiState
 from shadow.api_client import DaemonClient, DaemonUnavailable, find_daemon
+from shadow.api_tokens import ApiToken, Tokens
+from shadow.backup import BackupExists
 from shadow.control import DaemonFile, DaemonLock
+from shadow.daemon_specs import Scope
 from shadow.errors import ConfigError
-from shadow.openapi import openapi, public_operations
+from shadow.openapi import openapi, public_operations, required_scopes
 from shadow.report import build_report
 from shadow.store import Store
 from tests.rollout.test_state import PLAN, ticking
 from tests.test_cli import assert_usage_error, run
 
 TOKEN = "s3cret-token-for-tests"
+SCOPED = {Scope.READ: "r3ad-token-for-tests", Scope.OPERATE: "0perate-token-for-tests",
+          Scope.ADMIN: TOKEN}
 STATUS = {
     "rollout": "from-the-daemon", "candidate": "triage", "version": "7", "step": 1, "steps": 3,
     "percent": 10.0, "status": "progressing", "live": True, "live_share": 0.09,
@@ -63,6 +68,7 @@ class FakeControl:
 
     def __init__(self, report: dict[str, Any] | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.tokens: list[str] = []
         self.ready = True
         self.fail = False
         self.report_data = report or {}
@@ -89,9 +95,10 @@ class FakeControl:
         self.calls.append(("rollout_history", limit))
         return HISTORY
 
-    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
-                        force: bool = False) -> dict[str, Any]:
+    def rollout_command(self, action: str, *, actor: str, reason: str, token: str,
+                        full: bool = False, force: bool = False) -> dict[str, Any]:
         self.calls.append(("rollout_command", (action, actor, reason, full, force)))
+        self.tokens.append(token)
         if action == "resume":
             raise Refused("rollout 'from-the-daemon' is progressing: only a paused rollout "
                           "resumes")
@@ -111,10 +118,14 @@ class FakeControl:
         self.calls.append(("metrics", None))
         return "# TYPE shadow_events_total counter\nshadow_events_total 3\n"
 
-    def backup(self, path: str) -> dict[str, Any]:
-        self.calls.append(("backup", path))
-        return {"path": path, "rows": {"events": 3}, "size_bytes": 12288, "seconds": 0.01,
-                "taken_at": "2026-03-02T12:00:00+00:00"}
+    def backup(self, name: str, *, token: str) -> dict[str, Any]:
+        self.calls.append(("backup", name))
+        self.tokens.append(token)
+        if name == "taken.duckdb":
+            raise BackupExists("backup target /srv/backups/taken.duckdb exists; choose a new "
+                               "file name (a backup never overwrites)")
+        return {"path": f"/srv/backups/{name}", "rows": {"events": 3}, "size_bytes": 12288,
+                "seconds": 0.01, "taken_at": "2026-03-02T12:00:00+00:00"}
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +141,16 @@ def fake(report_data: dict[str, Any]) -> FakeControl:
     return FakeControl(report_data)
 
 
+def tokens(token: str = TOKEN) -> Tokens:
+    """One token of every scope; the admin one is ``token``."""
+    return Tokens([ApiToken.of("scraper", Scope.READ, SCOPED[Scope.READ]),
+                   ApiToken.of("oncall", Scope.OPERATE, SCOPED[Scope.OPERATE]),
+                   ApiToken.of("ops", Scope.ADMIN, token)])
+
+
 @pytest.fixture
 def server(fake: FakeControl) -> Iterator[ApiServer]:
-    with ApiServer(fake, port=0, token=TOKEN) as running:
+    with ApiServer(fake, port=0, tokens=tokens()) as running:
         yield running
 
 
@@ -147,7 +165,12 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 
 BODIES = {"/rollout/{action}": {"actor": "dana", "reason": "tests"}, "/reports": {},
-          "/backup": {"path": "/srv/backups/shadow-1.duckdb"}}
+          "/backup": {"name": "shadow-1.duckdb"}}
+SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
+          ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
+          ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
+          ("POST", "/rollout/{action}"): Scope.OPERATE, ("POST", "/backup"): Scope.ADMIN}
+"""What each route needs, as the issue sets it out: written here, not read from the code."""
 
 
 def operations(public: bool) -> list[tuple[str, str]]:
@@ -180,7 +203,7 @@ def dead_pid() -> int:
 
 
 def test_the_server_binds_loopback_by_default_and_does_nothing_until_started() -> None:
-    server = ApiServer(FakeControl(), token=TOKEN)
+    server = ApiServer(FakeControl(), tokens=tokens())
     assert (server.host, server.port, server.state) == ("127.0.0.1", 8787, ApiState.NEW)
     server.stop()  # before start: nothing to stop, and no start afterwards
     assert server.state is ApiState.STOPPED
@@ -193,14 +216,28 @@ def test_the_server_listens_on_loopback(server: ApiServer) -> None:
     assert httpx.get(f"http://127.0.0.1:{server.port}/health", trust_env=False).is_success
 
 
-@pytest.mark.parametrize("token", [None, "", "   "])
-def test_an_api_without_a_token_cannot_be_built(token: str | None) -> None:
+def test_an_api_without_a_token_cannot_be_built() -> None:
     with pytest.raises(ConfigError, match="SHADOW_API_TOKEN"):
-        ApiServer(FakeControl(), token=token)
+        ApiServer(FakeControl(), tokens=Tokens([]))
+
+
+@pytest.mark.parametrize("token", ["", "   "])
+def test_an_empty_token_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match="'ops' is empty"):
+        ApiToken.of("ops", Scope.ADMIN, token)
+
+
+def test_two_tokens_with_one_name_or_one_value_are_refused() -> None:
+    with pytest.raises(ConfigError, match="two tokens are named 'ops'"):
+        Tokens([ApiToken.of("ops", Scope.READ, "a" * 20), ApiToken.of("ops", Scope.ADMIN,
+                                                                       "b" * 20)])
+    with pytest.raises(ConfigError, match="'ops' and 'scraper' have the same value"):
+        Tokens([ApiToken.of("ops", Scope.ADMIN, "a" * 20),
+                ApiToken.of("scraper", Scope.READ, "a" * 20 + "\n")])
 
 
 def test_stop_is_idempotent_and_a_stopped_server_does_not_start_again(fake: FakeControl) -> None:
-    server = ApiServer(fake, port=0, token=TOKEN)
+    server = ApiServer(fake, port=0, tokens=tokens())
     server.start()
     port = server.port
     server.stop()
@@ -212,7 +249,7 @@ def test_stop_is_idempotent_and_a_stopped_server_does_not_start_again(fake: Fake
 
 
 def test_a_port_in_use_is_a_configuration_error(server: ApiServer) -> None:
-    second = ApiServer(FakeControl(), port=server.port, token=TOKEN)
+    second = ApiServer(FakeControl(), port=server.port, tokens=tokens())
     with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         second.start()
     assert second.state is ApiState.STOPPED
@@ -232,8 +269,10 @@ def test_health_ready_and_the_description_need_no_token(http: httpx.Client,
     assert http.get("/openapi.json").json()["openapi"] == "3.1.0"
 
 
-def test_health_with_the_token_gives_the_daemon_s_details(http: httpx.Client) -> None:
-    assert http.get("/health", headers=bearer()).json() == {"status": "alive", "pid": 4242}
+def test_health_with_a_token_gives_the_daemon_s_details(http: httpx.Client) -> None:
+    for token in SCOPED.values():
+        assert http.get("/health", headers=bearer(token)).json() == {"status": "alive",
+                                                                    "pid": 4242}
     assert http.get("/health", headers=bearer("wrong")).json() == {"status": "ok"}
 
 
@@ -264,7 +303,8 @@ def test_every_protected_route_refuses_a_wrong_token_with_403(
     for method, path in operations(public=False):
         response = call(http, method, path, bearer(token))
         assert response.status_code == 403, (method, path)
-        assert "SHADOW_API_TOKEN" in response.json()["error"]
+        assert "not one the daemon accepts" in response.json()["error"]
+        assert 'error="invalid_token"' in response.headers["WWW-Authenticate"]
     assert fake.calls == []
 
 
@@ -277,10 +317,64 @@ def test_every_protected_route_answers_the_right_token(http: httpx.Client,
         "metrics", "backup"}
 
 
+def test_each_route_declares_its_scope_in_the_description() -> None:
+    doc = openapi()
+    assert required_scopes(doc) == SCOPES
+    for (method, path), scope in SCOPES.items():
+        op = doc["paths"][path][method.lower()]
+        assert op["x-scope"] == scope.value
+        assert op["security"] == [{"bearer": [scope.value]}]
+        assert scope.value in op["responses"]["403"]["description"]
+    assert set(operations(public=False)) == set(SCOPES)
+
+
+def test_scopes_are_ordered_each_including_those_before_it() -> None:
+    assert [s.value for s in Scope] == ["read", "operate", "admin"]
+    held = {s: {n for n in Scope if s.includes(n)} for s in Scope}
+    assert held == {Scope.READ: {Scope.READ}, Scope.OPERATE: {Scope.READ, Scope.OPERATE},
+                    Scope.ADMIN: set(Scope)}
+
+
+@pytest.mark.parametrize("scope", list(Scope), ids=str)
+def test_each_scope_calls_its_routes_and_gets_403_naming_the_scope_on_the_others(
+        http: httpx.Client, fake: FakeControl, scope: Scope) -> None:
+    for (method, path), needed in SCOPES.items():
+        fake.calls.clear()
+        response = call(http, method, path, bearer(SCOPED[scope]))
+        if scope.includes(needed):
+            assert response.status_code == 200, (method, path, response.text)
+            assert fake.calls, (method, path)
+        else:
+            assert response.status_code == 403, (method, path)
+            assert response.json()["error"].startswith(
+                f"{method} {path.replace('{action}', 'promote')} needs the scope "
+                f"{needed.value}; the token ")
+            assert f"has {scope.value}" in response.json()["error"]
+            assert response.headers["WWW-Authenticate"] == (
+                f'Bearer realm="shadow", error="insufficient_scope", scope="{needed.value}"')
+            assert fake.calls == [], (method, path)
+
+
+def test_refusals_are_logged_as_warnings_with_the_token_s_name(http: httpx.Client) -> None:
+    with structlog.testing.capture_logs() as logs:
+        call(http, "POST", "/rollout/{action}", bearer(SCOPED[Scope.READ]))
+        call(http, "GET", "/rollout", bearer(SCOPED[Scope.READ]))
+        call(http, "GET", "/rollout", bearer("wrong"))
+    entries = [{k: e.get(k) for k in ("event", "log_level", "caller", "path", "needs")}
+               for e in logs if e["event"].startswith("control api")]
+    assert entries == [
+        {"event": "control api refused a token without the scope", "log_level": "warning",
+         "caller": "scraper", "path": "/rollout/promote", "needs": "operate"},
+        {"event": "control api refused an unknown token", "log_level": "warning",
+         "caller": None, "path": "/rollout", "needs": None}]
+
+
 @pytest.mark.parametrize(("body", "problem"), [
-    ({}, "path: Field required"),
-    ({"path": 7}, "path: Input should be a valid string"),
-    ({"path": "/x.duckdb", "overwrite": True}, "overwrite: Extra inputs are not permitted"),
+    ({}, "name: Field required"),
+    ({"name": 7}, "name: Input should be a valid string"),
+    ({"name": ""}, "name: String should have at least 1 character"),
+    ({"name": "x" * 201}, "name: String should have at most 200 characters"),
+    ({"path": "/x.duckdb"}, "name: Field required; path: Extra inputs are not permitted"),
 ])
 def test_a_backup_body_names_what_is_wrong(http: httpx.Client, fake: FakeControl,
                                            body: dict[str, Any], problem: str) -> None:
@@ -288,6 +382,17 @@ def test_a_backup_body_names_what_is_wrong(http: httpx.Client, fake: FakeControl
     assert response.status_code == 400
     assert response.json() == {"error": problem}
     assert fake.calls == []
+
+
+def test_a_backup_is_asked_by_name_with_the_token_s_name_and_a_taken_name_is_409(
+        http: httpx.Client, fake: FakeControl) -> None:
+    made = http.post("/backup", json={"name": "before-upgrade.duckdb"}, headers=bearer())
+    assert made.json()["path"] == "/srv/backups/before-upgrade.duckdb"
+    taken = http.post("/backup", json={"name": "taken.duckdb"}, headers=bearer())
+    assert taken.status_code == 409 and "exists" in taken.json()["error"]
+    assert fake.tokens == ["ops", "ops"]
+    with pytest.raises(BackupExists, match="exists"):
+        DaemonClient(str(http.base_url), TOKEN).backup("taken.duckdb")
 
 
 def test_an_unknown_route_is_401_without_a_token_and_404_with_it(http: httpx.Client) -> None:
@@ -301,7 +406,7 @@ def test_an_unknown_route_is_401_without_a_token_and_404_with_it(http: httpx.Cli
 
 def test_metrics_can_be_opened_to_scrapers_without_a_token(fake: FakeControl) -> None:
     assert ("GET", "/metrics") in public_operations(openapi(metrics_token_required=False))
-    with ApiServer(fake, port=0, token=TOKEN, metrics_token_required=False) as server, \
+    with ApiServer(fake, port=0, tokens=tokens(), metrics_token_required=False) as server, \
             httpx.Client(base_url=server.url, trust_env=False) as http:
         assert http.get("/metrics").status_code == 200
         assert http.get("/rollout").status_code == 401
@@ -339,10 +444,11 @@ def test_a_command_passes_the_person_and_the_reason(http: httpx.Client,
                          json={"actor": "dana", "full": True, "reason": "owner approved"})
     assert response.status_code == 200
     assert response.json()["transition"] == "promote from the daemon by dana: owner approved"
-    http.post("/rollout/pause", headers=bearer(), json={"actor": "dana"})
+    http.post("/rollout/pause", headers=bearer(SCOPED[Scope.OPERATE]), json={"actor": "dana"})
     assert fake.calls == [
         ("rollout_command", ("promote", "dana", "owner approved", True, False)),
         ("rollout_command", ("pause", "dana", "pause by dana", False, False))]
+    assert fake.tokens == ["ops", "oncall"]
 
 
 def test_a_refused_transition_is_409_with_the_message(http: httpx.Client) -> None:
@@ -393,7 +499,7 @@ def test_a_body_too_large_is_413(http: httpx.Client, fake: FakeControl) -> None:
 
 
 def test_surrounding_whitespace_of_the_configured_token_is_ignored(fake: FakeControl) -> None:
-    with ApiServer(fake, port=0, token=f" {TOKEN}\n") as server:
+    with ApiServer(fake, port=0, tokens=tokens(f" {TOKEN}\n")) as server:
         assert DaemonClient(server.url, TOKEN).rollout_status() == STATUS
 
 
@@ -506,12 +612,12 @@ class ControllerControl(FakeControl):
             c = self.controller
             return [r.as_dict() for r in audit.history(c.store, c.rollout, limit=limit)]
 
-    def rollout_command(self, action: str, *, actor: str, reason: str, full: bool = False,
-                        force: bool = False) -> dict[str, Any]:
+    def rollout_command(self, action: str, *, actor: str, reason: str, token: str,
+                        full: bool = False, force: bool = False) -> dict[str, Any]:
         with self.lock:
             c = self.controller
             t = c.command(Action(action), actor=actor, reason=reason, force=force,
-                          to_step=c.plan.last if full else None)
+                          to_step=c.plan.last if full else None, token=token)
             return {"transition": describe(t), "state": {"step": t.after.step}}
 
 
@@ -521,7 +627,7 @@ def controlled(tmp_path: Path) -> Iterator[tuple[Controller, DaemonClient]]:
         controller = Controller(store, PLAN, rollout="triage", candidate="triage", version="1",
                                 comparator="exact", now=ticking())
         controller.sync()
-        with ApiServer(ControllerControl(controller), port=0, token=TOKEN) as server:
+        with ApiServer(ControllerControl(controller), port=0, tokens=tokens()) as server:
             yield controller, DaemonClient(server.url, TOKEN)
 
 
@@ -540,7 +646,7 @@ def test_promote_and_rollback_through_http_change_the_stored_rollout(
 
     promoted = client.rollout_command("promote", actor="dana", reason="owner approved",
                                       force=True)
-    assert promoted["transition"].endswith("by dana: owner approved")
+    assert promoted["transition"].endswith("by dana (claimed, token ops): owner approved")
     assert stored_status(controller) == (1, Status.PROGRESSING)
     assert client.rollout_status()["percent"] == 5
 
@@ -552,8 +658,8 @@ def test_promote_and_rollback_through_http_change_the_stored_rollout(
         client.rollout_command("promote", actor="dana", force=True)
 
     history = client.rollout_history()
-    assert [(r["action"], r["actor"]) for r in history] == [
-        ("start", "controller"), ("promote", "dana"), ("rollback", "dana")]
+    assert [(r["action"], r["actor"], r["token"]) for r in history] == [
+        ("start", "controller", None), ("promote", "dana", "ops"), ("rollback", "dana", "ops")]
     assert history[-1]["reason"] == "replies too long"
     assert client.rollout_history(limit=1) == history[-1:]
 
@@ -564,6 +670,15 @@ def test_promote_and_rollback_through_http_change_the_stored_rollout(
 def test_the_client_reports_a_refused_token_as_a_configuration_error(server: ApiServer) -> None:
     with pytest.raises(ConfigError, match="refused the token: set SHADOW_API_TOKEN"):
         DaemonClient(server.url, "wrong").rollout_status()
+
+
+def test_the_client_names_the_scope_a_token_lacks(server: ApiServer) -> None:
+    client = DaemonClient(server.url, SCOPED[Scope.READ])
+    with pytest.raises(ConfigError) as refused:
+        client.rollout_command("pause", actor="dana")
+    assert str(refused.value) == (
+        "the daemon's API refused: POST /rollout/pause needs the scope operate; the token "
+        "'scraper' has read; set SHADOW_API_TOKEN to a token with that scope")
 
 
 def test_the_client_calls_every_route(server: ApiServer, fake: FakeControl) -> None:

@@ -174,18 +174,31 @@ daemon:
     daemon = start_daemon(config, "daemon.log")
     try:
         api = ready_api(tmp_path / "daemon.duckdb")
-        # A relative target is the operator's directory, not the daemon's.
-        result = shadow(elsewhere, "backup", "mid.duckdb", "--db", str(tmp_path / "daemon.duckdb"),
-                        "--format", "json", SHADOW_API_TOKEN=TOKEN)
+        db = str(tmp_path / "daemon.duckdb")
+        # A name, wherever the command runs, is a file in the daemon's backup folder.
+        result = shadow(elsewhere, "backup", "mid.duckdb", "--db", db, "--format", "json",
+                        SHADOW_API_TOKEN=TOKEN)
         assert result.returncode == 0, result.stderr
         assert get(api + "/ready")[0] == 200  # the daemon goes on
+        # A path is refused before anything is sent, saying where backups go.
+        path = shadow(elsewhere, "backup", str(elsewhere / "late.duckdb"), "--db", db,
+                      SHADOW_API_TOKEN=TOKEN)
+        again = shadow(elsewhere, "backup", "mid.duckdb", "--db", db, SHADOW_API_TOKEN=TOKEN)
     finally:
         code, log = stop(daemon)
     assert code == 0, log
     assert "store backed up" in log
-    copy = elsewhere / "mid.duckdb"
+    copy = tmp_path / "backups" / "mid.duckdb"
     reported = json.loads(result.stdout)
     assert reported["path"] == str(copy) and tables(copy) == reported["rows"]
+    assert os.stat(copy).st_mode & 0o777 == 0o600  # it holds what the store holds
+    assert os.stat(copy.parent).st_mode & 0o777 == 0o700
+    assert path.returncode == 2 and "Traceback" not in path.stderr
+    assert "is an absolute path; backups are written into the daemon's backup folder " \
+           "(daemon.jobs.backup_dir); give a file name, not a path: a daemon runs" in path.stderr
+    assert again.returncode == 2 and "mid.duckdb exists" in again.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == []
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["mid.duckdb"]
     # One moment: every event in the copy has its prediction, as at every commit of the store.
     backed_up = ids(copy, "events")
     assert backed_up and backed_up == ids(copy, "predictions")

@@ -173,9 +173,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         db.execute(
             "INSERT INTO rollout_audit VALUES "
             "('rules-rollout', 1, ?, 'ops', 'promote', 0, 1, 'progressing', 'progressing', 5.0, "
-            "'gates held', NULL), "
+            "'gates held', NULL, 'oncall'), "
             "('rules-rollout', 2, ?, 'controller', 'rollback', 1, 0, 'progressing', "
-            "'rolled_back', 0.0, 'agreement fell', NULL)", ROLLOUT_TIMES)
+            "'rolled_back', 0.0, 'agreement fell', NULL, NULL)", ROLLOUT_TIMES)
         yield opened
 
 
@@ -427,10 +427,10 @@ def test_human_baseline_pairs_consecutive_outcomes_of_different_people(store: St
 def test_rollout_state_and_timeline(store: Store) -> None:
     report = build_owner_report(store, ready_options())
     assert report["rollout"]["state"]["status"] == "rolled_back"
-    assert [(t["action"], t["actor"], t["reason"], t["status"])
+    assert [(t["action"], t["actor"], t["token"], t["reason"], t["status"])
             for t in report["rollout"]["timeline"]] == [
-        ("promote", "ops", "gates held", "progressing"),
-        ("rollback", "controller", "agreement fell", "rolled_back")]
+        ("promote", "ops", "oncall", "gates held", "progressing"),
+        ("rollback", "controller", None, "agreement fell", "rolled_back")]
     assert check(report, "rules", "rollout state")["status"] == "fail"
     assert check(report, "triage", "rollout state")["status"] == "unknown"
 

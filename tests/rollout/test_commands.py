@@ -81,7 +81,8 @@ def test_a_step_needing_approval_shows_its_evidence_and_waits(replayed: Path) ->
 def test_promote_rollback_and_the_refusals_between(replayed: Path) -> None:
     promoted = shadow(replayed, "rollout", "promote", "--reason", "owner approved")
     assert promoted.returncode == 0, promoted.stderr
-    assert "step 1 (10 %, progressing) by dana: owner approved" in promoted.stdout
+    assert "step 1 (10 %, progressing) by dana (claimed, local): owner approved" in \
+        promoted.stdout
 
     assert_usage_error(shadow(replayed, "rollout", "promote", "--full"), "--full", "--yes")
     assert_argparse_error(shadow(replayed, "rollout", "rollback"), "--reason")
@@ -97,12 +98,16 @@ def test_promote_rollback_and_the_refusals_between(replayed: Path) -> None:
 
     history = shadow(replayed, "rollout", "history", "--format", "json")
     records = json.loads(history.stdout)
-    assert [(r["action"], r["actor"]) for r in records] == [
-        ("start", "controller"), ("await_approval", "controller"), ("promote", "dana"),
-        ("rollback", "dana")]
+    # On the file, no token is involved: the trail says local, beside the claimed name.
+    assert [(r["action"], r["actor"], r["token"]) for r in records] == [
+        ("start", "controller", None), ("await_approval", "controller", None),
+        ("promote", "dana", None), ("rollback", "dana", None)]
     assert records[-1]["reason"] == "replies too long"
     text = shadow(replayed, "rollout", "history")
-    assert text.returncode == 0 and "rollback" in text.stdout
+    assert text.returncode == 0
+    assert text.stdout.splitlines()[-1].endswith(
+        "by dana (claimed, local): replies too long")
+    assert "by controller: " in text.stdout
 
 
 def test_a_plan_that_does_not_start_in_shadow_is_a_configuration_error(tmp_path: Path) -> None:
