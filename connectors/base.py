@@ -19,7 +19,8 @@ class RawRecord(NamedTuple):
 
     ``value`` is the decoded object, or ``None`` when decoding failed, in which
     case ``error`` says why. ``raw`` is the original text (or the row,
-    for tabular files), kept for dead letters.
+    for tabular files), kept for dead letters; ``None`` for a record that has
+    no content at all (a Kafka tombstone).
     ``position`` identifies the record inside its source (``line 12``,
     ``row 7``, ``p0@1234``) so a dead letter can be traced back.
 
@@ -30,11 +31,13 @@ class RawRecord(NamedTuple):
     source: str
     position: str
     value: dict[str, Any] | None
-    raw: bytes | str | dict[Any, Any]
+    raw: bytes | str | dict[Any, Any] | None
     error: str | None = None
 
     def raw_text(self, limit: int = 65_536) -> str:
         raw = self.raw
+        if raw is None:
+            return ""
         if isinstance(raw, dict):
             try:
                 raw = orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS)

@@ -5,7 +5,9 @@ and ``row N`` for Parquet. Blank JSONL lines carry no record and are skipped.
 
 CSV cells are text. Column names with dots build nested objects
 (``segment.channel`` becomes ``{"segment": {"channel": ...}}``), a cell that
-holds a JSON object or array is decoded, and an empty cell is absent.
+holds a JSON object or array is decoded, and an empty cell is absent. A CSV
+line ends at ``\n``, ``\r\n`` or a lone ``\r``; a record with a cell longer than
+131,072 characters (the csv module's limit) is a dead letter.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -120,8 +123,8 @@ class FileSource(Source):
         for number, line in enumerate(handle, 1):
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
                 line = line[3:]  # a byte-order mark, as some Windows exports write
-            if line.isspace():
-                continue
+            if not line or line.isspace():
+                continue  # a blank line, or a file holding nothing but a byte-order mark
             try:
                 value = loads(line)
             except orjson.JSONDecodeError as exc:
@@ -221,10 +224,15 @@ MAX_RECORD_LINES = 1000
 
 class _Lines:
     """A file's lines with their 1-based numbers, a byte-order mark dropped, and a way to
-    hand lines back to be read again."""
+    hand lines back to be read again.
+
+    A line ends at ``\n``, ``\r\n`` or a lone ``\r``, as the csv module ends its rows:
+    read as one line, a file with classic Mac line endings would be one record (its
+    header) and every row after it lost.
+    """
 
     def __init__(self, handle: IO[bytes]) -> None:
-        self._numbered = enumerate(handle, 1)
+        self._numbered = enumerate(_csv_lines(handle), 1)
         self._again: list[tuple[int, bytes]] = []
 
     def next(self) -> tuple[int, bytes] | None:
@@ -237,6 +245,18 @@ class _Lines:
 
     def again(self, lines: list[tuple[int, bytes]]) -> None:
         self._again.extend(reversed(lines))
+
+
+_AFTER_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _csv_lines(handle: IO[bytes]) -> Iterator[bytes]:
+    for line in handle:
+        first_cr = line.find(b"\r")
+        if first_cr == -1 or line[first_cr:] == b"\r\n":
+            yield line
+        else:
+            yield from filter(None, _AFTER_LONE_CR.split(line))
 
 
 def _json_friendly(batch: Any) -> Any:

@@ -8,7 +8,7 @@ reason a person can act on ("missing field 'key' (path 'ticket.id')").
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -141,8 +141,11 @@ def unstorable(item: Any) -> str | None:
     The store keeps payloads, segments and outcomes as JSON written by orjson,
     which reads JSON nested up to 1,024 levels but writes at most 254, and
     writes neither integers beyond 64 bits nor types JSON has no word for
-    (a ``Decimal``, ``bytes``). Such a record is caught here, before any
-    candidate sees it, instead of failing the write of its whole batch.
+    (a ``Decimal``, ``bytes``). Timestamps are kept in UTC, and read back as
+    Python datetimes, which end at the years 1 and 9999: ``0001-01-01T00:00+01:00``
+    could be written, and then not read by the comparison or the next replay.
+    Such a record is caught here, before any candidate sees it, instead of
+    failing the write of its whole batch or a later read.
     """
     for name in ("payload", "segment", "outcome"):
         if not hasattr(item, name):
@@ -151,6 +154,14 @@ def unstorable(item: Any) -> str | None:
             orjson.dumps(getattr(item, name))
         except (TypeError, orjson.JSONEncodeError) as exc:
             return f"the record's {name} cannot be stored as JSON: {exc}"
+    for name in ("occurred_at", "decided_at"):
+        at = getattr(item, name, None)
+        if at is None:
+            continue
+        try:
+            at.astimezone(UTC)
+        except OverflowError:
+            return f"the record's {name} {at.isoformat()} is outside the years 1 to 9999 in UTC"
     return None
 
 
