@@ -35,8 +35,11 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
 def digest(token: str) -> bytes:
-    """The SHA-256 of a token, as the tokens file holds it (surrounding whitespace ignored)."""
-    return hashlib.sha256(token.strip().encode()).digest()
+    """The SHA-256 of a token, as the tokens file holds it (surrounding whitespace ignored).
+
+    A header that is not UTF-8 arrives with its bytes escaped; they are hashed as they came.
+    """
+    return hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
 
 
 def new_token() -> str:

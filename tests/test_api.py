@@ -308,6 +308,18 @@ def test_every_protected_route_refuses_a_wrong_token_with_403(
     assert fake.calls == []
 
 
+def test_a_token_that_is_not_utf_8_is_refused_with_403(server: ApiServer,
+                                                        fake: FakeControl) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(b"GET /rollout HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\x80"
+                    b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403 ") and b"not one the daemon accepts" in answer
+    assert fake.calls == []
+
+
 def test_every_protected_route_answers_the_right_token(http: httpx.Client,
                                                        fake: FakeControl) -> None:
     for method, path in operations(public=False):
