@@ -128,7 +128,7 @@ class KafkaSource(Source):
         consumer = self._consumer
         assert consumer is not None
         if self._commit_error is not None and not _coordinator_unknown(consumer):
-            self._try_commit(consumer)  # offsets of records stored before the broker went away
+            self._commit_held(consumer)
         try:
             batches = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
                                     max_records=max_records)
@@ -227,12 +227,13 @@ class KafkaSource(Source):
         safely stored already, and committing late only means reading more
         again after a crash. Offsets a broker that is away did not take are
         committed by the next :meth:`poll` that reaches it (and by
-        :meth:`close`). If the group was rebalanced meanwhile the offsets are
-        let go: the records are delivered again and the store recognises them.
+        :meth:`close`), for the partitions this member still holds; those it
+        lost to a rebalance are let go: whoever holds them reads the records
+        again, and the store recognises them.
         """
         if self._consumer is None or not self._uncommitted:
             return
-        self._try_commit(self._consumer)
+        self._commit_held(self._consumer)
 
     def away(self) -> str | None:
         """Why the broker cannot be used now: no broker reachable for a few seconds (the
@@ -246,6 +247,17 @@ class KafkaSource(Source):
             return f"offsets not committed: {self._commit_error}"
         return None
 
+    def _commit_held(self, consumer: KafkaConsumer) -> None:
+        """Commit the offsets of the records stored so far, for the partitions this member
+        still holds (once it holds any: it may be joining the group again)."""
+        assigned = consumer.assignment()
+        if assigned:
+            self._uncommitted = {tp: o for tp, o in self._uncommitted.items() if tp in assigned}
+        if self._uncommitted:
+            self._try_commit(consumer)
+        else:
+            self._commit_error = None
+
     def _try_commit(self, consumer: KafkaConsumer) -> None:
         offsets = {
             tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._uncommitted.items()
@@ -253,7 +265,12 @@ class KafkaSource(Source):
         try:
             consumer.commit(offsets=offsets, timeout_ms=int(self.commit_timeout_s * 1000))
         except CommitFailedError as exc:
-            log.warning("offsets not committed: the group was rebalanced", error=str(exc))
+            # The group forgot this member (its session ran out while the broker was
+            # away, say): the offsets are kept for the partitions it gets back.
+            if self._commit_error is None:
+                log.warning("offsets not committed: the group was rebalanced", error=str(exc))
+            self._commit_error = repr(exc)
+            return
         except KafkaError as exc:
             if self._commit_error is None:
                 log.warning("offsets not committed; kept for when the broker is back",

@@ -344,7 +344,7 @@ class WebhookSource(Source):
         records: list[RawRecord] = []
         first_reason: str | None = None
         for index, item in enumerate(value):
-            raw = orjson.dumps(item)
+            raw = _encoded(item)
             at = f"{position} #{index}"
             if type(item) is dict:
                 item[METADATA_KEY] = dict(metadata)
@@ -374,6 +374,16 @@ class WebhookSource(Source):
         log.warning("webhook delivery refused: not signed as required", source=self.name,
                     scheme=self.scheme.value, reason=exc.reason)
         return Answer(401, {"status": "unauthorized", "reason": exc.reason})
+
+
+def _encoded(item: Any) -> bytes | str:
+    """An array element as JSON, for its dead letter; its ``repr`` (cut short) when it is
+    nested deeper than orjson writes (254 levels; it reads 1,024): the mapping makes it a
+    dead letter either way, and the delivery is answered like any other."""
+    try:
+        return orjson.dumps(item)
+    except (TypeError, orjson.JSONEncodeError):
+        return repr(item)[:65_536]
 
 
 def _as_duplicate(answer: Answer) -> Answer:

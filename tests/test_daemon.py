@@ -109,14 +109,16 @@ logging:
                                str(self.config)], cwd=self.directory, env=env,
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def wait_for(self, api: str, predictions: int, timeout_s: float = 120) -> dict[str, Any]:
+    def wait_for(self, api: str, predictions: int, timeout_s: float = 120, *,
+                 outcomes: int = 0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
         report: dict[str, Any] = {}
         while time.monotonic() < deadline:
             status, body = get(api + "/report?format=json", token=TOKEN)
             if status == 200:
                 report = json.loads(body)
-                if report["candidates"] and report["candidates"][0]["predictions"] >= predictions:
+                if (report["candidates"] and report["candidates"][0]["predictions"] >= predictions
+                        and report["outcomes"]["stored"] >= outcomes):
                     return report
             time.sleep(0.5)
         raise AssertionError(f"not {predictions} predictions in time: {report}")
@@ -199,7 +201,8 @@ def test_a_daemon_stopped_mid_stream_loses_nothing_after_restart(
 
     again = deployment.start()
     try:
-        deployment.wait_for(deployment.api(), total, timeout_s=180)
+        # the two topics are consumed side by side, neither waiting for the other
+        deployment.wait_for(deployment.api(), total, timeout_s=180, outcomes=total)
     finally:
         code, err = stop(again)
     assert code == 0, err

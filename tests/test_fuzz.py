@@ -683,24 +683,9 @@ def label(event):
 '''
 
 
-def depth(value: Any) -> int:
-    if isinstance(value, dict | list):
-        return 1 + max(map(depth, value.values() if isinstance(value, dict) else value),
-                       default=0)
-    return 0
-
-
-def shallow(draft: Draft) -> bool:
-    data = as_json(draft.fields) if isinstance(draft, Valid) else draft.data
-    return depth(json.loads(data)) <= STORE_DEPTH
-
-
 Delivery = Draft | list[Draft]
-# An array element nested deeper than the store keeps is answered 500: the endpoint
-# encodes each element again, which orjson refuses (connectors/webhooks.py). Arrays
-# here hold shallower elements; a whole body that deep is sent on its own.
 DELIVERIES: st.SearchStrategy[Delivery] = st.one_of(
-    valid(), DRAFTS, st.lists(JSON_DRAFTS.filter(shallow), max_size=4))
+    valid(), DRAFTS, st.lists(JSON_DRAFTS, max_size=4))
 KAFKA_RECORDS = st.tuples(st.one_of(valid(), valid(), DRAFTS, DRAFTS, DRAFTS, st.none()),
                           st.none() | st.binary(max_size=8))
 """A record's value (``None``: a tombstone) and key."""
@@ -802,6 +787,9 @@ daemon:
             @given(deliveries=st.lists(DELIVERIES, max_size=10),
                    records=st.lists(KAFKA_RECORDS, max_size=12))
             @example(deliveries=[], records=[(None, b"k")])  # a tombstone
+            # an array element deeper than orjson writes (it was answered 500)
+            @example(deliveries=[[Poison(as_json(template(payload=nested(300))), Kind.OBJECT)]],
+                     records=[])
             def feed(deliveries: list[Delivery],
                      records: list[tuple[Draft | None, bytes | None]]) -> None:
                 for value, key in records:
