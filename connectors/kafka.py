@@ -12,6 +12,7 @@ kafka-python's types stay in this module: the rest of the project sees
 from __future__ import annotations
 
 import enum
+import socket
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -48,6 +49,8 @@ _CONSUMER_DEFAULTS: dict[str, Any] = {
     # seconds, with a heartbeat every three, lets a restart resume within about ten.
     "session_timeout_ms": 10_000,
     "heartbeat_interval_ms": 3_000,
+    # A broker that accepts connections but does not answer is given this long at start.
+    "bootstrap_timeout_ms": 5_000,
 }
 
 
@@ -107,11 +110,16 @@ class KafkaSource(Source):
 
     def _open(self) -> None:
         reset = "latest" if self.start is Start.LATEST else "earliest"
+        if not _any_reachable(self.bootstrap):
+            # kafka-python would wait bootstrap_timeout_ms for it, and a consumer whose
+            # construction fails leaves its network thread and sockets running.
+            raise SourceError(f"cannot consume {self.topics}: no broker reachable at "
+                              f"{self.bootstrap}")
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=self.group_id,
                 enable_auto_commit=False, auto_offset_reset=reset,
-                **{**_CONSUMER_DEFAULTS, **self._options},
+                **{**_consumer_defaults(), **self._options},
             )
             self._consumer.subscribe(self.topics, listener=_StartListener(self._on_assigned))
         except KafkaError as exc:
@@ -299,6 +307,23 @@ class KafkaSource(Source):
                              "expected a JSON object as the record value")
         value[METADATA_KEY] = metadata
         return RawRecord(self.name, position, value, message.value)
+
+
+def _consumer_defaults() -> dict[str, Any]:
+    """Our defaults that this kafka-python knows (bootstrap_timeout_ms came with 2.1)."""
+    return {k: v for k, v in _CONSUMER_DEFAULTS.items() if k in KafkaConsumer.DEFAULT_CONFIG}
+
+
+def _any_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
+    """Whether some server of ``host:port,host:port`` accepts a TCP connection."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        except (OSError, ValueError):
+            continue
+        return True
+    return False
 
 
 def _coordinator_unknown(consumer: KafkaConsumer) -> bool:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from connectors.base import RawRecord, Source
+from connectors.kafka import KafkaSource
 from shadow.control import DaemonFile
 from shadow.errors import SourceError
 from shadow.source_guard import GuardedSource
@@ -325,3 +328,23 @@ daemon:
 
 def always_billing(event: Any) -> str:
     return "billing"
+
+
+def test_a_kafka_source_with_no_broker_at_all_fails_to_open_at_once_and_leaks_nothing() -> None:
+    with socket.socket() as placeholder:  # a port nothing listens on
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    before = len(os.listdir("/proc/self/fd")), threading.active_count()
+    for _ in range(3):
+        source = KafkaSource(bootstrap=f"127.0.0.1:{port}", topics=["t"], group_id="g")
+        started = time.monotonic()
+        with pytest.raises(SourceError, match=f"no broker reachable at 127.0.0.1:{port}"):
+            source.open()
+        assert time.monotonic() - started < 3
+    assert (len(os.listdir("/proc/self/fd")), threading.active_count()) == before
+    # and the daemon's guard takes it as a source that is away
+    guard = GuardedSource(KafkaSource(bootstrap=f"127.0.0.1:{port}", topics=["t"],
+                                      group_id="g"))
+    guard.open()
+    assert not guard.status().up and "no broker reachable" in (guard.status().reason or "")
+    guard.close()
