@@ -28,30 +28,13 @@ its label window has passed; see docs/statistics.md.
 from __future__ import annotations
 
 import enum
-import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from rollout.statistics import Cusum, Method
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
-
-
-def parse_duration(value: Any) -> Any:
-    """``90``, ``"90s"``, ``"15m"``, ``"2h"``, ``"1d"`` → a timedelta (numbers are seconds)."""
-    if isinstance(value, timedelta) or isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2] or "s"])
-    raise ValueError(f"expected a duration such as 90s, 15m, 2h or 1d, got {value!r}")
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+from shadow.spec import Duration, parse_duration
 
 
 def _parse_window(value: Any) -> Any:

@@ -19,13 +19,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from rollout.plan import Duration, RolloutSpec
+from rollout.plan import RolloutSpec
 from shadow.candidate_specs import CHECK_KINDS, CandidateSpec
 from shadow.comparator_specs import COMPARATOR_KINDS, ComparatorSpec, ExactSpec
 from shadow.daemon_specs import DaemonSpec
 from shadow.errors import ConfigError
 from shadow.source_specs import MappingConfig, SourcesConfig
-from shadow.spec import CALLABLE_PATTERN, URL_PATTERN, Spec
+from shadow.spec import CALLABLE_PATTERN, URL_PATTERN, Duration, Spec
 
 
 class StoreConfig(Spec):

@@ -7,8 +7,7 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator, model_validator
 
-from rollout.plan import Duration
-from shadow.spec import Spec
+from shadow.spec import Duration, Spec
 
 
 class ListenSpec(Spec):

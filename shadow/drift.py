@@ -173,11 +173,6 @@ class DriftReport:
         return max(values) if values else None
 
     @property
-    def min_p_value(self) -> float | None:
-        values = [s.p_value for s in self.segments if s.p_value is not None]
-        return min(values) if values else None
-
-    @property
     def reasons(self) -> list[str]:
         """Each threshold crossed, in words; empty when nothing drifted."""
         t = self.thresholds

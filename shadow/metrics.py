@@ -35,7 +35,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.process_collector import ProcessCollector
 
 from rollout.gates import Phase
@@ -48,9 +47,6 @@ from shadow.runtime_metrics import RuntimeMetrics
 from shadow.store import Store
 
 log = structlog.get_logger(__name__)
-
-CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-"""The media type of what :func:`render_metrics` returns (``generate_latest``'s format)."""
 
 LATENCY_BUCKETS_MS: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 """Upper bounds of the candidate latency histogram, in milliseconds; ``+Inf`` is implied."""

@@ -175,11 +175,6 @@ class Prediction:
         return self.error is None
 
 
-class Verdict(enum.StrEnum):
-    AGREE = "agree"
-    DISAGREE = "disagree"
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Comparison:
     """A prediction judged against the final outcome of its key.

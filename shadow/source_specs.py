@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from rollout.plan import Duration
-from shadow.spec import Spec
+from shadow.spec import Duration, Spec
 
 
 class EventMapping(Spec):
