@@ -201,9 +201,8 @@ class Daemon:
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
             batch_size=config.store.batch_size, now=self.now, rollout=self.live,
-            progress=self.runtime.progress if self.runtime is not None else None)
-        self.replay.evaluate_each_batch = False
-        self.replay.remember_ids = False
+            progress=self.runtime.progress if self.runtime is not None else None,
+            evaluate_each_batch=False, remember_ids=False)
         for source in [*events, *outcomes]:
             stack.enter_context(source)
             self._sources.append(source)

@@ -94,6 +94,8 @@ class Replay:
         now: Callable[[], datetime] = utc_now,
         progress: Progress | None = None,
         rollout: LiveRollout | None = None,
+        evaluate_each_batch: bool = True,
+        remember_ids: bool = True,
     ) -> None:
         self.store = store
         self.candidates = [candidates] if isinstance(candidates, Candidate) else list(candidates)
@@ -104,9 +106,9 @@ class Replay:
         self.now = now
         self.progress = progress
         self.rollout = rollout
-        self.evaluate_each_batch = True
+        self.evaluate_each_batch = evaluate_each_batch
         """With a rollout: compare and evaluate after every batch (a daemon schedules it)."""
-        self.remember_ids = True
+        self.remember_ids = remember_ids
         """Keep every event id written by this replay in memory, so that a replay into an
         empty store never asks the store. A daemon runs for years: it sets this off, and
         remembers one batch's ids while the store answers for the rest."""

@@ -649,8 +649,8 @@ def test_a_daemon_remembers_one_batch_of_ids_and_asks_the_store_for_the_rest(
     largest = 0
     with Store(tmp_path / "daemon.duckdb") as store, \
             CallableCandidate(guess, name=f"{HERE}:guess") as candidate:
-        daemon_way = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10)
-        daemon_way.remember_ids = False
+        daemon_way = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10,
+                            remember_ids=False)
         with FileSource(events) as source:
             feeds = daemon_way.feeds([source])
             while not source.exhausted:
