@@ -33,7 +33,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -56,6 +56,11 @@ from shadow.runner import Replay, ReplaySummary
 from shadow.source_guard import GuardedSource, SourceStatus
 from shadow.source_specs import SourceSpec
 from shadow.store import Store
+
+if TYPE_CHECKING:
+    from rollout.controller import Controller
+    from rollout.runtime import LiveRollout
+    from shadow.runtime_metrics import RuntimeMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -86,10 +91,10 @@ class Daemon:
         self.store: Store | None = None
         self.replay: Replay | None = None
         self.comparator: Comparator | None = None
-        self.controller: Any = None
-        self.live: Any = None
-        self.webhooks: Any = None
-        self.runtime: Any = None
+        self.controller: Controller | None = None
+        self.live: LiveRollout | None = None
+        self.webhooks: WebhookServer | None = None
+        self.runtime: RuntimeMetrics | None = None
         self._sources: list[Source] = []
 
     # -- lifecycle --------------------------------------------------------------
