@@ -11,13 +11,19 @@ True
 
 from __future__ import annotations
 
-import hashlib
 import math
 import unicodedata
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
-from typing import Any, NamedTuple
+from typing import Any
 
+from shadow.comparator_base import (
+    Comparator,
+    Judgement,
+    SpecComparator,
+    agree,
+    disagree,
+    judge_absent,
+)
 from shadow.comparator_specs import (
     ComparatorSpec,
     CustomSpec,
@@ -31,117 +37,25 @@ from shadow.comparator_specs import (
     SimilaritySpec,
 )
 from shadow.loading import load_callable
-from shadow.paths import MISSING, get_path
+from shadow.paths import get_path
 
 __all__ = ["Comparator", "Judgement", "build_comparator"]
 
 CustomFunction = Callable[[Any, Any], Any]
 
 
-class Judgement(NamedTuple):
-    """The verdict on one prediction.
-
-    ``fields`` maps each field of a ``fields`` comparator to its verdict (a nested
-    ``fields`` comparator adds its own as ``outer.inner``); it is empty otherwise.
-    ``note`` says why: the score (``f1=0.667``), the judge's reason, or why the
-    values could not be compared normally. It is stored with the comparison.
-
-    ``deferred`` means there is no verdict yet: the comparator cannot judge now
-    (an LLM judge that is unreachable or gave no usable answer). ``agree`` is
-    then meaningless, ``note`` says what failed, and the runner stores nothing,
-    so the prediction stays pending and is judged at the next compare. Build one
-    with :meth:`defer`.
-    """
-
-    agree: bool
-    fields: dict[str, bool]
-    note: str | None = None
-    deferred: bool = False
-
-    @classmethod
-    def defer(cls, note: str) -> Judgement:
-        """No verdict now; ask again later. ``agree`` is false for readers that ignore
-        ``deferred``, which is what they were given before deferral existed."""
-        return cls(False, {}, note, deferred=True)
-
-
-def _agree() -> Judgement:
-    return Judgement(True, {})
-
-
-def _disagree(note: str | None = None) -> Judgement:
-    return Judgement(False, {}, note)
-
-
-class Comparator(ABC):
-    """Decides whether a prediction's output agrees with the outcome of its key.
-
-    ``name`` fingerprints the configuration: it changes when any parameter changes,
-    so the store knows which comparisons to redo.
-    """
-
-    name: str
-
-    @abstractmethod
-    def compare(self, output: Any, outcome: Any) -> Judgement:
-        """Judge a prediction's ``output`` against the final ``outcome`` of its key.
-
-        A pure function of its two JSON values: same inputs, same judgement. It
-        never raises; a value of the wrong type, an absent path, or a custom
-        function that raises or returns a non-bool all yield a disagreeing
-        judgement with a ``note``. The one exception to purity is a comparator
-        that depends on a service (the ``judge``): when the service fails it
-        returns :meth:`Judgement.defer` instead of a verdict, never a
-        disagreement, and the same inputs may be judged later.
-        """
-
-
-class _SpecComparator(Comparator):
-    """Applies the spec's ``prediction_path`` and ``outcome_path``, then judges."""
-
-    def __init__(self, spec: ComparatorSpec) -> None:
-        self.name = _fingerprint(spec)
-        self._prediction_path = spec.prediction_path
-        self._outcome_path = spec.outcome_path
-
-    def compare(self, output: Any, outcome: Any) -> Judgement:
-        if self._prediction_path is not None:
-            output = get_path(output, self._prediction_path)
-        if self._outcome_path is not None:
-            outcome = get_path(outcome, self._outcome_path)
-        absent = _judge_absent(output, outcome, self._prediction_path, self._outcome_path)
-        return absent if absent is not None else self._judge(output, outcome)
-
-    @abstractmethod
-    def _judge(self, output: Any, outcome: Any) -> Judgement:
-        """Judge two present values (neither is MISSING)."""
-
-
-def _judge_absent(
-    output: Any, outcome: Any, prediction_at: str | None, outcome_at: str | None
-) -> Judgement | None:
-    """The judgement when a side has no value at its path, else ``None``."""
-    if output is MISSING and outcome is MISSING:
-        return _agree()
-    if output is MISSING:
-        return _disagree(f"prediction has no value at {prediction_at or '$'!r}")
-    if outcome is MISSING:
-        return _disagree(f"outcome has no value at {outcome_at or '$'!r}")
-    return None
-
-
-class _Exact(_SpecComparator):
+class _Exact(SpecComparator):
     def _judge(self, output: Any, outcome: Any) -> Judgement:
         return Judgement(_canonical(output) == _canonical(outcome), {})
 
 
-class _Normalized(_SpecComparator):
+class _Normalized(SpecComparator):
     def _judge(self, output: Any, outcome: Any) -> Judgement:
         same = _canonical(output, _normalize_text) == _canonical(outcome, _normalize_text)
         return Judgement(same, {})
 
 
-class _Set(_SpecComparator):
+class _Set(SpecComparator):
     def __init__(self, spec: SetSpec) -> None:
         super().__init__(spec)
         self._threshold = spec.threshold
@@ -149,11 +63,11 @@ class _Set(_SpecComparator):
     def _judge(self, output: Any, outcome: Any) -> Judgement:
         a, b = _as_set(output), _as_set(outcome)
         if not a and not b:
-            return _agree()
+            return agree()
         return Judgement(len(a & b) / len(a | b) >= self._threshold, {})
 
 
-class _Numeric(_SpecComparator):
+class _Numeric(SpecComparator):
     def __init__(self, spec: NumericSpec) -> None:
         super().__init__(spec)
         self._abs_tol = spec.abs_tol
@@ -162,14 +76,14 @@ class _Numeric(_SpecComparator):
     def _judge(self, output: Any, outcome: Any) -> Judgement:
         a, b = _as_number(output), _as_number(outcome)
         if a is None:
-            return _disagree(f"prediction is not a finite number: {_show(output)}")
+            return disagree(f"prediction is not a finite number: {_show(output)}")
         if b is None:
-            return _disagree(f"outcome is not a finite number: {_show(outcome)}")
+            return disagree(f"outcome is not a finite number: {_show(outcome)}")
         tolerance = max(self._abs_tol, self._rel_tol * max(abs(a), abs(b)))
         return Judgement(abs(a - b) <= tolerance, {})
 
 
-class _Fields(_SpecComparator):
+class _Fields(SpecComparator):
     def __init__(self, spec: FieldsSpec) -> None:
         super().__init__(spec)
         self._fields = {field: build_comparator(sub) for field, sub in spec.fields.items()}
@@ -196,11 +110,11 @@ class _Fields(_SpecComparator):
     @staticmethod
     def _judge_field(field: str, comparator: Comparator, output: Any, outcome: Any) -> Judgement:
         output, outcome = get_path(output, field), get_path(outcome, field)
-        absent = _judge_absent(output, outcome, field, field)
+        absent = judge_absent(output, outcome, field, field)
         return absent if absent is not None else comparator.compare(output, outcome)
 
 
-class _Custom(_SpecComparator):
+class _Custom(SpecComparator):
     def __init__(self, spec: CustomSpec, function: CustomFunction) -> None:
         super().__init__(spec)
         self._path = spec.function
@@ -210,9 +124,9 @@ class _Custom(_SpecComparator):
         try:
             result = self._function(output, outcome)
         except Exception as exc:  # the contract: a comparator never raises
-            return _disagree(f"custom comparator raised {type(exc).__name__}: {exc}")
+            return disagree(f"custom comparator raised {type(exc).__name__}: {exc}")
         if not _is_bool(result):
-            return _disagree(
+            return disagree(
                 f"custom comparator {self._path} returned {type(result).__name__}, not a bool"
             )
         return Judgement(bool(result), {})
@@ -239,16 +153,11 @@ def build_comparator(spec: ComparatorSpec) -> Comparator:
         case CustomSpec():
             return _Custom(spec, load_callable(spec.function, what="custom comparator"))
         case SimilaritySpec() | SemanticSpec() | JudgeSpec():
-            # imported here: the text comparators build on this module's classes
+            # imported here: the text comparators load their models only when asked for
             from shadow.text_comparators import build_text_comparator
 
             return build_text_comparator(spec)
     raise AssertionError(f"unknown comparator spec {spec!r}")  # pragma: no cover
-
-
-def _fingerprint(spec: ComparatorSpec) -> str:
-    digest = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
-    return f"{spec.kind}:{digest[:12]}"
 
 
 # -- JSON values -------------------------------------------------------------

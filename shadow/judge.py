@@ -25,8 +25,8 @@ import orjson
 import structlog
 
 from shadow.candidates.remote import expand
+from shadow.comparator_base import Judgement, SpecComparator
 from shadow.comparator_specs import JudgeSpec
-from shadow.comparators import Judgement, _SpecComparator
 from shadow.errors import ConfigError, ShadowError
 from shadow.paths import get_path
 from shadow.templates import TemplateError, render
@@ -66,7 +66,7 @@ class JudgeError(ShadowError):
     """The judge could not be asked or gave no usable verdict."""
 
 
-class Judge(_SpecComparator):
+class Judge(SpecComparator):
     """Asks the model once per distinct (model, rubric, output, outcome).
 
     A call that fails after its retries, an answer without a verdict, or a

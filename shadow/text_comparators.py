@@ -49,8 +49,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from shadow.comparator_base import Comparator, Judgement, SpecComparator
 from shadow.comparator_specs import JudgeSpec, SemanticSpec, SimilaritySpec
-from shadow.comparators import Comparator, Judgement, _SpecComparator
 from shadow.errors import ConfigError
 from shadow.judge import DEFAULT_RUBRIC, Judge
 
@@ -144,7 +144,7 @@ _METRICS: dict[str, Callable[[Sequence[str], Sequence[str]], float]] = {
 }
 
 
-class _TextComparator(_SpecComparator):
+class _TextComparator(SpecComparator):
     """Needs a string on each side."""
 
     def _judge(self, output: Any, outcome: Any) -> Judgement:
