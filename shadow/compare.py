@@ -11,16 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
 from shadow.comparators import Comparator
 from shadow.models import Comparison, utc_now
 from shadow.store import Store
-
-if TYPE_CHECKING:
-    from shadow.runner import ReplaySummary
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +26,14 @@ MAX_CONSECUTIVE_DEFERRALS = 5
 """After this many deferred judgements in a row, a compare run stops asking the
 comparator and defers the rest of its pending predictions: a judge that is down
 is not called once per prediction (each call with its own retries)."""
+
+
+class CompareTally(Protocol):
+    """Where a compare run adds up what it did (a replay's summary is one)."""
+
+    compared: int
+    agreed: int
+    deferred: int
 
 
 @dataclass(slots=True)
@@ -47,7 +52,7 @@ class _Deferrals:
 def compare(
     store: Store,
     comparator: Comparator,
-    summary: ReplaySummary | None = None,
+    summary: CompareTally | None = None,
     *,
     now: Callable[[], datetime] = utc_now,
 ) -> int:
