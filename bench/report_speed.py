@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from shadow.config import parse_config  # noqa: E402
-from shadow.owner import OwnerOptions, build_owner_report  # noqa: E402
+from shadow.owner import build_owner_report  # noqa: E402
+from shadow.owner_options import OwnerOptions  # noqa: E402
 from shadow.render import owner_markdown  # noqa: E402
 from shadow.reporting import full_report, render_report  # noqa: E402
 from shadow.store import Store  # noqa: E402

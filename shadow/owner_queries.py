@@ -23,7 +23,7 @@ from shadow.stats import wilson
 from shadow.store import Store
 
 if TYPE_CHECKING:
-    from shadow.owner import OwnerOptions
+    from shadow.owner_options import OwnerOptions
 
 Key = tuple[str, str | None]
 

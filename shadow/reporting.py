@@ -23,7 +23,8 @@ from shadow.drift import (
     period,
 )
 from shadow.models import utc_now
-from shadow.owner import OwnerOptions, build_owner_report
+from shadow.owner import build_owner_report
+from shadow.owner_options import OwnerOptions
 from shadow.report import build_report
 from shadow.store import Store
 

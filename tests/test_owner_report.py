@@ -18,7 +18,8 @@ from shadow.comparator_specs import ExactSpec, FieldsSpec, SimilaritySpec
 from shadow.comparators import build_comparator
 from shadow.html import to_html
 from shadow.models import Event
-from shadow.owner import OwnerOptions, build_owner_report
+from shadow.owner import build_owner_report
+from shadow.owner_options import OwnerOptions
 from shadow.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.render import owner_markdown
 from shadow.report import build_report

@@ -23,7 +23,8 @@ from shadow.config import parse_config
 from shadow.constraints import Checks
 from shadow.html import to_html
 from shadow.models import Event
-from shadow.owner import OwnerOptions, build_owner_report
+from shadow.owner import build_owner_report
+from shadow.owner_options import OwnerOptions
 from shadow.redaction import redact_within
 from shadow.render import owner_markdown
 from shadow.reporting import owner_options
