@@ -185,14 +185,3 @@ def calibrate_command(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(describe_calibration(result))
     return EXIT_BELOW if args.strict and not result.reaches else EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``shadow calibrate …`` (``argv`` starts with ``calibrate``), exactly as the CLI runs it."""
-    from shadow.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +141,3 @@ def _write(path: Path, data: bytes) -> None:
         path.write_bytes(data)
     except OSError as exc:
         raise ShadowError(f"cannot write {path}: {exc.strerror}") from exc
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``shadow eval …`` (``argv`` starts with ``eval``), exactly as the CLI runs it."""
-    from shadow.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
