@@ -182,7 +182,7 @@ def insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteC
     millisecond per table, in every batch a webhook delivery waits for.
     """
     added = dict.fromkeys(_IDENTITY, 0)
-    for table, new_rows in tables.items():  # noqa: B007 - read by name by DuckDB below
+    for table, new_rows in tables.items():
         if table == "events" and _any_segment(new_rows):
             db.execute(_SEGMENTS_SQL)
         identity = _IDENTITY.get(table)
