@@ -9,16 +9,9 @@ import pytest
 
 from shadow.candidate_specs import BreakerSpec, RetrySpec
 from shadow.candidates.resilience import BreakerState, CircuitBreaker, backoff, retry_after
+from tests.clock import ManualClock
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def highest(low: float, high: float) -> float:
@@ -62,7 +55,7 @@ def test_an_unreadable_retry_after_asks_for_nothing(header: str | None) -> None:
 
 
 def test_the_breaker_opens_after_consecutive_failures_only() -> None:
-    breaker = CircuitBreaker(BreakerSpec(failures=3, cooldown_s=5), clock=FakeClock())
+    breaker = CircuitBreaker(BreakerSpec(failures=3, cooldown_s=5), clock=ManualClock())
 
     breaker.failed()
     breaker.failed()
@@ -77,7 +70,7 @@ def test_the_breaker_opens_after_consecutive_failures_only() -> None:
 
 
 def test_after_the_cooldown_one_probe_goes_through_and_its_success_closes_it() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(BreakerSpec(failures=1, cooldown_s=5), clock=clock)
     breaker.failed()
 
@@ -93,7 +86,7 @@ def test_after_the_cooldown_one_probe_goes_through_and_its_success_closes_it() -
 
 
 def test_a_failed_probe_opens_the_circuit_for_another_cooldown() -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     breaker = CircuitBreaker(BreakerSpec(failures=2, cooldown_s=5), clock=clock)
     breaker.failed()
     breaker.failed()

@@ -33,6 +33,7 @@ from shadow.control import DaemonFile
 from shadow.errors import SourceError
 from shadow.source_guard import GuardedSource
 from shadow.store import Store
+from tests.clock import ManualClock
 from tests.daemon_process import TOKEN, get
 from tests.kafka import SCRIPT, broker_env
 from tests.test_kafka import events, produce, topic_name
@@ -73,15 +74,7 @@ class Flaky(Source):
         pass
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def guarded(flaky: Flaky, clock: Clock) -> GuardedSource:
+def guarded(flaky: Flaky, clock: ManualClock) -> GuardedSource:
     # `uniform` returns its upper bound: the backoff is 1, 2, 4, … s, capped at 8.
     return GuardedSource(flaky, max_backoff_s=8.0, clock=clock,
                          now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
@@ -89,7 +82,7 @@ def guarded(flaky: Flaky, clock: Clock) -> GuardedSource:
 
 
 def test_a_source_that_cannot_open_is_retried_after_a_doubling_backoff() -> None:
-    flaky, clock = Flaky(), Clock()
+    flaky, clock = Flaky(), ManualClock()
     flaky.failing = {"open"}
     source = guarded(flaky, clock)
     with structlog.testing.capture_logs() as logs:
@@ -118,7 +111,7 @@ def test_a_source_that_cannot_open_is_retried_after_a_doubling_backoff() -> None
 
 
 def test_a_failing_poll_or_commit_makes_the_source_away_without_raising() -> None:
-    flaky, clock = Flaky(), Clock()
+    flaky, clock = Flaky(), ManualClock()
     source = guarded(flaky, clock)
     source.open()
     assert len(source.poll(10)) == 1
@@ -138,7 +131,7 @@ def test_a_failing_poll_or_commit_makes_the_source_away_without_raising() -> Non
 
 
 def test_a_source_saying_its_system_is_away_is_reported_and_still_polled() -> None:
-    flaky, clock = Flaky(), Clock()
+    flaky, clock = Flaky(), ManualClock()
     source = guarded(flaky, clock)
     source.open()
     flaky.said_away = "no broker reachable"
