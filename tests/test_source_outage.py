@@ -29,12 +29,11 @@ from standardwebhooks import Webhook
 
 from connectors.base import RawRecord, Source
 from connectors.kafka import KafkaSource
-from shadow.control import DaemonFile
 from shadow.errors import SourceError
 from shadow.source_guard import GuardedSource
 from shadow.store import Store
 from tests.clock import ManualClock
-from tests.daemon_process import TOKEN, get
+from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.kafka import SCRIPT, broker_env
 from tests.test_kafka import events, produce, topic_name
 
@@ -227,7 +226,8 @@ def wait_for_events(db: Path, api: str, expected: int, timeout_s: float = 90) ->
 
 
 def test_a_broker_away_stops_neither_the_daemon_nor_its_webhooks(
-        own_broker: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+        own_broker: tuple[str, dict[str, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     bootstrap, env = own_broker
     topic = topic_name("events")
     group = f"shadow-{topic}"
@@ -247,22 +247,13 @@ daemon:
   api: {{port: 0}}
   webhooks: {{port: 0}}
 """, encoding="utf-8")
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    process_env.update(SHADOW_API_TOKEN=TOKEN, HOOK_SECRET=secret,
-                       PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     db = tmp_path / "s.duckdb"
-    log = tmp_path / "daemon.log"
-    with log.open("w", encoding="utf-8") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "shadow", "run", "--config",
-                                   str(config)], cwd=tmp_path, env=process_env,
-                                  stdout=out, stderr=out, text=True)
+    daemon = start_daemon(config, "daemon.log")
     kafka_name = f"kafka:{topic}"
     try:
-        deadline = time.monotonic() + 60
-        while (found := DaemonFile.read(db)) is None or get(found.api + "/ready")[0] != 200:
-            assert time.monotonic() < deadline and daemon.poll() is None, log.read_text()
-            time.sleep(0.2)
-        api = found.api
+        api = ready_api(db)
         hooks_url = json.loads(get(api + "/ready")[1])["checks"]["webhooks"] + "/hooks/tickets"
         wait_for_events(db, api, 40)
 
@@ -309,9 +300,8 @@ daemon:
             assert time.monotonic() < deadline, committed(bootstrap, group, topic)
             time.sleep(0.5)
     finally:
-        daemon.terminate()
-        daemon.wait(timeout=60)
-    assert daemon.returncode == 0, log.read_text()[-3000:]
+        code, log = stop(daemon)
+    assert code == 0, log[-3000:]
     with Store(db, read_only=True) as store:
         kinds = store.db.execute("SELECT count(*) FILTER (WHERE event_id LIKE 'w%'), "
                                  "count(*) FILTER (WHERE event_id LIKE 'e%') FROM events"
