@@ -128,8 +128,8 @@ class KafkaSource(Source):
 
     def _close(self) -> None:
         if self._consumer is not None:
-            if self._commit_error is not None and self._uncommitted:
-                self._try_commit(self._consumer)
+            if self._commit_error is not None:
+                self._commit_held(self._consumer)
             self._consumer.close(autocommit=False)
 
     def _poll(self, max_records: int) -> list[RawRecord]:
