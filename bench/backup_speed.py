@@ -3,7 +3,7 @@
     python bench/backup_speed.py [--compared 1000000] [--candidates 2] [--dir bench/out]
 
 Generates the store as ``report_speed.py`` does, then times
-:func:`shadow.backup.backup` (a copy as of one moment, checked table by table)
+:func:`shadow.store.backup.backup` (a copy as of one moment, checked table by table)
 against the reference measured in the same run: copying the checkpointed file
 with ``shutil.copyfile``, which is what a backup of a stopped daemon would be.
 Best of ``--runs``; the daemon's intake waits for the backup's time.
@@ -23,8 +23,8 @@ sys.path.insert(0, str(HERE))
 
 from report_speed import generate  # noqa: E402
 
-from shadow.backup import backup  # noqa: E402
-from shadow.store import Store  # noqa: E402
+from shadow.store.backup import backup  # noqa: E402
+from shadow.store.database import Store  # noqa: E402
 
 
 def main() -> None:

@@ -54,14 +54,14 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.record import util as record_util
 
-import shadow.runner as runner_module
-import shadow.store as store_module
+import shadow.pipeline.runner as runner_module
+import shadow.store.database as store_module
 from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -25,12 +25,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from shadow.config import parse_config  # noqa: E402
-from shadow.owner import build_owner_report  # noqa: E402
-from shadow.owner_options import OwnerOptions  # noqa: E402
-from shadow.render import owner_markdown  # noqa: E402
-from shadow.reporting import full_report, render_report  # noqa: E402
-from shadow.store import Store  # noqa: E402
+from shadow.config.file import parse_config  # noqa: E402
+from shadow.reports.build import full_report, render_report  # noqa: E402
+from shadow.reports.options import OwnerOptions  # noqa: E402
+from shadow.reports.owner import build_owner_report  # noqa: E402
+from shadow.reports.render import owner_markdown  # noqa: E402
+from shadow.store.database import Store  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LABELS = "['billing','login','refund','shipping','cancel','account','delivery','other']"

@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from rollout.controller import Controller  # noqa: E402
-from rollout.plan import RolloutSpec  # noqa: E402
-from shadow.models import Event  # noqa: E402
-from shadow.store import Store  # noqa: E402
+from shadow.config.rollout import RolloutSpec  # noqa: E402
+from shadow.core.models import Event  # noqa: E402
+from shadow.store.database import Store  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadow.models import Event
+from shadow.core.models import Event
 
 
 def label(event: Event) -> dict[str, Any]:

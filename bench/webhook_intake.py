@@ -43,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from shadow.control import DaemonFile  # noqa: E402
+from shadow.service.control import DaemonFile  # noqa: E402
 
 TOKEN = "bench-token"
 PATH = "/hooks/tickets"

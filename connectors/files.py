@@ -23,7 +23,7 @@ from typing import IO, Any
 import orjson
 
 from connectors.base import RawRecord, Source
-from shadow.errors import ConfigError, SourceError
+from shadow.core.errors import ConfigError, SourceError
 
 
 class FileFormat(enum.StrEnum):

@@ -26,8 +26,8 @@ from datetime import datetime
 
 import structlog
 
-from shadow.errors import SinkError
-from shadow.models import utc_now
+from shadow.core.errors import SinkError
+from shadow.core.models import utc_now
 
 log = structlog.get_logger(__name__)
 

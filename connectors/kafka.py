@@ -26,7 +26,7 @@ from kafka.structs import OffsetAndMetadata
 
 from connectors.base import RawRecord, Source
 from connectors.sinks import Decision, Sink
-from shadow.errors import SinkError, SourceError
+from shadow.core.errors import SinkError, SourceError
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """Field mapping: from any record shape to canonical Events and Outcomes.
 
 The same mapping serves files, Kafka and webhooks. A record that cannot be
-mapped or fails validation becomes a :class:`~shadow.models.DeadLetter` with a
+mapped or fails validation becomes a :class:`~shadow.core.models.DeadLetter` with a
 reason a person can act on ("missing field 'key' (path 'ticket.id')").
 """
 
@@ -15,9 +15,9 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import RawRecord
-from shadow.models import DeadLetter, Event, Outcome, RecordKind
-from shadow.paths import MISSING, get_path
-from shadow.source_specs import EventMapping, OutcomeMapping
+from connectors.specs import EventMapping, OutcomeMapping
+from shadow.core.models import DeadLetter, Event, Outcome, RecordKind
+from shadow.core.paths import MISSING, get_path
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -2,7 +2,7 @@
 
 Each scheme is one small class that checks a request against its secret and
 answers the :class:`Delivery` it carries, or raises
-:class:`~shadow.errors.SignatureError` saying why not. Verification is a pure
+:class:`~shadow.core.errors.SignatureError` saying why not. Verification is a pure
 function of the request and ``now``: no I/O, no clock of its own.
 
 ====================  =============================================================
@@ -58,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 from connectors.http_post import Signer
-from shadow.errors import SignatureError
+from shadow.core.errors import SignatureError
 
 __all__ = [
     "DEFAULT_TOLERANCE",

@@ -24,9 +24,9 @@ from typing import IO, Any, Self
 import orjson
 
 from connectors.http_post import JsonPoster
-from shadow.disk import fsync
-from shadow.errors import SinkError
-from shadow.models import Event, Mode, Prediction, utc_now
+from shadow.core.disk import fsync
+from shadow.core.errors import SinkError
+from shadow.core.models import Event, Mode, Prediction, utc_now
 
 __all__ = ["Decision", "FileSink", "Sink", "SinkError", "SinkState", "WebhookSink"]
 
@@ -138,7 +138,7 @@ class Sink(ABC):
 
     Delivery is at least once: ``publish`` returns only when the destination
     has durably accepted every decision, and otherwise raises
-    :class:`~shadow.errors.SinkError`, after which some of the decisions may
+    :class:`~shadow.core.errors.SinkError`, after which some of the decisions may
     have been accepted all the same. Publishing them again may repeat those;
     consumers dedupe by ``event_id``, which every message carries.
     """
@@ -278,7 +278,7 @@ class WebhookSink(Sink):
     receivers (automation platforms, ticketing systems) expect, and a receiver
     refusing one decision then refuses only that one. Decisions of a batch go
     one after another on a kept-alive connection, in order; the first that is
-    not accepted stops the batch with :class:`~shadow.errors.SinkError`.
+    not accepted stops the batch with :class:`~shadow.core.errors.SinkError`.
 
     Each request carries the Standard Webhooks headers ``webhook-id``
     (``msg_`` and the event id, the same on every retry), ``webhook-timestamp``

@@ -9,7 +9,7 @@ import orjson
 
 from connectors.base import RawRecord, Source
 from connectors.sinks import Decision, Sink
-from shadow.errors import SinkError
+from shadow.core.errors import SinkError
 
 
 class ListSource(Source):
@@ -47,7 +47,7 @@ class RecordingSink(Sink):
     """Keeps what is published in ``published``, in order; can be told to fail.
 
     ``fail_next(n)`` makes the next ``n`` publishes raise
-    :class:`~shadow.errors.SinkError` without accepting anything, for tests of
+    :class:`~shadow.core.errors.SinkError` without accepting anything, for tests of
     what callers do when a sink is away (retry, keep an outbox).
     """
 

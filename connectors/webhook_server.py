@@ -38,7 +38,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from connectors.webhooks import Answer, WebhookSource
-from shadow.errors import SourceError
+from shadow.core.errors import SourceError
 
 __all__ = ["ServerState", "WebhookServer"]
 

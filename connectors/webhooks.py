@@ -62,8 +62,8 @@ import structlog
 
 from connectors.base import RawRecord, Source, SourceState
 from connectors.signatures import Delivery, Scheme, verifier
-from shadow.errors import SignatureError
-from shadow.models import RecordKind, utc_now
+from shadow.core.errors import SignatureError
+from shadow.core.models import RecordKind, utc_now
 
 __all__ = ["METADATA_KEY", "Answer", "WebhookSource"]
 

@@ -15,7 +15,7 @@ import orjson
 
 from rollout.gates import Evaluation
 from rollout.state import CONTROLLER, Action, Refused, RolloutState, Status, Transition
-from shadow.store import Store
+from shadow.store.database import Store
 
 _STATE_COLUMNS = ("rollout, candidate, version, step, percent, status, step_started_at, "
                   "updated_at, revision")

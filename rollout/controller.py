@@ -18,11 +18,10 @@ from typing import Any
 import structlog
 
 from rollout import audit
-from rollout.gates import Evaluation, Phase, StepStats, promotion, rollback
+from rollout.gates import Evaluation, Phase, StepStats, detector, promotion, rollback
 from rollout.measure import measure
 from rollout.notify import Announcement, Notifier
 from rollout.outbox import withdraw
-from rollout.plan import RolloutSpec
 from rollout.router import Router
 from rollout.state import (
     CONTROLLER,
@@ -37,8 +36,9 @@ from rollout.state import (
 from rollout.statistics import Cusum
 from rollout.unit_store import later_disagreements
 from rollout.units import LabelDelay, Progress, Units
-from shadow.models import utc_now
-from shadow.store import Store
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import utc_now
+from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +108,7 @@ class Controller:
         self.comparator = comparator
         self.notifiers = list(notifiers)
         self.now = now
-        self.detector: Cusum = plan.detector()
+        self.detector: Cusum = detector(plan)
         self.units = Units(store, plan, rollout=rollout, comparator=comparator)
         self._state: RolloutState | None = None
         self._router: Router | None = None

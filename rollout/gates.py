@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from rollout.plan import GateSpec, RollbackSpec, RolloutSpec, StepSpec
-from rollout.statistics import Cusum, DetectorState, Method, confidence_sequence, one_sided
+from rollout.statistics import Cusum, DetectorState, confidence_sequence, one_sided
 from rollout.units import SegmentUnits, UnitCounts
+from shadow.config.rollout import GateSpec, Method, RollbackSpec, RolloutSpec, StepSpec
 
 
 class Phase(enum.StrEnum):
@@ -361,3 +361,10 @@ def span(delta: timedelta) -> str:
         if seconds >= size:
             return f"{seconds / size:.3g}{unit}"
     return f"{seconds:.3g}s"
+
+
+def detector(plan: RolloutSpec) -> Cusum:
+    """The rollback detector the plan asks for: its levels, false-alarm budget and horizon."""
+    healthy, degraded = plan.rollback.levels(plan.gates.agreement)
+    return Cusum.design(healthy=healthy, degraded=degraded,
+                        false_alarm=plan.rollback.false_alarm, horizon=plan.rollback.horizon)

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from rollout.histogram import Histogram
-from rollout.plan import Unit
+from shadow.config.rollout import Unit
 
 Segment = tuple[str, str]
 

@@ -17,7 +17,7 @@ from rollout.gates import StepStats, WindowStats
 from rollout.state import RolloutState
 from rollout.statistics import Cusum
 from rollout.units import Progress, Units
-from shadow.store import Store
+from shadow.store.database import Store
 
 _STEP = """
 SELECT * FROM predictions

@@ -20,8 +20,8 @@ import orjson
 import structlog
 
 from connectors.http_post import JsonPoster
-from shadow.errors import ShadowError
-from shadow.models import utc_now
+from shadow.core.errors import ShadowError
+from shadow.core.models import utc_now
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import structlog
 
-from shadow.store import Store
+from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
 

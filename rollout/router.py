@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from typing import NamedTuple
 
-from shadow.models import Mode
+from shadow.core.models import Mode
 
 BUCKETS = 10_000
 

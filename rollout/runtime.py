@@ -25,13 +25,13 @@ from connectors.sinks import Decision, FileSink, Sink, SinkError, WebhookSink
 from rollout.controller import Assessment, Controller
 from rollout.notify import KafkaNotifier, Notifier, WebhookNotifier
 from rollout.outbox import withdraw
-from rollout.plan import NotifySpec, RolloutSpec, SinkSpec
 from rollout.router import Router
 from shadow.candidates import Candidate
-from shadow.comparators import Comparator
-from shadow.errors import ConfigError
-from shadow.models import Event, Mode, Prediction, utc_now
-from shadow.store import Store
+from shadow.compare.comparators import Comparator
+from shadow.config.rollout import NotifySpec, RolloutSpec, SinkSpec
+from shadow.core.errors import ConfigError
+from shadow.core.models import Event, Mode, Prediction, utc_now
+from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
 
@@ -207,7 +207,7 @@ def open_rollout(
     sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
 
     def compare_now() -> int:
-        from shadow.compare import compare
+        from shadow.compare.step import compare
 
         return compare(store, comparator, now=now)
 

@@ -35,12 +35,12 @@ from typing import Any
 
 from rollout.statistics import (
     Cusum,
-    Method,
     beta_binomial_low_at_least,
     normal_mixture,
     one_sided,
 )
-from shadow.stats import wilson
+from shadow.config.rollout import Method
+from shadow.core.fixed_sample import wilson
 
 # The product's targets for the documented scenario (docs/statistics.md).
 TARGET_FALSE_PROMOTION = 0.05

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from rollout.plan import RolloutSpec
-from shadow.errors import ShadowError
+from shadow.config.rollout import RolloutSpec
+from shadow.core.errors import ShadowError
 
 
 class RolloutError(ShadowError):

@@ -1,7 +1,7 @@
 """The statistics behind the gates: anytime-valid bounds and a degradation detector.
 
 Gates are looked at again and again while data arrives. A fixed-sample
-interval (Wilson, in ``shadow/stats.py``) checked after every batch promotes
+interval (Wilson, in ``shadow/core/fixed_sample.py``) checked after every batch promotes
 a candidate whose true agreement equals the threshold in about a third of
 runs. The bounds here are *confidence sequences* (Howard, Ramdas, McAuliffe
 and Sekhon, "Time-uniform, nonparametric, nonasymptotic confidence
@@ -43,12 +43,13 @@ stays within budget.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from shadow.config.rollout import Method
 
 
 class Bounds(NamedTuple):
@@ -56,13 +57,6 @@ class Bounds(NamedTuple):
 
     low: float | None
     high: float | None
-
-
-class Method(enum.Enum):
-    ONE_SIDED = "one_sided"
-    """Beta mixtures on each side of the threshold (the default; see :func:`one_sided`)."""
-    BETA_BINOMIAL = "beta_binomial"
-    NORMAL_MIXTURE = "normal_mixture"
 
 
 # -- beta-binomial mixture ------------------------------------------------------

@@ -1,7 +1,7 @@
 """The units the gates count: one per key (case) of the current step, kept incrementally.
 
 Events of one key are compared with one outcome, so they are not independent
-trials: the gates count one *unit* per key (:class:`rollout.plan.Unit`). A
+trials: the gates count one *unit* per key (:class:`shadow.config.rollout.Unit`). A
 unit is the key's first successful prediction of the step; its agreement
 is that prediction's (``first``), the one of the key's last prediction before
 its outcome was decided (``last``), or the mean over the key's compared
@@ -46,12 +46,12 @@ import orjson
 
 from rollout import unit_store as stored
 from rollout.ledger import Ledger, Segment, Tally, Totals, UnitRow, parse_segments
-from rollout.plan import RolloutSpec, Unit
 from rollout.state import RolloutState
 from rollout.statistics import DetectorState
 from rollout.unit_store import LabelDelay, Progress, stored_label_delays
-from shadow.models import Event
-from shadow.store import Store
+from shadow.config.rollout import RolloutSpec, Unit
+from shadow.core.models import Event
+from shadow.store.database import Store
 
 __all__ = ["LabelDelay", "Progress", "SegmentUnits", "UnitCounts", "Units",
            "stored_label_delays"]

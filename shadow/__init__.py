@@ -1,8 +1,8 @@
 """Shadow-mode replay for AI systems: run a candidate beside the humans, compare, report."""
 
-from shadow import logs
 from shadow.candidates import CallableCandidate, Candidate, batch
-from shadow.models import Comparison, DeadLetter, Event, Mode, Outcome, Prediction
+from shadow.core.models import Comparison, DeadLetter, Event, Mode, Outcome, Prediction
+from shadow.service import logs
 
 logs.configure_default()
 

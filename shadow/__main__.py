@@ -1,3 +1,3 @@
-from shadow.cli import main
+from shadow.cli.main import main
 
 raise SystemExit(main())

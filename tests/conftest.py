@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shadow.report import build_report
-from shadow.store import Store
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
 
 
 @pytest.fixture

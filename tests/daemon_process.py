@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from shadow.control import DaemonFile
+from shadow.service.control import DaemonFile
 
 TOKEN = "t0ken-for-tests"
 

@@ -18,11 +18,11 @@ from typing import Any
 
 from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.models import Event
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
 
 PATIENCE_S = 120.0
 

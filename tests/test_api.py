@@ -25,20 +25,20 @@ import pytest
 import structlog
 
 from rollout import audit
-from rollout.commands import describe, status_view
 from rollout.controller import Controller
 from rollout.state import Action, Refused, Status
-from shadow import render
-from shadow.api import METRICS_TYPE, ApiServer, ApiState
-from shadow.api_client import DaemonClient, DaemonUnavailable, find_daemon
-from shadow.api_tokens import ApiToken, Tokens
-from shadow.backup import BackupExists
-from shadow.control import DaemonFile, DaemonLock
-from shadow.daemon_specs import Scope
-from shadow.errors import ConfigError
-from shadow.openapi import openapi, public_operations, required_scopes
-from shadow.report import build_report
-from shadow.store import Store
+from rollout.views import describe, status_view
+from shadow.config.daemon import Scope
+from shadow.core.errors import ConfigError
+from shadow.reports import render
+from shadow.reports.summary import build_report
+from shadow.service.api import METRICS_TYPE, ApiServer, ApiState
+from shadow.service.api_client import DaemonClient, DaemonUnavailable, find_daemon
+from shadow.service.api_tokens import ApiToken, Tokens
+from shadow.service.control import DaemonFile, DaemonLock
+from shadow.service.openapi import openapi, public_operations, required_scopes
+from shadow.store.backup import BackupExists
+from shadow.store.database import Store
 from tests.rollout.test_state import PLAN, ticking
 from tests.test_cli import assert_usage_error, run
 

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shadow.daemon_specs import Scope
-from shadow.store import Store
+from shadow.config.daemon import Scope
+from shadow.store.database import Store
 from tests.daemon_process import finished, ready_api, start_daemon, stop
 
 TOKENS = {Scope.READ: ("prometheus", "SCOPES_READ_TOKEN", "read-3f9c1d2e8a7b6c5d4e3f2a1b"),

@@ -17,12 +17,12 @@ import duckdb
 import pytest
 
 from connectors.testing import ListSource
-from shadow.backup import backup_in_turn
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.pipeline.runner import Replay
+from shadow.store.backup import backup_in_turn
+from shadow.store.database import Store
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
 

@@ -1,4 +1,4 @@
-"""``shadow calibrate``, run for real in subprocesses through :func:`shadow.cli.main`."""
+"""``shadow calibrate``, run for real in subprocesses through :func:`shadow.cli.main.main`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shadow.calibrate import measure
+from shadow.compare.calibrate import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def verdict_lines() -> list[str]:
 
 
 def run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from shadow.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from shadow.cli.main import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
         [sys.executable, "-c", code, "calibrate", *args], cwd=tmp_path, capture_output=True,
         text=True, timeout=60, check=False,

@@ -21,17 +21,17 @@ from pydantic import TypeAdapter
 
 from rollout import audit
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.state import Action, Status
-from shadow.candidate_specs import (
+from shadow.candidates import Candidate, build_candidate
+from shadow.candidates.fingerprint import NOT_BEHAVIOUR, fingerprint, source_of
+from shadow.config.candidates import (
     CallableCandidateSpec,
     CandidateSpec,
     ChatCandidateSpec,
     HttpCandidateSpec,
 )
-from shadow.candidates import Candidate, build_candidate
-from shadow.candidates.fingerprint import NOT_BEHAVIOUR, fingerprint, source_of
-from shadow.store import Store
+from shadow.config.rollout import RolloutSpec
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,7 +152,7 @@ def test_the_same_spec_gives_the_same_fingerprint_in_another_process(tmp_path: P
     script = (
         "import json, sys\n"
         "from pydantic import TypeAdapter\n"
-        "from shadow.candidate_specs import CandidateSpec\n"
+        "from shadow.config.candidates import CandidateSpec\n"
         "from shadow.candidates import build_candidate\n"
         "specs = TypeAdapter(CandidateSpec)\n"
         "for raw in json.loads(sys.argv[1]):\n"

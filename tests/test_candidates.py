@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from shadow import batch
-from shadow.candidate_specs import CallableCandidateSpec
 from shadow.candidates import CallableCandidate
-from shadow.errors import LoadError
-from shadow.loading import load_callable
-from shadow.models import Event, PredictionError
+from shadow.config.candidates import CallableCandidateSpec
+from shadow.core.errors import LoadError
+from shadow.core.loading import load_callable
+from shadow.core.models import Event, PredictionError
 
 __version__ = "2.7.1"
 

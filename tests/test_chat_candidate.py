@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from shadow.candidate_specs import ChatCandidateSpec, PricesSpec, RetrySpec
 from shadow.candidates import ChatCandidate
-from shadow.errors import ConfigError
-from shadow.models import ErrorKind, Event
+from shadow.config.candidates import ChatCandidateSpec, PricesSpec, RetrySpec
+from shadow.core.errors import ConfigError
+from shadow.core.models import ErrorKind, Event
 from tests.http_server import Reply, Request, TestServer
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)

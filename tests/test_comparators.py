@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from shadow.comparators import Comparator, Judgement, build_comparator
-from shadow.config import parse_config
-from shadow.errors import ConfigError
+from shadow.compare.comparators import Comparator, Judgement, build_comparator
+from shadow.config.file import parse_config
+from shadow.core.errors import ConfigError
 
 
 def comparator(**spec: Any) -> Comparator:

@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from shadow.models import Event
-from shadow.replay import ReplayRequest, replay_files
-from shadow.runner import ReplaySummary
+from shadow.core.models import Event
+from shadow.pipeline.replay import ReplayRequest, replay_files
+from shadow.pipeline.runner import ReplaySummary
 
 HERE = "tests.test_comparison"
 LineWriter = Callable[[str, Iterable[str]], Path]

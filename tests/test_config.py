@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shadow.candidate_specs import CallableCandidateSpec, HttpCandidateSpec
-from shadow.comparator_specs import (
+from shadow.config.candidates import CallableCandidateSpec, HttpCandidateSpec
+from shadow.config.comparators import (
     CustomSpec,
     ExactSpec,
     FieldsSpec,
@@ -16,8 +16,8 @@ from shadow.comparator_specs import (
     NumericSpec,
     SetSpec,
 )
-from shadow.config import Config, load_config, parse_config
-from shadow.errors import ConfigError
+from shadow.config.file import Config, load_config, parse_config
+from shadow.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 KINDS = "exact, normalized, set, numeric, fields, custom, similarity, semantic, judge"

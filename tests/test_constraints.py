@@ -14,22 +14,22 @@ from connectors.testing import ListSource, RecordingSink
 from rollout import audit
 from rollout.controller import Controller
 from rollout.gates import StepStats, promotion
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action
 from shadow.candidates import CallableCandidate, build_candidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.config import parse_config
-from shadow.constraints import Checks, luhn
-from shadow.errors import ConfigError
-from shadow.metrics import render_metrics
-from shadow.models import Event, Prediction, PredictionError
-from shadow.replay import describe
-from shadow.report import build_report
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.candidates.constraints import Checks, luhn
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.file import parse_config
+from shadow.config.rollout import RolloutSpec
+from shadow.core.errors import ConfigError
+from shadow.core.models import Event, Prediction, PredictionError
+from shadow.pipeline.replay import describe
+from shadow.pipeline.runner import Replay
+from shadow.reports.summary import build_report
+from shadow.service.metrics import render_metrics
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

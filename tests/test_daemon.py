@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from shadow.control import DaemonFile
-from shadow.store import Store
+from shadow.service.control import DaemonFile
+from shadow.store.database import Store
 from tests.daemon_process import TOKEN, finished, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from shadow.control import DaemonFile, DaemonLock
+from shadow.service.control import DaemonFile, DaemonLock
 from tests.daemon_process import TOKEN, get, ready_api
 
 CONFIG = """
@@ -48,7 +48,7 @@ def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path: Path) -> None:
     store = tmp_path / "s.duckdb"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from shadow.control import DaemonLock; "
+         "from shadow.service.control import DaemonLock; "
          f"assert DaemonLock(Path({str(store)!r})).acquire(); print('held', flush=True); "
          "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:

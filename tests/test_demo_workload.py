@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from shadow.core.models import Event, Outcome
 from shadow.demo import CATEGORIES, DemoFiles, generate
 from shadow.demo.candidate import classify
-from shadow.models import Event, Outcome
 
 
 def _read(path: Path) -> list[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-from shadow.api_tokens import read_tokens_file
-from shadow.config import load_config
-from shadow.daemon_specs import Scope
+from shadow.config.daemon import Scope
+from shadow.config.file import load_config
+from shadow.service.api_tokens import read_tokens_file
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,12 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.drift import (
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.core.errors import ConfigError
+from shadow.core.fixed_sample import chi2_sf, kolmogorov_sf
+from shadow.pipeline.runner import Replay
+from shadow.reports.drift import (
     PAYLOAD_LENGTH,
     DriftReport,
     DriftThresholds,
@@ -29,10 +32,7 @@ from shadow.drift import (
     period,
     pool_cells,
 )
-from shadow.errors import ConfigError
-from shadow.runner import Replay
-from shadow.stats import chi2_sf, kolmogorov_sf
-from shadow.store import Store
+from shadow.store.database import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LATER = START + timedelta(days=10)

@@ -10,18 +10,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.testing import ListSource
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.state import Status
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.config import parse_config
-from shadow.drift import drift_metrics
-from shadow.metrics import render_metrics
-from shadow.reporting import full_report, measure_configured_drift, render_report
-from shadow.runner import Replay
-from shadow.runtime_metrics import RuntimeMetrics
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.config.file import parse_config
+from shadow.config.rollout import RolloutSpec
+from shadow.pipeline.runner import Replay
+from shadow.reports.build import full_report, measure_configured_drift, render_report
+from shadow.reports.drift import drift_metrics
+from shadow.service.metrics import render_metrics
+from shadow.service.runtime_metrics import RuntimeMetrics
+from shadow.store.database import Store
 
 DAY0 = datetime(2026, 2, 1, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""``shadow eval``, run for real in subprocesses through :func:`shadow.cli.main`."""
+"""``shadow eval``, run for real in subprocesses through :func:`shadow.cli.main.main`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shadow.evaluate import gates
+from shadow.reports.golden_set import gates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 @pytest.fixture
 def run(workdir: Path) -> Run:
     def run(*args: str, cwd: Path = workdir) -> subprocess.CompletedProcess[str]:
-        code = "import sys; from shadow.cli import main; sys.exit(main(sys.argv[1:]))"
+        code = "import sys; from shadow.cli.main import main; sys.exit(main(sys.argv[1:]))"
         return subprocess.run(
             [sys.executable, "-c", code, "eval", *args], cwd=cwd, capture_output=True,
             text=True, timeout=120, check=False,

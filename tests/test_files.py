@@ -11,7 +11,7 @@ import pytest
 
 from connectors.base import RawRecord
 from connectors.files import FileFormat, FileSource, detect_format
-from shadow.errors import ConfigError, SourceError
+from shadow.core.errors import ConfigError, SourceError
 
 
 def read_all(path: Path, batch: int = 1000) -> list[RawRecord]:

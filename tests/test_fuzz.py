@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from shadow import cli
-from shadow.models import Event
+from shadow.cli import main as cli
+from shadow.core.models import Event
 from tests.daemon_process import TOKEN, finished, get, ready_api, start_daemon, stop
 from tests.test_signatures import SECRET, sign_github
 

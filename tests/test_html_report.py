@@ -22,8 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from shadow import charts
-from shadow.html import to_html
+from shadow.reports import charts
+from shadow.reports.html import to_html
 
 EVIL = "<script>alert('x')</script>"
 

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import structlog
 
-from shadow.candidate_specs import BreakerSpec, HttpCandidateSpec, RetrySpec
 from shadow.candidates.http import HttpCandidate
-from shadow.errors import ConfigError
-from shadow.models import ErrorKind, Event, Prediction
+from shadow.config.candidates import BreakerSpec, HttpCandidateSpec, RetrySpec
+from shadow.core.errors import ConfigError
+from shadow.core.models import ErrorKind, Event, Prediction
 from tests.http_server import Reply, Request, TestServer
 
 OCCURRED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -10,8 +10,8 @@ from typing import Any
 
 import structlog
 
-from shadow.jobs import Job, Jobs, apply_retention
-from shadow.store import Store
+from shadow.service.jobs import Job, Jobs, apply_retention
+from shadow.store.database import Store
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -87,9 +87,9 @@ def test_retention_blanks_old_payloads_archives_them_and_keeps_the_counts(
 
     from connectors.testing import ListSource
     from shadow.candidates import CallableCandidate
-    from shadow.comparator_specs import ExactSpec
-    from shadow.comparators import build_comparator
-    from shadow.runner import Replay
+    from shadow.compare.comparators import build_comparator
+    from shadow.config.comparators import ExactSpec
+    from shadow.pipeline.runner import Replay
 
     events = [{"event_id": f"e{i}", "key": f"k{i}", "occurred_at": "2026-01-01T00:00:00Z",
                "payload": {"email": f"p{i}@example.com"}} for i in range(10)]

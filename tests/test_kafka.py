@@ -19,14 +19,14 @@ from kafka import KafkaConsumer, KafkaProducer
 from connectors.kafka import KafkaSink, KafkaSource, Start
 from connectors.mapping import EventMapper
 from connectors.sinks import Decision
+from connectors.specs import EventMapping
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.models import Event, Mode, Prediction
-from shadow.report import build_report
-from shadow.runner import Replay
-from shadow.source_specs import EventMapping
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.core.models import Event, Mode, Prediction
+from shadow.pipeline.runner import Replay
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
 from tests.kafka import broker_env
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)

@@ -14,13 +14,13 @@ import pytest
 
 from connectors.base import RawRecord
 from connectors.mapping import EventMapper, MappingFailed, OutcomeMapper, map_records
-from shadow.config import load_config
-from shadow.models import Event, RecordKind
-from shadow.replay import ReplayRequest, replay_files
-from shadow.report import build_report
-from shadow.runner import ReplaySummary
-from shadow.source_specs import EventMapping, OutcomeMapping
-from shadow.store import Store
+from connectors.specs import EventMapping, OutcomeMapping
+from shadow.config.file import load_config
+from shadow.core.models import Event, RecordKind
+from shadow.pipeline.replay import ReplayRequest, replay_files
+from shadow.pipeline.runner import ReplaySummary
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 HELPDESK_CONFIG = CONFIGS / "helpdesk-export.yaml"

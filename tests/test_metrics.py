@@ -24,21 +24,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
 from rollout.gates import Evaluation
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action, RolloutState, Status
 from shadow.candidates import CallableCandidate, Candidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.html import to_html
-from shadow.metrics import LATENCY_BUCKETS_MS, render_metrics
-from shadow.models import ErrorKind, Event, Prediction
-from shadow.owner import build_owner_report
-from shadow.runner import Replay
-from shadow.runtime_metrics import RuntimeMetrics
-from shadow.source_guard import SourceStatus
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import ErrorKind, Event, Prediction
+from shadow.pipeline.runner import Replay
+from shadow.pipeline.source_guard import SourceStatus
+from shadow.reports.html import to_html
+from shadow.reports.owner import build_owner_report
+from shadow.service.metrics import LATENCY_BUCKETS_MS, render_metrics
+from shadow.service.runtime_metrics import RuntimeMetrics
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -533,8 +533,8 @@ ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus-alerts.
 
 def daemon_job_names(tmp_path: Path, store: Store) -> set[str]:
     """The scheduled jobs of a daemon with every optional one switched on."""
-    from shadow.config import parse_config
-    from shadow.daemon import Daemon
+    from shadow.config.file import parse_config
+    from shadow.service.daemon import Daemon
 
     config = parse_config({"daemon": {"jobs": {
         "backup_every": "1d", "retention": {"payload_older_than": "90d"}}}})

@@ -14,17 +14,17 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec, FieldsSpec, SimilaritySpec
-from shadow.comparators import build_comparator
-from shadow.html import to_html
-from shadow.models import Event
-from shadow.owner import build_owner_report
-from shadow.owner_options import OwnerOptions
-from shadow.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
-from shadow.render import owner_markdown
-from shadow.report import build_report
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec, FieldsSpec, SimilaritySpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.reports.html import to_html
+from shadow.reports.options import OwnerOptions
+from shadow.reports.owner import build_owner_report
+from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
+from shadow.reports.render import owner_markdown
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "login", "refund", "shipping"]

@@ -17,19 +17,19 @@ import pytest
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.config import parse_config
-from shadow.constraints import Checks
-from shadow.html import to_html
-from shadow.models import Event
-from shadow.owner import build_owner_report
-from shadow.owner_options import OwnerOptions
-from shadow.redaction import redact_within
-from shadow.render import owner_markdown
-from shadow.reporting import owner_options
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.candidates.constraints import Checks
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.config.file import parse_config
+from shadow.core.models import Event
+from shadow.core.redaction import redact_within
+from shadow.pipeline.runner import Replay
+from shadow.reports.build import owner_options
+from shadow.reports.html import to_html
+from shadow.reports.options import OwnerOptions
+from shadow.reports.owner import build_owner_report
+from shadow.reports.render import owner_markdown
+from shadow.store.database import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FIXED = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)

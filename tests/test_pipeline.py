@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from shadow import batch
-from shadow.models import Event
-from shadow.replay import ReplayRequest, replay_files
-from shadow.runner import ReplaySummary
-from shadow.store import Store
+from shadow.core.models import Event
+from shadow.pipeline.replay import ReplayRequest, replay_files
+from shadow.pipeline.runner import ReplaySummary
+from shadow.store.database import Store
 
 HERE = "tests.test_pipeline"
 LABELS = ("billing", "login", "bug", "shipping")
@@ -601,11 +601,11 @@ def test_the_daemon_s_way_in_stores_nothing_again_from_a_file_read_before(
 ) -> None:
     """``feeds`` and ``pump``, as the daemon drives them, after a replay of the same file."""
     from connectors.files import FileSource
-    from shadow.candidate_specs import CallableCandidateSpec
     from shadow.candidates import CallableCandidate
-    from shadow.comparator_specs import ExactSpec
-    from shadow.comparators import build_comparator
-    from shadow.runner import Replay
+    from shadow.compare.comparators import build_comparator
+    from shadow.config.candidates import CallableCandidateSpec
+    from shadow.config.comparators import ExactSpec
+    from shadow.pipeline.runner import Replay
 
     data = make_dataset(seed=44)
     lines = noisy_event_file(seed=45, events=data.events).lines
@@ -638,9 +638,9 @@ def test_a_daemon_remembers_one_batch_of_ids_and_asks_the_store_for_the_rest(
 ) -> None:
     from connectors.files import FileSource
     from shadow.candidates import CallableCandidate
-    from shadow.comparator_specs import ExactSpec
-    from shadow.comparators import build_comparator
-    from shadow.runner import Replay
+    from shadow.compare.comparators import build_comparator
+    from shadow.config.comparators import ExactSpec
+    from shadow.pipeline.runner import Replay
 
     data = make_dataset(seed=46)
     noisy = noisy_event_file(seed=47, events=data.events)

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shadow.models import RecordKind
+from shadow.core.models import RecordKind
 from tests.test_cli import run
 from tests.test_signatures import SECRET, sign_github
 from tests.test_webhooks import endpoint, post, running

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shadow.config import parse_config
+from shadow.config.file import parse_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```yaml\n(.*?)```", README.read_text(encoding="utf-8"), re.S)

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shadow.models import Event
-from shadow.report import build_report
-from shadow.store import Store
+from shadow.core.models import Event
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
 
 EVENTS = 6_000
 BATCH = 500

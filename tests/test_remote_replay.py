@@ -12,7 +12,7 @@ import duckdb
 import pytest
 import structlog
 
-from shadow.replay import ReplayRequest, replay_files
+from shadow.pipeline.replay import ReplayRequest, replay_files
 from tests.http_server import Reply, Request, TestServer
 
 LineWriter = Callable[[str, Iterable[str]], Path]

@@ -7,8 +7,8 @@ from email.utils import format_datetime
 
 import pytest
 
-from shadow.candidate_specs import BreakerSpec, RetrySpec
 from shadow.candidates.resilience import BreakerState, CircuitBreaker, backoff, retry_after
+from shadow.config.candidates import BreakerSpec, RetrySpec
 from tests.clock import ManualClock
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -21,7 +21,7 @@ from connectors.signatures import (
     verifier,
     verify,
 )
-from shadow.errors import ShadowError, SignatureError
+from shadow.core.errors import ShadowError, SignatureError
 
 NOW = datetime(2024, 5, 8, 9, 15, tzinfo=UTC)
 URL = "https://shadow.example.com/hooks/test"

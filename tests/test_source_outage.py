@@ -29,9 +29,9 @@ from standardwebhooks import Webhook
 
 from connectors.base import RawRecord, Source
 from connectors.kafka import KafkaSource
-from shadow.errors import SourceError
-from shadow.source_guard import GuardedSource
-from shadow.store import Store
+from shadow.core.errors import SourceError
+from shadow.pipeline.source_guard import GuardedSource
+from shadow.store.database import Store
 from tests.clock import ManualClock
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.kafka import SCRIPT, broker_env

@@ -11,11 +11,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from shadow.errors import StoreError
-from shadow.migrations import MIGRATIONS
-from shadow.models import Comparison, DeadLetter, Outcome, RecordKind
-from shadow.store import Store
-from shadow.writes import Duplicate, WriteBatch
+from shadow.core.errors import StoreError
+from shadow.core.models import Comparison, DeadLetter, Outcome, RecordKind
+from shadow.store.database import Store
+from shadow.store.migrations import MIGRATIONS
+from shadow.store.writes import Duplicate, WriteBatch
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 NEWEST = max(version for version, _ in MIGRATIONS)
@@ -102,7 +102,7 @@ def test_a_refused_store_does_not_keep_the_file_open(store_path: Path) -> None:
 
 _HOLD_OPEN = """
 import sys, time
-from shadow.store import Store
+from shadow.store.database import Store
 store = Store(sys.argv[1])
 store.open()
 print("ready", flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shadow.templates import TemplateError, render
+from shadow.core.templates import TemplateError, render
 
 CONTEXT = {
     "event_id": "e-1",

@@ -20,15 +20,15 @@ from structlog.testing import capture_logs
 
 from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
-from shadow.comparators import Comparator, Judgement, build_comparator
-from shadow.compare import MAX_CONSECUTIVE_DEFERRALS, compare
-from shadow.config import parse_config
-from shadow.errors import ConfigError
-from shadow.models import Event
-from shadow.replay import describe
-from shadow.runner import Replay, ReplaySummary
-from shadow.store import Store
-from shadow.text_comparators import DEFAULT_RUBRIC, f1_score, rouge_l, tokens
+from shadow.compare.comparators import Comparator, Judgement, build_comparator
+from shadow.compare.step import MAX_CONSECUTIVE_DEFERRALS, compare
+from shadow.compare.text import DEFAULT_RUBRIC, f1_score, rouge_l, tokens
+from shadow.config.file import parse_config
+from shadow.core.errors import ConfigError
+from shadow.core.models import Event
+from shadow.pipeline.replay import describe
+from shadow.pipeline.runner import Replay, ReplaySummary
+from shadow.store.database import Store
 from tests.http_server import Reply, Request, TestServer
 
 START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -181,8 +181,8 @@ def test_semantic_model_loads_from_the_wheel_without_network_or_writing_files(
         "def refuse(*a, **k): raise RuntimeError('network access attempted')\n"
         "socket.socket.connect = refuse\n"
         "socket.getaddrinfo = refuse\n"
-        "from shadow.comparators import build_comparator\n"
-        "from shadow.comparator_specs import SemanticSpec\n"
+        "from shadow.compare.comparators import build_comparator\n"
+        "from shadow.config.comparators import SemanticSpec\n"
         "c = build_comparator(SemanticSpec(kind='semantic'))\n"
         "print(c.compare('refund issued', 'the refund was issued').agree)\n"
     )

@@ -27,17 +27,17 @@ import structlog
 import yaml
 
 from connectors.mapping import EventMapper, OutcomeMapper, map_records
+from connectors.specs import EventMapping, OutcomeMapping
 from connectors.webhook_server import WebhookServer
 from connectors.webhooks import METADATA_KEY, WebhookSource
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.errors import SourceError
-from shadow.models import RecordKind
-from shadow.runner import Replay
-from shadow.source_specs import EventMapping, OutcomeMapping
-from shadow.store import Store
-from shadow.writes import StoredEvent, WriteBatch
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.core.errors import SourceError
+from shadow.core.models import RecordKind
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
+from shadow.store.writes import StoredEvent, WriteBatch
 from tests.test_signatures import (
     NOW,
     SCHEMES,

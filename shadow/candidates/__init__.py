@@ -7,12 +7,12 @@
   the same call machinery, structured output, tokens and cost.
 """
 
-from shadow.candidate_specs import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
 from shadow.candidates.base import Candidate, confidence_of
 from shadow.candidates.callable import CallableCandidate, batch
 from shadow.candidates.chat import ChatCandidate
+from shadow.candidates.constraints import Checks
 from shadow.candidates.http import HttpCandidate
-from shadow.constraints import Checks
+from shadow.config.candidates import CandidateSpec, ChatCandidateSpec, HttpCandidateSpec
 
 __all__ = [
     "CallableCandidate",

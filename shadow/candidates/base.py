@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from shadow.models import Event, Prediction
-from shadow.paths import get_path
+from shadow.core.models import Event, Prediction
+from shadow.core.paths import get_path
 
 if TYPE_CHECKING:
-    from shadow.constraints import Checks
+    from shadow.candidates.constraints import Checks
 
 MAX_MESSAGE = 2_000
 MAX_BODY = 4_096

@@ -1,6 +1,6 @@
 """The Python-callable candidate: a function in this process.
 
-A callable takes one :class:`~shadow.models.Event` and returns any JSON value. A callable
+A callable takes one :class:`~shadow.core.models.Event` and returns any JSON value. A callable
 marked with :func:`batch` takes a list of events and returns a list of outputs
 in the same order::
 
@@ -21,11 +21,11 @@ from typing import Any, TypeVar, overload
 
 import orjson
 
-from shadow.candidate_specs import CallableCandidateSpec
 from shadow.candidates.base import Candidate, truncate
 from shadow.candidates.fingerprint import fingerprint, source_of
-from shadow.loading import load_callable
-from shadow.models import ErrorKind, Event, Mode, Prediction, PredictionError
+from shadow.config.candidates import CallableCandidateSpec
+from shadow.core.loading import load_callable
+from shadow.core.models import ErrorKind, Event, Mode, Prediction, PredictionError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -16,12 +16,12 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from shadow.candidate_specs import ChatCandidateSpec
 from shadow.candidates.http import canonical
 from shadow.candidates.remote import Attempt, RemoteCandidate, expand, failure
-from shadow.models import ErrorKind, Event
-from shadow.paths import MISSING, get_path
-from shadow.templates import render
+from shadow.config.candidates import ChatCandidateSpec
+from shadow.core.models import ErrorKind, Event
+from shadow.core.paths import MISSING, get_path
+from shadow.core.templates import render
 
 
 class ChatCandidate(RemoteCandidate):

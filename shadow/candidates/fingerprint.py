@@ -7,7 +7,7 @@ what determines its answers instead: ``fp-`` and the first 12 hex digits of the
 SHA-256 of a canonical JSON (sorted keys, no spaces) of the fields below. So a
 new model, URL, prompt or schema restarts the rollout, and a new timeout does not.
 
-Field by field (:mod:`shadow.candidate_specs`):
+Field by field (:mod:`shadow.config.candidates`):
 
 - every kind, in: ``kind``, ``confidence_path``, ``abstain_below``, ``checks``
   (they decide which outputs are abstentions and which live decisions are
@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from shadow.candidate_specs import CallableCandidateSpec, RemoteSpec, is_credential_header
+from shadow.config.candidates import CallableCandidateSpec, RemoteSpec, is_credential_header
 
 PREFIX = "fp-"
 DIGITS = 12
@@ -61,7 +61,7 @@ def fingerprint(spec: CallableCandidateSpec | RemoteSpec, *, source: str | None 
     remote candidates. The same spec gives the same fingerprint in every
     process and on every machine.
 
-    >>> from shadow.candidate_specs import CallableCandidateSpec
+    >>> from shadow.config.candidates import CallableCandidateSpec
     >>> fingerprint(CallableCandidateSpec(callable="triage:classify"))
     'fp-...'
     >>> a = fingerprint(CallableCandidateSpec(callable="triage:classify", name="a"))

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from shadow.candidate_specs import HttpCandidateSpec
 from shadow.candidates.remote import Attempt, RemoteCandidate, failure
-from shadow.models import ErrorKind, Event
-from shadow.paths import MISSING, get_path
-from shadow.templates import render
+from shadow.config.candidates import HttpCandidateSpec
+from shadow.core.models import ErrorKind, Event
+from shadow.core.paths import MISSING, get_path
+from shadow.core.templates import render
 
 
 def canonical(event: Event) -> dict[str, Any]:

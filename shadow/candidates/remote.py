@@ -27,13 +27,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from shadow.candidate_specs import RemoteSpec
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
 from shadow.candidates.fingerprint import fingerprint
 from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
-from shadow.errors import ConfigError, ShadowError
-from shadow.models import ErrorKind, Event, Prediction, PredictionError, utc_now
-from shadow.templates import TemplateError
+from shadow.config.candidates import RemoteSpec
+from shadow.core.errors import ConfigError, ShadowError
+from shadow.core.models import ErrorKind, Event, Prediction, PredictionError, utc_now
+from shadow.core.templates import TemplateError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

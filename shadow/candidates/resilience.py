@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 
-from shadow.candidate_specs import BreakerSpec, RetrySpec
+from shadow.config.candidates import BreakerSpec, RetrySpec
 
 
 def backoff(spec: RetrySpec, attempt: int, uniform: Callable[[float, float], float]) -> float:

@@ -23,7 +23,7 @@ import hashlib
 import re
 from typing import Any, Final
 
-from shadow.models import Event
+from shadow.core.models import Event
 
 FALLBACK: Final = "billing"
 """Answered when no keyword matches: the most frequent category in the (imagined) training data."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shadow import render
-from shadow.config import load_config
+from shadow.config.file import load_config
 from shadow.demo.workload import generate
-from shadow.replay import ReplayRequest, describe, replay_files
-from shadow.reporting import full_report, render_report
-from shadow.store import Store
+from shadow.pipeline.replay import ReplayRequest, describe, replay_files
+from shadow.reports import render
+from shadow.reports.build import full_report, render_report
+from shadow.store.database import Store
 
 CONFIG = """\
 # The configuration `shadow demo` used. Re-run the same replay (it adds nothing:

@@ -10,8 +10,8 @@ import duckdb
 from rollout import audit
 from rollout.controller import Controller
 from rollout.state import Action
-from shadow.migrations import MIGRATIONS
-from shadow.store import Store
+from shadow.store.database import Store
+from shadow.store.migrations import MIGRATIONS
 from tests.rollout.test_state import PLAN, ticking
 
 AT = datetime(2026, 1, 5, tzinfo=UTC)

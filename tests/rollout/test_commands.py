@@ -119,7 +119,7 @@ def test_a_plan_that_does_not_start_in_shadow_is_a_configuration_error(tmp_path:
 
 def test_status_before_anything_ran_says_so(tmp_path: Path) -> None:
     directory = prepare(tmp_path)
-    from shadow.store import Store
+    from shadow.store.database import Store
 
     with Store(directory / "shadow.duckdb"):
         pass

@@ -14,16 +14,16 @@ from connectors.testing import ListSource, RecordingSink
 from rollout import audit
 from rollout.controller import Controller
 from rollout.notify import RecordingNotifier
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action, Status
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.models import Event
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from rollout.gates import Phase, StepStats, WindowStats, keys_to_decide, promotion, rollback
-from rollout.plan import RolloutSpec
 from rollout.statistics import Cusum, DetectorState
 from rollout.units import SegmentUnits, UnitCounts
+from shadow.config.rollout import RolloutSpec
 
 ALPHA = 0.05
 

@@ -9,7 +9,7 @@ import pytest
 
 from rollout.histogram import Histogram
 from rollout.ledger import Ledger, Totals, UnitRow
-from rollout.plan import Unit
+from shadow.config.rollout import Unit
 
 SEGMENTS = [("language", "en"), ("language", "de"), ("tier", "pro")]
 

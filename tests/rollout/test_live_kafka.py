@@ -10,7 +10,7 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from shadow.store import Store
+from shadow.store.database import Store
 from tests.rollout.test_commands import CANDIDATE, prepare
 from tests.test_cli import run
 

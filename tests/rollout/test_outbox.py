@@ -12,19 +12,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.html import to_html
-from shadow.metrics import render_metrics
-from shadow.models import Event
-from shadow.owner import build_owner_report
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.reports.html import to_html
+from shadow.reports.owner import build_owner_report
+from shadow.service.metrics import render_metrics
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)

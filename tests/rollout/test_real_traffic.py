@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from rollout.plan import RolloutSpec
 from rollout.state import Action, Status
+from shadow.config.rollout import RolloutSpec
 from tests.rollout.traffic import (
     Case,
     Detector,

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from rollout.router import BUCKETS, Router
-from shadow.models import Mode
+from shadow.core.models import Mode
 
 KEYS = [f"ticket-{i}" for i in range(40_000)]
 

@@ -18,8 +18,9 @@ from rollout.simulate import (
     cusum_walk,
     simulate,
 )
-from rollout.simulate_cli import add_arguments, run_command
-from rollout.statistics import Cusum, Method, one_sided
+from rollout.statistics import Cusum, one_sided
+from shadow.cli.simulate import add_arguments, run_command
+from shadow.config.rollout import Method
 
 # -- the documented scenario ------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from rollout.simulate import ParameterError
-from rollout.simulate_cli import _measure, _target, add_arguments, run_command
 from rollout.simulate_figures import ScenarioResult
 from rollout.simulate_late import Delays, _Window, late_disagreements
 from rollout.simulate_live import Live, alarm_chance
@@ -28,6 +27,7 @@ from rollout.statistics import (
     beta_binomial_low_at_least,
     one_sided,
 )
+from shadow.cli.simulate import _measure, _target, add_arguments, run_command
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "statistics.md"
 RUNS, SEED = 1000, 1  # the documented figures

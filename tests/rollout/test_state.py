@@ -10,8 +10,8 @@ import pytest
 
 from rollout import audit
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.state import Action, Refused, Status
+from shadow.config.rollout import RolloutSpec
 from tests.clock import SteppingClock
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
@@ -26,7 +26,7 @@ def ticking() -> SteppingClock:
 
 
 def controller(db: Path, clock: SteppingClock, version: str = "1") -> Controller:
-    from shadow.store import Store
+    from shadow.store.database import Store
 
     store = Store(db)
     store.open()

@@ -18,7 +18,6 @@ from rollout.statistics import (
     Bounds,
     Cusum,
     DetectorState,
-    Method,
     _log_regularised_beta,
     average_run_length,
     beta_binomial,
@@ -31,6 +30,7 @@ from rollout.statistics import (
     one_sided,
     one_sided_bounds,
 )
+from shadow.config.rollout import Method
 
 # -- independent references ---------------------------------------------------------
 

@@ -14,17 +14,17 @@ import rollout.unit_store
 import rollout.units
 from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action
 from rollout.units import UnitCounts
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.models import Event
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
@@ -219,7 +219,7 @@ def test_units_written_without_the_pipeline_s_notes_are_read_from_the_store(
 def test_a_failed_write_drops_the_counts_in_memory_and_the_next_sync_rebuilds_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shadow.errors import StoreError
+    from shadow.core.errors import StoreError
 
     controller = replay(tmp_path / "s.duckdb", plan())
     try:

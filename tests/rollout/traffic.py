@@ -29,18 +29,18 @@ import orjson
 from connectors.base import RawRecord, Source
 from connectors.testing import ListSource, RecordingSink
 from rollout import audit
-from rollout.commands import status_view
 from rollout.controller import Controller
-from rollout.plan import RolloutSpec
 from rollout.runtime import LiveRollout
 from rollout.state import Action
+from rollout.views import status_view
 from shadow.candidates import CallableCandidate
-from shadow.comparator_specs import ExactSpec
-from shadow.comparators import build_comparator
-from shadow.compare import compare
-from shadow.models import Event
-from shadow.runner import Replay
-from shadow.store import Store
+from shadow.compare.comparators import build_comparator
+from shadow.compare.step import compare
+from shadow.config.comparators import ExactSpec
+from shadow.config.rollout import RolloutSpec
+from shadow.core.models import Event
+from shadow.pipeline.runner import Replay
+from shadow.store.database import Store
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

@@ -1,0 +1,107 @@
+"""Source specs: where events and outcomes come from, and how a raw record maps to them.
+
+``sources`` of :class:`shadow.config.file.Config` lists what ``shadow run`` consumes
+(export files, Kafka topics, vendor webhooks); ``mapping`` says where each
+canonical field sits in a raw record (see :mod:`connectors.mapping`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from shadow.core.spec import Duration, Spec
+
+
+class EventMapping(Spec):
+    """Where each canonical field of an Event sits in a raw record.
+
+    Values are dotted paths (``ticket.via.channel``, ``tags.0``); ``$`` is the
+    whole record. ``segment`` is either a path to an object of strings or a
+    table of segment field to path.
+    """
+
+    event_id: str = "event_id"
+    key: str = "key"
+    occurred_at: str = "occurred_at"
+    routing_key: str | None = "routing_key"
+    segment: str | dict[str, str] = "segment"
+    payload: str = "payload"
+
+
+class OutcomeMapping(Spec):
+    key: str = "key"
+    outcome: str = "outcome"
+    decided_at: str = "decided_at"
+    actor: str | None = "actor"
+
+
+class MappingConfig(Spec):
+    events: EventMapping = EventMapping()
+    outcomes: OutcomeMapping = OutcomeMapping()
+
+
+
+class FileSourceSpec(Spec):
+    """An export file, read once (the daemon reads it at start-up; replays are idempotent)."""
+
+    kind: Literal["file"]
+    path: str
+
+
+class KafkaSourceSpec(Spec):
+    kind: Literal["kafka"]
+    bootstrap: str = Field(min_length=1)
+    topics: list[str] = Field(min_length=1)
+    group: str = Field(min_length=1)
+    start: Literal["committed", "earliest", "latest"] = "committed"
+    """``committed``: resume from the group's committed offsets (the earliest record
+    where it has none). ``earliest``: from the first record, at every start, however
+    far the group had got (a re-read stores nothing twice). ``latest``: only new
+    records where the group has no committed offsets."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to kafka-python's consumer (e.g. security settings)."""
+
+
+class WebhookSourceSpec(Spec):
+    """An HTTP endpoint a vendor pushes to, verified with the vendor's signature scheme."""
+
+    kind: Literal["webhook"]
+    name: str = Field(min_length=1)
+    path: str = Field(pattern=r"^/[\w\-./]*$")
+    scheme: Literal["zendesk", "hubspot_v3", "standard", "github", "none"] = "none"
+    secret_env: str | None = None
+    """Environment variable holding the signing secret; required unless the scheme is none."""
+    tolerance: Duration = timedelta(minutes=5)
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    ack_timeout: Duration = timedelta(seconds=4)
+    """How long a delivery may wait to be stored before it gets 503 (the vendor retries)."""
+
+    @model_validator(mode="after")
+    def _signed_sources_name_their_secret(self) -> WebhookSourceSpec:
+        if self.scheme != "none" and self.secret_env is None:
+            raise ValueError(f"the {self.scheme} scheme needs secret_env")
+        return self
+
+
+SourceSpec = Annotated[
+    FileSourceSpec | KafkaSourceSpec | WebhookSourceSpec, Field(discriminator="kind")
+]
+
+
+class SourcesConfig(Spec):
+    events: list[SourceSpec] = Field(default_factory=list)
+    outcomes: list[SourceSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_group_per_kafka_source(self) -> SourcesConfig:
+        # Members of one group are rebalanced together; one thread polling them in
+        # turn could wait forever on a rebalance the other member must join.
+        groups = [s.group for s in [*self.events, *self.outcomes] if s.kind == "kafka"]
+        shared = sorted({g for g in groups if groups.count(g) > 1})
+        if shared:
+            raise ValueError(f"each Kafka source needs a consumer group of its own; "
+                             f"{shared} is used by more than one")
+        return self

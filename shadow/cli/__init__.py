@@ -1,0 +1,1 @@
+"""The ``shadow`` command and its subcommands. The top layer: may import every other."""

@@ -1,0 +1,108 @@
+"""The report in every format, from one place: the CLI, the daemon's jobs and its API.
+
+The JSON keeps the core contract (``shadow.reports.summary``) at the top level and
+adds the owners' sections (verdict, over time, confusion, coverage, cost,
+disagreements, rollout timeline; ``shadow.reports.owner``) under ``owner``.
+Markdown and HTML are the owners' views; ``table`` is the terminal summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from shadow.config.file import Config
+from shadow.core.models import utc_now
+from shadow.reports.drift import (
+    DriftError,
+    DriftReport,
+    DriftThresholds,
+    first_days,
+    last_days,
+    measure_drift,
+    period,
+)
+from shadow.reports.options import OwnerOptions
+from shadow.reports.owner import build_owner_report
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
+
+FORMATS = ("table", "json", "markdown", "html")
+
+
+def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> OwnerOptions:
+    """The report's options: its own section, then the rollout's gates, then defaults."""
+    spec = config.report
+    gates = config.rollout.gates if config.rollout is not None else None
+    threshold = spec.threshold if spec.threshold is not None else (
+        gates.agreement if gates is not None else 0.9)
+    max_error_rate = spec.max_error_rate if spec.max_error_rate is not None else (
+        gates.max_error_rate if gates is not None and gates.max_error_rate is not None else 0.05)
+    p95 = spec.max_p95_latency_ms if spec.max_p95_latency_ms is not None else (
+        gates.max_p95_latency_ms if gates is not None else None)
+    floor = spec.segment_floor if spec.segment_floor is not None else (
+        gates.segments.floor if gates is not None else None)
+    violations = spec.max_violation_rate if spec.max_violation_rate is not None else (
+        gates.max_violation_rate if gates is not None else None)
+    comparator = config.comparator
+    specs = config.all_candidates()
+    checked = frozenset(c.resolved_name for c in specs if c.checks) if specs else None
+    return OwnerOptions(
+        threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
+        min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
+        segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
+        top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
+        max_violation_rate=violations, checked=checked,
+        prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
+        now=now)
+
+
+def full_report(store: Store, config: Config, *,
+                now: Callable[[], datetime] = utc_now) -> dict[str, Any]:
+    """The core report with the owners' sections under ``owner``."""
+    report = build_report(store, now=now)
+    owner = build_owner_report(store, owner_options(config, now=now))
+    owner.pop("legacy", None)
+    owner["options"]["currency"] = config.report.currency
+    drift = measure_configured_drift(store, config, now=now)
+    owner["drift"] = drift.as_dict() if drift is not None else None
+    report["owner"] = owner
+    return report
+
+
+def measure_configured_drift(store: Store, config: Config, *,
+                             now: Callable[[], datetime] = utc_now) -> DriftReport | None:
+    """Drift as the ``drift`` section asks; ``None`` when not asked for or nothing is stored."""
+    spec = config.drift
+    if spec is None:
+        return None
+    try:
+        reference = (period(spec.reference_start, spec.reference_end)
+                     if spec.reference_start is not None and spec.reference_end is not None
+                     else first_days(store, spec.reference_days))
+        current = last_days(store, spec.current_days, now())
+    except DriftError:
+        return None  # no events yet
+    return measure_drift(
+        store, reference=reference, current=current, numeric_fields=spec.numeric_fields,
+        bins=spec.bins, outcome_label=config.comparator.outcome_path,
+        thresholds=DriftThresholds(psi=spec.psi, p_value=spec.p_value,
+                                   new_outcome_share=spec.new_outcome_share))
+
+
+def render_report(report: dict[str, Any], fmt: str, *, color: bool = False) -> str:
+    """Text of ``full_report`` in one of :data:`FORMATS`."""
+    from shadow.reports import render
+
+    if fmt == "json":
+        return render.to_json(report)
+    if fmt == "markdown":
+        return render.owner_markdown(report["owner"])
+    if fmt == "html":
+        from shadow.reports.html import to_html
+
+        return to_html(report["owner"])
+    if fmt == "table":
+        return render.to_table(report, color=color)
+    raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")

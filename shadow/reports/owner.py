@@ -1,0 +1,211 @@
+"""The owner's report: is each candidate ready, and the evidence behind the answer.
+
+All aggregation happens in DuckDB SQL, one query per section for all
+candidates at once; Python only shapes the few result rows (at most a few
+hundred per candidate). The returned dict is a contract that the HTML and
+Markdown renderings read::
+
+    {"generated_at", "store", "options",
+     "candidates": [{"name", "version", "verdict", "agreement", "over_time",
+                     "segments", "confusion", "fields", "coverage", "latency",
+                     "errors", "violations", "cost", "disagreements"}],
+     "human_baseline", "rollout", "legacy"}
+
+Definitions a reader of the numbers needs:
+
+- Intervals are 95 % Wilson score intervals, computed once (not anytime-valid:
+  the rollout gates use confidence sequences instead).
+- ``over_time`` groups comparisons by the UTC day of their event's ``occurred_at``.
+- A segment is below its floor when it has at least ``segment_min_samples``
+  comparisons and its agreement *rate* is below the floor (``segment_floor``,
+  or ``threshold`` when unset). Smaller segments are shown but never fail.
+- ``latency.histogram`` is non-cumulative: ``count`` is the number of
+  predictions with latency in (previous ``le_ms``, ``le_ms``]; bounds follow
+  a 1-2-5 series, and the last bucket's ``le_ms`` is the largest latency when
+  it exceeds the series.
+- ``cost.per_decision`` is the mean cost of the predictions that reported one
+  (``None`` when none did). ``daily_volume_current`` is the candidate's
+  predictions divided by the span of their events' ``occurred_at`` in days
+  (last minus first, at least one day). A month is 30 days.
+- ``disagreements[*].note`` is the comparator's note (a similarity score, a
+  judge's reason), ``None`` when it gave none.
+- ``redact`` paths are dotted and relative to the payload (``requester.email``
+  means ``payload["requester"]["email"]``); through a list the path applies to
+  every element. Only ``disagreements[*].payload`` carries payloads.
+- ``violations`` counts hard-constraint violations (``shadow.candidates.constraints``) of
+  the predictions that were checked, i.e. did not error. ``rate`` is violating
+  predictions over checked ones; each of ``kinds`` is one check (the first word
+  of a violation text) with the predictions it caught (``predictions``, and
+  their share of the checked ones) and its violation texts (``count``).
+  ``examples`` are the most recent violating predictions with their texts, no
+  payload and no output; a text that quotes a value found at a ``redact`` path
+  of its event's payload has that value replaced by ``[redacted]``.
+- The human baseline looks at keys with outcomes from more than one distinct
+  actor: each outcome whose previous outcome (by ``decided_at``) came from a
+  different actor makes a pair, agreeing when the two are the same JSON text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shadow.reports.options import OwnerOptions
+from shadow.reports.queries import Key, OwnerQueries, interval
+from shadow.reports.summary import build_report
+from shadow.store.database import Store
+
+DAYS_PER_MONTH = 30
+
+
+def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dict[str, Any]:
+    """The owner's report of everything in the store, as plain JSON-ready values."""
+    options = options or OwnerOptions()
+    q = OwnerQueries(store, options)
+    states = q.rollout_states
+    candidates = [
+        _candidate(q, options, key, base, states.get(key)) for key, base in q.base.items()
+    ]
+    latest = max(states.values(), key=lambda s: s["updated_at"]) if states else None
+    return {
+        "generated_at": options.now().isoformat(),
+        "store": str(store.path),
+        "options": options.as_json(),
+        "candidates": candidates,
+        "human_baseline": q.human_baseline(),
+        "rollout": {"state": latest,
+                    "timeline": q.timeline(latest["rollout"]) if latest else [],
+                    "labels": q.label_delays(latest["rollout"]) if latest else None,
+                    "withdrawn": q.withdrawn()},
+        "legacy": build_report(store, now=options.now),
+    }
+
+
+def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, base: dict[str, Any],
+               state: dict[str, Any] | None) -> dict[str, Any]:
+    compared, agreed = q.compared.get(key, (0, 0))
+    agreement = {**interval(agreed, compared), "n": compared, "agreed": agreed,
+                 "method": "wilson", "unit": "prediction"}
+    segments = q.segments.get(key, [])
+    latency = {**base["latency"], "histogram": q.histogram.get(key, [])}
+    errors = {"rate": base["errors"] / base["predictions"], "count": base["errors"],
+              "kinds": q.error_kinds.get(key, [])}
+    cost = _cost(base, options.daily_volume)
+    violations = _violations(q, options, key)
+    report = {
+        "name": key[0], "version": key[1],
+        "agreement": agreement,
+        "over_time": q.over_time.get(key, []),
+        "segments": segments,
+        "confusion": q.confusion.get(key),
+        "fields": q.fields.get(key, []),
+        "coverage": q.coverage.get(key),
+        "latency": latency,
+        "errors": errors,
+        "violations": violations,
+        "cost": cost,
+        "disagreements": q.disagreements.get(key, []),
+        "predictions": base["predictions"],
+    }
+    checks = _checks(options, agreement, errors, latency, cost, segments, state)
+    if options.max_violation_rate is not None:
+        checks.insert(3, _violation_check(violations, options.max_violation_rate))
+    return {**report, "verdict": {"status": _status(checks), "checks": checks}}
+
+
+# -- the verdict -------------------------------------------------------------
+
+
+def _check(name: str, ok: bool | None, value: float | None, threshold: float | None,
+           detail: str) -> dict[str, Any]:
+    status = "unknown" if ok is None else "pass" if ok else "fail"
+    return {"name": name, "status": status, "value": value, "threshold": threshold,
+            "detail": detail}
+
+
+def _checks(options: OwnerOptions, agreement: dict[str, Any], errors: dict[str, Any],
+            latency: dict[str, Any], cost: dict[str, Any], segments: list[dict[str, Any]],
+            state: dict[str, Any] | None) -> list[dict[str, Any]]:
+    n, low = agreement["n"], agreement["low"]
+    p95, budget = latency["p95"], options.max_p95_latency_ms
+    below = [s for s in segments if s["below_floor"]]
+    return [
+        _check("sample size", n >= options.min_compared, n, options.min_compared,
+               f"{n:,} compared with an outcome, {options.min_compared:,} needed"),
+        _check("agreement", None if low is None else low >= options.threshold,
+               agreement["rate"], options.threshold,
+               "nothing compared yet" if low is None else
+               f"95 % Wilson lower bound {low:.4f} against {options.threshold}"),
+        _check("error rate", errors["rate"] <= options.max_error_rate, errors["rate"],
+               options.max_error_rate, f"{errors['count']:,} errors"),
+        _check("p95 latency", True if budget is None else None if p95 is None else p95 <= budget,
+               p95, budget, "no budget" if budget is None else f"budget {budget:,} ms"),
+        _check("cost per decision", True, cost["per_decision"], None,
+               "informational" if cost["per_decision"] is not None else "no cost reported"),
+        _check("segments below floor", not below, len(below), options.floor,
+               ", ".join(f"{s['field']}={s['value']}" for s in below) or
+               f"segments with at least {options.segment_min_samples:,} comparisons"),
+        _rollout_check(state),
+    ]
+
+
+def _violation_check(violations: dict[str, Any], budget: float) -> dict[str, Any]:
+    checked, violating, rate = violations["checked"], violations["violating"], violations["rate"]
+    if rate is None:
+        return _check("violation rate", None, None, budget, "no checked predictions yet")
+    kinds = ", ".join(f"{k['check']} {k['predictions']:,}" for k in violations["kinds"][:3])
+    return _check("violation rate", rate <= budget, rate, budget,
+                  f"{violating:,} of {checked:,} checked outputs ({rate:.2%}) violated a hard "
+                  f"constraint, budget {budget:.2%}" + (f"; most: {kinds}" if kinds else ""))
+
+
+def _rollout_check(state: dict[str, Any] | None) -> dict[str, Any]:
+    if state is None:
+        return _check("rollout state", None, None, None, "no rollout")
+    status = state["status"]
+    return _check("rollout state", status not in ("rolled_back", "aborted"), state["percent"],
+                  None, f"{state['rollout']}: {status} at step {state['step']} "
+                        f"({state['percent']:g} %)")
+
+
+def _status(checks: list[dict[str, Any]]) -> str:
+    by_name = {c["name"]: c["status"] for c in checks}
+    if by_name["sample size"] != "pass":
+        return "not_enough_data"
+    if "fail" in by_name.values() or by_name["agreement"] == "unknown":
+        return "not_ready"
+    return "ready"
+
+
+# -- shaping -----------------------------------------------------------------
+
+
+def _violations(q: OwnerQueries, options: OwnerOptions, key: Key) -> dict[str, Any]:
+    checked, violating = q.violation_counts.get(key, (0, 0))
+    kinds = [{**kind, "rate": kind["predictions"] / checked}
+             for kind in q.violation_kinds.get(key, [])]
+    configured = None if options.checked is None else key[0] in options.checked
+    return {"configured": configured, "checked": checked, "violating": violating,
+            "rate": violating / checked if checked else None,
+            "threshold": options.max_violation_rate, "kinds": kinds,
+            "examples": q.violation_examples.get(key, [])}
+
+
+def _cost(base: dict[str, Any], full: float | None) -> dict[str, Any]:
+    per = base["cost"] / base["costed"] if base["costed"] else None
+    span = max(base["span_seconds"] / 86_400.0, 1.0)
+    current = base["predictions"] / span
+
+    def day(volume: float | None) -> float | None:
+        return None if per is None or volume is None else per * volume
+
+    def month(volume: float | None) -> float | None:
+        daily = day(volume)
+        return None if daily is None else daily * DAYS_PER_MONTH
+
+    return {
+        "per_decision": per, "total": base["cost"] if base["costed"] else None,
+        "daily_volume_current": current,
+        "per_day_current": day(current), "per_month_current": month(current),
+        "per_day_10x": day(current * 10), "per_month_10x": month(current * 10),
+        "daily_volume_full": full, "per_day_full": day(full), "per_month_full": month(full),
+    }

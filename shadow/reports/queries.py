@@ -1,0 +1,344 @@
+"""The SQL behind the owner report: one query per section, over every candidate.
+
+:class:`OwnerQueries` runs each query once (cached), grouped by
+``(candidate, version)``; :mod:`shadow.reports.owner` assembles the sections, the
+checklist and the verdict from them. What each figure means is documented
+there.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from rollout.unit_store import later_disagreements, stored_label_delays
+from shadow.core.fixed_sample import wilson
+from shadow.core.paths import sql_json_path
+from shadow.core.redaction import redact, redact_within
+from shadow.store.database import Store
+
+if TYPE_CHECKING:
+    from shadow.reports.options import OwnerOptions
+
+Key = tuple[str, str | None]
+
+COVERAGE_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+LATENCY_BOUNDS_MS = tuple(
+    round(m * 10.0**e, 6) for e in range(-1, 6) for m in (1, 2, 5)
+) + (1_000_000.0,)
+"""Upper bounds of the latency buckets, 0.1 ms to 1,000 s."""
+MAX_LABELS = 12
+
+
+def interval(agreed: int, n: int) -> dict[str, float | None]:
+    rate, low, high = wilson(agreed, n)
+    return {"rate": rate, "low": low, "high": high}
+
+
+def _label(column: str, path: str) -> str:
+    return (f"CASE WHEN json_type({column}, '{path}') = 'VARCHAR' "
+            f"THEN {column} ->> '{path}' END")
+
+
+def _confusion(pairs: list[tuple[str | None, str | None, int]]) -> dict[str, Any] | None:
+    labelled = [(h, a, n) for h, a, n in pairs if h is not None and a is not None]
+    if not labelled:
+        return None
+    frequency: Counter[str] = Counter()
+    for human, ai, n in labelled:
+        frequency[human] += n
+        frequency[ai] += n
+    labels = sorted(frequency, key=lambda label: (-frequency[label], label))[:MAX_LABELS]
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    other = sum(n for h, a, n in pairs if h is None or a is None)
+    for human, ai, n in labelled:
+        if human in index and ai in index:
+            matrix[index[human]][index[ai]] += n
+        else:
+            other += n
+    return {"labels": labels, "matrix": matrix, "other": other}
+
+
+def _histogram(counts: dict[int, int], top: float) -> list[dict[str, Any]]:
+    if not counts:
+        return []
+    first, last = min(counts), max(counts)
+    bounds = (*LATENCY_BOUNDS_MS, top)
+    return [{"le_ms": bounds[i], "count": counts.get(i, 0)} for i in range(first, last + 1)]
+
+
+# -- the queries ---------------------------------------------------------------
+
+_SAME_PREDICTION = ("c.event_id = p.event_id AND c.candidate = p.candidate "
+                    "AND c.version IS NOT DISTINCT FROM p.version")
+
+
+class OwnerQueries:
+    """One query per section, each over all candidates, grouped by (candidate, version)."""
+
+    def __init__(self, store: Store, options: OwnerOptions) -> None:
+        self.store = store
+        self.options = options
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.store.db.execute(sql, list(params)).fetchall()
+
+    @cached_property
+    def base(self) -> dict[Key, dict[str, Any]]:
+        rows = self._rows(
+            "SELECT p.candidate, p.version, count(*), "
+            "  count(*) FILTER (WHERE p.error_type IS NOT NULL), count(p.cost), "
+            "  coalesce(sum(p.cost), 0), quantile_cont(p.latency_ms, [0.5, 0.95, 0.99]), "
+            "  epoch(max(e.occurred_at)) - epoch(min(e.occurred_at)) "
+            "FROM predictions p JOIN events e USING (event_id) "
+            "GROUP BY ALL ORDER BY p.candidate, p.version NULLS FIRST")
+        return {
+            (c, v): {"predictions": n, "errors": failed, "costed": costed, "cost": cost,
+                     "latency": dict(zip(("p50", "p95", "p99"), quantiles, strict=True)),
+                     "span_seconds": span or 0.0}
+            for c, v, n, failed, costed, cost, quantiles, span in rows
+        }
+
+    @cached_property
+    def compared(self) -> dict[Key, tuple[int, int]]:
+        rows = self._rows("SELECT candidate, version, count(*), count(*) FILTER (WHERE agree) "
+                          "FROM comparisons GROUP BY ALL")
+        return {(c, v): (n, a) for c, v, n, a in rows}
+
+    @cached_property
+    def over_time(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT c.candidate, c.version, CAST(e.occurred_at AS DATE) AS day, count(*), "
+            "  count(*) FILTER (WHERE c.agree) "
+            "FROM comparisons c JOIN events e USING (event_id) GROUP BY ALL ORDER BY day")
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, day, n, agreed in rows:
+            out[(c, v)].append({"day": day.isoformat(), "compared": n, "agreed": agreed,
+                                **interval(agreed, n)})
+        return out
+
+    @cached_property
+    def segments(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT c.candidate, c.version, s.field, s.value, count(*), "
+            "  count(*) FILTER (WHERE c.agree) "
+            "FROM comparisons c JOIN event_segments s USING (event_id) "
+            "GROUP BY ALL ORDER BY s.field, s.value")
+        floor, least = self.options.floor, self.options.segment_min_samples
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, name, value, n, agreed in rows:
+            stats = interval(agreed, n)
+            out[(c, v)].append({
+                "field": name, "value": value, "compared": n, "agreed": agreed, **stats,
+                "floor": floor, "below_floor": n >= least and agreed / n < floor,
+            })
+        return out
+
+    @cached_property
+    def fields(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT candidate, version, field, count(*), count(*) FILTER (WHERE agree) "
+            "FROM comparison_fields GROUP BY ALL ORDER BY field")
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, name, n, agreed in rows:
+            out[(c, v)].append({"field": name, "compared": n, "agreed": agreed,
+                                **interval(agreed, n)})
+        return out
+
+    @cached_property
+    def confusion(self) -> dict[Key, dict[str, Any] | None]:
+        human = _label("o.outcome", sql_json_path(self.options.outcome_label))
+        ai = _label("p.output", sql_json_path(self.options.prediction_label))
+        rows = self._rows(
+            f"SELECT c.candidate, c.version, {human}, {ai}, count(*) "  # noqa: S608
+            "FROM comparisons c JOIN events e USING (event_id) "
+            f"JOIN predictions p ON {_SAME_PREDICTION} "
+            "JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
+            "GROUP BY ALL")
+        pairs: dict[Key, list[tuple[str | None, str | None, int]]] = defaultdict(list)
+        for c, v, h, a, n in rows:
+            pairs[(c, v)].append((h, a, n))
+        return {key: _confusion(found) for key, found in pairs.items()}
+
+    @cached_property
+    def coverage(self) -> dict[Key, list[dict[str, Any]]]:
+        columns = ", ".join(
+            "count(*) FILTER (WHERE p.confidence >= ?), "
+            "count(c.agree) FILTER (WHERE p.confidence >= ?), "
+            "count(*) FILTER (WHERE c.agree AND p.confidence >= ?)"
+            for _ in COVERAGE_THRESHOLDS)
+        params = [t for t in COVERAGE_THRESHOLDS for _ in range(3)]
+        rows = self._rows(
+            f"SELECT p.candidate, p.version, count(*), {columns} "  # noqa: S608
+            f"FROM predictions p LEFT JOIN comparisons c ON {_SAME_PREDICTION} "
+            "GROUP BY ALL HAVING count(p.confidence) > 0", params)
+        out: dict[Key, list[dict[str, Any]]] = {}
+        for c, v, total, *counts in rows:
+            out[(c, v)] = [
+                {"threshold": t, "coverage": counts[3 * i] / total, "n": counts[3 * i + 1],
+                 "agreed": counts[3 * i + 2],
+                 "agreement": counts[3 * i + 2] / counts[3 * i + 1] if counts[3 * i + 1]
+                 else None}
+                for i, t in enumerate(COVERAGE_THRESHOLDS)
+            ]
+        return out
+
+    @cached_property
+    def histogram(self) -> dict[Key, list[dict[str, Any]]]:
+        cases = " ".join(f"WHEN latency_ms <= {bound!r} THEN {i}"
+                         for i, bound in enumerate(LATENCY_BOUNDS_MS))
+        rows = self._rows(
+            f"SELECT candidate, version, CASE {cases} ELSE {len(LATENCY_BOUNDS_MS)} END AS b, "  # noqa: S608
+            "  count(*), max(latency_ms) FROM predictions GROUP BY ALL")
+        counts: dict[Key, dict[int, int]] = defaultdict(dict)
+        top: dict[Key, float] = {}
+        for c, v, bucket, n, highest in rows:
+            counts[(c, v)][bucket] = n
+            top[(c, v)] = max(top.get((c, v), 0.0), highest)
+        return {key: _histogram(found, top[key]) for key, found in counts.items()}
+
+    @cached_property
+    def error_kinds(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT candidate, version, error_type, count(*), min(error_message) "
+            "FROM predictions WHERE error_type IS NOT NULL "
+            "GROUP BY ALL ORDER BY count(*) DESC, error_type")
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, kind, n, example in rows:
+            out[(c, v)].append({"kind": kind, "count": n, "example": example})
+        return out
+
+    @cached_property
+    def disagreements(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "
+            "  o.outcome, c.outcome_decided_at, c.note "
+            "FROM comparisons c JOIN events e USING (event_id) "
+            f"JOIN predictions p ON {_SAME_PREDICTION} "
+            "LEFT JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
+            "WHERE NOT c.agree "
+            "QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
+            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
+            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        paths = self.options.redact
+        for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
+            loaded = _loads(payload)
+            # One pass, so the payload's private values are looked up once per row.
+            shown_output, shown_outcome, shown_note = redact_within(
+                [_loads(output), _loads(outcome), note], loaded, paths)
+            out[(c, v)].append({
+                "event_id": event_id, "key": key, "segment": _loads(segment),
+                "payload": redact(loaded, paths), "output": shown_output,
+                "outcome": shown_outcome, "decided_at": decided_at.isoformat(),
+                "note": shown_note,
+            })
+        return out
+
+    @cached_property
+    def violation_counts(self) -> dict[Key, tuple[int, int]]:
+        rows = self._rows(
+            "SELECT candidate, version, count(*), count(*) FILTER (WHERE len(violations) > 0) "
+            "FROM predictions WHERE error_type IS NULL GROUP BY ALL")
+        return {(c, v): (checked, violating) for c, v, checked, violating in rows}
+
+    @cached_property
+    def violation_kinds(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, "
+            "  count(DISTINCT event_id) AS caught, count(*) "
+            "FROM (SELECT candidate, version, event_id, unnest(violations) AS v "
+            "  FROM predictions WHERE error_type IS NULL AND len(violations) > 0) "
+            "GROUP BY ALL ORDER BY caught DESC, check_name")
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, check, caught, n in rows:
+            out[(c, v)].append({"check": check, "predictions": caught, "count": n})
+        return out
+
+    @cached_property
+    def violation_examples(self) -> dict[Key, list[dict[str, Any]]]:
+        rows = self._rows(
+            "SELECT p.candidate, p.version, e.event_id, e.key, e.occurred_at, p.violations, "
+            "  e.payload "
+            "FROM predictions p JOIN events e USING (event_id) "
+            "WHERE p.error_type IS NULL AND len(p.violations) > 0 "
+            "QUALIFY row_number() OVER (PARTITION BY p.candidate, p.version "
+            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
+            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_violations])
+        paths = self.options.redact
+        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        for c, v, event_id, key, occurred_at, texts, payload in rows:
+            shown = redact_within(list(texts), _loads(payload), paths) if paths else list(texts)
+            out[(c, v)].append({"event_id": event_id, "key": key,
+                                "occurred_at": occurred_at.isoformat(), "violations": shown})
+        return out
+
+    def human_baseline(self) -> dict[str, Any] | None:
+        ((keys, pairs, agreed),) = self._rows(
+            "WITH known AS (SELECT key, actor, CAST(outcome AS VARCHAR) AS outcome, "
+            "    lag(actor) OVER w AS previous_actor, "
+            "    lag(CAST(outcome AS VARCHAR)) OVER w AS previous "
+            "  FROM outcomes WHERE actor IS NOT NULL "
+            "  WINDOW w AS (PARTITION BY key ORDER BY decided_at)) "
+            "SELECT count(DISTINCT key), count(*), "
+            "  count(*) FILTER (WHERE outcome IS NOT DISTINCT FROM previous) "
+            "FROM known WHERE previous_actor IS NOT NULL AND previous_actor <> actor")
+        if not keys:
+            return None
+        return {"keys": keys, "pairs": pairs, "agreed": agreed, **interval(agreed, pairs)}
+
+    @cached_property
+    def rollout_states(self) -> dict[Key, dict[str, Any]]:
+        rows = self._rows(
+            "SELECT rollout, candidate, version, step, percent, status, step_started_at, "
+            "  updated_at, revision FROM rollout_state "
+            "QUALIFY row_number() OVER (PARTITION BY candidate, version "
+            "  ORDER BY updated_at DESC, rollout) = 1")
+        names = ("rollout", "candidate", "version", "step", "percent", "status",
+                 "step_started_at", "updated_at", "revision")
+        return {
+            (r[1], r[2]): {name: value.isoformat() if isinstance(value, datetime) else value
+                           for name, value in zip(names, r, strict=True)}
+            for r in rows
+        }
+
+    def label_delays(self, rollout: str) -> dict[str, Any]:
+        """How late labels came in the rollout's current step, by verdict, and whether
+        disagreements came later: the gates count a key only once its label window has
+        passed, one vote per key, and this is why."""
+        delays = stored_label_delays(self.store.db).get(rollout, ())
+        return {
+            "unit": "key",
+            "by_verdict": [{"verdict": "agree" if d.agreed else "disagree",
+                            "labelled": d.labelled, "median_seconds": d.median.total_seconds(),
+                            "p95_seconds": d.p95.total_seconds()} for d in delays],
+            "disagreements_later": later_disagreements(delays) is not None,
+        }
+
+    def withdrawn(self) -> list[dict[str, Any]]:
+        """Live decisions never published, by candidate and reason (rollout/outbox.py)."""
+        rows = self._rows(
+            "SELECT candidate, version, withdrawn_reason, count(*) FROM predictions "
+            "WHERE withdrawn_at IS NOT NULL GROUP BY ALL ORDER BY ALL")
+        return [{"candidate": c, "version": v, "reason": r, "count": n} for c, v, r, n in rows]
+
+    def timeline(self, rollout: str) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
+            "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
+        return [
+            {"at": at.isoformat(), "actor": actor, "token": token, "action": action,
+             "from_step": before, "to_step": after, "percent": percent, "status": status,
+             "reason": reason}
+            for at, actor, token, action, before, after, percent, status, reason in rows
+        ]
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)

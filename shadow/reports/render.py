@@ -1,0 +1,213 @@
+"""Text forms of the report: a terminal table, Markdown and JSON."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from shadow.reports.charts import milliseconds
+
+
+def to_json(report: dict[str, Any]) -> str:
+    text: str = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+    return text + "\n"
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def interval(agreement: dict[str, Any]) -> str:
+    if agreement["rate"] is None:
+        return "–"
+    low, high = percent(agreement["low"]), percent(agreement["high"])
+    return f"{percent(agreement['rate'])} [{low}, {high}]"
+
+
+def millis(value: float | None) -> str:
+    return "–" if value is None else milliseconds(value)
+
+
+def _cost(cost: dict[str, Any]) -> str:
+    if cost["total"] is None:
+        return "–"
+    return f"{cost['total']:,.4f} / {cost['per_prediction']:,.6f}"
+
+
+def _identity(candidate: dict[str, Any]) -> str:
+    name, version = str(candidate["name"]), candidate["version"]
+    return name + (f" (version {version})" if version else "")
+
+
+def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:
+    latency = candidate["latency_ms"]
+    return [
+        ("events in store", f"{candidate['events']:,}"),
+        ("predictions", f"{candidate['predictions']:,}"),
+        ("errors", f"{candidate['errors']:,} ({percent(candidate['error_rate'])})"),
+        ("abstained (low confidence)", f"{candidate['abstained']:,}"),
+        ("coverage (would act on)", percent(candidate["coverage"])),
+        ("compared with an outcome", f"{candidate['compared']:,}"),
+        ("pending (no outcome yet)", f"{candidate['pending']:,}"),
+        ("agreement (95 % Wilson)", interval(candidate["agreement"])),
+        ("cost (total / per prediction)", _cost(candidate["cost"])),
+        ("latency p50 / p95 / p99",
+         f"{millis(latency['p50'])} / {millis(latency['p95'])} / {millis(latency['p99'])}"),
+    ]
+
+
+def to_table(report: dict[str, Any], *, width: int | None = None, color: bool = False) -> str:
+    """The report for a terminal: one block per candidate, then the input counts."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width or 100, no_color=not color,
+                      force_terminal=color, highlight=False)
+    for candidate in report["candidates"]:
+        summary = Table(title=_identity(candidate), show_header=False, title_justify="left")
+        summary.add_column(style="bold")
+        summary.add_column(justify="right")
+        for label, value in _facts(candidate):
+            summary.add_row(label, value)
+        console.print(summary)
+        _print_breakdown(console, "by segment", candidate["segments"], ("field", "value"))
+        _print_breakdown(console, "by field", candidate["fields"], ("field",))
+        for kind in candidate["error_kinds"]:
+            console.print(f"  error {kind['type']}: {kind['count']:,}, e.g. {kind['example']!r}")
+    if not report["candidates"]:
+        console.print("no predictions in this store yet")
+    console.print(_inputs_line(report))
+    return buffer.getvalue()
+
+
+def _print_breakdown(
+    console: Console, title: str, rows: list[dict[str, Any]], keys: tuple[str, ...]
+) -> None:
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    for key in keys:
+        table.add_column(key)
+    table.add_column("compared", justify="right")
+    table.add_column("agreement (95 % Wilson)", justify="right")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in keys), f"{row['compared']:,}",
+                      interval(row["agreement"]))
+    console.print(table)
+
+
+def _inputs_line(report: dict[str, Any]) -> str:
+    outcomes = report["outcomes"]
+    return (
+        f"events read {report['events_read']:,} = stored {report['events_stored']:,}"
+        f" + duplicates {report['duplicates']:,} + dead letters {report['dead_letters']:,}; "
+        f"outcomes stored {outcomes['stored']:,} for {outcomes['keys']:,} keys"
+        f" (dead letters {outcomes['dead_letters']:,})"
+    )
+
+
+def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, no_color=True, highlight=False)
+    if not rows:
+        console.print("no dead letters")
+        return buffer.getvalue()
+    table = Table(title="dead letters, newest first", title_justify="left")
+    for column in ("kind", "where", "reason", "raw"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        raw = row["raw"] if len(row["raw"]) <= 80 else row["raw"][:80] + "…"
+        table.add_row(row["kind"], f"{row['source']} {row['position']}", row["reason"], raw)
+    console.print(table)
+    return buffer.getvalue()
+
+
+def _markdown_breakdown(title: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [f"| {title} | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
+    lines += [f"| {label} | {row['compared']:,} | {interval(row['agreement'])} |"
+              for label, row in rows]
+    return [*lines, ""]
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """Short enough to paste into a ticket or chat."""
+    lines = ["# Shadow comparison report", ""]
+    for candidate in report["candidates"]:
+        lines += [f"## {_identity(candidate)}", "", "| | |", "|---|---:|"]
+        lines += [f"| {label} | {value} |" for label, value in _facts(candidate)]
+        lines.append("")
+        segments = [(f"{s['field']}={s['value']}", s) for s in candidate["segments"]]
+        lines += _markdown_breakdown("segment", segments)
+        lines += _markdown_breakdown("field", [(f["field"], f) for f in candidate["fields"]])
+    if not report["candidates"]:
+        lines += ["No predictions in this store yet.", ""]
+    lines += [_inputs_line(report), ""]
+    return "\n".join(lines)
+
+
+_VERDICT = {"ready": "READY", "not_ready": "NOT READY", "not_enough_data": "NOT ENOUGH DATA"}
+_MARK = {"pass": "✓", "fail": "✗", "unknown": "?"}
+
+
+def _money(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}" if value >= 1 else f"{value:,.6f}"
+
+
+def _owner_check(check: dict[str, Any]) -> str:
+    return f"- {_MARK[check['status']]} **{check['name']}**: {check['detail']}"
+
+
+def _violations_line(violations: dict[str, Any] | None) -> str:
+    """Hard constraints in one line: the share of checked outputs caught, and by which check."""
+    if violations and violations.get("configured") is False and not violations["violating"]:
+        return "Hard constraints: none configured."
+    if not violations or not violations["checked"]:
+        return "Hard constraints: no checked outputs."
+    checked, violating = violations["checked"], violations["violating"]
+    line = (f"Hard constraints: {100 * violations['rate']:.2f} % of checked outputs violated one "
+            f"({violating:,} of {checked:,})")
+    if violations["threshold"] is not None:
+        line += f", budget {100 * violations['threshold']:.2f} %"
+    kinds = "; ".join(f"{k['check']} {k['predictions']:,} ({100 * k['rate']:.2f} %)"
+                      for k in violations["kinds"])
+    return line + (f": {kinds}." if kinds else ".")
+
+
+def owner_markdown(report: dict[str, Any]) -> str:
+    """The owner's verdict, checklist and key numbers per candidate, for a ticket or chat."""
+    lines = ["# Readiness report", ""]
+    for candidate in report["candidates"]:
+        verdict, agreement = candidate["verdict"], candidate["agreement"]
+        cost, errors = candidate["cost"], candidate["errors"]
+        lines += [f"## {_identity(candidate)}: {_VERDICT[verdict['status']]}", ""]
+        lines += [_owner_check(check) for check in verdict["checks"]]
+        lines += [
+            "",
+            f"Agreement {interval(agreement)} (95 % Wilson, n={agreement['n']:,}); "
+            f"errors {percent(errors['rate'])}; p95 {millis(candidate['latency']['p95'])}; "
+            f"cost/decision {_money(cost['per_decision'])}; "
+            f"per month {_money(cost['per_month_current'])} now, "
+            f"{_money(cost['per_month_10x'])} at 10x, {_money(cost['per_month_full'])} at full.",
+        ]
+        lines.append(_violations_line(candidate.get("violations")))
+        below = [s for s in candidate["segments"] if s["below_floor"]]
+        if below:
+            lines.append("Below floor: " + ", ".join(
+                f"{s['field']}={s['value']} {percent(s['rate'])} (n={s['compared']:,})"
+                for s in below))
+        lines.append("")
+    baseline = report["human_baseline"]
+    if baseline is not None:
+        lines += [f"People agree with each other {percent(baseline['rate'])} of the time "
+                  f"({baseline['pairs']:,} pairs over {baseline['keys']:,} cases).", ""]
+    drift = report.get("drift")
+    if drift is not None:
+        lines += [("**Drift detected:** " + "; ".join(drift["reasons"])) if drift["drifted"]
+                  else "No drift beyond the thresholds against the reference window.", ""]
+    if not report["candidates"]:
+        lines += ["No predictions in this store yet.", ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,2 @@
+"""The DuckDB store: its tables and migrations, idempotent writes, and online backups.
+Imports shadow.core."""
