@@ -12,6 +12,7 @@ import structlog
 
 from shadow.service.jobs import Job, Jobs, apply_retention
 from shadow.store.database import Store
+from tests.waiting import wait_until
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -55,29 +56,44 @@ def test_after_downtime_a_missed_job_runs_once_at_start_up(tmp_path: Path) -> No
 
 
 def test_a_slow_job_never_overlaps_itself(tmp_path: Path) -> None:
-    running, most, runs = 0, 0, 0
+    running, most, submitted, finished = 0, 0, 0, 0
     lock = threading.Lock()
+    recorded: list[bool] = []
 
     def slow() -> None:
-        nonlocal running, most, runs
+        nonlocal running, most
         with lock:
             running += 1
             most = max(most, running)
+        # Longer than seven periods: APScheduler keeps the wall clock's time, not ours,
+        # so real time must pass for it to try (and refuse) to start the job again.
         time.sleep(0.35)
         with lock:
             running -= 1
-            runs += 1
 
     def threaded(function: Any) -> Any:  # jobs run on the scheduler's threads here
-        return function()
+        nonlocal submitted, finished
+        with lock:
+            submitted += 1
+        try:
+            return function()
+        finally:
+            with lock:
+                finished += 1
 
     with Store(tmp_path / "s.duckdb") as store:
-        jobs = Jobs(store, [Job("compare", timedelta(milliseconds=50), slow)], threaded)
+        jobs = Jobs(store, [Job("compare", timedelta(milliseconds=50), slow)], threaded,
+                    on_result=lambda job, ok: recorded.append(ok))
         jobs.start()
-        time.sleep(1.5)
-        jobs.stop()
-        time.sleep(0.5)  # let a run in progress finish
-    assert runs >= 2 and most == 1
+        try:
+            wait_until(lambda: len(recorded) >= 2, timeout_s=30,
+                       what="two runs of the slow job recorded")
+        finally:
+            jobs.stop()
+        # A run already started goes on after the stop; the store stays open until it ends.
+        wait_until(lambda: finished == submitted, timeout_s=30,
+                   what="the run in progress at the stop to end")
+    assert most == 1 and len(recorded) >= 2 and all(recorded)
 
 
 def test_retention_blanks_old_payloads_archives_them_and_keeps_the_counts(
