@@ -23,7 +23,6 @@ from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
 from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.reports.render import owner_markdown
-from shadow.reports.summary import build_report
 from shadow.store.database import Store
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -213,14 +212,13 @@ def a_agreed(i: int) -> bool:
 
 def test_contract_keys(store: Store) -> None:
     report = build_owner_report(store, ready_options())
-    assert {"generated_at", "store", "options", "candidates", "human_baseline", "rollout",
-            "legacy"} <= report.keys()
+    assert {"generated_at", "store", "options", "candidates", "human_baseline",
+            "rollout"} == report.keys()
     for c in report["candidates"]:
         assert {"name", "version", "verdict", "agreement", "over_time", "segments", "confusion",
                 "fields", "coverage", "latency", "errors", "cost", "disagreements"} <= c.keys()
     assert report["generated_at"] == FIXED.isoformat()
     assert report["options"]["redact"] == ["requester.email"]
-    assert report["legacy"] == build_report(store, now=lambda: FIXED)
     json.dumps(report)
 
 

@@ -63,7 +63,6 @@ def full_report(store: Store, config: Config, *,
     """The core report with the owners' sections under ``owner``."""
     report = build_report(store, now=now)
     owner = build_owner_report(store, owner_options(config, now=now))
-    owner.pop("legacy", None)
     owner["options"]["currency"] = config.report.currency
     drift = measure_configured_drift(store, config, now=now)
     owner["drift"] = drift.as_dict() if drift is not None else None

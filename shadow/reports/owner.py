@@ -9,7 +9,7 @@ Markdown renderings read::
      "candidates": [{"name", "version", "verdict", "agreement", "over_time",
                      "segments", "confusion", "fields", "coverage", "latency",
                      "errors", "violations", "cost", "disagreements"}],
-     "human_baseline", "rollout", "legacy"}
+     "human_baseline", "rollout"}
 
 Definitions a reader of the numbers needs:
 
@@ -51,7 +51,6 @@ from typing import Any
 
 from shadow.reports.options import OwnerOptions
 from shadow.reports.queries import Key, OwnerQueries, interval
-from shadow.reports.summary import build_report
 from shadow.store.database import Store
 
 DAYS_PER_MONTH = 30
@@ -76,7 +75,6 @@ def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dic
                     "timeline": q.timeline(latest["rollout"]) if latest else [],
                     "labels": q.label_delays(latest["rollout"]) if latest else None,
                     "withdrawn": q.withdrawn()},
-        "legacy": build_report(store, now=options.now),
     }
 
 

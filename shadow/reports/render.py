@@ -1,4 +1,4 @@
-"""Text forms of the report: a terminal table, Markdown and JSON."""
+"""Text forms of the report: a terminal table, the owners' Markdown and JSON."""
 
 from __future__ import annotations
 
@@ -122,31 +122,6 @@ def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
         table.add_row(row["kind"], f"{row['source']} {row['position']}", row["reason"], raw)
     console.print(table)
     return buffer.getvalue()
-
-
-def _markdown_breakdown(title: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    if not rows:
-        return []
-    lines = [f"| {title} | compared | agreement (95 % Wilson) |", "|---|---:|---:|"]
-    lines += [f"| {label} | {row['compared']:,} | {interval(row['agreement'])} |"
-              for label, row in rows]
-    return [*lines, ""]
-
-
-def to_markdown(report: dict[str, Any]) -> str:
-    """Short enough to paste into a ticket or chat."""
-    lines = ["# Shadow comparison report", ""]
-    for candidate in report["candidates"]:
-        lines += [f"## {_identity(candidate)}", "", "| | |", "|---|---:|"]
-        lines += [f"| {label} | {value} |" for label, value in _facts(candidate)]
-        lines.append("")
-        segments = [(f"{s['field']}={s['value']}", s) for s in candidate["segments"]]
-        lines += _markdown_breakdown("segment", segments)
-        lines += _markdown_breakdown("field", [(f["field"], f) for f in candidate["fields"]])
-    if not report["candidates"]:
-        lines += ["No predictions in this store yet.", ""]
-    lines += [_inputs_line(report), ""]
-    return "\n".join(lines)
 
 
 _VERDICT = {"ready": "READY", "not_ready": "NOT READY", "not_enough_data": "NOT ENOUGH DATA"}
