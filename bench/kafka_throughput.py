@@ -14,7 +14,7 @@ setting asked for:
 
 1. the reference: a plain ``KafkaConsumer`` (its own fresh group, from the
    earliest offset) that polls and ``orjson.loads`` every value until it has N;
-2. the shadow pipeline: ``Replay`` with a trivial in-process candidate over a
+2. the shadow pipeline: ``Pipeline`` with a trivial in-process candidate over a
    ``KafkaSource`` (its own fresh group, ``Start.EARLIEST``) into a fresh DuckDB
    file under ``bench/out/``, timed until the last batch is stored and its
    offsets committed.
@@ -60,7 +60,7 @@ from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 
 HERE = Path(__file__).resolve().parent
@@ -192,7 +192,7 @@ class TimedKafkaSource(KafkaSource):
     """A KafkaSource that notes when its last commit (so its last stored batch) ended.
 
     The pipeline is timed until the store holds every event and their offsets
-    are committed, not until ``Replay.run`` returns: the run only ends after
+    are committed, not until ``Pipeline.run`` returns: the run only ends after
     ``idle_s`` without records, and then compares and records the run. Noting
     the time of the last commit is exact, where subtracting ``idle_s`` from the
     run's duration would also count the last empty poll's partial timeout and
@@ -241,7 +241,7 @@ def time_pipeline(
     profiler = cProfile.Profile() if profile else None
     try:
         with Store(db_path) as store:
-            replay = Replay(store, candidate, build_comparator(ExactSpec()),
+            replay = Pipeline(store, candidate, build_comparator(ExactSpec()),
                             batch_size=BATCH_SIZE)
             replay._classify = stages.wrap("deduplicate", replay._classify)  # type: ignore[method-assign]
             store.write = stages.wrap("store.write", store.write)  # type: ignore[method-assign]
@@ -329,7 +329,7 @@ def main() -> None:
             print(f"check_crcs={check_crcs}:")
             print(f"  plain KafkaConsumer + orjson : {raw:7.2f} s  {raw_rate:>9,.0f} events/s")
             print(f"  shadow pipeline until stored : {stored:7.2f} s  {rate:>9,.0f} events/s"
-                  f"  (Replay.run {whole:.2f} s with the {IDLE_S:.0f} s idle wait)")
+                  f"  (Pipeline.run {whole:.2f} s with the {IDLE_S:.0f} s idle wait)")
             print(f"  ratio pipeline / plain       : {rate / raw_rate:7.3f}"
                   f"  (target 0.70: {'met' if rate >= 0.7 * raw_rate else 'NOT met'})")
             print(f"  store: {args.events:,} events and {args.events:,} predictions; "

@@ -21,7 +21,7 @@ from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 
 PATIENCE_S = 120.0
@@ -63,7 +63,7 @@ def main(bootstrap: str, topic: str, group: str, db: str, idle_s: str = "4",
     with Store(Path(db)) as store:
         source = (UntilStored(lambda: store.count("events"), int(expect), **options)
                   if int(expect) else KafkaSource(**options))
-        Replay(store, candidate, build_comparator(ExactSpec()), batch_size=200,
+        Pipeline(store, candidate, build_comparator(ExactSpec()), batch_size=200,
                progress=print_progress).run([source])
 
 

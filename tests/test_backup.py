@@ -16,13 +16,13 @@ from typing import Any
 import duckdb
 import pytest
 
-from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.backup import backup_in_turn
 from shadow.store.database import Store
+from shadow.testing import ListSource
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
 
@@ -46,7 +46,7 @@ def filled(tmp_path: Path) -> Path:
     records: list[Any] = [event(i) for i in range(N)] + ["{not json"]
     with Store(db) as store, CallableCandidate(
             lambda e: LABELS[e.payload["i"] % 3], name="triage") as candidate:
-        Replay(store, candidate, build_comparator(ExactSpec())).run(
+        Pipeline(store, candidate, build_comparator(ExactSpec())).run(
             [ListSource(records)],
             [ListSource([outcome(i) for i in range(N)])])
     return db

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from connectors.testing import ListSource, RecordingSink
 from rollout import audit
 from rollout.controller import Controller
 from rollout.gates import StepStats, promotion
@@ -26,10 +25,11 @@ from shadow.config.rollout import RolloutSpec
 from shadow.core.errors import ConfigError
 from shadow.core.models import Event, Prediction, PredictionError
 from shadow.pipeline.replay import describe
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.summary import build_report
 from shadow.service.metrics import render_metrics
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -265,7 +265,7 @@ def test_violations_are_stored_reported_and_exported_as_metrics(tmp_path: Path) 
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     with Store(tmp_path / "s.duckdb") as store:
         with candidate() as c:
-            summary = Replay(store, c, comparator, batch_size=30, now=clock).run(
+            summary = Pipeline(store, c, comparator, batch_size=30, now=clock).run(
                 [ListSource(events(100))], [ListSource(outcomes(100))])
         assert summary.violations == 20
         assert "violating a check 20" in describe(summary)
@@ -299,11 +299,11 @@ def test_retried_predictions_are_checked_too(tmp_path: Path) -> None:
     comparator = build_comparator(ExactSpec(prediction_path="category"))
     with Store(tmp_path / "s.duckdb") as store:
         with candidate(flaky) as c:
-            replay = Replay(store, c, comparator, batch_size=10, now=ticking())
+            replay = Pipeline(store, c, comparator, batch_size=10, now=ticking())
             replay.run([ListSource(events(10))])
             assert store.db.execute("SELECT count(violations) FROM predictions").fetchall() \
                 == [(0,)]  # errored predictions are not checked
-            retried = Replay(store, c, comparator, batch_size=10, now=ticking()).run(
+            retried = Pipeline(store, c, comparator, batch_size=10, now=ticking()).run(
                 [], retry_errors=True)
             assert retried.violations == 10
         assert store.db.execute(
@@ -330,7 +330,7 @@ def rollout_run(store: Store, spec: RolloutSpec, sink: RecordingSink, n: int, *,
     sink.open()
     live = LiveRollout(controller, sink, compare=lambda: compare(store, comparator, now=clock))
     with candidate() as c:
-        Replay(store, c, comparator, batch_size=50, now=clock, rollout=live).run(
+        Pipeline(store, c, comparator, batch_size=50, now=clock, rollout=live).run(
             [ListSource(events(n))], [ListSource(outcomes(n))])
     return controller
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
-from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.errors import ConfigError
 from shadow.core.fixed_sample import chi2_sf, kolmogorov_sf
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.drift import (
     PAYLOAD_LENGTH,
     DriftReport,
@@ -33,6 +32,7 @@ from shadow.reports.drift import (
     pool_cells,
 )
 from shadow.store.database import Store
+from shadow.testing import ListSource
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LATER = START + timedelta(days=10)
@@ -77,7 +77,7 @@ def build(db: Path, ref: list[dict[str, Any]], cur: list[dict[str, Any]],
         return next(clock)
 
     with candidate:
-        Replay(store, candidate, build_comparator(ExactSpec()), batch_size=250, now=now).run(
+        Pipeline(store, candidate, build_comparator(ExactSpec()), batch_size=250, now=now).run(
             [ListSource(events, name="events")], [ListSource(outcomes, name="outcomes")])
     return store
 

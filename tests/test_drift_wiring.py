@@ -8,7 +8,6 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.testing import ListSource
 from rollout.controller import Controller
 from rollout.state import Status
 from shadow.candidates import CallableCandidate
@@ -16,12 +15,13 @@ from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.config.file import parse_config
 from shadow.config.rollout import RolloutSpec
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.build import full_report, measure_configured_drift, render_report
 from shadow.reports.drift import drift_metrics
 from shadow.service.metrics import render_metrics
 from shadow.service.runtime_metrics import RuntimeMetrics
 from shadow.store.database import Store
+from shadow.testing import ListSource
 
 DAY0 = datetime(2026, 2, 1, tzinfo=UTC)
 
@@ -43,7 +43,7 @@ def store_with_drift(path: Path) -> Store:
     store = Store(path)
     store.open()
     with CallableCandidate(lambda e: "x", name="c") as candidate:
-        Replay(store, candidate, build_comparator(ExactSpec())).run([ListSource(events())])
+        Pipeline(store, candidate, build_comparator(ExactSpec())).run([ListSource(events())])
     return store
 
 

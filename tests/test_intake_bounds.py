@@ -21,14 +21,14 @@ import structlog
 from connectors.webhook_server import RateLimitedErrors, WebhookServer
 from tests.daemon_process import TOKEN, ready_api, stop
 from tests.test_signatures import SECRET, sign_github
-from tests.test_webhooks import PATH, Pipeline, endpoint, event, wait_for
+from tests.test_webhooks import PATH, PollingThread, endpoint, event, wait_for
 
 
 def test_a_body_that_stops_arriving_is_refused_and_the_next_delivery_is_stored(
     tmp_path: Path,
 ) -> None:
     source = endpoint("github")
-    with Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+    with PollingThread(tmp_path / "s.duckdb", [source]) as pipeline, \
             WebhookServer(sources=[source], body_timeout_s=0.5) as server:
         body = event(1)
         headers = "".join(f"{k}: {v}\r\n" for k, v in sign_github(SECRET, body).items())
@@ -146,7 +146,7 @@ def test_headers_that_stop_arriving_are_answered_408_and_the_next_delivery_is_st
     tmp_path: Path,
 ) -> None:
     source = endpoint("github")
-    with Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+    with PollingThread(tmp_path / "s.duckdb", [source]) as pipeline, \
             WebhookServer(sources=[source], header_timeout_s=0.5) as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as slow:
             slow.sendall(_request(1)[:40])  # the request line and part of a header
@@ -169,7 +169,7 @@ def test_headers_that_stop_arriving_are_answered_408_and_the_next_delivery_is_st
 def test_a_kept_alive_connection_trickling_its_next_headers_is_closed(tmp_path: Path) -> None:
     source = endpoint("github")
     with structlog.testing.capture_logs() as logs, \
-            Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+            PollingThread(tmp_path / "s.duckdb", [source]) as pipeline, \
             WebhookServer(sources=[source], header_timeout_s=0.5) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sender:
         sender.sendall(_request(1))
@@ -196,7 +196,7 @@ def test_a_kept_alive_connection_trickling_its_next_headers_is_closed(tmp_path: 
 def test_an_idle_kept_alive_connection_is_closed_without_a_log_line(tmp_path: Path) -> None:
     source = endpoint("github")
     with structlog.testing.capture_logs() as logs, \
-            Pipeline(tmp_path / "s.duckdb", [source]), \
+            PollingThread(tmp_path / "s.duckdb", [source]), \
             WebhookServer(sources=[source], header_timeout_s=0.3) as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=5) as sender:
         sender.sendall(_request(1))
@@ -218,7 +218,7 @@ def _admitted(server: WebhookServer) -> bool:
 
 def test_a_connection_beyond_max_connections_is_answered_503_and_closed(tmp_path: Path) -> None:
     source = endpoint("github")
-    with Pipeline(tmp_path / "s.duckdb", [source]) as pipeline, \
+    with PollingThread(tmp_path / "s.duckdb", [source]) as pipeline, \
             WebhookServer(sources=[source], max_connections=3) as server:
         with contextlib.ExitStack() as idle:
             for _ in range(3):

@@ -101,17 +101,17 @@ def test_retention_blanks_old_payloads_archives_them_and_keeps_the_counts(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from connectors.testing import ListSource
     from shadow.candidates import CallableCandidate
     from shadow.compare.comparators import build_comparator
     from shadow.config.comparators import ExactSpec
-    from shadow.pipeline.runner import Replay
+    from shadow.pipeline.runner import Pipeline
+    from shadow.testing import ListSource
 
     events = [{"event_id": f"e{i}", "key": f"k{i}", "occurred_at": "2026-01-01T00:00:00Z",
                "payload": {"email": f"p{i}@example.com"}} for i in range(10)]
     with Store(tmp_path / "s.duckdb") as store:
         with CallableCandidate(lambda e: "x", name="c") as candidate:
-            Replay(store, candidate, build_comparator(ExactSpec())).run([ListSource(events)])
+            Pipeline(store, candidate, build_comparator(ExactSpec())).run([ListSource(events)])
         store.db.execute("UPDATE events SET stored_at = ? WHERE event_id IN ('e0', 'e1', 'e2')",
                          [T0 - timedelta(days=100)])
         blanked = apply_retention(store, timedelta(days=90), tmp_path / "archive", T0)

@@ -24,7 +24,7 @@ from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event, Mode, Prediction
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.summary import build_report
 from shadow.store.database import Store
 from tests.kafka import broker_env
@@ -63,7 +63,7 @@ def source(bootstrap: str, topic: str, **options: Any) -> KafkaSource:
 def replay(db: Path, sources: list[KafkaSource], outcomes: list[KafkaSource]) -> Any:
     candidate = CallableCandidate(label, name="labeller")
     with Store(db) as store:
-        return Replay(store, candidate, build_comparator(ExactSpec()),
+        return Pipeline(store, candidate, build_comparator(ExactSpec()),
                       batch_size=500).run(sources, outcomes)
 
 

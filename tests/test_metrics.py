@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
 from rollout.gates import Evaluation
 from rollout.runtime import LiveRollout
@@ -32,13 +31,14 @@ from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import ErrorKind, Event, Prediction
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.pipeline.source_guard import SourceStatus
 from shadow.reports.html import to_html
 from shadow.reports.owner import build_owner_report
 from shadow.service.metrics import LATENCY_BUCKETS_MS, render_metrics
 from shadow.service.runtime_metrics import RuntimeMetrics
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -204,7 +204,7 @@ def fill(db: Path) -> Filled:
             metered, plain = Metered(), CallableCandidate(baseline, name=BASELINE[0])
             source = ListSource([*map(event, events), *extra], name=f"events-{part}")
             with metered, plain:
-                Replay(store, [metered, plain], comparator, batch_size=25, now=clock,
+                Pipeline(store, [metered, plain], comparator, batch_size=25, now=clock,
                        rollout=live).run([source], outcome_sources)
             lives.append(live)
     promotion = lives[0].assessments[-1].promotion
@@ -392,7 +392,7 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
         live = LiveRollout(controller, RecordingSink(),
                            compare=lambda: compare(store, comparator, now=clock))
         with CallableCandidate(answer, name="c", version="1") as candidate:
-            Replay(store, candidate, comparator, now=clock, rollout=live).run(
+            Pipeline(store, candidate, comparator, now=clock, rollout=live).run(
                 [ListSource(events)], [ListSource(labels)])
         found = series(parse(render_metrics(store)), "shadow_rollout_label_delay_seconds",
                        "rollout", "verdict", "quantile")

@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec, FieldsSpec, SimilaritySpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
 from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.reports.render import owner_markdown
 from shadow.store.database import Store
+from shadow.testing import ListSource
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LABELS = ["billing", "login", "refund", "shipping"]
@@ -158,7 +158,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         candidates = [CallableCandidate(triage, name="triage", version="1"),
                       CallableCandidate(rules, name="rules")]
         comparator = build_comparator(ExactSpec(prediction_path="label"))
-        Replay(opened, candidates, comparator, batch_size=100).run(
+        Pipeline(opened, candidates, comparator, batch_size=100).run(
             [ListSource(events(), name="events")], [ListSource(outcomes(), name="outcomes")])
         db = opened.db
         db.execute(
@@ -286,7 +286,7 @@ def test_confusion_keeps_twelve_labels_and_counts_the_rest_as_other(tmp_path: Pa
         return labels[i % 15] if i % 15 < 14 or i % 2 else labels[0]
 
     with Store(tmp_path / "labels.duckdb") as store:
-        Replay(store, CallableCandidate(lambda e: label(e.payload["i"]), name="plain"),
+        Pipeline(store, CallableCandidate(lambda e: label(e.payload["i"]), name="plain"),
                build_comparator(ExactSpec())).run(
             [ListSource(events()[:300], name="events")],
             [ListSource([{"key": f"t{i}", "outcome": labels[i % 15],
@@ -312,7 +312,7 @@ def test_fields_come_from_per_field_comparisons(tmp_path: Path) -> None:
     comparator = build_comparator(FieldsSpec.model_validate(
         {"kind": "fields", "fields": {"label": {"kind": "exact"}, "urgent": {"kind": "exact"}}}))
     with Store(tmp_path / "fields.duckdb") as store:
-        Replay(store, CallableCandidate(lambda e: output(e.payload["i"]), name="object"),
+        Pipeline(store, CallableCandidate(lambda e: output(e.payload["i"]), name="object"),
                comparator).run(
             [ListSource(events()[:300], name="events")],
             [ListSource([{"key": f"t{i}", "outcome": {"label": truth(i), "urgent": i % 3 == 0},
@@ -528,7 +528,7 @@ def test_a_redacted_value_echoed_in_output_or_outcome_is_redacted_there_too(
     outcome = {"key": "t1", "decided_at": (START + timedelta(hours=1)).isoformat(),
                "outcome": {"label": "refund", "note": f"wrote to {email} (id 4021)"}}
     with Store(tmp_path / "store.duckdb") as store:
-        Replay(store, CallableCandidate(echo, name="echo"),
+        Pipeline(store, CallableCandidate(echo, name="echo"),
                build_comparator(ExactSpec(prediction_path="label", outcome_path="label"))).run(
             [ListSource([event], name="events")], [ListSource([outcome], name="outcomes")])
         options = ready_options(redact=("requester.email", "requester.id"))
@@ -545,7 +545,7 @@ def test_label_paths_with_quotes_and_spaces_read_the_labels(tmp_path: Path) -> N
     guesses = ["billing", "login", "billing", "refund"]
     truths = ["billing", "billing", "billing", "refund"]
     with Store(tmp_path / "store.duckdb") as store:
-        Replay(store, CallableCandidate(quoted, name="quoted"),
+        Pipeline(store, CallableCandidate(quoted, name="quoted"),
                build_comparator(ExactSpec(prediction_path="agent's pick",
                                           outcome_path="final label"))).run(
             [ListSource([{"event_id": f"e{i}", "key": f"t{i}", "occurred_at": START.isoformat(),
@@ -570,7 +570,7 @@ def test_disagreements_carry_the_comparators_note(tmp_path: Path) -> None:
     draft, sent = "Refund issued today", "refund was denied"
     with Store(tmp_path / "store.duckdb") as store:
         spec = SimilaritySpec(kind="similarity", prediction_path="reply", threshold=0.5)
-        Replay(store, CallableCandidate(reply, name="drafter"), build_comparator(spec)).run(
+        Pipeline(store, CallableCandidate(reply, name="drafter"), build_comparator(spec)).run(
             [ListSource([{"event_id": "e1", "key": "t1", "occurred_at": START.isoformat(),
                           "payload": {"draft": draft}}])],
             [ListSource([{"key": "t1", "decided_at": START.isoformat(), "outcome": sent}])])

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.candidates.constraints import Checks
 from shadow.compare.comparators import build_comparator
@@ -23,13 +22,14 @@ from shadow.config.comparators import ExactSpec
 from shadow.config.file import parse_config
 from shadow.core.models import Event
 from shadow.core.redaction import redact_within
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.build import owner_options
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
 from shadow.reports.render import owner_markdown
 from shadow.store.database import Store
+from shadow.testing import ListSource
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 FIXED = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -165,7 +165,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         checked.checks = checks()
         unchecked = CallableCandidate(plain, name="plain")
         comparator = build_comparator(ExactSpec(prediction_path="category"))
-        Replay(opened, [checked, unchecked], comparator, batch_size=50).run(
+        Pipeline(opened, [checked, unchecked], comparator, batch_size=50).run(
             [ListSource(events(), name="events")], [ListSource(outcomes(), name="outcomes")])
         yield opened
 

@@ -605,7 +605,7 @@ def test_the_daemon_s_way_in_stores_nothing_again_from_a_file_read_before(
     from shadow.compare.comparators import build_comparator
     from shadow.config.candidates import CallableCandidateSpec
     from shadow.config.comparators import ExactSpec
-    from shadow.pipeline.runner import Replay
+    from shadow.pipeline.runner import Pipeline
 
     data = make_dataset(seed=44)
     lines = noisy_event_file(seed=45, events=data.events).lines
@@ -619,7 +619,7 @@ def test_the_daemon_s_way_in_stores_nothing_again_from_a_file_read_before(
     # Built from the spec, as the daemon builds it: the same version as the replay's.
     spec = CallableCandidateSpec(callable=f"{HERE}:guess")
     with Store(db) as store, CallableCandidate.from_spec(spec) as candidate:
-        again = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10)
+        again = Pipeline(store, candidate, build_comparator(ExactSpec()), batch_size=10)
         source = FileSource(events)
         with source:
             feeds = again.feeds([source])
@@ -640,7 +640,7 @@ def test_a_daemon_remembers_one_batch_of_ids_and_asks_the_store_for_the_rest(
     from shadow.candidates import CallableCandidate
     from shadow.compare.comparators import build_comparator
     from shadow.config.comparators import ExactSpec
-    from shadow.pipeline.runner import Replay
+    from shadow.pipeline.runner import Pipeline
 
     data = make_dataset(seed=46)
     noisy = noisy_event_file(seed=47, events=data.events)
@@ -649,7 +649,7 @@ def test_a_daemon_remembers_one_batch_of_ids_and_asks_the_store_for_the_rest(
     largest = 0
     with Store(tmp_path / "daemon.duckdb") as store, \
             CallableCandidate(guess, name=f"{HERE}:guess") as candidate:
-        daemon_way = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=10,
+        daemon_way = Pipeline(store, candidate, build_comparator(ExactSpec()), batch_size=10,
                             remember_ids=False)
         with FileSource(events) as source:
             feeds = daemon_way.feeds([source])

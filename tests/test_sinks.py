@@ -22,9 +22,9 @@ from kafka import KafkaConsumer
 
 from connectors.kafka import KafkaSink
 from connectors.sinks import Decision, FileSink, SinkState, WebhookSink
-from connectors.testing import RecordingSink
 from shadow.core.errors import SinkError
 from shadow.core.models import ErrorKind, Event, Mode, Prediction, PredictionError
+from shadow.testing import RecordingSink
 from tests.http_server import Reply, Request, TestServer
 
 NOW = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)

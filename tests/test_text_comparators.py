@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from connectors.testing import ListSource
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import Comparator, Judgement, build_comparator
 from shadow.compare.step import MAX_CONSECUTIVE_DEFERRALS, compare
@@ -27,8 +26,9 @@ from shadow.config.file import parse_config
 from shadow.core.errors import ConfigError
 from shadow.core.models import Event
 from shadow.pipeline.replay import describe
-from shadow.pipeline.runner import Replay, ReplaySummary
+from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.store.database import Store
+from shadow.testing import ListSource
 from tests.http_server import Reply, Request, TestServer
 
 START = datetime(2024, 5, 1, tzinfo=UTC)
@@ -421,7 +421,7 @@ def test_a_replay_compares_drafted_replies_by_similarity(tmp_path: Path) -> None
     judge = build_comparator(config.comparator)
     with Store(tmp_path / "s.duckdb") as store:
         with CallableCandidate(drafter, name="drafter", version="1") as candidate:
-            summary = Replay(store, candidate, judge, now=lambda: START).run(
+            summary = Pipeline(store, candidate, judge, now=lambda: START).run(
                 [ListSource(events)], [ListSource(outcomes)])
         assert (summary.compared, summary.agreed) == (3, 2)
         rows = store.db.execute(
@@ -462,7 +462,7 @@ def test_the_similarity_score_is_stored_as_the_comparisons_note(tmp_path: Path) 
     with Store(tmp_path / "s.duckdb") as store:
         with CallableCandidate(echo, name="drafter", version="1") as candidate:
             events, outcomes = reply_inputs(REPLIES)
-            Replay(store, candidate, similarity, now=lambda: START).run([events], [outcomes])
+            Pipeline(store, candidate, similarity, now=lambda: START).run([events], [outcomes])
         notes = store.db.execute(
             "SELECT event_id, note FROM comparisons ORDER BY event_id").fetchall()
     assert notes == [("e0", "f1=0.800"), ("e1", "f1=0.769"), ("e2", "f1=0.000")]
@@ -497,7 +497,7 @@ def test_a_judge_outage_leaves_predictions_pending_until_the_judge_answers(
         with CallableCandidate(echo, name="drafter", version="1") as candidate, \
                 capture_logs() as logs:
             events, outcomes = reply_inputs(replies)
-            first = Replay(store, candidate, judge, now=lambda: START).run([events], [outcomes])
+            first = Pipeline(store, candidate, judge, now=lambda: START).run([events], [outcomes])
 
         # Two attempts for each of the first failures in a row, then no more calls.
         assert len(server.requests) == 2 * MAX_CONSECUTIVE_DEFERRALS

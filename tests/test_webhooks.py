@@ -1,6 +1,6 @@
 """Webhook endpoints over real HTTP, with a real DuckDB store behind them.
 
-A small :class:`Pipeline` thread plays the runner's part (poll, write one
+A small :class:`PollingThread` plays the runner's part (poll, write one
 transaction, then commit), so every test sees what a sender sees: the status,
 and what was durably stored. Requests are signed with the vendors' formulas in
 ``tests.test_signatures``, never with the code under test.
@@ -35,7 +35,7 @@ from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.errors import SourceError
 from shadow.core.models import RecordKind
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 from shadow.store.writes import StoredEvent, WriteBatch
 from tests.test_signatures import (
@@ -67,7 +67,7 @@ def endpoint(scheme: str, *, path: str = PATH, **options: Any) -> WebhookSource:
                          poll_timeout_s=0.02, **options)
 
 
-class Pipeline:
+class PollingThread:
     """Plays the runner's part: poll each source, write its batch in one transaction, commit.
 
     ``commit_delay_s`` holds each batch back before it is written, like a slow
@@ -90,7 +90,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="test-pipeline", daemon=True)
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> PollingThread:
         self.store.open()
         for source in self.sources:
             source.open()
@@ -159,9 +159,10 @@ class Pipeline:
 @contextmanager
 def running(tmp_path: Path, *sources: WebhookSource, commit_delay_s: float = 0.0,
             public_url: str | None = None, events: EventMapping | None = None,
-            outcomes: OutcomeMapping | None = None) -> Iterator[tuple[WebhookServer, Pipeline]]:
-    with Pipeline(tmp_path / "store.duckdb", sources, commit_delay_s=commit_delay_s,
-                  events=events, outcomes=outcomes) as pipeline, \
+            outcomes: OutcomeMapping | None = None
+            ) -> Iterator[tuple[WebhookServer, PollingThread]]:
+    with PollingThread(tmp_path / "store.duckdb", sources, commit_delay_s=commit_delay_s,
+                       events=events, outcomes=outcomes) as pipeline, \
             WebhookServer(sources=list(sources), public_url=public_url) as server:
         yield server, pipeline
 
@@ -376,7 +377,7 @@ def test_a_delivery_not_stored_in_time_gets_503_and_its_retry_the_ack(tmp_path: 
 
         assert late.status_code == 503
         assert late.headers["retry-after"] == "5"
-        with Pipeline(tmp_path / "store.duckdb", [source]) as pipeline:
+        with PollingThread(tmp_path / "store.duckdb", [source]) as pipeline:
             retry = post(server, event(1), headers)
 
             assert (retry.status_code, retry.json()) == (200, {"status": "duplicate"})
@@ -400,7 +401,7 @@ def test_a_batch_commit_acknowledges_every_delivery_up_to_its_position(tmp_path:
                                                                     delivery=f"d-{i}"))
                    for i in range(3)]
         wait_for(lambda: source.queued == 3)
-        with Pipeline(tmp_path / "store.duckdb", [source]) as pipeline:
+        with PollingThread(tmp_path / "store.duckdb", [source]) as pipeline:
             answers = [future.result() for future in futures]
 
             assert [a.status_code for a in answers] == [200, 200, 200]
@@ -443,7 +444,7 @@ def test_a_replay_over_webhooks_ends_by_itself_once_intake_stops(tmp_path: Path)
     candidate = CallableCandidate(lambda e: "billing", name="labeller")
     outcome: dict[str, Any] = {}
     with Store(tmp_path / "store.duckdb") as store, WebhookServer(sources=[source]) as server:
-        replay = Replay(store, candidate, build_comparator(ExactSpec()), batch_size=100)
+        replay = Pipeline(store, candidate, build_comparator(ExactSpec()), batch_size=100)
 
         def run() -> None:
             try:

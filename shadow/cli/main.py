@@ -15,8 +15,8 @@ from typing import Any
 
 import duckdb
 
+from shadow.core import logs
 from shadow.core.errors import ConfigError, ShadowError, first_line
-from shadow.service import logs
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 

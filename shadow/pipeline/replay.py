@@ -19,7 +19,7 @@ from shadow.config.candidates import (
 )
 from shadow.config.file import Config, load_config
 from shadow.core.errors import ConfigError
-from shadow.pipeline.runner import Replay, ReplaySummary
+from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.store.database import Store
 
 
@@ -61,7 +61,7 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
             from rollout.runtime import open_rollout
 
             rollout = open_rollout(config.rollout, store, candidates, comparator, opened)
-        replay = Replay(
+        replay = Pipeline(
             store, candidates, comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),

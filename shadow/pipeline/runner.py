@@ -24,6 +24,7 @@ from connectors.mapping import EventMapper, OutcomeMapper, map_records
 from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
 from shadow.compare.step import compare
+from shadow.core import logs
 from shadow.core.models import Event, Outcome, RecordKind, utc_now
 from shadow.store.database import Store
 from shadow.store.writes import Duplicate, StoredEvent, WriteBatch, WriteCounts
@@ -76,7 +77,7 @@ class ReplaySummary:
         return asdict(self)
 
 
-class Replay:
+class Pipeline:
     """Runs candidates in shadow mode over bounded sources into a store.
 
     Every candidate runs on every event; each is compared with the same outcomes.
@@ -97,6 +98,9 @@ class Replay:
         evaluate_each_batch: bool = True,
         remember_ids: bool = True,
     ) -> None:
+        # Used as a library, warnings go to stderr, not stdout (unless the application
+        # configured structlog itself); the CLI configures logs before it gets here.
+        logs.configure_default()
         self.store = store
         self.candidates = [candidates] if isinstance(candidates, Candidate) else list(candidates)
         self.comparator = comparator

@@ -49,7 +49,7 @@ from shadow.compare.step import compare
 from shadow.config.file import Config
 from shadow.core.errors import ConfigError, StoreError
 from shadow.core.models import utc_now
-from shadow.pipeline.runner import Replay, ReplaySummary
+from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.pipeline.source_guard import GuardedSource, SourceStatus
 from shadow.service.api_tokens import Tokens, load_tokens
 from shadow.service.control import DaemonFile, DaemonLock
@@ -89,7 +89,7 @@ class Daemon:
         self._ready = False
         self._started_at = now()
         self.store: Store | None = None
-        self.replay: Replay | None = None
+        self.pipeline: Pipeline | None = None
         self.comparator: Comparator | None = None
         self.controller: Controller | None = None
         self.live: LiveRollout | None = None
@@ -201,7 +201,7 @@ class Daemon:
             self.live = open_rollout(self.config.rollout, store, candidates, self.comparator,
                                      stack, now=self.now)
             self.controller = self.live.controller
-        self.replay = Replay(
+        self.pipeline = Pipeline(
             store, candidates, self.comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
@@ -221,7 +221,7 @@ class Daemon:
                 max_connections=spec.max_connections)
             self.webhooks.start()
             stack.callback(self.webhooks.stop)
-        return self.replay.feeds(events, outcomes)
+        return self.pipeline.feeds(events, outcomes)
 
     def _source(self, spec: SourceSpec, kind: str) -> Source:
         if spec.kind == "file":
@@ -311,10 +311,10 @@ class Daemon:
     # -- the pipeline thread --------------------------------------------------------
 
     def _loop(self, feeds: list[Any]) -> None:
-        assert self.replay is not None
+        assert self.pipeline is not None
         idle_s = self.config.daemon.poll_timeout_s
         while not self._stop.is_set():
-            read = self.replay.pump(feeds)
+            read = self.pipeline.pump(feeds)
             self._record_intake()
             self._run_tasks()
             if not read:
@@ -323,11 +323,11 @@ class Daemon:
 
     def _shut_down(self, feeds: list[Any]) -> None:
         """Store what webhooks already accepted, publish, and let the rest be re-read."""
-        assert self.replay is not None
+        assert self.pipeline is not None
         deadline = self.now() + self.config.daemon.shutdown_deadline
         accepted = [(s, p) for s, p in feeds if isinstance(s, WebhookSource)]
         while accepted and not all(s.exhausted for s, _ in accepted) and self.now() < deadline:
-            self.replay.pump(accepted)
+            self.pipeline.pump(accepted)
         if self.live is not None:
             self.live.publish_pending()
         self._run_tasks()

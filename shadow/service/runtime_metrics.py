@@ -67,7 +67,7 @@ class RuntimeMetrics:
     def progress(self, source: str, handed_out: int, fraction: float | None) -> None:
         """A :data:`shadow.pipeline.runner.Progress` callback.
 
-        Given as ``Replay(..., progress=runtime.progress)``.
+        Given as ``Pipeline(..., progress=runtime.progress)``.
 
         ``handed_out`` counts from the start of the replay; a count lower than
         the last one is a new replay, counted from zero.

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from connectors.testing import ListSource, RecordingSink
 from rollout import audit
 from rollout.controller import Controller
 from rollout.notify import RecordingNotifier
@@ -22,8 +21,9 @@ from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -89,7 +89,7 @@ class Run:
         live = LiveRollout(controller, self.sink,
                            compare=lambda: compare(store, comparator, now=self.clock))
         with candidate:
-            Replay(store, candidate, comparator, batch_size=100, now=self.clock,
+            Pipeline(store, candidate, comparator, batch_size=100, now=self.clock,
                    rollout=live).run([ListSource(events(self.n), name="events")],
                                      [ListSource(outcomes(self.n), name="outcomes")])
         return store
@@ -190,7 +190,7 @@ def test_all_errors_never_promote(tmp_path: Path) -> None:
         live = LiveRollout(controller, sink,
                            compare=lambda: compare(store, comparator, now=clock))
         with CallableCandidate(broken, name="triage", version="1") as candidate:
-            Replay(store, candidate, comparator, batch_size=50, now=clock, rollout=live).run(
+            Pipeline(store, candidate, comparator, batch_size=50, now=clock, rollout=live).run(
                 [ListSource(events(500))], [ListSource(outcomes(500))])
         assert controller.state.step == 0
         phases = {r[0] for r in store.db.execute(
@@ -246,7 +246,7 @@ def test_decisions_the_sink_refused_are_published_on_a_later_batch(tmp_path: Pat
         sink.fail_next(3)
         live = LiveRollout(controller, sink, compare=lambda: compare(store, comparator, now=clock))
         with CallableCandidate(answer, name="triage", version="1") as candidate:
-            Replay(store, candidate, comparator, batch_size=100, now=clock, rollout=live).run(
+            Pipeline(store, candidate, comparator, batch_size=100, now=clock, rollout=live).run(
                 [ListSource(events(1000))])
         assert sink.failures == 3
         published = [d.event_id for d in sink.published]

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
 from rollout.runtime import LiveRollout
 from rollout.state import Action
@@ -20,11 +19,12 @@ from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
 from shadow.reports.owner import build_owner_report
 from shadow.service.metrics import render_metrics
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
@@ -64,7 +64,7 @@ class Live:
 
     def replay(self, first: int, n: int) -> None:
         with CallableCandidate(answer, name="triage", version="1") as candidate:
-            Replay(self.store, candidate, build_comparator(ExactSpec()), now=self.clock,
+            Pipeline(self.store, candidate, build_comparator(ExactSpec()), now=self.clock,
                    rollout=self.live).run([ListSource(events(first, n))])
 
     def sink_back(self) -> int:

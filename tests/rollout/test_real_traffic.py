@@ -22,8 +22,8 @@ from shadow.config.rollout import RolloutSpec
 from tests.rollout.traffic import (
     Case,
     Detector,
-    Pipeline,
     Rounds,
+    TrafficRun,
     binomial_bound,
     cases,
     flat,
@@ -44,7 +44,7 @@ def agreed(found: Sequence[Case], n: int) -> int:
     return sum(c.agrees for c in found[:n])
 
 
-def actions(p: Pipeline) -> list[tuple[Action, int | None, int, Status]]:
+def actions(p: TrafficRun) -> list[tuple[Action, int | None, int, Status]]:
     return [(r.action, r.from_step, r.to_step, r.to_status) for r in p.history()]
 
 
@@ -55,7 +55,7 @@ def test_a_key_with_five_events_is_one_vote_and_promotes_when_the_integral_says(
     tmp_path: Path,
 ) -> None:
     found = cases(600, agreement=0.95, seed=5, events=5)
-    p = Pipeline(tmp_path / "s.duckdb", plan(label_window="1m"), found)
+    p = TrafficRun(tmp_path / "s.duckdb", plan(label_window="1m"), found)
     p.open()
     try:
         p.run(*sources(found, timedelta(minutes=20)))
@@ -90,7 +90,7 @@ def test_keys_at_the_threshold_are_rarely_promoted_where_counting_events_would(
     promoted = naive = 0
     for seed in range(runs):
         found = cases(keys, agreement=0.90, seed=seed, events=events)
-        p = Pipeline(tmp_path / f"{seed}.duckdb", plan(label_window="1m"), found)
+        p = TrafficRun(tmp_path / f"{seed}.duckdb", plan(label_window="1m"), found)
         p.open()
         try:
             p.run(*sources(found, timedelta(minutes=20)))
@@ -122,7 +122,7 @@ def test_late_disagreements_never_promote_a_candidate_below_the_threshold(
     tmp_path: Path, window: str
 ) -> None:
     found = cases(2000, agreement=0.88, seed=7, delay=late)
-    p = Pipeline(tmp_path / "s.duckdb", plan(label_window=window), found,
+    p = TrafficRun(tmp_path / "s.duckdb", plan(label_window=window), found,
                  probe_every=4)
     p.open()
     try:
@@ -154,8 +154,8 @@ def dropping(i: int, tier: str) -> float:
     return 0.95 if i < DROP else 0.80
 
 
-def live_run(tmp_path: Path, found: list[Case], **extra: Any) -> Pipeline:
-    p = Pipeline(tmp_path / "s.duckdb", plan(**extra), found)
+def live_run(tmp_path: Path, found: list[Case], **extra: Any) -> TrafficRun:
+    p = TrafficRun(tmp_path / "s.duckdb", plan(**extra), found)
     p.open()
     p.force_live()
     p.run(*sources(found, timedelta(minutes=100)))
@@ -239,7 +239,7 @@ def segment_plan(**segments: Any) -> RolloutSpec:
 
 def test_a_small_segment_below_its_floor_holds_the_step(tmp_path: Path) -> None:
     found = cases(3000, agreement=by_tier, seed=9, segment=tiered)
-    p = Pipeline(tmp_path / "s.duckdb", segment_plan(), found)
+    p = TrafficRun(tmp_path / "s.duckdb", segment_plan(), found)
     p.open()
     try:
         p.run(*sources(found, timedelta(minutes=100)))
@@ -268,7 +268,7 @@ def test_a_small_segment_below_its_floor_holds_the_step(tmp_path: Path) -> None:
 
 def test_allow_small_lets_a_step_pass_with_a_segment_under_min_samples(tmp_path: Path) -> None:
     found = cases(1500, agreement=by_tier, seed=9, segment=tiered)
-    p = Pipeline(tmp_path / "s.duckdb", segment_plan(allow_small=True), found)
+    p = TrafficRun(tmp_path / "s.duckdb", segment_plan(allow_small=True), found)
     p.open()
     try:
         p.run(*sources(found, timedelta(minutes=100)))
@@ -307,12 +307,12 @@ def test_the_detector_goes_on_after_a_restart_as_if_there_was_none(
     event_rounds, outcome_rounds = rounds(found, timedelta(minutes=50))
     cut = SPLIT // 50
 
-    once = Pipeline(tmp_path / "once.duckdb", spec, found)
+    once = TrafficRun(tmp_path / "once.duckdb", spec, found)
     once.open()
     once.force_live()
     once.run(Rounds(event_rounds, name="events"), Rounds(outcome_rounds, name="outcomes"))
 
-    twice = Pipeline(tmp_path / "twice.duckdb", spec, found)
+    twice = TrafficRun(tmp_path / "twice.duckdb", spec, found)
     twice.open()
     twice.force_live()
     twice.pump(Rounds(event_rounds[:cut], name="events"),
@@ -346,7 +346,7 @@ def test_the_evaluation_cadence_does_not_depend_on_the_batch_size(tmp_path: Path
     found = cases(800, agreement=0.95, seed=11)
     labelled_at, judged_at = [], []
     for batch_size in (100, 20_000):
-        p = Pipeline(tmp_path / f"{batch_size}.duckdb", plan(), found, batch_size=batch_size)
+        p = TrafficRun(tmp_path / f"{batch_size}.duckdb", plan(), found, batch_size=batch_size)
         p.open()
         try:
             p.run(*flat(found))

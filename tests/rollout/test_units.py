@@ -12,7 +12,6 @@ import pytest
 
 import rollout.unit_store
 import rollout.units
-from connectors.testing import ListSource, RecordingSink
 from rollout.controller import Controller
 from rollout.runtime import LiveRollout
 from rollout.state import Action
@@ -23,8 +22,9 @@ from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
@@ -86,7 +86,7 @@ def replay(db: Path, spec: RolloutSpec, *, after: Callable[[Controller], None] |
     live = LiveRollout(controller, RecordingSink(),
                        compare=lambda: compare(store, comparator, now=clock))
     with live.sink, CallableCandidate(answer, name="triage", version="1") as candidate:
-        Replay(store, candidate, comparator, now=clock, rollout=live).run(
+        Pipeline(store, candidate, comparator, now=clock, rollout=live).run(
             [ListSource(events(), name="events")], [ListSource(outcomes(), name="outcomes")])
     return controller
 
@@ -207,7 +207,7 @@ def test_units_written_without_the_pipeline_s_notes_are_read_from_the_store(
                                 version="1", comparator=comparator.name, now=clock)
         controller.sync()
         with CallableCandidate(answer, name="triage", version="1") as candidate:
-            Replay(store, candidate, comparator, now=clock).run(
+            Pipeline(store, candidate, comparator, now=clock).run(
                 [ListSource(events())], [ListSource(outcomes())])
         controller.units.sync(controller.state)  # everything, not up to the next evaluation
         clock_minutes = max(KEYS - 1 + 10 * (EVENTS_PER_KEY - 1), LABELLED - 1 + 60)

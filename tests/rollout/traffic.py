@@ -4,7 +4,7 @@ A stream is a list of :class:`Case` values (keys): each has one or more events,
 one outcome, a candidate answer that agrees with the truth or not, and times in
 *data* time. :func:`sources` delivers them through ``ListSource``s in rounds of
 data time, so that an outcome reaches the pipeline in the round it was decided,
-after its events. :class:`Pipeline` runs the real pipeline (sources → store →
+after its events. :class:`TrafficRun` runs the real pipeline (sources → store →
 compare → controller) over a DuckDB file.
 
 The reference statistics below are computed from their definitions (numeric
@@ -27,7 +27,6 @@ import numpy as np
 import orjson
 
 from connectors.base import RawRecord, Source
-from connectors.testing import ListSource, RecordingSink
 from rollout import audit
 from rollout.controller import Controller
 from rollout.runtime import LiveRollout
@@ -39,8 +38,9 @@ from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
-from shadow.pipeline.runner import Replay
+from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
+from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -204,7 +204,7 @@ def ticking() -> SteppingClock:
 
 
 @dataclass
-class Pipeline:
+class TrafficRun:
     """The real pipeline of one rollout over one DuckDB file; reopen it to restart."""
 
     db: Path
@@ -238,7 +238,7 @@ class Pipeline:
                                 to_step=self.spec.last)
 
     def run(self, events: Source, outcomes: Source) -> None:
-        """``Replay.run``: everything read, then a last forced evaluation."""
+        """``Pipeline.run``: everything read, then a last forced evaluation."""
         replay, candidate = self._replay()
         with candidate:
             replay.run([events], [outcomes])
@@ -279,7 +279,7 @@ class Pipeline:
         assert row is not None
         return tuple(row)
 
-    def _replay(self) -> tuple[Replay, CallableCandidate]:
+    def _replay(self) -> tuple[Pipeline, CallableCandidate]:
         store, controller, clock = self.store, self.controller, self.clock
         assert store is not None and controller is not None
         answers = {c.key: c.answer for c in self.found}
@@ -302,7 +302,7 @@ class Pipeline:
         sink.open()
         live = LiveRollout(controller, sink, compare=compare_and_probe)
         candidate = CallableCandidate(answer, name="triage", version="1")
-        return Replay(store, candidate, comparator, batch_size=self.batch_size, now=clock,
+        return Pipeline(store, candidate, comparator, batch_size=self.batch_size, now=clock,
                       rollout=live), candidate
 
 
