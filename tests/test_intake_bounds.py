@@ -21,7 +21,8 @@ import structlog
 from connectors.webhook_server import RateLimitedErrors, WebhookServer
 from tests.daemon_process import TOKEN, ready_api, stop
 from tests.test_signatures import SECRET, sign_github
-from tests.test_webhooks import PATH, PollingThread, endpoint, event, wait_for
+from tests.test_webhooks import PATH, PollingThread, endpoint, event
+from tests.waiting import wait_until
 
 
 def test_a_body_that_stops_arriving_is_refused_and_the_next_delivery_is_stored(
@@ -177,17 +178,21 @@ def test_a_kept_alive_connection_trickling_its_next_headers_is_closed(tmp_path: 
         answered = time.monotonic()
         sender.sendall(f"POST {PATH} HTTP/1.1\r\n".encode())
         sender.settimeout(0.1)
-        after: bytes | None = None
-        while after is None and time.monotonic() - answered < 3:
+
+        def closed() -> bool:
             try:
                 sender.sendall(b"X-Slow: 1\r\n")  # a header line every 0.1 s
                 after = sender.recv(4096)
             except TimeoutError:
-                continue
+                return False
             except (ConnectionResetError, BrokenPipeError):
-                after = b""
+                return True
+            assert after == b"", after  # closed without an answer: the last one was the 200
+            return True
+
+        # The socket's 0.1 s timeout paces the header lines.
+        wait_until(closed, timeout_s=3, interval_s=0, what="the trickling connection closed")
         closed_after = time.monotonic() - answered
-        assert after == b""  # closed without an answer: the last one was the 200
         assert 0.4 <= closed_after < 1.5
         assert [e[0] for e in pipeline.events()] == ["e1"]
     assert [e["closed"] for e in logs if e["event"].startswith(LATE_HEADERS)] == [1]
@@ -233,7 +238,9 @@ def test_a_connection_beyond_max_connections_is_answered_503_and_closed(tmp_path
         assert {b"Retry-After: 5", b"Connection: close"} <= headers
         assert body == {"status": "unavailable", "reason": "too many connections are open"}
         assert waited < 1  # answered at once, not after a timeout
-        wait_for(lambda: _admitted(server))  # the three are closed on the server's side too
+        # the three are closed on the server's side too
+        wait_until(lambda: _admitted(server), timeout_s=5, interval_s=0.01,
+                   what="a new connection admitted once the three idle ones closed")
         fine = event(1)
         response = httpx.post(server.url + PATH, content=fine, timeout=10,
                               headers=sign_github(SECRET, fine, delivery="d-1"))

@@ -49,6 +49,7 @@ from tests.test_signatures import (
     sign_hubspot,
     sign_zendesk,
 )
+from tests.waiting import wait_until
 
 PATH = "/hooks/test"
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -178,11 +179,10 @@ def signed(scheme: str, server: WebhookServer, body: bytes, *, at: datetime = NO
                 delivery=delivery)
 
 
-def wait_for(condition: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
+def queued(source: WebhookSource, n: int) -> None:
+    """Until ``n`` deliveries wait at ``source`` for the pipeline to take them."""
+    wait_until(lambda: source.queued, accept=lambda q: q == n, timeout_s=5, interval_s=0.01,
+               what=f"{n} deliveries queued at {source.name}")
 
 
 # -- every scheme: the sender's view ---------------------------------------------------
@@ -400,7 +400,7 @@ def test_a_batch_commit_acknowledges_every_delivery_up_to_its_position(tmp_path:
         futures = [pool.submit(post, server, event(i), sign_github(SECRET, event(i),
                                                                     delivery=f"d-{i}"))
                    for i in range(3)]
-        wait_for(lambda: source.queued == 3)
+        queued(source, 3)
         with PollingThread(tmp_path / "store.duckdb", [source]) as pipeline:
             answers = [future.result() for future in futures]
 
@@ -417,7 +417,8 @@ def test_stop_intake_answers_503_while_a_waiting_request_still_gets_its_ack(
     with running(tmp_path, endpoint("github"), commit_delay_s=0.5) as (server, pipeline), \
             ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(post, server, event(1), sign_github(SECRET, event(1)))
-        wait_for(lambda: pipeline.handed == 1)
+        wait_until(lambda: pipeline.handed, accept=lambda n: n == 1, timeout_s=5,
+                   interval_s=0.01, what="the delivery handed to the pipeline")
 
         server.stop_intake()
         refused = post(server, event(2), sign_github(SECRET, event(2), delivery="d-2"))
@@ -431,7 +432,7 @@ def test_closing_the_source_answers_503_to_requests_still_waiting(tmp_path: Path
     source = endpoint("github", ack_timeout_s=5.0)
     with WebhookServer(sources=[source]) as server, ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(post, server, event(1), sign_github(SECRET, event(1)))
-        wait_for(lambda: source.queued == 1)
+        queued(source, 1)
 
         source.close()
 
@@ -620,7 +621,7 @@ def test_records_carry_their_delivery_for_the_mapping(tmp_path: Path) -> None:
     with WebhookServer(sources=[source]) as server, ThreadPoolExecutor(1) as pool:
         pool.submit(post, server, event(1), sign_zendesk(SECRET, event(1), NOW,
                                                          invocation="8350205582"))
-        wait_for(lambda: source.queued == 1)
+        queued(source, 1)
         (record,) = source.poll(10)
         source.close()
     assert record.value is not None
