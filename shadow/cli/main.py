@@ -161,8 +161,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_db(run)
     run.set_defaults(handler=_run)
 
+    from shadow.cli.calibrate import add_calibrate_parser
     from shadow.cli.evaluate import add_eval_parser
-    from shadow.compare.calibrate import add_calibrate_parser
 
     add_eval_parser(commands, _add_config)
     add_calibrate_parser(commands, _add_config)

@@ -1,4 +1,4 @@
-"""``shadow calibrate``: how far does a comparator agree with people?
+"""Calibration: how far does a comparator agree with people?
 
 Each line of the verdicts file is ``{"output": …, "outcome": …, "human":
 "same"|"different"}``: a prediction, the human outcome, and a person's verdict on
@@ -7,24 +7,20 @@ report gives its accuracy against the people, Cohen's kappa (agreement beyond
 chance) and the confusion counts. Teams should require at least 85 % agreement
 before relying on a comparator (or an LLM judge).
 
-Exit codes: 0 (also when below the bar, unless ``--strict``), 2 usage or
-configuration error, 3 with ``--strict`` when accuracy is below ``--min-agreement``.
+``shadow calibrate`` (``shadow/cli/calibrate.py``) runs it on a file.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shadow.core.errors import ConfigError, ShadowError
+from shadow.core.errors import ConfigError
 from shadow.core.fixed_sample import wilson
 
-EXIT_OK, EXIT_BELOW = 0, 3
 DEFAULT_MIN_AGREEMENT = 0.85
 HUMAN_VERDICTS = {"same": True, "different": False}
 
@@ -135,53 +131,3 @@ def describe_calibration(result: Calibration) -> str:
         f"{result.both_different:>15}",
         verdict,
     ]) + "\n"
-
-
-# -- command line ---------------------------------------------------------------
-
-
-def add_calibrate_parser(commands: Any,
-                         add_config: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Register ``calibrate`` on the ``shadow`` subparsers; ``add_config`` adds ``--config``."""
-    parser = commands.add_parser(
-        "calibrate", help="measure a comparator's agreement with human verdicts",
-        description="Run the configured comparator on each (output, outcome) pair of a file "
-        "of human verdicts and report its accuracy, Cohen's kappa and confusion counts. Each "
-        "line: {\"output\": ..., \"outcome\": ..., \"human\": \"same\"|\"different\"}.")
-    parser.add_argument("verdicts", type=Path, metavar="VERDICTS.jsonl")
-    add_config(parser)
-    parser.add_argument("--compare", metavar="NAME",
-                        help="comparator kind or name under 'comparators' in the config")
-    parser.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
-                        metavar="RATE", help="the accuracy to require (default 0.85)")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit 3 when accuracy is below --min-agreement")
-    parser.add_argument("--format", choices=["table", "json"], default="table")
-    parser.set_defaults(handler=calibrate_command)
-
-
-def calibrate_command(args: argparse.Namespace) -> int:
-    """The ``calibrate`` handler: returns the exit code."""
-    from shadow.compare.comparators import build_comparator
-    from shadow.config.file import load_config
-
-    if not 0.0 <= args.min_agreement <= 1.0:
-        raise ConfigError(f"--min-agreement: expected a rate between 0 and 1, "
-                          f"got {args.min_agreement}")
-    comparator = build_comparator(load_config(args.config).comparator_named(args.compare))
-
-    def judge(output: Any, outcome: Any) -> bool:
-        judgement = comparator.compare(output, outcome)
-        if judgement.deferred:
-            # A calibration over the verdicts the judge happened to answer would mislead.
-            raise ShadowError(f"the comparator gave no verdict: {judgement.note}")
-        return judgement.agree
-
-    result = calibrate(read_verdicts(args.verdicts), judge,
-                       comparator=args.compare or comparator.name,
-                       min_agreement=args.min_agreement)
-    if args.format == "json":
-        sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n")
-    else:
-        sys.stdout.write(describe_calibration(result))
-    return EXIT_BELOW if args.strict and not result.reaches else EXIT_OK
