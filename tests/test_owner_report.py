@@ -22,6 +22,7 @@ from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
 from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.reports.render import owner_markdown
+from shadow.reports.summary import build_report
 from shadow.store.database import Store
 from shadow.testing import ListSource
 
@@ -372,6 +373,22 @@ def test_errors_by_kind(store: Store) -> None:
         "kinds": [{"kind": "ValueError", "count": len(failed),
                    "example": min(f"boom {i % 100}" for i in failed)}]}
     assert candidate(report, "rules")["errors"]["count"] == 0
+
+
+def test_both_reports_show_the_smallest_message_as_an_error_kinds_example(
+        tmp_path: Path) -> None:
+    messages = ["zeta", "mu", "alpha", "omega"]  # the first stored is not the smallest
+
+    def failing(event: Event) -> Any:
+        raise ValueError(messages[event.payload["i"] % 4])
+
+    with Store(tmp_path / "store.duckdb") as store:
+        Pipeline(store, CallableCandidate(failing, name="failing"),
+                 build_comparator(ExactSpec())).run([ListSource(events()[:40], name="events")])
+        core = build_report(store)["candidates"][0]["error_kinds"]
+        owner = candidate(build_owner_report(store, ready_options()), "failing")["errors"]
+    assert core == [{"type": "ValueError", "count": 40, "example": "alpha"}]
+    assert owner["kinds"] == [{"kind": "ValueError", "count": 40, "example": "alpha"}]
 
 
 def test_cost_projection(store: Store) -> None:

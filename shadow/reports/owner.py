@@ -50,7 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 from shadow.reports.options import OwnerOptions
-from shadow.reports.queries import Key, OwnerQueries, interval
+from shadow.reports.queries import Compared, Key, OwnerQueries, Totals, interval
 from shadow.store.database import Store
 
 DAYS_PER_MONTH = 30
@@ -62,7 +62,7 @@ def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dic
     q = OwnerQueries(store, options)
     states = q.rollout_states
     candidates = [
-        _candidate(q, options, key, base, states.get(key)) for key, base in q.base.items()
+        _candidate(q, options, key, totals, states.get(key)) for key, totals in q.totals.items()
     ]
     latest = max(states.values(), key=lambda s: s["updated_at"]) if states else None
     return {
@@ -78,16 +78,19 @@ def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dic
     }
 
 
-def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, base: dict[str, Any],
+def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
                state: dict[str, Any] | None) -> dict[str, Any]:
-    compared, agreed = q.compared.get(key, (0, 0))
+    counted = q.compared.get(key, Compared(0, 0, ()))
+    compared, agreed = counted.compared, counted.agreed
     agreement = {**interval(agreed, compared), "n": compared, "agreed": agreed,
                  "method": "wilson", "unit": "prediction"}
-    segments = q.segments.get(key, [])
-    latency = {**base["latency"], "histogram": q.histogram.get(key, [])}
-    errors = {"rate": base["errors"] / base["predictions"], "count": base["errors"],
-              "kinds": q.error_kinds.get(key, [])}
-    cost = _cost(base, options.daily_volume)
+    segments = _segments(q, options, key)
+    latency = {"p50": totals.p50, "p95": totals.p95, "p99": totals.p99,
+               "histogram": q.histogram.get(key, [])}
+    errors = {"rate": totals.errors / totals.predictions, "count": totals.errors,
+              "kinds": [{"kind": k.kind, "count": k.count, "example": k.example}
+                        for k in q.error_kinds.get(key, [])]}
+    cost = _cost(totals, options.daily_volume)
     violations = _violations(q, options, key)
     report = {
         "name": key[0], "version": key[1],
@@ -95,14 +98,15 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, base: dict[str,
         "over_time": q.over_time.get(key, []),
         "segments": segments,
         "confusion": q.confusion.get(key),
-        "fields": q.fields.get(key, []),
+        "fields": [{"field": f.field, "compared": f.compared, "agreed": f.agreed,
+                    **interval(f.agreed, f.compared)} for f in q.fields.get(key, [])],
         "coverage": q.coverage.get(key),
         "latency": latency,
         "errors": errors,
         "violations": violations,
         "cost": cost,
         "disagreements": q.disagreements.get(key, []),
-        "predictions": base["predictions"],
+        "predictions": totals.predictions,
     }
     checks = _checks(options, agreement, errors, latency, cost, segments, state)
     if options.max_violation_rate is not None:
@@ -188,10 +192,19 @@ def _violations(q: OwnerQueries, options: OwnerOptions, key: Key) -> dict[str, A
             "examples": q.violation_examples.get(key, [])}
 
 
-def _cost(base: dict[str, Any], full: float | None) -> dict[str, Any]:
-    per = base["cost"] / base["costed"] if base["costed"] else None
-    span = max(base["span_seconds"] / 86_400.0, 1.0)
-    current = base["predictions"] / span
+def _segments(q: OwnerQueries, options: OwnerOptions, key: Key) -> list[dict[str, Any]]:
+    floor, least = options.floor, options.segment_min_samples
+    return [{"field": s.field, "value": s.value, "compared": s.compared, "agreed": s.agreed,
+             **interval(s.agreed, s.compared), "floor": floor,
+             "below_floor": s.compared >= least and s.agreed / s.compared < floor}
+            for s in q.segments.get(key, [])]
+
+
+def _cost(totals: Totals, full: float | None) -> dict[str, Any]:
+    total = totals.cost if totals.costed else None
+    per = None if total is None else total / totals.costed
+    span = max(totals.span_seconds / 86_400.0, 1.0)
+    current = totals.predictions / span
 
     def day(volume: float | None) -> float | None:
         return None if per is None or volume is None else per * volume
@@ -201,7 +214,7 @@ def _cost(base: dict[str, Any], full: float | None) -> dict[str, Any]:
         return None if daily is None else daily * DAYS_PER_MONTH
 
     return {
-        "per_decision": per, "total": base["cost"] if base["costed"] else None,
+        "per_decision": per, "total": total,
         "daily_volume_current": current,
         "per_day_current": day(current), "per_month_current": month(current),
         "per_day_10x": day(current * 10), "per_month_10x": month(current * 10),

@@ -22,16 +22,14 @@ in ``violation_kinds``; violating predictions are still compared.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from shadow.core.fixed_sample import wilson
 from shadow.core.models import utc_now
+from shadow.reports.queries import Compared, Key, Queries, Totals
 from shadow.store.database import Store
-
-Key = tuple[str, str | None]
 
 
 def agreement(agreed: int, compared: int) -> dict[str, Any]:
@@ -41,153 +39,59 @@ def agreement(agreed: int, compared: int) -> dict[str, Any]:
 
 def build_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> dict[str, Any]:
     """The report of everything in the store, as plain JSON-ready values."""
-    db = store.db
-    events = store.count("events")
-    duplicates = store.count("duplicates")
-    dead = dict(db.execute("SELECT kind, count(*) FROM dead_letters GROUP BY kind").fetchall())
-    compared = _compared(store)
-    segments = _segments(store)
-    fields = _fields(store)
-    errors = _error_kinds(store)
-    violation_kinds = _violation_kinds(store)
-
-    candidates = []
-    for row in db.execute(_CANDIDATES_SQL).fetchall():
-        name, version, predictions, failed, abstained, violated, prompt, completion, cost, \
-            *latency = row
-        p50, p95, p99 = latency
-        key = (name, version)
-        n_compared, n_agreed, comparators = compared.get(key, (0, 0, []))
-        handled = predictions - failed - abstained
-        candidates.append({
-            "name": name,
-            "version": version,
-            "events": events,
-            "predictions": predictions,
-            "errors": failed,
-            "error_rate": failed / predictions if predictions else None,
-            "compared": n_compared,
-            "pending": handled - n_compared,
-            "abstained": abstained,
-            "coverage": handled / predictions if predictions else None,
-            "violations": violated,
-            "violation_rate": violated / (predictions - failed) if predictions > failed
-            else None,
-            "violation_kinds": violation_kinds.get(key, []),
-            "agreement": agreement(n_agreed, n_compared),
-            "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
-            "tokens": {"prompt": prompt, "completion": completion},
-            "cost": {"total": cost, "per_prediction": cost / predictions if cost is not None
-                     else None},
-            "segments": segments.get(key, []),
-            "fields": fields.get(key, []),
-            "error_kinds": errors.get(key, []),
-            "comparators": comparators,
-        })
+    q = Queries(store)
+    counts = q.counts
+    candidates = [_candidate(q, key, totals, counts.events) for key, totals in q.totals.items()]
     return {
         "generated_at": now().isoformat(),
         "store": str(store.path),
         "candidates": candidates,
-        "events_read": events + duplicates + dead.get("event", 0),
-        "events_stored": events,
-        "duplicates": duplicates,
-        "dead_letters": dead.get("event", 0),
-        "outcomes": _outcomes(store, dead.get("outcome", 0)),
+        "events_read": counts.events + counts.duplicates + counts.event_dead_letters,
+        "events_stored": counts.events,
+        "duplicates": counts.duplicates,
+        "dead_letters": counts.event_dead_letters,
+        "outcomes": {"stored": counts.outcomes, "keys": counts.outcome_keys,
+                     "dead_letters": counts.outcome_dead_letters},
     }
 
 
-_CANDIDATES_SQL = """
-SELECT candidate, version, count(*) AS predictions,
-       count(*) FILTER (WHERE error_type IS NOT NULL) AS errors,
-       count(*) FILTER (WHERE abstained) AS abstained,
-       count(violations) AS violations,
-       sum(prompt_tokens), sum(completion_tokens), sum(cost),
-       quantile_cont(latency_ms, 0.50), quantile_cont(latency_ms, 0.95),
-       quantile_cont(latency_ms, 0.99)
-FROM predictions
-GROUP BY candidate, version
-ORDER BY candidate, version NULLS FIRST
-"""
-
-
-def _compared(store: Store) -> dict[Key, tuple[int, int, list[str]]]:
-    rows = store.db.execute(
-        "SELECT candidate, version, count(*), count(*) FILTER (WHERE agree), "
-        "       list(DISTINCT comparator ORDER BY comparator) "
-        "FROM comparisons GROUP BY candidate, version"
-    ).fetchall()
-    return {(c, v): (n, a, list(names)) for c, v, n, a, names in rows}
-
-
-def _segments(store: Store) -> dict[Key, list[dict[str, Any]]]:
-    rows = store.db.execute(
-        "SELECT c.candidate, c.version, s.field, s.value, count(*), "
-        "       count(*) FILTER (WHERE c.agree) "
-        "FROM comparisons c JOIN event_segments s USING (event_id) "
-        "GROUP BY ALL ORDER BY s.field, s.value"
-    ).fetchall()
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-    for candidate, version, name, value, n, agreed in rows:
-        out[(candidate, version)].append(
-            {"field": name, "value": value, "compared": n, "agreement": agreement(agreed, n)}
-        )
-    return out
-
-
-def _fields(store: Store) -> dict[Key, list[dict[str, Any]]]:
-    rows = store.db.execute(
-        "SELECT candidate, version, field, count(*), count(*) FILTER (WHERE agree) "
-        "FROM comparison_fields GROUP BY ALL ORDER BY field"
-    ).fetchall()
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-    for candidate, version, name, n, agreed in rows:
-        out[(candidate, version)].append(
-            {"field": name, "compared": n, "agreement": agreement(agreed, n)}
-        )
-    return out
-
-
-def _error_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
-    return _kinds(store, "type",
-                  "SELECT candidate, version, error_type, count(*), any_value(error_message) "
-                  "FROM predictions WHERE error_type IS NOT NULL "
-                  "GROUP BY ALL ORDER BY count(*) DESC, error_type")
-
-
-def _violation_kinds(store: Store) -> dict[Key, list[dict[str, Any]]]:
-    """Violations by check (the first word of each violation text), most frequent first."""
-    return _kinds(store, "check",
-                  "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, count(*), "
-                  "       any_value(v) "
-                  "FROM (SELECT candidate, version, unnest(violations) AS v FROM predictions "
-                  "      WHERE violations IS NOT NULL) "
-                  "GROUP BY ALL ORDER BY count(*) DESC, check_name")
-
-
-def _kinds(store: Store, named: str, sql: str) -> dict[Key, list[dict[str, Any]]]:
-    """Rows of (candidate, version, kind, count, example) by candidate; the kind as ``named``."""
-    out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
-    for candidate, version, kind, n, example in store.db.execute(sql).fetchall():
-        out[(candidate, version)].append({named: kind, "count": n, "example": example})
-    return out
-
-
-def _outcomes(store: Store, dead_letters: int) -> dict[str, Any]:
-    ((stored, keys),) = store.db.execute(
-        "SELECT count(*), count(DISTINCT key) FROM outcomes"
-    ).fetchall()
-    return {"stored": stored, "keys": keys, "dead_letters": dead_letters}
+def _candidate(q: Queries, key: Key, t: Totals, events: int) -> dict[str, Any]:
+    compared = q.compared.get(key, Compared(0, 0, ()))
+    predictions, failed = t.predictions, t.errors
+    handled = predictions - failed - t.abstained
+    return {
+        "name": key[0],
+        "version": key[1],
+        "events": events,
+        "predictions": predictions,
+        "errors": failed,
+        "error_rate": failed / predictions if predictions else None,
+        "compared": compared.compared,
+        "pending": handled - compared.compared,
+        "abstained": t.abstained,
+        "coverage": handled / predictions if predictions else None,
+        "violations": t.violations,
+        "violation_rate": t.violations / (predictions - failed) if predictions > failed
+        else None,
+        "violation_kinds": [{"check": k.kind, "count": k.count, "example": k.example}
+                            for k in q.violation_texts.get(key, [])],
+        "agreement": agreement(compared.agreed, compared.compared),
+        "latency_ms": {"p50": t.p50, "p95": t.p95, "p99": t.p99},
+        "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens},
+        "cost": {"total": t.cost, "per_prediction": t.cost / predictions if t.cost is not None
+                 else None},
+        "segments": [{"field": s.field, "value": s.value, "compared": s.compared,
+                      "agreement": agreement(s.agreed, s.compared)}
+                     for s in q.segments.get(key, [])],
+        "fields": [{"field": f.field, "compared": f.compared,
+                    "agreement": agreement(f.agreed, f.compared)}
+                   for f in q.fields.get(key, [])],
+        "error_kinds": [{"type": k.kind, "count": k.count, "example": k.example}
+                        for k in q.error_kinds.get(key, [])],
+        "comparators": list(compared.comparators),
+    }
 
 
 def recent_dead_letters(store: Store, limit: int = 20) -> list[dict[str, Any]]:
     """The latest dead letters, newest first, with their raw text."""
-    rows = store.db.execute(
-        "SELECT kind, source, position, reason, raw, received_at FROM dead_letters "
-        "ORDER BY received_at DESC, source, position LIMIT ?",
-        [limit],
-    ).fetchall()
-    return [
-        {"kind": k, "source": s, "position": p, "reason": r, "raw": raw,
-         "received_at": at.isoformat()}
-        for k, s, p, r, raw, at in rows
-    ]
+    return Queries(store).recent_dead_letters(limit)
