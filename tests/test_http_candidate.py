@@ -58,8 +58,19 @@ def _spec(url: str, **options: Any) -> HttpCandidateSpec:
     return HttpCandidateSpec(**{**values, **options})
 
 
-def _predict(spec: HttpCandidateSpec, events: Sequence[Event]) -> list[Prediction]:
-    with HttpCandidate.from_spec(spec) as candidate:
+class Waits(list[float]):
+    """An async ``sleep`` that records the retry waits instead of waiting them."""
+
+    async def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+        await asyncio.sleep(0)  # still let the other calls run, as a real wait would
+
+
+def _predict(
+    spec: HttpCandidateSpec, events: Sequence[Event], waits: Waits | None = None, **options: Any
+) -> list[Prediction]:
+    sleep = Waits() if waits is None else waits
+    with HttpCandidate(spec, sleep=sleep, **options) as candidate:
         return candidate.predict(events, datetime.now(UTC))
 
 
@@ -320,18 +331,18 @@ def test_connection_refused_is_a_connection_error_after_every_attempt() -> None:
         assert prediction.status is None
 
 
-def test_backoff_waits_stay_under_the_doubling_cap() -> None:
+def _highest(low: float, high: float) -> float:
+    return high
+
+
+def test_backoff_waits_double_up_to_their_cap() -> None:
     retry = RetrySpec(max_attempts=4, backoff_s=0.05, max_backoff_s=0.08)
-    slack = 0.08  # a request's own time on a loaded machine
+    waits = Waits()
     with TestServer(lambda request: Reply(status=500)) as server:
-        _predict(_spec(server.url, retry=retry), _events(3))
-        requests = list(server.requests)
-    for event_id in ("e0", "e1", "e2"):
-        times = [r.received_at for r in requests if _event_id(r) == event_id]
-        assert len(times) == retry.max_attempts
-        for attempt, (before, after) in enumerate(zip(times, times[1:], strict=False), 1):
-            cap = min(retry.max_backoff_s, retry.backoff_s * 2 ** (attempt - 1))
-            assert after - before <= cap + slack
+        _predict(_spec(server.url, retry=retry), _events(1), waits, uniform=_highest)
+        assert len(server.requests) == 4
+    # The jitter's upper bound: 0.05, then 0.10 capped at 0.08, twice.
+    assert waits == pytest.approx([0.05, 0.08, 0.08])
 
 
 def _fails_first(status: int, headers: dict[str, str]) -> tuple[TestServer, Counter[str]]:
@@ -349,22 +360,33 @@ def _fails_first(status: int, headers: dict[str, str]) -> tuple[TestServer, Coun
 
 def test_429_with_retry_after_waits_that_long_then_succeeds() -> None:
     server, _ = _fails_first(429, {"Retry-After": "1"})
+    waits = Waits()
     with server:
-        [prediction] = _predict(_spec(server.url), [_event(0)])
-        first, second = server.requests
-    assert second.received_at - first.received_at >= 0.95
+        [prediction] = _predict(_spec(server.url), [_event(0)], waits)
+        assert len(server.requests) == 2
+    assert waits == [1.0]
     assert prediction.error is None
     assert prediction.output == {"label": "refund"}
     assert (prediction.status, prediction.attempts) == (200, 2)
 
 
+def test_retry_after_as_an_http_date_waits_until_then() -> None:
+    server, _ = _fails_first(503, {"Retry-After": "Wed, 01 May 2024 12:00:07 GMT"})
+    waits = Waits()
+    with server:
+        [prediction] = _predict(_spec(server.url), [_event(0)], waits,
+                                now=lambda: datetime(2024, 5, 1, 12, 0, tzinfo=UTC))
+    assert waits == [7.0]
+    assert (prediction.error, prediction.attempts) == (None, 2)
+
+
 def test_503_retry_after_is_capped_at_max_retry_after_s() -> None:
     server, _ = _fails_first(503, {"Retry-After": "30"})
     retry = RetrySpec(max_attempts=3, backoff_s=0.01, max_retry_after_s=0.3)
+    waits = Waits()
     with server:
-        [prediction] = _predict(_spec(server.url, retry=retry), [_event(0)])
-        first, second = server.requests
-    assert 0.25 <= second.received_at - first.received_at < 2.0
+        [prediction] = _predict(_spec(server.url, retry=retry), [_event(0)], waits)
+    assert waits == [0.3]
     assert (prediction.error, prediction.attempts) == (None, 2)
 
 

@@ -2,9 +2,10 @@
 
 Calls run concurrently on one event loop, at most ``concurrency`` in flight,
 each with a timeout; connection errors, timeouts, 429 and 5xx are retried with
-exponential backoff and jitter (a ``Retry-After`` is honoured), other 4xx are
-not, and a circuit breaker stops calling an endpoint that keeps failing. Every
-event ends as exactly one prediction: an output or an error of a named kind.
+exponential backoff and full jitter (a ``Retry-After``, in seconds or as an HTTP
+date, is honoured: :func:`shadow.core.retry.delay`), other 4xx are not, and a
+circuit breaker stops calling an endpoint that keeps failing. Every event ends
+as exactly one prediction: an output or an error of a named kind.
 
 The client is aiohttp: against a 100 ms endpoint with 64 calls in flight,
 httpx's async client managed 74 requests/s on the reference machine (its pool
@@ -19,7 +20,7 @@ import os
 import re
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,10 +30,11 @@ import orjson
 
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
 from shadow.candidates.fingerprint import fingerprint
-from shadow.candidates.resilience import CircuitBreaker, backoff, jitter, retry_after
+from shadow.candidates.resilience import CircuitBreaker, retry_policy
 from shadow.config.candidates import RemoteSpec
 from shadow.core.errors import ConfigError, ShadowError
 from shadow.core.models import ErrorKind, Event, Prediction, PredictionError, utc_now
+from shadow.core.retry import delay, jitter
 from shadow.core.templates import TemplateError
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -47,8 +49,8 @@ class Attempt:
     retryable: bool = False
     status: int | None = None
     ttfb_ms: float | None = None
-    wait_s: float | None = None
-    """A wait the server asked for (Retry-After)."""
+    retry_after: str | None = None
+    """The ``Retry-After`` header of the answer, as the server sent it."""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cost: float | None = None
@@ -58,7 +60,8 @@ class Attempt:
 class RemoteCandidate(Candidate):
     """A candidate answering over HTTP; subclasses say what to send and how to read it.
 
-    See the module docstring for the behaviour under failure.
+    See the module docstring for the behaviour under failure. ``clock``,
+    ``now``, ``uniform`` and ``sleep`` (the wait between attempts) are for tests.
     """
 
     url: str
@@ -69,13 +72,16 @@ class RemoteCandidate(Candidate):
         *,
         clock: Callable[[], float] = time.monotonic,
         uniform: Callable[[float, float], float] | None = None,
+        now: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.spec = spec
         self.name = spec.resolved_name
         self.version = spec.version or fingerprint(spec)
         self.confidence_path, self.abstain_below = spec.confidence_path, spec.abstain_below
         self.breaker = CircuitBreaker(spec.breaker, clock=clock)
-        self._uniform = uniform or jitter()
+        self._retry = retry_policy(spec.retry)
+        self._uniform, self._now, self._sleep = uniform or jitter(), now, sleep
         self._runner: asyncio.Runner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {}
@@ -108,6 +114,7 @@ class RemoteCandidate(Candidate):
 
     async def _new_client(self) -> aiohttp.ClientSession:
         # Created inside the runner's loop, which its connection pool belongs to.
+        # aiohttp: many calls in flight at once (httpx's async pool stalls past ~32).
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.spec.concurrency),
             timeout=aiohttp.ClientTimeout(total=self.spec.timeout_s),
@@ -157,11 +164,9 @@ class RemoteCandidate(Candidate):
             return self._prediction(event, now, started, Attempt(error=error), attempts=0)
         try:
             attempt, result = 1, await self._attempt(body)
-            while result.retryable and attempt < self.spec.retry.max_attempts:
-                wait = result.wait_s
-                if wait is None:
-                    wait = backoff(self.spec.retry, attempt, self._uniform)
-                await asyncio.sleep(wait)
+            while result.retryable and attempt < self._retry.max_attempts:
+                await self._sleep(delay(self._retry, attempt, result.retry_after,
+                                        now=self._now, uniform=self._uniform))
                 attempt, result = attempt + 1, await self._attempt(body)
         except BaseException:
             self.breaker.failed()  # a probe that broke must not leave the breaker half open
@@ -191,11 +196,10 @@ class RemoteCandidate(Candidate):
         status = response.status
         if status >= 300:
             retryable = status == 429 or status >= 500
-            wait = retry_after(response.headers.get("retry-after"), self.spec.retry, utc_now)
             return failure(ErrorKind.HTTP_STATUS, f"HTTP{status}",
-                            f"{self.url} answered {status} {response.reason or ''}".rstrip(),
-                            retryable=retryable, status=status, ttfb=ttfb, raw=raw,
-                            wait=wait if retryable else None)
+                           f"{self.url} answered {status} {response.reason or ''}".rstrip(),
+                           retryable=retryable, status=status, ttfb=ttfb, raw=raw,
+                           retry_after=response.headers.get("retry-after"))
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -235,12 +239,13 @@ def _unstorable(output: Any) -> str | None:
 def failure(
     kind: ErrorKind, type_: str, message: str, *, retryable: bool = False,
     status: int | None = None, ttfb: float | None = None, raw: bytes | None = None,
-    wait: float | None = None,
+    retry_after: str | None = None,
 ) -> Attempt:
     """A failed attempt, keeping the start of the response body for debugging."""
     body = truncate(raw.decode("utf-8", "replace"), MAX_BODY) if raw is not None else None
     error = PredictionError(type=type_, message=truncate(message), kind=kind, body=body)
-    return Attempt(error=error, retryable=retryable, status=status, ttfb_ms=ttfb, wait_s=wait)
+    return Attempt(error=error, retryable=retryable, status=status, ttfb_ms=ttfb,
+                   retry_after=retry_after)
 
 
 def expand(value: str, where: str) -> str:

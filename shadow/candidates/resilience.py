@@ -1,45 +1,26 @@
-"""Retry waits and a circuit breaker for calls to remote candidates.
+"""The circuit breaker for calls to remote candidates, and their retry policy.
 
-Both take their clock and randomness from outside, so tests drive them with a
-fake clock instead of sleeping.
+The waits between retries are :mod:`shadow.core.retry`'s, shared by every
+outbound call; a candidate's ``retry`` section maps onto its policy here. The
+breaker takes its clock from outside, so tests drive it with a fake clock
+instead of sleeping.
 """
 
 from __future__ import annotations
 
 import enum
-import random
 import time
 from collections.abc import Callable
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 
 from shadow.config.candidates import BreakerSpec, RetrySpec
+from shadow.core.retry import RetryPolicy
 
 
-def backoff(spec: RetrySpec, attempt: int, uniform: Callable[[float, float], float]) -> float:
-    """Seconds to wait after failed attempt number ``attempt`` (1-based).
-
-    Exponential with full jitter (AWS Architecture Blog, "Exponential Backoff
-    and Jitter", 2015): uniformly between 0 and the doubled cap, which spreads
-    the retries of many callers instead of synchronising them.
-    """
-    cap = min(spec.max_backoff_s, spec.backoff_s * 2 ** (attempt - 1))
-    return uniform(0.0, cap)
-
-
-def retry_after(value: str | None, spec: RetrySpec, now: Callable[[], datetime]) -> float | None:
-    """The wait a ``Retry-After`` header asks for (seconds or an HTTP date), capped."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now()).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), spec.max_retry_after_s)
+def retry_policy(spec: RetrySpec) -> RetryPolicy:
+    """The policy a candidate's ``retry`` section describes."""
+    return RetryPolicy(max_attempts=spec.max_attempts, base_s=spec.backoff_s,
+                       max_backoff_s=spec.max_backoff_s,
+                       max_retry_after_s=spec.max_retry_after_s)
 
 
 class BreakerState(enum.Enum):
@@ -86,9 +67,4 @@ class CircuitBreaker:
         if self.state is BreakerState.HALF_OPEN or self._failures >= self._spec.failures:
             self.state = BreakerState.OPEN
             self._opened_at = self._clock()
-
-
-def jitter() -> Callable[[float, float], float]:
-    """The default source of jitter: its own generator, so callers do not share one."""
-    return random.Random().uniform
 

@@ -23,10 +23,9 @@ from typing import Any
 import structlog
 
 from connectors.base import RawRecord, Source, SourceState
-from shadow.candidates.resilience import backoff
-from shadow.config.candidates import RetrySpec
 from shadow.core.errors import first_line
 from shadow.core.models import utc_now
+from shadow.core.retry import RetryPolicy, backoff
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +62,7 @@ class GuardedSource(Source):
                  now: Callable[[], datetime] = utc_now,
                  uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.inner, self.name = inner, inner.name
-        self._retry = RetrySpec(backoff_s=1.0, max_backoff_s=max_backoff_s)
+        self._retry = RetryPolicy(base_s=1.0, max_backoff_s=max_backoff_s)
         self._clock, self._now, self._uniform = clock, now, uniform
         self._failures = 0
         self._retry_at: float | None = None
