@@ -16,7 +16,6 @@ import binascii
 import hashlib
 import hmac
 import http.client
-import random
 import ssl
 import time
 import urllib.parse
@@ -28,6 +27,7 @@ import structlog
 
 from shadow.core.errors import SinkError
 from shadow.core.models import utc_now
+from shadow.core.retry import RetryPolicy, delay, jitter
 
 log = structlog.get_logger(__name__)
 
@@ -105,12 +105,14 @@ class JsonPoster:
     seconds); with a ``secret`` also ``webhook-signature``, made afresh on each
     attempt so that receivers checking the timestamp's age accept late retries.
 
-    Retried, with full-jitter exponential backoff (a ``Retry-After`` in seconds
-    is honoured, up to ``max_wait_s``): connection errors, timeouts, 429 and
-    5xx. Not retried: other 4xx (the receiver refuses this message; asking again
-    will not change its mind) and 3xx (redirects are not followed: a POST
-    turned into a GET would look delivered). ``timeout_s`` bounds each socket
-    operation (connecting, sending, each read), not a whole attempt.
+    Retried, with full-jitter exponential backoff (a ``Retry-After``, in
+    seconds or as an HTTP date, is honoured; every wait is at most
+    ``max_wait_s``; :func:`shadow.core.retry.delay`): connection errors,
+    timeouts, 429 and 5xx. Not retried: other 4xx (the receiver refuses this
+    message; asking again will not change its mind) and 3xx (redirects are not
+    followed: a POST turned into a GET would look delivered). ``timeout_s``
+    bounds each socket operation (connecting, sending, each read), not a whole
+    attempt.
 
     Constructing one does no I/O. Not thread-safe: it keeps one connection open
     between posts; :meth:`close` closes it.
@@ -153,8 +155,10 @@ class JsonPoster:
         self._signer = Signer(secret) if secret is not None else None
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_s, self.max_wait_s = backoff_s, max_wait_s
+        self._retry = RetryPolicy(max_attempts=max_attempts, base_s=backoff_s,
+                                  max_backoff_s=max_wait_s, max_retry_after_s=max_wait_s)
         self._now, self._sleep = now, sleep
-        self._uniform = uniform or random.Random().uniform
+        self._uniform = uniform or jitter()
         self._connection: http.client.HTTPConnection | None = None
         self._tls: ssl.SSLContext | None = None
 
@@ -174,7 +178,8 @@ class JsonPoster:
                                 f"{answer.detail}")
             if attempt == self.max_attempts:
                 break
-            wait = self._wait(attempt, answer.retry_after)
+            wait = delay(self._retry, attempt, answer.retry_after, now=self._now,
+                         uniform=self._uniform)
             log.warning("webhook delivery failed, retrying", url=self.display_url,
                         message_id=message_id, attempt=attempt, wait_s=round(wait, 3),
                         error=answer.detail)
@@ -187,14 +192,6 @@ class JsonPoster:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-    def _wait(self, attempt: int, retry_after: str | None) -> float:
-        wait = self._uniform(0.0, min(self.max_wait_s, self.backoff_s * 2 ** (attempt - 1)))
-        try:
-            asked = float(retry_after) if retry_after else 0.0
-        except ValueError:
-            asked = 0.0  # an HTTP date: the backoff will do
-        return min(self.max_wait_s, max(wait, asked))
 
     def _attempt(self, body: bytes, message_id: str) -> _Answer:
         timestamp = int(self._now().timestamp())
@@ -232,6 +229,7 @@ class JsonPoster:
                        response.getheader("retry-after"))
 
     def _connect(self) -> http.client.HTTPConnection:
+        # http.client: one kept-alive connection, used synchronously from one thread.
         connection: http.client.HTTPConnection
         if self._https:
             if self._tls is None:

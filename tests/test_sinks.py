@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,14 @@ def test_a_429_waits_as_long_as_retry_after_asks(waits: list[float]) -> None:
     with TestServer(Script(busy)) as server, webhook(server.url, waits) as sink:
         sink.publish([decision()])
 
+    assert len(server.requests) == 2 and waits == [7.0]
+
+
+def test_a_503_waits_until_the_http_date_retry_after_names(waits: list[float]) -> None:
+    busy = Reply(status=503, headers={
+        "Retry-After": format_datetime(NOW + timedelta(seconds=7), usegmt=True)})
+    with TestServer(Script(busy)) as server, webhook(server.url, waits) as sink:
+        sink.publish([decision()])
     assert len(server.requests) == 2 and waits == [7.0]
 
 
