@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,10 @@ from structlog.testing import capture_logs
 
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import Comparator, Judgement, build_comparator
+from shadow.compare.judge import Judge
 from shadow.compare.step import MAX_CONSECUTIVE_DEFERRALS, compare
 from shadow.compare.text import DEFAULT_RUBRIC, f1_score, rouge_l, tokens
+from shadow.config.comparators import JudgeSpec
 from shadow.config.file import parse_config
 from shadow.core.errors import ConfigError
 from shadow.core.models import Event
@@ -236,6 +239,17 @@ def judge_spec(server: TestServer, tmp_path: Path, **overrides: Any) -> dict[str
             "cache_path": str(tmp_path / "judge.sqlite"), **overrides}
 
 
+def judge_with_waits(spec: dict[str, Any], waits: list[float], **options: Any) -> Judge:
+    """A judge whose waits between attempts are recorded in ``waits``, not slept."""
+    parsed = parse_config({"comparator": spec}).comparator
+    assert isinstance(parsed, JudgeSpec)
+    return Judge(parsed, sleep=waits.append, **options)
+
+
+def highest(low: float, high: float) -> float:
+    return high
+
+
 def test_judge_returns_the_verdict_and_its_reason(server: TestServer, tmp_path: Path) -> None:
     judge = comparator(**judge_spec(server, tmp_path))
     assert judge.compare("Refund issued", "refund issued") == Judgement(
@@ -336,22 +350,53 @@ def test_a_failing_judge_defers_with_a_note_and_is_not_cached(tmp_path: Path) ->
     assert [entry for entry in logs if entry["log_level"] == "warning"] == []
 
 
-def test_a_server_error_is_retried(tmp_path: Path) -> None:
-    answers = iter([Reply(status=503), completion('{"verdict": "agree", "reason": "ok"}')])
+def test_a_server_error_is_retried_after_a_jittered_backoff(tmp_path: Path) -> None:
+    answers = iter([Reply(status=503), Reply(status=503),
+                    completion('{"verdict": "agree", "reason": "ok"}')])
+    waits: list[float] = []
     with TestServer(lambda request: next(answers)) as server:
-        judged = comparator(**judge_spec(server, tmp_path, max_attempts=2)).compare("a", "a")
-        assert len(server.requests) == 2
+        judge = judge_with_waits(judge_spec(server, tmp_path, max_attempts=3), waits,
+                                 uniform=highest)
+        judged = judge.compare("a", "a")
+        assert len(server.requests) == 3
     assert judged == Judgement(True, {}, "ok")
+    assert waits == [0.5, 1.0]  # the upper bounds of the jitter: 0.5 s, doubling
 
 
 @pytest.mark.parametrize("status", [408, 429])
 def test_a_timeout_or_rate_limit_answer_is_retried(tmp_path: Path, status: int) -> None:
     answers = iter([Reply(status=status, headers={"retry-after": "0"}),
                     completion('{"verdict": "disagree", "reason": "no"}')])
+    waits: list[float] = []
     with TestServer(lambda request: next(answers)) as server:
-        judged = comparator(**judge_spec(server, tmp_path, max_attempts=2)).compare("a", "b")
+        judge = judge_with_waits(judge_spec(server, tmp_path, max_attempts=2), waits)
+        judged = judge.compare("a", "b")
         assert len(server.requests) == 2
     assert judged == Judgement(False, {}, "no")
+    assert len(waits) == 1 and 0.0 <= waits[0] <= 0.5  # Retry-After 0: the backoff alone
+
+
+def test_a_retry_after_as_an_http_date_is_waited_for(tmp_path: Path) -> None:
+    busy = Reply(status=429, headers={
+        "retry-after": format_datetime(START + timedelta(seconds=7), usegmt=True)})
+    answers = iter([busy, completion('{"verdict": "agree", "reason": "ok"}')])
+    waits: list[float] = []
+    with TestServer(lambda request: next(answers)) as server:
+        judge = judge_with_waits(judge_spec(server, tmp_path, max_attempts=2), waits,
+                                 now=lambda: START)
+        judged = judge.compare("a", "a")
+        assert len(server.requests) == 2
+    assert judged == Judgement(True, {}, "ok")
+    assert waits == [7.0]
+
+
+def test_a_retry_after_is_waited_for_at_most_a_minute(tmp_path: Path) -> None:
+    answers = iter([Reply(status=503, headers={"retry-after": "3600"}),
+                    completion('{"verdict": "agree", "reason": "ok"}')])
+    waits: list[float] = []
+    with TestServer(lambda request: next(answers)) as server:
+        judge_with_waits(judge_spec(server, tmp_path, max_attempts=2), waits).compare("a", "a")
+    assert waits == [60.0]
 
 
 def test_a_reply_without_a_verdict_is_deferred(tmp_path: Path) -> None:
@@ -492,8 +537,8 @@ def test_a_judge_outage_leaves_predictions_pending_until_the_judge_answers(
         for i, (draft, _) in replies.items())
     switch = SwitchableJudge()
     with TestServer(switch) as server, Store(tmp_path / "s.duckdb") as store:
-        judge = comparator(**judge_spec(server, tmp_path, max_attempts=2,
-                                        prediction_path="reply"))
+        judge = judge_with_waits(judge_spec(server, tmp_path, max_attempts=2,
+                                            prediction_path="reply"), waits=[])
         with CallableCandidate(echo, name="drafter", version="1") as candidate, \
                 capture_logs() as logs:
             events, outcomes = reply_inputs(replies)

@@ -28,7 +28,9 @@ from shadow.candidates.remote import expand
 from shadow.compare.base import Judgement, SpecComparator
 from shadow.config.comparators import JudgeSpec
 from shadow.core.errors import ConfigError, ShadowError
+from shadow.core.models import utc_now
 from shadow.core.paths import get_path
+from shadow.core.retry import RetryPolicy, delay, jitter
 from shadow.core.templates import TemplateError, render
 
 __all__ = ["DEFAULT_RUBRIC", "Judge", "JudgeError"]
@@ -60,6 +62,7 @@ _VERDICT_SCHEMA = {
     "additionalProperties": False,
 }
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_BACKOFF_S, _MAX_BACKOFF_S, _MAX_RETRY_AFTER_S = 0.5, 8.0, 60.0
 
 
 class JudgeError(ShadowError):
@@ -78,9 +81,22 @@ class Judge(SpecComparator):
     prompt can never be judged: it disagrees with a note. An ``api_key_env``
     that is not set raises :class:`ConfigError` at the first call: a
     configuration mistake, not a per-item failure.
+
+    Connection errors, timeouts, 408, 429 and 5xx are retried up to
+    ``max_attempts`` in all, after a full-jitter backoff from 0.5 s up to 8 s,
+    or as long as a ``Retry-After`` (seconds or an HTTP date) asks, up to 60 s
+    (:func:`shadow.core.retry.delay`). ``sleep``, ``now`` and ``uniform`` are
+    for tests.
     """
 
-    def __init__(self, spec: JudgeSpec, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        spec: JudgeSpec,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], datetime] = utc_now,
+        uniform: Callable[[float, float], float] | None = None,
+    ) -> None:
         super().__init__(spec)
         self._spec = spec
         self._rubric = spec.rubric if spec.rubric is not None else DEFAULT_RUBRIC
@@ -91,7 +107,10 @@ class Judge(SpecComparator):
                 f"judge rubric: {exc}; only {{{{ output }}}} and {{{{ outcome }}}} are known"
             ) from exc
         self._url = spec.base_url.rstrip("/") + "/chat/completions"
-        self._sleep = sleep
+        self._retry = RetryPolicy(max_attempts=spec.max_attempts, base_s=_BACKOFF_S,
+                                  max_backoff_s=_MAX_BACKOFF_S,
+                                  max_retry_after_s=_MAX_RETRY_AFTER_S)
+        self._sleep, self._now, self._uniform = sleep, now, uniform or jitter()
         identity = orjson.dumps([spec.model, self._rubric, spec.prediction_path,
                                  spec.outcome_path])
         self.name = f"judge:{hashlib.sha256(identity).hexdigest()[:12]}"
@@ -150,6 +169,7 @@ class Judge(SpecComparator):
             key = expand("${" + self._spec.api_key_env + "}", "api_key_env")
             headers["authorization"] = f"Bearer {key}"
         request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
+        # urllib: one blocking call at a time, no connection worth keeping between them.
         # No proxies from the environment, like the chat candidate's client.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         attempt = 1
@@ -167,12 +187,12 @@ class Judge(SpecComparator):
                     # Asking again will not help: the predictions stay pending until
                     # the configuration is fixed, so say where to look.
                     problem += " (refused: check base_url, model and api_key_env)"
-                wait = _retry_after(exc.headers.get("retry-after"))
+                asked = exc.headers.get("retry-after")
             except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                retryable, problem, wait = True, f"{type(exc).__name__}: {exc}", None
-            if not retryable or attempt >= self._spec.max_attempts:
+                retryable, problem, asked = True, f"{type(exc).__name__}: {exc}", None
+            if not retryable or attempt >= self._retry.max_attempts:
                 raise JudgeError(f"{problem} (after {attempt} attempt(s))")
-            self._sleep(wait if wait is not None else min(8.0, 0.5 * 2 ** (attempt - 1)))
+            self._sleep(delay(self._retry, attempt, asked, now=self._now, uniform=self._uniform))
             attempt += 1
 
     # -- the cache -----------------------------------------------------------
@@ -234,10 +254,3 @@ def _as_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return min(60.0, max(0.0, float(value))) if value else None
-    except ValueError:
-        return None
