@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from shadow.service.control import DaemonFile
+from tests.waiting import wait_until
 
 TOKEN = "t0ken-for-tests"
 
@@ -54,15 +54,23 @@ def start_daemon(config: Path, log_name: str, *, token: str | None = TOKEN
     return process
 
 
-def ready_api(db: Path, timeout_s: float = 60) -> str:
-    """The API address of the daemon running for ``db``, once it answers ready."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+def ready_api(db: Path, timeout_s: float = 60, *,
+              process: subprocess.Popen[str] | None = None) -> str:
+    """The API address of the daemon running for ``db``, once it answers ready.
+
+    With the daemon's ``process``, its exit ends the wait at once, and a failure shows
+    its log (when it has one, as :func:`start_daemon` gives it).
+    """
+    def answering() -> str | None:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the daemon exited with {process.returncode} before it "
+                                 f"answered ready\n{log_tail(process)}")
         found = DaemonFile.read(db)
-        if found is not None and get(found.api + "/ready")[0] == 200:
-            return found.api
-        time.sleep(0.2)
-    raise AssertionError("the daemon did not become ready")
+        return found.api if found is not None and get(found.api + "/ready")[0] == 200 else None
+
+    return wait_until(answering, timeout_s=timeout_s, interval_s=0.2,
+                      what=f"the daemon of {db.name} to answer ready",
+                      details=None if process is None else lambda: log_tail(process))
 
 
 def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str]:
@@ -79,3 +87,9 @@ def stop(process: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int
 def finished(process: subprocess.Popen[str]) -> str:
     path: Path = process.log  # type: ignore[attr-defined]
     return path.read_text(encoding="utf-8")
+
+
+def log_tail(process: subprocess.Popen[str], chars: int = 3000) -> str:
+    """The end of the daemon's log, if it was started with one."""
+    path: Path | None = getattr(process, "log", None)
+    return "(no log)" if path is None else path.read_text(encoding="utf-8")[-chars:]

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from shadow.store.database import Store
 from shadow.testing import ListSource
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
+from tests.waiting import wait_until
 
 N = 300
 LABELS = ["billing", "login", "refund"]
@@ -173,7 +173,7 @@ daemon:
     elsewhere.mkdir()
     daemon = start_daemon(config, "daemon.log")
     try:
-        api = ready_api(tmp_path / "daemon.duckdb")
+        api = ready_api(tmp_path / "daemon.duckdb", process=daemon)
         db = str(tmp_path / "daemon.duckdb")
         # A name, wherever the command runs, is a file in the daemon's backup folder.
         result = shadow(elsewhere, "backup", "mid.duckdb", "--db", db, "--format", "json",
@@ -208,8 +208,8 @@ daemon:
     os.replace(copy, tmp_path / "daemon.duckdb")
     restarted = start_daemon(config, "daemon-2.log")
     try:
-        api = ready_api(tmp_path / "daemon.duckdb")
-        until(lambda: events_total(api) >= n)
+        api = ready_api(tmp_path / "daemon.duckdb", process=restarted)
+        until_at_least(lambda: events_total(api), n, "shadow_events_total")
     finally:
         code, log = stop(restarted)
     assert code == 0, log
@@ -219,11 +219,10 @@ daemon:
         assert store.count("duplicates") == 0
 
 
-def until(holds: Callable[[], bool], timeout_s: float = 120) -> None:
-    """Wait for ``holds()``; the assertions after it say what was missing if it never did."""
-    deadline = time.monotonic() + timeout_s
-    while not holds() and time.monotonic() < deadline:
-        time.sleep(0.3)
+def until_at_least(measure: Callable[[], float], wanted: float, what: str) -> float:
+    """Wait until ``measure()`` is ``wanted`` or more; a timeout shows the last measure."""
+    return wait_until(measure, accept=lambda value: value >= wanted, timeout_s=120,
+                      interval_s=0.3, what=f"{what} to reach {wanted:g}")
 
 
 def ids(db: Path, table: str) -> set[str]:
@@ -276,11 +275,11 @@ daemon:
 """, encoding="utf-8")
     daemon = start_daemon(config, "daemon.log")
     try:
-        api = ready_api(tmp_path / "daemon.duckdb")
-        until(lambda: events_total(api) >= n)
+        api = ready_api(tmp_path / "daemon.duckdb", process=daemon)
+        until_at_least(lambda: events_total(api), n, "shadow_events_total")
         # A backup that starts after this count has every event; the one running may not.
         wanted = max(backups_made(api) + 2, 4)
-        until(lambda: backups_made(api) >= wanted)
+        until_at_least(lambda: backups_made(api), wanted, "the backups made")
     finally:
         code, log = stop(daemon)
     assert code == 0, log

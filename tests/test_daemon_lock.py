@@ -82,8 +82,9 @@ def test_a_daemon_killed_as_pid_1_starts_again_as_pid_1(tmp_path: Path) -> None:
     (tmp_path / "daemon.yaml").write_text(CONFIG, encoding="utf-8")
     db = tmp_path / "daemon.duckdb"
     first = in_own_pid_namespace(tmp_path, "first.log")
+    first.log = tmp_path / "first.log"  # type: ignore[attr-defined]
     try:
-        ready_api(db)
+        ready_api(db, process=first)
         found = DaemonFile.read(db)
         assert found is not None and found.pid == 1
     finally:
@@ -92,8 +93,9 @@ def test_a_daemon_killed_as_pid_1_starts_again_as_pid_1(tmp_path: Path) -> None:
     assert DaemonFile.path_for(db).exists()  # killed: its file is left behind, with pid 1
     started = time.monotonic()
     second = in_own_pid_namespace(tmp_path, "second.log")
+    second.log = tmp_path / "second.log"  # type: ignore[attr-defined]
     try:
-        api = ready_api(db, timeout_s=30)
+        api = ready_api(db, timeout_s=30, process=second)
         assert time.monotonic() - started < 15
         assert get(api + "/ready")[0] == 200
     finally:

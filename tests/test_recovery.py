@@ -14,6 +14,7 @@ from typing import Any
 from shadow.core.models import Event
 from shadow.reports.summary import build_report
 from shadow.store.database import Store
+from tests.waiting import wait_until
 
 EVENTS = 6_000
 BATCH = 500
@@ -75,9 +76,9 @@ def test_a_replay_killed_midway_and_run_again_ends_as_one_clean_replay(tmp_path:
 
     process = subprocess.Popen(replay_command(events, outcomes, killed), cwd=root, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not killed.with_name("killed.duckdb.wal").exists():
-        time.sleep(0.02)
+    wal = killed.with_name("killed.duckdb.wal")
+    wait_until(lambda: wal.exists() or process.poll() is not None, timeout_s=60, interval_s=0.02,
+               what="the replay to start writing (its write-ahead log)")
     time.sleep(0.8)  # a few batches in: some committed, one in the middle
     still_running = process.poll() is None
     process.send_signal(signal.SIGKILL)
