@@ -8,6 +8,7 @@ against a server in this process, found through a ``DaemonFile``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -31,7 +32,7 @@ from rollout.views import describe, status_view
 from shadow.config.daemon import Scope
 from shadow.core.errors import ConfigError
 from shadow.reports import render
-from shadow.reports.summary import build_report
+from shadow.reports.summary import CoreReport, core_report
 from shadow.service.api import METRICS_TYPE, ApiServer, ApiState
 from shadow.service.api_client import DaemonClient, DaemonUnavailable, find_daemon
 from shadow.service.api_tokens import ApiToken, Tokens
@@ -66,12 +67,12 @@ DEAD_LETTER = {"kind": "event", "source": "kafka:tickets", "position": "0:17",
 class FakeControl:
     """A daemon's control surface with canned answers; records every call."""
 
-    def __init__(self, report: dict[str, Any] | None = None) -> None:
+    def __init__(self, report: CoreReport | None = None) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.tokens: list[str] = []
         self.ready = True
         self.fail = False
-        self.report_data = report or {}
+        self.report_data = report
         self.hold: threading.Event | None = None
         self.holding = threading.Event()
 
@@ -107,9 +108,12 @@ class FakeControl:
 
     def report(self, fmt: str) -> str:
         self.calls.append(("report", fmt))
+        assert self.report_data is not None
         if fmt == "markdown":  # the owners' Markdown needs a full report; a marked stand-in
-            return f"# Readiness report\n\nevents read {self.report_data['events_read']:,}\n"
-        return {"json": render.to_json, "table": render.to_table}[fmt](self.report_data)
+            return f"# Readiness report\n\nevents read {self.report_data.events_read:,}\n"
+        if fmt == "json":
+            return render.to_json(self.report_data.as_dict())
+        return render.to_table(self.report_data)
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         self.calls.append(("dead_letters", limit))
@@ -130,15 +134,15 @@ class FakeControl:
 
 
 @pytest.fixture(scope="module")
-def report_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def report_data(tmp_path_factory: pytest.TempPathFactory) -> CoreReport:
     """A real report of an empty store, marked so that it is recognisable."""
     with Store(tmp_path_factory.mktemp("report") / "empty.duckdb") as store:
-        report = build_report(store)
-    return {**report, "events_read": 4242}
+        report = core_report(store)
+    return dataclasses.replace(report, events_read=4242)
 
 
 @pytest.fixture
-def fake(report_data: dict[str, Any]) -> FakeControl:
+def fake(report_data: CoreReport) -> FakeControl:
     return FakeControl(report_data)
 
 
@@ -520,7 +524,7 @@ def test_surrounding_whitespace_of_the_configured_token_is_ignored(fake: FakeCon
                                             ("markdown", "text/markdown"),
                                             ("table", "text/plain")])
 def test_reports_come_in_each_format_with_its_content_type(
-        http: httpx.Client, report_data: dict[str, Any], fmt: str, media: str) -> None:
+        http: httpx.Client, report_data: CoreReport, fmt: str, media: str) -> None:
     posted = http.post("/reports", headers=bearer(), json={"format": fmt})
     got = http.get(f"/report?format={fmt}", headers=bearer())
     for response in (posted, got):
@@ -813,12 +817,16 @@ def test_a_refusal_from_the_daemon_exits_1(daemon_dir: Path) -> None:
 
 
 def test_report_and_dead_letters_come_from_the_daemon(daemon_dir: Path,
-                                                      report_data: dict[str, Any]) -> None:
+                                                      report_data: CoreReport) -> None:
     report = shadow(daemon_dir, "report", "--db", "shadow.duckdb", "--format", "json")
     assert report.returncode == 0, report.stderr
-    assert report.stdout == render.to_json(report_data)
+    assert report.stdout == render.to_json(report_data.as_dict())
+    assert json.loads(report.stdout)["events_read"] == 4242
     table = shadow(daemon_dir, "report", "--db", "shadow.duckdb")
     assert table.stdout == render.to_table(report_data)
+    assert "events read 4,242 = stored 0" in table.stdout
+    markdown = shadow(daemon_dir, "report", "--db", "shadow.duckdb", "--format", "markdown")
+    assert markdown.stdout.startswith("# Readiness report\n\nevents read 4,242\n")
     dead = shadow(daemon_dir, "dead-letters", "--db", "shadow.duckdb")
     assert dead.returncode == 0, dead.stderr
     assert "{from-the-daemon" in dead.stdout

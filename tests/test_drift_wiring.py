@@ -58,7 +58,7 @@ def test_the_report_shows_the_drift_of_the_segment_mix(tmp_path: Path) -> None:
         report = full_report(store, CONFIG, now=lambda: NOW)
     finally:
         store.close()
-    drift = report["owner"]["drift"]
+    drift = report.as_dict()["owner"]["drift"]
     assert drift["drifted"] and drift["reference"]["events"] == 500
     (channel,) = [s for s in drift["segments"] if s["field"] == "channel"]
     # Reference shares 0.1 / 0.9; current counts 250 / 250 of 500.

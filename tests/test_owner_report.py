@@ -21,8 +21,8 @@ from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
 from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
-from shadow.reports.render import owner_markdown
-from shadow.reports.summary import build_report
+from shadow.reports.render import owner_markdown, to_json
+from shadow.reports.summary import CoreReport, build_report, core_report
 from shadow.store.database import Store
 from shadow.testing import ListSource
 
@@ -234,6 +234,33 @@ def test_agreement_matches_the_input(store: Store) -> None:
     b_agreed = sum(b_label(i) == truth(i) for i in range(N))
     assert candidate(report, "rules")["agreement"]["agreed"] == b_agreed
     assert candidate(report, "rules")["agreement"]["n"] == N
+
+
+def test_the_core_report_matches_the_input(store: Store) -> None:
+    report = core_report(store, now=lambda: FIXED)
+    assert [(c.name, c.version) for c in report.candidates] == [("rules", None), ("triage", "1")]
+    triage = report.candidates[1]
+    compared = a_compared()
+    agreed = sum(a_agreed(i) for i in compared)
+    assert (triage.predictions, triage.errors, triage.compared) == (
+        N, N - len(compared), len(compared))
+    rate, low, high = wilson(agreed, len(compared))
+    assert [triage.agreement.rate, triage.agreement.low, triage.agreement.high] == approx(
+        [rate, low, high])
+    chat = [i for i in compared if channel(i) == "chat"]
+    (shown,) = [s for s in triage.segments if s.value == "chat"]
+    assert (shown.field, shown.compared) == ("channel", len(chat))
+    assert shown.agreement.rate == approx(sum(map(a_agreed, chat)) / len(chat))
+    assert triage.cost.total == approx(sum(a_cost(i) for i in range(N)))
+    assert report.events_read == report.events_stored == N
+    assert report.generated_at == FIXED
+
+
+def test_the_core_report_reads_back_from_its_json(store: Store) -> None:
+    report = core_report(store, now=lambda: FIXED)
+    text = to_json(report.as_dict())
+    assert CoreReport.from_dict(json.loads(text)) == report
+    assert build_report(store, now=lambda: FIXED) == json.loads(text)
 
 
 def test_over_time_is_by_event_day(store: Store) -> None:

@@ -227,18 +227,26 @@ def _report(args: argparse.Namespace) -> int:
     import orjson
 
     from shadow.config.file import load_config
+    from shadow.reports import render
     from shadow.reports.build import full_report, render_report
-    from shadow.service.api_client import from_daemon_or_store
+    from shadow.reports.summary import CoreReport
+    from shadow.service.api_client import DaemonClient, from_daemon_or_store
 
     config = load_config(args.config)
     db = config.store_at(args.db)
-    # Through a running daemon the report comes as JSON (made with the daemon's configuration)
-    # and is rendered here, as from the file.
-    report = from_daemon_or_store(
-        db, lambda daemon: orjson.loads(daemon.report("json")),
-        lambda store: full_report(store, config))
-    text = render_report(report, args.format,
-                         color=args.out is None and sys.stdout.isatty())
+    color = args.out is None and sys.stdout.isatty()
+
+    def ask(daemon: DaemonClient) -> str:
+        # Through a running daemon the report is made there, with the daemon's configuration;
+        # the table is drawn here from its JSON, so that it has colour on a terminal.
+        if args.format != "table":
+            return daemon.report(args.format)
+        return render.to_table(CoreReport.from_dict(orjson.loads(daemon.report("json"))),
+                               color=color)
+
+    text = from_daemon_or_store(
+        db, ask, lambda store: render_report(full_report(store, config), args.format,
+                                             color=color))
     _emit(text, args.out)
     return EXIT_OK
 

@@ -9,7 +9,7 @@ from shadow.config.file import load_config
 from shadow.demo.workload import generate
 from shadow.pipeline.replay import ReplayRequest, describe, replay_files
 from shadow.reports import render
-from shadow.reports.build import full_report, render_report
+from shadow.reports.build import FullReport, full_report, render_report
 from shadow.store.database import Store
 
 CONFIG = """\
@@ -56,7 +56,7 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
     return "\n".join([
         describe(summary),
         "",
-        render.to_table(report).rstrip(),
+        render.to_table(report.core).rstrip(),
         "",
         f"Files in {directory}/:",
         f"  events.jsonl    {files.events_written:,} ticket events, {files.malformed_lines} "
@@ -76,26 +76,26 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
     ]) + "\n"
 
 
-def _findings(report: dict[str, Any], directory: Path) -> list[str]:
-    candidate = report["candidates"][0]
-    overall = candidate["agreement"]["rate"]
-    segments = [s for s in candidate["segments"] if s["compared"] >= MIN_SEGMENT_SAMPLE]
-    worst = min(segments, key=lambda s: s["agreement"]["rate"])
+def _findings(report: FullReport, directory: Path) -> list[str]:
+    candidate = report.core.candidates[0]
+    overall = candidate.agreement.rate
+    segments = [s for s in candidate.segments if s.compared >= MIN_SEGMENT_SAMPLE]
+    worst = min(segments, key=lambda s: s.agreement.rate or 0.0)
     findings = [
-        f"  - Overall agreement is {render.percent(overall)}, but {worst['field']}="
-        f"{worst['value']} agrees only {render.percent(worst['agreement']['rate'])}: "
+        f"  - Overall agreement is {render.percent(overall)}, but {worst.field}="
+        f"{worst.value} agrees only {render.percent(worst.agreement.rate)}: "
         "an average hides the segment the candidate fails (it knows no German keywords).",
     ]
-    baseline = report.get("owner", {}).get("human_baseline")
+    baseline = report.owner["human_baseline"]
     if baseline and baseline["pairs"]:
         findings.append(
             f"  - When a second agent revisited a ticket ({baseline['pairs']:,} times: reviews "
             f"and re-categorisations), the two agreed {render.percent(baseline['rate'])} of the "
             "time. People disagree too: that is the bar to hold the candidate to.")
     return findings + [
-        f"  - {candidate['pending']:,} predictions are pending: their tickets have no human "
+        f"  - {candidate.pending:,} predictions are pending: their tickets have no human "
         "outcome yet. They are compared when the outcome arrives.",
-        f"  - {report['dead_letters']} malformed lines were kept, not dropped, with the reason: "
+        f"  - {report.core.dead_letters} malformed lines were kept, not dropped, with the reason: "
         f"shadow dead-letters --db {directory / 'shadow.duckdb'}",
         f"  - Re-run it: cd {directory} && shadow replay events.jsonl --outcomes outcomes.jsonl "
         "--config shadow.yaml  (nothing changes: replays are idempotent)",

@@ -1,14 +1,16 @@
 """The report in every format, from one place: the CLI, the daemon's jobs and its API.
 
-The JSON keeps the core contract (``shadow.reports.summary``) at the top level and
-adds the owners' sections (verdict, over time, confusion, coverage, cost,
-disagreements, rollout timeline; ``shadow.reports.owner``) under ``owner``.
-Markdown and HTML are the owners' views; ``table`` is the terminal summary.
+:func:`full_report` makes a :class:`FullReport`: the core report
+(``shadow.reports.summary``) and the owners' sections (verdict, over time, confusion,
+coverage, cost, disagreements, rollout timeline; ``shadow.reports.owner``) with drift.
+Its JSON keeps the core contract at the top level and adds the owners' sections under
+``owner``. Markdown and HTML are the owners' views; ``table`` is the terminal summary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +27,7 @@ from shadow.reports.drift import (
 )
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report
-from shadow.reports.summary import build_report
+from shadow.reports.summary import CoreReport, core_report
 from shadow.store.database import Store
 
 FORMATS = ("table", "json", "markdown", "html")
@@ -58,16 +60,35 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
         now=now)
 
 
+@dataclass(frozen=True, slots=True)
+class FullReport:
+    """The core report and the owners' sections, as every format renders them."""
+
+    core: CoreReport
+    owner: dict[str, Any]
+    """``shadow.reports.owner.build_owner_report``'s sections."""
+    currency: str | None
+    drift: DriftReport | None
+    """``None`` when the configuration asks for no drift, or nothing is stored yet."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON: the core contract, the owners' sections under ``owner``."""
+        return {**self.core.as_dict(), "owner": self.owner_dict()}
+
+    def owner_dict(self) -> dict[str, Any]:
+        """The owners' sections with the currency among the options, and drift."""
+        return {**self.owner, "options": {**self.owner["options"], "currency": self.currency},
+                "drift": self.drift.as_dict() if self.drift is not None else None}
+
+
 def full_report(store: Store, config: Config, *,
-                now: Callable[[], datetime] = utc_now) -> dict[str, Any]:
-    """The core report with the owners' sections under ``owner``."""
-    report = build_report(store, now=now)
-    owner = build_owner_report(store, owner_options(config, now=now))
-    owner["options"]["currency"] = config.report.currency
-    drift = measure_configured_drift(store, config, now=now)
-    owner["drift"] = drift.as_dict() if drift is not None else None
-    report["owner"] = owner
-    return report
+                now: Callable[[], datetime] = utc_now) -> FullReport:
+    """The core report with the owners' sections."""
+    return FullReport(
+        core=core_report(store, now=now),
+        owner=build_owner_report(store, owner_options(config, now=now)),
+        currency=config.report.currency,
+        drift=measure_configured_drift(store, config, now=now))
 
 
 def measure_configured_drift(store: Store, config: Config, *,
@@ -90,18 +111,19 @@ def measure_configured_drift(store: Store, config: Config, *,
                                    new_outcome_share=spec.new_outcome_share))
 
 
-def render_report(report: dict[str, Any], fmt: str, *, color: bool = False) -> str:
+def render_report(report: FullReport, fmt: str, *, color: bool = False) -> str:
     """Text of ``full_report`` in one of :data:`FORMATS`."""
     from shadow.reports import render
 
     if fmt == "json":
-        return render.to_json(report)
+        return render.to_json(report.as_dict())
+    if fmt == "table":
+        return render.to_table(report.core, color=color)
+    owner = report.owner_dict()
     if fmt == "markdown":
-        return render.owner_markdown(report["owner"])
+        return render.owner_markdown(owner)
     if fmt == "html":
         from shadow.reports.html import to_html
 
-        return to_html(report["owner"])
-    if fmt == "table":
-        return render.to_table(report, color=color)
+        return to_html(owner)
     raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")

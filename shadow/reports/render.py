@@ -10,10 +10,19 @@ from rich.console import Console
 from rich.table import Table
 
 from shadow.reports.charts import milliseconds
+from shadow.reports.summary import (
+    Agreement,
+    CandidateSummary,
+    CoreReport,
+    Cost,
+    FieldAgreement,
+    SegmentAgreement,
+)
 
 
-def to_json(report: dict[str, Any]) -> str:
-    text: str = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
+def to_json(values: dict[str, Any]) -> str:
+    """Plain values (a report's ``as_dict()``) as indented JSON text."""
+    text: str = orjson.dumps(values, option=orjson.OPT_INDENT_2).decode()
     return text + "\n"
 
 
@@ -21,90 +30,100 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def interval(agreement: dict[str, Any]) -> str:
-    if agreement["rate"] is None:
+def interval(agreement: Agreement | dict[str, Any]) -> str:
+    """A rate with its interval; an owner report's sections are still dicts."""
+    if isinstance(agreement, Agreement):
+        rate, low, high = agreement.rate, agreement.low, agreement.high
+    else:
+        rate, low, high = agreement["rate"], agreement["low"], agreement["high"]
+    if rate is None:
         return "–"
-    low, high = percent(agreement["low"]), percent(agreement["high"])
-    return f"{percent(agreement['rate'])} [{low}, {high}]"
+    return f"{percent(rate)} [{percent(low)}, {percent(high)}]"
 
 
 def millis(value: float | None) -> str:
     return "–" if value is None else milliseconds(value)
 
 
-def _cost(cost: dict[str, Any]) -> str:
-    if cost["total"] is None:
+def _cost(cost: Cost) -> str:
+    if cost.total is None or cost.per_prediction is None:
         return "–"
-    return f"{cost['total']:,.4f} / {cost['per_prediction']:,.6f}"
+    return f"{cost.total:,.4f} / {cost.per_prediction:,.6f}"
 
 
-def _identity(candidate: dict[str, Any]) -> str:
-    name, version = str(candidate["name"]), candidate["version"]
+def _identity(candidate: CandidateSummary | dict[str, Any]) -> str:
+    """``name (version v)``; an owner report's candidates are still dicts."""
+    if isinstance(candidate, CandidateSummary):
+        name, version = candidate.name, candidate.version
+    else:
+        name, version = str(candidate["name"]), candidate["version"]
     return name + (f" (version {version})" if version else "")
 
 
-def _facts(candidate: dict[str, Any]) -> list[tuple[str, str]]:
-    latency = candidate["latency_ms"]
+def _facts(candidate: CandidateSummary) -> list[tuple[str, str]]:
+    latency = candidate.latency_ms
     return [
-        ("events in store", f"{candidate['events']:,}"),
-        ("predictions", f"{candidate['predictions']:,}"),
-        ("errors", f"{candidate['errors']:,} ({percent(candidate['error_rate'])})"),
-        ("abstained (low confidence)", f"{candidate['abstained']:,}"),
-        ("coverage (would act on)", percent(candidate["coverage"])),
-        ("compared with an outcome", f"{candidate['compared']:,}"),
-        ("pending (no outcome yet)", f"{candidate['pending']:,}"),
-        ("agreement (95 % Wilson)", interval(candidate["agreement"])),
-        ("cost (total / per prediction)", _cost(candidate["cost"])),
+        ("events in store", f"{candidate.events:,}"),
+        ("predictions", f"{candidate.predictions:,}"),
+        ("errors", f"{candidate.errors:,} ({percent(candidate.error_rate)})"),
+        ("abstained (low confidence)", f"{candidate.abstained:,}"),
+        ("coverage (would act on)", percent(candidate.coverage)),
+        ("compared with an outcome", f"{candidate.compared:,}"),
+        ("pending (no outcome yet)", f"{candidate.pending:,}"),
+        ("agreement (95 % Wilson)", interval(candidate.agreement)),
+        ("cost (total / per prediction)", _cost(candidate.cost)),
         ("latency p50 / p95 / p99",
-         f"{millis(latency['p50'])} / {millis(latency['p95'])} / {millis(latency['p99'])}"),
+         f"{millis(latency.p50)} / {millis(latency.p95)} / {millis(latency.p99)}"),
     ]
 
 
-def to_table(report: dict[str, Any], *, width: int | None = None, color: bool = False) -> str:
+def to_table(report: CoreReport, *, width: int | None = None, color: bool = False) -> str:
     """The report for a terminal: one block per candidate, then the input counts."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width or 100, no_color=not color,
                       force_terminal=color, highlight=False)
-    for candidate in report["candidates"]:
+    for candidate in report.candidates:
         summary = Table(title=_identity(candidate), show_header=False, title_justify="left")
         summary.add_column(style="bold")
         summary.add_column(justify="right")
         for label, value in _facts(candidate):
             summary.add_row(label, value)
         console.print(summary)
-        _print_breakdown(console, "by segment", candidate["segments"], ("field", "value"))
-        _print_breakdown(console, "by field", candidate["fields"], ("field",))
-        for kind in candidate["error_kinds"]:
-            console.print(f"  error {kind['type']}: {kind['count']:,}, e.g. {kind['example']!r}")
-    if not report["candidates"]:
+        _print_breakdown(console, "by segment", ("field", "value"),
+                         [((s.field, s.value), s) for s in candidate.segments])
+        _print_breakdown(console, "by field", ("field",),
+                         [((f.field,), f) for f in candidate.fields])
+        for kind in candidate.error_kinds:
+            console.print(f"  error {kind.type}: {kind.count:,}, e.g. {kind.example!r}")
+    if not report.candidates:
         console.print("no predictions in this store yet")
     console.print(_inputs_line(report))
     return buffer.getvalue()
 
 
 def _print_breakdown(
-    console: Console, title: str, rows: list[dict[str, Any]], keys: tuple[str, ...]
+    console: Console, title: str, columns: tuple[str, ...],
+    rows: list[tuple[tuple[str, ...], SegmentAgreement | FieldAgreement]],
 ) -> None:
     if not rows:
         return
     table = Table(title=title, title_justify="left")
-    for key in keys:
-        table.add_column(key)
+    for column in columns:
+        table.add_column(column)
     table.add_column("compared", justify="right")
     table.add_column("agreement (95 % Wilson)", justify="right")
-    for row in rows:
-        table.add_row(*(str(row[k]) for k in keys), f"{row['compared']:,}",
-                      interval(row["agreement"]))
+    for labels, row in rows:
+        table.add_row(*map(str, labels), f"{row.compared:,}", interval(row.agreement))
     console.print(table)
 
 
-def _inputs_line(report: dict[str, Any]) -> str:
-    outcomes = report["outcomes"]
+def _inputs_line(report: CoreReport) -> str:
+    outcomes = report.outcomes
     return (
-        f"events read {report['events_read']:,} = stored {report['events_stored']:,}"
-        f" + duplicates {report['duplicates']:,} + dead letters {report['dead_letters']:,}; "
-        f"outcomes stored {outcomes['stored']:,} for {outcomes['keys']:,} keys"
-        f" (dead letters {outcomes['dead_letters']:,})"
+        f"events read {report.events_read:,} = stored {report.events_stored:,}"
+        f" + duplicates {report.duplicates:,} + dead letters {report.dead_letters:,}; "
+        f"outcomes stored {outcomes.stored:,} for {outcomes.keys:,} keys"
+        f" (dead letters {outcomes.dead_letters:,})"
     )
 
 
