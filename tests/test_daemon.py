@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
-from shadow.service.control import DaemonFile
 from shadow.store.database import Store
 from tests.daemon_process import TOKEN, finished, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
+from tests.waiting import wait_until
 
 LABELS = ["billing", "login", "refund", "shipping"]
 
@@ -53,6 +53,7 @@ class Deployment:
         self.decisions = f"decisions-{suffix}"
         self.db = directory / "daemon.duckdb"
         self.runs = 0
+        self.process: subprocess.Popen[str] | None = None
         self.config = directory / "daemon.yaml"
         self.config.write_text(f"""
 candidate:
@@ -96,10 +97,12 @@ logging:
 
     def start(self, *, token: str | None = TOKEN) -> subprocess.Popen[str]:
         self.runs += 1
-        return start_daemon(self.config, f"daemon-{self.runs}.log", token=token)
+        self.process = start_daemon(self.config, f"daemon-{self.runs}.log", token=token)
+        return self.process
 
     def api(self, timeout_s: float = 60) -> str:
-        return ready_api(self.db, timeout_s)
+        """The API of the daemon started last, once it answers ready."""
+        return ready_api(self.db, timeout_s, process=self.process)
 
     def cli(self, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
@@ -111,17 +114,17 @@ logging:
 
     def wait_for(self, api: str, predictions: int, timeout_s: float = 120, *,
                  outcomes: int = 0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        report: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+        def report() -> dict[str, Any]:
             status, body = get(api + "/report?format=json", token=TOKEN)
-            if status == 200:
-                report = json.loads(body)
-                if (report["candidates"] and report["candidates"][0]["predictions"] >= predictions
-                        and report["outcomes"]["stored"] >= outcomes):
-                    return report
-            time.sleep(0.5)
-        raise AssertionError(f"not {predictions} predictions in time: {report}")
+            return json.loads(body) if status == 200 else {}
+
+        def enough(found: dict[str, Any]) -> bool:
+            return bool(found and found["candidates"]
+                        and found["candidates"][0]["predictions"] >= predictions
+                        and found["outcomes"]["stored"] >= outcomes)
+
+        return wait_until(report, accept=enough, timeout_s=timeout_s, interval_s=0.5,
+                          what=f"{predictions} predictions and {outcomes} outcomes reported")
 
 
 def counts(db: Path) -> tuple[int, int, int, int]:
@@ -267,17 +270,10 @@ daemon:
     with open(log, "w", encoding="utf-8") as out:
         daemon = subprocess.Popen([sys.executable, "-m", "shadow", "run", "--config", str(config)],
                                   cwd=tmp_path, env=env, stdout=out, stderr=out, text=True)
+    daemon.log = log  # type: ignore[attr-defined]
     try:
-        db = tmp_path / "hooks.duckdb"
-        deadline = time.monotonic() + 60
-        found, status, body = None, 0, ""
-        while time.monotonic() < deadline and status != 200:
-            found = DaemonFile.read(db)
-            if found is not None:
-                status, body = get(found.api + "/ready")
-            time.sleep(0.2)
-        assert found is not None and status == 200, log.read_text(encoding="utf-8")
-        hooks = json.loads(body)["checks"]["webhooks"]
+        api = ready_api(tmp_path / "hooks.duckdb", process=daemon)
+        hooks = json.loads(get(api + "/ready")[1])["checks"]["webhooks"]
 
         def post(i: int, signature_key: bytes) -> int:
             payload = json.dumps({"event_id": f"w{i}", "key": f"t{i}",
@@ -300,7 +296,7 @@ daemon:
         assert [post(i, key) for i in range(5)] == [200] * 5
         assert post(5, b"not the secret at all, not at all") == 401
         assert post(0, key) == 200  # a replayed delivery: acknowledged, stored once
-        status, body = get(found.api + "/report?format=json", token=TOKEN)
+        status, body = get(api + "/report?format=json", token=TOKEN)
         (triage,) = json.loads(body)["candidates"]
         assert (triage["events"], triage["predictions"]) == (5, 5)
     finally:
@@ -352,13 +348,8 @@ def test_a_judge_outage_shows_in_the_metrics_until_the_judge_answers(tmp_path: P
         return found
 
     def until(api: str, holds: Any, what: str) -> dict[str, dict[tuple[str, ...], float]]:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = metrics(api)
-            if holds(found):
-                return found
-            time.sleep(0.3)
-        raise AssertionError(f"{what} did not happen in time: {found}")
+        return wait_until(lambda: metrics(api), accept=holds, timeout_s=60, interval_s=0.3,
+                          what=what)
 
     def deferred_last_run(found: dict[str, dict[tuple[str, ...], float]]) -> float | None:
         values = list(found.get("shadow_comparisons_deferred_last_run", {}).values())
@@ -386,7 +377,7 @@ daemon:
 """, encoding="utf-8")
         daemon = start_daemon(config, "daemon.log")
         try:
-            api = ready_api(tmp_path / "daemon.duckdb")
+            api = ready_api(tmp_path / "daemon.duckdb", process=daemon)
             down = until(api, lambda f: deferred_last_run(f) == n, "a compare run deferring all")
             assert sum(down.get("shadow_comparisons_total", {}).values()) == 0
             (total,) = down["shadow_comparisons_deferred_total"].values()

@@ -18,7 +18,6 @@ import io
 import itertools
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from shadow.cli import main as cli
 from shadow.core.models import Event
 from tests.daemon_process import TOKEN, finished, get, ready_api, start_daemon, stop
 from tests.test_signatures import SECRET, sign_github
+from tests.waiting import wait_until
 
 FUZZ = settings(
     deadline=None, derandomize=True, database=None, print_blob=False,
@@ -739,10 +739,10 @@ def records_read(api: str, source: str) -> float:
                if sample.labels.get("source") == source)
 
 
-def wait_for_records(api: str, source: str, records: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while records_read(api, source) < records and time.monotonic() < deadline:
-        time.sleep(0.2)
+def wait_for_records(api: str, source: str, records: int, timeout_s: float = 60) -> float:
+    return wait_until(lambda: records_read(api, source), accept=lambda n: n >= records,
+                      timeout_s=timeout_s, interval_s=0.2,
+                      what=f"{records} records read from {source}")
 
 
 @pytest.mark.timeout(240)
@@ -777,7 +777,7 @@ daemon:
                 None, kafka)
         daemon = start_daemon(config, "daemon.log")
         try:
-            api = ready_api(tmp_path / "fuzz.duckdb")
+            api = ready_api(tmp_path / "fuzz.duckdb", process=daemon)
             url = json.loads(get(api + "/ready")[1])["checks"]["webhooks"] + "/hooks/events"
             numbers = itertools.count()
 

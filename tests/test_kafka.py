@@ -28,6 +28,7 @@ from shadow.pipeline.runner import Pipeline
 from shadow.reports.summary import build_report
 from shadow.store.database import Store
 from tests.kafka import broker_env
+from tests.waiting import wait_until
 
 NOW = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -138,10 +139,8 @@ def test_the_mapping_sees_the_record_key_and_headers(kafka_bootstrap: str) -> No
                                       segment={"region": "_kafka.headers.region"}, payload="$"))
 
     with source(kafka_bootstrap, topic) as records:
-        batch: list[Any] = []
-        deadline = time.monotonic() + 30
-        while not batch and time.monotonic() < deadline:
-            batch = records.poll(10)
+        batch: list[Any] = wait_until(lambda: records.poll(10), timeout_s=30, interval_s=0,
+                                      what=f"a record from {topic}")
     event = mapper(batch[0].value)
 
     assert (event.event_id, event.key, event.segment) == ("7", "account-42", {"region": "emea"})
@@ -163,11 +162,16 @@ def test_a_live_decision_is_published_keyed_and_labelled(kafka_bootstrap: str) -
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=topic,
                              auto_offset_reset="earliest")
     messages: list[Any] = []
-    deadline = time.monotonic() + 30
-    while not messages and time.monotonic() < deadline:
+
+    def polled() -> int:
         for batch in consumer.poll(timeout_ms=500).values():
             messages.extend(batch)
-    consumer.close()
+        return len(messages)
+
+    try:
+        wait_until(polled, timeout_s=30, interval_s=0, what=f"a message on {topic}")
+    finally:
+        consumer.close()
     (message,) = messages
     assert message.key == b"ticket-1"
     assert json.loads(message.value) == {
@@ -195,15 +199,21 @@ def consume_command(bootstrap: str, topic: str, db: Path, idle_s: float = 4.0,
 
 def wait_until_handed_out(log: Path, at_least: int, process: subprocess.Popen[bytes]) -> None:
     """Until the consumer has handed out ``at_least`` records (it prints each batch)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
+    def handed_out() -> int:
         lines = log.read_text(encoding="utf-8").splitlines()
-        handed_out = [int(line.split()[-1]) for line in lines if line.startswith("handed out ")]
-        if handed_out and handed_out[-1] >= at_least:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the consumer did not hand out {at_least} records: "
-                         f"{log.read_text(encoding='utf-8')[-3000:]}")
+        counts = [int(line.split()[-1]) for line in lines if line.startswith("handed out ")]
+        if (not counts or counts[-1] < at_least) and process.poll() is not None:
+            raise AssertionError(f"the consumer exited with {process.returncode} before it "
+                                 f"handed out {at_least} records: {tail(log)}")
+        return counts[-1] if counts else 0
+
+    wait_until(handed_out, accept=lambda n: n >= at_least, timeout_s=120,
+               what=f"the consumer to hand out {at_least} records",
+               details=lambda: tail(log))
+
+
+def tail(log: Path) -> str:
+    return log.read_text(encoding="utf-8")[-3000:]
 
 
 def stored(db: Path) -> tuple[int, int, int, int]:
@@ -315,8 +325,13 @@ def test_starting_from_the_beginning_fetches_each_record_once(
     # The group has committed offsets (at the end, or part way), so EARLIEST must move back.
     with source(kafka_bootstrap, topic, start=Start.COMMITTED) as first:
         taken: list[Any] = []
-        while len(taken) < consumed:
-            taken += first.poll(consumed - len(taken))
+
+        def took() -> int:
+            taken.extend(first.poll(consumed - len(taken)))
+            return len(taken)
+
+        wait_until(took, accept=lambda n: n >= consumed, timeout_s=120, interval_s=0,
+                   what=f"{consumed} records from {topic}")
         first.commit(taken[-1].position)
 
     again = source(kafka_bootstrap, topic)

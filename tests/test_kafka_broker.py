@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 from kafka import KafkaConsumer, KafkaProducer
+
+from tests.waiting import wait_until
 
 
 def test_the_local_broker_takes_messages_and_gives_them_back(kafka_bootstrap: str) -> None:
@@ -21,10 +22,16 @@ def test_the_local_broker_takes_messages_and_gives_them_back(kafka_bootstrap: st
     consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=topic,
                              auto_offset_reset="earliest")
     received: list[dict[str, object]] = []
-    deadline = time.monotonic() + 60
-    while len(received) < len(sent) and time.monotonic() < deadline:
+
+    def polled() -> int:
         for records in consumer.poll(timeout_ms=500).values():
             received.extend(json.loads(record.value) for record in records)
-    consumer.close()
+        return len(received)
+
+    try:
+        wait_until(polled, accept=lambda n: n >= len(sent), timeout_s=60, interval_s=0,
+                   what=f"{len(sent)} messages back from {topic}")
+    finally:
+        consumer.close()
 
     assert received == sent

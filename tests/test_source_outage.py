@@ -36,6 +36,7 @@ from tests.clock import ManualClock
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.kafka import SCRIPT, broker_env
 from tests.test_kafka import events, produce, topic_name
+from tests.waiting import wait_until
 
 # -- the guard, on a fake clock ----------------------------------------------------------
 
@@ -213,16 +214,13 @@ def source_up(metrics: str) -> dict[str, float]:
 
 
 def wait_for_events(db: Path, api: str, expected: int, timeout_s: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    report: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    def report() -> dict[str, Any]:
         status, body = get(api + "/report?format=json", token=TOKEN)
-        if status == 200:
-            report = json.loads(body)
-            if report["events_stored"] >= expected:
-                return report
-        time.sleep(0.3)
-    raise AssertionError(f"not {expected} events stored in time: {report}")
+        return json.loads(body) if status == 200 else {}
+
+    return wait_until(report, accept=lambda found: found.get("events_stored", 0) >= expected,
+                      timeout_s=timeout_s, interval_s=0.3,
+                      what=f"{expected} events stored in {db.name}")
 
 
 def test_a_broker_away_stops_neither_the_daemon_nor_its_webhooks(
@@ -253,7 +251,7 @@ daemon:
     daemon = start_daemon(config, "daemon.log")
     kafka_name = f"kafka:{topic}"
     try:
-        api = ready_api(db)
+        api = ready_api(db, process=daemon)
         hooks_url = json.loads(get(api + "/ready")[1])["checks"]["webhooks"] + "/hooks/tickets"
         wait_for_events(db, api, 40)
 
@@ -286,19 +284,16 @@ daemon:
         produce(bootstrap, topic, [{**e, "event_id": f"e{100 + i}", "key": f"k{100 + i}"}
                                    for i, e in enumerate(events(10))], key=lambda e: e["key"])
         report = wait_for_events(db, api, 70)
-        deadline = time.monotonic() + 30
-        while json.loads(get(api + "/ready")[1])["checks"]["away"]:
-            assert time.monotonic() < deadline, get(api + "/ready")[1]
-            time.sleep(0.3)
+        wait_until(lambda: json.loads(get(api + "/ready")[1]), timeout_s=30, interval_s=0.3,
+                   accept=lambda ready: not ready["checks"]["away"],
+                   what="no source away in /ready")
         assert source_up(get(api + "/metrics", token=TOKEN)[1]) == {kafka_name: 1.0,
                                                                      "tickets": 1.0}
         assert (report["events_stored"], report["dead_letters"]) == (70, 0)
         # The group forgot the daemon's member during the outage, so the first commit after
         # it is refused; the records come again, are recognised, and then committed.
-        deadline = time.monotonic() + 60
-        while committed(bootstrap, group, topic) != 50:
-            assert time.monotonic() < deadline, committed(bootstrap, group, topic)
-            time.sleep(0.5)
+        wait_until(lambda: committed(bootstrap, group, topic), accept=lambda n: n == 50,
+                   timeout_s=60, interval_s=0.5, what=f"offset 50 committed for {group}")
     finally:
         code, log = stop(daemon)
     assert code == 0, log[-3000:]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,22 +12,23 @@ from kafka import KafkaConsumer
 from shadow.store.database import Store
 from tests.rollout.test_commands import CANDIDATE, prepare
 from tests.test_cli import run
+from tests.waiting import wait_until
 
 
 def consume_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list[Any]:
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"check-{topic}",
                              auto_offset_reset="earliest", enable_auto_commit=False)
     messages: list[Any] = []
-    deadline = time.monotonic() + timeout_s
+
+    def polled(timeout_ms: int = 500) -> int:
+        for batch in consumer.poll(timeout_ms=timeout_ms).values():
+            messages.extend(batch)
+        return len(messages)
+
     try:
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                messages.extend(batch)
-            if len(messages) >= expected:
-                # Anything beyond the expected count would be a repeat: wait a little for it.
-                for batch in consumer.poll(timeout_ms=1500).values():
-                    messages.extend(batch)
-                break
+        wait_until(polled, accept=lambda n: n >= expected, timeout_s=timeout_s, interval_s=0,
+                   what=f"{expected} messages on {topic}")
+        polled(1500)  # anything beyond the expected count would be a repeat: wait a little for it
     finally:
         consumer.close()
     return messages
