@@ -86,11 +86,11 @@ def _findings(report: FullReport, directory: Path) -> list[str]:
         f"{worst.value} agrees only {render.percent(worst.agreement.rate)}: "
         "an average hides the segment the candidate fails (it knows no German keywords).",
     ]
-    baseline = report.owner["human_baseline"]
-    if baseline and baseline["pairs"]:
+    baseline = report.owner.human_baseline
+    if baseline and baseline.pairs:
         findings.append(
-            f"  - When a second agent revisited a ticket ({baseline['pairs']:,} times: reviews "
-            f"and re-categorisations), the two agreed {render.percent(baseline['rate'])} of the "
+            f"  - When a second agent revisited a ticket ({baseline.pairs:,} times: reviews "
+            f"and re-categorisations), the two agreed {render.percent(baseline.rate)} of the "
             "time. People disagree too: that is the bar to hold the candidate to.")
     return findings + [
         f"  - {candidate.pending:,} predictions are pending: their tickets have no human "

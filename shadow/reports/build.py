@@ -26,7 +26,8 @@ from shadow.reports.drift import (
     period,
 )
 from shadow.reports.options import OwnerOptions
-from shadow.reports.owner import build_owner_report
+from shadow.reports.owner import owner_report
+from shadow.reports.owner_model import OwnerReport
 from shadow.reports.summary import CoreReport, core_report
 from shadow.store.database import Store
 
@@ -65,8 +66,7 @@ class FullReport:
     """The core report and the owners' sections, as every format renders them."""
 
     core: CoreReport
-    owner: dict[str, Any]
-    """``shadow.reports.owner.build_owner_report``'s sections."""
+    owner: OwnerReport
     currency: str | None
     drift: DriftReport | None
     """``None`` when the configuration asks for no drift, or nothing is stored yet."""
@@ -77,7 +77,8 @@ class FullReport:
 
     def owner_dict(self) -> dict[str, Any]:
         """The owners' sections with the currency among the options, and drift."""
-        return {**self.owner, "options": {**self.owner["options"], "currency": self.currency},
+        owner = self.owner.as_dict()
+        return {**owner, "options": {**owner["options"], "currency": self.currency},
                 "drift": self.drift.as_dict() if self.drift is not None else None}
 
 
@@ -86,7 +87,7 @@ def full_report(store: Store, config: Config, *,
     """The core report with the owners' sections."""
     return FullReport(
         core=core_report(store, now=now),
-        owner=build_owner_report(store, owner_options(config, now=now)),
+        owner=owner_report(store, owner_options(config, now=now)),
         currency=config.report.currency,
         drift=measure_configured_drift(store, config, now=now))
 

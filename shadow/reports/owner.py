@@ -2,8 +2,9 @@
 
 All aggregation happens in DuckDB SQL, one query per section for all
 candidates at once; Python only shapes the few result rows (at most a few
-hundred per candidate). The returned dict is a contract that the HTML and
-Markdown renderings read::
+hundred per candidate). Its JSON is a contract that the HTML and
+Markdown renderings read (as :class:`shadow.reports.owner_model.OwnerReport`, whose
+fields are these keys)::
 
     {"generated_at", "store", "options",
      "candidates": [{"name", "version", "verdict", "agreement", "over_time",
@@ -49,128 +50,148 @@ from __future__ import annotations
 
 from typing import Any
 
+from shadow.core.fixed_sample import wilson
 from shadow.reports.options import OwnerOptions
-from shadow.reports.queries import Compared, Key, OwnerQueries, Totals, interval
+from shadow.reports.owner_model import (
+    Check,
+    CheckKind,
+    CostProjection,
+    ErrorKind,
+    Errors,
+    FieldRate,
+    OwnerAgreement,
+    OwnerCandidate,
+    OwnerLatency,
+    OwnerReport,
+    RolloutSection,
+    RolloutState,
+    Segment,
+    Verdict,
+    Violations,
+)
+from shadow.reports.queries import Compared, Key, OwnerQueries, Totals
 from shadow.store.database import Store
 
 DAYS_PER_MONTH = 30
 
 
-def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dict[str, Any]:
-    """The owner's report of everything in the store, as plain JSON-ready values."""
+def owner_report(store: Store, options: OwnerOptions | None = None) -> OwnerReport:
+    """The owner's report of everything in the store."""
     options = options or OwnerOptions()
     q = OwnerQueries(store, options)
     states = q.rollout_states
-    candidates = [
+    candidates = tuple(
         _candidate(q, options, key, totals, states.get(key)) for key, totals in q.totals.items()
-    ]
-    latest = max(states.values(), key=lambda s: s["updated_at"]) if states else None
-    return {
-        "generated_at": options.now().isoformat(),
-        "store": str(store.path),
-        "options": options.as_json(),
-        "candidates": candidates,
-        "human_baseline": q.human_baseline(),
-        "rollout": {"state": latest,
-                    "timeline": q.timeline(latest["rollout"]) if latest else [],
-                    "labels": q.label_delays(latest["rollout"]) if latest else None,
-                    "withdrawn": q.withdrawn()},
-    }
+    )
+    latest = max(states.values(), key=lambda s: s.updated_at) if states else None
+    return OwnerReport(
+        generated_at=options.now(),
+        store=str(store.path),
+        options=options,
+        candidates=candidates,
+        human_baseline=q.human_baseline(),
+        rollout=RolloutSection(
+            state=latest,
+            timeline=q.timeline(latest.rollout) if latest else (),
+            labels=q.label_delays(latest.rollout) if latest else None,
+            withdrawn=q.withdrawn()),
+    )
+
+
+def build_owner_report(store: Store, options: OwnerOptions | None = None) -> dict[str, Any]:
+    """:func:`owner_report` as plain JSON-ready values, for callers that want the JSON."""
+    return owner_report(store, options).as_dict()
 
 
 def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
-               state: dict[str, Any] | None) -> dict[str, Any]:
+               state: RolloutState | None) -> OwnerCandidate:
     counted = q.compared.get(key, Compared(0, 0, ()))
     compared, agreed = counted.compared, counted.agreed
-    agreement = {**interval(agreed, compared), "n": compared, "agreed": agreed,
-                 "method": "wilson", "unit": "prediction"}
+    agreement = OwnerAgreement(*wilson(agreed, compared), n=compared, agreed=agreed)
     segments = _segments(q, options, key)
-    latency = {"p50": totals.p50, "p95": totals.p95, "p99": totals.p99,
-               "histogram": q.histogram.get(key, [])}
-    errors = {"rate": totals.errors / totals.predictions, "count": totals.errors,
-              "kinds": [{"kind": k.kind, "count": k.count, "example": k.example}
-                        for k in q.error_kinds.get(key, [])]}
+    latency = OwnerLatency(totals.p50, totals.p95, totals.p99, q.histogram.get(key, ()))
+    errors = Errors(rate=totals.errors / totals.predictions, count=totals.errors,
+                    kinds=tuple(ErrorKind(k.kind, k.count, k.example)
+                                for k in q.error_kinds.get(key, [])))
     cost = _cost(totals, options.daily_volume)
     violations = _violations(q, options, key)
-    report = {
-        "name": key[0], "version": key[1],
-        "agreement": agreement,
-        "over_time": q.over_time.get(key, []),
-        "segments": segments,
-        "confusion": q.confusion.get(key),
-        "fields": [{"field": f.field, "compared": f.compared, "agreed": f.agreed,
-                    **interval(f.agreed, f.compared)} for f in q.fields.get(key, [])],
-        "coverage": q.coverage.get(key),
-        "latency": latency,
-        "errors": errors,
-        "violations": violations,
-        "cost": cost,
-        "disagreements": q.disagreements.get(key, []),
-        "predictions": totals.predictions,
-    }
     checks = _checks(options, agreement, errors, latency, cost, segments, state)
     if options.max_violation_rate is not None:
         checks.insert(3, _violation_check(violations, options.max_violation_rate))
-    return {**report, "verdict": {"status": _status(checks), "checks": checks}}
+    return OwnerCandidate(
+        name=key[0], version=key[1],
+        agreement=agreement,
+        over_time=tuple(q.over_time.get(key, [])),
+        segments=segments,
+        confusion=q.confusion.get(key),
+        fields=tuple(FieldRate(f.field, f.compared, f.agreed, *wilson(f.agreed, f.compared))
+                     for f in q.fields.get(key, [])),
+        coverage=q.coverage.get(key),
+        latency=latency,
+        errors=errors,
+        violations=violations,
+        cost=cost,
+        disagreements=tuple(q.disagreements.get(key, [])),
+        predictions=totals.predictions,
+        verdict=Verdict(_status(checks), tuple(checks)),
+    )
 
 
 # -- the verdict -------------------------------------------------------------
 
 
 def _check(name: str, ok: bool | None, value: float | None, threshold: float | None,
-           detail: str) -> dict[str, Any]:
+           detail: str) -> Check:
     status = "unknown" if ok is None else "pass" if ok else "fail"
-    return {"name": name, "status": status, "value": value, "threshold": threshold,
-            "detail": detail}
+    return Check(name, status, value, threshold, detail)
 
 
-def _checks(options: OwnerOptions, agreement: dict[str, Any], errors: dict[str, Any],
-            latency: dict[str, Any], cost: dict[str, Any], segments: list[dict[str, Any]],
-            state: dict[str, Any] | None) -> list[dict[str, Any]]:
-    n, low = agreement["n"], agreement["low"]
-    p95, budget = latency["p95"], options.max_p95_latency_ms
-    below = [s for s in segments if s["below_floor"]]
+def _checks(options: OwnerOptions, agreement: OwnerAgreement, errors: Errors,
+            latency: OwnerLatency, cost: CostProjection, segments: tuple[Segment, ...],
+            state: RolloutState | None) -> list[Check]:
+    n, low = agreement.n, agreement.low
+    p95, budget = latency.p95, options.max_p95_latency_ms
+    below = [s for s in segments if s.below_floor]
     return [
         _check("sample size", n >= options.min_compared, n, options.min_compared,
                f"{n:,} compared with an outcome, {options.min_compared:,} needed"),
         _check("agreement", None if low is None else low >= options.threshold,
-               agreement["rate"], options.threshold,
+               agreement.rate, options.threshold,
                "nothing compared yet" if low is None else
                f"95 % Wilson lower bound {low:.4f} against {options.threshold}"),
-        _check("error rate", errors["rate"] <= options.max_error_rate, errors["rate"],
-               options.max_error_rate, f"{errors['count']:,} errors"),
+        _check("error rate", errors.rate <= options.max_error_rate, errors.rate,
+               options.max_error_rate, f"{errors.count:,} errors"),
         _check("p95 latency", True if budget is None else None if p95 is None else p95 <= budget,
                p95, budget, "no budget" if budget is None else f"budget {budget:,} ms"),
-        _check("cost per decision", True, cost["per_decision"], None,
-               "informational" if cost["per_decision"] is not None else "no cost reported"),
+        _check("cost per decision", True, cost.per_decision, None,
+               "informational" if cost.per_decision is not None else "no cost reported"),
         _check("segments below floor", not below, len(below), options.floor,
-               ", ".join(f"{s['field']}={s['value']}" for s in below) or
+               ", ".join(f"{s.field}={s.value}" for s in below) or
                f"segments with at least {options.segment_min_samples:,} comparisons"),
         _rollout_check(state),
     ]
 
 
-def _violation_check(violations: dict[str, Any], budget: float) -> dict[str, Any]:
-    checked, violating, rate = violations["checked"], violations["violating"], violations["rate"]
+def _violation_check(violations: Violations, budget: float) -> Check:
+    checked, violating, rate = violations.checked, violations.violating, violations.rate
     if rate is None:
         return _check("violation rate", None, None, budget, "no checked predictions yet")
-    kinds = ", ".join(f"{k['check']} {k['predictions']:,}" for k in violations["kinds"][:3])
+    kinds = ", ".join(f"{k.check} {k.predictions:,}" for k in violations.kinds[:3])
     return _check("violation rate", rate <= budget, rate, budget,
                   f"{violating:,} of {checked:,} checked outputs ({rate:.2%}) violated a hard "
                   f"constraint, budget {budget:.2%}" + (f"; most: {kinds}" if kinds else ""))
 
 
-def _rollout_check(state: dict[str, Any] | None) -> dict[str, Any]:
+def _rollout_check(state: RolloutState | None) -> Check:
     if state is None:
         return _check("rollout state", None, None, None, "no rollout")
-    status = state["status"]
-    return _check("rollout state", status not in ("rolled_back", "aborted"), state["percent"],
-                  None, f"{state['rollout']}: {status} at step {state['step']} "
-                        f"({state['percent']:g} %)")
+    return _check("rollout state", state.status not in ("rolled_back", "aborted"),
+                  state.percent, None,
+                  f"{state.rollout}: {state.status} at step {state.step} ({state.percent:g} %)")
 
 
-def _status(checks: list[dict[str, Any]]) -> str:
-    by_name = {c["name"]: c["status"] for c in checks}
+def _status(checks: list[Check]) -> str:
+    by_name = {c.name: c.status for c in checks}
     if by_name["sample size"] != "pass":
         return "not_enough_data"
     if "fail" in by_name.values() or by_name["agreement"] == "unknown":
@@ -181,26 +202,26 @@ def _status(checks: list[dict[str, Any]]) -> str:
 # -- shaping -----------------------------------------------------------------
 
 
-def _violations(q: OwnerQueries, options: OwnerOptions, key: Key) -> dict[str, Any]:
-    checked, violating = q.violation_counts.get(key, (0, 0))
-    kinds = [{**kind, "rate": kind["predictions"] / checked}
-             for kind in q.violation_kinds.get(key, [])]
-    configured = None if options.checked is None else key[0] in options.checked
-    return {"configured": configured, "checked": checked, "violating": violating,
-            "rate": violating / checked if checked else None,
-            "threshold": options.max_violation_rate, "kinds": kinds,
-            "examples": q.violation_examples.get(key, [])}
-
-
-def _segments(q: OwnerQueries, options: OwnerOptions, key: Key) -> list[dict[str, Any]]:
+def _segments(q: OwnerQueries, options: OwnerOptions, key: Key) -> tuple[Segment, ...]:
     floor, least = options.floor, options.segment_min_samples
-    return [{"field": s.field, "value": s.value, "compared": s.compared, "agreed": s.agreed,
-             **interval(s.agreed, s.compared), "floor": floor,
-             "below_floor": s.compared >= least and s.agreed / s.compared < floor}
-            for s in q.segments.get(key, [])]
+    return tuple(Segment(s.field, s.value, s.compared, s.agreed, *wilson(s.agreed, s.compared),
+                         floor=floor,
+                         below_floor=s.compared >= least and s.agreed / s.compared < floor)
+                 for s in q.segments.get(key, []))
 
 
-def _cost(totals: Totals, full: float | None) -> dict[str, Any]:
+def _violations(q: OwnerQueries, options: OwnerOptions, key: Key) -> Violations:
+    checked, violating = q.violation_counts.get(key, (0, 0))
+    kinds = tuple(CheckKind(check, caught, n, caught / checked)
+                  for check, caught, n in q.violation_kinds.get(key, []))
+    configured = None if options.checked is None else key[0] in options.checked
+    return Violations(configured=configured, checked=checked, violating=violating,
+                      rate=violating / checked if checked else None,
+                      threshold=options.max_violation_rate, kinds=kinds,
+                      examples=tuple(q.violation_examples.get(key, [])))
+
+
+def _cost(totals: Totals, full: float | None) -> CostProjection:
     total = totals.cost if totals.costed else None
     per = None if total is None else total / totals.costed
     span = max(totals.span_seconds / 86_400.0, 1.0)
@@ -213,10 +234,8 @@ def _cost(totals: Totals, full: float | None) -> dict[str, Any]:
         daily = day(volume)
         return None if daily is None else daily * DAYS_PER_MONTH
 
-    return {
-        "per_decision": per, "total": total,
-        "daily_volume_current": current,
-        "per_day_current": day(current), "per_month_current": month(current),
-        "per_day_10x": day(current * 10), "per_month_10x": month(current * 10),
-        "daily_volume_full": full, "per_day_full": day(full), "per_month_full": month(full),
-    }
+    return CostProjection(
+        per_decision=per, total=total, daily_volume_current=current,
+        per_day_current=day(current), per_month_current=month(current),
+        per_day_10x=day(current * 10), per_month_10x=month(current * 10),
+        daily_volume_full=full, per_day_full=day(full), per_month_full=month(full))

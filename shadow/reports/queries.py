@@ -26,6 +26,20 @@ from rollout.unit_store import later_disagreements, stored_label_delays
 from shadow.core.fixed_sample import wilson
 from shadow.core.paths import sql_json_path
 from shadow.core.redaction import redact, redact_within
+from shadow.reports.owner_model import (
+    Baseline,
+    Bucket,
+    Confusion,
+    CoveragePoint,
+    Day,
+    Disagreement,
+    LabelDelays,
+    RolloutState,
+    TimelineEntry,
+    VerdictDelay,
+    ViolationExample,
+    Withdrawn,
+)
 from shadow.store.database import Store
 
 if TYPE_CHECKING:
@@ -109,17 +123,12 @@ class StoreCounts:
     outcome_keys: int
 
 
-def interval(agreed: int, n: int) -> dict[str, float | None]:
-    rate, low, high = wilson(agreed, n)
-    return {"rate": rate, "low": low, "high": high}
-
-
 def _label(column: str, path: str) -> str:
     return (f"CASE WHEN json_type({column}, '{path}') = 'VARCHAR' "
             f"THEN {column} ->> '{path}' END")
 
 
-def _confusion(pairs: list[tuple[str | None, str | None, int]]) -> dict[str, Any] | None:
+def _confusion(pairs: list[tuple[str | None, str | None, int]]) -> Confusion | None:
     labelled = [(h, a, n) for h, a, n in pairs if h is not None and a is not None]
     if not labelled:
         return None
@@ -136,15 +145,15 @@ def _confusion(pairs: list[tuple[str | None, str | None, int]]) -> dict[str, Any
             matrix[index[human]][index[ai]] += n
         else:
             other += n
-    return {"labels": labels, "matrix": matrix, "other": other}
+    return Confusion(tuple(labels), tuple(map(tuple, matrix)), other)
 
 
-def _histogram(counts: dict[int, int], top: float) -> list[dict[str, Any]]:
+def _histogram(counts: dict[int, int], top: float) -> tuple[Bucket, ...]:
     if not counts:
-        return []
+        return ()
     first, last = min(counts), max(counts)
     bounds = (*LATENCY_BOUNDS_MS, top)
-    return [{"le_ms": bounds[i], "count": counts.get(i, 0)} for i in range(first, last + 1)]
+    return tuple(Bucket(bounds[i], counts.get(i, 0)) for i in range(first, last + 1))
 
 
 # -- the queries ---------------------------------------------------------------
@@ -268,19 +277,18 @@ class OwnerQueries(Queries):
         self.options = options
 
     @cached_property
-    def over_time(self) -> dict[Key, list[dict[str, Any]]]:
+    def over_time(self) -> dict[Key, list[Day]]:
         rows = self._rows(
             "SELECT c.candidate, c.version, CAST(e.occurred_at AS DATE) AS day, count(*), "
             "  count(*) FILTER (WHERE c.agree) "
             "FROM comparisons c JOIN events e USING (event_id) GROUP BY ALL ORDER BY day")
-        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        out: dict[Key, list[Day]] = defaultdict(list)
         for c, v, day, n, agreed in rows:
-            out[(c, v)].append({"day": day.isoformat(), "compared": n, "agreed": agreed,
-                                **interval(agreed, n)})
+            out[(c, v)].append(Day(day.isoformat(), n, agreed, *wilson(agreed, n)))
         return out
 
     @cached_property
-    def confusion(self) -> dict[Key, dict[str, Any] | None]:
+    def confusion(self) -> dict[Key, Confusion | None]:
         human = _label("o.outcome", sql_json_path(self.options.outcome_label))
         ai = _label("p.output", sql_json_path(self.options.prediction_label))
         rows = self._rows(
@@ -295,7 +303,7 @@ class OwnerQueries(Queries):
         return {key: _confusion(found) for key, found in pairs.items()}
 
     @cached_property
-    def coverage(self) -> dict[Key, list[dict[str, Any]]]:
+    def coverage(self) -> dict[Key, tuple[CoveragePoint, ...]]:
         columns = ", ".join(
             "count(*) FILTER (WHERE p.confidence >= ?), "
             "count(c.agree) FILTER (WHERE p.confidence >= ?), "
@@ -306,19 +314,18 @@ class OwnerQueries(Queries):
             f"SELECT p.candidate, p.version, count(*), {columns} "  # noqa: S608
             f"FROM predictions p LEFT JOIN comparisons c ON {_SAME_PREDICTION} "
             "GROUP BY ALL HAVING count(p.confidence) > 0", params)
-        out: dict[Key, list[dict[str, Any]]] = {}
+        out: dict[Key, tuple[CoveragePoint, ...]] = {}
         for c, v, total, *counts in rows:
-            out[(c, v)] = [
-                {"threshold": t, "coverage": counts[3 * i] / total, "n": counts[3 * i + 1],
-                 "agreed": counts[3 * i + 2],
-                 "agreement": counts[3 * i + 2] / counts[3 * i + 1] if counts[3 * i + 1]
-                 else None}
-                for i, t in enumerate(COVERAGE_THRESHOLDS)
-            ]
+            out[(c, v)] = tuple(
+                CoveragePoint(threshold=t, coverage=counts[3 * i] / total, n=counts[3 * i + 1],
+                              agreed=counts[3 * i + 2],
+                              agreement=counts[3 * i + 2] / counts[3 * i + 1]
+                              if counts[3 * i + 1] else None)
+                for i, t in enumerate(COVERAGE_THRESHOLDS))
         return out
 
     @cached_property
-    def histogram(self) -> dict[Key, list[dict[str, Any]]]:
+    def histogram(self) -> dict[Key, tuple[Bucket, ...]]:
         cases = " ".join(f"WHEN latency_ms <= {bound!r} THEN {i}"
                          for i, bound in enumerate(LATENCY_BOUNDS_MS))
         rows = self._rows(
@@ -332,7 +339,7 @@ class OwnerQueries(Queries):
         return {key: _histogram(found, top[key]) for key, found in counts.items()}
 
     @cached_property
-    def disagreements(self) -> dict[Key, list[dict[str, Any]]]:
+    def disagreements(self) -> dict[Key, list[Disagreement]]:
         rows = self._rows(
             "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "
             "  o.outcome, c.outcome_decided_at, c.note "
@@ -343,19 +350,17 @@ class OwnerQueries(Queries):
             "QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
             "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
             "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
-        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        out: dict[Key, list[Disagreement]] = defaultdict(list)
         paths = self.options.redact
         for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
             loaded = _loads(payload)
             # One pass, so the payload's private values are looked up once per row.
             shown_output, shown_outcome, shown_note = redact_within(
                 [_loads(output), _loads(outcome), note], loaded, paths)
-            out[(c, v)].append({
-                "event_id": event_id, "key": key, "segment": _loads(segment),
-                "payload": redact(loaded, paths), "output": shown_output,
-                "outcome": shown_outcome, "decided_at": decided_at.isoformat(),
-                "note": shown_note,
-            })
+            out[(c, v)].append(Disagreement(
+                event_id=event_id, key=key, segment=_loads(segment),
+                payload=redact(loaded, paths), output=shown_output, outcome=shown_outcome,
+                decided_at=decided_at.isoformat(), note=shown_note))
         return out
 
     @cached_property
@@ -366,20 +371,21 @@ class OwnerQueries(Queries):
         return {(c, v): (checked, violating) for c, v, checked, violating in rows}
 
     @cached_property
-    def violation_kinds(self) -> dict[Key, list[dict[str, Any]]]:
+    def violation_kinds(self) -> dict[Key, list[tuple[str, int, int]]]:
+        """``(check, predictions caught, violation texts)`` of the checked predictions."""
         rows = self._rows(
             "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, "
             "  count(DISTINCT event_id) AS caught, count(*) "
             "FROM (SELECT candidate, version, event_id, unnest(violations) AS v "
             "  FROM predictions WHERE error_type IS NULL AND len(violations) > 0) "
             "GROUP BY ALL ORDER BY caught DESC, check_name")
-        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        out: dict[Key, list[tuple[str, int, int]]] = defaultdict(list)
         for c, v, check, caught, n in rows:
-            out[(c, v)].append({"check": check, "predictions": caught, "count": n})
+            out[(c, v)].append((check, caught, n))
         return out
 
     @cached_property
-    def violation_examples(self) -> dict[Key, list[dict[str, Any]]]:
+    def violation_examples(self) -> dict[Key, list[ViolationExample]]:
         rows = self._rows(
             "SELECT p.candidate, p.version, e.event_id, e.key, e.occurred_at, p.violations, "
             "  e.payload "
@@ -389,14 +395,14 @@ class OwnerQueries(Queries):
             "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
             "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_violations])
         paths = self.options.redact
-        out: dict[Key, list[dict[str, Any]]] = defaultdict(list)
+        out: dict[Key, list[ViolationExample]] = defaultdict(list)
         for c, v, event_id, key, occurred_at, texts, payload in rows:
             shown = redact_within(list(texts), _loads(payload), paths) if paths else list(texts)
-            out[(c, v)].append({"event_id": event_id, "key": key,
-                                "occurred_at": occurred_at.isoformat(), "violations": shown})
+            out[(c, v)].append(ViolationExample(event_id, key, occurred_at.isoformat(),
+                                                tuple(shown)))
         return out
 
-    def human_baseline(self) -> dict[str, Any] | None:
+    def human_baseline(self) -> Baseline | None:
         ((keys, pairs, agreed),) = self._rows(
             "WITH known AS (SELECT key, actor, CAST(outcome AS VARCHAR) AS outcome, "
             "    lag(actor) OVER w AS previous_actor, "
@@ -408,53 +414,52 @@ class OwnerQueries(Queries):
             "FROM known WHERE previous_actor IS NOT NULL AND previous_actor <> actor")
         if not keys:
             return None
-        return {"keys": keys, "pairs": pairs, "agreed": agreed, **interval(agreed, pairs)}
+        return Baseline(keys, pairs, agreed, *wilson(agreed, pairs))
 
     @cached_property
-    def rollout_states(self) -> dict[Key, dict[str, Any]]:
+    def rollout_states(self) -> dict[Key, RolloutState]:
         rows = self._rows(
             "SELECT rollout, candidate, version, step, percent, status, step_started_at, "
             "  updated_at, revision FROM rollout_state "
             "QUALIFY row_number() OVER (PARTITION BY candidate, version "
             "  ORDER BY updated_at DESC, rollout) = 1")
-        names = ("rollout", "candidate", "version", "step", "percent", "status",
-                 "step_started_at", "updated_at", "revision")
         return {
-            (r[1], r[2]): {name: value.isoformat() if isinstance(value, datetime) else value
-                           for name, value in zip(names, r, strict=True)}
-            for r in rows
+            (candidate, version): RolloutState(
+                rollout=rollout, candidate=candidate, version=version, step=step,
+                percent=percent, status=status, step_started_at=_iso(started),
+                updated_at=updated.isoformat(), revision=revision)
+            for rollout, candidate, version, step, percent, status, started, updated, revision
+            in rows
         }
 
-    def label_delays(self, rollout: str) -> dict[str, Any]:
+    def label_delays(self, rollout: str) -> LabelDelays:
         """How late labels came in the rollout's current step, by verdict, and whether
         disagreements came later: the gates count a key only once its label window has
         passed, one vote per key, and this is why."""
         delays = stored_label_delays(self.store.db).get(rollout, ())
-        return {
-            "unit": "key",
-            "by_verdict": [{"verdict": "agree" if d.agreed else "disagree",
-                            "labelled": d.labelled, "median_seconds": d.median.total_seconds(),
-                            "p95_seconds": d.p95.total_seconds()} for d in delays],
-            "disagreements_later": later_disagreements(delays) is not None,
-        }
+        return LabelDelays(
+            unit="key",
+            by_verdict=tuple(VerdictDelay("agree" if d.agreed else "disagree", d.labelled,
+                                          d.median.total_seconds(), d.p95.total_seconds())
+                             for d in delays),
+            disagreements_later=later_disagreements(delays) is not None)
 
-    def withdrawn(self) -> list[dict[str, Any]]:
+    def withdrawn(self) -> tuple[Withdrawn, ...]:
         """Live decisions never published, by candidate and reason (rollout/outbox.py)."""
         rows = self._rows(
             "SELECT candidate, version, withdrawn_reason, count(*) FROM predictions "
             "WHERE withdrawn_at IS NOT NULL GROUP BY ALL ORDER BY ALL")
-        return [{"candidate": c, "version": v, "reason": r, "count": n} for c, v, r, n in rows]
+        return tuple(Withdrawn(c, v, r, n) for c, v, r, n in rows)
 
-    def timeline(self, rollout: str) -> list[dict[str, Any]]:
+    def timeline(self, rollout: str) -> tuple[TimelineEntry, ...]:
         rows = self._rows(
             "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
             "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
-        return [
-            {"at": at.isoformat(), "actor": actor, "token": token, "action": action,
-             "from_step": before, "to_step": after, "percent": percent, "status": status,
-             "reason": reason}
-            for at, actor, token, action, before, after, percent, status, reason in rows
-        ]
+        return tuple(TimelineEntry(at.isoformat(), *rest) for at, *rest in rows)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
 
 
 def _loads(text: str | None) -> Any:

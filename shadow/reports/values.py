@@ -20,7 +20,11 @@ T = TypeVar("T")
 
 
 def as_json(value: Any) -> Any:
-    """Plain JSON-ready values of ``value``: dataclasses as dicts in field order."""
+    """Plain JSON-ready values of ``value``: dataclasses as dicts in field order; a value
+    with an ``as_json()`` method of its own (``OwnerOptions``) is asked for it."""
+    own = getattr(value, "as_json", None)
+    if callable(own):
+        return own()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):

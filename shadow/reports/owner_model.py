@@ -1,0 +1,297 @@
+"""The owner report as typed values: one frozen dataclass per section.
+
+Field names, in order, are the keys of the report's JSON (``shadow.reports.values``
+serialises them); what each figure means is written in :mod:`shadow.reports.owner`.
+Rates come with their 95 % Wilson interval as ``rate``, ``low`` and ``high``, ``None``
+when nothing was counted. Payloads, segments, outputs and outcomes are the stored JSON
+values, whatever their shape (``Any``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from shadow.reports.options import OwnerOptions
+from shadow.reports.values import as_json
+
+Number = float | int
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerAgreement:
+    rate: float | None
+    low: float | None
+    high: float | None
+    n: int
+    agreed: int
+    method: str = "wilson"
+    unit: str = "prediction"
+
+
+@dataclass(frozen=True, slots=True)
+class Day:
+    """Comparisons of the events of one UTC day."""
+
+    day: str
+    compared: int
+    agreed: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    field: str
+    value: str
+    compared: int
+    agreed: int
+    rate: float | None
+    low: float | None
+    high: float | None
+    floor: float
+    below_floor: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Confusion:
+    """Rows: people's labels; columns: the AI's; the most frequent labels, the rest in
+    ``other``."""
+
+    labels: tuple[str, ...]
+    matrix: tuple[tuple[int, ...], ...]
+    other: int
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRate:
+    field: str
+    compared: int
+    agreed: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CoveragePoint:
+    """At confidence ``threshold`` and above: the share acted on and its agreement."""
+
+    threshold: float
+    coverage: float
+    n: int
+    agreed: int
+    agreement: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    le_ms: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLatency:
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    histogram: tuple[Bucket, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorKind:
+    kind: str
+    count: int
+    example: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Errors:
+    rate: float
+    count: int
+    kinds: tuple[ErrorKind, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckKind:
+    """One hard-constraint check: the predictions it caught (and their share of the
+    checked ones) and its violation texts."""
+
+    check: str
+    predictions: int
+    count: int
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class ViolationExample:
+    event_id: str
+    key: str
+    occurred_at: str
+    violations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Violations:
+    configured: bool | None
+    checked: int
+    violating: int
+    rate: float | None
+    threshold: float | None
+    kinds: tuple[CheckKind, ...]
+    examples: tuple[ViolationExample, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CostProjection:
+    per_decision: float | None
+    total: float | None
+    daily_volume_current: float
+    per_day_current: float | None
+    per_month_current: float | None
+    per_day_10x: float | None
+    per_month_10x: float | None
+    daily_volume_full: float | None
+    per_day_full: float | None
+    per_month_full: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    event_id: str
+    key: str
+    segment: Any
+    payload: Any
+    output: Any
+    outcome: Any
+    decided_at: str
+    note: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str
+    """``pass``, ``fail`` or ``unknown``."""
+    value: Number | None
+    threshold: Number | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    status: str
+    """``ready``, ``not_ready`` or ``not_enough_data``."""
+    checks: tuple[Check, ...]
+
+    def check(self, name: str) -> Check | None:
+        return next((c for c in self.checks if c.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerCandidate:
+    name: str
+    version: str | None
+    agreement: OwnerAgreement
+    over_time: tuple[Day, ...]
+    segments: tuple[Segment, ...]
+    confusion: Confusion | None
+    fields: tuple[FieldRate, ...]
+    coverage: tuple[CoveragePoint, ...] | None
+    """``None`` when the candidate reports no confidence."""
+    latency: OwnerLatency
+    errors: Errors
+    violations: Violations
+    cost: CostProjection
+    disagreements: tuple[Disagreement, ...]
+    predictions: int
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """People against people: pairs of outcomes of one key from two different actors."""
+
+    keys: int
+    pairs: int
+    agreed: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    rollout: str
+    candidate: str
+    version: str | None
+    step: int
+    percent: float
+    status: str
+    step_started_at: str | None
+    updated_at: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    at: str
+    actor: str
+    token: str | None
+    action: str
+    from_step: int | None
+    to_step: int | None
+    percent: float | None
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictDelay:
+    verdict: str
+    labelled: int
+    median_seconds: float
+    p95_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabelDelays:
+    unit: str
+    by_verdict: tuple[VerdictDelay, ...]
+    disagreements_later: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    candidate: str
+    version: str | None
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSection:
+    state: RolloutState | None
+    """The most recently updated rollout; ``None`` when there is none."""
+    timeline: tuple[TimelineEntry, ...]
+    labels: LabelDelays | None
+    withdrawn: tuple[Withdrawn, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerReport:
+    """Is each candidate ready, and the evidence behind the answer."""
+
+    generated_at: datetime
+    store: str
+    options: OwnerOptions
+    candidates: tuple[OwnerCandidate, ...]
+    human_baseline: Baseline | None
+    rollout: RolloutSection
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report's JSON, as plain values."""
+        out: dict[str, Any] = as_json(self)
+        return out
