@@ -78,7 +78,7 @@ def time_replay(events: Path, work: Path, count: int) -> tuple[float, float]:
     elapsed = time.perf_counter() - started
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with duckdb.connect(str(db_path), read_only=True) as db:
-        stored = [db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]  # noqa: S608
+        stored = [db.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
                   for table in ("events", "predictions")]
     if stored != [count, count]:
         raise SystemExit(f"the replay stored {stored[0]:,} events and {stored[1]:,} "

@@ -4,7 +4,7 @@
 
 Generates the store with DuckDB alone (``INSERT … SELECT`` from ``range()``,
 straight into the schema's tables; no candidate runs), then times
-``build_owner_report`` and ``owner_markdown`` on it, best of three, and
+building the owner report (``owner_report``) and ``owner_markdown`` on it, best of three, and
 prints the figures with the command that produced them. The target is
 under 5 s for 1,000,000 compared predictions.
 
@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 from shadow.config.file import parse_config  # noqa: E402
 from shadow.reports.build import full_report, render_report  # noqa: E402
 from shadow.reports.options import OwnerOptions  # noqa: E402
-from shadow.reports.owner import build_owner_report  # noqa: E402
+from shadow.reports.owner import owner_report  # noqa: E402
 from shadow.reports.render import owner_markdown  # noqa: E402
 from shadow.store.database import Store  # noqa: E402
 
@@ -113,7 +113,7 @@ def best_of(runs: int, store: Store, options: OwnerOptions) -> tuple[float, floa
     build, render, text = float("inf"), float("inf"), ""
     for _ in range(runs):
         started = time.perf_counter()
-        report = build_owner_report(store, options)
+        report = owner_report(store, options)
         built = time.perf_counter()
         text = owner_markdown(report)
         done = time.perf_counter()

@@ -90,7 +90,7 @@ class Notifier(ABC):
         """Deliver ``announcement``; ``True`` once the channel accepted it, else ``False``."""
         try:
             self._announce(announcement)
-        except Exception as exc:  # the contract: a failed announcement never raises
+        except Exception as exc:  # noqa: BLE001 - a failed announcement never raises
             log.warning("rollout announcement not delivered", channel=self.name,
                         rollout=announcement.rollout, action=announcement.action,
                         to_step=announcement.to_step, error=str(exc) or repr(exc))
@@ -182,7 +182,7 @@ class KafkaNotifier(Notifier):
         if producer is not None:
             try:
                 producer.close(timeout=self.timeout_s)
-            except Exception as exc:  # closing a notifier never raises either
+            except Exception as exc:  # noqa: BLE001 - closing a notifier never raises either
                 log.warning("kafka notifier did not close cleanly", channel=self.name,
                             error=str(exc))
 
@@ -235,6 +235,6 @@ class Notifiers:
         for notifier in self.notifiers:
             try:
                 notifier.close()
-            except Exception as exc:  # one channel's trouble is not the others'
+            except Exception as exc:  # noqa: BLE001 - one channel's trouble is not the others'
                 log.warning("notifier did not close cleanly", channel=notifier.name,
                             error=str(exc))

@@ -171,7 +171,7 @@ def _insert(tx: Any, table: str, columns: dict[str, Any]) -> None:
     select = ", ".join(f"to_timestamp({c}) AS {c}" if c in times else c for c in columns)
     tx.register("new_rows", rows)
     try:
-        tx.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM new_rows")
+        tx.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM new_rows")  # noqa: S608 - our tables and columns
     finally:
         tx.unregister("new_rows")
 

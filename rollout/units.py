@@ -220,7 +220,7 @@ class Units:
         if fresh and not self.store.read_only:
             with self.store.transaction() as tx:
                 for table in ("rollout_units", "rollout_labels"):
-                    tx.execute(f"DELETE FROM {table} WHERE rollout = ?", [self.rollout])
+                    tx.execute(f"DELETE FROM {table} WHERE rollout = ?", [self.rollout])  # noqa: S608
                 stored.save(tx, progress)
         elif not fresh:
             self._replay(self.store.db, ledger, state, progress)

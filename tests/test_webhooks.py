@@ -130,7 +130,7 @@ class PollingThread:
             while not self._stop.is_set():
                 for source in self.sources:
                     self._step(source)
-        except BaseException as exc:  # surfaced by __exit__
+        except BaseException as exc:  # noqa: BLE001 - surfaced by __exit__
             self.errors.append(exc)
 
     def _step(self, source: WebhookSource) -> None:
@@ -450,7 +450,7 @@ def test_a_replay_over_webhooks_ends_by_itself_once_intake_stops(tmp_path: Path)
         def run() -> None:
             try:
                 outcome["summary"] = replay.run([source])
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - raised by the test's thread
                 outcome["error"] = exc
 
         thread = threading.Thread(target=run)

@@ -93,7 +93,7 @@ class CallableCandidate(Candidate):
         started = time.perf_counter()
         try:
             output = self._function(event)
-        except Exception as exc:  # the candidate's failure is data, not a crash
+        except Exception as exc:  # noqa: BLE001 - the candidate's failure is data, not a crash
             return self._failed(event, now, _elapsed_ms(started), _error_of(exc))
         return self._succeeded(event, now, _elapsed_ms(started), output)
 
@@ -106,7 +106,7 @@ class CallableCandidate(Candidate):
                 outputs = self._function(list(chunk))
                 if not isinstance(outputs, list) or len(outputs) != len(chunk):
                     raise _BatchShapeError(outputs, len(chunk))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as for one event
                 error, latency = _error_of(exc), _elapsed_ms(started)
                 predictions.extend(self._failed(event, now, latency, error) for event in chunk)
                 continue

@@ -145,7 +145,7 @@ class RemoteCandidate(Candidate):
             started = time.perf_counter()
             try:
                 return await self._call_guarded(event, now, started)
-            except Exception as exc:  # the contract: predict never raises, whatever breaks
+            except Exception as exc:  # noqa: BLE001 - predict never raises, whatever breaks
                 error = PredictionError(type=type(exc).__name__, message=truncate(str(exc)))
                 return self._prediction(event, now, started, Attempt(error=error), attempts=0)
 

@@ -123,7 +123,7 @@ class _Custom(SpecComparator):
     def _judge(self, output: Any, outcome: Any) -> Judgement:
         try:
             result = self._function(output, outcome)
-        except Exception as exc:  # the contract: a comparator never raises
+        except Exception as exc:  # noqa: BLE001 - a comparator never raises
             return disagree(f"custom comparator raised {type(exc).__name__}: {exc}")
         if not _is_bool(result):
             return disagree(

@@ -162,7 +162,7 @@ SELECT candidate, coalesce(version, ''),
        {_latency_buckets_sql()}
 FROM predictions
 GROUP BY ALL ORDER BY 1, 2
-"""
+"""  # noqa: S608 - constant SQL
 
 _BY_RESULT = """
 WITH counted AS (
@@ -353,7 +353,7 @@ _CHECKS = _LATEST_EVALUATIONS + f"""
 SELECT rollout, kind, name, phase, value, threshold, low, high, n FROM checks
 QUALIFY row_number() OVER (PARTITION BY rollout, kind, name) = 1
 ORDER BY rollout, kind, name
-"""
+"""  # noqa: S608 - constant SQL
 
 # What each check reports, by the name of its field in the evidence.
 _CHECK_GAUGES = {
@@ -375,8 +375,9 @@ def _gates(db: duckdb.DuckDBPyConnection) -> list[Metric]:
         "shadow_gate_evaluated_timestamp_seconds", "When the latest evaluation was made.",
         labels=labels)
     for rollout, kind, current, at in db.execute(
-            _LATEST_EVALUATIONS + "SELECT rollout, kind, phase, epoch(evaluated_at) FROM latest "
-            "ORDER BY ALL").fetchall():
+            _LATEST_EVALUATIONS  # noqa: S608 - constant SQL
+            + "SELECT rollout, kind, phase, epoch(evaluated_at) FROM latest ORDER BY ALL"
+    ).fetchall():
         _state_set(phase, [rollout, kind], current)
         evaluated.add_metric([rollout, kind], at)
     check_labels = [*labels, "check"]

@@ -241,7 +241,7 @@ def _digest(db: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
     found = {}
     for table in tables:
         count, checksum = db.execute(
-            f"SELECT count(*), coalesce(bit_xor(hash(t)), 0) FROM main.{_identifier(table)} t"
+            f"SELECT count(*), coalesce(bit_xor(hash(t)), 0) FROM main.{_identifier(table)} t"  # noqa: S608
         ).fetchall()[0]
         found[table] = (int(count), int(checksum))
     return found
