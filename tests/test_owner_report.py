@@ -19,7 +19,7 @@ from shadow.core.models import Event
 from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
-from shadow.reports.owner import build_owner_report
+from shadow.reports.owner import build_owner_report, owner_report
 from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.reports.render import owner_markdown, to_json
 from shadow.reports.summary import CoreReport, build_report, core_report
@@ -358,12 +358,13 @@ def test_fields_come_from_per_field_comparisons(tmp_path: Path) -> None:
 
 def test_an_empty_store_has_no_candidates_and_no_baseline(tmp_path: Path) -> None:
     with Store(tmp_path / "empty.duckdb") as store:
-        report = build_owner_report(store, ready_options())
+        typed = owner_report(store, ready_options())
+    report = typed.as_dict()
     assert report["candidates"] == []
     assert report["human_baseline"] is None
     assert report["rollout"] == {"state": None, "timeline": [], "labels": None,
                                  "withdrawn": []}
-    assert "No predictions" in owner_markdown(report)
+    assert "No predictions" in owner_markdown(typed)
 
 
 def test_coverage_against_confidence_threshold(store: Store) -> None:
@@ -447,8 +448,9 @@ def test_disagreements_are_the_most_recent_with_both_sides(store: Store) -> None
 
 
 def test_redacted_values_appear_nowhere(store: Store) -> None:
-    report = build_owner_report(store, ready_options(top_disagreements=N))
-    text = json.dumps(report) + owner_markdown(report)
+    typed = owner_report(store, ready_options(top_disagreements=N))
+    report = typed.as_dict()
+    text = json.dumps(report) + owner_markdown(typed)
     assert "@example.com" not in text
     assert candidate(report, "triage")["disagreements"]
 
@@ -544,8 +546,9 @@ def test_options_are_validated() -> None:
 
 
 def test_markdown_has_verdicts_checklist_and_numbers(store: Store) -> None:
-    report = build_owner_report(store, ready_options(max_p95_latency_ms=400.0))
-    text = owner_markdown(report)
+    typed = owner_report(store, ready_options(max_p95_latency_ms=400.0))
+    report = typed.as_dict()
+    text = owner_markdown(typed)
     assert "## triage (version 1): READY" in text
     assert "## rules: NOT READY" in text
     assert "✓ **sample size**" in text

@@ -26,7 +26,7 @@ from shadow.pipeline.runner import Pipeline
 from shadow.reports.build import owner_options
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
-from shadow.reports.owner import build_owner_report
+from shadow.reports.owner import build_owner_report, owner_report
 from shadow.reports.render import owner_markdown
 from shadow.store.database import Store
 from shadow.testing import ListSource
@@ -240,10 +240,11 @@ def test_a_candidate_without_violations(store: Store) -> None:
 
 
 def test_a_candidate_configured_without_checks_is_not_reported_as_clean(store: Store) -> None:
-    report = build_owner_report(store, options(checked=frozenset({"triage"})))
+    typed = owner_report(store, options(checked=frozenset({"triage"})))
+    report = typed.as_dict()
     assert candidate(report, "plain")["violations"]["configured"] is False
     assert candidate(report, "triage")["violations"]["configured"] is True
-    assert "Hard constraints: none configured." in owner_markdown(report).split("## plain")[1]
+    assert "Hard constraints: none configured." in owner_markdown(typed).split("## plain")[1]
     document = to_html(report)
     assert "No hard-constraint checks are configured" in section(document, "plain")
     assert "No hard-constraint checks are configured" not in section(document)
@@ -365,15 +366,15 @@ def test_html_section_without_violations_or_budget(store: Store) -> None:
 def test_markdown_line_and_checklist(store: Store) -> None:
     kinds = "; ".join(f"{k['check']} {k['predictions']:,} ({100 * k['rate']:.2f} %)"
                       for k in expected_kinds())
-    text = owner_markdown(build_owner_report(store, options()))
+    text = owner_markdown(owner_report(store, options()))
     assert (f"Hard constraints: {100 * RATE:.2f} % of checked outputs violated one "
             f"({len(VIOLATING):,} of {len(CHECKED):,}): {kinds}.") in text
     assert f"Hard constraints: 0.00 % of checked outputs violated one (0 of {N:,})." in text
     assert "violation rate**" not in text
 
-    passing = owner_markdown(build_owner_report(store, options(max_violation_rate=RATE)))
+    passing = owner_markdown(owner_report(store, options(max_violation_rate=RATE)))
     assert f"({len(VIOLATING):,} of {len(CHECKED):,}), budget {100 * RATE:.2f} %:" in passing
     assert "- ✓ **violation rate**: " in passing
-    failing = owner_markdown(build_owner_report(store, options(max_violation_rate=RATE / 2)))
+    failing = owner_markdown(owner_report(store, options(max_violation_rate=RATE / 2)))
     assert "- ✗ **violation rate**: " in failing
     assert "## triage (version 1): NOT READY" in failing

@@ -120,11 +120,10 @@ def render_report(report: FullReport, fmt: str, *, color: bool = False) -> str:
         return render.to_json(report.as_dict())
     if fmt == "table":
         return render.to_table(report.core, color=color)
-    owner = report.owner_dict()
     if fmt == "markdown":
-        return render.owner_markdown(owner)
+        return render.owner_markdown(report.owner, report.drift)
     if fmt == "html":
         from shadow.reports.html import to_html
 
-        return to_html(owner)
+        return to_html(report.owner_dict())
     raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")

@@ -10,6 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from shadow.reports.charts import milliseconds
+from shadow.reports.drift import DriftReport
+from shadow.reports.owner_model import (
+    Check,
+    OwnerAgreement,
+    OwnerCandidate,
+    OwnerReport,
+    Violations,
+)
 from shadow.reports.summary import (
     Agreement,
     CandidateSummary,
@@ -30,15 +38,11 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
-def interval(agreement: Agreement | dict[str, Any]) -> str:
-    """A rate with its interval; an owner report's sections are still dicts."""
-    if isinstance(agreement, Agreement):
-        rate, low, high = agreement.rate, agreement.low, agreement.high
-    else:
-        rate, low, high = agreement["rate"], agreement["low"], agreement["high"]
-    if rate is None:
+def interval(agreement: Agreement | OwnerAgreement) -> str:
+    if agreement.rate is None:
         return "–"
-    return f"{percent(rate)} [{percent(low)}, {percent(high)}]"
+    low, high = percent(agreement.low), percent(agreement.high)
+    return f"{percent(agreement.rate)} [{low}, {high}]"
 
 
 def millis(value: float | None) -> str:
@@ -51,13 +55,9 @@ def _cost(cost: Cost) -> str:
     return f"{cost.total:,.4f} / {cost.per_prediction:,.6f}"
 
 
-def _identity(candidate: CandidateSummary | dict[str, Any]) -> str:
-    """``name (version v)``; an owner report's candidates are still dicts."""
-    if isinstance(candidate, CandidateSummary):
-        name, version = candidate.name, candidate.version
-    else:
-        name, version = str(candidate["name"]), candidate["version"]
-    return name + (f" (version {version})" if version else "")
+def _identity(candidate: CandidateSummary | OwnerCandidate) -> str:
+    version = candidate.version
+    return candidate.name + (f" (version {version})" if version else "")
 
 
 def _facts(candidate: CandidateSummary) -> list[tuple[str, str]]:
@@ -151,57 +151,55 @@ def _money(value: float | None) -> str:
     return "–" if value is None else f"{value:,.2f}" if value >= 1 else f"{value:,.6f}"
 
 
-def _owner_check(check: dict[str, Any]) -> str:
-    return f"- {_MARK[check['status']]} **{check['name']}**: {check['detail']}"
+def _owner_check(check: Check) -> str:
+    return f"- {_MARK[check.status]} **{check.name}**: {check.detail}"
 
 
-def _violations_line(violations: dict[str, Any] | None) -> str:
+def _violations_line(violations: Violations) -> str:
     """Hard constraints in one line: the share of checked outputs caught, and by which check."""
-    if violations and violations.get("configured") is False and not violations["violating"]:
+    if violations.configured is False and not violations.violating:
         return "Hard constraints: none configured."
-    if not violations or not violations["checked"]:
+    if not violations.checked or violations.rate is None:
         return "Hard constraints: no checked outputs."
-    checked, violating = violations["checked"], violations["violating"]
-    line = (f"Hard constraints: {100 * violations['rate']:.2f} % of checked outputs violated one "
+    checked, violating = violations.checked, violations.violating
+    line = (f"Hard constraints: {100 * violations.rate:.2f} % of checked outputs violated one "
             f"({violating:,} of {checked:,})")
-    if violations["threshold"] is not None:
-        line += f", budget {100 * violations['threshold']:.2f} %"
-    kinds = "; ".join(f"{k['check']} {k['predictions']:,} ({100 * k['rate']:.2f} %)"
-                      for k in violations["kinds"])
+    if violations.threshold is not None:
+        line += f", budget {100 * violations.threshold:.2f} %"
+    kinds = "; ".join(f"{k.check} {k.predictions:,} ({100 * k.rate:.2f} %)"
+                      for k in violations.kinds)
     return line + (f": {kinds}." if kinds else ".")
 
 
-def owner_markdown(report: dict[str, Any]) -> str:
+def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str:
     """The owner's verdict, checklist and key numbers per candidate, for a ticket or chat."""
     lines = ["# Readiness report", ""]
-    for candidate in report["candidates"]:
-        verdict, agreement = candidate["verdict"], candidate["agreement"]
-        cost, errors = candidate["cost"], candidate["errors"]
-        lines += [f"## {_identity(candidate)}: {_VERDICT[verdict['status']]}", ""]
-        lines += [_owner_check(check) for check in verdict["checks"]]
+    for candidate in report.candidates:
+        verdict, agreement = candidate.verdict, candidate.agreement
+        cost, errors = candidate.cost, candidate.errors
+        lines += [f"## {_identity(candidate)}: {_VERDICT[verdict.status]}", ""]
+        lines += [_owner_check(check) for check in verdict.checks]
         lines += [
             "",
-            f"Agreement {interval(agreement)} (95 % Wilson, n={agreement['n']:,}); "
-            f"errors {percent(errors['rate'])}; p95 {millis(candidate['latency']['p95'])}; "
-            f"cost/decision {_money(cost['per_decision'])}; "
-            f"per month {_money(cost['per_month_current'])} now, "
-            f"{_money(cost['per_month_10x'])} at 10x, {_money(cost['per_month_full'])} at full.",
+            f"Agreement {interval(agreement)} (95 % Wilson, n={agreement.n:,}); "
+            f"errors {percent(errors.rate)}; p95 {millis(candidate.latency.p95)}; "
+            f"cost/decision {_money(cost.per_decision)}; "
+            f"per month {_money(cost.per_month_current)} now, "
+            f"{_money(cost.per_month_10x)} at 10x, {_money(cost.per_month_full)} at full.",
         ]
-        lines.append(_violations_line(candidate.get("violations")))
-        below = [s for s in candidate["segments"] if s["below_floor"]]
+        lines.append(_violations_line(candidate.violations))
+        below = [s for s in candidate.segments if s.below_floor]
         if below:
             lines.append("Below floor: " + ", ".join(
-                f"{s['field']}={s['value']} {percent(s['rate'])} (n={s['compared']:,})"
-                for s in below))
+                f"{s.field}={s.value} {percent(s.rate)} (n={s.compared:,})" for s in below))
         lines.append("")
-    baseline = report["human_baseline"]
+    baseline = report.human_baseline
     if baseline is not None:
-        lines += [f"People agree with each other {percent(baseline['rate'])} of the time "
-                  f"({baseline['pairs']:,} pairs over {baseline['keys']:,} cases).", ""]
-    drift = report.get("drift")
+        lines += [f"People agree with each other {percent(baseline.rate)} of the time "
+                  f"({baseline.pairs:,} pairs over {baseline.keys:,} cases).", ""]
     if drift is not None:
-        lines += [("**Drift detected:** " + "; ".join(drift["reasons"])) if drift["drifted"]
+        lines += [("**Drift detected:** " + "; ".join(drift.reasons)) if drift.drifted
                   else "No drift beyond the thresholds against the reference window.", ""]
-    if not report["candidates"]:
+    if not report.candidates:
         lines += ["No predictions in this store yet.", ""]
     return "\n".join(lines) + "\n"
