@@ -235,7 +235,7 @@ def measure_drift(
     if epsilon <= 0:
         raise ConfigError(f"the PSI epsilon must be positive, not {epsilon}")
     windows = (reference.start, reference.end, current.start, current.end)
-    counts = _query(store, f"SELECT count(*) FILTER ({_IN_REF}), count(*) FILTER ({_IN_CUR}) "
+    counts = _query(store, f"SELECT count(*) FILTER ({_IN_REF}), count(*) FILTER ({_IN_CUR}) "  # noqa: S608 - our window conditions
                     "FROM events e", windows)[0]
     numeric = [_numeric(store, PAYLOAD_LENGTH, "length(e.payload::VARCHAR)", windows, bins,
                         epsilon)]
@@ -259,7 +259,7 @@ _IN_CUR = "e.occurred_at >= $3 AND e.occurred_at < $4"
 def _segments(store: Store, windows: tuple[datetime, ...]) -> list[SegmentDrift]:
     rows = _query(
         store,
-        f"SELECT s.field, s.value, count(*) FILTER ({_IN_REF}), count(*) FILTER ({_IN_CUR}) "
+        f"SELECT s.field, s.value, count(*) FILTER ({_IN_REF}), count(*) FILTER ({_IN_CUR}) "  # noqa: S608 - our window conditions
         "FROM event_segments s JOIN events e USING (event_id) "
         f"WHERE ({_IN_REF}) OR ({_IN_CUR}) GROUP BY ALL ORDER BY s.field, s.value",
         windows,
@@ -321,7 +321,7 @@ def _number_at(dotted: str) -> str:
 def _numeric(store: Store, name: str, expression: str, windows: tuple[datetime, ...],
              bins: int, epsilon: float) -> NumericDrift:
     # Values as a derived table so the same expression is written once.
-    values = (f"(SELECT {expression} AS v, {_IN_REF} AS in_ref, {_IN_CUR} AS in_cur "
+    values = (f"(SELECT {expression} AS v, {_IN_REF} AS in_ref, {_IN_CUR} AS in_cur "  # noqa: S608 - our expressions and window conditions
               f"FROM events e WHERE ({_IN_REF}) OR ({_IN_CUR})) x WHERE v IS NOT NULL")
     distinct = _query(store, "SELECT v, count(*) FILTER (in_ref), count(*) FILTER (in_cur) "  # noqa: S608
                       f"FROM {values} GROUP BY v ORDER BY v", windows)

@@ -341,7 +341,7 @@ class OwnerQueries(Queries):
     @cached_property
     def disagreements(self) -> dict[Key, list[Disagreement]]:
         rows = self._rows(
-            "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "
+            "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "  # noqa: S608 - our join condition
             "  o.outcome, c.outcome_decided_at, c.note "
             "FROM comparisons c JOIN events e USING (event_id) "
             f"JOIN predictions p ON {_SAME_PREDICTION} "
