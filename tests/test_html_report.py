@@ -15,6 +15,8 @@ import struct
 import subprocess
 import threading
 import zlib
+from dataclasses import replace
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -24,90 +26,124 @@ import pytest
 
 from shadow.reports import charts
 from shadow.reports.html import to_html
+from shadow.reports.options import OwnerOptions
+from shadow.reports.owner_model import (
+    Baseline,
+    Bucket,
+    Check,
+    CheckKind,
+    Confusion,
+    CostProjection,
+    CoveragePoint,
+    Day,
+    Disagreement,
+    ErrorKind,
+    Errors,
+    FieldRate,
+    OwnerAgreement,
+    OwnerCandidate,
+    OwnerLatency,
+    OwnerReport,
+    RolloutSection,
+    RolloutState,
+    Segment,
+    TimelineEntry,
+    Verdict,
+    ViolationExample,
+    Violations,
+)
 
 EVIL = "<script>alert('x')</script>"
 
 
-def candidate(name: str = "triage-llm", status: str = "not_ready") -> dict[str, Any]:
-    return {
-        "name": name, "version": "2024-06-01",
-        "verdict": {"status": status, "checks": [
-            {"name": "sample size", "status": "pass", "value": 1200, "threshold": 400,
-             "detail": "enough compared decisions"},
-            {"name": "agreement", "status": "fail", "value": 0.8712, "threshold": 0.9,
-             "detail": "lower bound below threshold"},
-            {"name": "rollout state", "status": "unknown", "value": None, "threshold": None,
-             "detail": "no rollout yet"},
-        ]},
-        "agreement": {"rate": 0.8712, "low": 0.8511, "high": 0.8891, "n": 1200, "agreed": 1045,
-                      "method": "wilson"},
-        "over_time": [{"day": f"2024-06-0{d}", "compared": 100 + d, "agreed": 85 + d,
-                       "rate": 0.85 + d / 100, "low": 0.78 + d / 100, "high": 0.9 + d / 100}
-                      for d in range(1, 6)],
-        "segments": [
-            {"field": "region", "value": "eu", "compared": 700, "agreed": 630, "rate": 0.9,
-             "low": 0.876, "high": 0.92, "floor": 0.85, "below_floor": False},
-            {"field": "region", "value": "us", "compared": 500, "agreed": 415, "rate": 0.83,
-             "low": 0.795, "high": 0.86, "floor": 0.85, "below_floor": True},
-        ],
-        "confusion": {"labels": ["approve", "reject", "escalate"],
-                      "matrix": [[500, 40, 10], [30, 400, 20], [5, 15, 180]], "other": 3},
-        "fields": [{"field": "category", "compared": 1200, "agreed": 1100, "rate": 0.9167},
-                   {"field": "priority", "compared": 1200, "agreed": 960, "rate": 0.8}],
-        "coverage": [{"threshold": t, "coverage": 1 - t / 2, "agreement": 0.8 + t / 5, "n": 900}
-                     for t in (0.0, 0.25, 0.5, 0.75)],
-        "latency": {"p50": 120.0, "p95": 480.0, "p99": 910.0,
-                    "histogram": [{"le_ms": 100, "count": 400}, {"le_ms": 250, "count": 500},
-                                  {"le_ms": 500, "count": 250}, {"le_ms": 1000, "count": 50}]},
-        "errors": {"rate": 0.0125, "count": 15, "kinds": [
-            {"kind": "TimeoutError", "count": 10, "example": "timed out after 5 s"},
-            {"kind": "ValueError", "count": 5, "example": EVIL}]},
-        "cost": {"per_decision": 0.0042, "daily_volume_current": 1000,
-                 "per_day_current": 4.2, "per_month_current": 126.0, "per_day_10x": 42.0,
-                 "per_month_10x": 1260.0, "daily_volume_full": 250000, "per_day_full": 1050.0,
-                 "per_month_full": 31500.0},
-        "violations": {"checked": 1185, "violating": 5, "rate": 5 / 1185, "threshold": 0.01,
-                       "kinds": [{"check": "pii:email", "predictions": 4, "count": 4,
-                                  "rate": 4 / 1185},
-                                 {"check": "tone", "predictions": 1, "count": 1,
-                                  "rate": 1 / 1185}],
-                       "examples": [{"event_id": "ev-9", "key": "case-9",
-                                     "occurred_at": "2024-06-04T08:00:00+00:00",
-                                     "violations": ["pii:email matched at output.reply",
-                                                    f"tone said {EVIL}"]}]},
-        "disagreements": [{"event_id": "ev-1", "key": "case-1", "segment": {"region": "us"},
-                           "payload": {"text": EVIL, "email": "[redacted]"},
-                           "output": {"label": "approve"}, "outcome": {"label": "reject"},
-                           "decided_at": "2024-06-03T10:00:00+00:00"}],
-    }
+def candidate(name: str = "triage-llm", status: str = "not_ready") -> OwnerCandidate:
+    return OwnerCandidate(
+        name=name, version="2024-06-01",
+        verdict=Verdict(status, (
+            Check("sample size", "pass", 1200, 400, "enough compared decisions"),
+            Check("agreement", "fail", 0.8712, 0.9, "lower bound below threshold"),
+            Check("rollout state", "unknown", None, None, "no rollout yet"),
+        )),
+        agreement=OwnerAgreement(0.8712, 0.8511, 0.8891, n=1200, agreed=1045),
+        over_time=tuple(Day(f"2024-06-0{d}", 100 + d, 85 + d, 0.85 + d / 100, 0.78 + d / 100,
+                            0.9 + d / 100) for d in range(1, 6)),
+        segments=(
+            Segment("region", "eu", 700, 630, 0.9, 0.876, 0.92, floor=0.85, below_floor=False),
+            Segment("region", "us", 500, 415, 0.83, 0.795, 0.86, floor=0.85, below_floor=True),
+        ),
+        confusion=Confusion(("approve", "reject", "escalate"),
+                            ((500, 40, 10), (30, 400, 20), (5, 15, 180)), 3),
+        fields=(FieldRate("category", 1200, 1100, 0.9167, None, None),
+                FieldRate("priority", 1200, 960, 0.8, None, None)),
+        coverage=tuple(CoveragePoint(t, 1 - t / 2, 900, 720, 0.8 + t / 5)
+                       for t in (0.0, 0.25, 0.5, 0.75)),
+        latency=OwnerLatency(120.0, 480.0, 910.0, (
+            Bucket(100, 400), Bucket(250, 500), Bucket(500, 250), Bucket(1000, 50))),
+        errors=Errors(0.0125, 15, (ErrorKind("TimeoutError", 10, "timed out after 5 s"),
+                                   ErrorKind("ValueError", 5, EVIL))),
+        cost=CostProjection(per_decision=0.0042, total=5.04, daily_volume_current=1000,
+                            per_day_current=4.2, per_month_current=126.0, per_day_10x=42.0,
+                            per_month_10x=1260.0, daily_volume_full=250000,
+                            per_day_full=1050.0, per_month_full=31500.0),
+        violations=Violations(
+            configured=True, checked=1185, violating=5, rate=5 / 1185, threshold=0.01,
+            kinds=(CheckKind("pii:email", 4, 4, 4 / 1185), CheckKind("tone", 1, 1, 1 / 1185)),
+            examples=(ViolationExample("ev-9", "case-9", "2024-06-04T08:00:00+00:00",
+                                       ("pii:email matched at output.reply",
+                                        f"tone said {EVIL}")),)),
+        disagreements=(Disagreement(
+            event_id="ev-1", key="case-1", segment={"region": "us"},
+            payload={"text": EVIL, "email": "[redacted]"}, output={"label": "approve"},
+            outcome={"label": "reject"}, decided_at="2024-06-03T10:00:00+00:00", note=None),),
+        predictions=1200,
+    )
 
 
 NBSP = "\u00a0"
 
 
-def sample_report() -> dict[str, Any]:
-    return {
-        "generated_at": "2024-06-06T12:00:00+00:00", "store": "/data/shadow.duckdb",
-        "options": {"currency": "$"},
-        "candidates": [candidate(), candidate("rules-v2", "ready")],
-        "human_baseline": {"keys": 80, "pairs": 95, "agreed": 86, "rate": 0.9053,
-                           "low": 0.829, "high": 0.949},
-        "rollout": {"state": {"candidate": "rules-v2", "step": 2, "percent": 25},
-                    "timeline": [
-            {"at": "2024-06-01T09:00:00+00:00", "actor": "alice", "action": "promote",
-             "from_step": 0, "to_step": 1, "percent": 5, "status": "ok", "reason": "gate passed"},
-            {"at": "2024-06-02T09:00:00+00:00", "actor": "controller", "action": "promote",
-             "from_step": 1, "to_step": 2, "percent": 25, "status": "ok", "reason": "gate passed"},
-            {"at": "2024-06-03T09:00:00+00:00", "actor": "controller", "action": "rollback",
-             "from_step": 2, "to_step": 0, "percent": 0, "status": "rolled_back",
-             "reason": "error rate 4 % > 2 %"}]},
-    }
+def timeline() -> tuple[TimelineEntry, ...]:
+    return (
+        TimelineEntry("2024-06-01T09:00:00+00:00", "alice", "ops", "promote", 0, 1, 5, "ok",
+                      "gate passed"),
+        TimelineEntry("2024-06-02T09:00:00+00:00", "controller", None, "promote", 1, 2, 25,
+                      "ok", "gate passed"),
+        TimelineEntry("2024-06-03T09:00:00+00:00", "controller", None, "rollback", 2, 0, 0,
+                      "rolled_back", "error rate 4 % > 2 %"))
 
 
-def empty_candidate() -> dict[str, Any]:
-    return {"name": "bare", "version": None, "verdict": None, "agreement": None,
-            "over_time": [], "segments": [], "confusion": None, "fields": [], "coverage": None,
-            "latency": None, "errors": None, "cost": None, "disagreements": []}
+def sample_report() -> OwnerReport:
+    return OwnerReport(
+        generated_at=datetime(2024, 6, 6, 12, 0, tzinfo=UTC), store="/data/shadow.duckdb",
+        options=OwnerOptions(),
+        candidates=(candidate(), candidate("rules-v2", "ready")),
+        human_baseline=Baseline(80, 95, 86, 0.9053, 0.829, 0.949),
+        rollout=RolloutSection(
+            state=RolloutState("rules-rollout", "rules-v2", None, 2, 25, "progressing",
+                               "2024-06-02T09:00:00+00:00", "2024-06-02T09:00:00+00:00", 2),
+            timeline=timeline(), labels=None, withdrawn=()),
+    )
+
+
+def render(report: OwnerReport) -> str:
+    return to_html(report, currency="$")
+
+
+def empty_candidate() -> OwnerCandidate:
+    """A candidate with nothing compared, measured or checked yet."""
+    return OwnerCandidate(
+        name="bare", version=None, verdict=Verdict("not_enough_data", ()),
+        agreement=OwnerAgreement(None, None, None, n=0, agreed=0), over_time=(), segments=(),
+        confusion=None, fields=(), coverage=None,
+        latency=OwnerLatency(None, None, None, ()), errors=Errors(0.0, 0, ()),
+        cost=CostProjection(None, None, 0.0, None, None, None, None, None, None, None),
+        violations=Violations(None, 0, 0, None, None, (), ()), disagreements=(),
+        predictions=0)
+
+
+def with_candidate(report: OwnerReport, changed: OwnerCandidate) -> OwnerReport:
+    """``report`` with its first candidate replaced by ``changed``, alone."""
+    return replace(report, candidates=(changed,))
 
 
 class Page(HTMLParser):
@@ -142,20 +178,19 @@ def parse(document: str) -> Page:
 
 
 def test_headline_verdicts_appear_for_every_candidate() -> None:
-    page = parse(to_html(sample_report()))
+    page = parse(render(sample_report()))
     assert "NOT READY" in page.all_text
     assert "READY" in page.all_text.replace("NOT READY", "")
     assert page.count("section") == 2
 
 
 def test_not_enough_data_is_the_verdict_when_none_is_given() -> None:
-    report = sample_report()
-    report["candidates"] = [empty_candidate()]
-    assert "NOT ENOUGH DATA" in parse(to_html(report)).all_text
+    report = with_candidate(sample_report(), empty_candidate())
+    assert "NOT ENOUGH DATA" in parse(render(report)).all_text
 
 
 def test_one_svg_per_chart_with_accessible_names() -> None:
-    page = parse(to_html(sample_report()))
+    page = parse(render(sample_report()))
     svgs = [attrs for tag, attrs in page.tags if tag == "svg"]
     # per candidate: over time, baseline, segments, fields, coverage, latency; plus rollout
     assert len(svgs) == 2 * 6 + 1
@@ -164,13 +199,13 @@ def test_one_svg_per_chart_with_accessible_names() -> None:
 
 
 def test_every_svg_carries_a_title_element() -> None:
-    document = to_html(sample_report())
+    document = render(sample_report())
     for match in re.finditer(r"<svg[^>]*>(.{0,200})", document):
         assert match.group(1).startswith("<title>")
 
 
 def test_numbers_are_formatted_for_people() -> None:
-    text = parse(to_html(sample_report())).all_text.replace(NBSP, " ")
+    text = parse(render(sample_report())).all_text.replace(NBSP, " ")
     assert "87.1 % [85.1 %, 88.9 %]" in text
     assert "90.5 % [82.9 %, 94.9 %]" in text  # human baseline
     assert "$0.0042" in text and "$31,500.00" in text and "$1,260.00" in text
@@ -181,8 +216,8 @@ def test_numbers_are_formatted_for_people() -> None:
 
 def test_no_line_breaks_between_a_number_and_its_percent_sign() -> None:
     report = sample_report()
-    reason = html.escape(report["rollout"]["timeline"][-1]["reason"])
-    document = to_html(report).replace(reason, "")
+    reason = html.escape(report.rollout.timeline[-1].reason or "")
+    document = render(report).replace(reason, "")
     percentages = re.findall(r"\d(\s)%", document)  # the reason above is data, not a figure
     assert len(percentages) > 20
     assert set(percentages) == {NBSP}
@@ -196,19 +231,18 @@ def _texts(svg: str, cls: str | None = None) -> list[tuple[float, float, str]]:
 
 
 def test_latency_markers_of_an_in_process_candidate_read_in_fractions_of_a_millisecond() -> None:
-    latency = {"p50": 0.036, "p95": 0.0604, "p99": 0.079,
-               "histogram": [{"le_ms": 0.1, "count": 4000}, {"le_ms": 0.5, "count": 3}]}
+    latency = OwnerLatency(0.036, 0.0604, 0.079, (Bucket(0.1, 4000), Bucket(0.5, 3)))
     markers = _texts(charts.latency_histogram("latency", latency), "marker")
     assert [text for _, _, text in markers] == ["p50 0.036 ms", "p95 0.060 ms", "p99 0.079 ms"]
     rows = sorted(y for _, y, _ in markers)
     assert all(b - a >= 12 for a, b in itertools.pairwise(rows))  # 12px text, one row each
-    summary = parse(to_html(sample_report())).all_text
+    summary = parse(render(sample_report())).all_text
     assert "p50 120.0 ms" in re.sub(r"\s+", " ", summary)
 
 
 def test_threshold_labels_that_would_overlap_are_left_out() -> None:
     thresholds = [0.0, 0.1, 0.2, 0.5, 0.9, 0.95, 0.99]
-    rows = [{"threshold": t, "coverage": 1 - t, "agreement": 0.8, "n": 10} for t in thresholds]
+    rows = [CoveragePoint(t, 1 - t, 10, 8, 0.8) for t in thresholds]
     labels = [(x, text) for x, y, text in _texts(charts.coverage_curve("c", rows), "axis")
               if re.fullmatch(r"\d\.\d\d", text)]
     xs = [x for x, _ in labels]
@@ -218,23 +252,27 @@ def test_threshold_labels_that_would_overlap_are_left_out() -> None:
 
 
 def test_floor_markers_and_below_floor_segments_are_shown() -> None:
-    document = to_html(sample_report())
+    document = render(sample_report())
     assert 'stroke-dasharray="3 2"' in document  # floor marker
     assert "Below floor: region=us" in parse(document).all_text
 
 
 def test_confusion_matrix_cells_are_shaded() -> None:
-    page = parse(to_html(sample_report()))
+    page = parse(render(sample_report()))
     shaded = [a for tag, a in page.tags if tag == "td" and "rgba" in (a.get("style") or "")]
     assert len(shaded) == 2 * 9
 
 
 def test_strings_from_the_data_are_escaped() -> None:
     report = sample_report()
-    report["candidates"][0]["name"] = EVIL
-    report["candidates"][0]["segments"][0]["value"] = EVIL
-    report["rollout"]["timeline"][0]["reason"] = EVIL
-    document = to_html(report)
+    first = report.candidates[0]
+    first = replace(first, name=EVIL,
+                    segments=(replace(first.segments[0], value=EVIL), *first.segments[1:]))
+    steps = report.rollout.timeline
+    report = replace(report, candidates=(first, *report.candidates[1:]),
+                     rollout=replace(report.rollout,
+                                     timeline=(replace(steps[0], reason=EVIL), *steps[1:])))
+    document = render(report)
     page = parse(document)
     assert page.script_tags == 0
     assert "<script>" not in document
@@ -243,12 +281,14 @@ def test_strings_from_the_data_are_escaped() -> None:
 
 
 def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
-    report = sample_report()
-    first = report["candidates"][0]
-    first["errors"]["kinds"][1]["example"] = "bad value"  # only the violations carry EVIL
-    first["disagreements"][0]["payload"]["text"] = "hello"
-    report["candidates"] = [first]
-    document = to_html(report).replace(NBSP, " ")
+    first = sample_report().candidates[0]
+    errors, (shown,) = first.errors, first.disagreements
+    first = replace(  # only the violations carry EVIL
+        first, errors=replace(errors, kinds=(errors.kinds[0],
+                                             replace(errors.kinds[1], example="bad value"))),
+        disagreements=(replace(shown, payload={"text": "hello"}),))
+    report = with_candidate(sample_report(), first)
+    document = render(report).replace(NBSP, " ")
     page = parse(document)
     assert page.script_tags == 0 and "<script>" not in document
     assert f"tone said {EVIL}" in page.all_text
@@ -260,30 +300,37 @@ def test_violations_section_shows_the_figures_and_escapes_the_texts() -> None:
     assert ('<td>pii:email</td><td class="num">4</td><td class="num">0.34 %</td>'
             '<td class="num">4</td>') in document
     assert "<td>0.42 %</td>" not in document and '<td class="num">0.42 %</td>' in document
-    first["violations"]["threshold"] = 0.004
-    assert 'Budget 0.40\u00a0%: <span class="fail">FAIL</span>' in to_html(report)
-    first["violations"]["threshold"] = None
-    assert "Budget" not in to_html(report)
+    def budget(threshold: float | None) -> str:
+        return render(with_candidate(report, replace(
+            first, violations=replace(first.violations, threshold=threshold))))
+
+    assert 'Budget 0.40\u00a0%: <span class="fail">FAIL</span>' in budget(0.004)
+    assert "Budget" not in budget(None)
 
 
 def test_a_flat_segment_reads_as_name_value_lines_and_a_nested_one_as_json() -> None:
     report = sample_report()
-    (row,) = report["candidates"][0]["disagreements"]
-    row["segment"] = {"tier": "pro", "lang": "<b>de</b>", "vip": True}
+    first = report.candidates[0]
+    (row,) = first.disagreements
+
+    def shown(segment: Any) -> str:
+        changed = replace(first, disagreements=(replace(row, segment=segment),))
+        return render(with_candidate(report, changed))
+
     cell = '<span class="muted">lang:</span> &lt;b&gt;de&lt;/b&gt;<br>'
     cell += '<span class="muted">tier:</span> pro<br><span class="muted">vip:</span> true'
-    assert cell in to_html(report)
-    row["segment"] = {"region": {"country": "us"}}
-    assert '<pre>{\n  &quot;region&quot;: {\n    &quot;country&quot;' in to_html(report)
+    assert cell in shown({"tier": "pro", "lang": "<b>de</b>", "vip": True})
+    assert ('<pre>{\n  &quot;region&quot;: {\n    &quot;country&quot;'
+            in shown({"region": {"country": "us"}}))
 
 
 def test_payload_is_pretty_json_in_pre() -> None:
-    document = to_html(sample_report())
+    document = render(sample_report())
     assert '<pre>{\n  &quot;email&quot;: &quot;[redacted]&quot;,' in document
 
 
 def test_no_external_references() -> None:
-    document = to_html(sample_report())
+    document = render(sample_report())
     page = parse(document)
     for _, attrs in page.tags:
         for name in ("src", "href", "xlink:href", "data", "action"):
@@ -295,17 +342,19 @@ def test_no_external_references() -> None:
 
 
 def test_print_styles_break_pages_between_candidates() -> None:
-    document = to_html(sample_report())
+    document = render(sample_report())
     assert "@media print" in document and "break-before: page" in document
 
 
+NO_ROLLOUT = RolloutSection(state=None, timeline=(), labels=None, withdrawn=())
+
+
 @pytest.mark.parametrize("report", [
-    {},
-    {"candidates": None, "human_baseline": None, "rollout": None},
-    {"candidates": [], "rollout": {"state": None, "timeline": []}},
-    {"candidates": [empty_candidate()], "rollout": {"state": None, "timeline": None}},
-])
-def test_renders_without_data(report: dict[str, Any]) -> None:
+    replace(sample_report(), candidates=(), human_baseline=None, rollout=NO_ROLLOUT),
+    replace(sample_report(), candidates=(empty_candidate(),), human_baseline=None,
+            rollout=NO_ROLLOUT),
+], ids=["no candidates", "a candidate without data"])
+def test_renders_without_data(report: OwnerReport) -> None:
     page = parse(to_html(report))
     assert "no data" in page.all_text
     assert page.count("html") == 1
@@ -313,16 +362,17 @@ def test_renders_without_data(report: dict[str, Any]) -> None:
 
 def test_sections_with_partial_values_render_no_data() -> None:
     report = sample_report()
-    bare = report["candidates"][0]
-    bare["agreement"] = {"rate": None, "low": None, "high": None, "n": 0, "agreed": 0}
-    bare["over_time"] = [{"day": "2024-06-01", "compared": 0, "agreed": 0, "rate": None,
-                          "low": None, "high": None}]
-    bare["latency"] = {"p50": None, "p95": None, "p99": None, "histogram": []}
-    bare["cost"] = dict.fromkeys(bare["cost"])
-    bare["errors"] = {"rate": None, "count": None, "kinds": []}
-    bare["segments"][0].update(rate=None, low=None, high=None, floor=None)
-    report["human_baseline"] = None
-    assert "no data" in parse(to_html(report)).all_text
+    bare = report.candidates[0]
+    bare = replace(
+        bare, agreement=OwnerAgreement(None, None, None, n=0, agreed=0),
+        over_time=(Day("2024-06-01", 0, 0, None, None, None),),
+        latency=OwnerLatency(None, None, None, ()),
+        cost=CostProjection(None, None, 0.0, None, None, None, None, None, None, None),
+        errors=Errors(0.0, 0, ()),
+        segments=(replace(bare.segments[0], rate=None, low=None, high=None),
+                  *bare.segments[1:]))
+    report = replace(report, candidates=(bare, *report.candidates[1:]), human_baseline=None)
+    assert "no data" in parse(render(report)).all_text
 
 
 # -- end to end in headless Chromium -------------------------------------------------------
@@ -450,7 +500,7 @@ def png_size_and_colours(data: bytes) -> tuple[int, int, int]:
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     binary = chromium_binary()
     report = tmp_path / "report.html"
-    report.write_text(to_html(sample_report()), encoding="utf-8")
+    report.write_text(render(sample_report()), encoding="utf-8")
     url = report.as_uri()
     browser, browser_ws, drain = launch(binary, str(tmp_path / "profile"))
     try:

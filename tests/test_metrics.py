@@ -34,7 +34,7 @@ from shadow.core.models import ErrorKind, Event, Prediction
 from shadow.pipeline.runner import Pipeline
 from shadow.pipeline.source_guard import SourceStatus
 from shadow.reports.html import to_html
-from shadow.reports.owner import build_owner_report
+from shadow.reports.owner import build_owner_report, owner_report
 from shadow.service.metrics import LATENCY_BUCKETS_MS, render_metrics
 from shadow.service.runtime_metrics import RuntimeMetrics
 from shadow.store.database import Store
@@ -397,7 +397,7 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
         found = series(parse(render_metrics(store)), "shadow_rollout_label_delay_seconds",
                        "rollout", "verdict", "quantile")
         owner = build_owner_report(store)["rollout"]["labels"]
-        page = to_html(build_owner_report(store))
+        page = to_html(owner_report(store))
     for verdict, values in delays.items():
         ordered = sorted(values)
 

@@ -621,9 +621,9 @@ def test_disagreements_carry_the_comparators_note(tmp_path: Path) -> None:
             [ListSource([{"event_id": "e1", "key": "t1", "occurred_at": START.isoformat(),
                           "payload": {"draft": draft}}])],
             [ListSource([{"key": "t1", "decided_at": START.isoformat(), "outcome": sent}])])
-        report = build_owner_report(store, ready_options())
-    [shown] = candidate(report, "drafter")["disagreements"]
+        typed = owner_report(store, ready_options())
+    [shown] = candidate(typed.as_dict(), "drafter")["disagreements"]
     assert shown["note"] == f"f1={1 / 3:.3f}"
-    document = to_html(report)
+    document = to_html(typed)
     assert "<th>comparator&#x27;s note</th>" in document
     assert f"<td>f1={1 / 3:.3f}</td>" in document

@@ -245,7 +245,7 @@ def test_a_candidate_configured_without_checks_is_not_reported_as_clean(store: S
     assert candidate(report, "plain")["violations"]["configured"] is False
     assert candidate(report, "triage")["violations"]["configured"] is True
     assert "Hard constraints: none configured." in owner_markdown(typed).split("## plain")[1]
-    document = to_html(report)
+    document = to_html(typed)
     assert "No hard-constraint checks are configured" in section(document, "plain")
     assert "No hard-constraint checks are configured" not in section(document)
     summary = document.split("<h2>Candidates</h2>", 1)[1].split("</table>", 1)[0]
@@ -337,7 +337,7 @@ def section(document: str, name: str = "triage") -> str:
 
 
 def test_html_section_shows_the_figures_escaped(store: Store) -> None:
-    document = to_html(build_owner_report(store, options(max_violation_rate=RATE - 1e-9)))
+    document = to_html(owner_report(store, options(max_violation_rate=RATE - 1e-9)))
     html = section(document)
     assert f"<strong>{100 * RATE:.2f}\u00a0%</strong> of checked outputs" in html
     assert f"{len(VIOLATING):,} of {len(CHECKED):,} checked" in html
@@ -355,7 +355,7 @@ def test_html_section_shows_the_figures_escaped(store: Store) -> None:
 
 
 def test_html_section_without_violations_or_budget(store: Store) -> None:
-    document = to_html(build_owner_report(store, options()))
+    document = to_html(owner_report(store, options()))
     html = section(document, "plain")
     assert "<strong>0.00\u00a0%</strong> of checked outputs" in html
     assert f"0 of {N:,} checked" in html

@@ -125,5 +125,5 @@ def render_report(report: FullReport, fmt: str, *, color: bool = False) -> str:
     if fmt == "html":
         from shadow.reports.html import to_html
 
-        return to_html(report.owner_dict())
+        return to_html(report.owner, currency=report.currency, drift=report.drift)
     raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from shadow.reports.owner_model import CoveragePoint, Day, OwnerLatency, TimelineEntry
 
 WIDTH = 640
 LEFT, RIGHT, TOP, BOTTOM = 190, 20, 16, 34
@@ -82,12 +85,23 @@ def _rate_axis(x0: float, x1: float, y: float, top: float) -> list[str]:
     return parts
 
 
-def interval_bars(title: str, rows: Sequence[dict[str, Any]]) -> str:
-    """Horizontal bars with 95 % interval whiskers and optional floor markers.
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One row of :func:`interval_bars`: a rate with its interval, and optionally a floor
+    (drawn as a marker; a bar below its floor is drawn in the alert colour)."""
 
-    Each row: ``label``, ``rate``, ``low``, ``high`` and optionally ``floor``,
-    ``below_floor`` and ``colour``; rows without a rate are listed as "no data".
-    """
+    label: str
+    rate: float | None
+    low: float | None
+    high: float | None
+    floor: float | None = None
+    below_floor: bool = False
+    colour: str = AI_COLOUR
+
+
+def interval_bars(title: str, rows: Sequence[Bar]) -> str:
+    """Horizontal bars with 95 % interval whiskers and optional floor markers; rows
+    without a rate are listed as "no data"."""
     if not rows:
         return no_data(title)
     x0, x1 = LEFT, WIDTH - RIGHT - 50
@@ -98,23 +112,23 @@ def interval_bars(title: str, rows: Sequence[dict[str, Any]]) -> str:
     return svg(WIDTH, height, title, parts)
 
 
-def _interval_row(row: dict[str, Any], y: float, x0: float, x1: float) -> list[str]:
+def _interval_row(row: Bar, y: float, x0: float, x1: float) -> list[str]:
     span = x1 - x0
     middle = y + ROW / 2
-    parts = [_text(x0 - 6, middle + 4, _short(row["label"]), "end")]
-    rate = row.get("rate")
+    parts = [_text(x0 - 6, middle + 4, _short(row.label), "end")]
+    rate = row.rate
     if rate is None:
         return [*parts, _text(x0 + 4, middle + 4, "no data", cls="muted")]
-    colour = ALERT_COLOUR if row.get("below_floor") else row.get("colour", AI_COLOUR)
+    colour = ALERT_COLOUR if row.below_floor else row.colour
     parts.append(f'<rect x="{x0}" y="{_num(middle - BAR / 2)}" width="{_num(rate * span)}" '
                  f'height="{BAR}" fill="{colour}" fill-opacity="0.75"/>')
-    low, high = row.get("low"), row.get("high")
+    low, high = row.low, row.high
     if low is not None and high is not None:
         parts.append(_line(x0 + low * span, middle, x0 + high * span, middle, "#111827", 1.5))
         for end in (low, high):
             parts.append(_line(x0 + end * span, middle - 5, x0 + end * span, middle + 5,
                                "#111827", 1.5))
-    floor = row.get("floor")
+    floor = row.floor
     if floor is not None:
         x = x0 + floor * span
         parts.append(_line(x, y + 2, x, y + ROW - 2, ALERT_COLOUR, 2, "3 2"))
@@ -132,9 +146,9 @@ def _scale(value: float, low: float, high: float, out_low: float, out_high: floa
     return out_low + (value - low) / (high - low) * (out_high - out_low)
 
 
-def over_time(title: str, points: Sequence[dict[str, Any]]) -> str:
+def over_time(title: str, days: Sequence[Day]) -> str:
     """Daily agreement as a line, with its interval as a shaded band."""
-    points = [p for p in points if p.get("rate") is not None]
+    points = [p for p in days if p.rate is not None]
     if not points:
         return no_data(title)
     height = 220
@@ -146,21 +160,21 @@ def over_time(title: str, points: Sequence[dict[str, Any]]) -> str:
 
     parts = _y_axis(x0, x1, y0, y1)
     pairs = list(zip(xs, points, strict=True))
-    upper = [f"{_num(x)},{_num(y(p.get('high', p['rate'])))}" for x, p in pairs]
-    lower = [f"{_num(x)},{_num(y(p.get('low', p['rate'])))}" for x, p in pairs]
+    upper = [f"{_num(x)},{_num(y(p.high))}" for x, p in pairs]
+    lower = [f"{_num(x)},{_num(y(p.low))}" for x, p in pairs]
     parts.append(f'<polygon class="band" points="{" ".join(upper + lower[::-1])}" '
                  f'fill="{BAND_COLOUR}" fill-opacity="0.5" stroke="none"/>')
-    line = " ".join(f"{_num(x)},{_num(y(p['rate']))}" for x, p in zip(xs, points, strict=True))
+    line = " ".join(f"{_num(x)},{_num(y(p.rate))}" for x, p in zip(xs, points, strict=True))
     parts.append(f'<polyline points="{line}" fill="none" stroke="{AI_COLOUR}" '
                  'stroke-width="2"/>')
     for x, p in zip(xs, points, strict=True):
-        parts.append(f'<circle cx="{_num(x)}" cy="{_num(y(p["rate"]))}" r="3" '
-                     f'fill="{AI_COLOUR}"><title>{esc(p.get("day"))}: {pct(p["rate"])} '
-                     f'of {esc(p.get("compared"))}</title></circle>')
+        parts.append(f'<circle cx="{_num(x)}" cy="{_num(y(p.rate))}" r="3" '
+                     f'fill="{AI_COLOUR}"><title>{esc(p.day)}: {pct(p.rate)} '
+                     f'of {esc(p.compared)}</title></circle>')
     last = len(points) - 1
     for i in sorted({0, last // 2, last}):
         anchor = "start" if i == 0 else "end" if i == last else "middle"
-        parts.append(_text(xs[i], y0 + 16, str(points[i].get("day", "")), anchor, "axis"))
+        parts.append(_text(xs[i], y0 + 16, points[i].day, anchor, "axis"))
     return svg(WIDTH, height, title, parts)
 
 
@@ -173,20 +187,20 @@ def _y_axis(x0: float, x1: float, y0: float, y1: float) -> list[str]:
     return parts
 
 
-def coverage_curve(title: str, rows: Sequence[dict[str, Any]]) -> str:
+def coverage_curve(title: str, coverage: Sequence[CoveragePoint]) -> str:
     """Coverage and agreement (two lines) against the abstention threshold."""
-    rows = sorted((r for r in rows if r.get("threshold") is not None),
-                  key=lambda r: float(r["threshold"]))
+    rows = sorted(coverage, key=lambda r: float(r.threshold))
     if not rows:
         return no_data(title)
     height = 240
     x0, x1, y0, y1 = 50, WIDTH - 110, height - BOTTOM, TOP
-    low, high = float(rows[0]["threshold"]), float(rows[-1]["threshold"])
-    xs = [_scale(float(r["threshold"]), low, high, x0, x1) for r in rows]
+    low, high = float(rows[0].threshold), float(rows[-1].threshold)
+    xs = [_scale(float(r.threshold), low, high, x0, x1) for r in rows]
     parts = _y_axis(x0, x1, y0, y1)
     for key, colour, dash in (("coverage", HUMAN_COLOUR, "6 3"), ("agreement", AI_COLOUR, "")):
-        points = [f"{_num(x)},{_num(_scale(r[key], 0.0, 1.0, y0, y1))}"
-                  for x, r in zip(xs, rows, strict=True) if r.get(key) is not None]
+        values = [r.coverage if key == "coverage" else r.agreement for r in rows]
+        points = [f"{_num(x)},{_num(_scale(v, 0.0, 1.0, y0, y1))}"
+                  for x, v in zip(xs, values, strict=True) if v is not None]
         if points:
             extra = f' stroke-dasharray="{dash}"' if dash else ""
             parts.append(f'<polyline class="{key}" points="{" ".join(points)}" fill="none" '
@@ -196,35 +210,34 @@ def coverage_curve(title: str, rows: Sequence[dict[str, Any]]) -> str:
     shown = -math.inf
     for x, r in zip(xs, rows, strict=True):
         if x - shown >= 32:  # closer thresholds would print their labels over each other
-            parts.append(_text(x, y0 + 16, f"{float(r['threshold']):.2f}", "middle", "axis"))
+            parts.append(_text(x, y0 + 16, f"{float(r.threshold):.2f}", "middle", "axis"))
             shown = x
     parts.append(_text((x0 + x1) / 2, height - 2, "confidence threshold", "middle", "axis"))
     return svg(WIDTH, height, title, parts)
 
 
-def latency_histogram(title: str, latency: dict[str, Any] | None) -> str:
+def latency_histogram(title: str, latency: OwnerLatency) -> str:
     """Bars per latency bucket, with p50 / p95 / p99 marked on the bucket axis."""
-    buckets = [b for b in (latency or {}).get("histogram") or [] if b.get("le_ms") is not None]
-    if not latency or not buckets:
+    buckets = latency.histogram
+    if not buckets:
         return no_data(title)
     height = 220
     x0, x1, y0, y1 = 50, WIDTH - RIGHT, height - BOTTOM, TOP + 14
     width = (x1 - x0) / len(buckets)
-    top = max(int(b.get("count") or 0) for b in buckets) or 1
+    top = max(b.count for b in buckets) or 1
     parts = [_line(x0, y0, x1, y0, "#111827")]
     for i, bucket in enumerate(buckets):
-        count = int(bucket.get("count") or 0)
+        count = bucket.count
         bar = (y0 - y1) * count / top
         parts.append(f'<rect x="{_num(x0 + i * width + 1)}" y="{_num(y0 - bar)}" '
                      f'width="{_num(width - 2)}" height="{_num(bar)}" fill="{AI_COLOUR}" '
-                     f'fill-opacity="0.7"><title>≤ {esc(bucket["le_ms"])} ms: {count:,}'
+                     f'fill-opacity="0.7"><title>≤ {esc(bucket.le_ms)} ms: {count:,}'
                      "</title></rect>")
-        parts.append(_text(x0 + (i + 0.5) * width, y0 + 14, f"≤{bucket['le_ms']:g}",
+        parts.append(_text(x0 + (i + 0.5) * width, y0 + 14, f"≤{bucket.le_ms:g}",
                            "middle", "axis"))
     parts.append(_text((x0 + x1) / 2, height - 2, "latency bucket (ms)", "middle", "axis"))
-    edges = [float(b["le_ms"]) for b in buckets]
-    for name in ("p50", "p95", "p99"):
-        value = latency.get(name)
+    edges = [float(b.le_ms) for b in buckets]
+    for name, value in (("p50", latency.p50), ("p95", latency.p95), ("p99", latency.p99)):
         if value is not None:
             x = x0 + _bucket_position(float(value), edges) * width
             parts.append(_line(x, y1 - 4, x, y0, ALERT_COLOUR, 1.5, "4 2"))
@@ -247,9 +260,9 @@ def _bucket_position(value: float, edges: Sequence[float]) -> float:
     return float(len(edges))
 
 
-def rollout_steps(title: str, timeline: Sequence[dict[str, Any]]) -> str:
+def rollout_steps(title: str, timeline: Sequence[TimelineEntry]) -> str:
     """Traffic percent after each rollout event, as a step line; rollbacks in red."""
-    events = [e for e in timeline if e.get("percent") is not None]
+    events = [(e, e.percent) for e in timeline if e.percent is not None]
     if not events:
         return no_data(title)
     height = 200
@@ -263,17 +276,17 @@ def rollout_steps(title: str, timeline: Sequence[dict[str, Any]]) -> str:
     for tick in (0, 25, 50, 75, 100):
         parts += [_line(x0, y(tick), x1, y(tick), GRID_COLOUR),
                   _text(x0 - 6, y(tick) + 4, f"{tick}{PERCENT}", "end", "axis")]
-    path = [f"M{_num(xs[0])},{_num(y(float(events[0]['percent'])))}"]
-    for x, event in zip(xs[1:], events[1:], strict=True):
-        path.append(f"H{_num(x)}V{_num(y(float(event['percent'])))}")
+    path = [f"M{_num(xs[0])},{_num(y(float(events[0][1])))}"]
+    for x, (_, percent) in zip(xs[1:], events[1:], strict=True):
+        path.append(f"H{_num(x)}V{_num(y(float(percent)))}")
     parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{AI_COLOUR}" '
                  'stroke-width="2"/>')
-    for i, (x, event) in enumerate(zip(xs, events, strict=True)):
-        rollback = "rollback" in str(event.get("action", "")).lower()
+    for i, (x, (event, percent)) in enumerate(zip(xs, events, strict=True)):
+        rollback = "rollback" in event.action.lower()
         colour = ALERT_COLOUR if rollback else AI_COLOUR
-        parts.append(f'<circle cx="{_num(x)}" cy="{_num(y(float(event["percent"])))}" r="4" '
-                     f'fill="{colour}"><title>{esc(event.get("at"))} '
-                     f'{esc(event.get("action"))}: {esc(event.get("reason") or "")}'
+        parts.append(f'<circle cx="{_num(x)}" cy="{_num(y(float(percent)))}" r="4" '
+                     f'fill="{colour}"><title>{esc(event.at)} '
+                     f'{esc(event.action)}: {esc(event.reason or "")}'
                      "</title></circle>")
         parts.append(_text(x, y0 + 16, str(i + 1), "middle", "axis"))
     return svg(WIDTH, height, title, parts)

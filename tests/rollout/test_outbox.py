@@ -21,7 +21,7 @@ from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
 from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
-from shadow.reports.owner import build_owner_report
+from shadow.reports.owner import owner_report
 from shadow.service.metrics import render_metrics
 from shadow.store.database import Store
 from shadow.testing import ListSource, RecordingSink
@@ -99,11 +99,12 @@ def test_decisions_pending_when_the_rollout_stops_acting_are_withdrawn(
         assert live.withdrawn() == {f"{action.value}: the rollout stopped acting": 37}
         assert metric(store, "shadow_live_decisions_withdrawn_total") == 37
         assert metric(store, "shadow_live_decisions_pending") == 0
-        report = build_owner_report(store)
+        typed = owner_report(store)
+        report = typed.as_dict()
         assert report["rollout"]["withdrawn"] == [
             {"candidate": "triage", "version": "1", "count": 37,
              "reason": f"{action.value}: the rollout stopped acting"}]
-        assert "Live decisions withdrawn, never published: 37 of triage" in to_html(report)
+        assert "Live decisions withdrawn, never published: 37 of triage" in to_html(typed)
 
 
 def test_decisions_older_than_the_maximum_age_are_withdrawn_and_the_rest_published(
