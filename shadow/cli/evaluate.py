@@ -14,14 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from shadow.core.errors import ShadowError
-from shadow.reports.golden_set import EXIT_GATE, EXIT_OK, EvalRequest, EvalResult, percent, run_eval
+from shadow.reports.golden_set import (
+    EXIT_GATE,
+    EXIT_OK,
+    EvalRequest,
+    EvalResult,
+    FieldRate,
+    Rate,
+    SegmentRate,
+    percent,
+    run_eval,
+)
 
 
-def _line(label: str, agreement: dict[str, Any]) -> str:
-    rate, low, high = agreement["rate"], agreement["low"], agreement["high"]
-    interval = "" if rate is None else f", 95 % CI {100 * low:.1f}–{100 * high:.1f} %"
+def _line(label: str, agreement: Rate | SegmentRate | FieldRate) -> str:
+    rate, low, high = agreement.rate, agreement.low, agreement.high
+    interval = ("" if rate is None or low is None or high is None
+                else f", 95 % CI {100 * low:.1f}–{100 * high:.1f} %")
     return (f"  {label:<28} {percent(rate):>8}  "
-            f"({agreement['agreed']}/{agreement['compared']}{interval})")
+            f"({agreement.agreed}/{agreement.compared}{interval})")
 
 
 def describe_eval(result: EvalResult) -> str:
@@ -35,10 +46,10 @@ def describe_eval(result: EvalResult) -> str:
                      f"{others['no_outcome']} without outcome")
     if result.segments:
         lines.append("by segment")
-        lines += [_line(f"{s['field']}={s['value']}", s) for s in result.segments]
+        lines += [_line(f"{s.field}={s.value}", s) for s in result.segments]
     if result.fields:
         lines.append("by field")
-        lines += [_line(f["field"], f) for f in result.fields]
+        lines += [_line(f.field, f) for f in result.fields]
     if result.baseline_rate is not None or result.changed:
         lines.append(f"cases that changed verdict against the baseline "
                      f"({percent(result.baseline_rate)}): {len(result.changed)}")

@@ -28,6 +28,8 @@ from typing import Any
 
 from shadow.core.errors import ConfigError, ShadowError
 from shadow.core.fixed_sample import wilson
+from shadow.reports.queries import CaseRow, Queries
+from shadow.reports.values import as_json
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_GATE = 0, 1, 2, 3
 
@@ -67,13 +69,49 @@ class Gate:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Agreeing / compared golden cases with the 95 % Wilson interval."""
+
+    rate: float | None
+    low: float | None
+    high: float | None
+    compared: int
+    agreed: int
+
+    @classmethod
+    def of(cls, agreed: int, compared: int) -> Rate:
+        return cls(*wilson(agreed, compared), compared=compared, agreed=agreed)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRate:
+    field: str
+    value: str
+    rate: float | None
+    low: float | None
+    high: float | None
+    compared: int
+    agreed: int
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRate:
+    field: str
+    rate: float | None
+    low: float | None
+    high: float | None
+    compared: int
+    agreed: int
+
+
 @dataclass(frozen=True)
 class EvalResult:
     candidate: str
     version: str | None
-    agreement: dict[str, Any]
-    segments: list[dict[str, Any]]
-    fields: list[dict[str, Any]]
+    agreement: Rate
+    segments: list[SegmentRate]
+    fields: list[FieldRate]
     cases: list[Case]
     errors: int
     changed: list[tuple[str, str, str]] = field(default_factory=list)
@@ -89,7 +127,8 @@ class EvalResult:
         """The ``--out`` document, which is also the ``--baseline`` format."""
         return {
             "candidate": self.candidate, "version": self.version,
-            "agreement": self.agreement, "segments": self.segments, "fields": self.fields,
+            "agreement": as_json(self.agreement), "segments": as_json(self.segments),
+            "fields": as_json(self.fields),
             "cases": {case.event_id: case.verdict for case in self.cases},
             "errors": self.errors,
         }
@@ -207,67 +246,39 @@ def _replay(request: EvalRequest, events: list[Path], outcomes: list[Path], db: 
                           "cases (see the warning above); evaluate again once it can")
 
 
-_CASES_SQL = """
-WITH final AS (
-    SELECT key, arg_max(outcome, decided_at) AS outcome FROM outcomes GROUP BY key
-)
-SELECT e.event_id, p.error_type, p.error_message, p.abstained, p.output, f.outcome, c.agree
-FROM events e
-JOIN predictions p USING (event_id)
-LEFT JOIN final f ON f.key = e.key
-LEFT JOIN comparisons c ON c.event_id = p.event_id AND c.candidate = p.candidate
-     AND c.version IS NOT DISTINCT FROM p.version
-ORDER BY e.event_id
-"""
-
-
 def _measure(db: Path) -> EvalResult:
     from shadow.store.database import Store
 
     with Store(db, read_only=True) as store:
-        sql = store.db
-        candidate, version = sql.execute(
-            "SELECT candidate, version FROM predictions LIMIT 1").fetchall()[0]
-        cases = [_case(*row) for row in sql.execute(_CASES_SQL).fetchall()]
-        segments = [
-            {"field": name, "value": value, **_agreement(agreed, n)}
-            for name, value, n, agreed in sql.execute(
-                "SELECT s.field, s.value, count(*), count(*) FILTER (WHERE c.agree) "
-                "FROM comparisons c JOIN event_segments s USING (event_id) "
-                "GROUP BY ALL ORDER BY s.field, s.value").fetchall()
-        ]
-        fields = [
-            {"field": name, **_agreement(agreed, n)}
-            for name, n, agreed in sql.execute(
-                "SELECT field, count(*), count(*) FILTER (WHERE agree) "
-                "FROM comparison_fields GROUP BY ALL ORDER BY field").fetchall()
-        ]
+        q = Queries(store)
+        candidate, version = next(iter(q.totals))  # the one candidate that ran
+        cases = [_case(row) for row in q.cases()]
+        segments = [SegmentRate(s.field, s.value, *wilson(s.agreed, s.compared),
+                                compared=s.compared, agreed=s.agreed)
+                    for s in q.segments.get((candidate, version), [])]
+        fields = [FieldRate(f.field, *wilson(f.agreed, f.compared), compared=f.compared,
+                            agreed=f.agreed)
+                  for f in q.fields.get((candidate, version), [])]
     agreed = sum(case.verdict == "agree" for case in cases)
     compared = agreed + sum(case.verdict == "disagree" for case in cases)
     return EvalResult(
-        candidate=candidate, version=version, agreement=_agreement(agreed, compared),
+        candidate=candidate, version=version, agreement=Rate.of(agreed, compared),
         segments=segments, fields=fields, cases=cases,
         errors=sum(case.verdict == "error" for case in cases),
     )
 
 
-def _case(event_id: str, error_type: str | None, error_message: str | None, abstained: bool,
-          output: str | None, outcome: str | None, agree: bool | None) -> Case:
-    expected = json.loads(outcome) if outcome is not None else None
-    got = json.loads(output) if output is not None else None
-    if error_type is not None:
-        return Case(event_id, "error", expected, None, f"{error_type}: {error_message}")
-    if abstained:
-        return Case(event_id, "abstain", expected, got)
-    if agree is None:
-        return Case(event_id, "no_outcome", None, got)
-    return Case(event_id, "agree" if agree else "disagree", expected, got)
-
-
-def _agreement(agreed: int, compared: int) -> dict[str, Any]:
-    interval = wilson(agreed, compared)
-    return {"rate": interval.rate, "low": interval.low, "high": interval.high,
-            "compared": compared, "agreed": agreed}
+def _case(row: CaseRow) -> Case:
+    expected = json.loads(row.outcome) if row.outcome is not None else None
+    got = json.loads(row.output) if row.output is not None else None
+    if row.error_type is not None:
+        return Case(row.event_id, "error", expected, None,
+                    f"{row.error_type}: {row.error_message}")
+    if row.abstained:
+        return Case(row.event_id, "abstain", expected, got)
+    if row.agree is None:
+        return Case(row.event_id, "no_outcome", None, got)
+    return Case(row.event_id, "agree" if row.agree else "disagree", expected, got)
 
 
 def _against_baseline(result: EvalResult, baseline: dict[str, Any]) -> EvalResult:
@@ -284,7 +295,7 @@ def _against_baseline(result: EvalResult, baseline: dict[str, Any]) -> EvalResul
 
 
 def _with_gates(result: EvalResult, request: EvalRequest) -> EvalResult:
-    return replace(result, gates=gates(result.agreement["rate"], result.baseline_rate,
+    return replace(result, gates=gates(result.agreement.rate, result.baseline_rate,
                                         fail_below=request.fail_below,
                                         max_drop=request.max_drop))
 

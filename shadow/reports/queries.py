@@ -114,6 +114,20 @@ class Kind:
 
 
 @dataclass(frozen=True, slots=True)
+class CaseRow:
+    """One prediction with the final outcome of its key and whether the two agreed
+    (``None``: not compared)."""
+
+    event_id: str
+    error_type: str | None
+    error_message: str | None
+    abstained: bool
+    output: str | None
+    outcome: str | None
+    agree: bool | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     events: int
     duplicates: int
@@ -256,6 +270,21 @@ class Queries:
         for c, v, kind, n, example in self._rows(sql):
             out[(c, v)].append(Kind(kind, n, example))
         return out
+
+    def cases(self) -> list[CaseRow]:
+        """Every prediction with its event's final outcome and its comparison, by event id:
+        the cases of a golden set (``shadow.reports.golden_set``)."""
+        rows = self._rows(
+            "WITH final AS ("
+            "  SELECT key, arg_max(outcome, decided_at) AS outcome FROM outcomes GROUP BY key) "
+            "SELECT e.event_id, p.error_type, p.error_message, p.abstained, p.output, "
+            "  f.outcome, c.agree "
+            "FROM events e JOIN predictions p USING (event_id) "
+            "LEFT JOIN final f ON f.key = e.key "
+            "LEFT JOIN comparisons c ON c.event_id = p.event_id AND c.candidate = p.candidate "
+            "  AND c.version IS NOT DISTINCT FROM p.version "
+            "ORDER BY e.event_id")
+        return [CaseRow(*row) for row in rows]
 
     def recent_dead_letters(self, limit: int) -> list[dict[str, Any]]:
         """The latest dead letters, newest first, with their raw text."""
