@@ -20,7 +20,7 @@ from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report, owner_report
-from shadow.reports.queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
+from shadow.reports.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
 from shadow.reports.render import owner_markdown, to_json
 from shadow.reports.summary import CoreReport, build_report, core_report
 from shadow.store.database import Store

@@ -69,7 +69,8 @@ from shadow.reports.owner_model import (
     Verdict,
     Violations,
 )
-from shadow.reports.queries import Compared, Key, OwnerQueries, Totals
+from shadow.reports.owner_queries import OwnerQueries
+from shadow.reports.queries import Compared, Key, Totals
 from shadow.store.database import Store
 
 DAYS_PER_MONTH = 30

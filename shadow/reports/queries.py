@@ -1,11 +1,11 @@
-"""Every SQL query of the reports, one per figure, each over every candidate at once.
+"""Every SQL query of the figures the reports share, one per figure, over every candidate.
 
 :class:`Queries` holds the figures of the core report (:mod:`shadow.reports.summary`),
-which the owner report reads too: per-candidate totals, comparisons, segments, fields,
-error kinds. :class:`OwnerQueries` adds the sections only owners read. Each query runs
-once (cached) and comes back grouped by ``(candidate, version)``;
-:mod:`shadow.reports.summary` and :mod:`shadow.reports.owner` shape the rows. What each
-figure means is documented there.
+which the owner report (:mod:`shadow.reports.owner_queries` adds its own sections) and the
+golden-set evaluation read too: per-candidate totals, comparisons, segments, fields, error
+kinds, cases. Each query runs once (cached) and comes back grouped by
+``(candidate, version)`` as small frozen rows; the reports shape them. What each figure
+means is documented there.
 
 An example (of an error kind, of a violated check) is the smallest text of its group,
 ``min``, so the same store always gives the same one.
@@ -13,46 +13,15 @@ An example (of an error kind, of a violated check) is the smallest text of its g
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import orjson
-
-from rollout.unit_store import later_disagreements, stored_label_delays
-from shadow.core.fixed_sample import wilson
-from shadow.core.paths import sql_json_path
-from shadow.core.redaction import redact, redact_within
-from shadow.reports.owner_model import (
-    Baseline,
-    Bucket,
-    Confusion,
-    CoveragePoint,
-    Day,
-    Disagreement,
-    LabelDelays,
-    RolloutState,
-    TimelineEntry,
-    VerdictDelay,
-    ViolationExample,
-    Withdrawn,
-)
 from shadow.store.database import Store
 
-if TYPE_CHECKING:
-    from shadow.reports.options import OwnerOptions
-
 Key = tuple[str, str | None]
-
-COVERAGE_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-LATENCY_BOUNDS_MS = tuple(
-    round(m * 10.0**e, 6) for e in range(-1, 6) for m in (1, 2, 5)
-) + (1_000_000.0,)
-"""Upper bounds of the latency buckets, 0.1 ms to 1,000 s."""
-MAX_LABELS = 12
 
 
 # -- the rows ------------------------------------------------------------------
@@ -135,45 +104,6 @@ class StoreCounts:
     outcome_dead_letters: int
     outcomes: int
     outcome_keys: int
-
-
-def _label(column: str, path: str) -> str:
-    return (f"CASE WHEN json_type({column}, '{path}') = 'VARCHAR' "
-            f"THEN {column} ->> '{path}' END")
-
-
-def _confusion(pairs: list[tuple[str | None, str | None, int]]) -> Confusion | None:
-    labelled = [(h, a, n) for h, a, n in pairs if h is not None and a is not None]
-    if not labelled:
-        return None
-    frequency: Counter[str] = Counter()
-    for human, ai, n in labelled:
-        frequency[human] += n
-        frequency[ai] += n
-    labels = sorted(frequency, key=lambda label: (-frequency[label], label))[:MAX_LABELS]
-    index = {label: i for i, label in enumerate(labels)}
-    matrix = [[0] * len(labels) for _ in labels]
-    other = sum(n for h, a, n in pairs if h is None or a is None)
-    for human, ai, n in labelled:
-        if human in index and ai in index:
-            matrix[index[human]][index[ai]] += n
-        else:
-            other += n
-    return Confusion(tuple(labels), tuple(map(tuple, matrix)), other)
-
-
-def _histogram(counts: dict[int, int], top: float) -> tuple[Bucket, ...]:
-    if not counts:
-        return ()
-    first, last = min(counts), max(counts)
-    bounds = (*LATENCY_BOUNDS_MS, top)
-    return tuple(Bucket(bounds[i], counts.get(i, 0)) for i in range(first, last + 1))
-
-
-# -- the queries ---------------------------------------------------------------
-
-_SAME_PREDICTION = ("c.event_id = p.event_id AND c.candidate = p.candidate "
-                    "AND c.version IS NOT DISTINCT FROM p.version")
 
 
 class Queries:
@@ -296,200 +226,3 @@ class Queries:
              "received_at": at.isoformat()}
             for k, s, p, r, raw, at in rows
         ]
-
-
-class OwnerQueries(Queries):
-    """The sections only owners read, shaped by their options."""
-
-    def __init__(self, store: Store, options: OwnerOptions) -> None:
-        super().__init__(store)
-        self.options = options
-
-    @cached_property
-    def over_time(self) -> dict[Key, list[Day]]:
-        rows = self._rows(
-            "SELECT c.candidate, c.version, CAST(e.occurred_at AS DATE) AS day, count(*), "
-            "  count(*) FILTER (WHERE c.agree) "
-            "FROM comparisons c JOIN events e USING (event_id) GROUP BY ALL ORDER BY day")
-        out: dict[Key, list[Day]] = defaultdict(list)
-        for c, v, day, n, agreed in rows:
-            out[(c, v)].append(Day(day.isoformat(), n, agreed, *wilson(agreed, n)))
-        return out
-
-    @cached_property
-    def confusion(self) -> dict[Key, Confusion | None]:
-        human = _label("o.outcome", sql_json_path(self.options.outcome_label))
-        ai = _label("p.output", sql_json_path(self.options.prediction_label))
-        rows = self._rows(
-            f"SELECT c.candidate, c.version, {human}, {ai}, count(*) "  # noqa: S608
-            "FROM comparisons c JOIN events e USING (event_id) "
-            f"JOIN predictions p ON {_SAME_PREDICTION} "
-            "JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
-            "GROUP BY ALL")
-        pairs: dict[Key, list[tuple[str | None, str | None, int]]] = defaultdict(list)
-        for c, v, h, a, n in rows:
-            pairs[(c, v)].append((h, a, n))
-        return {key: _confusion(found) for key, found in pairs.items()}
-
-    @cached_property
-    def coverage(self) -> dict[Key, tuple[CoveragePoint, ...]]:
-        columns = ", ".join(
-            "count(*) FILTER (WHERE p.confidence >= ?), "
-            "count(c.agree) FILTER (WHERE p.confidence >= ?), "
-            "count(*) FILTER (WHERE c.agree AND p.confidence >= ?)"
-            for _ in COVERAGE_THRESHOLDS)
-        params = [t for t in COVERAGE_THRESHOLDS for _ in range(3)]
-        rows = self._rows(
-            f"SELECT p.candidate, p.version, count(*), {columns} "  # noqa: S608
-            f"FROM predictions p LEFT JOIN comparisons c ON {_SAME_PREDICTION} "
-            "GROUP BY ALL HAVING count(p.confidence) > 0", params)
-        out: dict[Key, tuple[CoveragePoint, ...]] = {}
-        for c, v, total, *counts in rows:
-            out[(c, v)] = tuple(
-                CoveragePoint(threshold=t, coverage=counts[3 * i] / total, n=counts[3 * i + 1],
-                              agreed=counts[3 * i + 2],
-                              agreement=counts[3 * i + 2] / counts[3 * i + 1]
-                              if counts[3 * i + 1] else None)
-                for i, t in enumerate(COVERAGE_THRESHOLDS))
-        return out
-
-    @cached_property
-    def histogram(self) -> dict[Key, tuple[Bucket, ...]]:
-        cases = " ".join(f"WHEN latency_ms <= {bound!r} THEN {i}"
-                         for i, bound in enumerate(LATENCY_BOUNDS_MS))
-        rows = self._rows(
-            f"SELECT candidate, version, CASE {cases} ELSE {len(LATENCY_BOUNDS_MS)} END AS b, "  # noqa: S608
-            "  count(*), max(latency_ms) FROM predictions GROUP BY ALL")
-        counts: dict[Key, dict[int, int]] = defaultdict(dict)
-        top: dict[Key, float] = {}
-        for c, v, bucket, n, highest in rows:
-            counts[(c, v)][bucket] = n
-            top[(c, v)] = max(top.get((c, v), 0.0), highest)
-        return {key: _histogram(found, top[key]) for key, found in counts.items()}
-
-    @cached_property
-    def disagreements(self) -> dict[Key, list[Disagreement]]:
-        rows = self._rows(
-            "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "  # noqa: S608 - our join condition
-            "  o.outcome, c.outcome_decided_at, c.note "
-            "FROM comparisons c JOIN events e USING (event_id) "
-            f"JOIN predictions p ON {_SAME_PREDICTION} "
-            "LEFT JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
-            "WHERE NOT c.agree "
-            "QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
-            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
-            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
-        out: dict[Key, list[Disagreement]] = defaultdict(list)
-        paths = self.options.redact
-        for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
-            loaded = _loads(payload)
-            # One pass, so the payload's private values are looked up once per row.
-            shown_output, shown_outcome, shown_note = redact_within(
-                [_loads(output), _loads(outcome), note], loaded, paths)
-            out[(c, v)].append(Disagreement(
-                event_id=event_id, key=key, segment=_loads(segment),
-                payload=redact(loaded, paths), output=shown_output, outcome=shown_outcome,
-                decided_at=decided_at.isoformat(), note=shown_note))
-        return out
-
-    @cached_property
-    def violation_counts(self) -> dict[Key, tuple[int, int]]:
-        rows = self._rows(
-            "SELECT candidate, version, count(*), count(*) FILTER (WHERE len(violations) > 0) "
-            "FROM predictions WHERE error_type IS NULL GROUP BY ALL")
-        return {(c, v): (checked, violating) for c, v, checked, violating in rows}
-
-    @cached_property
-    def violation_kinds(self) -> dict[Key, list[tuple[str, int, int]]]:
-        """``(check, predictions caught, violation texts)`` of the checked predictions."""
-        rows = self._rows(
-            "SELECT candidate, version, split_part(v, ' ', 1) AS check_name, "
-            "  count(DISTINCT event_id) AS caught, count(*) "
-            "FROM (SELECT candidate, version, event_id, unnest(violations) AS v "
-            "  FROM predictions WHERE error_type IS NULL AND len(violations) > 0) "
-            "GROUP BY ALL ORDER BY caught DESC, check_name")
-        out: dict[Key, list[tuple[str, int, int]]] = defaultdict(list)
-        for c, v, check, caught, n in rows:
-            out[(c, v)].append((check, caught, n))
-        return out
-
-    @cached_property
-    def violation_examples(self) -> dict[Key, list[ViolationExample]]:
-        rows = self._rows(
-            "SELECT p.candidate, p.version, e.event_id, e.key, e.occurred_at, p.violations, "
-            "  e.payload "
-            "FROM predictions p JOIN events e USING (event_id) "
-            "WHERE p.error_type IS NULL AND len(p.violations) > 0 "
-            "QUALIFY row_number() OVER (PARTITION BY p.candidate, p.version "
-            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
-            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_violations])
-        paths = self.options.redact
-        out: dict[Key, list[ViolationExample]] = defaultdict(list)
-        for c, v, event_id, key, occurred_at, texts, payload in rows:
-            shown = redact_within(list(texts), _loads(payload), paths) if paths else list(texts)
-            out[(c, v)].append(ViolationExample(event_id, key, occurred_at.isoformat(),
-                                                tuple(shown)))
-        return out
-
-    def human_baseline(self) -> Baseline | None:
-        ((keys, pairs, agreed),) = self._rows(
-            "WITH known AS (SELECT key, actor, CAST(outcome AS VARCHAR) AS outcome, "
-            "    lag(actor) OVER w AS previous_actor, "
-            "    lag(CAST(outcome AS VARCHAR)) OVER w AS previous "
-            "  FROM outcomes WHERE actor IS NOT NULL "
-            "  WINDOW w AS (PARTITION BY key ORDER BY decided_at)) "
-            "SELECT count(DISTINCT key), count(*), "
-            "  count(*) FILTER (WHERE outcome IS NOT DISTINCT FROM previous) "
-            "FROM known WHERE previous_actor IS NOT NULL AND previous_actor <> actor")
-        if not keys:
-            return None
-        return Baseline(keys, pairs, agreed, *wilson(agreed, pairs))
-
-    @cached_property
-    def rollout_states(self) -> dict[Key, RolloutState]:
-        rows = self._rows(
-            "SELECT rollout, candidate, version, step, percent, status, step_started_at, "
-            "  updated_at, revision FROM rollout_state "
-            "QUALIFY row_number() OVER (PARTITION BY candidate, version "
-            "  ORDER BY updated_at DESC, rollout) = 1")
-        return {
-            (candidate, version): RolloutState(
-                rollout=rollout, candidate=candidate, version=version, step=step,
-                percent=percent, status=status, step_started_at=_iso(started),
-                updated_at=updated.isoformat(), revision=revision)
-            for rollout, candidate, version, step, percent, status, started, updated, revision
-            in rows
-        }
-
-    def label_delays(self, rollout: str) -> LabelDelays:
-        """How late labels came in the rollout's current step, by verdict, and whether
-        disagreements came later: the gates count a key only once its label window has
-        passed, one vote per key, and this is why."""
-        delays = stored_label_delays(self.store.db).get(rollout, ())
-        return LabelDelays(
-            unit="key",
-            by_verdict=tuple(VerdictDelay("agree" if d.agreed else "disagree", d.labelled,
-                                          d.median.total_seconds(), d.p95.total_seconds())
-                             for d in delays),
-            disagreements_later=later_disagreements(delays) is not None)
-
-    def withdrawn(self) -> tuple[Withdrawn, ...]:
-        """Live decisions never published, by candidate and reason (rollout/outbox.py)."""
-        rows = self._rows(
-            "SELECT candidate, version, withdrawn_reason, count(*) FROM predictions "
-            "WHERE withdrawn_at IS NOT NULL GROUP BY ALL ORDER BY ALL")
-        return tuple(Withdrawn(c, v, r, n) for c, v, r, n in rows)
-
-    def timeline(self, rollout: str) -> tuple[TimelineEntry, ...]:
-        rows = self._rows(
-            "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
-            "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
-        return tuple(TimelineEntry(at.isoformat(), *rest) for at, *rest in rows)
-
-
-def _iso(at: datetime | None) -> str | None:
-    return None if at is None else at.isoformat()
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
