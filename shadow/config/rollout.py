@@ -31,9 +31,9 @@ import enum
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from shadow.core.spec import Duration, parse_duration
+from shadow.core.spec import Duration, Spec, parse_duration
 
 
 def _parse_window(value: Any) -> Any:
@@ -60,11 +60,7 @@ class Method(enum.Enum):
     NORMAL_MIXTURE = "normal_mixture"
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class StepSpec(_Spec):
+class StepSpec(Spec):
     """One step of the plan: a share of traffic and what it takes to leave it."""
 
     percent: float = Field(ge=0.0, le=100.0)
@@ -77,7 +73,7 @@ class StepSpec(_Spec):
     """When gates pass, wait for a person's ``promote`` instead of promoting."""
 
 
-class SegmentGateSpec(_Spec):
+class SegmentGateSpec(Spec):
     """A segment with a floor holds the step until its own sequence shows it above
     the floor (pass) or below it (fail)."""
 
@@ -94,7 +90,7 @@ class SegmentGateSpec(_Spec):
         return self.floors.get(f"{field}={value}", self.floor)
 
 
-class GateSpec(_Spec):
+class GateSpec(Spec):
     """What a step must hold before promotion."""
 
     agreement: Rate = 0.90
@@ -108,7 +104,7 @@ class GateSpec(_Spec):
     segments: SegmentGateSpec = SegmentGateSpec()
 
 
-class RollbackSpec(_Spec):
+class RollbackSpec(Spec):
     """What takes a live step back to shadow at once."""
 
     healthy: Rate | None = None
@@ -170,7 +166,7 @@ class Unit(enum.StrEnum):
     """The mean agreement of the key's compared predictions in the step."""
 
 
-class RolloutSpec(_Spec):
+class RolloutSpec(Spec):
     """The whole plan: steps, gates, rollback, routing."""
 
     name: str | None = None
@@ -240,7 +236,7 @@ class RolloutSpec(_Spec):
         return len(self.steps) - 1
 
 
-class _Destination(_Spec):
+class _Destination(Spec):
     topic: str | None = None
     bootstrap: str | None = None
     url: Annotated[str, Field(pattern=r"^https?://")] | None = None
