@@ -20,7 +20,7 @@ from shadow.pipeline.runner import Pipeline
 from shadow.reports.html import to_html
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import build_owner_report, owner_report
-from shadow.reports.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS
+from shadow.reports.owner_queries import COVERAGE_THRESHOLDS, LATENCY_BOUNDS_MS, OwnerQueries
 from shadow.reports.render import owner_markdown, to_json
 from shadow.reports.summary import CoreReport, build_report, core_report
 from shadow.store.database import Store
@@ -261,6 +261,16 @@ def test_the_core_report_reads_back_from_its_json(store: Store) -> None:
     text = to_json(report.as_dict())
     assert CoreReport.from_dict(json.loads(text)) == report
     assert build_report(store, now=lambda: FIXED) == json.loads(text)
+
+
+def test_both_reports_read_alike_from_shared_queries(store: Store) -> None:
+    options = ready_options()
+    queries = OwnerQueries(store, options)
+    assert core_report(store, now=lambda: FIXED, queries=queries) == core_report(
+        store, now=lambda: FIXED)
+    assert owner_report(store, options, queries=queries) == owner_report(store, options)
+    with pytest.raises(ValueError, match="other options"):
+        owner_report(store, ready_options(threshold=0.6), queries=queries)
 
 
 def test_over_time_is_by_event_day(store: Store) -> None:

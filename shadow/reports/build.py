@@ -28,6 +28,7 @@ from shadow.reports.drift import (
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner import owner_report
 from shadow.reports.owner_model import OwnerReport
+from shadow.reports.owner_queries import OwnerQueries
 from shadow.reports.summary import CoreReport, core_report
 from shadow.store.database import Store
 
@@ -73,21 +74,20 @@ class FullReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON: the core contract, the owners' sections under ``owner``."""
-        return {**self.core.as_dict(), "owner": self.owner_dict()}
-
-    def owner_dict(self) -> dict[str, Any]:
-        """The owners' sections with the currency among the options, and drift."""
         owner = self.owner.as_dict()
-        return {**owner, "options": {**owner["options"], "currency": self.currency},
-                "drift": self.drift.as_dict() if self.drift is not None else None}
+        owner = {**owner, "options": {**owner["options"], "currency": self.currency},
+                 "drift": self.drift.as_dict() if self.drift is not None else None}
+        return {**self.core.as_dict(), "owner": owner}
 
 
 def full_report(store: Store, config: Config, *,
                 now: Callable[[], datetime] = utc_now) -> FullReport:
-    """The core report with the owners' sections."""
+    """The core report with the owners' sections; the figures both read are queried once."""
+    options = owner_options(config, now=now)
+    queries = OwnerQueries(store, options)
     return FullReport(
-        core=core_report(store, now=now),
-        owner=owner_report(store, owner_options(config, now=now)),
+        core=core_report(store, now=now, queries=queries),
+        owner=owner_report(store, options, queries=queries),
         currency=config.report.currency,
         drift=measure_configured_drift(store, config, now=now))
 

@@ -76,10 +76,18 @@ from shadow.store.database import Store
 DAYS_PER_MONTH = 30
 
 
-def owner_report(store: Store, options: OwnerOptions | None = None) -> OwnerReport:
-    """The owner's report of everything in the store."""
-    options = options or OwnerOptions()
-    q = OwnerQueries(store, options)
+def owner_report(store: Store, options: OwnerOptions | None = None, *,
+                 queries: OwnerQueries | None = None) -> OwnerReport:
+    """The owner's report of everything in the store; read from ``queries`` when given
+    (shared with the core report by ``shadow.reports.build.full_report``).
+
+    Raises:
+        ValueError: ``queries`` were made with other options than ``options``.
+    """
+    if queries is not None and options is not None and queries.options != options:
+        raise ValueError("owner_report: the queries were made with other options")
+    q = queries if queries is not None else OwnerQueries(store, options or OwnerOptions())
+    options = q.options
     states = q.rollout_states
     candidates = tuple(
         _candidate(q, options, key, totals, states.get(key)) for key, totals in q.totals.items()

@@ -161,9 +161,11 @@ class CoreReport:
         return from_json(cls, data)
 
 
-def core_report(store: Store, *, now: Callable[[], datetime] = utc_now) -> CoreReport:
-    """The report of everything in the store."""
-    q = Queries(store)
+def core_report(store: Store, *, now: Callable[[], datetime] = utc_now,
+                queries: Queries | None = None) -> CoreReport:
+    """The report of everything in the store; read from ``queries`` when given (the owner
+    report's, so that a full report asks each shared figure once)."""
+    q = queries if queries is not None else Queries(store)
     counts = q.counts
     return CoreReport(
         generated_at=now(),
