@@ -253,15 +253,19 @@ def _report(args: argparse.Namespace) -> int:
 
 def _dead_letters(args: argparse.Namespace) -> int:
     from shadow.reports import render
+    from shadow.reports.queries import DeadLetterRow
     from shadow.reports.summary import recent_dead_letters
+    from shadow.reports.values import as_json, from_json
     from shadow.service.api_client import from_daemon_or_store
 
     if args.db is None:
         raise ConfigError("--db is required (or set SHADOW_DB)")
-    rows = from_daemon_or_store(args.db, lambda daemon: daemon.dead_letters(args.limit),
-                                 lambda store: recent_dead_letters(store, limit=args.limit))
+    rows = from_daemon_or_store(
+        args.db,
+        lambda daemon: [from_json(DeadLetterRow, row) for row in daemon.dead_letters(args.limit)],
+        lambda store: recent_dead_letters(store, limit=args.limit))
     if args.format == "json":
-        sys.stdout.write(render.to_json({"dead_letters": rows}))
+        sys.stdout.write(render.to_json({"dead_letters": as_json(rows)}))
     else:
         sys.stdout.write(render.dead_letters_table(rows))
     return EXIT_OK

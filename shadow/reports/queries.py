@@ -97,6 +97,20 @@ class CaseRow:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    """A stored dead letter as ``shadow dead-letters`` and the control API show it."""
+
+    kind: str
+    """``event`` or ``outcome``."""
+    source: str
+    position: str
+    reason: str
+    raw: str
+    received_at: str
+    """ISO-8601."""
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     events: int
     duplicates: int
@@ -216,13 +230,9 @@ class Queries:
             "ORDER BY e.event_id")
         return [CaseRow(*row) for row in rows]
 
-    def recent_dead_letters(self, limit: int) -> list[dict[str, Any]]:
+    def recent_dead_letters(self, limit: int) -> list[DeadLetterRow]:
         """The latest dead letters, newest first, with their raw text."""
         rows = self._rows(
             "SELECT kind, source, position, reason, raw, received_at FROM dead_letters "
             "ORDER BY received_at DESC, source, position LIMIT ?", [limit])
-        return [
-            {"kind": k, "source": s, "position": p, "reason": r, "raw": raw,
-             "received_at": at.isoformat()}
-            for k, s, p, r, raw, at in rows
-        ]
+        return [DeadLetterRow(k, s, p, r, raw, at.isoformat()) for k, s, p, r, raw, at in rows]

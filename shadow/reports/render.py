@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from shadow.reports.owner_model import (
     OwnerReport,
     Violations,
 )
+from shadow.reports.queries import DeadLetterRow
 from shadow.reports.summary import (
     Agreement,
     CandidateSummary,
@@ -127,7 +129,7 @@ def _inputs_line(report: CoreReport) -> str:
     )
 
 
-def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
+def dead_letters_table(rows: Sequence[DeadLetterRow], *, width: int = 120) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, no_color=True, highlight=False)
     if not rows:
@@ -137,8 +139,8 @@ def dead_letters_table(rows: list[dict[str, Any]], *, width: int = 120) -> str:
     for column in ("kind", "where", "reason", "raw"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        raw = row["raw"] if len(row["raw"]) <= 80 else row["raw"][:80] + "…"
-        table.add_row(row["kind"], f"{row['source']} {row['position']}", row["reason"], raw)
+        raw = row.raw if len(row.raw) <= 80 else row.raw[:80] + "…"
+        table.add_row(row.kind, f"{row.source} {row.position}", row.reason, raw)
     console.print(table)
     return buffer.getvalue()
 

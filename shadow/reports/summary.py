@@ -32,7 +32,7 @@ from typing import Any
 
 from shadow.core.fixed_sample import wilson
 from shadow.core.models import utc_now
-from shadow.reports.queries import Compared, Key, Queries, Totals
+from shadow.reports.queries import Compared, DeadLetterRow, Key, Queries, Totals
 from shadow.reports.values import as_json, from_json
 from shadow.store.database import Store
 
@@ -219,6 +219,6 @@ def _candidate(q: Queries, key: Key, t: Totals, events: int) -> CandidateSummary
     )
 
 
-def recent_dead_letters(store: Store, limit: int = 20) -> list[dict[str, Any]]:
+def recent_dead_letters(store: Store, limit: int = 20) -> list[DeadLetterRow]:
     """The latest dead letters, newest first, with their raw text."""
     return Queries(store).recent_dead_letters(limit)

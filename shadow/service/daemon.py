@@ -456,10 +456,13 @@ class Daemon:
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         from shadow.reports.summary import recent_dead_letters
+        from shadow.reports.values import as_json
 
         assert self.store is not None
         store = self.store
-        return list(self.call(lambda: recent_dead_letters(store, limit=limit)))
+        rows: list[dict[str, Any]] = as_json(
+            self.call(lambda: recent_dead_letters(store, limit=limit)))
+        return rows
 
     def metrics(self) -> str:
         from shadow.service.metrics import render_metrics
