@@ -36,8 +36,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shadow.cli import main as cli
 from shadow.core.models import Event
+from tests.connectors.test_signatures import SECRET, sign_github
 from tests.daemon_process import TOKEN, finished, get, ready_api, start_daemon, stop
-from tests.test_signatures import SECRET, sign_github
 from tests.waiting import wait_until
 
 FUZZ = settings(

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from shadow.demo.workload import generate
-from tests.test_cli import run
+from tests.cli.test_cli import run
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "rollout-demo.yaml"
 

@@ -10,8 +10,8 @@ from typing import Any
 from kafka import KafkaConsumer
 
 from shadow.store.database import Store
-from tests.rollout.test_commands import CANDIDATE, prepare
-from tests.test_cli import run
+from tests.cli.test_cli import run
+from tests.cli.test_rollout_commands import CANDIDATE, prepare
 from tests.waiting import wait_until
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from rollout.state import Action, Status
 from shadow.config.rollout import RolloutSpec
+from tests.cli.test_cli import run as run_cli
 from tests.rollout.traffic import (
     Case,
     Detector,
@@ -34,7 +35,6 @@ from tests.rollout.traffic import (
     shown_above,
     sources,
 )
-from tests.test_cli import run as run_cli
 
 EVERY_MINUTE = timedelta(minutes=1)
 

@@ -34,7 +34,7 @@ from shadow.config.rollout import RolloutSpec
 from shadow.store.database import Store
 from tests.clock import SteppingClock
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS: TypeAdapter[CandidateSpec] = TypeAdapter(CandidateSpec)
 
 CHAT: dict[str, Any] = {

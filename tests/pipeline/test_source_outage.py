@@ -33,9 +33,9 @@ from shadow.core.errors import SourceError
 from shadow.pipeline.source_guard import GuardedSource
 from shadow.store.database import Store
 from tests.clock import ManualClock
+from tests.connectors.test_kafka import events, produce, topic_name
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.kafka import SCRIPT, broker_env
-from tests.test_kafka import events, produce, topic_name
 from tests.waiting import wait_until
 
 # -- the guard, on a fake clock ----------------------------------------------------------
@@ -187,7 +187,7 @@ def test_offsets_a_broker_away_did_not_take_are_committed_once_it_is_back(
     topic = topic_name("events")
     produce(bootstrap, topic, events(12), key=lambda e: e["key"])
     run = subprocess.run([sys.executable, "-m", "tests.kafka_outage", bootstrap, topic, "12"],
-                         env=env, cwd=Path(__file__).resolve().parent.parent,
+                         env=env, cwd=Path(__file__).resolve().parents[2],
                          capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     said = json.loads(run.stdout.strip().splitlines()[-1])
@@ -234,7 +234,7 @@ def test_a_broker_away_stops_neither_the_daemon_nor_its_webhooks(
     hooks = Webhook(secret)
     config = tmp_path / "shadow.yaml"
     config.write_text(f"""
-candidate: {{callable: tests.test_source_outage:always_billing, name: triage}}
+candidate: {{callable: tests.pipeline.test_source_outage:always_billing, name: triage}}
 store: {{path: s.duckdb}}
 sources:
   events:
@@ -246,7 +246,7 @@ daemon:
   webhooks: {{port: 0}}
 """, encoding="utf-8")
     monkeypatch.setenv("HOOK_SECRET", secret)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
     db = tmp_path / "s.duckdb"
     daemon = start_daemon(config, "daemon.log")
     kafka_name = f"kafka:{topic}"

@@ -18,7 +18,7 @@ def agree(spec: dict[str, Any], output: Any, outcome: Any) -> bool:
     return comparator(**spec).compare(output, outcome).agree
 
 
-# custom comparator functions, referred to as tests.test_comparators:NAME
+# custom comparator functions, referred to as tests.compare.test_comparators:NAME
 
 
 def same_label(output: Any, outcome: Any) -> bool:
@@ -441,18 +441,20 @@ def test_fields_comparator_applies_its_paths_before_the_fields() -> None:
 
 
 def test_custom_function_decides_agreement() -> None:
-    custom = comparator(kind="custom", function="tests.test_comparators:same_label")
+    custom = comparator(kind="custom", function="tests.compare.test_comparators:same_label")
     assert custom.compare({"label": "a", "x": 1}, {"label": "a"}) == Judgement(True, {})
     assert custom.compare({"label": "a"}, {"label": "b"}) == Judgement(False, {})
 
 
 def test_custom_function_that_raises_disagrees_with_a_note() -> None:
-    judgement = comparator(kind="custom", function="tests.test_comparators:explodes").compare(1, 1)
+    judgement = comparator(kind="custom",
+                           function="tests.compare.test_comparators:explodes").compare(1, 1)
     assert judgement == Judgement(False, {}, "custom comparator raised ValueError: no label here")
 
 
 def test_custom_function_that_fails_on_unexpected_input_disagrees() -> None:
-    judgement = comparator(kind="custom", function="tests.test_comparators:same_label").compare(
+    judgement = comparator(kind="custom",
+                           function="tests.compare.test_comparators:same_label").compare(
         "not an object", {"label": "a"}
     )
     assert not judgement.agree and judgement.note is not None
@@ -466,7 +468,7 @@ def test_custom_function_that_fails_on_unexpected_input_disagrees() -> None:
 def test_custom_function_returning_a_non_bool_disagrees_with_a_note(
     function: str, returned: str
 ) -> None:
-    path = f"tests.test_comparators:{function}"
+    path = f"tests.compare.test_comparators:{function}"
     judgement = comparator(kind="custom", function=path).compare(1, 1)
     assert judgement == Judgement(
         False, {}, f"custom comparator {path} returned {returned}, not a bool"
@@ -479,18 +481,18 @@ def test_custom_module_that_does_not_import_is_a_config_error() -> None:
 
 
 def test_custom_function_that_does_not_exist_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="tests.test_comparators:no_such_function"):
-        comparator(kind="custom", function="tests.test_comparators:no_such_function")
+    with pytest.raises(ConfigError, match="tests.compare.test_comparators:no_such_function"):
+        comparator(kind="custom", function="tests.compare.test_comparators:no_such_function")
 
 
 def test_custom_attribute_that_is_not_callable_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="NOT_CALLABLE is not callable"):
-        comparator(kind="custom", function="tests.test_comparators:NOT_CALLABLE")
+        comparator(kind="custom", function="tests.compare.test_comparators:NOT_CALLABLE")
 
 
 def test_custom_path_without_a_function_is_rejected_by_the_config() -> None:
     with pytest.raises(ConfigError, match="module:function"):
-        comparator(kind="custom", function="tests.test_comparators")
+        comparator(kind="custom", function="tests.compare.test_comparators")
 
 
 def test_custom_function_inside_fields_is_imported_at_build_time() -> None:

@@ -22,11 +22,11 @@ from shadow.pipeline.runner import ReplaySummary
 from shadow.reports.summary import build_report
 from shadow.store.database import Store
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 HELPDESK_CONFIG = CONFIGS / "helpdesk-export.yaml"
 TICKETS = CONFIGS / "samples" / "helpdesk-tickets.jsonl"
 RESOLUTIONS = CONFIGS / "samples" / "helpdesk-resolutions.csv"
-CANDIDATE = "tests.test_mapping:helpdesk_triage"
+CANDIDATE = "tests.connectors.test_mapping:helpdesk_triage"
 
 # -- a candidate for the helpdesk sample ---------------------------------------
 # The demo candidate reads payload["body"]; the helpdesk export calls it

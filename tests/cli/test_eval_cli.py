@@ -7,9 +7,9 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.test_cli import run
+from tests.cli.test_cli import run
 
-GOLDEN = Path(__file__).resolve().parents[1] / "configs" / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "configs" / "golden"
 
 
 def test_the_example_golden_set_passes_its_gate_and_writes_junit(tmp_path: Path) -> None:

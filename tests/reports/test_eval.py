@@ -14,7 +14,7 @@ import pytest
 
 from shadow.reports.golden_set import gates
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # The candidate answers the label written in the payload, or raises when asked to.
 CANDIDATE = '''\

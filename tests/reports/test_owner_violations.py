@@ -144,12 +144,12 @@ def outcomes() -> list[dict[str, Any]]:
 
 
 def checks() -> Checks:
-    config = parse_config({"candidate": {"callable": "tests.test_owner_violations:triage",
+    config = parse_config({"candidate": {"callable": "tests.reports.test_owner_violations:triage",
                                          "checks": [
         {"kind": "pii", "path": "reply", "types": ["email", "card"]},
         {"kind": "labels", "path": "category", "allowed": LABELS},
         {"kind": "required", "fields": ["meta.lang", "meta.tier"]},
-        {"kind": "custom", "name": "echo", "function": "tests.test_owner_violations:echo"},
+        {"kind": "custom", "name": "echo", "function": "tests.reports.test_owner_violations:echo"},
     ]}})
     assert config.candidate is not None
     built = Checks.from_specs(config.candidate.checks)
@@ -256,13 +256,13 @@ def test_a_candidate_configured_without_checks_is_not_reported_as_clean(store: S
 def test_which_candidates_have_checks_comes_from_the_configuration() -> None:
     pii = [{"kind": "pii"}]
     config = parse_config({"candidates": [
-        {"callable": "tests.test_owner_violations:triage", "checks": pii},
-        {"callable": "tests.test_owner_violations:plain", "name": "plain"},
+        {"callable": "tests.reports.test_owner_violations:triage", "checks": pii},
+        {"callable": "tests.reports.test_owner_violations:plain", "name": "plain"},
         {"kind": "http", "url": "http://127.0.0.1:9/predict", "checks": pii},
         {"kind": "chat", "base_url": "http://127.0.0.1:9/v1", "model": "m", "user": "x",
          "checks": pii}]})
     assert owner_options(config).checked == frozenset({
-        "tests.test_owner_violations:triage", "http://127.0.0.1:9/predict",
+        "tests.reports.test_owner_violations:triage", "http://127.0.0.1:9/predict",
         "m@http://127.0.0.1:9/v1"})
 
 
@@ -299,7 +299,7 @@ def test_the_verdict_line_flips_at_the_budget(store: Store) -> None:
 
 
 def test_the_budget_comes_from_the_report_section_or_the_rollout_gate() -> None:
-    base = {"candidate": {"callable": "tests.test_owner_violations:triage"}}
+    base = {"candidate": {"callable": "tests.reports.test_owner_violations:triage"}}
     assert owner_options(parse_config(base)).max_violation_rate is None
     from_report = parse_config({**base, "report": {"max_violation_rate": 0.01}})
     assert owner_options(from_report).max_violation_rate == 0.01
@@ -313,7 +313,7 @@ def test_the_budget_comes_from_the_report_section_or_the_rollout_gate() -> None:
 
 
 def test_the_number_of_examples_comes_from_the_report_section() -> None:
-    base = {"candidate": {"callable": "tests.test_owner_violations:triage"}}
+    base = {"candidate": {"callable": "tests.reports.test_owner_violations:triage"}}
     assert owner_options(parse_config(base)).top_violations == 10
     chosen = parse_config({**base, "report": {"top_violations": 3}})
     assert owner_options(chosen).top_violations == 3

@@ -19,9 +19,9 @@ import httpx
 import structlog
 
 from connectors.webhook_server import RateLimitedErrors, WebhookServer
+from tests.connectors.test_signatures import SECRET, sign_github
+from tests.connectors.test_webhooks import PATH, PollingThread, endpoint, event
 from tests.daemon_process import TOKEN, ready_api, stop
-from tests.test_signatures import SECRET, sign_github
-from tests.test_webhooks import PATH, PollingThread, endpoint, event
 from tests.waiting import wait_until
 
 

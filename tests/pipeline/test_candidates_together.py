@@ -11,7 +11,7 @@ from shadow.core.models import Event
 from shadow.pipeline.replay import ReplayRequest, replay_files
 from shadow.pipeline.runner import ReplaySummary
 
-HERE = "tests.test_candidates_together"
+HERE = "tests.pipeline.test_candidates_together"
 LineWriter = Callable[[str, Iterable[str]], Path]
 ReportReader = Callable[[Path], dict[str, Any]]
 

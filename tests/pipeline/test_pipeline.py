@@ -2,7 +2,7 @@
 
 Every expected number is computed here, in plain Python, from the generated
 input data; nothing below asks the code under test what the answer should be.
-Candidates are defined in this module and named ``tests.test_pipeline:NAME``.
+Candidates are defined in this module and named ``tests.pipeline.test_pipeline:NAME``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from shadow.pipeline.replay import ReplayRequest, replay_files
 from shadow.pipeline.runner import ReplaySummary
 from shadow.store.database import Store
 
-HERE = "tests.test_pipeline"
+HERE = "tests.pipeline.test_pipeline"
 LABELS = ("billing", "login", "bug", "shipping")
 CHANNELS = ("email", "chat", "phone")
 LANGS = ("en", "fr", "de")
@@ -40,7 +40,7 @@ ReportReader = Callable[[Path], dict[str, Any]]
 LineWriter = Callable[[str, Iterable[str]], Path]
 
 
-# -- candidates, referred to as tests.test_pipeline:NAME ----------------------
+# -- candidates, referred to as tests.pipeline.test_pipeline:NAME ----------------------
 
 CALLS: list[str] = []
 """Event ids, one per call of a per-event candidate (or per event handed to a batch one)."""

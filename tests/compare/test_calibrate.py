@@ -12,7 +12,7 @@ import pytest
 
 from shadow.compare.calibrate import measure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # Comparator verdict first: (comparator same?, human same?) -> how many.
 BOTH_SAME, SAME_DIFFERENT, DIFFERENT_SAME, BOTH_DIFFERENT = 20, 3, 5, 12

@@ -40,8 +40,8 @@ from shadow.service.control import DaemonFile, DaemonLock
 from shadow.service.openapi import openapi, public_operations, required_scopes
 from shadow.store.backup import BackupExists
 from shadow.store.database import Store
+from tests.cli.test_cli import assert_usage_error, run
 from tests.rollout.test_state import PLAN, ticking
-from tests.test_cli import assert_usage_error, run
 
 TOKEN = "s3cret-token-for-tests"
 SCOPED = {Scope.READ: "r3ad-token-for-tests", Scope.OPERATE: "0perate-token-for-tests",

@@ -528,7 +528,7 @@ def test_runtime_metrics_count_every_update_from_several_threads() -> None:
 
 # -- the alerting rules shipped in deploy/ ----------------------------------------------------
 
-ALERTS = Path(__file__).resolve().parent.parent / "deploy" / "prometheus-alerts.yml"
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus-alerts.yml"
 
 
 def daemon_job_names(tmp_path: Path, store: Store) -> set[str]:

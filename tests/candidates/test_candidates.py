@@ -1,6 +1,6 @@
 """The Python-callable candidate: loading, latency, and failures turned into data.
 
-Candidates are defined here and named ``tests.test_candidates:NAME``.
+Candidates are defined here and named ``tests.candidates.test_candidates:NAME``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from shadow.core.models import Event, PredictionError
 
 __version__ = "2.7.1"
 
-HERE = "tests.test_candidates"
+HERE = "tests.candidates.test_candidates"
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 NOT_CALLABLE = 42
 

@@ -230,7 +230,7 @@ def test_a_consumer_killed_midway_and_restarted_loses_nothing_and_counts_nothing
     topic = topic_name("events")
     produce(kafka_bootstrap, topic, events(n), key=lambda e: e["key"])
     db = tmp_path / "store.duckdb"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
 
     log = tmp_path / "consumer.log"
     with log.open("w") as out:
@@ -265,7 +265,7 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
     tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     # A broker of its own, so stopping it does not disturb the other tests.
-    script = Path(__file__).resolve().parent.parent / "scripts" / "kafka-local"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "kafka-local"
     env = broker_env(tmp_path / "k")
     broker = subprocess.run([str(script), "start"], env=env, capture_output=True, text=True,
                             check=True, timeout=300).stdout.strip().splitlines()[-1]
@@ -274,7 +274,7 @@ def test_the_broker_going_away_and_coming_back_mid_stream_loses_nothing(
         topic = topic_name("events")
         produce(broker, topic, events(n), key=lambda e: e["key"])
         db = tmp_path / "store.duckdb"
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         log = tmp_path / "consumer.log"
         with log.open("w") as out:
             process = subprocess.Popen(consume_command(broker, topic, db, expect=n), cwd=root,

@@ -3,7 +3,7 @@
 A small :class:`PollingThread` plays the runner's part (poll, write one
 transaction, then commit), so every test sees what a sender sees: the status,
 and what was durably stored. Requests are signed with the vendors' formulas in
-``tests.test_signatures``, never with the code under test.
+``tests.connectors.test_signatures``, never with the code under test.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from shadow.core.models import RecordKind
 from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 from shadow.store.writes import StoredEvent, WriteBatch
-from tests.test_signatures import (
+from tests.connectors.test_signatures import (
     NOW,
     SCHEMES,
     SECRET,
@@ -52,7 +52,7 @@ from tests.test_signatures import (
 from tests.waiting import wait_until
 
 PATH = "/hooks/test"
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SAMPLES = CONFIGS / "samples"
 
 

@@ -19,7 +19,7 @@ from shadow.config.comparators import (
 from shadow.config.file import Config, load_config, parse_config
 from shadow.core.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 KINDS = "exact, normalized, set, numeric, fields, custom, similarity, semantic, judge"
 
 FULL = """\

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_cli import assert_argparse_error, assert_usage_error, run, write_jsonl
+from tests.cli.test_cli import assert_argparse_error, assert_usage_error, run, write_jsonl
 
 CANDIDATE = '''
 LABELS = ["billing", "login", "refund"]

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shadow.core.models import RecordKind
-from tests.test_cli import run
-from tests.test_signatures import SECRET, sign_github
-from tests.test_webhooks import endpoint, post, running
+from tests.cli.test_cli import run
+from tests.connectors.test_signatures import SECRET, sign_github
+from tests.connectors.test_webhooks import endpoint, post, running
 
 CANDIDATE = '''
 CALLS = []

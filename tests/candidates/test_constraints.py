@@ -37,7 +37,7 @@ LABELS = ["billing", "login", "refund", "shipping"]
 
 
 def checks(*specs: dict[str, Any]) -> Checks:
-    config = parse_config({"candidate": {"callable": "tests.test_constraints:triage",
+    config = parse_config({"candidate": {"callable": "tests.candidates.test_constraints:triage",
                                          "checks": list(specs)}})
     assert config.candidate is not None
     built = Checks.from_specs(config.candidate.checks)
@@ -152,8 +152,8 @@ def polite(output: Any) -> bool | str | None:
 
 
 def test_custom_checks_and_their_failures() -> None:
-    custom = checks({"kind": "custom", "function": "tests.test_constraints:polite"})
-    name = "tests.test_constraints:polite"
+    custom = checks({"kind": "custom", "function": "tests.candidates.test_constraints:polite"})
+    name = "tests.candidates.test_constraints:polite"
     assert custom.violations({"reply": "ok"}) == ()
     assert custom.violations({"reply": "fine"}) == ()
     assert custom.violations({"reply": "rude"}) == (f"{name} is rude",)
@@ -162,7 +162,8 @@ def test_custom_checks_and_their_failures() -> None:
         f"{name} returned a int; expected None, True, False or a message",)
     # A check that raises is a violation, never a crash.
     assert custom.violations({"no": "reply"}) == (f"{name} check raised: KeyError: 'reply'",)
-    named = checks({"kind": "custom", "name": "tone", "function": "tests.test_constraints:polite"})
+    named = checks({"kind": "custom", "name": "tone",
+                    "function": "tests.candidates.test_constraints:polite"})
     assert named.violations({"reply": "rude"}) == ("tone is rude",)
 
 
@@ -213,16 +214,16 @@ def test_apply_marks_only_violating_successful_predictions() -> None:
 ])
 def test_config_errors_name_the_key_path(check: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        parse_config({"candidate": {"callable": "tests.test_constraints:triage",
+        parse_config({"candidate": {"callable": "tests.candidates.test_constraints:triage",
                                     "checks": [check]}})
     assert message in str(caught.value)
 
 
 def test_build_candidate_compiles_the_checks_once() -> None:
     config = parse_config({"candidates": [
-        {"callable": "tests.test_constraints:triage", "name": "a",
+        {"callable": "tests.candidates.test_constraints:triage", "name": "a",
          "checks": [{"kind": "pii", "types": ["email"]}]},
-        {"callable": "tests.test_constraints:triage", "name": "b"},
+        {"callable": "tests.candidates.test_constraints:triage", "name": "b"},
     ]})
     with_checks, without = (build_candidate(spec) for spec in config.all_candidates())
     assert isinstance(with_checks.checks, Checks)

@@ -47,7 +47,7 @@ def write_inputs(directory: Path) -> tuple[Path, Path]:
 
 def replay_command(events: Path, outcomes: Path, db: Path) -> list[str]:
     return [sys.executable, "-m", "shadow", "replay", str(events), "--outcomes", str(outcomes),
-            "--candidate", "tests.test_recovery:slow_label", "--db", str(db),
+            "--candidate", "tests.pipeline.test_recovery:slow_label", "--db", str(db),
             "--batch-size", str(BATCH), "--quiet"]
 
 
@@ -68,7 +68,7 @@ def stable_part(db: Path) -> dict[str, Any]:
 
 def test_a_replay_killed_midway_and_run_again_ends_as_one_clean_replay(tmp_path: Path) -> None:
     events, outcomes = write_inputs(tmp_path)
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     clean, killed = tmp_path / "clean.duckdb", tmp_path / "killed.duckdb"
     subprocess.run(replay_command(events, outcomes, clean), check=True, cwd=root, env=env,
