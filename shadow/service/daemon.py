@@ -28,7 +28,7 @@ import resource
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack
 from datetime import datetime
@@ -40,7 +40,8 @@ import structlog
 from connectors.base import Source
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
-from connectors.specs import SourceSpec
+from connectors.signatures import verifier
+from connectors.specs import SourceSpec, WebhookSourceSpec
 from connectors.webhook_server import WebhookServer
 from connectors.webhooks import WebhookSource
 from shadow.candidates import build_candidate
@@ -87,6 +88,7 @@ class Daemon:
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._ready = False
+        self._started = False
         self._started_at = now()
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
@@ -107,9 +109,11 @@ class Daemon:
             StoreError: the store is held by another daemon or process.
         """
         self._thread = threading.current_thread()
+        refuse(startup_problems(self.config, store_path=self.store_path, base_dir=self.base_dir))
         tokens = self._tokens()
         _raise_open_files_limit()
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
+        new_files = _NewFiles(self.store_path)
         lock = DaemonLock(self.store_path)
         if not lock.acquire():
             other = DaemonFile.read(self.store_path)
@@ -121,6 +125,9 @@ class Daemon:
         self.runtime = RuntimeMetrics()
         with ExitStack() as stack:
             stack.callback(lock.release)
+            # Refused before it ran (a port taken, a source that cannot start): the files
+            # this start made go with it, removed while the lock is still held.
+            stack.callback(lambda: None if self._started else new_files.remove())
             self.store = stack.enter_context(Store(self.store_path))
             feeds = self._wire(stack)
             from shadow.service.api import ApiServer
@@ -138,7 +145,7 @@ class Daemon:
             jobs.start()
             stack.callback(jobs.stop)
             self._install_signals()
-            self._ready = True
+            self._started = self._ready = True
             log.info("daemon started", store=str(self.store_path), api=api.url,
                      sources=[s.name for s in self._sources], pid=os.getpid())
             self._loop(feeds)
@@ -489,6 +496,99 @@ class Daemon:
             raise ConfigError("rollout: this daemon's configuration has no 'rollout' section")
         self.controller.sync()
         return self.controller
+
+
+def store_to_run(config: Config, *, db: Path | None, base_dir: Path) -> Path:
+    """The store ``shadow run`` runs: ``--db``, else ``store.path``; checked with the rest.
+
+    Raises:
+        ConfigError: anything :func:`startup_problems` finds, all of it at once.
+    """
+    store = db if db is not None else (Path(config.store.path) if config.store.path else None)
+    refuse(startup_problems(config, store_path=store, base_dir=base_dir))
+    assert store is not None
+    return store
+
+
+def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
+                     environ: Mapping[str, str] = os.environ) -> list[str]:
+    """Everything missing for ``config`` to run as a daemon, one line each naming its key.
+
+    Checked before any file is made: the store, the control API's tokens, the candidates
+    (loaded, not opened), an event source, and each webhook's secret. What only shows
+    when something starts (a port taken, a broker away) is not known here.
+    """
+    problems = []
+    if store_path is None:
+        problems.append("store.path: the daemon needs a store; set store.path in the config, "
+                        "or give --db PATH (or set SHADOW_DB)")
+    elif not store_path.parent.is_dir():
+        problems.append(f"store.path: the folder {store_path.parent} does not exist")
+    try:
+        load_tokens(config.daemon.api, base_dir=base_dir, environ=environ)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    specs = config.all_candidates()
+    if not specs:
+        problems.append("candidate: the daemon needs a candidate to run")
+    for i, spec in enumerate(specs):
+        try:
+            build_candidate(spec)
+        except ConfigError as exc:
+            where = "candidate" if config.candidate is not None else f"candidates.{i}"
+            problems.append(f"{where}: {exc}")
+    if not config.sources.events:
+        problems.append("sources.events: the daemon needs at least one event source")
+    for side in ("events", "outcomes"):
+        for i, source in enumerate(getattr(config.sources, side)):
+            if isinstance(source, WebhookSourceSpec):
+                problem = _webhook_problem(source, environ)
+                if problem is not None:
+                    problems.append(f"sources.{side}.{i}.secret_env: {problem}")
+    return problems
+
+
+def refuse(problems: list[str]) -> None:
+    """Raise one :class:`ConfigError` listing every problem, if there are any.
+
+    Raises:
+        ConfigError: one problem on one line; several under a line saying how many.
+    """
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"the daemon cannot start, {len(problems)} problems:\n  "
+                          + "\n  ".join(problems))
+
+
+def _webhook_problem(spec: WebhookSourceSpec, environ: Mapping[str, str]) -> str | None:
+    if spec.secret_env is None:
+        return None
+    secret = environ.get(spec.secret_env)
+    if not secret:
+        return (f"set the environment variable {spec.secret_env} to the signing secret of "
+                f"webhook {spec.name!r}")
+    try:
+        verifier(spec.scheme, secret)
+    except ValueError as exc:
+        return f"{spec.secret_env} does not hold a {spec.scheme} secret: {exc}"
+    return None
+
+
+class _NewFiles:
+    """The store's files that do not exist yet, to remove when a start is refused.
+
+    Only files this start made are removed: a store that was there before is never touched.
+    """
+
+    def __init__(self, store: Path) -> None:
+        names = [store, store.with_name(store.name + ".wal"), DaemonLock(store).path,
+                 DaemonFile.path_for(store)]
+        self.paths = [path for path in names if not path.exists()]
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
 
 
 def _guarded(source: Source) -> Source:
