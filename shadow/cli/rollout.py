@@ -10,6 +10,14 @@ Changes are audited under the name of the API token they came with (none,
 shown as ``local``, when the file was opened), and beside it the name the
 person claims (``--actor``, or the environment variable ``SHADOW_ACTOR``, or
 the login name), labelled as claimed.
+
+Without a configuration (no ``--config``, no ``SHADOW_CONFIG``), ``--db`` names the
+store, and a daemon must run it: its plan is the one in force.
+
+Steps are numbered from 0, shadow mode: a plan of 5 steps goes from step 0 to step 4, and
+the status says ``step 1 of 5 (0-4)`` where the API says ``"step": 1, "steps": 5``.
+
+Parsing imports nothing beyond the CLI: each handler imports what it needs.
 """
 
 from __future__ import annotations
@@ -19,57 +27,60 @@ import getpass
 import os
 import sys
 from collections.abc import Callable
-from contextlib import ExitStack
-from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import orjson
-import structlog
-
-from rollout import audit
-from rollout.controller import Controller
-from rollout.gates import Phase, span
-from rollout.runtime import rolled_out
-from rollout.state import Action, Refused
-from rollout.views import describe, status_view
 from shadow.cli import simulate as simulation
-from shadow.config.rollout import RolloutSpec
+from shadow.cli.options import existing_store, positive_int
 from shadow.core.errors import ConfigError
-from shadow.service.api_client import DaemonClient, DaemonUnavailable
 
-log = structlog.get_logger(__name__)
+if TYPE_CHECKING:
+    from rollout.state import Action
+    from shadow.config.file import Config
+    from shadow.config.rollout import RolloutSpec
+    from shadow.service.api_client import DaemonClient
 
-_MARK = {Phase.PASS: "✓", Phase.FAIL: "✗", Phase.INCONCLUSIVE: "…"}
+_MARK = {"pass": "✓", "fail": "✗", "inconclusive": "…"}
+
+# The actions with their help, in the order `shadow --help` lists them; the commands'
+# names are rollout.state.Action's values (tests/cli/test_rollout_commands.py checks).
+ACTIONS = {
+    "status": "step, status, gate evidence and warnings",
+    "history": "every transition: who (token, claimed actor), reason, evidence",
+    "promote": "promote one step (or --full to the last)",
+    "pause": "stop promotion; traffic and rollback stay as they are",
+    "resume": "let a paused rollout progress again",
+    "rollback": "take everything back to shadow mode now",
+    "restart": "start again from shadow after a rollback or abort",
+    "abort": "give up: shadow only until restarted",
+    "simulate": "false-promotion and rollback rates of the gates, by simulation",
+}
+_COMMANDS = ("promote", "pause", "resume", "rollback", "restart", "abort")
+_REASON_REQUIRED = ("rollback", "abort")
 
 
 def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register ``rollout`` and its subcommands; ``common`` adds --db and --config."""
     rollout = commands.add_parser(
-        "rollout", help="staged rollout: status, promote, pause, resume, rollback, history",
-        description="Look at and steer the staged rollout configured under 'rollout'.")
+        "rollout", help="staged rollout: " + ", ".join(ACTIONS),
+        description="Look at and steer the staged rollout configured under 'rollout'. "
+        "status and history need no configuration when a daemon runs the store (--db).")
     sub = rollout.add_subparsers(dest="rollout_command", required=True, metavar="ACTION")
 
-    status = sub.add_parser("status", help="step, status, gate evidence and warnings")
+    status = sub.add_parser("status", help=ACTIONS["status"])
     common(status)
     status.add_argument("--format", choices=["table", "json"], default="table")
     status.set_defaults(handler=_status)
 
-    history = sub.add_parser("history", help="every transition: who (token, claimed actor), "
-                                              "reason, evidence")
+    history = sub.add_parser("history", help=ACTIONS["history"])
     common(history)
-    history.add_argument("--limit", type=int, metavar="N", help="only the last N")
+    history.add_argument("--limit", type=positive_int, metavar="N", help="only the last N")
     history.add_argument("--format", choices=["table", "json"], default="table")
     history.set_defaults(handler=_history)
 
-    for action, text, reason_required in (
-        (Action.PROMOTE, "promote one step (or --full to the last)", False),
-        (Action.PAUSE, "stop promotion; traffic and rollback stay as they are", False),
-        (Action.RESUME, "let a paused rollout progress again", False),
-        (Action.ROLLBACK, "take everything back to shadow mode now", True),
-        (Action.RESTART, "start again from shadow after a rollback or abort", False),
-        (Action.ABORT, "give up: shadow only until restarted", True),
-    ):
-        parser = sub.add_parser(action.value, help=text)
+    for action in _COMMANDS:
+        reason_required = action in _REASON_REQUIRED
+        parser = sub.add_parser(action, help=ACTIONS[action])
         common(parser)
         parser.add_argument("--reason", required=reason_required, metavar="TEXT",
                             help="why, for the audit trail" + (" (required)"
@@ -77,15 +88,14 @@ def add_parser(commands: Any, common: Callable[[argparse.ArgumentParser], None])
         parser.add_argument("--actor", default=os.environ.get("SHADOW_ACTOR"), metavar="NAME",
                             help="who gives the command, recorded as claimed beside the API "
                                  "token's name (env SHADOW_ACTOR; default: login name)")
-        if action is Action.PROMOTE:
+        if action == "promote":
             parser.add_argument("--full", action="store_true", help="to the last step at once")
             parser.add_argument("--yes", action="store_true", help="confirm --full without asking")
             parser.add_argument("--force", action="store_true",
                                 help="promote although the gates have not passed (audited)")
         parser.set_defaults(handler=_command, action=action)
 
-    simulate = sub.add_parser(
-        "simulate", help="false-promotion and rollback rates of the gates, by simulation")
+    simulate = sub.add_parser("simulate", help=ACTIONS["simulate"])
     simulation.add_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -104,18 +114,34 @@ class _Target:
     When a daemon runs that store, :attr:`daemon` is its API client and the
     command goes through it (the daemon is the store's single writer; its plan
     is the one in force). Otherwise the command opens the file with :class:`_Opened`.
+    Without a configuration, :attr:`config` and :attr:`plan` are ``None`` and a daemon
+    must run the store.
+
+    Raises:
+        ConfigError: neither a configuration with a rollout nor a daemon that runs the store.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
         from shadow.config.file import load_config
         from shadow.service.api_client import find_daemon
 
+        self.config: Config | None = None
+        self.plan: RolloutSpec | None = None
+        if args.config is None:
+            if args.db is None:
+                raise ConfigError("--config FILE is required (or set SHADOW_CONFIG); without "
+                                  "it, --db PATH of a store a running daemon owns")
+            self.db = Path(args.db)
+            self.daemon = find_daemon(self.db)
+            if self.daemon is None:
+                raise ConfigError(f"no daemon runs {self.db}: give --config FILE (or set "
+                                  f"SHADOW_CONFIG), whose 'rollout' section is the plan")
+            return
         self.config = load_config(args.config)
         if self.config.rollout is None:
-            raise ConfigError("rollout: this configuration has no 'rollout' section"
-                              + ("" if args.config else " (give --config FILE)"))
+            raise ConfigError(f"rollout: {args.config} has no 'rollout' section")
         self.db = self.config.store_at(args.db)
-        self.plan: RolloutSpec = self.config.rollout
+        self.plan = self.config.rollout
         self.daemon = find_daemon(self.db, token_env=self.config.daemon.api.token_env)
 
 
@@ -123,12 +149,20 @@ class _Opened:
     """The store, plan and controller one command works on."""
 
     def __init__(self, target: _Target, *, read_only: bool) -> None:
+        from contextlib import ExitStack
+
+        from rollout.controller import Controller
+        from rollout.runtime import rolled_out
         from shadow.candidates import build_candidate
         from shadow.compare.comparators import build_comparator
         from shadow.store.database import Store
 
-        config = target.config
-        self.plan = target.plan
+        config, plan = target.config, target.plan
+        if config is None or plan is None:
+            raise ConfigError(f"the daemon of {target.db} does not answer, and without "
+                              f"--config there is no plan to open the store with")
+        existing_store(target.db)
+        self.plan: RolloutSpec = plan
         candidates = [build_candidate(spec) for spec in config.all_candidates()]
         if not candidates:
             raise ConfigError("candidate: the rollout needs the candidate it rolls out")
@@ -153,16 +187,24 @@ def _through_daemon(target: _Target, use: Callable[[DaemonClient], int]) -> int 
     A daemon whose API refuses connections (starting, stopping, or a stale
     file whose pid was reused) received nothing: the file is opened instead.
     """
+    import structlog
+
+    from shadow.service.api_client import DaemonUnavailable
+
     if target.daemon is None:
         return None
     try:
         return use(target.daemon)
     except DaemonUnavailable as exc:
-        log.info("daemon unavailable; opening the store directly", reason=str(exc))
+        structlog.get_logger(__name__).info(
+            "daemon unavailable; opening the store directly", reason=str(exc))
         return None
 
 
 def _status(args: argparse.Namespace) -> int:
+    from rollout import audit
+    from rollout.views import status_view
+
     target = _Target(args)
     through = _through_daemon(target, lambda d: _print_status(d.rollout_status(), args.format))
     if through is not None:
@@ -183,6 +225,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _print_status(view: dict[str, Any], fmt: str) -> int:
+    import orjson
+
     if fmt == "json":
         sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
@@ -196,6 +240,10 @@ _VERDICTS = {"agree": "agreements", "disagree": "disagreements"}
 
 
 def _evidence_text(e: dict[str, Any]) -> list[str]:
+    from datetime import timedelta
+
+    from rollout.gates import span
+
     window = span(timedelta(seconds=e["label_window_seconds"]))
     learned = " (learned)" if e["label_window_learned"] else ""
     lines = [
@@ -222,9 +270,11 @@ def _evidence_text(e: dict[str, Any]) -> list[str]:
 
 
 def _status_text(view: dict[str, Any]) -> str:
+    from rollout import audit
+
     lines = [
         f"rollout {view['rollout']}: {view['candidate']} {view['version'] or ''}".rstrip(),
-        f"  step {view['step']} of {view['steps'] - 1} · {view['percent']:g} % · "
+        f"  {step_of(view['step'], view['steps'])} · {view['percent']:g} % · "
         f"{view['status']} since {view['step_started_at']}",
         f"  live share of all traffic {view['live_share']:.2%} (holdout {view['holdout']:.0%},"
         f" review {view['review']:.0%})",
@@ -237,7 +287,7 @@ def _status_text(view: dict[str, Any]) -> str:
             continue
         lines.append(f"{kind} gates: {evaluation['phase']}")
         for check in evaluation["checks"]:
-            lines.append(f"  {_MARK[Phase(check['phase'])]} {check['name']:<24} {check['detail']}")
+            lines.append(f"  {_MARK[check['phase']]} {check['name']:<24} {check['detail']}")
     if view["last_transition"]:
         t = view["last_transition"]
         lines.append(f"last change: {t['action']} by {audit.credited(t['actor'], t.get('token'))} "
@@ -247,7 +297,14 @@ def _status_text(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def step_of(step: int, steps: int) -> str:
+    """``step 1 of 5 (0-4)``: the API's ``step`` and ``steps``, numbered from 0 (shadow)."""
+    return f"step {step} of {steps} (0-{steps - 1})"
+
+
 def _history(args: argparse.Namespace) -> int:
+    from rollout import audit
+
     target = _Target(args)
     through = _through_daemon(
         target, lambda d: _print_history(d.rollout_history(args.limit), args.format))
@@ -260,6 +317,10 @@ def _history(args: argparse.Namespace) -> int:
 
 def _print_history(records: list[dict[str, Any]], fmt: str) -> int:
     """``records`` as ``AuditRecord.as_dict`` gives them (the control API serves the same)."""
+    import orjson
+
+    from rollout import audit
+
     if fmt == "json":
         sys.stdout.write(orjson.dumps(records, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
@@ -274,7 +335,10 @@ def _print_history(records: list[dict[str, Any]], fmt: str) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
-    action: Action = args.action
+    from rollout.state import Action, Refused
+    from rollout.views import describe
+
+    action = Action(args.action)
     actor = args.actor or getpass.getuser()
     reason = args.reason or f"{action.value} by {actor}"
     full = action is Action.PROMOTE and args.full
@@ -303,14 +367,15 @@ def _command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_via(daemon: DaemonClient, plan: RolloutSpec, action: Action, actor: str,
+def _command_via(daemon: DaemonClient, plan: RolloutSpec | None, action: Action, actor: str,
                  reason: str, full: bool, force: bool, yes: bool) -> int:
     """The command through the daemon: its plan is in force, so --full asks about that."""
     if full:
         view = daemon.rollout_status()
         last = int(view["steps"]) - 1
         # The local plan names the percent only if it is the daemon's plan.
-        percent = plan.steps[last].percent if len(plan.steps) == view["steps"] else None
+        percent = (plan.steps[last].percent if plan is not None
+                   and len(plan.steps) == view["steps"] else None)
         _confirm_full(str(view["rollout"]), float(view["percent"]), last, percent, yes)
     result = daemon.rollout_command(action.value, actor=actor, reason=reason, full=full,
                                     force=force)

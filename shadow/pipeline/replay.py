@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,9 @@ def _named_candidate(request: ReplayRequest, config: Config) -> CandidateSpec:
         ) from None
 
 
-def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> str:
-    """The summary a person reads after a replay."""
+def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
+             program: str = "shadow") -> str:
+    """The summary a person reads after a replay; ``program`` runs ``shadow`` in its hint."""
     s = summary
     lines = [
         f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
@@ -161,6 +163,17 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
         lines.append(f"not judged yet  {s.deferred:>10,}   the comparator could not judge them "
                      "now; they are compared at the next run")
     lines.append(f"took {s.seconds:.1f} s")
-    if request is not None and request.db is not None:
-        lines.append(f"next: shadow report --db {request.db}")
+    if request is not None and (request.db is not None or request.config is not None):
+        lines.append(f"next: {program} report{report_options(request)}")
     return "\n".join(lines)
+
+
+def report_options(request: ReplayRequest) -> str:
+    """``--db`` and ``--config`` as the replay was given them, for the report to read the
+    same store with the same readiness settings (threshold, floors) and so the same verdict."""
+    options = ""
+    if request.db is not None:
+        options += f" --db {shlex.quote(str(request.db))}"
+    if request.config is not None:
+        options += f" --config {shlex.quote(str(request.config))}"
+    return options
