@@ -20,11 +20,16 @@ command came with is passed to the control, for the audit trail; refusals,
 and every call beyond ``read``, are logged with it, as ``caller`` (a log key
 naming a token is redacted as a secret).
 
+Request bodies are validated with the models of :mod:`shadow.service.api_models`, and
+every JSON answer is built through them: the description's schemas are theirs.
+
 Status codes: 200; 400 a malformed request, a missing reason, a configuration
-error; 401/403 as above; 404 an unknown route or action; 409 a refused
-transition (``rollout.state.Refused``) or a backup name already taken; 500
-anything unexpected (the body says only that, the daemon's log has the
-traceback); 503 not ready. Error bodies are always ``{"error": "…"}``.
+error; 401/403 as above; 404 an unknown route or action; 405 (with ``Allow``) a
+method a known route does not take; 409 a refused transition
+(``rollout.state.Refused``) or a backup name already taken; 500 anything
+unexpected, an answer the models refuse included (the body says only that, the
+daemon's log has the traceback); 503 not ready. Error bodies are always
+``{"error": "…"}``.
 """
 
 from __future__ import annotations
@@ -40,29 +45,37 @@ from typing import Any, TypeVar
 import orjson
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from rollout.state import Action, Refused
+from rollout.state import Refused
 from shadow.config.daemon import Scope
 from shadow.core.errors import ConfigError, ShadowError
-from shadow.service.api_tokens import ApiToken, Tokens
-from shadow.service.control import Control
-from shadow.service.openapi import (
+from shadow.service.api_models import (
+    COMMAND_BODIES,
     COMMANDS,
     DEAD_LETTERS_MAX,
     REPORT_TYPES,
-    openapi,
-    public_operations,
-    required_scopes,
+    Backup,
+    BackupRequest,
+    CommandResult,
+    DeadLetters,
+    Error,
+    Health,
+    Readiness,
+    ReportRequest,
+    RolloutStatus,
+    Transition,
 )
-from shadow.store.backup import NAME_MAX, BackupExists
+from shadow.service.api_tokens import ApiToken, Tokens
+from shadow.service.control import Control
+from shadow.service.openapi import openapi, public_operations, required_scopes
+from shadow.store.backup import BackupExists
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY = 64 * 1024
 _UNLIMITED = 2**62
@@ -79,25 +92,6 @@ class _HttpError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
-
-
-class CommandBody(BaseModel):
-    """The body of ``POST /rollout/{action}``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    actor: str
-    reason: str | None = None
-    full: bool = False
-    force: bool = False
-
-
-class BackupBody(BaseModel):
-    """The body of ``POST /backup``."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    name: str = Field(min_length=1, max_length=NAME_MAX)
 
 
 class ApiServer:
@@ -241,7 +235,8 @@ class ApiServer:
         app.router.add_get("/openapi.json", self._openapi, allow_head=False)
         app.router.add_get("/rollout", self._rollout_status, allow_head=False)
         app.router.add_get("/rollout/history", self._rollout_history, allow_head=False)
-        app.router.add_post("/rollout/{action}", self._rollout_command)
+        for action in COMMANDS:  # one route each: POST /rollout/history is then a 405
+            app.router.add_post(f"/rollout/{action}", self._rollout_command)
         app.router.add_post("/reports", self._post_report)
         app.router.add_get("/report", self._get_report, allow_head=False)
         app.router.add_get("/dead-letters", self._dead_letters, allow_head=False)
@@ -270,8 +265,7 @@ class ApiServer:
             return _error(exc.status, exc.message, exc.headers)
         except web.HTTPException as exc:  # aiohttp's own: no route, wrong method, too large
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            message = (f"no such route: {request.method} {request.path}" if exc.status == 404
-                       else exc.reason.lower())
+            message = (_no_route(request) if exc.status == 404 else exc.reason.lower())
             return _error(exc.status, message, headers)
         except (Refused, BackupExists) as exc:
             return _error(409, str(exc))
@@ -328,74 +322,82 @@ class ApiServer:
     async def _health(self, request: web.Request) -> web.Response:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self._valid(token):
-            return _json({"status": "ok"})  # liveness only; details need the token
+            return _answer(Health(status="ok"))  # liveness only; details need the token
         # Answered on the event loop, never queued behind calls waiting on the pipeline.
-        details = self.control.health()
-        return _json({"status": "ok", **details})
+        return _answer(Health.model_validate(self.control.health()))
 
     async def _ready(self, request: web.Request) -> web.Response:
         ready, checks = self.control.readiness()
-        return _json({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        return _answer(Readiness.model_validate({"ready": ready, "checks": checks}),
+                       status=200 if ready else 503)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return _json(openapi(metrics_token_required=self.metrics_token_required))
 
     async def _rollout_status(self, request: web.Request) -> web.Response:
-        return _json(await self._call(self.control.rollout_status))
+        return _answer(RolloutStatus.model_validate(await self._call(self.control.rollout_status)))
 
     async def _rollout_history(self, request: web.Request) -> web.Response:
         limit = _limit(request, default=None, maximum=None)
-        return _json(await self._call(self.control.rollout_history, limit))
+        records = await self._call(self.control.rollout_history, limit)
+        return _json([_dumped(Transition.model_validate(r)) for r in records])
 
     async def _rollout_command(self, request: web.Request) -> web.Response:
-        action = request.match_info["action"]
-        if action not in COMMANDS:
-            raise _HttpError(404, f"unknown action {action!r}: expected one of "
-                                  f"{', '.join(COMMANDS)}")
-        body = await _body(request, CommandBody)
-        if not body.actor.strip():
-            raise _HttpError(400, "actor: the name of the person giving the command is required")
+        action = request.path.rsplit("/", 1)[1]
+        body = await _body(request, COMMAND_BODIES[action], context={"action": action})
         reason = (body.reason or "").strip()
-        if action in REASON_REQUIRED and not reason:
-            raise _HttpError(400, f"reason: {action} needs a reason, for the audit trail")
-        if action != Action.PROMOTE.value and (body.full or body.force):
-            raise _HttpError(400, f"full, force: only promote takes them, not {action}")
         result = await self._call(
             self.control.rollout_command, action, actor=body.actor,
             reason=reason or f"{action} by {body.actor}", full=body.full, force=body.force,
             token=request[_TOKEN].name)
-        return _json(result)
+        return _answer(CommandResult.model_validate(result))
 
     async def _post_report(self, request: web.Request) -> web.Response:
-        raw = await _json_object(request)
-        unknown = set(raw) - {"format"}
-        if unknown:
-            raise _HttpError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
-        return await self._report(raw.get("format", "json"))
+        body = await _body(request, ReportRequest)
+        return await self._report(body)
 
     async def _get_report(self, request: web.Request) -> web.Response:
-        return await self._report(request.query.get("format", "json"))
+        query = {k: v for k, v in request.query.items() if k == "format"}
+        try:
+            asked = ReportRequest.model_validate(query)
+        except ValidationError as exc:
+            raise _HttpError(400, _problems(exc)) from exc
+        return await self._report(asked)
 
-    async def _report(self, fmt: object) -> web.Response:
-        if not isinstance(fmt, str) or fmt not in REPORT_TYPES:
-            raise _HttpError(400, f"format: expected one of {', '.join(REPORT_TYPES)}")
-        text = await self._call(self.control.report, fmt)
-        return web.Response(text=text, content_type=REPORT_TYPES[fmt], charset="utf-8")
+    async def _report(self, asked: ReportRequest) -> web.Response:
+        text = await self._call(self.control.report, asked.format)
+        return web.Response(text=text, content_type=REPORT_TYPES[asked.format], charset="utf-8")
 
     async def _dead_letters(self, request: web.Request) -> web.Response:
         limit = _limit(request, default=20, maximum=DEAD_LETTERS_MAX)
         assert limit is not None
         rows = await self._call(self.control.dead_letters, limit)
-        return _json({"dead_letters": rows})
+        return _answer(DeadLetters.model_validate({"dead_letters": rows}))
 
     async def _backup(self, request: web.Request) -> web.Response:
-        body = await _body(request, BackupBody)
-        return _json(await self._call(self.control.backup, body.name,
-                                      token=request[_TOKEN].name))
+        body = await _body(request, BackupRequest)
+        return _answer(Backup.model_validate(
+            await self._call(self.control.backup, body.name, token=request[_TOKEN].name)))
 
     async def _metrics(self, request: web.Request) -> web.Response:
         text = await self._call(self.control.metrics)
         return web.Response(body=text.encode(), headers={"Content-Type": METRICS_TYPE})
+
+
+def _dumped(model: BaseModel) -> Any:
+    """An answer as JSON data: only the fields the control gave, as the schema names them."""
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+def _answer(model: BaseModel, *, status: int = 200) -> web.Response:
+    return _json(_dumped(model), status=status)
+
+
+def _no_route(request: web.Request) -> str:
+    message = f"no such route: {request.method} {request.path}"
+    if request.method == "POST" and request.path.startswith("/rollout/"):
+        message += f"; the rollout's commands are {', '.join(COMMANDS)}"
+    return message
 
 
 def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -404,7 +406,7 @@ def _json(data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return _json({"error": message}, status=status, headers=headers)
+    return _json(_dumped(Error(error=message)), status=status, headers=headers)
 
 
 def _limit(request: web.Request, *, default: int | None, maximum: int | None) -> int | None:
@@ -437,11 +439,16 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 M = TypeVar("M", bound=BaseModel)
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
+async def _body(request: web.Request, model: type[M], *,
+                context: dict[str, Any] | None = None) -> M:
     raw = await _json_object(request)
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context=context)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                             for e in exc.errors())
-        raise _HttpError(400, problems) from exc
+        raise _HttpError(400, _problems(exc)) from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    """Each problem as ``field: what is wrong``, as the tests and the CLI show them."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                     for e in exc.errors())

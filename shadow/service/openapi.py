@@ -1,14 +1,16 @@
-"""The OpenAPI 3.1 description of the control API, and the vocabulary it shares.
+"""The OpenAPI 3.1 description of the control API, generated from the models it validates with.
 
 :func:`openapi` describes every route :class:`shadow.service.api.ApiServer` serves
-(it is also served at ``/openapi.json``). Each operation names the scope a
-token needs for it (``x-scope``, and the role in its ``security`` requirement);
-operations that need no token have an empty ``security``. The server's guard
-enforces what :func:`required_scopes` and :func:`public_operations` read from
-this description, so a client reading it knows what each token may call.
-The route vocabulary both sides use (the rollout commands, the report formats,
-the dead-letter limit) is defined here, so the server depends on this module
-and not the other way round.
+(it is also served at ``/openapi.json``). The schemas of the bodies are those of
+:mod:`shadow.service.api_models`, written by ``model_json_schema`` (OpenAPI 3.1 is
+JSON Schema 2020-12): the server validates requests and builds answers with the
+same models, so the description cannot drift from what it checks. Each rollout
+command is an operation of its own, since each takes its own body.
+
+Each operation names the scope a token needs for it (``x-scope``, and the role in its
+``security`` requirement); operations that need no token have an empty ``security``.
+The server's guard enforces what :func:`required_scopes` and :func:`public_operations`
+read from this description, so a client reading it knows what each token may call.
 """
 
 from __future__ import annotations
@@ -16,15 +18,33 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from rollout.state import Action
-from shadow.config.daemon import Scope
-from shadow.store.backup import NAME_MAX as BACKUP_NAME_MAX
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
-COMMANDS = tuple(a.value for a in (Action.PROMOTE, Action.PAUSE, Action.RESUME, Action.ROLLBACK,
-                                   Action.RESTART, Action.ABORT))
-REPORT_TYPES = {"json": "application/json", "markdown": "text/markdown",
-                "table": "text/plain", "html": "text/html"}
-DEAD_LETTERS_MAX = 1000
+from shadow.config.daemon import Scope
+from shadow.service.api_models import (
+    ANSWERS,
+    COMMAND_BODIES,
+    COMMANDS,
+    DEAD_LETTERS_MAX,
+    REPORT_TYPES,
+    REQUESTS,
+    Backup,
+    BackupRequest,
+    CommandResult,
+    DeadLetters,
+    Error,
+    Health,
+    Readiness,
+    ReportRequest,
+    RolloutStatus,
+    Transition,
+)
+
+__all__ = ["COMMANDS", "DEAD_LETTERS_MAX", "REPORT_TYPES", "openapi", "public_operations",
+           "required_scopes"]
+
+_REF = "#/components/schemas/{model}"
 
 
 def public_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
@@ -46,32 +66,48 @@ def _version() -> str:
         return "0.0.0"
 
 
-_ERROR = {"description": "an error", "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/Error"}}}}
-_ANY = {"type": "object", "additionalProperties": True}
+def _schemas() -> dict[str, Any]:
+    """``components.schemas``: every model's JSON Schema, requests as they are validated and
+    answers as they are serialised, each under its class name."""
+    _, found = models_json_schema(
+        [*((m, "validation") for m in REQUESTS), *((m, "serialization") for m in ANSWERS)],
+        ref_template=_REF)
+    schemas: dict[str, Any] = found.get("$defs", {})
+    return schemas
 
 
-def _responses(ok: str, schema: dict[str, Any] | None = None, *codes: int,
-               media: str = "application/json") -> dict[str, Any]:
-    out: dict[str, Any] = {"200": {"description": ok, "content": {
-        media: {"schema": schema or _ANY}}}}
-    for code in codes:
-        out[str(code)] = _ERROR
-    return out
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _op(summary: str, responses: dict[str, Any], *, scope: Scope | None,
+def _json(description: str, model: type[BaseModel] | dict[str, Any]) -> dict[str, Any]:
+    schema = model if isinstance(model, dict) else _ref(model)
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(description, Error)
+
+
+def _op(summary: str, ok: dict[str, Any], *, scope: Scope | None,
+        errors: dict[int, str] | None = None, also: dict[str, Any] | None = None,
         **extra: Any) -> dict[str, Any]:
-    """One operation; ``scope`` is what a token needs for it, ``None`` for no token at all."""
+    """One operation; ``scope`` is what a token needs for it, ``None`` for no token at all.
+
+    ``errors`` are the refusals it may answer (``{"error": …}``), ``also`` other answers.
+    """
+    responses: dict[str, Any] = {"200": ok, **(also or {})}
+    for code, description in (errors or {}).items():
+        responses[str(code)] = _error(description)
     op: dict[str, Any] = {"summary": summary, **extra}
     if scope is None:
         op["security"] = []
     else:
         op["security"] = [{"bearer": [scope.value]}]
         op["x-scope"] = scope.value
-        responses = {**responses, "401": {**_ERROR, "description": "no token"},
-                     "403": {**_ERROR, "description": f"an unknown token, or one without "
-                                                      f"the scope {scope.value}"}}
+        responses["401"] = _error("no token")
+        responses["403"] = _error(f"an unknown token, or one without the scope {scope.value}")
+    responses["500"] = _error("unexpected; the daemon's log has the details")
     op["responses"] = responses
     return op
 
@@ -81,14 +117,38 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
             "schema": schema}
 
 
+def _body(model: type[BaseModel], *, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _report_ok() -> dict[str, Any]:
+    """The owner report: data as JSON, the views as text, by the format asked for."""
+    content = {media: {"schema": {"type": "object", "description": "the report as data"}
+                       if media == "application/json" else {"type": "string"}}
+               for media in REPORT_TYPES.values()}
+    return {"description": "the owner report; the content type follows the format "
+                           + ", ".join(f"({f}: {m})" for f, m in REPORT_TYPES.items()),
+            "content": content}
+
+
+def _commands() -> dict[str, Any]:
+    paths = {}
+    for action, model in COMMAND_BODIES.items():
+        paths[f"/rollout/{action}"] = {"post": _op(
+            f"a person's command: {action}",
+            _json("the transition made and the new state", CommandResult),
+            scope=Scope.OPERATE,
+            errors={400: "a malformed body, or no rollout configured",
+                    409: "refused: unsafe or meaningless now; nothing changed"},
+            requestBody=_body(model))}
+    return paths
+
+
 def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route :class:`shadow.service.api.ApiServer` serves."""
+    schemas = _schemas()
     fmt = _query("format", "report format (default json)",
                  {"type": "string", "enum": list(REPORT_TYPES), "default": "json"})
-    report_media = {media: {"schema": _ANY if media == "application/json" else {"type": "string"}}
-                    for media in REPORT_TYPES.values()}
-    report_ok = {"200": {"description": "the owner report", "content": report_media},
-                 "400": _ERROR}
     return {
         "openapi": "3.1.0",
         "info": {"title": "shadow daemon control API", "version": _version(),
@@ -100,70 +160,51 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
         "paths": {
             "/health": {"get": _op(
                 "liveness: the process answers (details only with a valid token)",
-                _responses("alive"), scope=None)},
+                _json("alive", Health), scope=None)},
             "/ready": {"get": _op(
                 "readiness: running, not stopping, a source up; each source up or away",
-                {**_responses("ready", {"$ref": "#/components/schemas/Readiness"}),
-                 "503": {"description": "not ready, with the checks", "content": {
-                     "application/json": {"schema": {
-                         "$ref": "#/components/schemas/Readiness"}}}}},
-                scope=None)},
-            "/openapi.json": {"get": _op("this description", _responses("OpenAPI 3.1"),
+                _json("ready", Readiness), scope=None,
+                also={"503": _json("not ready, with the checks", Readiness)})},
+            "/openapi.json": {"get": _op("this description",
+                                         _json("OpenAPI 3.1", {"type": "object"}),
                                          scope=None)},
             "/rollout": {"get": _op(
                 "rollout status with gate evidence (as `shadow rollout status --format json`)",
-                _responses("status", None, 400), scope=Scope.READ)},
+                _json("status", RolloutStatus), scope=Scope.READ,
+                errors={400: "no rollout configured"})},
             "/rollout/history": {"get": _op(
                 "every transition, oldest first, with the token, the claimed actor, the "
                 "reason and the evidence",
-                _responses("transitions", {"type": "array", "items": _ANY}, 400),
-                scope=Scope.READ,
+                _json("transitions", {"type": "array", "items": _ref(Transition)}),
+                scope=Scope.READ, errors={400: "a bad limit, or no rollout configured"},
                 parameters=[_query("limit", "only the last N",
                                    {"type": "integer", "minimum": 1})])},
-            "/rollout/{action}": {"post": _op(
-                "a person's command: promote, pause, resume, rollback, restart or abort",
-                {**_responses("the transition made and the new state",
-                              {"$ref": "#/components/schemas/CommandResult"}, 400, 404),
-                 "409": {**_ERROR, "description": "refused: unsafe or meaningless now; "
-                                                  "nothing changed"}},
-                scope=Scope.OPERATE,
-                parameters=[{"name": "action", "in": "path", "required": True,
-                             "schema": {"type": "string", "enum": list(COMMANDS)}}],
-                requestBody={"required": True, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Command"}}}})},
+            **_commands(),
             "/reports": {"post": _op(
-                "generate the owner report", report_ok, scope=Scope.READ,
-                requestBody={"required": False, "content": {"application/json": {"schema": {
-                    "type": "object", "additionalProperties": False, "properties": {
-                        "format": {"type": "string", "enum": list(REPORT_TYPES),
-                                   "default": "json"}}}}}})},
-            "/report": {"get": _op("the owner report (as POST /reports)", report_ok,
-                                   scope=Scope.READ, parameters=[fmt])},
+                "generate the owner report", _report_ok(), scope=Scope.READ,
+                errors={400: "a malformed body or an unknown format"},
+                requestBody=_body(ReportRequest, required=False))},
+            "/report": {"get": _op("the owner report (as POST /reports)", _report_ok(),
+                                   scope=Scope.READ, errors={400: "an unknown format"},
+                                   parameters=[fmt])},
             "/dead-letters": {"get": _op(
                 "the most recent dead letters, newest first, with their raw text",
-                _responses("dead letters", {"type": "object", "properties": {
-                    "dead_letters": {"type": "array", "items": _ANY}}}, 400),
-                scope=Scope.READ,
+                _json("dead letters", DeadLetters), scope=Scope.READ,
+                errors={400: "a bad limit"},
                 parameters=[_query("limit", "how many (default 20)",
                                    {"type": "integer", "minimum": 1,
                                     "maximum": DEAD_LETTERS_MAX, "default": 20})])},
             "/backup": {"post": _op(
                 "copy the store, as of one moment, to a new file in the daemon's backup "
                 "folder (daemon.jobs.backup_dir)",
-                {**_responses("the copy", {"$ref": "#/components/schemas/Backup"}, 400),
-                 "409": {**_ERROR, "description": "a file of that name exists; nothing "
-                                                  "was written"}},
-                scope=Scope.ADMIN,
-                requestBody={"required": True, "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["name"], "additionalProperties": False,
-                    "properties": {"name": {
-                        "type": "string", "minLength": 1, "maxLength": BACKUP_NAME_MAX,
-                        "description": "a new file name in the backup folder: no path "
-                                       "separator or '..', not starting with '.', at most "
-                                       f"{BACKUP_NAME_MAX} bytes in UTF-8"}}}}}})},
+                _json("the copy", Backup), scope=Scope.ADMIN,
+                errors={400: "a malformed body or a name that is not a plain file name",
+                        409: "a file of that name exists; nothing was written"},
+                requestBody=_body(BackupRequest))},
             "/metrics": {"get": _op(
                 "Prometheus metrics (text exposition format 0.0.4)",
-                _responses("metrics", {"type": "string"}, media="text/plain"),
+                {"description": "metrics", "content": {"text/plain": {
+                    "schema": {"type": "string"}}}},
                 scope=Scope.READ if metrics_token_required else None)},
         },
         "components": {
@@ -173,37 +214,6 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                                "daemon.api.tokens_file, or the one in SHADOW_API_TOKEN); "
                                "missing → 401, unknown or without the operation's scope → "
                                "403"}},
-            "schemas": {
-                "Backup": {
-                    "type": "object",
-                    "required": ["path", "rows", "size_bytes", "seconds", "taken_at"],
-                    "properties": {
-                        "path": {"type": "string"},
-                        "rows": {"type": "object", "description": "rows per table",
-                                 "additionalProperties": {"type": "integer"}},
-                        "size_bytes": {"type": "integer"},
-                        "seconds": {"type": "number"},
-                        "taken_at": {"type": "string", "format": "date-time",
-                                     "description": "later arrivals are not in the copy"}}},
-                "Error": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"type": "string"}}},
-                "Readiness": {"type": "object", "required": ["ready", "checks"],
-                              "properties": {"ready": {"type": "boolean"}, "checks": _ANY}},
-                "Command": {
-                    "type": "object", "required": ["actor"], "additionalProperties": False,
-                    "properties": {
-                        "actor": {"type": "string", "description": "who gives the command"},
-                        "reason": {"type": "string",
-                                   "description": "for the audit trail; required for "
-                                                  "rollback and abort"},
-                        "full": {"type": "boolean", "default": False,
-                                 "description": "promote: to the last step at once"},
-                        "force": {"type": "boolean", "default": False,
-                                  "description": "promote although the gates have not "
-                                                 "passed (audited)"}}},
-                "CommandResult": {"type": "object", "required": ["transition", "state"],
-                                  "properties": {"transition": {"type": "string"},
-                                                 "state": _ANY}},
-            },
+            "schemas": schemas,
         },
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -53,8 +54,10 @@ STATUS = {
     "promotion": {"phase": "inconclusive", "checks": [
         {"name": "agreement", "phase": "inconclusive", "detail": "41 of 100 needed"}]},
     "rollback": None, "stored_evaluations": {}, "warnings": ["labels arrive slowly"],
-    "last_transition": {"action": "promote", "actor": "dana", "at": "2026-01-05T00:00:00+00:00",
-                        "reason": "owner approved"},
+    "last_transition": {"revision": 2, "at": "2026-01-05T00:00:00+00:00", "actor": "dana",
+                        "token": "ops", "action": "promote", "from_step": 0, "to_step": 1,
+                        "from_status": "progressing", "to_status": "progressing",
+                        "percent": 10.0, "reason": "owner approved", "evidence": {}},
 }
 HISTORY = [{"revision": 1, "at": "2026-01-04T00:00:00+00:00", "actor": "controller",
             "action": "start", "from_step": None, "to_step": 0, "from_status": None,
@@ -75,6 +78,9 @@ class FakeControl:
         self.report_data = report
         self.hold: threading.Event | None = None
         self.holding = threading.Event()
+        self.dead_letter = DEAD_LETTER
+        self.refusing = {"resume"}
+        """Commands refused as the rollout's state would refuse them."""
 
     def health(self) -> dict[str, Any]:
         self.calls.append(("health", None))
@@ -100,7 +106,7 @@ class FakeControl:
                         full: bool = False, force: bool = False) -> dict[str, Any]:
         self.calls.append(("rollout_command", (action, actor, reason, full, force)))
         self.tokens.append(token)
-        if action == "resume":
+        if action in self.refusing:
             raise Refused("rollout 'from-the-daemon' is progressing: only a paused rollout "
                           "resumes")
         return {"transition": f"{action} from the daemon by {actor}: {reason}",
@@ -117,7 +123,7 @@ class FakeControl:
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         self.calls.append(("dead_letters", limit))
-        return [DEAD_LETTER]
+        return [self.dead_letter]
 
     def metrics(self) -> str:
         self.calls.append(("metrics", None))
@@ -169,12 +175,14 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-BODIES = {"/rollout/{action}": {"actor": "dana", "reason": "tests"}, "/reports": {},
-          "/backup": {"name": "shadow-1.duckdb"}}
+COMMANDS = ("promote", "pause", "resume", "rollback", "restart", "abort")
+BODIES = {**{f"/rollout/{a}": {"actor": "dana", "reason": "tests"} for a in COMMANDS},
+          "/reports": {}, "/backup": {"name": "shadow-1.duckdb"}}
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
-          ("POST", "/rollout/{action}"): Scope.OPERATE, ("POST", "/backup"): Scope.ADMIN}
+          **{("POST", f"/rollout/{a}"): Scope.OPERATE for a in COMMANDS},
+          ("POST", "/backup"): Scope.ADMIN}
 """What each route needs, as the issue sets it out: written here, not read from the code."""
 
 
@@ -188,8 +196,7 @@ def operations(public: bool) -> list[tuple[str, str]]:
 def call(http: httpx.Client, method: str, path: str, headers: dict[str, str] | None = None
          ) -> httpx.Response:
     body = BODIES.get(path) if method == "POST" else None
-    return http.request(method, path.replace("{action}", "promote"), json=body,
-                        headers=headers or {})
+    return http.request(method, path, json=body, headers=headers or {})
 
 
 def closed_port() -> int:
@@ -293,7 +300,7 @@ def test_not_ready_is_503_with_the_checks(http: httpx.Client, fake: FakeControl)
 def test_every_protected_route_refuses_an_unauthenticated_call_with_401(
         http: httpx.Client, fake: FakeControl, headers: dict[str, str]) -> None:
     protected = operations(public=False)
-    assert len(protected) == 8
+    assert len(protected) == 13
     for method, path in protected:
         response = call(http, method, path, headers)
         assert response.status_code == 401, (method, path)
@@ -327,6 +334,7 @@ def test_a_token_that_is_not_utf_8_is_refused_with_403(server: ApiServer,
 
 def test_every_protected_route_answers_the_right_token(http: httpx.Client,
                                                        fake: FakeControl) -> None:
+    fake.refusing.clear()
     for method, path in operations(public=False):
         assert call(http, method, path, bearer()).status_code == 200, (method, path)
     assert {name for name, _ in fake.calls} == {
@@ -355,6 +363,7 @@ def test_scopes_are_ordered_each_including_those_before_it() -> None:
 @pytest.mark.parametrize("scope", list(Scope), ids=str)
 def test_each_scope_calls_its_routes_and_gets_403_naming_the_scope_on_the_others(
         http: httpx.Client, fake: FakeControl, scope: Scope) -> None:
+    fake.refusing.clear()
     for (method, path), needed in SCOPES.items():
         fake.calls.clear()
         response = call(http, method, path, bearer(SCOPED[scope]))
@@ -364,7 +373,7 @@ def test_each_scope_calls_its_routes_and_gets_403_naming_the_scope_on_the_others
         else:
             assert response.status_code == 403, (method, path)
             assert response.json()["error"].startswith(
-                f"{method} {path.replace('{action}', 'promote')} needs the scope "
+                f"{method} {path} needs the scope "
                 f"{needed.value}; the token ")
             assert f"has {scope.value}" in response.json()["error"]
             assert response.headers["WWW-Authenticate"] == (
@@ -374,7 +383,7 @@ def test_each_scope_calls_its_routes_and_gets_403_naming_the_scope_on_the_others
 
 def test_refusals_are_logged_as_warnings_with_the_token_s_name(http: httpx.Client) -> None:
     with structlog.testing.capture_logs() as logs:
-        call(http, "POST", "/rollout/{action}", bearer(SCOPED[Scope.READ]))
+        call(http, "POST", "/rollout/promote", bearer(SCOPED[Scope.READ]))
         call(http, "GET", "/rollout", bearer(SCOPED[Scope.READ]))
         call(http, "GET", "/rollout", bearer("wrong"))
     entries = [{k: e.get(k) for k in ("event", "log_level", "caller", "path", "needs")}
@@ -421,6 +430,17 @@ def test_an_unknown_route_is_401_without_a_token_and_404_with_it(http: httpx.Cli
     assert wrong_method.status_code == 405 and wrong_method.headers["Allow"] == "GET"
 
 
+def test_a_method_a_known_route_does_not_take_is_405_naming_the_ones_it_does(
+        http: httpx.Client, fake: FakeControl) -> None:
+    for method, path, allowed in [("POST", "/rollout/history", "GET"),
+                                  ("GET", "/rollout/promote", "POST"),
+                                  ("PUT", "/backup", "POST")]:
+        response = http.request(method, path, headers=bearer())
+        assert response.status_code == 405, (method, path, response.text)
+        assert response.headers["Allow"] == allowed
+    assert fake.calls == []
+
+
 def test_metrics_can_be_opened_to_scrapers_without_a_token(fake: FakeControl) -> None:
     assert ("GET", "/metrics") in public_operations(openapi(metrics_token_required=False))
     with ApiServer(fake, port=0, tokens=tokens(), metrics_token_required=False) as server, \
@@ -439,6 +459,49 @@ def test_the_description_lists_exactly_the_served_routes(server: ApiServer) -> N
     assert served == described
     served_doc = httpx.get(server.url + "/openapi.json", trust_env=False).json()
     assert served_doc == json.loads(json.dumps(openapi()))
+
+
+def test_every_schema_the_description_refers_to_is_in_it() -> None:
+    doc = openapi()
+    text = json.dumps(doc)
+    refs = {ref.removeprefix("#/components/schemas/")
+            for ref in re.findall(r'"\$ref": "([^"]+)"', text)}
+    assert refs and refs <= set(doc["components"]["schemas"])
+
+
+def test_the_schemas_say_what_the_server_refuses() -> None:
+    schemas = openapi()["components"]["schemas"]
+    for name in ("Command", "ReasonedCommand", "PromoteCommand"):
+        assert schemas[name]["properties"]["actor"]["pattern"] == r"\S", name
+        assert schemas[name]["additionalProperties"] is False
+    assert schemas["ReasonedCommand"]["required"] == ["actor", "reason"]
+    assert schemas["Command"]["properties"]["full"]["const"] is False
+    name = schemas["BackupRequest"]["properties"]["name"]
+    for refused in ["", " ", ".hidden", "~x", "a/b", "a\\b", "x..y", "C:copy", "a\x01"]:
+        assert not re.search(name["pattern"], refused), refused
+    assert re.search(name["pattern"], "before-upgrade.duckdb")
+
+
+@pytest.mark.parametrize(("path", "body", "problem"), [
+    ("/rollout/pause", {"actor": "  "},
+     "actor: the name of the person giving the command is required"),
+    ("/rollout/abort", {"actor": "dana", "reason": " "},
+     "reason: abort needs a reason, for the audit trail"),
+    ("/rollout/pause", {"actor": "dana", "full": True},
+     "full: only promote takes it, not pause"),
+])
+def test_a_refused_command_says_why_as_before(http: httpx.Client, fake: FakeControl, path: str,
+                                              body: dict[str, Any], problem: str) -> None:
+    response = http.post(path, headers=bearer(), json=body)
+    assert (response.status_code, response.json()) == (400, {"error": problem})
+    assert fake.calls == []
+
+
+def test_an_answer_the_models_refuse_is_a_500_not_a_drifted_body(
+        http: httpx.Client, fake: FakeControl) -> None:
+    fake.dead_letter = {**DEAD_LETTER, "unexpected": 1}
+    response = http.get("/dead-letters", headers=bearer())
+    assert response.status_code == 500 and "log" in response.json()["error"]
 
 
 def test_status_and_history_come_from_the_control(http: httpx.Client,

@@ -33,7 +33,9 @@ TOKENS = {Scope.READ: ("prometheus", "SCOPES_READ_TOKEN", "read-3f9c1d2e8a7b6c5d
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
-          ("POST", "/rollout/{action}"): Scope.OPERATE, ("POST", "/backup"): Scope.ADMIN}
+          **{("POST", f"/rollout/{action}"): Scope.OPERATE
+             for action in ("promote", "pause", "resume", "rollback", "restart", "abort")},
+          ("POST", "/backup"): Scope.ADMIN}
 """The scope each route needs, as the issue sets it out (not read from the code)."""
 EVENTS = 30
 ACTIONS: list[tuple[str, dict[str, Any]]] = [

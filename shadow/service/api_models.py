@@ -1,0 +1,273 @@
+"""The bodies of the control API: what each route accepts and what it answers.
+
+:class:`~shadow.service.api.ApiServer` validates every request body with these
+models and builds every JSON answer through them; :func:`shadow.service.openapi.openapi`
+describes them with ``model_json_schema`` (OpenAPI 3.1 is JSON Schema 2020-12). What a
+schema says is what the server checks, so a client reading ``/openapi.json`` knows
+what will be refused before it asks.
+
+    body = Command.model_validate({"actor": "dana"}, context={"action": "pause"})
+    answer = CommandResult.model_validate(control.rollout_command(...))
+
+Request bodies are strict and closed (``extra="forbid"``). Answers are closed too: a
+control that starts answering a field the description does not name fails here, as a
+500 with the details in the daemon's log, instead of drifting away from the description.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
+
+from rollout.gates import Phase
+from rollout.state import Action, Status
+from shadow.core.models import RecordKind
+from shadow.store.backup import NAME_MAX
+
+COMMANDS = tuple(a.value for a in (Action.PROMOTE, Action.PAUSE, Action.RESUME, Action.ROLLBACK,
+                                   Action.RESTART, Action.ABORT))
+REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
+REPORT_TYPES = {"json": "application/json", "markdown": "text/markdown",
+                "table": "text/plain", "html": "text/html"}
+DEAD_LETTERS_MAX = 1000
+
+_NOT_BLANK = r"\S"
+# What shadow.store.backup.check_name accepts: not starting with '.' or '~', no drive
+# letter, no '..', no separator or control character anywhere, something not blank.
+_BACKUP_NAME = (r"^(?![.~])(?!.:)(?![\s\S]*(?:\.\.|[/\\\x00-\x1f\x7f]))[\s\S]*\S")
+
+
+def _named(value: str) -> str:
+    if not re.search(_NOT_BLANK, value):
+        raise PydanticCustomError("blank", "the name of the person giving the command is "
+                                           "required")
+    return value
+
+
+def _reasoned(value: str, info: ValidationInfo) -> str:
+    if not re.search(_NOT_BLANK, value):
+        action = (info.context or {}).get("action", "this command")
+        raise PydanticCustomError("blank", "{action} needs a reason, for the audit trail",
+                                  {"action": action})
+    return value
+
+
+Actor = Annotated[str, AfterValidator(_named), Field(
+    description="who gives the command, as they claim (the audit trail keeps the token's "
+                "name beside it)", json_schema_extra={"pattern": _NOT_BLANK})]
+Reason = Annotated[str, AfterValidator(_reasoned), Field(
+    description="why, for the audit trail", json_schema_extra={"pattern": _NOT_BLANK})]
+ReportFormat = Literal["json", "markdown", "table", "html"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class Command(_Request):
+    """The body of ``POST /rollout/{pause,resume,restart}``; validated with the action in
+    the context (``context={"action": "pause"}``) so that refusals name it."""
+
+    actor: Actor
+    reason: str | None = Field(None, description="for the audit trail (default: the action "
+                                                 "and the actor)")
+    full: Literal[False] = Field(False, description="only promote takes it")
+    force: Literal[False] = Field(False, description="only promote takes it")
+
+    @field_validator("full", "force", mode="before")
+    @classmethod
+    def _promote_only(cls, value: object, info: ValidationInfo) -> object:
+        if value is True:
+            action = (info.context or {}).get("action", "this command")
+            raise PydanticCustomError("promote_only", "only promote takes it, not {action}",
+                                      {"action": action})
+        return value
+
+
+class ReasonedCommand(Command):
+    """The body of ``POST /rollout/{rollback,abort}``: a reason is required."""
+
+    reason: Reason  # required here, optional for the others
+
+
+class PromoteCommand(_Request):
+    """The body of ``POST /rollout/promote``."""
+
+    actor: Actor
+    reason: str | None = Field(None, description="for the audit trail (default: the action "
+                                                 "and the actor)")
+    full: bool = Field(False, description="to the last step at once")
+    force: bool = Field(False, description="although the gates have not passed (audited)")
+
+
+COMMAND_BODIES: dict[str, type[Command] | type[PromoteCommand]] = {
+    action: (PromoteCommand if action == Action.PROMOTE.value
+             else ReasonedCommand if action in REASON_REQUIRED else Command)
+    for action in COMMANDS}
+"""The body each rollout command takes."""
+
+
+class ReportRequest(_Request):
+    """The body of ``POST /reports`` (and the query of ``GET /report``)."""
+
+    format: ReportFormat = Field("json", description="json is the report as data; "
+                                                     "markdown and html the owners' views; "
+                                                     "table the terminal summary")
+
+
+class BackupRequest(_Request):
+    """The body of ``POST /backup``."""
+
+    name: str = Field(
+        min_length=1, max_length=NAME_MAX,
+        description=f"a new file name in the backup folder: no path separator or '..', not "
+                    f"starting with '.' or '~', no control character, at most {NAME_MAX} "
+                    f"bytes in UTF-8",
+        json_schema_extra={"pattern": _BACKUP_NAME})
+
+
+# -- answers -----------------------------------------------------------------------------
+
+
+class Error(_Answer):
+    """Every refusal and failure."""
+
+    error: str
+
+
+class Health(_Answer):
+    """``ok`` alone without a valid token; the daemon's details with one."""
+
+    status: Literal["ok", "alive"]
+    pid: int | None = None
+    started_at: str | None = Field(None, description="ISO 8601")
+
+
+class SourceState(_Answer):
+    name: str
+    state: Literal["up", "away"]
+    reason: str | None = None
+    since: str | None = Field(None, description="ISO 8601: away since")
+    failures: int = 0
+    retry_in_s: float | None = None
+
+
+class ReadinessChecks(_Answer):
+    ready: bool | None = None
+    reasons: list[str] = Field(default_factory=list, description="why not ready")
+    sources: list[SourceState] = Field(default_factory=list)
+    away: list[str] = Field(default_factory=list, description="the sources that are away")
+    webhooks: str | None = Field(None, description="the webhook server's URL, if any")
+
+
+class Readiness(_Answer):
+    ready: bool
+    checks: ReadinessChecks
+
+
+class GateCheck(_Answer):
+    name: str
+    phase: Phase
+    detail: str
+    value: float | None = None
+    threshold: float | None = None
+    low: float | None = None
+    high: float | None = None
+    n: int | None = None
+
+
+class GateEvaluation(_Answer):
+    phase: Phase
+    checks: list[GateCheck]
+
+
+class Transition(_Answer):
+    """One audited transition of the rollout (``rollout.audit.AuditRecord.as_dict``)."""
+
+    revision: int
+    at: str = Field(description="ISO 8601")
+    actor: str = Field(description="as the caller claimed")
+    token: str | None = Field(None, description="the name of the token the command came "
+                                                "with, which the daemon checked")
+    action: Action
+    from_step: int | None
+    to_step: int
+    from_status: Status | None
+    to_status: Status
+    percent: float
+    reason: str
+    evidence: dict[str, Any]
+
+
+class RolloutStatus(_Answer):
+    """What ``shadow rollout status --format json`` prints (``rollout.views.status_view``)."""
+
+    rollout: str
+    candidate: str
+    version: str | None
+    step: int
+    steps: int
+    percent: float
+    status: Status
+    live: bool
+    live_share: float
+    holdout: float
+    review: float
+    step_started_at: str = Field(description="ISO 8601")
+    promotion: GateEvaluation | None
+    rollback: GateEvaluation | None
+    stored_evaluations: dict[str, Any]
+    last_transition: Transition | None
+    evidence: dict[str, Any] | None = Field(
+        None, description="what the gates counted: units, label window, label delays, "
+                          "the rollback detector")
+    warnings: list[str]
+
+
+class CommandState(_Answer):
+    step: int
+    percent: float | None = None
+    status: Status | None = None
+
+
+class CommandResult(_Answer):
+    transition: str = Field(description="the transition made, as `shadow rollout history` "
+                                        "shows it")
+    state: CommandState
+
+
+class DeadLetter(_Answer):
+    kind: RecordKind
+    source: str
+    position: str
+    reason: str
+    raw: str
+    received_at: str = Field(description="ISO 8601")
+
+
+class DeadLetters(_Answer):
+    dead_letters: list[DeadLetter]
+
+
+class Backup(_Answer):
+    path: str
+    rows: dict[str, int] = Field(description="rows per table")
+    size_bytes: int
+    seconds: float
+    taken_at: str = Field(description="ISO 8601; later arrivals are not in the copy")
+
+
+REQUESTS: tuple[type[BaseModel], ...] = (Command, ReasonedCommand, PromoteCommand,
+                                         ReportRequest, BackupRequest)
+ANSWERS: tuple[type[BaseModel], ...] = (Error, Health, Readiness, RolloutStatus, Transition,
+                                        CommandResult, DeadLetters, Backup)
