@@ -135,9 +135,8 @@ def _named_candidate(request: ReplayRequest, config: Config) -> CandidateSpec:
         ) from None
 
 
-def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
-             program: str = "shadow") -> str:
-    """The summary a person reads after a replay; ``program`` runs ``shadow`` in its hint."""
+def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> str:
+    """The summary a person reads after a replay."""
     s = summary
     lines = [
         f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
@@ -164,7 +163,7 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
                      "now; they are compared at the next run")
     lines.append(f"took {s.seconds:.1f} s")
     if request is not None and (request.db is not None or request.config is not None):
-        lines.append(f"next: {program} report{report_options(request)}")
+        lines.append(f"next: shadow report{report_options(request)}")
     return "\n".join(lines)
 
 
