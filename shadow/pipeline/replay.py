@@ -135,8 +135,9 @@ def _named_candidate(request: ReplayRequest, config: Config) -> CandidateSpec:
         ) from None
 
 
-def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> str:
-    """The summary a person reads after a replay."""
+def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
+             program: str = "shadow") -> str:
+    """The summary a person reads after a replay; ``program`` runs ``shadow`` in its hint."""
     s = summary
     lines = [
         f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
@@ -163,7 +164,7 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None) -> st
                      "now; they are compared at the next run")
     lines.append(f"took {s.seconds:.1f} s")
     if request is not None and (request.db is not None or request.config is not None):
-        lines.append(f"next: shadow report{report_options(request)}")
+        lines.append(f"next: {program} report{report_options(request)}")
     return "\n".join(lines)
 
 
