@@ -1,7 +1,10 @@
 """The ``shadow`` command.
 
-Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
-Errors the user can fix are one line on stderr, never a traceback.
+Exit codes: 0 success, 1 runtime failure (``shadow: failed: …``), 2 what the user must fix
+first (``shadow: error: …``): one line on stderr, never a traceback (``shadow.cli.options``).
+
+Parsing the arguments imports only argparse and the CLI's modules; each handler imports what
+it needs, so that ``shadow --help`` answers at once (``bench/cli_startup.py``).
 """
 
 from __future__ import annotations
@@ -13,17 +16,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from shadow.core import logs
+from shadow.cli.options import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    DeprecatedAlias,
+    Parser,
+    add_global_options,
+    add_global_options_below,
+    existing_store,
+    input_file,
+    positive_int,
+)
+from shadow.cli.program import program
 from shadow.core.errors import ConfigError, ShadowError, first_line
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DISTRIBUTION = "shadow-rollout"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    from shadow.core import logs
+
     logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "warning"),
                    fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT", "console"))
     # A candidate named module:function usually lives next to the user, as with `python -m`.
@@ -37,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShadowError as exc:
         print(f"shadow: failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except duckdb.Error as exc:
+    except Exception as exc:
+        if not _is_duckdb_error(exc):
+            raise
         # Whatever query met it: a damaged or truncated store file, most likely.
         print(f"shadow: failed: the store could not be read: {first_line(exc)}; if its file "
               f"is damaged, restore a backup (README, The store)", file=sys.stderr)
@@ -51,20 +68,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def _is_duckdb_error(exc: BaseException) -> bool:
+    # duckdb is imported by the handlers that need it, never here: an error of its can only
+    # have come from one of them.
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, duckdb.Error)
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version(DISTRIBUTION)
+        except PackageNotFoundError:
+            found = f"unknown ({DISTRIBUTION} is not installed)"
+        print(f"shadow {found}")
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from shadow.cli.rollout import ACTIONS
+
+    parser = Parser(
         prog="shadow",
         description="Run an AI system in shadow mode beside the humans, compare, report.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="rollout actions (shadow rollout ACTION --help):\n" + "\n".join(
+            f"  {name:<10} {text}" for name, text in ACTIONS.items())
+        + "\n\nexit codes: 0 success; 1 the work failed (shadow: failed: ...); 2 something "
+        "to fix first:\n  usage, configuration or inputs (shadow: error: ...); 3 a gate failed "
+        "(eval, calibrate --strict)",
     )
-    parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"],
-        help="log level (env SHADOW_LOG_LEVEL; default warning, info for run)",
-    )
-    parser.add_argument(
-        "--log-format", choices=["console", "json"],
-        help="log format on stderr (env SHADOW_LOG_FORMAT; default console, for run JSON "
-        "unless stderr is a terminal)",
-    )
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
+    add_global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser(
@@ -86,8 +130,13 @@ def _parser() -> argparse.ArgumentParser:
                         "under 'comparators' in the config (default: 'comparator' in the config)")
     replay.add_argument("--concurrency", type=int, metavar="N",
                         help="HTTP candidates: calls in flight at most (default: the config's, 16)")
-    replay.add_argument("--batch-size", type=int, metavar="N",
-                        help="records per write transaction (default: store.batch_size, 20000)")
+    replay.add_argument("--write-batch", type=positive_int, metavar="N",
+                        help="records per write transaction (default: store.batch_size, 20000; "
+                        "formerly --batch-size, which still works)")
+    replay.add_argument("--batch-size", dest="write_batch", type=positive_int,
+                        action=DeprecatedAlias, instead="--write-batch",
+                        why="records per write transaction, not the candidate's batch_size",
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     replay.add_argument("--retry-errors", action="store_true",
                         help="also predict again every stored event whose prediction failed")
     replay.add_argument("--quiet", action="store_true", help="print no progress")
@@ -111,7 +160,8 @@ def _parser() -> argparse.ArgumentParser:
         "kept with their raw text, source position and the reason.",
     )
     _add_db(dead)
-    dead.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    dead.add_argument("--limit", type=positive_int, default=20, metavar="N",
+                      help="how many (default 20)")
     dead.add_argument("--format", choices=["table", "json"], default="table")
     dead.set_defaults(handler=_dead_letters)
 
@@ -172,11 +222,13 @@ def _parser() -> argparse.ArgumentParser:
     from shadow.cli.rollout import add_parser as add_rollout
 
     add_rollout(commands, _add_db_and_config)
+    add_global_options_below(parser)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     from shadow.config.file import load_config
+    from shadow.core import logs
     from shadow.service.daemon import Daemon, store_to_run
 
     if args.config is None:
@@ -211,18 +263,38 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from shadow.pipeline.replay import ReplayRequest, replay_files
+    from shadow.config.file import load_config
+    from shadow.pipeline.replay import ReplayRequest, describe, replay_files
 
+    for path in [*args.events, *args.outcomes]:
+        input_file(path)
     request = ReplayRequest(
         events=args.events, outcomes=args.outcomes, db=args.db, config=args.config,
-        candidate=args.candidate, compare=args.compare, batch_size=args.batch_size,
+        candidate=args.candidate, compare=args.compare, batch_size=args.write_batch,
         concurrency=args.concurrency, retry_errors=args.retry_errors,
     )
+    config = load_config(args.config)
+    store = args.db if args.db is not None else config.store.path
+    if store is not None:
+        _not_run_by_a_daemon(Path(store))
     summary = replay_files(request, progress=None if args.quiet else _progress())
-    from shadow.pipeline.replay import describe
-
-    print(describe(summary, request))
+    print(describe(summary, request, program=program()))
     return EXIT_OK
+
+
+def _not_run_by_a_daemon(store: Path) -> None:
+    """A replay writes the store itself: refused, saying which, when a daemon runs it.
+
+    Raises:
+        ConfigError: a running daemon owns ``store``.
+    """
+    from shadow.service.control import DaemonFile
+
+    found = DaemonFile.read(store)
+    if found is not None:
+        raise ConfigError(
+            f"a running daemon (pid {found.pid}, {found.api}) owns the store {store}; stop it "
+            f"to replay into this store, or replay into another one with --db")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -232,10 +304,11 @@ def _report(args: argparse.Namespace) -> int:
     from shadow.reports import render
     from shadow.reports.build import full_report, render_report
     from shadow.reports.summary import CoreReport
+    from shadow.reports.verdict import headlines_of_json
     from shadow.service.api_client import DaemonClient, from_daemon_or_store
 
     config = load_config(args.config)
-    db = config.store_at(args.db)
+    db = existing_store(config.store_at(args.db))
     color = args.out is None and sys.stdout.isatty()
 
     def ask(daemon: DaemonClient) -> str:
@@ -243,8 +316,9 @@ def _report(args: argparse.Namespace) -> int:
         # the table is drawn here from its JSON, so that it has colour on a terminal.
         if args.format != "table":
             return daemon.report(args.format)
-        return render.to_table(CoreReport.from_dict(orjson.loads(daemon.report("json"))),
-                               color=color)
+        data = orjson.loads(daemon.report("json"))
+        return render.to_table(CoreReport.from_dict(data), color=color,
+                               verdicts=headlines_of_json(data))
 
     text = from_daemon_or_store(
         db, ask, lambda store: render_report(full_report(store, config), args.format,
@@ -262,6 +336,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     if args.db is None:
         raise ConfigError("--db is required (or set SHADOW_DB)")
+    existing_store(args.db)
     rows = from_daemon_or_store(
         args.db,
         lambda daemon: [from_json(DeadLetterRow, row) for row in daemon.dead_letters(args.limit)],
@@ -290,7 +365,7 @@ def _backup(args: argparse.Namespace) -> int:
     from shadow.store.backup import Backup, backup, check_name
 
     config = load_config(args.config)
-    db = config.store_at(args.db)
+    db = existing_store(config.store_at(args.db))
     folder = Path(config.daemon.jobs.backup_dir)
     if args.config is not None and not folder.is_absolute():
         folder = Path(args.config).resolve().parent / folder
