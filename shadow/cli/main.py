@@ -302,7 +302,7 @@ def _report(args: argparse.Namespace) -> int:
 
     from shadow.config.file import load_config
     from shadow.reports import render
-    from shadow.reports.build import full_report, render_report
+    from shadow.reports.build import report_text
     from shadow.reports.summary import CoreReport
     from shadow.reports.verdict import headlines_of_json
     from shadow.service.api_client import DaemonClient, from_daemon_or_store
@@ -321,8 +321,8 @@ def _report(args: argparse.Namespace) -> int:
                                verdicts=headlines_of_json(data))
 
     text = from_daemon_or_store(
-        db, ask, lambda store: render_report(full_report(store, config), args.format,
-                                             color=color))
+        db, ask, lambda store: report_text(store, config, args.format, out=args.out,
+                                           color=color))
     _emit(text, args.out)
     return EXIT_OK
 

@@ -8,8 +8,9 @@ from typing import Any
 from shadow.config.file import load_config
 from shadow.demo.workload import generate
 from shadow.pipeline.replay import ReplayRequest, describe, replay_files
-from shadow.reports import render
 from shadow.reports.build import FullReport, full_report, render_report
+from shadow.reports.disagreements_csv import disagreements_path, write_disagreements_csv
+from shadow.reports.verdict import percent
 from shadow.store.database import Store
 
 CONFIG = """\
@@ -49,26 +50,31 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
     )
     with Store(store_path, read_only=True) as store:
         report = full_report(store, load_config(config))
+        csv = disagreements_path(directory / "report.html")
+        disagreements = write_disagreements_csv(store, report.owner.options, csv)
     for name, fmt in (("report.json", "json"), ("report.md", "markdown"),
                       ("report.html", "html")):
-        (directory / name).write_text(render_report(report, fmt), encoding="utf-8")
+        (directory / name).write_text(render_report(report, fmt, csv_href=csv.name),
+                                      encoding="utf-8")
 
     return "\n".join([
         describe(summary),
         "",
-        render.to_table(report.core).rstrip(),
+        render_report(report, "table").rstrip(),
         "",
         f"Files in {directory}/:",
         f"  events.jsonl    {files.events_written:,} ticket events, {files.malformed_lines} "
         f"malformed lines and {files.duplicate_lines} duplicates among them",
         f"  outcomes.jsonl  {files.outcomes_written:,} human decisions; "
-        f"{files.keys_with_changed_outcome} tickets re-categorised later, "
-        f"{files.keys_reviewed} confirmed by a second agent, "
+        f"{files.keys_with_changed_outcome} tickets re-categorised later "
+        f"({files.keys_recategorised_by_another} of them by another agent), "
+        f"{files.keys_reviewed} reviewed and confirmed by a second agent, "
         f"{files.keys_without_outcome} still open",
         "  shadow.yaml     the configuration used",
         "  shadow.duckdb   the store: events, predictions, outcomes, comparisons, dead letters",
         "  report.html     the owners' report: verdict, charts, disagreements, cost "
         "(open it in a browser)",
+        f"  {csv.name}  every disagreement ({disagreements:,}), private fields redacted",
         "  report.md       the verdict and key numbers in Markdown; report.json all of it",
         "",
         "What to look at:",
@@ -82,16 +88,20 @@ def _findings(report: FullReport, directory: Path) -> list[str]:
     segments = [s for s in candidate.segments if s.compared >= MIN_SEGMENT_SAMPLE]
     worst = min(segments, key=lambda s: s.agreement.rate or 0.0)
     findings = [
-        f"  - Overall agreement is {render.percent(overall)}, but {worst.field}="
-        f"{worst.value} agrees only {render.percent(worst.agreement.rate)}: "
+        f"  - Overall agreement is {percent(overall)}, but {worst.field}="
+        f"{worst.value} agrees only {percent(worst.agreement.rate)}: "
         "an average hides the segment the candidate fails (it knows no German keywords).",
     ]
     baseline = report.owner.human_baseline
     if baseline and baseline.pairs:
+        # The same pairs as the files' counts: a review confirms, a re-categorisation by
+        # another agent disagrees (one by the agent who filed it is no second opinion).
         findings.append(
-            f"  - When a second agent revisited a ticket ({baseline.pairs:,} times: reviews "
-            f"and re-categorisations), the two agreed {render.percent(baseline.rate)} of the "
-            "time. People disagree too: that is the bar to hold the candidate to.")
+            f"  - When a second agent revisited a ticket ({baseline.pairs:,} times: "
+            f"{baseline.agreed:,} reviews that confirmed the label and "
+            f"{baseline.pairs - baseline.agreed:,} re-categorisations by another agent), the "
+            f"two agreed {percent(baseline.rate)} of the time. People disagree too: that is "
+            "the bar to hold the candidate to.")
     return findings + [
         f"  - {candidate.pending:,} predictions are pending: their tickets have no human "
         "outcome yet. They are compared when the outcome arrives.",

@@ -80,8 +80,10 @@ class DemoFiles:
     to an earlier one); ``malformed_outcome_lines`` the outcomes file.
     ``keys_without_outcome`` counts keys of valid events with no valid outcome;
     ``keys_with_changed_outcome`` counts keys whose valid outcomes carry more
-    than one label; ``keys_reviewed`` keys whose final label a second agent
-    confirmed later. Both give the report its human-to-human baseline.
+    than one label, ``keys_recategorised_by_another`` those of them where the
+    agent who changed the label was not the one who filed it; ``keys_reviewed``
+    keys whose final label a second agent confirmed later. The last two are
+    the report's human-to-human baseline: its disagreeing and agreeing pairs.
     """
 
     events: Path
@@ -94,6 +96,7 @@ class DemoFiles:
     keys_without_outcome: int
     keys_with_changed_outcome: int
     keys_reviewed: int
+    keys_recategorised_by_another: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,21 @@ def generate(directory: Path, *, events: int = 5000, seed: int = 7) -> DemoFiles
         keys_without_outcome=len(valid_keys - per_key.keys()),
         keys_with_changed_outcome=sum(1 for found in labels.values() if len(found) > 1),
         keys_reviewed=reviewed,
+        keys_recategorised_by_another=_changed_by_another(outcomes),
     )
+
+
+def _changed_by_another(outcomes: list[tuple[str, str, datetime, str]]) -> int:
+    """Keys where one agent's label was changed by a different agent (in decided_at order)."""
+    by_key: dict[str, list[tuple[datetime, str, str]]] = {}
+    for key, label, at, actor in outcomes:
+        by_key.setdefault(key, []).append((at, label, actor))
+    changed = 0
+    for decisions in by_key.values():
+        decisions.sort()
+        changed += any(a[1] != b[1] and a[2] != b[2]
+                       for a, b in zip(decisions, decisions[1:], strict=False))
+    return changed
 
 
 def _pick(rng: random.Random, weighted: Sequence[tuple[str, int]]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from shadow.config.file import Config
@@ -30,6 +31,7 @@ from shadow.reports.owner import owner_report
 from shadow.reports.owner_model import OwnerReport
 from shadow.reports.owner_queries import OwnerQueries
 from shadow.reports.summary import CoreReport, core_report
+from shadow.reports.verdict import headlines
 from shadow.store.database import Store
 
 FORMATS = ("table", "json", "markdown", "html")
@@ -57,6 +59,7 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
         segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
         top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
+
         max_violation_rate=violations, checked=checked,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
         now=now)
@@ -112,18 +115,36 @@ def measure_configured_drift(store: Store, config: Config, *,
                                    new_outcome_share=spec.new_outcome_share))
 
 
-def render_report(report: FullReport, fmt: str, *, color: bool = False) -> str:
-    """Text of ``full_report`` in one of :data:`FORMATS`."""
+def report_text(store: Store, config: Config, fmt: str, *, out: Path | None = None,
+                color: bool = False, now: Callable[[], datetime] = utc_now) -> str:
+    """The report of ``store`` in ``fmt``, for a file ``out`` when given: an HTML report
+    written to a file gets every disagreement in a CSV beside it
+    (:func:`shadow.reports.disagreements_csv.disagreements_path`), linked from the page."""
+    report = full_report(store, config, now=now)
+    if fmt != "html" or out is None:
+        return render_report(report, fmt, color=color)
+    from shadow.reports.disagreements_csv import disagreements_path, write_disagreements_csv
+
+    csv_path = disagreements_path(out)
+    write_disagreements_csv(store, report.owner.options, csv_path)
+    return render_report(report, fmt, csv_href=csv_path.name)
+
+
+def render_report(report: FullReport, fmt: str, *, color: bool = False,
+                  csv_href: str | None = None) -> str:
+    """Text of ``full_report`` in one of :data:`FORMATS`; an HTML report links every
+    disagreement at ``csv_href`` when given."""
     from shadow.reports import render
 
     if fmt == "json":
         return render.to_json(report.as_dict())
     if fmt == "table":
-        return render.to_table(report.core, color=color)
+        return render.to_table(report.core, color=color, verdicts=headlines(report.owner))
     if fmt == "markdown":
         return render.owner_markdown(report.owner, report.drift)
     if fmt == "html":
         from shadow.reports.html import to_html
 
-        return to_html(report.owner, currency=report.currency, drift=report.drift)
+        return to_html(report.owner, currency=report.currency, drift=report.drift,
+                       csv_href=csv_href)
     raise ValueError(f"format: expected one of {FORMATS}, got {fmt!r}")

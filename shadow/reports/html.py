@@ -22,7 +22,6 @@ from shadow.reports.owner_model import (
     Confusion,
     CostProjection,
     CoveragePoint,
-    Disagreement,
     Errors,
     FieldRate,
     LabelDelays,
@@ -37,6 +36,7 @@ from shadow.reports.owner_model import (
     Violations,
     Withdrawn,
 )
+from shadow.reports.readable import INTERVALS, completeness_facts, moment
 
 VERDICTS = {
     "ready": ("READY", "ready"),
@@ -60,7 +60,14 @@ th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: ta
 .not-ready { color: #991b1b; border-color: #dc2626; background: #fef2f2; }
 .no-verdict { color: #92400e; border-color: #d97706; background: #fffbeb; }
 .pass { color: #065f46; font-weight: 700; } .fail { color: #991b1b; font-weight: 700; }
-.unknown { color: #92400e; font-weight: 700; }
+.unknown { color: #92400e; font-weight: 700; } .na { color: #6b7280; }
+.headline { margin: 8px 0 14px; } .headline .verdict { margin: 0 12px 6px 0; }
+.verdict-line { font-size: 1.25em; font-weight: 700; margin: 4px 0; }
+.next-step { margin: 2px 0 8px; }
+table.facts td, table.facts th { padding: 2px 8px; font-size: .95em; }
+.payload dt { color: #6b7280; font-size: 12px; margin-top: 4px; }
+.payload dd { margin: 0; white-space: pre-wrap; word-break: break-word; font-size: 13px; }
+.text { white-space: pre-wrap; word-break: break-word; }
 .badge { font-weight: 700; padding: 1px 6px; border-radius: 4px; border: 1px solid; }
 section.candidate { border-top: 3px solid #111827; margin-top: 32px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(480px, 1fr)); gap: 8px 24px; }
@@ -79,15 +86,18 @@ pre { white-space: pre-wrap; word-break: break-word; max-width: 420px; max-heigh
 
 
 def to_html(report: OwnerReport, *, currency: str | None = None,
-            drift: DriftReport | None = None) -> str:
+            drift: DriftReport | None = None, csv_href: str | None = None) -> str:
     """Render an owner report as a complete, self-contained HTML document; money in
-    ``currency``, and ``drift`` in a section of its own when given."""
+    ``currency``, ``drift`` in a section of its own when given, and a link to every
+    disagreement at ``csv_href`` (a file beside this one) when given."""
     candidates = report.candidates
     baseline = report.human_baseline
     body = [
         "<h1>Shadow comparison report</h1>",
-        f'<p class="meta">Generated {esc(report.generated_at.isoformat())} from store '
+        f'<p class="meta">Generated {esc(moment(report.generated_at.isoformat()))} from store '
         f"{esc(report.store or '–')}</p>",
+        _headlines(candidates),
+        _completeness(report),
         "<h2>Candidates</h2>",
         _summary(candidates, baseline),
         "<h2>Human-to-human baseline</h2>",
@@ -97,11 +107,44 @@ def to_html(report: OwnerReport, *, currency: str | None = None,
     ]
     if drift is not None:
         body += ["<h2>Drift</h2>", _drift(drift)]
-    body += [_candidate(c, baseline, currency or "") for c in candidates]
+    body += [_candidate(c, baseline, currency or "", csv_href) for c in candidates]
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             "<title>Shadow comparison report</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def _headlines(candidates: Sequence[OwnerCandidate]) -> str:
+    """Every candidate's verdict, the reason in one line and the next step: the first thing
+    on the page."""
+    if not candidates:
+        return '<p class="verdict-line">No predictions in this store yet.</p>'
+    several = len(candidates) > 1
+    parts = []
+    for c in candidates:
+        who = f"{_identity(c)}: " if several else ""
+        line = c.verdict.line or VERDICTS.get(c.verdict.status, VERDICTS["not_enough_data"])[0]
+        parts.append(
+            f'<div class="headline" data-candidate="{esc(c.name)}">'
+            f'<p class="verdict-line">{who}{_text(line)}</p>'
+            + (f'<p class="next-step">{_text(c.verdict.next_step)}</p>'
+               if c.verdict.next_step else "") + "</div>")
+    return "".join(parts)
+
+
+def _text(value: str) -> str:
+    """Escaped text whose percent signs stay with their numbers."""
+    return esc(value).replace(" %", PERCENT)
+
+
+def _completeness(report: OwnerReport) -> str:
+    """What the report is made of, near the top: window, events, what is missing."""
+    facts = completeness_facts(report.completeness, report.candidates)
+    if not facts:
+        return ""
+    rows = "".join(f"<tr><th>{esc(label)}</th><td>{_text(value)}</td></tr>"
+                   for label, value in facts)
+    return f'<table class="facts">{rows}</table>'
 
 
 def _drift(drift: DriftReport) -> str:
@@ -177,53 +220,86 @@ def _summary(candidates: Sequence[OwnerCandidate], baseline: Baseline | None) ->
         return no_data("candidates")
     rows = [[_identity(c), _verdict_badge(c.verdict), _interval(c.agreement),
              _count(c.agreement.n), pct(c.errors.rate), _violation_rate(c.violations),
-             _millis(c.latency.p95), _money(c.cost.per_decision, "", 4)] for c in candidates]
+             _p95(c.latency), _money(c.cost.per_decision, "", 4)] for c in candidates]
     table = _table(["candidate", "verdict", "agreement (95\u00a0% Wilson)", "compared",
                     "error rate", "violation rate", "p95 latency", "cost per decision"], rows,
                    {3, 4, 5, 6, 7})
     return table + f'<p class="meta">Humans agree with each other: {_interval(baseline)}</p>'
 
 
-def _candidate(candidate: OwnerCandidate, baseline: Baseline | None, currency: str) -> str:
+def _candidate(candidate: OwnerCandidate, baseline: Baseline | None, currency: str,
+               csv_href: str | None) -> str:
     name = _identity(candidate)
+    charts_html = _panels([
+        ("Agreement over time",
+         charts.over_time(f"{name}: agreement over time", candidate.over_time)),
+        ("Agreement next to the human baseline",
+         _baseline_chart(name, candidate.agreement, baseline)),
+        ("Agreement per segment", _segments(name, candidate.segments, baseline)),
+        ("Agreement per field", _fields(name, candidate.fields)),
+    ])
     parts = [f'<section class="candidate"><h2>{name}</h2>',
              _verdict(candidate.verdict),
              f"<p>Agreement with human outcomes: <strong>{_interval(candidate.agreement)}"
              f"</strong> over {_count(candidate.agreement.n)} compared"
              " decisions (95\u00a0% Wilson interval).</p>",
-             '<div class="grid">',
-             _chart_block("Agreement over time",
-                          charts.over_time(f"{name}: agreement over time",
-                                           candidate.over_time)),
-             _chart_block("Agreement next to the human baseline",
-                          _baseline_chart(name, candidate.agreement, baseline)),
-             _chart_block("Agreement per segment", _segments(name, candidate.segments)),
-             _chart_block("Agreement per field", _fields(name, candidate.fields)),
-             "</div>",
+             f'<p class="meta">{_text(INTERVALS)}</p>',
+             charts_html,
              _confusion(candidate.confusion),
              _coverage(name, candidate.coverage),
              _latency(name, candidate.latency),
              _errors(candidate.errors),
              _violations(candidate.violations),
              _cost(candidate.cost, currency),
-             _disagreements(candidate.disagreements),
+             _disagreements(candidate, csv_href),
              "</section>"]
     return "".join(parts)
 
 
-def _chart_block(title: str, chart: str) -> str:
-    return f"<div><h3>{esc(title)}</h3>{chart}</div>"
+def _empty(chart: str) -> bool:
+    return chart.startswith('<p class="no-data">')
+
+
+def _panels(blocks: Sequence[tuple[str, str]]) -> str:
+    """Charts side by side; those with nothing to draw collapse into one line."""
+    drawn = "".join(f"<div><h3>{esc(title)}</h3>{chart}</div>"
+                    for title, chart in blocks if not _empty(chart))
+    empty = [title for title, chart in blocks if _empty(chart)]
+    grid = f'<div class="grid">{drawn}</div>' if drawn else ""
+    return grid + (no_data(", ".join(empty)) if empty else "")
+
+
+def _p95(latency: OwnerLatency) -> str:
+    return "n/a" if latency.p95 is None else _millis(latency.p95)
+
+
+_STATUS_CLASS = {"pass": "pass", "fail": "fail", "n/a": "na"}
 
 
 def _verdict(verdict: Verdict) -> str:
     rows = [[esc(c.name),
-             f'<span class="{esc(c.status or "unknown")}">'
-             f'{esc((c.status or "unknown").upper())}</span>',
-             _value(c.value), _value(c.threshold), esc(c.detail or "")]
+             f'<span class="{_STATUS_CLASS.get(c.status, "unknown")}">'
+             f'{esc(c.status if c.status == "n/a" else (c.status or "unknown").upper())}</span>',
+             _figure(c.value, c.unit), _figure(c.threshold, c.unit), _text(c.detail or "")]
             for c in verdict.checks]
     table = (_table(["check", "status", "value", "threshold", "detail"], rows, {2, 3})
              if rows else no_data("checklist"))
     return f'<div class="check">{_verdict_badge(verdict, "verdict")}{table}</div>'
+
+
+def _figure(value: Any, unit: str) -> str:
+    """A check's value or threshold in its unit: shares as percentages, milliseconds."""
+    if value is None:
+        return "–"
+    if unit == "rate":
+        return pct(float(value))
+    if unit == "ms":
+        return milliseconds(float(value))
+    if unit == "percent":
+        return f"{float(value):g}{PERCENT}"
+    if unit == "money":
+        return _money(float(value), "", 4)
+    return _value(value)
 
 
 def _value(value: Any) -> str:
@@ -244,14 +320,31 @@ def _baseline_chart(name: str, agreement: OwnerAgreement, baseline: Baseline | N
     return charts.interval_bars(f"{name}: AI agreement and human-to-human agreement", rows)
 
 
-def _segments(name: str, segments: Sequence[Segment]) -> str:
+def _segments(name: str, segments: Sequence[Segment], baseline: Baseline | None) -> str:
     rows = [Bar(f"{s.field}={s.value} (n={s.compared})", s.rate, s.low, s.high,
                 floor=s.floor, below_floor=s.below_floor) for s in segments]
     chart = charts.interval_bars(f"{name}: agreement per segment with floors", rows)
+    if _empty(chart):
+        return chart
     below = [esc(f"{s.field}={s.value}") for s in segments if s.below_floor]
     if below:
         chart += f'<p class="fail">Below floor: {", ".join(below)}</p>'
-    return chart
+    people = [baseline.segment(s.field, s.value) if baseline else None for s in segments]
+    table = _table(
+        ["segment", "compared", "AI agreement (95\u00a0% Wilson)", "people agree (pairs)",
+         "floor"],
+        [[esc(f"{s.field}={s.value}"), _count(s.compared), _interval_of(s.rate, s.low, s.high),
+          "–" if h is None else f"{pct(h.rate)} ({_count(h.pairs)})", pct(s.floor, 0)]
+         for s, h in zip(segments, people, strict=True)], {1, 2, 3, 4})
+    return chart + table
+
+
+def _interval_of(rate: float | None, low: float | None, high: float | None) -> str:
+    if rate is None:
+        return "no data"
+    if low is None or high is None:
+        return pct(rate)
+    return f"{pct(rate)} [{pct(low)}, {pct(high)}]"
 
 
 def _fields(name: str, fields: Sequence[FieldRate]) -> str:
@@ -262,7 +355,7 @@ def _fields(name: str, fields: Sequence[FieldRate]) -> str:
 def _confusion(confusion: Confusion | None) -> str:
     title = "<h3>Confusion matrix (rows: human label, columns: AI label)</h3>"
     if confusion is None or not confusion.labels:
-        return title + no_data("confusion matrix")
+        return no_data("Confusion matrix")
     labels, matrix = confusion.labels, confusion.matrix
     top = max((max(row, default=0) for row in matrix), default=0) or 1
     head = "".join(f"<th>{esc(label)}</th>" for label in labels)
@@ -279,7 +372,7 @@ def _confusion(confusion: Confusion | None) -> str:
 def _coverage(name: str, coverage: Sequence[CoveragePoint] | None) -> str:
     title = "<h3>Coverage against agreement by confidence threshold</h3>"
     if not coverage:
-        return title + no_data("coverage")
+        return no_data("Coverage by confidence (the candidate reports no confidence)")
     chart = charts.coverage_curve(f"{name}: coverage and agreement by threshold", coverage)
     rows = [[_value(r.threshold), pct(r.coverage), pct(r.agreement), _count(r.n)]
             for r in coverage]
@@ -289,6 +382,8 @@ def _coverage(name: str, coverage: Sequence[CoveragePoint] | None) -> str:
 
 def _latency(name: str, latency: OwnerLatency) -> str:
     title = "<h3>Latency</h3>"
+    if latency.p50 is None and not latency.histogram:
+        return '<p class="no-data">Latency: n/a, no successful call was timed</p>'
     figures = " · ".join(f"{key} <strong>{_millis(value)}</strong>"
                          for key, value in (("p50", latency.p50), ("p95", latency.p95),
                                             ("p99", latency.p99)))
@@ -299,6 +394,8 @@ def _latency(name: str, latency: OwnerLatency) -> str:
 def _errors(errors: Errors) -> str:
     title = "<h3>Errors</h3>"
     line = f"<p>Error rate {pct(errors.rate, 2)} ({_count(errors.count)} errors)</p>"
+    if not errors.count:
+        return '<p class="no-data">Errors: none</p>'
     rows = [[esc(k.kind), _count(k.count), f"<pre>{esc(k.example)}</pre>"]
             for k in errors.kinds]
     table = _table(["kind", "count", "example"], rows, {1}) if rows else no_data("error kinds")
@@ -320,7 +417,7 @@ def _violations(violations: Violations) -> str:
     if _unconfigured(violations):
         return title + "<p>No hard-constraint checks are configured for this candidate.</p>"
     if not violations.checked:
-        return title + no_data("checked outputs")
+        return no_data("Hard-constraint violations")
     checked, violating = violations.checked, violations.violating
     budget, rate = violations.threshold, violations.rate
     line = (f"<p><strong>{pct(rate, 2)}</strong> of checked outputs violated "
@@ -365,9 +462,21 @@ def _cost(cost: CostProjection, currency: str) -> str:
 def _pretty(value: Any) -> str:
     if value is None:
         return "–"
-    text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True,
-                                                              ensure_ascii=False, default=str)
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, ensure_ascii=False,
+                                                              default=str)
     return f"<pre>{esc(text)}</pre>"
+
+
+def _fields_list(value: Any) -> str:
+    """An object as its fields, in their order, one name over its value; text keeps its line
+    breaks (``white-space: pre-wrap``), nested values read as indented JSON."""
+    if value is None:
+        return "–"
+    if not isinstance(value, dict):
+        return f'<div class="text">{esc(_scalar(value))}</div>'
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(_scalar(v, indent=2))}</dd>"
+                    for k, v in value.items())
+    return f'<dl class="payload">{items}</dl>'
 
 
 def _segment(segment: Any) -> str:
@@ -381,25 +490,37 @@ def _segment(segment: Any) -> str:
     return _pretty(segment)
 
 
-def _scalar(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+def _scalar(value: Any, indent: int | None = None) -> str:
+    return value if isinstance(value, str) else json.dumps(value, indent=indent,
+                                                           ensure_ascii=False, default=str)
 
 
-def _disagreements(rows: Sequence[Disagreement]) -> str:
-    title = "<h3>Top disagreements</h3>"
+def _disagreements(candidate: OwnerCandidate, csv_href: str | None) -> str:
+    """The most recent disagreements, each with its times labelled and the payload's fields
+    that matter first; the count of all of them and where to read every one."""
+    title = "<h3>Disagreements</h3>"
+    rows = candidate.disagreements
     if not rows:
-        return title + no_data("disagreements")
-    cells = [[f"{esc(r.event_id)}<br><span class=\"muted\">key {esc(r.key)}"
-              f"<br>{esc(r.decided_at or '')}</span>",
-              _segment(r.segment), _pretty(r.payload),
-              _pretty(r.output), _pretty(r.outcome)] for r in rows]
-    headers = ["event", "segment", "payload", "AI output", "human outcome"]
+        return no_data("Disagreements")
+    total = candidate.agreement.n - candidate.agreement.agreed
+    shown = (f"The {_count(len(rows))} most recent of {_count(total)} disagreements"
+             if total > len(rows) else f"All {_count(len(rows))} disagreements")
+    link = (f' Every one of them, redacted alike: <a href="{esc(csv_href)}">{esc(csv_href)}</a>'
+            " (CSV)." if csv_href else "")
+    intro = (f'<p class="meta">{shown}, newest event first. The payload\'s fields that '
+             f"matter are shown first; redacted fields read [redacted].{link}</p>")
+    cells = [[f"{esc(r.event_id)}<br><span class=\"muted\">case {esc(r.key)}<br>"
+              f"event time {esc(moment(r.occurred_at))}<br>"
+              f"decided {esc(moment(r.decided_at))}</span>",
+              _segment(r.segment), _fields_list(r.payload),
+              _fields_list(r.output), _fields_list(r.outcome)] for r in rows]
+    headers = ["case and times", "segment", "payload", "AI output", "human outcome"]
     if any(r.note for r in rows):
         # A score or a judge's reason says why the two were found to differ.
         headers.append("comparator's note")
         for row, r in zip(cells, rows, strict=True):
-            row.append(esc(r.note or ""))
-    return title + _table(headers, cells, set())
+            row.append(f'<div class="text">{esc(r.note or "")}</div>')
+    return title + intro + _table(headers, cells, set())
 
 
 def _baseline_table(baseline: Baseline | None) -> str:

@@ -33,6 +33,9 @@ class OwnerOptions:
     redact: tuple[str, ...] = ()
     """Dotted paths relative to the payload, e.g. ``requester.email``."""
     top_disagreements: int = 20
+    disagreement_fields: tuple[str, ...] = ()
+    """Dotted payload paths shown first in a disagreement, in this order; when empty, the
+    payload's short text fields come first. The rest follows in the payload's own order."""
     max_violation_rate: float | None = None
     """Share of checked predictions allowed to violate a hard constraint; no verdict line
     when unset."""
@@ -68,5 +71,6 @@ class OwnerOptions:
     def as_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "now"}
         out["redact"] = list(self.redact)
+        out["disagreement_fields"] = list(self.disagreement_fields)
         out["checked"] = None if self.checked is None else sorted(self.checked)
         return out

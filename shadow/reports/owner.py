@@ -48,6 +48,7 @@ Definitions a reader of the numbers needs:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from shadow.core.fixed_sample import wilson
@@ -55,6 +56,7 @@ from shadow.reports.options import OwnerOptions
 from shadow.reports.owner_model import (
     Check,
     CheckKind,
+    Completeness,
     CostProjection,
     ErrorKind,
     Errors,
@@ -71,6 +73,7 @@ from shadow.reports.owner_model import (
 )
 from shadow.reports.owner_queries import OwnerQueries
 from shadow.reports.queries import Compared, Key, Totals
+from shadow.reports.verdict import NA, headline, limit, percent
 from shadow.store.database import Store
 
 DAYS_PER_MONTH = 30
@@ -104,6 +107,7 @@ def owner_report(store: Store, options: OwnerOptions | None = None, *,
             timeline=q.timeline(latest.rollout) if latest else (),
             labels=q.label_delays(latest.rollout) if latest else None,
             withdrawn=q.withdrawn()),
+        completeness=_completeness(q),
     )
 
 
@@ -118,7 +122,9 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
     compared, agreed = counted.compared, counted.agreed
     agreement = OwnerAgreement(*wilson(agreed, compared), n=compared, agreed=agreed)
     segments = _segments(q, options, key)
-    latency = OwnerLatency(totals.p50, totals.p95, totals.p99, q.histogram.get(key, ()))
+    # A candidate whose every call failed was never timed doing its work: no latency.
+    latency = (OwnerLatency(None, None, None, ()) if totals.errors == totals.predictions else
+               OwnerLatency(totals.p50, totals.p95, totals.p99, q.histogram.get(key, ())))
     errors = Errors(rate=totals.errors / totals.predictions, count=totals.errors,
                     kinds=tuple(ErrorKind(k.kind, k.count, k.example)
                                 for k in q.error_kinds.get(key, [])))
@@ -127,7 +133,8 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
     checks = _checks(options, agreement, errors, latency, cost, segments, state)
     if options.max_violation_rate is not None:
         checks.insert(3, _violation_check(violations, options.max_violation_rate))
-    return OwnerCandidate(
+    status = _status(checks, errors, totals.predictions, options.min_compared)
+    candidate = OwnerCandidate(
         name=key[0], version=key[1],
         agreement=agreement,
         over_time=tuple(q.over_time.get(key, [])),
@@ -142,17 +149,20 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
         cost=cost,
         disagreements=tuple(q.disagreements.get(key, [])),
         predictions=totals.predictions,
-        verdict=Verdict(_status(checks), tuple(checks)),
+        verdict=Verdict(status, tuple(checks)),
+        pending=totals.predictions - totals.errors - totals.abstained - compared,
     )
+    line, next_step = headline(candidate)
+    return replace(candidate, verdict=replace(candidate.verdict, line=line, next_step=next_step))
 
 
 # -- the verdict -------------------------------------------------------------
 
 
 def _check(name: str, ok: bool | None, value: float | None, threshold: float | None,
-           detail: str) -> Check:
-    status = "unknown" if ok is None else "pass" if ok else "fail"
-    return Check(name, status, value, threshold, detail)
+           detail: str, unit: str = "") -> Check:
+    status = NA if ok is None else "pass" if ok else "fail"
+    return Check(name, status, value, threshold, detail, unit)
 
 
 def _checks(options: OwnerOptions, agreement: OwnerAgreement, errors: Errors,
@@ -160,23 +170,30 @@ def _checks(options: OwnerOptions, agreement: OwnerAgreement, errors: Errors,
             state: RolloutState | None) -> list[Check]:
     n, low = agreement.n, agreement.low
     p95, budget = latency.p95, options.max_p95_latency_ms
-    below = [s for s in segments if s.below_floor]
+    least = options.segment_min_samples
+    judged = [s for s in segments if s.compared >= least]
+    below = [s for s in judged if s.below_floor]
     return [
         _check("sample size", n >= options.min_compared, n, options.min_compared,
-               f"{n:,} compared with an outcome, {options.min_compared:,} needed"),
+               f"{n:,} compared with an outcome, {options.min_compared:,} needed", "count"),
         _check("agreement", None if low is None else low >= options.threshold,
                agreement.rate, options.threshold,
                "nothing compared yet" if low is None else
-               f"95 % Wilson lower bound {low:.4f} against {options.threshold}"),
+               f"Wilson 95 % lower bound {percent(low)} against {limit(options.threshold)}",
+               "rate"),
         _check("error rate", errors.rate <= options.max_error_rate, errors.rate,
-               options.max_error_rate, f"{errors.count:,} errors"),
-        _check("p95 latency", True if budget is None else None if p95 is None else p95 <= budget,
-               p95, budget, "no budget" if budget is None else f"budget {budget:,} ms"),
-        _check("cost per decision", True, cost.per_decision, None,
-               "informational" if cost.per_decision is not None else "no cost reported"),
-        _check("segments below floor", not below, len(below), options.floor,
+               options.max_error_rate, f"{errors.count:,} errors", "rate"),
+        _check("p95 latency", None if budget is None or p95 is None else p95 <= budget,
+               p95, budget,
+               "no budget set" if budget is None else
+               "no successful call was timed" if p95 is None else f"budget {budget:,} ms", "ms"),
+        _check("cost per decision", None, cost.per_decision, None,
+               "no cost reported" if cost.per_decision is None else
+               "informational: no budget", "money"),
+        _check("segments below floor", not below if judged else None, len(below), options.floor,
                ", ".join(f"{s.field}={s.value}" for s in below) or
-               f"segments with at least {options.segment_min_samples:,} comparisons"),
+               (f"{len(judged):,} segments with at least {least:,} comparisons" if judged else
+                f"no segment has {least:,} comparisons yet"), "count"),
         _rollout_check(state),
     ]
 
@@ -184,31 +201,49 @@ def _checks(options: OwnerOptions, agreement: OwnerAgreement, errors: Errors,
 def _violation_check(violations: Violations, budget: float) -> Check:
     checked, violating, rate = violations.checked, violations.violating, violations.rate
     if rate is None:
-        return _check("violation rate", None, None, budget, "no checked predictions yet")
+        return _check("violation rate", None, None, budget, "no checked predictions yet",
+                      "rate")
     kinds = ", ".join(f"{k.check} {k.predictions:,}" for k in violations.kinds[:3])
     return _check("violation rate", rate <= budget, rate, budget,
                   f"{violating:,} of {checked:,} checked outputs ({rate:.2%}) violated a hard "
-                  f"constraint, budget {budget:.2%}" + (f"; most: {kinds}" if kinds else ""))
+                  f"constraint, budget {budget:.2%}" + (f"; most: {kinds}" if kinds else ""),
+                  "rate")
 
 
 def _rollout_check(state: RolloutState | None) -> Check:
     if state is None:
-        return _check("rollout state", None, None, None, "no rollout")
+        return _check("rollout state", None, None, None, "no rollout configured")
     return _check("rollout state", state.status not in ("rolled_back", "aborted"),
                   state.percent, None,
-                  f"{state.rollout}: {state.status} at step {state.step} ({state.percent:g} %)")
+                  f"{state.rollout}: {state.status} at step {state.step} ({state.percent:g} %)",
+                  "percent")
 
 
-def _status(checks: list[Check]) -> str:
+def _status(checks: list[Check], errors: Errors, predictions: int, min_compared: int) -> str:
+    """Too few comparisons is "not enough data", unless the error rate already decides: a
+    candidate whose every prediction failed, or that failed over budget on at least
+    ``min_compared`` predictions, is not ready however few were compared."""
     by_name = {c.name: c.status for c in checks}
     if by_name["sample size"] != "pass":
-        return "not_enough_data"
-    if "fail" in by_name.values() or by_name["agreement"] == "unknown":
+        decided = by_name["error rate"] == "fail" and (
+            errors.count == predictions or predictions >= min_compared)
+        return "not_ready" if decided else "not_enough_data"
+    if "fail" in by_name.values() or by_name["agreement"] == NA:
         return "not_ready"
     return "ready"
 
 
 # -- shaping -----------------------------------------------------------------
+
+
+def _completeness(q: OwnerQueries) -> Completeness:
+    counts, (first, last) = q.counts, q.window
+    return Completeness(
+        first_event=None if first is None else first.isoformat(),
+        last_event=None if last is None else last.isoformat(),
+        events=counts.events, duplicates=counts.duplicates,
+        dead_letters=counts.event_dead_letters, outcomes=counts.outcomes,
+        outcome_dead_letters=counts.outcome_dead_letters)
 
 
 def _segments(q: OwnerQueries, options: OwnerOptions, key: Key) -> tuple[Segment, ...]:

@@ -160,6 +160,9 @@ class CostProjection:
 
 @dataclass(frozen=True, slots=True)
 class Disagreement:
+    """One prediction that disagreed with its case's outcome; ``payload`` is redacted and
+    its fields are in the order to show them (``OwnerOptions.disagreement_fields`` first)."""
+
     event_id: str
     key: str
     segment: Any
@@ -167,17 +170,24 @@ class Disagreement:
     output: Any
     outcome: Any
     decided_at: str
+    """When the person decided (ISO-8601)."""
     note: str | None
+    occurred_at: str | None = None
+    """When the event happened (ISO-8601)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
     status: str
-    """``pass``, ``fail`` or ``unknown``."""
+    """``pass``, ``fail`` or ``n/a``: a check that had nothing to check (no budget set, no
+    data yet, no rollout) is ``n/a`` and never counts as a pass."""
     value: Number | None
     threshold: Number | None
     detail: str
+    unit: str = ""
+    """How ``value`` and ``threshold`` read: ``rate`` (a share), ``count``, ``ms``, ``money``,
+    ``percent`` (traffic, already in per cent) or ``""``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,11 @@ class Verdict:
     status: str
     """``ready``, ``not_ready`` or ``not_enough_data``."""
     checks: tuple[Check, ...]
+    line: str = ""
+    """The verdict and why, in one line (``shadow.reports.verdict.headline``), e.g.
+    ``NOT READY: language=de 52.4 % < floor 70 % (n=924); everything else passes``."""
+    next_step: str = ""
+    """What to do next, one sentence."""
 
     def check(self, name: str) -> Check | None:
         return next((c for c in self.checks if c.name == name), None)
@@ -208,6 +223,21 @@ class OwnerCandidate:
     disagreements: tuple[Disagreement, ...]
     predictions: int
     verdict: Verdict
+    pending: int = 0
+    """Predictions acted on (not errored, not abstained) whose case has no outcome yet."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentBaseline:
+    """The human baseline of the cases of one segment value (the segments of their events)."""
+
+    field: str
+    value: str
+    pairs: int
+    agreed: int
+    rate: float | None
+    low: float | None
+    high: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +250,25 @@ class Baseline:
     rate: float | None
     low: float | None
     high: float | None
+    segments: tuple[SegmentBaseline, ...] = ()
+
+    def segment(self, field: str, value: str) -> SegmentBaseline | None:
+        return next((s for s in self.segments if s.field == field and s.value == value), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Completeness:
+    """What the report is made of: the events' time span and what did not make it in."""
+
+    first_event: str | None
+    """The earliest ``occurred_at`` of a stored event (ISO-8601); ``None`` when none."""
+    last_event: str | None
+    events: int
+    duplicates: int
+    dead_letters: int
+    """Event records that could not be read, kept with the reason."""
+    outcomes: int
+    outcome_dead_letters: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +339,7 @@ class OwnerReport:
     candidates: tuple[OwnerCandidate, ...]
     human_baseline: Baseline | None
     rollout: RolloutSection
+    completeness: Completeness | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report's JSON, as plain values."""

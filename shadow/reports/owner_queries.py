@@ -10,6 +10,7 @@ assembles into the report and its verdict.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -30,6 +31,7 @@ from shadow.reports.owner_model import (
     Disagreement,
     LabelDelays,
     RolloutState,
+    SegmentBaseline,
     TimelineEntry,
     VerdictDelay,
     ViolationExample,
@@ -154,28 +156,47 @@ class OwnerQueries(Queries):
 
     @cached_property
     def disagreements(self) -> dict[Key, list[Disagreement]]:
-        rows = self._rows(
+        """The most recent disagreements of each candidate, by event time, newest first."""
+        out: dict[Key, list[Disagreement]] = defaultdict(list)
+        for key, row in self.disagreement_rows(self.options.top_disagreements):
+            out[key].append(row)
+        return out
+
+    def disagreement_rows(self, limit: int | None = None) -> Iterator[tuple[Key, Disagreement]]:
+        """Every disagreement (at most ``limit`` per candidate), by candidate, then by event
+        time, newest first; payloads redacted, and a private value echoed in the output,
+        the outcome or the note redacted there too."""
+        ranked = ("QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
+                  "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
+                  if limit is not None else "")
+        cursor = self.store.db.cursor()
+        cursor.execute(
             "SELECT c.candidate, c.version, e.event_id, e.key, e.segment, e.payload, p.output, "  # noqa: S608 - our join condition
-            "  o.outcome, c.outcome_decided_at, c.note "
+            "  o.outcome, c.outcome_decided_at, c.note, e.occurred_at "
             "FROM comparisons c JOIN events e USING (event_id) "
             f"JOIN predictions p ON {_SAME_PREDICTION} "
             "LEFT JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
-            "WHERE NOT c.agree "
-            "QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
-            "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
-            "ORDER BY e.occurred_at DESC, e.event_id DESC", [self.options.top_disagreements])
-        out: dict[Key, list[Disagreement]] = defaultdict(list)
-        paths = self.options.redact
-        for c, v, event_id, key, segment, payload, output, outcome, decided_at, note in rows:
-            loaded = _loads(payload)
-            # One pass, so the payload's private values are looked up once per row.
-            shown_output, shown_outcome, shown_note = redact_within(
-                [_loads(output), _loads(outcome), note], loaded, paths)
-            out[(c, v)].append(Disagreement(
-                event_id=event_id, key=key, segment=_loads(segment),
-                payload=redact(loaded, paths), output=shown_output, outcome=shown_outcome,
-                decided_at=decided_at.isoformat(), note=shown_note))
-        return out
+            f"WHERE NOT c.agree {ranked}"
+            "ORDER BY c.candidate, c.version NULLS FIRST, e.occurred_at DESC, e.event_id DESC",
+            [] if limit is None else [limit])
+        paths, first = self.options.redact, self.options.disagreement_fields
+        # The compared field of an output or outcome (the comparator's path) comes first.
+        compared_output = _paths(self.options.prediction_label)
+        compared_outcome = _paths(self.options.outcome_label)
+        while batch := cursor.fetchmany(1000):
+            for (c, v, event_id, key, segment, payload, output, outcome, decided_at, note,
+                 occurred_at) in batch:
+                loaded = _loads(payload)
+                # One pass, so the payload's private values are looked up once per row.
+                shown_output, shown_outcome, shown_note = redact_within(
+                    [_loads(output), _loads(outcome), note], loaded, paths)
+                yield (c, v), Disagreement(
+                    event_id=event_id, key=key, segment=_loads(segment),
+                    payload=ordered(redact(loaded, paths), first),
+                    output=ordered(shown_output, compared_output),
+                    outcome=ordered(shown_outcome, compared_outcome),
+                    decided_at=decided_at.isoformat(), note=shown_note,
+                    occurred_at=occurred_at.isoformat())
 
     @cached_property
     def violation_counts(self) -> dict[Key, tuple[int, int]]:
@@ -228,7 +249,25 @@ class OwnerQueries(Queries):
             "FROM known WHERE previous_actor IS NOT NULL AND previous_actor <> actor")
         if not keys:
             return None
-        return Baseline(keys, pairs, agreed, *wilson(agreed, pairs))
+        return Baseline(keys, pairs, agreed, *wilson(agreed, pairs),
+                        segments=self._baseline_segments())
+
+    def _baseline_segments(self) -> tuple[SegmentBaseline, ...]:
+        """The same pairs by the segments of their case's events."""
+        rows = self._rows(
+            "WITH known AS (SELECT key, actor, CAST(outcome AS VARCHAR) AS outcome, "
+            "    lag(actor) OVER w AS previous_actor, "
+            "    lag(CAST(outcome AS VARCHAR)) OVER w AS previous "
+            "  FROM outcomes WHERE actor IS NOT NULL "
+            "  WINDOW w AS (PARTITION BY key ORDER BY decided_at)), "
+            "pairs AS (SELECT key, outcome IS NOT DISTINCT FROM previous AS agree FROM known "
+            "  WHERE previous_actor IS NOT NULL AND previous_actor <> actor), "
+            "cases AS (SELECT DISTINCT e.key, s.field, s.value "
+            "  FROM events e JOIN event_segments s USING (event_id)) "
+            "SELECT s.field, s.value, count(*), count(*) FILTER (WHERE p.agree) "
+            "FROM pairs p JOIN cases s USING (key) GROUP BY ALL ORDER BY ALL")
+        return tuple(SegmentBaseline(f, v, n, agreed, *wilson(agreed, n))
+                     for f, v, n, agreed in rows)
 
     @cached_property
     def rollout_states(self) -> dict[Key, RolloutState]:
@@ -270,6 +309,29 @@ class OwnerQueries(Queries):
             "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
             "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
         return tuple(TimelineEntry(at.isoformat(), *rest) for at, *rest in rows)
+
+
+SHORT_TEXT = 120
+"""Text fields up to this long, on one line, come first in a payload when no
+``disagreement_fields`` are configured: subjects, names, categories."""
+
+
+def ordered(payload: Any, first: Sequence[str] = ()) -> Any:
+    """``payload`` with the fields that matter first: those of the dotted paths ``first``
+    (by their top-level field, in that order), else the short text fields; then the rest in
+    the payload's own order. Anything but an object is returned as it is."""
+    if not isinstance(payload, dict):
+        return payload
+    if first:
+        leading = [k for k in dict.fromkeys(p.split(".", 1)[0] for p in first) if k in payload]
+    else:
+        leading = [k for k, v in payload.items()
+                   if isinstance(v, str) and len(v) <= SHORT_TEXT and "\n" not in v]
+    return {**{k: payload[k] for k in leading}, **payload}
+
+
+def _paths(path: str | None) -> tuple[str, ...]:
+    return () if path is None else (path,)
 
 
 def _iso(at: datetime | None) -> str | None:

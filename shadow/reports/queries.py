@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
@@ -138,6 +139,12 @@ class Queries:
                            event_dead_letters=dead.get("event", 0),
                            outcome_dead_letters=dead.get("outcome", 0),
                            outcomes=outcomes, outcome_keys=keys)
+
+    @cached_property
+    def window(self) -> tuple[datetime | None, datetime | None]:
+        """The first and last ``occurred_at`` of the stored events."""
+        ((first, last),) = self._rows("SELECT min(occurred_at), max(occurred_at) FROM events")
+        return first, last
 
     @cached_property
     def totals(self) -> dict[Key, Totals]:

@@ -13,13 +13,16 @@ from rich.table import Table
 from shadow.reports.charts import milliseconds
 from shadow.reports.drift import DriftReport
 from shadow.reports.owner_model import (
+    Baseline,
     Check,
     OwnerAgreement,
     OwnerCandidate,
     OwnerReport,
+    Segment,
     Violations,
 )
 from shadow.reports.queries import DeadLetterRow
+from shadow.reports.readable import INTERVALS, completeness_facts
 from shadow.reports.summary import (
     Agreement,
     CandidateSummary,
@@ -28,16 +31,13 @@ from shadow.reports.summary import (
     FieldAgreement,
     SegmentAgreement,
 )
+from shadow.reports.verdict import LABELS, NA, Headline, percent
 
 
 def to_json(values: dict[str, Any]) -> str:
     """Plain values (a report's ``as_dict()``) as indented JSON text."""
     text: str = orjson.dumps(values, option=orjson.OPT_INDENT_2).decode()
     return text + "\n"
-
-
-def percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f} %"
 
 
 def interval(agreement: Agreement | OwnerAgreement) -> str:
@@ -79,11 +79,17 @@ def _facts(candidate: CandidateSummary) -> list[tuple[str, str]]:
     ]
 
 
-def to_table(report: CoreReport, *, width: int | None = None, color: bool = False) -> str:
-    """The report for a terminal: one block per candidate, then the input counts."""
+def to_table(report: CoreReport, *, width: int | None = None, color: bool = False,
+             verdicts: Sequence[Headline] = ()) -> str:
+    """The report for a terminal: the verdict lines (``verdicts``, from the owner report)
+    first, then one block per candidate, then the input counts."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width or 100, no_color=not color,
                       force_terminal=color, highlight=False)
+    for headline in verdicts:
+        _print_verdict(console, headline, several=len(verdicts) > 1)
+    if verdicts:
+        console.print()
     for candidate in report.candidates:
         summary = Table(title=_identity(candidate), show_header=False, title_justify="left")
         summary.add_column(style="bold")
@@ -101,6 +107,19 @@ def to_table(report: CoreReport, *, width: int | None = None, color: bool = Fals
         console.print("no predictions in this store yet")
     console.print(_inputs_line(report))
     return buffer.getvalue()
+
+
+_STYLE = {"ready": "bold green", "not_ready": "bold red", "not_enough_data": "bold yellow"}
+
+
+def _print_verdict(console: Console, headline: Headline, *, several: bool) -> None:
+    """The line unwrapped, so that it reads (and greps) as one line."""
+    version = f" (version {headline.version})" if headline.version else ""
+    who = f"{headline.name}{version}: " if several else ""
+    console.print(who + headline.line, style=_STYLE.get(headline.status), markup=False,
+                  soft_wrap=True)
+    if headline.next_step:
+        console.print(headline.next_step, markup=False, soft_wrap=True)
 
 
 def _print_breakdown(
@@ -145,8 +164,8 @@ def dead_letters_table(rows: Sequence[DeadLetterRow], *, width: int = 120) -> st
     return buffer.getvalue()
 
 
-_VERDICT = {"ready": "READY", "not_ready": "NOT READY", "not_enough_data": "NOT ENOUGH DATA"}
-_MARK = {"pass": "✓", "fail": "✗", "unknown": "?"}
+_VERDICT = LABELS
+_MARK = {"pass": "✓", "fail": "✗", NA: NA}
 
 
 def _money(value: float | None) -> str:
@@ -154,7 +173,7 @@ def _money(value: float | None) -> str:
 
 
 def _owner_check(check: Check) -> str:
-    return f"- {_MARK[check.status]} **{check.name}**: {check.detail}"
+    return f"- {_MARK.get(check.status, '?')} **{check.name}**: {check.detail}"
 
 
 def _violations_line(violations: Violations) -> str:
@@ -164,6 +183,7 @@ def _violations_line(violations: Violations) -> str:
     if not violations.checked or violations.rate is None:
         return "Hard constraints: no checked outputs."
     checked, violating = violations.checked, violations.violating
+    # Two decimals: violation rates are small, and the HTML shows them so too.
     line = (f"Hard constraints: {100 * violations.rate:.2f} % of checked outputs violated one "
             f"({violating:,} of {checked:,})")
     if violations.threshold is not None:
@@ -173,18 +193,43 @@ def _violations_line(violations: Violations) -> str:
     return line + (f": {kinds}." if kinds else ".")
 
 
+def _segment_text(segment: Segment, baseline: Baseline | None) -> str:
+    people = baseline.segment(segment.field, segment.value) if baseline else None
+    text = f"{segment.field}={segment.value} {percent(segment.rate)} (n={segment.compared:,})"
+    if people is not None:
+        text += f", people {percent(people.rate)} (pairs={people.pairs:,})"
+    return text
+
+
 def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str:
-    """The owner's verdict, checklist and key numbers per candidate, for a ticket or chat."""
+    """The owner's verdict line and next step first, what the data covers, then the
+    checklist and key numbers per candidate, for a ticket or chat."""
     lines = ["# Readiness report", ""]
+    several = len(report.candidates) > 1
+    for candidate in report.candidates:
+        who = f"{_identity(candidate)}: " if several else ""
+        # Two trailing spaces: a line break inside the paragraph.
+        lines.append(f"**{who}{candidate.verdict.line}**  ")
+        if candidate.verdict.next_step:
+            lines.append(candidate.verdict.next_step + "  ")
+    facts = completeness_facts(report.completeness, report.candidates)
+    if report.candidates or facts:
+        lines.append("")
+    if facts:
+        lines += ["; ".join(f"{label.capitalize() if i == 0 else label}: {value}"
+                            for i, (label, value) in enumerate(facts)) + ".", ""]
+    baseline = report.human_baseline
     for candidate in report.candidates:
         verdict, agreement = candidate.verdict, candidate.agreement
         cost, errors = candidate.cost, candidate.errors
         lines += [f"## {_identity(candidate)}: {_VERDICT[verdict.status]}", ""]
         lines += [_owner_check(check) for check in verdict.checks]
+        latency = ("no successful call was timed" if candidate.latency.p95 is None
+                   else millis(candidate.latency.p95))
         lines += [
             "",
             f"Agreement {interval(agreement)} (95 % Wilson, n={agreement.n:,}); "
-            f"errors {percent(errors.rate)}; p95 {millis(candidate.latency.p95)}; "
+            f"errors {percent(errors.rate)}; p95 {latency}; "
             f"cost/decision {_money(cost.per_decision)}; "
             f"per month {_money(cost.per_month_current)} now, "
             f"{_money(cost.per_month_10x)} at 10x, {_money(cost.per_month_full)} at full.",
@@ -192,10 +237,10 @@ def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str
         lines.append(_violations_line(candidate.violations))
         below = [s for s in candidate.segments if s.below_floor]
         if below:
-            lines.append("Below floor: " + ", ".join(
-                f"{s.field}={s.value} {percent(s.rate)} (n={s.compared:,})" for s in below))
+            lines.append("Below floor: " + ", ".join(_segment_text(s, baseline) for s in below))
         lines.append("")
-    baseline = report.human_baseline
+    if report.candidates:
+        lines += [INTERVALS, ""]
     if baseline is not None:
         lines += [f"People agree with each other {percent(baseline.rate)} of the time "
                   f"({baseline.pairs:,} pairs over {baseline.keys:,} cases).", ""]

@@ -6,7 +6,7 @@ The JSON shape is a contract that later sections extend but never break::
     {"candidates": [{"name", "version", "events", "predictions", "errors",
                      "compared", "pending",
                      "agreement": {"rate", "low", "high", "method": "wilson"},
-                     "latency_ms": {"p50", "p95", "p99"},
+                     "latency_ms": {"p50", "p95", "p99"},  # null when every call failed
                      "segments": [{"field", "value", "compared", "agreement"}]}],
      "events_read": int, "duplicates": int, "dead_letters": int}
 
@@ -205,7 +205,9 @@ def _candidate(q: Queries, key: Key, t: Totals, events: int) -> CandidateSummary
         violation_kinds=tuple(ViolationKind(k.kind, k.count, k.example)
                               for k in q.violation_texts.get(key, [])),
         agreement=Agreement.of(compared.agreed, compared.compared),
-        latency_ms=Latency(t.p50, t.p95, t.p99),
+        # Every call failed: nothing was timed doing its work.
+        latency_ms=(Latency(None, None, None) if failed == predictions
+                    else Latency(t.p50, t.p95, t.p99)),
         tokens=Tokens(t.prompt_tokens, t.completion_tokens),
         cost=Cost(t.cost, t.cost / predictions if t.cost is not None else None),
         segments=tuple(SegmentAgreement(s.field, s.value, s.compared,

@@ -324,9 +324,25 @@ def test_a_flat_segment_reads_as_name_value_lines_and_a_nested_one_as_json() -> 
             in shown({"region": {"country": "us"}}))
 
 
-def test_payload_is_pretty_json_in_pre() -> None:
-    document = render(sample_report())
-    assert '<pre>{\n  &quot;email&quot;: &quot;[redacted]&quot;,' in document
+def test_payload_reads_as_its_fields_in_their_order_with_line_breaks_kept() -> None:
+    # Was: the payload as JSON with sorted keys, its text's line breaks as literal \n.
+    report = sample_report()
+    first = report.candidates[0]
+    (row,) = first.disagreements
+    payload = {"subject": "Refund <now>", "body": "line one\nline two", "meta": {"b": 1, "a": 2}}
+    document = render(with_candidate(
+        report, replace(first, disagreements=(replace(row, payload=payload),))))
+    assert ('<dl class="payload"><dt>subject</dt><dd>Refund &lt;now&gt;</dd>'
+            "<dt>body</dt><dd>line one\nline two</dd>"
+            "<dt>meta</dt><dd>{\n  &quot;b&quot;: 1,\n  &quot;a&quot;: 2\n}</dd></dl>") in document
+    assert re.search(r"\.payload dd \{[^}]*white-space: pre-wrap", document)
+
+
+def test_disagreements_say_their_order_and_label_both_times() -> None:
+    text = re.sub(r"\s+", " ", parse(render(sample_report())).all_text)
+    assert "The 1 most recent of 155 disagreements, newest event first." in text
+    assert "event time – " in text  # the sample row does not say when its event happened
+    assert "decided 2024-06-03 10:00 UTC" in text
 
 
 def test_no_external_references() -> None:

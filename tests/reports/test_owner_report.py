@@ -214,7 +214,7 @@ def a_agreed(i: int) -> bool:
 def test_contract_keys(store: Store) -> None:
     report = build_owner_report(store, ready_options())
     assert {"generated_at", "store", "options", "candidates", "human_baseline",
-            "rollout"} == report.keys()
+            "rollout", "completeness"} == report.keys()
     for c in report["candidates"]:
         assert {"name", "version", "verdict", "agreement", "over_time", "segments", "confusion",
                 "fields", "coverage", "latency", "errors", "cost", "disagreements"} <= c.keys()
@@ -474,9 +474,16 @@ def test_human_baseline_pairs_consecutive_outcomes_of_different_people(store: St
     report = build_owner_report(store, ready_options())
     agreed = sum(bob_outcome(i) == truth(i) for i in range(BASELINE_KEYS))
     rate, low, high = wilson(agreed, BASELINE_KEYS)
+    segments = []
+    for name in ("chat", "email"):
+        keys = [i for i in range(BASELINE_KEYS) if channel(i) == name]
+        same = sum(bob_outcome(i) == truth(i) for i in keys)
+        r, lo, hi = wilson(same, len(keys))
+        segments.append({"field": "channel", "value": name, "pairs": len(keys), "agreed": same,
+                         "rate": r, "low": lo, "high": hi})
     assert report["human_baseline"] == approx({
         "keys": BASELINE_KEYS, "pairs": BASELINE_KEYS, "agreed": agreed, "rate": rate,
-        "low": low, "high": high})
+        "low": low, "high": high, "segments": segments})
 
 
 def test_rollout_state_and_timeline(store: Store) -> None:
@@ -487,7 +494,8 @@ def test_rollout_state_and_timeline(store: Store) -> None:
         ("promote", "ops", "oncall", "gates held", "progressing"),
         ("rollback", "controller", None, "agreement fell", "rolled_back")]
     assert check(report, "rules", "rollout state")["status"] == "fail"
-    assert check(report, "triage", "rollout state")["status"] == "unknown"
+    # Was "unknown" (orange): with no rollout there is nothing to check, so n/a.
+    assert check(report, "triage", "rollout state")["status"] == "n/a"
 
 
 # -- the verdict at each boundary -------------------------------------------------
@@ -502,10 +510,11 @@ def verdict(store: Store, **changes: Any) -> str:
 def test_ready_under_lenient_options(store: Store) -> None:
     report = build_owner_report(store, ready_options())
     checks = {c["name"]: c["status"] for c in candidate(report, "triage")["verdict"]["checks"]}
+    # Was PASS for p95 latency without a budget and cost without one: they checked nothing.
     assert checks == {"sample size": "pass", "agreement": "pass", "error rate": "pass",
-                      "p95 latency": "pass", "cost per decision": "pass",
-                      "segments below floor": "pass", "rollout state": "unknown"}
-    assert check(report, "triage", "p95 latency")["detail"] == "no budget"
+                      "p95 latency": "n/a", "cost per decision": "n/a",
+                      "segments below floor": "pass", "rollout state": "n/a"}
+    assert check(report, "triage", "p95 latency")["detail"] == "no budget set"
     assert candidate(report, "triage")["verdict"]["status"] == "ready"
 
 
@@ -563,7 +572,7 @@ def test_markdown_has_verdicts_checklist_and_numbers(store: Store) -> None:
     assert "## rules: NOT READY" in text
     assert "✓ **sample size**" in text
     assert "✗ **rollout state**" in text
-    assert "? **rollout state**" in text
+    assert "n/a **rollout state**" in text
     a = candidate(report, "triage")
     rate, low, high = (f"{100 * a['agreement'][k]:.1f} %" for k in ("rate", "low", "high"))
     assert f"Agreement {rate} [{low}, {high}]" in text
@@ -636,4 +645,4 @@ def test_disagreements_carry_the_comparators_note(tmp_path: Path) -> None:
     assert shown["note"] == f"f1={1 / 3:.3f}"
     document = to_html(typed)
     assert "<th>comparator&#x27;s note</th>" in document
-    assert f"<td>f1={1 / 3:.3f}</td>" in document
+    assert f'<td><div class="text">f1={1 / 3:.3f}</div></td>' in document
