@@ -91,6 +91,8 @@ class Command(_Request):
             action = (info.context or {}).get("action", "this command")
             raise PydanticCustomError("promote_only", "only promote takes it, not {action}",
                                       {"action": action})
+        if value is not False:  # Literal[False] alone would take 0, which equals False
+            raise PydanticCustomError("bool_type", "Input should be false")
         return value
 
 

@@ -78,7 +78,7 @@ class FakeControl:
         self.report_data = report
         self.hold: threading.Event | None = None
         self.holding = threading.Event()
-        self.dead_letter = DEAD_LETTER
+        self.dead_letter: dict[str, Any] = DEAD_LETTER
         self.refusing = {"resume"}
         """Commands refused as the rollout's state would refuse them."""
 
@@ -489,6 +489,7 @@ def test_the_schemas_say_what_the_server_refuses() -> None:
      "reason: abort needs a reason, for the audit trail"),
     ("/rollout/pause", {"actor": "dana", "full": True},
      "full: only promote takes it, not pause"),
+    ("/rollout/restart", {"actor": "dana", "force": 0}, "force: Input should be false"),
 ])
 def test_a_refused_command_says_why_as_before(http: httpx.Client, fake: FakeControl, path: str,
                                               body: dict[str, Any], problem: str) -> None:
@@ -499,7 +500,7 @@ def test_a_refused_command_says_why_as_before(http: httpx.Client, fake: FakeCont
 
 def test_an_answer_the_models_refuse_is_a_500_not_a_drifted_body(
         http: httpx.Client, fake: FakeControl) -> None:
-    fake.dead_letter = {**DEAD_LETTER, "unexpected": 1}
+    fake.dead_letter = {**DEAD_LETTER, "unexpected": "a field the description lacks"}
     response = http.get("/dead-letters", headers=bearer())
     assert response.status_code == 500 and "log" in response.json()["error"]
 
