@@ -42,6 +42,11 @@ from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
 
+# How each interface says "promote although the gates have not passed", for the refusal to
+# name: the command line's option and the control API's field.
+FORCE_OPTION = "--force"
+FORCE_FIELD = '"force": true'
+
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
@@ -266,13 +271,15 @@ class Controller:
 
     def command(self, action: Action, *, actor: str, reason: str,
                 to_step: int | None = None, force: bool = False,
-                token: str | None = None) -> Transition:
+                token: str | None = None, forcing: str = FORCE_OPTION) -> Transition:
         """A person's promote, pause, resume, rollback, restart or abort.
 
         A person promotes without ``force`` only what has earned it: a step
         awaiting approval, or one whose gates pass right now. ``actor`` is who
         the person says they are; ``token`` the name of the API token the
-        command came with, if any. The audit record keeps both.
+        command came with, if any. The audit record keeps both. ``forcing`` is
+        how the person's interface says ``force`` (:data:`FORCE_OPTION`,
+        :data:`FORCE_FIELD`), named when a promotion is refused.
 
         Raises:
             Refused: the transition is unsafe or meaningless now; nothing changed.
@@ -286,7 +293,7 @@ class Controller:
         self._set(audit.load(self.store, self.rollout) or self.state)  # another writer's change
         evidence: dict[str, Any] = {}
         if action is Action.PROMOTE:
-            evidence = self._earned(force)
+            evidence = self._earned(force, forcing)
         return self._move(action, actor, reason, evidence, to_step=to_step, token=token)
 
     def hold(self, reason: str, evidence: dict[str, Any]) -> Transition | None:
@@ -299,7 +306,7 @@ class Controller:
             return None
         return self._move(Action.PAUSE, CONTROLLER, reason, evidence)
 
-    def _earned(self, force: bool) -> dict[str, Any]:
+    def _earned(self, force: bool, forcing: str) -> dict[str, Any]:
         state = self.state
         forward = self.assess().promotion
         evidence = {"promotion": forward.as_dict() if forward else None, "forced": force}
@@ -310,7 +317,7 @@ class Controller:
         raise Refused(
             f"rollout {state.rollout!r} has not earned promotion from step {state.step}: "
             + "; ".join(f"{c.name}: {c.detail}" for c in unmet)
-            + " (give --force to promote anyway; it is audited as forced)")
+            + f" (give {forcing} to promote anyway; it is audited as forced)")
 
     def _move(self, action: Action, actor: str, reason: str, evidence: dict[str, Any],
               to_step: int | None = None, token: str | None = None) -> Transition:

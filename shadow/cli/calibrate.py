@@ -13,17 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from shadow.compare.calibrate import (
-    DEFAULT_MIN_AGREEMENT,
-    calibrate,
-    describe_calibration,
-    read_verdicts,
-)
-from shadow.compare.comparators import build_comparator
-from shadow.config.file import load_config
+from shadow.cli.options import input_file
 from shadow.core.errors import ConfigError, ShadowError
 
 EXIT_OK, EXIT_BELOW = 0, 3
+# shadow.compare.calibrate.DEFAULT_MIN_AGREEMENT, restated so that parsing imports nothing
+# of the comparators (tests/cli/test_startup.py checks they agree).
+DEFAULT_MIN_AGREEMENT = 0.85
 
 
 def add_calibrate_parser(commands: Any,
@@ -48,6 +44,10 @@ def add_calibrate_parser(commands: Any,
 
 def calibrate_command(args: argparse.Namespace) -> int:
     """The ``calibrate`` handler: returns the exit code."""
+    from shadow.compare.calibrate import calibrate, describe_calibration, read_verdicts
+    from shadow.compare.comparators import build_comparator
+    from shadow.config.file import load_config
+
     if not 0.0 <= args.min_agreement <= 1.0:
         raise ConfigError(f"--min-agreement: expected a rate between 0 and 1, "
                           f"got {args.min_agreement}")
@@ -60,7 +60,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
             raise ShadowError(f"the comparator gave no verdict: {judgement.note}")
         return judgement.agree
 
-    result = calibrate(read_verdicts(args.verdicts), judge,
+    result = calibrate(read_verdicts(input_file(args.verdicts)), judge,
                        comparator=args.compare or comparator.name,
                        min_agreement=args.min_agreement)
     if args.format == "json":

@@ -1,6 +1,7 @@
 """``shadow eval`` on the command line: its options, the summary and the JUnit XML.
 
 What it runs and measures is :mod:`shadow.reports.golden_set`; the exit codes are listed there.
+Parsing imports nothing of it: :func:`eval_command` and the functions it calls import it.
 """
 
 from __future__ import annotations
@@ -8,26 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shadow.cli.options import input_file
 from shadow.core.errors import ShadowError
-from shadow.reports.golden_set import (
-    EXIT_GATE,
-    EXIT_OK,
-    EvalRequest,
-    EvalResult,
-    FieldRate,
-    Rate,
-    SegmentRate,
-    percent,
-    run_eval,
-)
+
+if TYPE_CHECKING:
+    from shadow.reports.golden_set import EvalResult, FieldRate, Rate, SegmentRate
 
 
 def _line(label: str, agreement: Rate | SegmentRate | FieldRate) -> str:
+    from shadow.reports.golden_set import percent
+
     rate, low, high = agreement.rate, agreement.low, agreement.high
     interval = ("" if rate is None or low is None or high is None
                 else f", 95 % CI {100 * low:.1f}–{100 * high:.1f} %")
@@ -37,6 +32,8 @@ def _line(label: str, agreement: Rate | SegmentRate | FieldRate) -> str:
 
 def describe_eval(result: EvalResult) -> str:
     """The summary a person reads in the CI log."""
+    from shadow.reports.golden_set import EXIT_GATE, percent
+
     version = f" {result.version}" if result.version else ""
     lines = [f"shadow eval: {result.candidate}{version} on {len(result.cases)} golden cases",
              _line("overall", result.agreement) + f"   errors {result.errors}"]
@@ -62,6 +59,8 @@ def describe_eval(result: EvalResult) -> str:
 
 def junit_xml(result: EvalResult) -> bytes:
     """One ``shadow eval`` testsuite: a testcase per golden case, then one per gate."""
+    import xml.etree.ElementTree as ET
+
     suite = ET.Element("testsuite", name="shadow eval")
     classname = f"shadow eval.{result.candidate}"
     failures = errors = skipped = 0
@@ -134,6 +133,10 @@ def add_eval_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser
 
 def eval_command(args: argparse.Namespace) -> int:
     """The ``eval`` handler: returns the exit code."""
+    from shadow.reports.golden_set import EXIT_GATE, EXIT_OK, EvalRequest, run_eval
+
+    for path in [*args.golden, *args.outcomes]:
+        input_file(path)
     result = run_eval(EvalRequest(
         golden=args.golden, outcomes=args.outcomes, candidate=args.candidate,
         config=args.config, compare=args.compare, baseline=args.baseline,

@@ -26,6 +26,7 @@ from shadow.cli.options import (
     add_global_options_below,
     existing_store,
     input_file,
+    output_directory,
     positive_int,
 )
 from shadow.cli.program import program
@@ -353,6 +354,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.events < 100:
         raise ConfigError("--events: expected at least 100 tickets")
+    output_directory(args.dir)
     print(run_demo(args.dir, events=args.events, progress=_progress()))
     return EXIT_OK
 

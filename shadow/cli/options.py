@@ -118,3 +118,18 @@ def existing_store(path: Path) -> Path:
     if not path.exists():
         raise ConfigError(f"no store at {path}")
     return path
+
+
+def output_directory(path: Path) -> Path:
+    """``path``, a directory to write into, made (with its parents) when missing.
+
+    Raises:
+        ConfigError: it is a file, or cannot be made (no permission, a file on its way).
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{path} is a file, expected a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot make the directory {path}: {exc.strerror}") from None
+    return path

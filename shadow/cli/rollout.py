@@ -361,7 +361,11 @@ def _command(args: argparse.Namespace) -> int:
             t = controller.command(action, actor=actor, reason=reason, to_step=to_step,
                                    force=force)
     except Refused as exc:
-        print(f"shadow: refused: {exc}", file=sys.stderr)
+        # Through a daemon the refusal names the API's field; here the option says it.
+        from rollout.controller import FORCE_FIELD, FORCE_OPTION
+
+        print(f"shadow: refused: {str(exc).replace(FORCE_FIELD, FORCE_OPTION)}",
+              file=sys.stderr)
         return 1
     print(describe(t))
     return 0

@@ -5,6 +5,11 @@ instantly labelled comparisons; every option below ``--format`` applies);
 with ``--scenario NAME`` or ``all``, the named scenarios of
 :mod:`rollout.simulate_scenarios` at their documented settings (only
 ``--runs``, ``--seed`` and ``--format`` apply).
+
+Parsing imports nothing of the simulator: the options below restate
+``rollout.simulate.Scenario``'s fields and defaults, the methods of
+``shadow.config.rollout.Method`` and the names of ``rollout.simulate_scenarios.SCENARIOS``
+(tests/cli/test_startup.py checks they agree), and :func:`run_command` imports the rest.
 """
 
 from __future__ import annotations
@@ -12,41 +17,36 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import fields
+from typing import TYPE_CHECKING
 
-from rollout.simulate import (
-    TARGET_EVENTS_TO_PROMOTION,
-    TARGET_EVENTS_TO_ROLLBACK,
-    TARGET_FALSE_PROMOTION,
-    TARGET_FALSE_ROLLBACK,
-    ParameterError,
-    Scenario,
-    SimulationResult,
-    simulate,
-)
-from rollout.simulate_figures import Exact, Figure, Measure, Median, Rate, ScenarioResult
-from rollout.simulate_scenarios import SCENARIOS, run_scenarios
-from shadow.config.rollout import Method
-from shadow.core.fixed_sample import wilson
+if TYPE_CHECKING:
+    from rollout.simulate import SimulationResult
+    from rollout.simulate_figures import Figure, Measure, ScenarioResult
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
-_HELP = {
-    "threshold": "promotion threshold on agreement",
-    "alpha": "error of the confidence sequence, per rollout step",
-    "method": "confidence sequence of the gate",
-    "tuning": "normal mixture: the sample size where its bound is tightest",
-    "check_every": "compared events between gate checks",
-    "max_events": "a run that has not promoted after this many compared events did not",
-    "at_threshold": "true agreement of the not-good-enough candidate (false promotion)",
-    "good": "true agreement of the good candidate (time to promotion, false rollback)",
-    "healthy": "CUSUM design: healthy agreement",
-    "degraded": "CUSUM design: degraded agreement it must catch",
-    "false_alarm": "CUSUM design: false-alarm budget over --horizon",
-    "horizon": "CUSUM design: compared events the false-alarm budget covers",
-    "drop_to": "true agreement after the drop",
-    "before_drop": "compared events at --good the CUSUM sees before the drop",
-    "naive_z": "z of the naive gate's one-sided Wilson lower bound",
+METHODS = ("one_sided", "beta_binomial", "normal_mixture")
+SCENARIO_NAMES = ("events-per-key", "events-per-key-10", "late-disagreements", "small-segment",
+                  "good", "live-echo", "candidate-change")
+
+# Each field of Scenario: its default and help, in Scenario's order.
+OPTIONS: dict[str, tuple[int | float | str, str]] = {
+    "threshold": (0.90, "promotion threshold on agreement"),
+    "alpha": (0.05, "error of the confidence sequence, per rollout step"),
+    "method": ("one_sided", "confidence sequence of the gate"),
+    "tuning": (500, "normal mixture: the sample size where its bound is tightest"),
+    "check_every": (100, "compared events between gate checks"),
+    "max_events": (20_000, "a run that has not promoted after this many compared events "
+                           "did not"),
+    "at_threshold": (0.90, "true agreement of the not-good-enough candidate (false promotion)"),
+    "good": (0.95, "true agreement of the good candidate (time to promotion, false rollback)"),
+    "healthy": (0.95, "CUSUM design: healthy agreement"),
+    "degraded": (0.80, "CUSUM design: degraded agreement it must catch"),
+    "false_alarm": (0.01, "CUSUM design: false-alarm budget over --horizon"),
+    "horizon": (100_000, "CUSUM design: compared events the false-alarm budget covers"),
+    "drop_to": (0.80, "true agreement after the drop"),
+    "before_drop": (1_000, "compared events at --good the CUSUM sees before the drop"),
+    "naive_z": (1.6448536269514722, "z of the naive gate's one-sided Wilson lower bound"),
 }
 
 
@@ -59,18 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--scenario", metavar="NAME", default=None,
                         help="a named real-traffic scenario at its documented settings, or "
-                             f"all: {', '.join(SCENARIOS)} (default: the classic scenario "
-                             "the options below describe)")
-    for field in fields(Scenario):
-        option = "--" + field.name.replace("_", "-")
-        default = field.default
-        if isinstance(default, Method):
-            parser.add_argument(option, choices=[m.value for m in Method], default=default.value,
-                                help=f"{_HELP[field.name]} (default {default.value})")
+                             f"all: {', '.join(SCENARIO_NAMES)} (default: the classic "
+                             "scenario the options below describe)")
+    for name, (default, text) in OPTIONS.items():
+        option = "--" + name.replace("_", "-")
+        if name == "method":
+            parser.add_argument(option, choices=METHODS, default=default,
+                                help=f"{text} (default {default})")
         else:
             parser.add_argument(option, type=type(default), default=default,
                                 metavar="N" if isinstance(default, int) else "X",
-                                help=f"{_HELP[field.name]} (default {default})")
+                                help=f"{text} (default {default})")
 
 
 def run_command(args: argparse.Namespace) -> tuple[int, str]:
@@ -80,6 +79,11 @@ def run_command(args: argparse.Namespace) -> tuple[int, str]:
     success (0); on a bad value (2), a one-line message naming the option,
     meant for stderr.
     """
+    from dataclasses import fields
+
+    from rollout.simulate import ParameterError, Scenario, simulate
+    from shadow.config.rollout import Method
+
     if args.scenario is not None:
         return _run_named(args)
     try:
@@ -95,6 +99,13 @@ def run_command(args: argparse.Namespace) -> tuple[int, str]:
 
 def format_table(result: SimulationResult) -> str:
     """Both gates side by side, the rollback detector, and the targets."""
+    from rollout.simulate import (
+        TARGET_EVENTS_TO_PROMOTION,
+        TARGET_EVENTS_TO_ROLLBACK,
+        TARGET_FALSE_PROMOTION,
+        TARGET_FALSE_ROLLBACK,
+    )
+
     s, c = result.scenario, result.cusum
     gate, naive, rb = result.gate, result.naive, result.rollback
     rows = [
@@ -150,6 +161,8 @@ def _align(rows: list[tuple[str, str, str, str, str] | None]) -> list[str]:
 
 
 def _rate(count: int, runs: int) -> str:
+    from shadow.core.fixed_sample import wilson
+
     interval = wilson(count, runs)
     return f"{count / runs:.1%} ({interval.low:.1%}-{interval.high:.1%})"
 
@@ -166,6 +179,9 @@ def _met(holds: bool) -> str:
 
 
 def _run_named(args: argparse.Namespace) -> tuple[int, str]:
+    from rollout.simulate import ParameterError
+    from rollout.simulate_scenarios import run_scenarios
+
     try:
         results = run_scenarios(args.scenario, runs=args.runs, seed=args.seed)
     except ParameterError as exc:
@@ -198,6 +214,8 @@ def format_scenario(result: ScenarioResult) -> str:
 
 
 def _measure(measure: Measure) -> str:
+    from rollout.simulate_figures import Exact, Median, Rate
+
     if isinstance(measure, Rate):
         return _rate(measure.count, measure.runs)
     if isinstance(measure, Median):
@@ -207,6 +225,8 @@ def _measure(measure: Measure) -> str:
 
 
 def _target(figure: Figure) -> str:
+    from rollout.simulate_figures import Median
+
     if figure.target is None:
         return ""
     if isinstance(figure.gate, Median):

@@ -433,6 +433,7 @@ class Daemon:
 
     def rollout_command(self, action: str, *, actor: str, reason: str, token: str,
                         full: bool = False, force: bool = False) -> dict[str, Any]:
+        from rollout.controller import FORCE_FIELD
         from rollout.state import Action
         from rollout.views import describe
 
@@ -445,7 +446,7 @@ class Daemon:
             controller = self._controller()
             to_step = controller.plan.last if full else None
             t = controller.command(chosen, actor=actor, reason=reason, to_step=to_step,
-                                   force=force, token=token)
+                                   force=force, token=token, forcing=FORCE_FIELD)
             s = t.after
             return {"transition": describe(t),
                     "state": {"step": s.step, "percent": s.percent, "status": s.status.value}}
