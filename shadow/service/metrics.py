@@ -48,8 +48,10 @@ from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
 
-LATENCY_BUCKETS_MS: tuple[float, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-"""Upper bounds of the candidate latency histogram, in milliseconds; ``+Inf`` is implied."""
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                              2.5, 5.0, 10.0)
+"""Upper bounds of the candidate latency histogram, in seconds (Prometheus' base unit; the
+store keeps milliseconds); ``+Inf`` is implied."""
 
 _RESULTS = ("ok", "error", "abstained")
 _VERDICTS = ("agree", "disagree")
@@ -145,14 +147,14 @@ def _intake(db: duckdb.DuckDBPyConnection) -> list[Metric]:
 
 def _latency_buckets_sql() -> str:
     return ", ".join(
-        f"count(*) FILTER (WHERE error_type IS NULL AND latency_ms <= {bound!r})"
-        for bound in LATENCY_BUCKETS_MS)
+        f"count(*) FILTER (WHERE error_type IS NULL AND latency_ms / 1000.0 <= {bound!r})"
+        for bound in LATENCY_BUCKETS_SECONDS)
 
 
 _PER_CANDIDATE = f"""
 SELECT candidate, coalesce(version, ''),
        count(*) FILTER (WHERE error_type IS NULL),
-       coalesce(sum(latency_ms) FILTER (WHERE error_type IS NULL), 0),
+       coalesce(sum(latency_ms / 1000.0) FILTER (WHERE error_type IS NULL), 0),
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
        coalesce(sum(cost), 0),
        count(*) FILTER (WHERE mode = 'live' AND published_at IS NOT NULL),
@@ -230,8 +232,8 @@ def _predictions(db: duckdb.DuckDBPyConnection) -> list[Metric]:
 
 def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
     latency = HistogramMetricFamily(
-        "shadow_prediction_latency_ms",
-        "Latency of the candidate's successful predictions (abstentions included), in ms.",
+        "shadow_prediction_latency_seconds",
+        "Latency of the candidate's successful predictions (abstentions included), in seconds.",
         labels=_CANDIDATE)
     tokens = CounterMetricFamily("shadow_tokens", "Tokens the candidate's calls used.",
                                  labels=[*_CANDIDATE, "kind"])
@@ -251,7 +253,7 @@ def _per_candidate(rows: Sequence[tuple[Any, ...]]) -> list[Metric]:
     for (name, version, ok, latency_sum, prompt, completion, spent, sent, waiting, dropped,
          *le) in rows:
         labels = [name, version]
-        buckets = [(_bound(b), n) for b, n in zip(LATENCY_BUCKETS_MS, le, strict=True)]
+        buckets = [(_bound(b), n) for b, n in zip(LATENCY_BUCKETS_SECONDS, le, strict=True)]
         latency.add_metric(labels, [*buckets, ("+Inf", ok)], latency_sum)
         tokens.add_metric([*labels, "prompt"], prompt)
         tokens.add_metric([*labels, "completion"], completion)
@@ -287,9 +289,9 @@ def _comparisons(db: duckdb.DuckDBPyConnection) -> list[Metric]:
 def _rollouts(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     info = GaugeMetricFamily("shadow_rollout_info", "The candidate each rollout rolls out.",
                              labels=["rollout", *_CANDIDATE])
-    percent = GaugeMetricFamily(
-        "shadow_rollout_percent", "Share of routable traffic the AI acts on, in percent.",
-        labels=["rollout"])
+    share = GaugeMetricFamily(
+        "shadow_rollout_traffic_ratio", "Share of routable traffic the AI acts on, 0 to 1 "
+        "(the step's percent / 100).", labels=["rollout"])
     step = GaugeMetricFamily("shadow_rollout_step", "The rollout's current step (0 is the "
                              "first).", labels=["rollout"])
     status = GaugeMetricFamily("shadow_rollout_status", "1 for the rollout's current status, "
@@ -297,9 +299,9 @@ def _rollouts(db: duckdb.DuckDBPyConnection) -> list[Metric]:
     rows = db.execute(
         "SELECT rollout, candidate, coalesce(version, ''), step, percent, status "
         "FROM rollout_state ORDER BY rollout").fetchall()
-    for rollout, candidate, version, at, share, current in rows:
+    for rollout, candidate, version, at, percent, current in rows:
         info.add_metric([rollout, candidate, version], 1)
-        percent.add_metric([rollout], share)
+        share.add_metric([rollout], percent / 100.0)
         step.add_metric([rollout], at)
         for s in Status:
             status.add_metric([rollout, s.value], float(s.value == current))
@@ -315,21 +317,26 @@ def _rollouts(db: duckdb.DuckDBPyConnection) -> list[Metric]:
         "GROUP BY ALL ORDER BY ALL", [[a.value for a in Action]]).fetchall()
     for rollout, action, n in rows:
         transitions.add_metric([rollout, action], n)
-    return [info, percent, step, status, transitions, _label_delays(db)]
+    return [info, share, step, status, transitions, _label_delays(db)]
 
 
 def _label_delays(db: duckdb.DuckDBPyConnection) -> Metric:
     """How long the current step's keys waited for their first label, by verdict: a
-    disagreement labelled later than an agreement is the bias the label window handles."""
-    delays = GaugeMetricFamily(
-        "shadow_rollout_label_delay_seconds", "Data time from a key's first event of the "
-        "step to its first label's decision, by verdict (median and 95th percentile).",
-        labels=["rollout", "verdict", "quantile"])
+    disagreement labelled later than an agreement is the bias the label window handles.
+
+    A summary (its ``quantile`` label is only allowed on one) without ``_sum``: the store
+    keeps the quantiles and the count, not the total."""
+    delays = Metric("shadow_rollout_label_delay_seconds", "Data time from a key's first "
+                    "event of the step to its first label's decision, by verdict (median and "
+                    "95th percentile, and the keys labelled).", "summary")
     for rollout, found in stored_label_delays(db).items():
         for d in found:
-            verdict = "agree" if d.agreed else "disagree"
-            delays.add_metric([rollout, verdict, "0.5"], d.median.total_seconds())
-            delays.add_metric([rollout, verdict, "0.95"], d.p95.total_seconds())
+            labels = {"rollout": rollout, "verdict": "agree" if d.agreed else "disagree"}
+            delays.add_sample(delays.name, {**labels, "quantile": "0.5"},
+                              d.median.total_seconds())
+            delays.add_sample(delays.name, {**labels, "quantile": "0.95"},
+                              d.p95.total_seconds())
+            delays.add_sample(delays.name + "_count", labels, d.labelled)
     return delays
 
 
@@ -357,8 +364,11 @@ ORDER BY rollout, kind, name
 
 # What each check reports, by the name of its field in the evidence.
 _CHECK_GAUGES = {
+    # Each check's own unit, as configured (latency in ms, as max_p95_latency_ms): the
+    # value is compared with its threshold, which the same series family shows.
     "value": ("shadow_gate_value", "The measured value of each check of the latest gate "
-              "evaluation (a rate, a count, seconds of dwell or ms of latency)."),
+              "evaluation, in the unit of its threshold (a rate, a count, seconds of dwell "
+              "or ms of latency)."),
     "threshold": ("shadow_gate_threshold", "The threshold each check was held to."),
     "low": ("shadow_gate_low", "Lower end of the check's confidence sequence."),
     "high": ("shadow_gate_high", "Upper end of the check's confidence sequence."),

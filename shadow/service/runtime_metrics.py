@@ -131,7 +131,7 @@ class RuntimeMetrics:
             labelled(CounterMetricFamily, "shadow_source_records",
                       "Records handed out by each source since this process started.",
                       ["source"], (([s], n) for s, n in records.items())),
-            labelled(GaugeMetricFamily, "shadow_source_fraction_done",
+            labelled(GaugeMetricFamily, "shadow_source_read_ratio",
                       "Share of a bounded source read (files), 0 to 1.",
                       ["source"], (([s], f) for s, f in fraction.items())),
             labelled(CounterMetricFamily, "shadow_job_runs",

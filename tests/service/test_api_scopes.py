@@ -235,7 +235,7 @@ def test_a_read_token_scrapes_the_metrics_and_is_refused_a_promote(fresh: Runnin
     scrape = fresh.call("GET", "/metrics", Scope.READ)
     assert scrape.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(scrape.text)}
-    assert "shadow_events" in families and "shadow_rollout_percent" in families
+    assert "shadow_events" in families and "shadow_rollout_traffic_ratio" in families
     before = fresh.history()
     promote = command(fresh, "promote", Scope.READ, force=True, reason="the scraper tries")
     assert promote.status_code == 403

@@ -8,7 +8,10 @@ is computed here from the generated input, never read back from the store.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -29,13 +32,14 @@ from shadow.candidates import CallableCandidate, Candidate
 from shadow.compare.comparators import build_comparator
 from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
+from shadow.config.daemon import Scope
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import ErrorKind, Event, Prediction
 from shadow.pipeline.runner import Pipeline
 from shadow.pipeline.source_guard import SourceStatus
 from shadow.reports.html import to_html
 from shadow.reports.owner import build_owner_report, owner_report
-from shadow.service.metrics import LATENCY_BUCKETS_MS, render_metrics
+from shadow.service.metrics import LATENCY_BUCKETS_SECONDS, render_metrics
 from shadow.service.runtime_metrics import RuntimeMetrics
 from shadow.store.database import Store
 from shadow.testing import ListSource, RecordingSink
@@ -249,12 +253,12 @@ def test_the_metrics_parse_as_prometheus_text_with_the_expected_types(filled: Fi
         "shadow_events": "counter", "shadow_duplicates": "counter",
         "shadow_dead_letters": "counter", "shadow_outcomes": "counter",
         "shadow_predictions": "counter", "shadow_prediction_errors": "counter",
-        "shadow_comparisons": "counter", "shadow_prediction_latency_ms": "histogram",
+        "shadow_comparisons": "counter", "shadow_prediction_latency_seconds": "histogram",
         "shadow_tokens": "counter", "shadow_cost": "counter",
         "shadow_live_decisions_published": "counter", "shadow_live_decisions_pending": "gauge",
-        "shadow_rollout_percent": "gauge", "shadow_rollout_step": "gauge",
+        "shadow_rollout_traffic_ratio": "gauge", "shadow_rollout_step": "gauge",
         "shadow_rollout_status": "gauge", "shadow_rollout_transitions": "counter",
-        "shadow_rollout_label_delay_seconds": "gauge",
+        "shadow_rollout_label_delay_seconds": "summary",
         "shadow_gate_phase": "gauge", "shadow_gate_value": "gauge",
         "shadow_gate_threshold": "gauge", "shadow_gate_low": "gauge",
         "shadow_gate_high": "gauge", "shadow_gate_samples": "gauge", "shadow_up": "gauge",
@@ -312,19 +316,19 @@ def test_the_latency_histogram_counts_successful_predictions_in_their_buckets(
     filled: Filled
 ) -> None:
     labels = ("candidate", "version", "le")
-    buckets = filled.series("shadow_prediction_latency_ms_bucket", *labels)
-    counts = filled.series("shadow_prediction_latency_ms_count", *labels[:2])
-    sums = filled.series("shadow_prediction_latency_ms_sum", *labels[:2])
+    buckets = filled.series("shadow_prediction_latency_seconds_bucket", *labels)
+    counts = filled.series("shadow_prediction_latency_seconds_count", *labels[:2])
+    sums = filled.series("shadow_prediction_latency_seconds_sum", *labels[:2])
     answered = [i for i in range(N) if triage_result(i) != "error"]
-    latencies = [LATENCIES_MS[i % len(LATENCIES_MS)] for i in answered]
+    latencies = [LATENCIES_MS[i % len(LATENCIES_MS)] / 1000 for i in answered]
     expected = {(*TRIAGE, str(float(b))): sum(x <= b for x in latencies)
-                for b in LATENCY_BUCKETS_MS}
+                for b in LATENCY_BUCKETS_SECONDS}
     expected[(*TRIAGE, "+Inf")] = len(latencies)
     assert {k: v for k, v in buckets.items() if k[:2] == TRIAGE} == expected
     assert counts[TRIAGE] == len(answered)
     assert sums[TRIAGE] == pytest.approx(sum(latencies))
     # The baseline's latencies were measured: only their consistency is known.
-    ladder = [buckets[(*BASELINE, str(float(b)))] for b in LATENCY_BUCKETS_MS]
+    ladder = [buckets[(*BASELINE, str(float(b)))] for b in LATENCY_BUCKETS_SECONDS]
     assert ladder == sorted(ladder)
     assert buckets[(*BASELINE, "+Inf")] == counts[BASELINE] >= ladder[-1]
     assert counts[BASELINE] == sum(baseline_result(i) == "ok" for i in range(N))
@@ -353,7 +357,7 @@ def test_live_decisions_are_published_or_pending(filled: Filled) -> None:
 def test_rollout_gauges_match_the_state(filled: Filled) -> None:
     state = filled.state
     assert (state.status, state.step, state.percent) == (Status.PROMOTED, 1, 100.0)
-    assert filled.series("shadow_rollout_percent", "rollout") == {("triage",): 100.0}
+    assert filled.series("shadow_rollout_traffic_ratio", "rollout") == {("triage",): 1.0}
     assert filled.series("shadow_rollout_step", "rollout") == {("triage",): 1}
     assert filled.series("shadow_rollout_status", "rollout", "status") == {
         ("triage", s.value): float(s is Status.PROMOTED) for s in Status}
@@ -394,8 +398,11 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
         with CallableCandidate(answer, name="c", version="1") as candidate:
             Pipeline(store, candidate, comparator, now=clock, rollout=live).run(
                 [ListSource(events)], [ListSource(labels)])
-        found = series(parse(render_metrics(store)), "shadow_rollout_label_delay_seconds",
-                       "rollout", "verdict", "quantile")
+        families = parse(render_metrics(store))
+        found = series(families, "shadow_rollout_label_delay_seconds", "rollout", "verdict",
+                       "quantile")
+        counted = series(families, "shadow_rollout_label_delay_seconds_count", "rollout",
+                         "verdict")
         owner = build_owner_report(store)["rollout"]["labels"]
         page = to_html(owner_report(store))
     for verdict, values in delays.items():
@@ -410,6 +417,7 @@ def test_label_delays_are_shown_by_verdict(tmp_path: Path) -> None:
         assert found[("delays", verdict, "0.5")] == pytest.approx(quantile(0.5))
         assert found[("delays", verdict, "0.95")] == pytest.approx(quantile(0.95))
     assert found[("delays", "disagree", "0.5")] > 5 * found[("delays", "agree", "0.5")]
+    assert counted == {("delays", v): len(values) for v, values in delays.items()}
     # The owner report shows the same, and says what it means.
     assert {(d["verdict"], d["median_seconds"]) for d in owner["by_verdict"]} == {
         (v, found[("delays", v, "0.5")]) for v in delays}
@@ -490,7 +498,7 @@ def test_runtime_metrics_show_lag_intake_and_jobs(filled: Filled) -> None:
         ("kafka:outcomes", "outcomes/0"): 5, ("kafka:outcomes", "outcomes/1"): 0}
     assert series(families, "shadow_source_records_total", "source") == {
         ("kafka:tickets",): 10, ("export.jsonl",): 250}
-    assert series(families, "shadow_source_fraction_done", "source") == {("export.jsonl",): 1.0}
+    assert series(families, "shadow_source_read_ratio", "source") == {("export.jsonl",): 1.0}
     assert series(families, "shadow_job_runs_total", "job", "result") == {
         ("compare", "ok"): 1, ("compare", "error"): 1, ("report", "ok"): 1,
         ("report", "error"): 0}
@@ -591,3 +599,82 @@ def test_every_alert_rule_parses_and_asks_for_series_a_daemon_exposes(
         for label in shown:
             assert all(label in by for by in grouped), (name, label)
             assert all(label in s for s in labels[selectors[0].name]), (name, label)
+
+
+# -- promtool, Prometheus' own linter --------------------------------------------------------
+
+DEPLOY = ALERTS.parent
+
+
+def promtool() -> str:
+    """The path of ``promtool``; skipped without it, unless ``SHADOW_REQUIRE_PROMTOOL=1`` (CI)."""
+    found = shutil.which("promtool")
+    if found:
+        return found
+    if os.environ.get("SHADOW_REQUIRE_PROMTOOL") == "1":
+        pytest.fail("SHADOW_REQUIRE_PROMTOOL=1 but no promtool on PATH")
+    pytest.skip("promtool not installed (apt-get install -y prometheus)")
+
+
+def check(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool(), "check", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def scraped_from_a_daemon(directory: Path) -> str:
+    """``GET /metrics`` of a real ``shadow run`` once it has stored predictions."""
+    import httpx
+
+    from tests.daemon_process import ready_api, stop
+    from tests.service.test_api_scopes import TOKENS, environment, start, write_setup
+    from tests.waiting import wait_until
+
+    process = start(directory, write_setup(directory), environment())
+    try:
+        api = ready_api(directory / "daemon.duckdb", process=process)
+        with httpx.Client(base_url=api, trust_env=False, timeout=60) as http:
+            def scrape() -> str:
+                response = http.get("/metrics", headers={
+                    "Authorization": f"Bearer {TOKENS[Scope.READ][2]}"})
+                assert response.status_code == 200, response.text
+                return response.text
+
+            text = wait_until(scrape, accept=lambda t: "shadow_prediction_latency_seconds_bucket"
+                              in t, timeout_s=60, what="predictions in the daemon's metrics")
+    finally:
+        code, log = stop(process)
+    assert code == 0, log
+    return text
+
+
+def test_promtool_finds_nothing_to_lint_in_a_daemon_s_metrics(tmp_path: Path) -> None:
+    text = scraped_from_a_daemon(tmp_path)
+    linted = check("metrics", stdin=text)
+    assert (linted.returncode, linted.stdout + linted.stderr) == (0, "")
+
+
+def test_promtool_finds_nothing_to_lint_in_every_family_the_daemon_can_show(
+        filled: Filled) -> None:
+    runtime = RuntimeMetrics()
+    runtime.set_lag("kafka:tickets", "tickets/0", 3)
+    runtime.add_records("kafka:tickets", 3)
+    runtime.progress("export.jsonl", 10, 0.5)
+    runtime.set_sources([SourceStatus("kafka:tickets", False, "broker away", failures=2)])
+    runtime.job_finished("compare", True)
+    runtime.compare_finished("judge:0123456789ab", 2)
+    runtime.set_drift([("shadow_drift_psi", {"field": "amount"}, 0.3),
+                       ("shadow_drift_detected", {}, 1.0)])
+    with Store(filled.db, read_only=True) as store:
+        text = render_metrics(store, runtime=runtime)
+    assert "shadow_rollout_label_delay_seconds{" in text and "shadow_gate_value{" in text
+    linted = check("metrics", stdin=text)
+    assert (linted.returncode, linted.stdout + linted.stderr) == (0, "")
+
+
+def test_promtool_accepts_the_alert_rules_and_the_scrape_configuration() -> None:
+    rules = check("rules", str(ALERTS))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS" in rules.stdout
+    # Syntax only: the token file it names exists on the Prometheus host, not here.
+    config = check("config", "--syntax-only", str(DEPLOY / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
