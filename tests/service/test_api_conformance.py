@@ -18,11 +18,13 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shadow.config.daemon import Scope
 from tests.daemon_process import ready_api, stop
 from tests.service.test_api_scopes import TOKENS, environment, start, write_setup
+from tests.waiting import wait_until
 
 EXAMPLES = 10
 """Generated calls per operation and phase: every field varied, the run well under a minute."""
@@ -33,12 +35,24 @@ SEED = 20261206
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     directory = tmp_path_factory.mktemp("conformance")
-    process = start(directory, write_setup(directory), environment())
+    config = write_setup(directory)
+    with (directory / "events.jsonl").open("a", encoding="utf-8") as events:
+        events.write("{not an event\n")  # a dead letter, so that /dead-letters has one
+    process = start(directory, config, environment())
     try:
-        yield directory, ready_api(directory / "daemon.duckdb", process=process)
+        api = ready_api(directory / "daemon.duckdb", process=process)
+        wait_until(lambda: dead_letters(api), timeout_s=60, what="the dead letter stored")
+        yield directory, api
     finally:
         code, log = stop(process)
     assert code == 0, log
+
+
+def dead_letters(api: str) -> list[object]:
+    answer = httpx.get(f"{api}/dead-letters", trust_env=False, timeout=60,
+                       headers={"Authorization": f"Bearer {TOKENS[Scope.READ][2]}"})
+    assert answer.status_code == 200, answer.text
+    return list(answer.json()["dead_letters"])
 
 
 def schemathesis(directory: Path, api: str, token: str) -> subprocess.CompletedProcess[str]:
