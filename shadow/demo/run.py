@@ -30,6 +30,7 @@ store:
 report:                     # what "ready" means to the owners
   threshold: 0.80           # the 95 % lower bound of agreement must reach it
   segment_floor: 0.70       # and no language, channel or tier may fall below this
+  redact: [customer.name]   # never shown: not in the report, not in its CSV
 """
 
 MIN_SEGMENT_SAMPLE = 30

@@ -61,7 +61,7 @@ th { background: #f3f4f6; } td.num { text-align: right; font-variant-numeric: ta
 .no-verdict { color: #92400e; border-color: #d97706; background: #fffbeb; }
 .pass { color: #065f46; font-weight: 700; } .fail { color: #991b1b; font-weight: 700; }
 .unknown { color: #92400e; font-weight: 700; } .na { color: #6b7280; }
-.headline { margin: 8px 0 14px; } .headline .verdict { margin: 0 12px 6px 0; }
+.headline { margin: 8px 0 14px; padding: 6px 14px; border-left: 6px solid; border-radius: 4px; }
 .verdict-line { font-size: 1.25em; font-weight: 700; margin: 4px 0; }
 .next-step { margin: 2px 0 8px; }
 table.facts td, table.facts th { padding: 2px 8px; font-size: .95em; }
@@ -124,8 +124,9 @@ def _headlines(candidates: Sequence[OwnerCandidate]) -> str:
     for c in candidates:
         who = f"{_identity(c)}: " if several else ""
         line = c.verdict.line or VERDICTS.get(c.verdict.status, VERDICTS["not_enough_data"])[0]
+        colour = VERDICTS.get(c.verdict.status, VERDICTS["not_enough_data"])[1]
         parts.append(
-            f'<div class="headline" data-candidate="{esc(c.name)}">'
+            f'<div class="headline {colour}" data-candidate="{esc(c.name)}">'
             f'<p class="verdict-line">{who}{_text(line)}</p>'
             + (f'<p class="next-step">{_text(c.verdict.next_step)}</p>'
                if c.verdict.next_step else "") + "</div>")
@@ -220,7 +221,7 @@ def _summary(candidates: Sequence[OwnerCandidate], baseline: Baseline | None) ->
         return no_data("candidates")
     rows = [[_identity(c), _verdict_badge(c.verdict), _interval(c.agreement),
              _count(c.agreement.n), pct(c.errors.rate), _violation_rate(c.violations),
-             _p95(c.latency), _money(c.cost.per_decision, "", 4)] for c in candidates]
+             _p95(c.latency), _per_decision(c.cost)] for c in candidates]
     table = _table(["candidate", "verdict", "agreement (95\u00a0% Wilson)", "compared",
                     "error rate", "violation rate", "p95 latency", "cost per decision"], rows,
                    {3, 4, 5, 6, 7})
@@ -267,6 +268,10 @@ def _panels(blocks: Sequence[tuple[str, str]]) -> str:
     empty = [title for title, chart in blocks if _empty(chart)]
     grid = f'<div class="grid">{drawn}</div>' if drawn else ""
     return grid + (no_data(", ".join(empty)) if empty else "")
+
+
+def _per_decision(cost: CostProjection) -> str:
+    return "n/a" if cost.per_decision is None else _money(cost.per_decision, "", 4)
 
 
 def _p95(latency: OwnerLatency) -> str:
@@ -563,6 +568,8 @@ def _duration(seconds: float) -> str:
 
 def _rollout(rollout: RolloutSection) -> str:
     state = rollout.state
+    if state is None and not rollout.timeline and not rollout.withdrawn:
+        return '<p class="no-data">No rollout configured: the report judges shadow data only.</p>'
     state_html = (_table(["field", "value"],
                          [[esc(f.name), _value(getattr(state, f.name))]
                           for f in dataclasses.fields(state)], set())

@@ -164,8 +164,8 @@ class OwnerQueries(Queries):
 
     def disagreement_rows(self, limit: int | None = None) -> Iterator[tuple[Key, Disagreement]]:
         """Every disagreement (at most ``limit`` per candidate), by candidate, then by event
-        time, newest first; payloads redacted, and a private value echoed in the output,
-        the outcome or the note redacted there too."""
+        time, newest first; payloads redacted, and a private value echoed elsewhere in the
+        payload, in the output, the outcome or the note redacted there too."""
         ranked = ("QUALIFY row_number() OVER (PARTITION BY c.candidate, c.version "
                   "  ORDER BY e.occurred_at DESC, e.event_id DESC) <= ? "
                   if limit is not None else "")
@@ -187,12 +187,15 @@ class OwnerQueries(Queries):
             for (c, v, event_id, key, segment, payload, output, outcome, decided_at, note,
                  occurred_at) in batch:
                 loaded = _loads(payload)
-                # One pass, so the payload's private values are looked up once per row.
-                shown_output, shown_outcome, shown_note = redact_within(
-                    [_loads(output), _loads(outcome), note], loaded, paths)
+                # One pass, so the payload's private values are looked up once per row; the
+                # payload too, as a private value may be quoted in another of its fields (a
+                # name in a signature).
+                shown_payload, shown_output, shown_outcome, shown_note = redact_within(
+                    [redact(loaded, paths), _loads(output), _loads(outcome), note], loaded,
+                    paths)
                 yield (c, v), Disagreement(
                     event_id=event_id, key=key, segment=_loads(segment),
-                    payload=ordered(redact(loaded, paths), first),
+                    payload=ordered(shown_payload, first),
                     output=ordered(shown_output, compared_output),
                     outcome=ordered(shown_outcome, compared_outcome),
                     decided_at=decided_at.isoformat(), note=shown_note,
@@ -311,7 +314,7 @@ class OwnerQueries(Queries):
         return tuple(TimelineEntry(at.isoformat(), *rest) for at, *rest in rows)
 
 
-SHORT_TEXT = 120
+SHORT_TEXT = 80
 """Text fields up to this long, on one line, come first in a payload when no
 ``disagreement_fields`` are configured: subjects, names, categories."""
 

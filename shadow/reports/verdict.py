@@ -104,7 +104,9 @@ def _reasons(check: Check, candidate: OwnerCandidate) -> list[str]:
 def _too_few(candidate: OwnerCandidate, sample: Check) -> str:
     needed = int(sample.threshold or 0)
     line = f"{candidate.agreement.n:,} of {needed:,} comparisons needed"
-    if candidate.pending:
+    if candidate.pending == 1:
+        line += " (1 prediction awaits an outcome)"
+    elif candidate.pending:
         line += f" ({candidate.pending:,} predictions await an outcome)"
     return line
 

@@ -1,5 +1,12 @@
 from __future__ import annotations
 
+import csv
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -188,3 +195,88 @@ def test_candidate_is_more_often_right_when_confident(demo: DemoFiles) -> None:
     assert confident and unsure
     assert _rate(confident) - _rate(unsure) >= 15
     assert all(0.0 <= float(p["confidence"]) <= 1.0 for _, p, _ in judged)
+
+
+# -- shadow demo and shadow report, run for real ---------------------------------------------
+
+
+def _shadow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith("SHADOW_") and k != "FORCE_COLOR"}
+    return subprocess.run([sys.executable, "-m", "shadow", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """``shadow demo`` in a directory of its own: the directory and what it printed."""
+    cwd = tmp_path_factory.mktemp("demo-run")
+    result = _shadow(cwd, "demo", "--dir", "demo")
+    assert result.returncode == 0, result.stderr
+    return cwd / "demo", result.stdout
+
+
+def _expected_line(demo: DemoFiles) -> str:
+    """The demo's verdict from the files: German tickets fall below the floor of 70 %."""
+    german = [ok for e, _, ok in _judged(demo) if e.segment["language"] == "de"]
+    return (f"NOT READY: language=de {_rate(german):.1f} % < floor 70 % (n={len(german):,}); "
+            "everything else passes (n/a: p95 latency, cost per decision, rollout state)")
+
+
+def test_demo_prints_the_verdict_line(demo: DemoFiles, ran: tuple[Path, str]) -> None:
+    _, stdout = ran
+    lines = stdout.splitlines()
+    assert _expected_line(demo) in lines
+    after = lines[lines.index(_expected_line(demo)) + 1]
+    assert after.startswith("Next: improve the candidate on language=de")
+
+
+def test_report_table_prints_the_verdict_line_first(
+        demo: DemoFiles, ran: tuple[Path, str]) -> None:
+    directory, _ = ran
+    result = _shadow(directory, "report", "--config", "shadow.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == _expected_line(demo)
+
+
+def test_demo_baseline_sentence_adds_up(demo: DemoFiles, ran: tuple[Path, str]) -> None:
+    _, stdout = ran
+    files = re.search(r"(\d[\d,]*) tickets re-categorised later \((\d[\d,]*) of them by another "
+                      r"agent\), (\d[\d,]*) reviewed and confirmed by a second agent", stdout)
+    revisits = re.search(r"revisited a ticket \((\d[\d,]*) times: (\d[\d,]*) reviews that "
+                         r"confirmed the label and (\d[\d,]*) re-categorisations by another "
+                         r"agent\)", stdout)
+    assert files and revisits, stdout
+    changed, by_another, reviewed = (int(n.replace(",", "")) for n in files.groups())
+    pairs, confirmed, recategorised = (int(n.replace(",", "")) for n in revisits.groups())
+    assert (changed, reviewed) == (demo.keys_with_changed_outcome, demo.keys_reviewed)
+    assert pairs == confirmed + recategorised
+    assert (confirmed, recategorised) == (reviewed, by_another)
+    # Recounted from the outcomes file: a re-categorisation by someone else than the one who
+    # filed the ticket.
+    outcomes, _ = _outcomes(_read(demo.outcomes))
+    history: dict[str, list[Outcome]] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.decided_at):
+        history.setdefault(outcome.key, []).append(outcome)
+    assert by_another == sum(
+        any(a.outcome != b.outcome and a.actor != b.actor for a, b in itertools.pairwise(h))
+        for h in history.values())
+
+
+def test_an_html_report_written_to_a_file_has_every_disagreement_beside_it(
+        demo: DemoFiles, ran: tuple[Path, str]) -> None:
+    directory, _ = ran
+    result = _shadow(directory, "report", "--config", "shadow.yaml", "--format", "html",
+                     "--out", "owners.html")
+    assert result.returncode == 0, result.stderr
+    page = (directory / "owners.html").read_text(encoding="utf-8")
+    assert '<a href="owners.disagreements.csv">' in page
+    text = (directory / "owners.disagreements.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines(keepends=True)))
+    wrong = {e.event_id for e, _, ok in _judged(demo) if not ok}
+    assert {r["event_id"] for r in rows} == wrong and len(rows) == len(wrong)
+    # The demo's configuration redacts customer.name: no name is in the CSV.
+    events, _ = _events(_read(demo.events))
+    names = {e.payload["customer"]["name"] for e in events if e.event_id in wrong}
+    assert not any(name in text for name in names)
+    assert all(json.loads(r["payload"])["customer"]["name"] == "[redacted]" for r in rows)
