@@ -51,9 +51,11 @@ def main(bootstrap: str, topic: str, n: str) -> None:
         finally:
             broker("start")
         deadline = time.monotonic() + 90
+        again: list[str] = []
         while source.away() is not None and time.monotonic() < deadline:
-            source.poll(10)
+            again += [record.position for record in source.poll(10)]
         said["after"] = source.away()
+        said["read_again"] = again  # records handed out again once the broker was back
     print(json.dumps(said), flush=True)
 
 
