@@ -63,7 +63,7 @@ def status(directory: Path) -> dict[str, Any]:
 def replayed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = prepare(tmp_path_factory.mktemp("rollout-cli"))
     result = shadow(directory, "replay", "events.jsonl", "--outcomes", "outcomes.jsonl",
-                    "--quiet", "--batch-size", "100")
+                    "--quiet", "--write-batch", "100")
     assert result.returncode == 0, result.stderr
     return directory
 
