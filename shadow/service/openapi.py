@@ -126,8 +126,8 @@ def _report_ok() -> dict[str, Any]:
     content = {media: {"schema": {"type": "object", "description": "the report as data"}
                        if media == "application/json" else {"type": "string"}}
                for media in REPORT_TYPES.values()}
-    return {"description": "the owner report; the content type follows the format "
-                           + ", ".join(f"({f}: {m})" for f, m in REPORT_TYPES.items()),
+    return {"description": "the owner report, in the content type of its format: "
+                           + ", ".join(f"{f} as {m}" for f, m in REPORT_TYPES.items()),
             "content": content}
 
 

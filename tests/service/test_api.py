@@ -882,6 +882,7 @@ def test_a_refusal_from_the_daemon_exits_1(daemon_dir: Path) -> None:
 
 def test_report_and_dead_letters_come_from_the_daemon(daemon_dir: Path,
                                                       report_data: CoreReport) -> None:
+    (daemon_dir / "shadow.duckdb").touch()  # a daemon's store exists; the CLI asks for one
     report = shadow(daemon_dir, "report", "--db", "shadow.duckdb", "--format", "json")
     assert report.returncode == 0, report.stderr
     assert report.stdout == render.to_json(report_data.as_dict())
@@ -894,6 +895,7 @@ def test_report_and_dead_letters_come_from_the_daemon(daemon_dir: Path,
     dead = shadow(daemon_dir, "dead-letters", "--db", "shadow.duckdb")
     assert dead.returncode == 0, dead.stderr
     assert "{from-the-daemon" in dead.stdout
+    assert (daemon_dir / "shadow.duckdb").stat().st_size == 0  # never opened: the daemon answered
 
 
 def test_rollout_commands_read_the_token_from_the_variable_the_config_names(
@@ -910,6 +912,7 @@ def test_rollout_commands_read_the_token_from_the_variable_the_config_names(
 
 
 def test_a_running_daemon_without_a_token_is_a_usage_error(daemon_dir: Path) -> None:
+    (daemon_dir / "shadow.duckdb").touch()  # a daemon's store exists; the CLI asks for one
     for args in (["rollout", "status"], ["dead-letters", "--db", "shadow.duckdb"]):
         result = shadow(daemon_dir, *args, token=None)
         assert_usage_error(result, "running daemon", "set SHADOW_API_TOKEN")
