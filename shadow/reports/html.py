@@ -246,6 +246,7 @@ def _candidate(candidate: OwnerCandidate, baseline: Baseline | None, currency: s
              " decisions (95\u00a0% Wilson interval).</p>",
              f'<p class="meta">{_text(INTERVALS)}</p>',
              charts_html,
+             _segment_table(candidate.segments, baseline),
              _confusion(candidate.confusion),
              _coverage(name, candidate.coverage),
              _latency(name, candidate.latency),
@@ -285,11 +286,17 @@ def _verdict(verdict: Verdict) -> str:
     rows = [[esc(c.name),
              f'<span class="{_STATUS_CLASS.get(c.status, "unknown")}">'
              f'{esc(c.status if c.status == "n/a" else (c.status or "unknown").upper())}</span>',
-             _figure(c.value, c.unit), _figure(c.threshold, c.unit), _text(c.detail or "")]
+             _figure(c.value, c.unit), _figure(c.threshold, _threshold_unit(c.unit)),
+             _text(c.detail or "")]
             for c in verdict.checks]
     table = (_table(["check", "status", "value", "threshold", "detail"], rows, {2, 3})
              if rows else no_data("checklist"))
     return f'<div class="check">{_verdict_badge(verdict, "verdict")}{table}</div>'
+
+
+def _threshold_unit(unit: str) -> str:
+    """Segments are counted against a floor that is a share."""
+    return "rate" if unit == "segments" else unit
 
 
 def _figure(value: Any, unit: str) -> str:
@@ -334,14 +341,22 @@ def _segments(name: str, segments: Sequence[Segment], baseline: Baseline | None)
     below = [esc(f"{s.field}={s.value}") for s in segments if s.below_floor]
     if below:
         chart += f'<p class="fail">Below floor: {", ".join(below)}</p>'
+    return chart
+
+
+def _segment_table(segments: Sequence[Segment], baseline: Baseline | None) -> str:
+    """Each segment's agreement beside how often people agree on its cases."""
+    if not segments:
+        return ""
     people = [baseline.segment(s.field, s.value) if baseline else None for s in segments]
-    table = _table(
-        ["segment", "compared", "AI agreement (95\u00a0% Wilson)", "people agree (pairs)",
-         "floor"],
-        [[esc(f"{s.field}={s.value}"), _count(s.compared), _interval_of(s.rate, s.low, s.high),
-          "–" if h is None else f"{pct(h.rate)} ({_count(h.pairs)})", pct(s.floor, 0)]
-         for s, h in zip(segments, people, strict=True)], {1, 2, 3, 4})
-    return chart + table
+    rows = [[esc(f"{s.field}={s.value}"), _count(s.compared),
+             _interval_of(s.rate, s.low, s.high),
+             "–" if h is None else f"{_interval_of(h.rate, h.low, h.high)} ({_count(h.pairs)})",
+             pct(s.floor, 0), '<span class="fail">below</span>' if s.below_floor else ""]
+            for s, h in zip(segments, people, strict=True)]
+    return "<h3>Segments: the AI next to people</h3>" + _table(
+        ["segment", "compared", "AI agrees with people (95\u00a0% Wilson)",
+         "people agree with each other (pairs)", "floor", ""], rows, {1, 2, 3, 4})
 
 
 def _interval_of(rate: float | None, low: float | None, high: float | None) -> str:
@@ -450,6 +465,8 @@ def _violations(violations: Violations) -> str:
 
 def _cost(cost: CostProjection, currency: str) -> str:
     title = "<h3>Cost</h3>"
+    if cost.per_decision is None:
+        return title + '<p class="no-data">The candidate reports no cost.</p>'
     per_decision = _money(cost.per_decision, currency, 4)
     line = f"<p>Cost per decision: <strong>{per_decision}</strong></p>"
     current = cost.daily_volume_current

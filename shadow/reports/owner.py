@@ -191,9 +191,10 @@ def _checks(options: OwnerOptions, agreement: OwnerAgreement, errors: Errors,
                "no cost reported" if cost.per_decision is None else
                "informational: no budget", "money"),
         _check("segments below floor", not below if judged else None, len(below), options.floor,
-               ", ".join(f"{s.field}={s.value}" for s in below) or
+               ", ".join(f"{s.field}={s.value} {percent(s.rate)} (n={s.compared:,})"
+                         for s in below) or
                (f"{len(judged):,} segments with at least {least:,} comparisons" if judged else
-                f"no segment has {least:,} comparisons yet"), "count"),
+                f"no segment has {least:,} comparisons yet"), "segments"),
         _rollout_check(state),
     ]
 

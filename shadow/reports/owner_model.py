@@ -187,7 +187,8 @@ class Check:
     detail: str
     unit: str = ""
     """How ``value`` and ``threshold`` read: ``rate`` (a share), ``count``, ``ms``, ``money``,
-    ``percent`` (traffic, already in per cent) or ``""``."""
+    ``percent`` (traffic, already in per cent), ``segments`` (a count of segments against a
+    floor that is a share) or ``""``."""
 
 
 @dataclass(frozen=True, slots=True)

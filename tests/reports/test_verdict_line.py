@@ -244,7 +244,8 @@ def test_the_human_baseline_stands_beside_each_segment(tmp_path: Path) -> None:
     people = baseline.segment("language", "en")
     assert people is not None and (people.pairs, people.agreed) == (10, 0)
     assert baseline.segment("language", "de") is None
-    assert "0.0\u00a0% (10)" in to_html(typed)
+    # 0 of 10: the Wilson upper bound is z²/(n + z²) = 3.8415 / 13.8415.
+    assert "0.0\u00a0% [0.0\u00a0%, 27.8\u00a0%] (10)" in to_html(typed)
 
 
 # -- every disagreement as CSV -----------------------------------------------------------
