@@ -302,6 +302,7 @@ def _report(args: argparse.Namespace) -> int:
     import orjson
 
     from shadow.config.file import load_config
+    from shadow.pipeline.readiness import remembered
     from shadow.reports import render
     from shadow.reports.build import report_text
     from shadow.reports.summary import CoreReport
@@ -321,9 +322,11 @@ def _report(args: argparse.Namespace) -> int:
         return render.to_table(CoreReport.from_dict(data), color=color,
                                verdicts=headlines_of_json(data))
 
+    # Without --config, the readiness settings the store was last run with (replay, daemon).
     text = from_daemon_or_store(
-        db, ask, lambda store: report_text(store, config, args.format, out=args.out,
-                                           color=color))
+        db, ask, lambda store: report_text(
+            store, config if args.config is not None else remembered(store) or config,
+            args.format, out=args.out, color=color))
     _emit(text, args.out)
     return EXIT_OK
 

@@ -20,6 +20,8 @@ from shadow.config.candidates import (
 )
 from shadow.config.file import Config, load_config
 from shadow.core.errors import ConfigError
+from shadow.core.models import utc_now
+from shadow.pipeline.readiness import remember
 from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.store.database import Store
 
@@ -55,6 +57,8 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
     events = [FileSource(path.resolve()) for path in request.events]
     outcomes = [FileSource(path.resolve()) for path in request.outcomes]
     with Store(db) as store, ExitStack() as opened:
+        if request.config is not None:
+            remember(store, config, now=utc_now())
         for candidate in candidates:
             opened.enter_context(candidate)
         rollout = None

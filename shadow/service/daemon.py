@@ -50,6 +50,7 @@ from shadow.compare.step import compare
 from shadow.config.file import Config
 from shadow.core.errors import ConfigError, StoreError
 from shadow.core.models import utc_now
+from shadow.pipeline.readiness import remember
 from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.pipeline.source_guard import GuardedSource, SourceStatus
 from shadow.service.api_tokens import Tokens, load_tokens
@@ -129,6 +130,7 @@ class Daemon:
             # this start made go with it, removed while the lock is still held.
             stack.callback(lambda: None if self._started else new_files.remove())
             self.store = stack.enter_context(Store(self.store_path))
+            remember(self.store, self.config, now=self.now())
             feeds = self._wire(stack)
             from shadow.service.api import ApiServer
 

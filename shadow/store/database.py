@@ -343,6 +343,20 @@ class Store:
              orjson.dumps(run["summary"]).decode()],
         )
 
+    def save_setting(self, name: str, value: str, *, now: datetime) -> None:
+        """Keep ``value`` (JSON text) under ``name``, in place of what was there."""
+        self.db.execute("INSERT OR REPLACE INTO settings (name, value, saved_at) "
+                        "VALUES (?, ?, ?)", [name, value, now])
+
+    def setting(self, name: str) -> str | None:
+        """The JSON text kept under ``name``, else ``None`` (also in a store opened read-only
+        at a schema from before settings were kept)."""
+        try:
+            value = _scalar(self.db, "SELECT value FROM settings WHERE name = ?", [name])
+        except duckdb.CatalogException:
+            return None
+        return None if value is None else str(value)
+
 
 # Rows of `table` for the same prediction (event, candidate, version) as a row of `new`.
 _DELETE_SAME = """

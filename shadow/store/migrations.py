@@ -223,6 +223,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE rollout_audit ADD COLUMN token VARCHAR",
         "UPDATE rollout_audit SET token = '' WHERE actor <> 'controller'",
     ]),
+    # Settings kept with the store, by name, as JSON text: "readiness" is what the last
+    # replay or daemon given a configuration judged "ready" by (shadow.pipeline.readiness).
+    (10, [
+        """CREATE TABLE settings (
+            name VARCHAR PRIMARY KEY,
+            value JSON NOT NULL,
+            saved_at TIMESTAMPTZ NOT NULL
+        )""",
+    ]),
 ]
 
 

@@ -32,12 +32,10 @@ def report_json(directory: Path, command: list[str]) -> dict[str, Any]:
     return found
 
 
-def test_the_hint_carries_the_config_so_its_report_reads_the_same_verdict(
-    tmp_path: Path
-) -> None:
-    (tmp_path / "shadow.yaml").write_text(CONFIG, encoding="utf-8")
-    with open(tmp_path / "events.jsonl", "w", encoding="utf-8") as events, \
-         open(tmp_path / "outcomes.jsonl", "w", encoding="utf-8") as outcomes:
+def write_workload(directory: Path) -> None:
+    (directory / "shadow.yaml").write_text(CONFIG, encoding="utf-8")
+    with open(directory / "events.jsonl", "w", encoding="utf-8") as events, \
+         open(directory / "outcomes.jsonl", "w", encoding="utf-8") as outcomes:
         for i in range(120):
             events.write(json.dumps({"event_id": f"e{i}", "key": f"k{i}",
                                      "occurred_at": "2026-01-01T00:00:00Z",
@@ -46,6 +44,12 @@ def test_the_hint_carries_the_config_so_its_report_reads_the_same_verdict(
             outcomes.write(json.dumps({"key": f"k{i}", "outcome": "login" if i % 5 == 0
                                        else "billing",
                                        "decided_at": "2026-01-02T00:00:00Z"}) + "\n")
+
+
+def test_the_hint_carries_the_config_so_its_report_reads_the_same_verdict(
+    tmp_path: Path
+) -> None:
+    write_workload(tmp_path)
     printed = shadow(tmp_path, "replay", "events.jsonl", "--outcomes", "outcomes.jsonl",
                      "--db", "store.duckdb", "--config", "shadow.yaml", "--quiet")
     (hint,) = [line for line in printed.splitlines() if line.startswith("next: ")]
@@ -69,3 +73,16 @@ def test_the_hint_names_a_path_with_spaces_so_that_a_shell_reads_it_back(
                             config=Path("shadow.yaml"))
     assert shlex.split(report_options(request)) == ["--db", "my store.duckdb",
                                                     "--config", "shadow.yaml"]
+
+
+def test_a_report_without_the_config_judges_by_the_settings_the_replay_kept(
+    tmp_path: Path
+) -> None:
+    write_workload(tmp_path)
+    shadow(tmp_path, "replay", "events.jsonl", "--outcomes", "outcomes.jsonl",
+           "--db", "store.duckdb", "--config", "shadow.yaml", "--quiet")
+    alone = report_json(tmp_path, ["report", "--db", "store.duckdb"])
+    assert alone == report_json(tmp_path, ["report", "--db", "store.duckdb",
+                                           "--config", "shadow.yaml"])
+    assert alone["owner"]["options"]["threshold"] == 0.5
+    assert alone["owner"]["options"]["min_compared"] == 50

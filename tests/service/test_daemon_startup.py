@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from shadow.config.file import load_config
+from shadow.pipeline.readiness import remembered
 from shadow.service.daemon import startup_problems
+from shadow.store.database import Store
 from tests.daemon_process import TOKEN, ready_api, start_daemon, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,8 +168,6 @@ def test_a_start_refused_after_the_store_was_made_removes_what_it_made(
 def test_a_refused_start_leaves_an_existing_store_alone(
     tmp_path: Path, free_port: socket.socket
 ) -> None:
-    from shadow.store.database import Store
-
     with Store(tmp_path / "s.duckdb"):
         pass
     port = free_port.getsockname()[1]
@@ -204,8 +204,14 @@ def test_a_webhook_example_starts_as_its_comments_say(
     for name in secrets:
         monkeypatch.setenv(name, f"secret of {name}")
     daemon = start_daemon(config, "daemon.log")
+    store = config.parent / raw["store"]["path"]
     try:
-        ready_api(config.parent / raw["store"]["path"], process=daemon)
+        ready_api(store, process=daemon)
     finally:
         code, log = stop(daemon)
     assert code == 0, log
+    # The settings it judges readiness by are kept with the store, for reports without it.
+    with Store(store, read_only=True) as opened:
+        kept = remembered(opened)
+    assert kept is not None
+    assert kept.comparator.prediction_path == load_config(config).comparator.prediction_path
