@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from shadow.cli import simulate as simulation
 from shadow.cli.options import existing_store, positive_int
+from shadow.cli.program import program
 from shadow.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -361,10 +362,12 @@ def _command(args: argparse.Namespace) -> int:
             t = controller.command(action, actor=actor, reason=reason, to_step=to_step,
                                    force=force)
     except Refused as exc:
-        # Through a daemon the refusal names the API's field; here the option says it.
+        # Through a daemon the refusal names the API's field; here the option says it, and
+        # a command it names runs as this one was invoked.
         from rollout.controller import FORCE_FIELD, FORCE_OPTION
 
-        print(f"shadow: refused: {str(exc).replace(FORCE_FIELD, FORCE_OPTION)}",
+        message = str(exc).replace(FORCE_FIELD, FORCE_OPTION)
+        print(f"shadow: refused: {message.replace('(shadow rollout ', f'({program()} rollout ')}",
               file=sys.stderr)
         return 1
     print(describe(t))

@@ -94,6 +94,8 @@ def test_promote_rollback_and_the_refusals_between(replayed: Path) -> None:
     refused = shadow(replayed, "rollout", "promote")
     assert refused.returncode == 1
     assert "refused" in refused.stderr and "restart it first" in refused.stderr
+    # the command it names runs as this one was invoked (here: python -m shadow)
+    assert "-m shadow rollout restart)" in refused.stderr
     assert "Traceback" not in refused.stderr
 
     history = shadow(replayed, "rollout", "history", "--format", "json")
