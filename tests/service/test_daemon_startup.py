@@ -215,3 +215,35 @@ def test_a_webhook_example_starts_as_its_comments_say(
         kept = remembered(opened)
     assert kept is not None
     assert kept.comparator.prediction_path == load_config(config).comparator.prediction_path
+
+
+def test_the_deployed_config_starts_as_the_compose_file_runs_it(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """deploy/shadow.yaml as docker-compose.yml mounts it, with this test's broker for the
+    compose file's, its volume and mounts under the test's directory, and ports chosen by
+    the system (tests run beside each other)."""
+    data, tokens = tmp_path / "data", tmp_path / "api-tokens"
+    data.mkdir()
+    shutil.copy(ROOT / "deploy" / "api-tokens", tokens)
+    tokens.chmod(0o600)
+    text = ((ROOT / "deploy" / "shadow.yaml").read_text(encoding="utf-8")
+            .replace("kafka:19092", kafka_bootstrap).replace("/data/", f"{data}/")
+            .replace("/etc/shadow/api-tokens", str(tokens)))
+    raw = yaml.safe_load(text)
+    raw["daemon"]["api"]["port"] = raw["daemon"]["webhooks"]["port"] = 0
+    config = tmp_path / "shadow.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        # start_daemon keeps no SHADOW_ variable but the CLI's token; this one needs its own.
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "shadow", "run", "--config", str(config)], cwd=tmp_path,
+            env=clean_env(SHADOW_READ_TOKEN="the scraper's token"), stdout=log_file,
+            stderr=log_file, text=True)
+    daemon.log = log_path  # type: ignore[attr-defined]
+    try:
+        ready_api(data / "shadow.duckdb", timeout_s=120, process=daemon)
+    finally:
+        code, log = stop(daemon)
+    assert code == 0, log
