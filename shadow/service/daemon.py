@@ -527,10 +527,7 @@ def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
                         "or give --db PATH (or set SHADOW_DB)")
     elif not store_path.parent.is_dir():
         problems.append(f"store.path: the folder {store_path.parent} does not exist")
-    try:
-        load_tokens(config.daemon.api, base_dir=base_dir, environ=environ)
-    except ConfigError as exc:
-        problems.append(str(exc))
+    problems.extend(_token_problems(config, base_dir=base_dir, environ=environ))
     specs = config.all_candidates()
     if not specs:
         problems.append("candidate: the daemon needs a candidate to run")
@@ -562,6 +559,22 @@ def refuse(problems: list[str]) -> None:
     if problems:
         raise ConfigError(f"the daemon cannot start, {len(problems)} problems:\n  "
                           + "\n  ".join(problems))
+
+
+def _token_problems(config: Config, *, base_dir: Path,
+                    environ: Mapping[str, str]) -> list[str]:
+    """Every token variable that is not set; else whatever reading the tokens finds."""
+    api = config.daemon.api
+    unset = [f"daemon.api.tokens.{i}.env: set the environment variable {token.env} to the "
+             f"token of {token.name!r}"
+             for i, token in enumerate(api.tokens) if not environ.get(token.env, "").strip()]
+    if unset:
+        return unset
+    try:
+        load_tokens(api, base_dir=base_dir, environ=environ)
+    except ConfigError as exc:
+        return [str(exc)]
+    return []
 
 
 def _webhook_problem(spec: WebhookSourceSpec, environ: Mapping[str, str]) -> str | None:

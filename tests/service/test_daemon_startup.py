@@ -247,3 +247,18 @@ def test_the_deployed_config_starts_as_the_compose_file_runs_it(
     finally:
         code, log = stop(daemon)
     assert code == 0, log
+
+
+def test_every_token_variable_that_is_not_set_is_named(tmp_path: Path) -> None:
+    config = tmp_path / "shadow.yaml"
+    config.write_text("candidate: {callable: shadow.demo.candidate:classify}\n"
+                      "sources: {events: [{kind: file, path: events.jsonl}]}\n"
+                      "daemon: {api: {tokens: [{name: scraper, env: READ_TOKEN, scope: read},\n"
+                      "                        {name: ana, env: ANA_TOKEN, scope: operate}]}}\n",
+                      encoding="utf-8")
+    problems = startup_problems(load_config(config), store_path=tmp_path / "s.duckdb",
+                                base_dir=tmp_path, environ={"ANA_TOKEN": " "})
+    assert problems == [
+        "daemon.api.tokens.0.env: set the environment variable READ_TOKEN to the token of "
+        "'scraper'",
+        "daemon.api.tokens.1.env: set the environment variable ANA_TOKEN to the token of 'ana'"]
