@@ -60,6 +60,7 @@ def test_a_hubspot_signed_file_is_stored_and_a_resend_is_recognised(
     assert (first.returncode, first.stdout.split()[0]) == (0, "200"), first.stderr
     assert '"stored"' in first.stdout
     assert (again.returncode, again.stdout.split()[0]) == (0, "200"), again.stderr
+    assert "duplicate" in again.stdout, again.stdout
     assert (wrong.returncode, wrong.stdout.split()[0]) == (1, "401")
 
 
