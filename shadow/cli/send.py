@@ -18,14 +18,14 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connectors.signing import sign
-from connectors.specs import WebhookSourceSpec
-from shadow.config.daemon import WebhookServerSpec
-from shadow.config.file import Config, load_config
 from shadow.core.errors import ConfigError, ShadowError
-from shadow.core.models import utc_now
+
+if TYPE_CHECKING:
+    from connectors.specs import WebhookSourceSpec
+    from shadow.config.daemon import WebhookServerSpec
+    from shadow.config.file import Config
 
 _TIMEOUT_S = 30.0
 
@@ -51,6 +51,11 @@ def add_send_parser(commands: Any, add_config: Callable[[argparse.ArgumentParser
 
 
 def _send(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: parsing the command line (`shadow --help`) needs none.
+    from connectors.signing import sign
+    from shadow.config.file import load_config
+    from shadow.core.models import utc_now
+
     if args.config is None:
         raise ConfigError("--config is required (or set SHADOW_CONFIG)")
     config = load_config(args.config)
@@ -85,6 +90,8 @@ def webhook_source(config: Config, name: str) -> WebhookSourceSpec:
     Raises:
         ConfigError: there is none; the message lists the names there are.
     """
+    from connectors.specs import WebhookSourceSpec
+
     hooks = [s for s in [*config.sources.events, *config.sources.outcomes]
              if isinstance(s, WebhookSourceSpec)]
     for hook in hooks:
