@@ -503,7 +503,7 @@ def test_a_jsonl_replay_accounts_for_every_line_and_stores_every_valid_event(
     outcomes_path.write_bytes(b"".join(o.data + b"\n" for o in outcome_lines))
 
     counts = replay(directory, path, "--outcomes", str(outcomes_path),
-                    "--batch-size", str(batch_size))
+                    "--write-batch", str(batch_size))
 
     read, stored, duplicates, dead = counts["events"]
     assert read == stored + duplicates + dead
@@ -660,7 +660,7 @@ def test_a_csv_replay_accounts_for_every_record_and_stores_every_valid_event(
     expected = Expected("v")
     path.write_bytes(csv_file(rows, end=end, bom=bom, expected=expected))
 
-    read, stored, duplicates, dead = replay(directory, path, "--batch-size",
+    read, stored, duplicates, dead = replay(directory, path, "--write-batch",
                                             str(batch_size))["events"]
 
     assert read == stored + duplicates + dead

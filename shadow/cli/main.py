@@ -358,7 +358,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.events < 100:
         raise ConfigError("--events: expected at least 100 tickets")
     output_directory(args.dir)
-    print(run_demo(args.dir, events=args.events, progress=_progress()))
+    print(run_demo(args.dir, events=args.events, progress=_progress(), program=program(),
+                   program_anywhere=program(anywhere=True)))
     return EXIT_OK
 
 

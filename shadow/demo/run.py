@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,11 @@ report:                     # what "ready" means to the owners
 MIN_SEGMENT_SAMPLE = 30
 
 
-def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> str:
-    """Run the whole demo in ``directory`` and return what to tell the user."""
+def run_demo(directory: Path, *, events: int = 5000, progress: Any = None,
+             program: str = "shadow", program_anywhere: str = "shadow") -> str:
+    """Run the whole demo in ``directory`` and return what to tell the user. Its hints run
+    ``program``, the command as the user invoked it, or ``program_anywhere`` (the same,
+    found from any directory) where the hint changes directory first."""
     files = generate(directory, events=events)
     config = directory / "shadow.yaml"
     config.write_text(CONFIG, encoding="utf-8")
@@ -79,11 +83,12 @@ def run_demo(directory: Path, *, events: int = 5000, progress: Any = None) -> st
         "  report.md       the verdict and key numbers in Markdown; report.json all of it",
         "",
         "What to look at:",
-        *_findings(report, directory),
+        *_findings(report, directory, program, program_anywhere),
     ]) + "\n"
 
 
-def _findings(report: FullReport, directory: Path) -> list[str]:
+def _findings(report: FullReport, directory: Path, program: str,
+              program_anywhere: str) -> list[str]:
     candidate = report.core.candidates[0]
     overall = candidate.agreement.rate
     segments = [s for s in candidate.segments if s.compared >= MIN_SEGMENT_SAMPLE]
@@ -107,7 +112,8 @@ def _findings(report: FullReport, directory: Path) -> list[str]:
         f"  - {candidate.pending:,} predictions are pending: their tickets have no human "
         "outcome yet. They are compared when the outcome arrives.",
         f"  - {report.core.dead_letters} malformed lines were kept, not dropped, with the reason: "
-        f"shadow dead-letters --db {directory / 'shadow.duckdb'}",
-        f"  - Re-run it: cd {directory} && shadow replay events.jsonl --outcomes outcomes.jsonl "
+        f"{program} dead-letters --db {shlex.quote(str(directory / 'shadow.duckdb'))}",
+        f"  - Re-run it: cd {shlex.quote(str(directory))} && {program_anywhere} replay "
+        "events.jsonl --outcomes outcomes.jsonl "
         "--config shadow.yaml  (nothing changes: replays are idempotent)",
     ]

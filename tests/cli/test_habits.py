@@ -311,3 +311,25 @@ def test_a_refused_promotion_names_force_as_each_interface_spells_it(daemon: Dae
     assert status == 409
     message = json.loads(body)["error"]
     assert '(give "force": true to promote anyway' in message and "--force" not in message
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="the shadow script is not installed")
+def test_the_demos_hints_run_as_printed_by_the_script_off_path(tmp_path: Path) -> None:
+    script = os.path.relpath(SCRIPT, tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if Path(p, "shadow").resolve() != SCRIPT.resolve())
+    demo = subprocess.run([script, "demo", "--dir", "demo dir", "--events", "300"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert demo.returncode == 0, demo.stderr
+    dead_letters = next(line for line in demo.stdout.splitlines() if " dead-letters --db " in line)
+    command = dead_letters[dead_letters.index(script):]
+    assert command == f"{script} dead-letters --db 'demo dir/shadow.duckdb'"
+    assert run_as_printed(command, tmp_path, env).returncode == 0
+    rerun = next(line for line in demo.stdout.splitlines() if "Re-run it: " in line)
+    command = rerun.split("Re-run it: ", 1)[1].split("  (", 1)[0]
+    # The hint changes directory first: the script is named by its absolute path there.
+    assert command.startswith(f"cd 'demo dir' && {SCRIPT.absolute()} replay ")
+    again = run_as_printed(command, tmp_path, env)
+    assert again.returncode == 0, again.stderr

@@ -53,9 +53,6 @@ def test_help_imports_nothing_beyond_the_cli_but_what_send_imports_at_its_top(
     assert "shadow.cli.main" in help_imports and "argparse" in help_imports
 
 
-@pytest.mark.xfail(reason="shadow/cli/send.py imports connectors.signing, connectors.specs and "
-                          "shadow.config at its top; with those imports in its handler this "
-                          "passes", strict=False)
 def test_help_imports_nothing_beyond_the_cli(help_imports: set[str]) -> None:
     assert beyond_the_cli(help_imports) == set()
 

@@ -43,7 +43,7 @@ def test_replay_in_a_terminal_draws_a_progress_bar(tmp_path: Path) -> None:
     code, shown = run_in_terminal(
         [sys.executable, "-m", "shadow", "replay", str(files.events),
          "--candidate", "shadow.demo.candidate:classify", "--db", str(tmp_path / "s.duckdb"),
-         "--batch-size", "500"],
+         "--write-batch", "500"],
         cwd=tmp_path,
     )
 

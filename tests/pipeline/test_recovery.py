@@ -48,7 +48,7 @@ def write_inputs(directory: Path) -> tuple[Path, Path]:
 def replay_command(events: Path, outcomes: Path, db: Path) -> list[str]:
     return [sys.executable, "-m", "shadow", "replay", str(events), "--outcomes", str(outcomes),
             "--candidate", "tests.pipeline.test_recovery:slow_label", "--db", str(db),
-            "--batch-size", str(BATCH), "--quiet"]
+            "--write-batch", str(BATCH), "--quiet"]
 
 
 def stable_part(db: Path) -> dict[str, Any]:

@@ -55,7 +55,7 @@ rollout:
     directory = prepare(tmp_path, config)
     assert (directory / "triage.py").read_text(encoding="utf-8") == CANDIDATE
     result = run(directory, "replay", "events.jsonl", "--outcomes", "outcomes.jsonl",
-                 "--config", "shadow.yaml", "--quiet", "--batch-size", "100")
+                 "--config", "shadow.yaml", "--quiet", "--write-batch", "100")
     assert result.returncode == 0, result.stderr
 
     with Store(directory / "shadow.duckdb", read_only=True) as store:
