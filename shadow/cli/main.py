@@ -280,7 +280,20 @@ def _replay(args: argparse.Namespace) -> int:
         _not_run_by_a_daemon(Path(store))
     summary = replay_files(request, progress=None if args.quiet else _progress())
     print(describe(summary, request, program=program()))
+    if store is not None:
+        print(_verdict_of(Path(store), config))
     return EXIT_OK
+
+
+def _verdict_of(db: Path, config: Any) -> str:
+    """The owner report's verdict lines of a store, as ``shadow report`` shows them."""
+    from shadow.reports.build import owner_options
+    from shadow.reports.owner import owner_report
+    from shadow.reports.verdict import headlines, verdict_text
+    from shadow.store.database import Store
+
+    with Store(db, read_only=True) as opened:
+        return verdict_text(headlines(owner_report(opened, owner_options(config))))
 
 
 def _not_run_by_a_daemon(store: Path) -> None:

@@ -170,3 +170,15 @@ def headlines_of_json(report: dict[str, Any]) -> tuple[Headline, ...]:
     return tuple(Headline(c["name"], c.get("version"), c["verdict"]["status"],
                           c["verdict"].get("line", ""), c["verdict"].get("next_step", ""))
                  for c in owner.get("candidates", ()))
+
+
+def verdict_text(verdicts: Sequence[Headline]) -> str:
+    """The verdict lines as plain text, each with its next step; the candidate named when
+    there are several."""
+    lines: list[str] = []
+    for h in verdicts:
+        version = f" (version {h.version})" if h.version else ""
+        lines.append((f"{h.name}{version}: " if len(verdicts) > 1 else "") + h.line)
+        if h.next_step:
+            lines.append(h.next_step)
+    return "\n".join(lines)

@@ -333,3 +333,15 @@ def test_the_demos_hints_run_as_printed_by_the_script_off_path(tmp_path: Path) -
     assert command.startswith(f"cd 'demo dir' && {SCRIPT.absolute()} replay ")
     again = run_as_printed(command, tmp_path, env)
     assert again.returncode == 0, again.stderr
+
+
+def test_a_replay_ends_with_the_verdict_the_report_gives(tmp_path: Path) -> None:
+    prepare(tmp_path)
+    replay = run(tmp_path, *REPLAY, "--db", "s.duckdb")
+    assert replay.returncode == 0, replay.stderr
+    report = run(tmp_path, "report", "--db", "s.duckdb", "--config", "shadow.yaml",
+                 "--format", "json")
+    assert report.returncode == 0, report.stderr
+    verdict = json.loads(report.stdout)["owner"]["candidates"][0]["verdict"]
+    assert verdict["line"].split(":")[0] in ("READY", "NOT READY", "NOT ENOUGH DATA")
+    assert replay.stdout.rstrip().splitlines()[-2:] == [verdict["line"], verdict["next_step"]]
