@@ -8,11 +8,6 @@ Each command is a fresh process (what a person typing it waits for), run alterna
 (the floor of any command line parsed with argparse). Also ``shadow --version`` and
 ``shadow rollout status --help``, which parse without running anything, and the
 packages ``shadow --help`` imports that are neither the standard library nor the CLI's own.
-
-``shadow --help, send stubbed`` runs the same parser with ``shadow.cli.send`` replaced by
-a stub that registers the same name: ``send`` imports its dependencies (the configuration,
-the connectors) when its module is imported, not in its handler, and this row shows what
-``shadow --help`` takes once it no longer does.
 """
 
 from __future__ import annotations
@@ -25,22 +20,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STUBBED_SEND = """
-import sys, types
-stub = types.ModuleType("shadow.cli.send")
-stub.add_send_parser = lambda commands, add_config: commands.add_parser("send", help="send")
-sys.modules["shadow.cli.send"] = stub
-from shadow.cli.main import main
-main(["--help"])
-"""
-
 COMMANDS = {
     "python -c pass": ["-c", "pass"],
     'python -c "import argparse"': ["-c", "import argparse"],
     "shadow --help": ["-m", "shadow", "--help"],
     "shadow --version": ["-m", "shadow", "--version"],
     "shadow rollout status --help": ["-m", "shadow", "rollout", "status", "--help"],
-    "shadow --help, send stubbed": ["-c", STUBBED_SEND],
 }
 
 
@@ -78,10 +63,9 @@ def main() -> None:
     help_median = statistics.median(times["shadow --help"])
     floor = statistics.median(times['python -c "import argparse"'])
     print(f"shadow --help beyond the argparse floor: {(help_median - floor) * 1000:.0f} ms")
-    for name in ("shadow --help", "shadow --help, send stubbed"):
-        foreign = sorted(foreign_packages(imported(COMMANDS[name])))
-        print(f"{name}: imports {len(foreign)} packages beyond the standard library and "
-              f"the CLI" + (f": {', '.join(foreign)}" if foreign else ""))
+    foreign = sorted(foreign_packages(imported(COMMANDS["shadow --help"])))
+    print(f"shadow --help: imports {len(foreign)} packages beyond the standard library and "
+          f"the CLI" + (f": {', '.join(foreign)}" if foreign else ""))
 
 
 def foreign_packages(modules: set[str]) -> set[str]:
