@@ -16,6 +16,7 @@ import unicodedata
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from shadow.compare.actions import ActionsComparator
 from shadow.compare.base import (
     Comparator,
     Judgement,
@@ -25,6 +26,7 @@ from shadow.compare.base import (
     judge_absent,
 )
 from shadow.config.comparators import (
+    ActionsSpec,
     ComparatorSpec,
     CustomSpec,
     ExactSpec,
@@ -152,6 +154,8 @@ def build_comparator(spec: ComparatorSpec) -> Comparator:
             return _Fields(spec)
         case CustomSpec():
             return _Custom(spec, load_callable(spec.function, what="custom comparator"))
+        case ActionsSpec():
+            return ActionsComparator(spec, build_comparator)
         case SimilaritySpec() | SemanticSpec() | JudgeSpec():
             # imported here: the text comparators load their models only when asked for
             from shadow.compare.text import build_text_comparator

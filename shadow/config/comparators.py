@@ -91,14 +91,38 @@ class JudgeSpec(_ComparatorBase):
     """SQLite file of verdicts by content hash, relative to the working directory."""
 
 
+class ToolSpec(Spec):
+    """How the arguments of one tool's actions are compared."""
+
+    arguments: dict[str, ComparatorSpec] = Field(default_factory=dict)
+    """A comparator per argument name, e.g. ``amount: {kind: numeric, abs_tol: 0.5}``."""
+    other_arguments: Literal["exact", "ignore"] = "exact"
+    """Arguments not listed: compared exactly, or not compared at all."""
+
+
+class ActionsSpec(_ComparatorBase):
+    """Proposed actions against the person's, per tool (see :mod:`shadow.compare.actions`)."""
+
+    kind: Literal["actions"]
+    mode: Literal["same_set", "covers", "first"] = "same_set"
+    """``same_set``: the AI's actions are the person's; ``covers``: the person's are among
+    the AI's; ``first``: only the first action of each side is compared."""
+    ordered: bool = False
+    """Also require the tools in the same order (``covers``: the person's in the AI's order)."""
+    tools: dict[str, ToolSpec] = Field(default_factory=dict)
+    """Argument comparators by tool name; a tool not listed compares its arguments exactly."""
+
+
 ComparatorSpec = Annotated[
     ExactSpec | NormalizedSpec | SetSpec | NumericSpec | FieldsSpec | CustomSpec
-    | SimilaritySpec | SemanticSpec | JudgeSpec,
+    | SimilaritySpec | SemanticSpec | JudgeSpec | ActionsSpec,
     Field(discriminator="kind"),
 ]
 FieldsSpec.model_rebuild()
+ToolSpec.model_rebuild()
+ActionsSpec.model_rebuild()
 
 COMPARATOR_KINDS = (
     "exact", "normalized", "set", "numeric", "fields", "custom",
-    "similarity", "semantic", "judge",
+    "similarity", "semantic", "judge", "actions",
 )

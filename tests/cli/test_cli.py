@@ -336,7 +336,7 @@ def test_config_error(failures: Failures) -> None:
     # the validation problems follow, one indented line per key path
     assert details == [
         "  comparator.kind: expected one of exact, normalized, set, numeric, fields, custom, "
-        "similarity, semantic, judge, got 'fuzzy'"
+        "similarity, semantic, judge, actions, got 'fuzzy'"
     ]
 
 

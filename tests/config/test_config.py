@@ -20,7 +20,7 @@ from shadow.config.file import Config, load_config, parse_config
 from shadow.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-KINDS = "exact, normalized, set, numeric, fields, custom, similarity, semantic, judge"
+KINDS = "exact, normalized, set, numeric, fields, custom, similarity, semantic, judge, actions"
 
 FULL = """\
 version: 1
