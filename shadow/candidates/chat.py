@@ -6,6 +6,21 @@ with a JSON schema the server is asked for structured output, and the reply is
 checked against the schema here too, since not every server enforces it.
 Tokens come from the response's ``usage``, the cost from the configured prices,
 and the model is the one the server says answered.
+
+With ``tools`` the functions are offered to the model (with ``tool_choice`` and
+``parallel_tool_calls`` when set), and its ``tool_calls`` become proposed actions
+(:mod:`shadow.core.actions`), never executed. The output is then an object::
+
+    {"actions": [{"tool": "issue_refund", "arguments": {"amount": 20}, "id": "call_1"}],
+     "reply": "I have refunded you."}
+
+``reply`` holding the message content when there is one (with ``output: json``, the
+keys of a JSON object reply are kept at the top instead, unless it has its own
+``actions``). A call is an action when it names an offered tool and its arguments
+parse as a JSON object valid against the tool's ``parameters``; every other call is
+left out of ``actions``, kept under ``invalid_tool_calls`` as it came, and named in
+the prediction's violations: ``tool_call:unknown_tool …`` or
+``tool_call:invalid_arguments …``, so it is counted, reported and never published.
 """
 
 from __future__ import annotations
@@ -16,9 +31,11 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from shadow.candidates.base import truncate
 from shadow.candidates.http import canonical
 from shadow.candidates.remote import Attempt, RemoteCandidate, expand, failure
-from shadow.config.candidates import ChatCandidateSpec
+from shadow.config.candidates import ChatCandidateSpec, chosen_tool
+from shadow.core.actions import ACTIONS_KEY
 from shadow.core.models import ErrorKind, Event
 from shadow.core.paths import MISSING, get_path
 from shadow.core.templates import render
@@ -33,6 +50,8 @@ class ChatCandidate(RemoteCandidate):
         self._validator = (
             Draft202012Validator(spec.json_schema) if spec.json_schema is not None else None
         )
+        self._tools = {tool.function.name: Draft202012Validator(tool.function.parameters)
+                       for tool in spec.tools}
 
     @classmethod
     def from_spec(cls, spec: ChatCandidateSpec) -> ChatCandidate:
@@ -60,15 +79,31 @@ class ChatCandidate(RemoteCandidate):
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": self.spec.json_schema, "strict": True},
             }
+        if self.spec.tools:
+            body["tools"] = [tool.model_dump(exclude_none=True) for tool in self.spec.tools]
+        choice = self.spec.tool_choice
+        if choice is not None:
+            named = chosen_tool(choice)
+            body["tool_choice"] = (
+                choice if named is None else {"type": "function", "function": {"name": named}})
+        if self.spec.parallel_tool_calls is not None:
+            body["parallel_tool_calls"] = self.spec.parallel_tool_calls
         return body
 
     def read(self, answer: Any, status: int, ttfb: float, raw: bytes) -> Attempt:
         usage = self._usage(answer)
         content = get_path(answer, "choices.0.message.content")
+        calls = get_path(answer, "choices.0.message.tool_calls")
+        if self._tools or calls not in (MISSING, None):
+            return self._read_tool_calls(content, calls, status, ttfb, raw, usage)
         if not isinstance(content, str):
             return _with(failure(ErrorKind.MALFORMED_RESPONSE, "NoContent",
                                  "response has no choices[0].message.content text",
                                  status=status, ttfb=ttfb, raw=raw), usage)
+        return self._read_content(content, status, ttfb, usage)
+
+    def _read_content(self, content: str, status: int, ttfb: float,
+                      usage: dict[str, Any]) -> Attempt:
         if self.spec.output == "text":
             return Attempt(output=content, status=status, ttfb_ms=ttfb, **usage)
         try:
@@ -87,6 +122,67 @@ class ChatCandidate(RemoteCandidate):
                                      status=status, ttfb=ttfb, raw=content.encode()), usage)
         return Attempt(output=output, status=status, ttfb_ms=ttfb, **usage)
 
+    def _read_tool_calls(self, content: Any, calls: Any, status: int, ttfb: float,
+                         raw: bytes, usage: dict[str, Any]) -> Attempt:
+        """The output of a message that may call tools: its content and its actions."""
+        if calls in (MISSING, None):
+            calls = []
+        has_content = isinstance(content, str) and content != ""
+        if not isinstance(calls, list) or (not calls and not has_content):
+            return _with(failure(ErrorKind.MALFORMED_RESPONSE, "NoContent",
+                                 "response has neither choices[0].message.content text nor "
+                                 "a list of tool_calls", status=status, ttfb=ttfb, raw=raw),
+                         usage)
+        output: dict[str, Any] = {}
+        if has_content:
+            read = self._read_content(content, status, ttfb, usage)
+            if read.error is not None:
+                # The whole response is kept, its tool calls with it.
+                return _with(failure(read.error.kind, read.error.type, read.error.message,
+                                     status=status, ttfb=ttfb, raw=raw), usage)
+            if isinstance(read.output, dict) and ACTIONS_KEY not in read.output:
+                output.update(read.output)
+            else:
+                output["reply"] = read.output
+        actions, invalid, violations = [], [], []
+        for index, call in enumerate(calls):
+            action = self._action(call)
+            if isinstance(action, dict):
+                actions.append(action)
+            else:
+                invalid.append(call)
+                violations.append(f"{action} (tool_calls[{index}])")
+        output[ACTIONS_KEY] = actions
+        if invalid:
+            output["invalid_tool_calls"] = invalid
+        return Attempt(output=output, violations=tuple(violations), status=status,
+                       ttfb_ms=ttfb, **usage)
+
+    def _action(self, call: Any) -> dict[str, Any] | str:
+        """The action a tool call proposes, or the violation it is."""
+        ident = call.get("id") if isinstance(call, dict) else None
+        name = get_path(call, "function.name")
+        label = f"{name}" if isinstance(name, str) else "a call"
+        if isinstance(ident, str):
+            label += f" ({ident})"
+        if not isinstance(name, str) or name not in self._tools:
+            named = "names no function" if not isinstance(name, str) or not name else (
+                "is not among the tools offered")
+            return f"tool_call:unknown_tool {label} {named}"
+        raw = get_path(call, "function.arguments")
+        arguments = _arguments(raw)
+        if isinstance(arguments, str):
+            return f"tool_call:invalid_arguments {label}: {arguments}"
+        error = best_match(self._tools[name].iter_errors(arguments))
+        if error is not None:
+            where = ".".join(str(part) for part in error.absolute_path) or "(root)"
+            return (f"tool_call:invalid_arguments {label}: invalid at {where}: "
+                    f"{truncate(error.message, _MAX_REASON)}")
+        action: dict[str, Any] = {"tool": name, "arguments": arguments}
+        if isinstance(ident, str):
+            action["id"] = ident
+        return action
+
     def _usage(self, answer: Any) -> dict[str, Any]:
         prompt = _count(get_path(answer, "usage.prompt_tokens"))
         completion = _count(get_path(answer, "usage.completion_tokens"))
@@ -97,6 +193,30 @@ class ChatCandidate(RemoteCandidate):
             cost = (prompt * prices.prompt_per_1k + completion * prices.completion_per_1k) / 1000
         return {"prompt_tokens": prompt, "completion_tokens": completion, "cost": cost,
                 "model": model if isinstance(model, str) else None}
+
+
+_MAX_REASON = 200
+
+
+def _arguments(raw: Any) -> dict[str, Any] | str:
+    """A call's arguments, which the API sends as JSON text; or why they cannot be read.
+
+    Some servers send an object instead of its text, and an empty text for a function
+    without parameters: both are read as what they mean.
+    """
+    if isinstance(raw, dict):
+        return raw
+    if raw is MISSING or raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        return f"the arguments are a {type(raw).__name__}, not JSON text"
+    try:
+        parsed = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return f"the arguments are not JSON: {truncate(str(exc), _MAX_REASON)}"
+    if not isinstance(parsed, dict):
+        return f"the arguments are a JSON {type(parsed).__name__}, not an object"
+    return parsed
 
 
 def _count(value: Any) -> int | None:

@@ -6,6 +6,8 @@ each the check's name, a space, and the problem::
     pii:email matched at output.reply
     required output.category is missing
     tone check raised: KeyError: 'reply'
+    refund_cap:max issue_refund.amount=250 is more than 100 (actions[0])
+
 
 The first word is what reports and metrics count by, so check names have no
 spaces. Texts never quote the offending value of a PII match: the store must
@@ -13,6 +15,12 @@ not keep what the check exists to keep out.
 
 :class:`Checks` is built once per candidate (patterns and schemas compiled,
 custom functions loaded) and applied by the runner right after ``predict``.
+Action checks (kind ``action``) look at the proposed actions of an output
+(:func:`shadow.core.actions.actions_of`): each violation names its rule
+(``name:forbidden``, ``:min``, ``:max``, ``:pattern``, ``:schema``), the tool, the
+argument and the action's index. Where any action check is configured, an element of
+``actions`` that is not an action is a violation too (``actions:malformed``): a call
+that cannot be read cannot be cleared, so it is never published.
 Errored predictions are not checked (there is no output); abstentions are,
 because they are stored. A check that raises is a violation, never a crash.
 """
@@ -29,6 +37,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from shadow.config.candidates import (
+    ActionCheckSpec,
     CheckSpec,
     CustomCheckSpec,
     JsonSchemaCheckSpec,
@@ -38,6 +47,7 @@ from shadow.config.candidates import (
     RegexCheckSpec,
     RequiredCheckSpec,
 )
+from shadow.core.actions import Action, actions_of
 from shadow.core.loading import load_callable
 from shadow.core.models import Prediction
 from shadow.core.paths import MISSING, get_path
@@ -65,7 +75,10 @@ class Checks:
         """
         if not specs:
             return None
-        return cls([(_name_of(spec), build_check(spec)) for spec in specs])
+        checks = [(_name_of(spec), build_check(spec)) for spec in specs]
+        if any(isinstance(spec, ActionCheckSpec) for spec in specs):
+            checks.append(("actions", _malformed_actions))
+        return cls(checks)
 
     def violations(self, output: Any) -> tuple[str, ...]:
         found: list[str] = []
@@ -77,7 +90,8 @@ class Checks:
         return tuple(found)
 
     def apply(self, predictions: list[Prediction]) -> list[Prediction]:
-        """The predictions with their violations; only violating ones are copied."""
+        """The predictions with their violations added to those the candidate found
+        (a chat candidate's ``tool_call:…``); only violating ones are copied."""
         checked = predictions
         for i, p in enumerate(predictions):
             if p.error is not None:
@@ -86,7 +100,7 @@ class Checks:
             if found:
                 if checked is predictions:
                     checked = list(predictions)
-                checked[i] = replace(p, violations=found)
+                checked[i] = replace(p, violations=p.violations + found)
         return checked
 
 
@@ -109,6 +123,8 @@ def build_check(spec: CheckSpec) -> Check:
         return _labels(spec, name)
     if isinstance(spec, MaxLengthCheckSpec):
         return _max_length(spec, name)
+    if isinstance(spec, ActionCheckSpec):
+        return _action(spec, name)
     return _custom(spec, name)
 
 
@@ -223,6 +239,85 @@ def _custom(spec: CustomCheckSpec, name: str) -> Check:
                 f"or a message"]
 
     return check
+
+
+# -- actions -----------------------------------------------------------------------
+
+
+def _action(spec: ActionCheckSpec, name: str) -> Check:
+    rules = _argument_rules(spec, name)
+
+    def check(output: Any) -> list[str]:
+        found: list[str] = []
+        for index, action in enumerate(actions_of(output).actions):
+            if action.tool != spec.tool:
+                continue
+            where = f"(actions[{index}])"
+            if spec.forbidden:
+                found.append(f"{name}:forbidden {spec.tool} is a forbidden tool {where}")
+                continue
+            value = _argument(action, spec.argument)
+            if value is MISSING:
+                continue
+            found.extend(f"{problem} {where}" for rule in rules
+                         if (problem := rule(value)) is not None)
+        return found
+
+    return check
+
+
+def _argument_rules(spec: ActionCheckSpec, name: str) -> list[Callable[[Any], str | None]]:
+    """One function per rule of the check, each returning the problem with a value."""
+    target = f"{spec.tool}.{spec.argument}" if spec.argument else f"{spec.tool} arguments"
+    rules: list[Callable[[Any], str | None]] = []
+    low, high = spec.min, spec.max
+    if low is not None:
+        rules.append(lambda v: _bound(v, f"{name}:min {target}", low, below=True))
+    if high is not None:
+        rules.append(lambda v: _bound(v, f"{name}:max {target}", high, below=False))
+    if spec.pattern is not None:
+        pattern = re.compile(spec.pattern)
+        shown = _short(spec.pattern)
+        rules.append(lambda v: None if pattern.search(_text(v)) is not None
+                     else f"{name}:pattern {target} does not match {shown}")
+    if spec.schema_ is not None:
+        validator = Draft202012Validator(spec.schema_)
+
+        def schema(value: Any) -> str | None:
+            error = best_match(validator.iter_errors(value))
+            if error is None:
+                return None
+            at = ".".join(str(part) for part in error.absolute_path) or "(root)"
+            return f"{name}:schema {target} invalid at {at}: {_short(error.message)}"
+
+        rules.append(schema)
+    return rules
+
+
+def _bound(value: Any, what: str, bound: float, *, below: bool) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{what} is not a number ({_kind(value)})"
+    if below and value < bound:
+        return f"{what}={value} is less than {_number(bound)}"
+    if not below and value > bound:
+        return f"{what}={value} is more than {_number(bound)}"
+    return None
+
+
+def _number(bound: float) -> int | float:
+    return int(bound) if bound.is_integer() else bound
+
+
+def _argument(action: Action, path: str | None) -> Any:
+    return action.arguments if path is None else get_path(action.arguments, path)
+
+
+def _malformed_actions(output: Any) -> list[str]:
+    return [f"actions:malformed {_short(problem)}" for problem in actions_of(output).problems]
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 # -- personal data -----------------------------------------------------------------

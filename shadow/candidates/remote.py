@@ -55,6 +55,9 @@ class Attempt:
     completion_tokens: int | None = None
     cost: float | None = None
     model: str | None = None
+    violations: tuple[str, ...] = ()
+    """What the candidate itself found wrong with the output (a chat candidate's
+    malformed tool calls); the configured checks add theirs."""
 
 
 class RemoteCandidate(Candidate):
@@ -222,7 +225,7 @@ class RemoteCandidate(Candidate):
             latency_ms=(time.perf_counter() - started) * 1000.0, error=result.error,
             predicted_at=now, status=result.status, attempts=attempts, ttfb_ms=result.ttfb_ms,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-            cost=result.cost, model=result.model,
+            cost=result.cost, model=result.model, violations=result.violations if ok else (),
         )
 
 

@@ -11,7 +11,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from shadow.core.spec import URL_PATTERN, CallablePath, Spec
 
@@ -100,6 +107,81 @@ class CustomCheckSpec(_CheckBase):
     False or a message when it is not."""
 
 
+class ActionCheckSpec(_CheckBase):
+    """A rule on the proposed calls of one tool (``shadow.core.actions``): the tool is
+    forbidden, or an argument must lie within ``min``/``max``, match ``pattern`` or be
+    valid against ``schema``. A call without the argument is not checked by the
+    argument's rules (say ``required`` in a schema to demand it)."""
+
+    kind: Literal["action"]
+    tool: str = Field(min_length=1)
+    argument: str | None = None
+    """Dotted path into the call's arguments (``amount``, ``address.country``); the
+    whole arguments object for ``schema`` when absent."""
+    forbidden: bool = False
+    """Any call of the tool is a violation."""
+    min: float | None = None
+    max: float | None = None
+    pattern: str | None = None
+    """A regular expression the argument (its JSON text if it is not a string) must
+    contain a match of; anchor it (``^…$``) to demand a whole match."""
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    """A JSON schema (draft 2020-12) the argument (or the arguments) must be valid against."""
+
+    @field_validator("min", "max", "pattern")
+    @classmethod
+    def _needs_an_argument(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("argument"):
+            raise ValueError(f"{info.field_name} needs the argument it applies to: "
+                             f"set argument (e.g. argument: amount)")
+        return value
+
+    @field_validator("max")
+    @classmethod
+    def _not_below_min(cls, value: float | None, info: ValidationInfo) -> float | None:
+        low = info.data.get("min")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"max {value} is below min {low}")
+        return value
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("schema_")
+    @classmethod
+    def _is_a_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _valid_schema(value)
+
+    @model_validator(mode="after")
+    def _has_a_rule(self) -> ActionCheckSpec:
+        rules = [self.min, self.max, self.pattern, self.schema_]
+        if self.forbidden and any(rule is not None for rule in rules):
+            raise ValueError("a forbidden tool needs no other rule: drop min, max, "
+                             "pattern and schema, or forbidden")
+        if not self.forbidden and all(rule is None for rule in rules):
+            raise ValueError("an action check needs a rule: forbidden, min, max, "
+                             "pattern or schema")
+        return self
+
+
+def _valid_schema(value: dict[str, Any]) -> dict[str, Any]:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import SchemaError
+
+    try:
+        Draft202012Validator.check_schema(value)
+    except SchemaError as exc:
+        raise ValueError(f"not a valid JSON schema: {exc.message}") from None
+    return value
+
+
 def _check_kind(raw: Any) -> str:
     # "" is no kind at all: reported as "expected one of …", naming the check kinds.
     kind = raw.get("kind") if isinstance(raw, dict) else getattr(raw, "kind", None)
@@ -113,12 +195,14 @@ CheckSpec = Annotated[
     | Annotated[JsonSchemaCheckSpec, Tag("json_schema")]
     | Annotated[LabelsCheckSpec, Tag("labels")]
     | Annotated[MaxLengthCheckSpec, Tag("max_length")]
-    | Annotated[CustomCheckSpec, Tag("custom")],
+    | Annotated[CustomCheckSpec, Tag("custom")]
+    | Annotated[ActionCheckSpec, Tag("action")],
     Discriminator(_check_kind),
 ]
 """A hard constraint on every output of a candidate (see :mod:`shadow.candidates.constraints`)."""
 
-CHECK_KINDS = ("regex", "pii", "required", "json_schema", "labels", "max_length", "custom")
+CHECK_KINDS = ("regex", "pii", "required", "json_schema", "labels", "max_length", "custom",
+               "action")
 
 
 class _CandidateBase(Spec):
@@ -239,6 +323,34 @@ class PricesSpec(Spec):
     completion_per_1k: float = Field(ge=0.0)
 
 
+class FunctionSpec(Spec):
+    """A function the model may call, as the chat-completions API describes one."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    """A JSON schema (draft 2020-12) of the arguments; the model's arguments are
+    validated against it."""
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _is_a_schema(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _valid_schema(value)
+
+
+class ToolSpec(Spec):
+    """An OpenAI tool definition: ``{type: function, function: {name, parameters}}``."""
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+ToolChoice = str | dict[str, Any]
+"""``auto``, ``required``, ``none``, or the one tool the model must call, by name or in
+the API's object form ``{type: function, function: {name: …}}``."""
+
+
 class ChatCandidateSpec(RemoteSpec):
     """A prompt against an OpenAI-compatible chat-completions endpoint.
 
@@ -261,9 +373,98 @@ class ChatCandidateSpec(RemoteSpec):
     api_key_env: str | None = "OPENAI_API_KEY"
     """The environment variable holding the API key, sent as a bearer token."""
     prices: PricesSpec | None = None
+    tools: list[ToolSpec] = Field(default_factory=list)
+    """Functions the model may call. Its calls become proposed actions (``actions``
+    of the output), checked against each function's parameters; none is executed."""
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _names_are_unique(cls, value: list[ToolSpec]) -> list[ToolSpec]:
+        names = [tool.function.name for tool in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"tool names must be unique; repeated: {', '.join(repeated)}")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _chooses_an_offered_tool(cls, value: ToolChoice | None,
+                                 info: ValidationInfo) -> ToolChoice | None:
+        if value is None or "tools" not in info.data:  # bad tools are reported already
+            return value
+        offered = [tool.function.name for tool in info.data["tools"]]
+        if not offered:
+            raise ValueError("tool_choice needs tools to choose from: set tools")
+        named = chosen_tool(value)
+        if named == "":
+            raise ValueError("expected auto, required, none, the name of a tool, or "
+                             "{type: function, function: {name: <a tool>}}")
+        if named is not None and named not in offered:
+            raise ValueError(f"names the tool {named!r}, which is not among the tools "
+                             f"({', '.join(offered)})")
+        return value
+
+    @field_validator("parallel_tool_calls")
+    @classmethod
+    def _needs_tools(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        if value is not None and not info.data.get("tools"):
+            raise ValueError("parallel_tool_calls needs tools: set tools")
+        return value
 
     def _default_name(self) -> str:
         return f"{self.model}@{self.base_url}"
+
+
+def chosen_tool(choice: ToolChoice) -> str | None:
+    """The tool a ``tool_choice`` names; None for ``auto``, ``required`` and ``none``, and
+    ``""`` for what is not a tool choice at all."""
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if (set(choice) != {"type", "function"} or choice["type"] != "function"
+                or not isinstance(function, dict) or set(function) != {"name"}):
+            return ""
+        name = function["name"]
+        return name if isinstance(name, str) else ""
+    return None if choice in ("auto", "required", "none") else choice
+
+
+class McpServerSpec(Spec):
+    """Where an agent's tools come from: a command run over stdio, or a streamable HTTP URL."""
+
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    url: Annotated[str, Field(pattern=URL_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) and url (streamable HTTP)")
+        return self
+
+
+class AgentCandidateSpec(_CandidateBase):
+    """A multi-step agent whose tools come from an MCP server (``shadow.candidates.agent``).
+
+    Only the tools in ``allow`` that the server does not mark as writing are executed in
+    shadow; the first call to any other tool ends the run as a proposed action.
+    """
+
+    kind: Literal["agent"]
+    model: CallablePath
+    """The model step, ``module:function``: ``(messages, tools) -> Turn``."""
+    tools: McpServerSpec
+    allow: list[str] = Field(default_factory=list)
+    """Tools safe to run in shadow (lookups)."""
+    system: str | None = None
+    user: str
+    max_steps: int = Field(8, ge=1, le=1_000)
+    max_calls: int = Field(16, ge=1, le=10_000)
+    call_timeout_s: float = Field(10.0, gt=0)
+    connect_timeout_s: float = Field(30.0, gt=0)
+
+    def _default_name(self) -> str:
+        return self.model
 
 
 def _candidate_kind(raw: Any) -> str:
@@ -276,6 +477,7 @@ def _candidate_kind(raw: Any) -> str:
 CandidateSpec = Annotated[
     Annotated[CallableCandidateSpec, Tag("callable")]
     | Annotated[HttpCandidateSpec, Tag("http")]
-    | Annotated[ChatCandidateSpec, Tag("chat")],
+    | Annotated[ChatCandidateSpec, Tag("chat")]
+    | Annotated[AgentCandidateSpec, Tag("agent")],
     Discriminator(_candidate_kind),
 ]

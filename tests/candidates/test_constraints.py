@@ -199,7 +199,7 @@ def test_apply_marks_only_violating_successful_predictions() -> None:
      "candidate.checks.0.pattern: not a valid regular expression"),
     ({"kind": "regex", "pattern": "x"}, "candidate.checks.0.must: required setting is missing"),
     ({"pattern": "x"}, "candidate.checks.0.kind: expected one of regex, pii, required, "
-                       "json_schema, labels, max_length, custom, got None"),
+                       "json_schema, labels, max_length, custom, action, got None"),
     ({"kind": "pii", "types": ["ssn"]}, "candidate.checks.0.types.0: input should be"),
     ({"kind": "json_schema", "schema": {"type": 3}},
      "candidate.checks.0.schema: not a valid JSON schema"),
