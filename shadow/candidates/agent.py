@@ -24,6 +24,7 @@ way to call a tool.
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,15 @@ import orjson
 import structlog
 
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
+from shadow.candidates.fingerprint import DIGITS, PREFIX, source_of
+from shadow.candidates.http import canonical
 from shadow.candidates.mcp_tools import McpToolset, ShadowExecutor, Tool
+from shadow.config.candidates import AgentCandidateSpec
 from shadow.core.actions import ACTIONS_KEY, Action
 from shadow.core.errors import ConfigError
+from shadow.core.loading import load_callable
 from shadow.core.models import ErrorKind, Event, Prediction, PredictionError
+from shadow.core.templates import render
 
 log = structlog.get_logger(__name__)
 
@@ -232,6 +238,31 @@ class AgentCandidate(Candidate):
         self._executor: ShadowExecutor | None = None
         self._refused: Mapping[str, str] = {}
 
+    @classmethod
+    def from_spec(cls, spec: AgentCandidateSpec) -> AgentCandidate:
+        """The agent a ``kind: agent`` configuration describes; no I/O until it is opened.
+
+        Raises:
+            ConfigError: the model step cannot be loaded.
+        """
+        model = load_callable(spec.model, what="agent model")
+        server = spec.tools.url if spec.tools.url is not None else spec.tools.command
+        assert server is not None  # the spec holds exactly one of them
+        toolset = McpToolset(server, connect_timeout=spec.connect_timeout_s)
+
+        def prompt(event: Event) -> list[Message]:
+            context = canonical(event)
+            messages: list[Message] = []
+            if spec.system is not None:
+                messages.append({"role": "system", "content": render(spec.system, context)})
+            messages.append({"role": "user", "content": render(spec.user, context)})
+            return messages
+
+        return cls(name=spec.resolved_name, version=spec.version or _fingerprint(spec, model),
+                   model=model, toolset=toolset, allowlist=spec.allow, prompt=prompt,
+                   budget=Budget(max_steps=spec.max_steps, max_calls=spec.max_calls),
+                   call_timeout=spec.call_timeout_s)
+
     @property
     def refused(self) -> Mapping[str, str]:
         """Allowlisted tools that will not run, with the reason; empty before ``open``."""
@@ -281,3 +312,12 @@ class AgentCandidate(Candidate):
 
 def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def _fingerprint(spec: AgentCandidateSpec, model: Callable[..., Any]) -> str:
+    # What determines the answers: the spec less names and timeouts, and the model's source.
+    data = spec.model_dump(mode="json", exclude={"name", "version", "call_timeout_s",
+                                                 "connect_timeout_s"})
+    data["model_source"] = source_of(model)
+    digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return PREFIX + digest[:DIGITS]

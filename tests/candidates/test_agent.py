@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from shadow.candidates import build_candidate
 from shadow.candidates.agent import AgentCandidate, Budget, Message, ToolCall, Turn
 from shadow.candidates.mcp_tools import McpToolset, Tool, ToolsetError
+from shadow.config.file import parse_config
 from shadow.core.actions import actions_of
 from shadow.core.errors import ConfigError
 from shadow.core.models import Event, Prediction
@@ -304,3 +306,46 @@ def test_a_server_that_is_neither_url_nor_command_names_the_key() -> None:
         McpToolset("crm.example.com")
     with pytest.raises(ConfigError, match="server: expected a non-empty command"):
         McpToolset([])
+
+
+def test_a_configured_agent_runs_over_stdio(servers: Servers) -> None:
+    record = servers.directory / "configured.jsonl"
+    config = parse_config({"version": 1, "candidate": {
+        "kind": "agent", "model": "tests.candidates.agent_model:refund",
+        "tools": {"command": [sys.executable, str(SERVER), str(record), "stdio"]},
+        "allow": ["get_customer", "get_orders", "issue_refund"],
+        "system": "You handle refund requests.",
+        "user": '{"customer_id": "{{ payload.customer_id }}"}',
+        "max_steps": 4, "call_timeout_s": 5,
+    }})
+    [spec] = config.all_candidates()
+    candidate = build_candidate(spec)
+    assert candidate.name == "tests.candidates.agent_model:refund"
+    assert candidate.version is not None and candidate.version.startswith("fp-")
+    with candidate:
+        predictions = candidate.predict([event("c2")], NOW)
+    assert isinstance(candidate, AgentCandidate)
+    assert candidate.refused == {
+        "issue_refund": "the server marks it as not read-only (readOnlyHint: false)"}
+
+    [prediction] = predictions
+    assert received(record) == [
+        {"tool": "get_customer", "arguments": {"customer_id": "c2"}},
+        {"tool": "get_orders", "arguments": {"order_id": "o7"}},
+    ]
+    assert prediction.output["actions"] == [
+        {"tool": "issue_refund", "arguments": {"order_id": "o7", "amount": 12.5},
+         "id": "call_3_0"}]
+
+
+@pytest.mark.parametrize(("tools", "message"), [
+    ({"command": ["x"], "url": "http://127.0.0.1:1/mcp"},
+     "candidate.agent.tools: give exactly one of command"),
+    ({}, "candidate.agent.tools: give exactly one of command"),
+    ({"url": "crm.internal"}, r"candidate.agent.tools.url"),
+])
+def test_a_bad_agent_configuration_names_the_key(tools: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config({"version": 1, "candidate": {
+            "kind": "agent", "model": "tests.candidates.agent_model:refund", "tools": tools,
+            "user": "{{ payload.customer_id }}"}})
