@@ -18,6 +18,7 @@ from shadow.reports import charts
 from shadow.reports.charts import PERCENT, Bar, esc, milliseconds, no_data, pct
 from shadow.reports.drift import DriftReport
 from shadow.reports.owner_model import (
+    ActionExample,
     Baseline,
     Confusion,
     CostProjection,
@@ -32,6 +33,7 @@ from shadow.reports.owner_model import (
     RolloutSection,
     Segment,
     TimelineEntry,
+    ToolRate,
     Verdict,
     Violations,
     Withdrawn,
@@ -253,6 +255,7 @@ def _candidate(candidate: OwnerCandidate, baseline: Baseline | None, currency: s
              _errors(candidate.errors),
              _violations(candidate.violations),
              _cost(candidate.cost, currency),
+             _tools(candidate.tools),
              _disagreements(candidate, csv_href),
              "</section>"]
     return "".join(parts)
@@ -543,6 +546,32 @@ def _disagreements(candidate: OwnerCandidate, csv_href: str | None) -> str:
         for row, r in zip(cells, rows, strict=True):
             row.append(f'<div class="text">{esc(r.note or "")}</div>')
     return title + intro + _table(headers, cells, set())
+
+
+def _tools(tools: Sequence[ToolRate]) -> str:
+    """Per tool: precision, recall, argument agreement and recent extra and missed actions;
+    nothing at all when no ``actions`` comparator judged the candidate."""
+    if not tools:
+        return ""
+    intro = ('<p class="meta">Precision: of the AI\'s proposed actions of the tool, the share '
+             "the person also took; recall: of the person's, the share the AI proposed; "
+             "argument agreement: the share of argument verdicts that agreed. Examples are "
+             "the most recent, arguments redacted like the disagreements.</p>")
+    rows = [[f"<code>{esc(t.tool)}</code>",
+             f"{pct(t.precision)} ({_count(t.matched)} of {_count(t.proposed)})",
+             f"{pct(t.recall)} ({_count(t.matched)} of {_count(t.taken)})",
+             f"{pct(t.argument_agreement)} (n={_count(t.arguments_compared)})",
+             _action_examples(t.extra), _action_examples(t.missed)] for t in tools]
+    headers = ["tool", "precision", "recall", "argument agreement", "extra (AI only)",
+               "missed (person only)"]
+    return "<h3>Actions per tool</h3>" + intro + _table(headers, rows, {1, 2, 3})
+
+
+def _action_examples(examples: Sequence[ActionExample]) -> str:
+    if not examples:
+        return "–"
+    return "".join(f'<div>{esc(e.event_id)} <span class="muted">case {esc(e.key)}</span>'
+                   f"{_pretty(e.arguments)}</div>" for e in examples)
 
 
 def _baseline_table(baseline: Baseline | None) -> str:

@@ -41,6 +41,14 @@ Definitions a reader of the numbers needs:
   ``examples`` are the most recent violating predictions with their texts, no
   payload and no output; a text that quotes a value found at a ``redact`` path
   of its event's payload has that value replaced by ``[redacted]``.
+- ``tools`` (only when an ``actions`` comparator judged the candidate) counts, per tool,
+  the AI's proposed actions and the person's over the compared predictions; in each, the
+  smaller count of the two is ``matched``, ``precision`` is matched over proposed and
+  ``recall`` matched over taken. ``argument_agreement`` is the share of the comparator's
+  ``tool.argument`` verdicts that agreed. ``extra`` and ``missed`` are the most recent
+  actions left unpaired once actions with equal arguments are paired (then the rest in
+  order), at most five each (and no more than ``top_disagreements``), arguments redacted
+  like a disagreement's output.
 - The human baseline looks at keys with outcomes from more than one distinct
   actor: each outcome whose previous outcome (by ``decided_at``) came from a
   different actor makes a pair, agreeing when the two are the same JSON text.
@@ -151,6 +159,7 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
         predictions=totals.predictions,
         verdict=Verdict(status, tuple(checks)),
         pending=totals.predictions - totals.errors - totals.abstained - compared,
+        tools=tuple(q.tools.get(key, [])),
     )
     line, next_step = headline(candidate)
     return replace(candidate, verdict=replace(candidate.verdict, line=line, next_step=next_step))

@@ -9,7 +9,7 @@ values, whatever their shape (``Any``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -177,6 +177,46 @@ class Disagreement:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionExample:
+    """One action the AI would have taken and the person did not (``extra``), or the other
+    way round (``missed``); ``arguments`` redacted like a disagreement's output."""
+
+    event_id: str
+    key: str
+    occurred_at: str
+    arguments: Any
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRate:
+    """One tool's actions over the predictions an ``actions`` comparator judged.
+
+    Per prediction, ``min(proposed, taken)`` actions of the tool are ``matched``;
+    ``precision`` is matched over the AI's proposed actions of the tool, ``recall`` matched
+    over the person's. ``argument_agreement`` is the share of the argument verdicts
+    (``tool.argument`` fields, one per argument per prediction) that agreed.
+    """
+
+    tool: str
+    proposed: int
+    taken: int
+    matched: int
+    precision: float | None
+    recall: float | None
+    arguments_compared: int
+    arguments_agreed: int
+    argument_agreement: float | None
+    extra: tuple[ActionExample, ...]
+    """The most recent extra actions, newest event first."""
+    missed: tuple[ActionExample, ...]
+
+
+OMIT_EMPTY = {"omit_empty": True}
+"""Field metadata: :func:`shadow.reports.values.as_json` leaves the field out when empty,
+so a report without the section reads as it did before the section existed."""
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     name: str
     status: str
@@ -226,6 +266,9 @@ class OwnerCandidate:
     verdict: Verdict
     pending: int = 0
     """Predictions acted on (not errored, not abstained) whose case has no outcome yet."""
+    tools: tuple[ToolRate, ...] = field(default=(), metadata=OMIT_EMPTY)
+    """Per tool, when an ``actions`` comparator judged this candidate; else empty (and
+    absent from the JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ assembles into the report and its verdict.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import Any
@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 
 from rollout.unit_store import later_disagreements, stored_label_delays
+from shadow.core.actions import Action, actions_of
 from shadow.core.fixed_sample import wilson
 from shadow.core.paths import sql_json_path
 from shadow.core.redaction import redact, redact_within
 from shadow.reports.options import OwnerOptions
 from shadow.reports.owner_model import (
+    ActionExample,
     Baseline,
     Bucket,
     Confusion,
@@ -33,6 +35,7 @@ from shadow.reports.owner_model import (
     RolloutState,
     SegmentBaseline,
     TimelineEntry,
+    ToolRate,
     VerdictDelay,
     ViolationExample,
     Withdrawn,
@@ -202,6 +205,45 @@ class OwnerQueries(Queries):
                     occurred_at=occurred_at.isoformat())
 
     @cached_property
+    def tools(self) -> dict[Key, list[ToolRate]]:
+        """Per tool, the actions proposed and taken in the predictions an ``actions``
+        comparator judged, with the most recent extra and missed ones (redacted)."""
+        tallies: dict[Key, dict[str, _ToolTally]] = defaultdict(dict)
+        cursor = self.store.db.cursor()
+        cursor.execute(
+            "SELECT c.candidate, c.version, e.event_id, e.key, e.occurred_at, e.payload, "  # noqa: S608 - our join condition
+            "  p.output, o.outcome "
+            "FROM comparisons c JOIN events e USING (event_id) "
+            f"JOIN predictions p ON {_SAME_PREDICTION} "
+            "JOIN outcomes o ON o.key = e.key AND o.decided_at = c.outcome_decided_at "
+            f"WHERE c.comparator LIKE '{ACTIONS_COMPARATOR}%' "
+            "ORDER BY e.occurred_at DESC, e.event_id DESC")
+        while batch := cursor.fetchmany(1000):
+            for c, v, event_id, key, occurred_at, payload, output, outcome in batch:
+                where = (event_id, key, occurred_at.isoformat(), payload)
+                _tally(tallies[(c, v)], actions_of(_loads(output)).actions,
+                       actions_of(_loads(outcome)).actions, where, self.options)
+        arguments = self._argument_verdicts()
+        out: dict[Key, list[ToolRate]] = {}
+        for key, tools in tallies.items():
+            verdicts = _by_tool(arguments.get(key, {}), tools)
+            out[key] = [found.rate(*verdicts.get(tool, (0, 0)))
+                        for tool, found in sorted(tools.items())]
+        return out
+
+    def _argument_verdicts(self) -> dict[Key, dict[str, tuple[int, int]]]:
+        """``field -> (verdicts, agreed)`` of the fields of ``actions`` comparisons."""
+        rows = self._rows(
+            "SELECT f.candidate, f.version, f.field, count(*), count(*) FILTER (WHERE f.agree) "  # noqa: S608
+            "FROM comparison_fields f JOIN comparisons c ON c.event_id = f.event_id "
+            "  AND c.candidate = f.candidate AND c.version IS NOT DISTINCT FROM f.version "
+            f"WHERE c.comparator LIKE '{ACTIONS_COMPARATOR}%' GROUP BY ALL")
+        out: dict[Key, dict[str, tuple[int, int]]] = defaultdict(dict)
+        for c, v, name, n, agreed in rows:
+            out[(c, v)][name] = (n, agreed)
+        return out
+
+    @cached_property
     def violation_counts(self) -> dict[Key, tuple[int, int]]:
         rows = self._rows(
             "SELECT candidate, version, count(*), count(*) FILTER (WHERE len(violations) > 0) "
@@ -312,6 +354,95 @@ class OwnerQueries(Queries):
             "SELECT changed_at, actor, token, action, from_step, to_step, percent, to_status, "
             "reason FROM rollout_audit WHERE rollout = ? ORDER BY revision", [rollout])
         return tuple(TimelineEntry(at.isoformat(), *rest) for at, *rest in rows)
+
+
+MAX_ACTION_EXAMPLES = 5
+"""Examples of extra and of missed actions per tool, at most (and no more than
+``top_disagreements``)."""
+ACTIONS_COMPARATOR = "actions:"
+"""How the names of ``actions`` comparators begin (the kind, then the fingerprint)."""
+
+
+class _ToolTally:
+    """One tool's counts and examples, filled row by row, newest event first."""
+
+    def __init__(self, tool: str) -> None:
+        self.tool = tool
+        self.proposed = self.taken = self.matched = 0
+        self.extra: list[ActionExample] = []
+        self.missed: list[ActionExample] = []
+
+    def rate(self, compared: int, agreed: int) -> ToolRate:
+        return ToolRate(
+            tool=self.tool, proposed=self.proposed, taken=self.taken, matched=self.matched,
+            precision=self.matched / self.proposed if self.proposed else None,
+            recall=self.matched / self.taken if self.taken else None,
+            arguments_compared=compared, arguments_agreed=agreed,
+            argument_agreement=agreed / compared if compared else None,
+            extra=tuple(self.extra), missed=tuple(self.missed))
+
+
+def _by_tool(fields: dict[str, tuple[int, int]], tools: Iterable[str]
+             ) -> dict[str, tuple[int, int]]:
+    """Argument verdicts ``(compared, agreed)`` summed per tool: a field ``tool.argument``
+    is the longest tool's whose name and a dot begin it (``crm.update.x`` is
+    ``crm.update``'s when both ``crm`` and ``crm.update`` are tools)."""
+    by_longest = sorted(tools, key=len, reverse=True)
+    out: dict[str, tuple[int, int]] = {}
+    for name, (n, agreed) in fields.items():
+        tool = next((t for t in by_longest if name.startswith(f"{t}.")), None)
+        if tool is not None:
+            before = out.get(tool, (0, 0))
+            out[tool] = (before[0] + n, before[1] + agreed)
+    return out
+
+
+def _tally(tools: dict[str, _ToolTally], proposed: Sequence[Action], taken: Sequence[Action],
+           where: tuple[str, str, str, str | None], options: OwnerOptions) -> None:
+    by_tool: dict[str, tuple[list[Action], list[Action]]] = defaultdict(lambda: ([], []))
+    for action in proposed:
+        by_tool[action.tool][0].append(action)
+    for action in taken:
+        by_tool[action.tool][1].append(action)
+    for tool, (mine, theirs) in by_tool.items():
+        found = tools.setdefault(tool, _ToolTally(tool))
+        found.proposed += len(mine)
+        found.taken += len(theirs)
+        found.matched += min(len(mine), len(theirs))
+        extra, missed = _unpaired(mine, theirs)
+        for listed, actions in ((found.extra, extra), (found.missed, missed)):
+            for action in actions:
+                if len(listed) < min(MAX_ACTION_EXAMPLES, options.top_disagreements):
+                    listed.append(_example(action, where, options))
+
+
+def _unpaired(mine: list[Action], theirs: list[Action]) -> tuple[list[Action], list[Action]]:
+    """The AI's and the person's actions of one tool left once equal arguments are paired,
+    then the rest in order: the extra and the missed ones."""
+    left = list(theirs)
+    unequal: list[Action] = []
+    for action in mine:
+        same = next((h for h in left if _same(h.arguments, action.arguments)), None)
+        if same is None:
+            unequal.append(action)
+        else:
+            left.remove(same)
+    paired = min(len(unequal), len(left))
+    return unequal[paired:], left[paired:]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+        b, option=orjson.OPT_SORT_KEYS)
+
+
+def _example(action: Action, where: tuple[str, str, str, str | None],
+             options: OwnerOptions) -> ActionExample:
+    event_id, key, occurred_at, payload = where
+    paths = options.redact
+    arguments = (redact_within(action.arguments, _loads(payload), paths) if paths
+                 else action.arguments)
+    return ActionExample(event_id, key, occurred_at, arguments)
 
 
 SHORT_TEXT = 80

@@ -19,6 +19,7 @@ from shadow.reports.owner_model import (
     OwnerCandidate,
     OwnerReport,
     Segment,
+    ToolRate,
     Violations,
 )
 from shadow.reports.queries import DeadLetterRow
@@ -193,6 +194,29 @@ def _violations_line(violations: Violations) -> str:
     return line + (f": {kinds}." if kinds else ".")
 
 
+MARKDOWN_ACTION_EXAMPLES = 2
+
+
+def _tool_lines(tools: Sequence[ToolRate]) -> list[str]:
+    """Per tool: precision, recall and argument agreement, and a couple of examples."""
+    if not tools:
+        return []
+    lines = ["Actions per tool (precision: of the AI's actions, the share the person also "
+             "took; recall: of the person's, the share the AI proposed):"]
+    for tool in tools:
+        line = (f"- `{tool.tool}`: precision {percent(tool.precision)} "
+                f"({tool.matched:,} of {tool.proposed:,}), recall {percent(tool.recall)} "
+                f"({tool.matched:,} of {tool.taken:,}), arguments agree "
+                f"{percent(tool.argument_agreement)} (n={tool.arguments_compared:,})")
+        for what, examples in (("extra", tool.extra), ("missed", tool.missed)):
+            shown = [f"{e.event_id} `{orjson.dumps(e.arguments).decode()}`"
+                     for e in examples[:MARKDOWN_ACTION_EXAMPLES]]
+            if shown:
+                line += f"; {what}: " + ", ".join(shown)
+        lines.append(line)
+    return lines
+
+
 def _segment_text(segment: Segment, baseline: Baseline | None) -> str:
     people = baseline.segment(segment.field, segment.value) if baseline else None
     text = f"{segment.field}={segment.value} {percent(segment.rate)} (n={segment.compared:,})"
@@ -238,6 +262,7 @@ def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str
         below = [s for s in candidate.segments if s.below_floor]
         if below:
             lines.append("Below floor: " + ", ".join(_segment_text(s, baseline) for s in below))
+        lines += _tool_lines(candidate.tools)
         lines.append("")
     if report.candidates:
         lines += [INTERVALS, ""]

@@ -21,12 +21,15 @@ T = TypeVar("T")
 
 def as_json(value: Any) -> Any:
     """Plain JSON-ready values of ``value``: dataclasses as dicts in field order; a value
-    with an ``as_json()`` method of its own (``OwnerOptions``) is asked for it."""
+    with an ``as_json()`` method of its own (``OwnerOptions``) is asked for it. A field
+    whose metadata says ``omit_empty`` is left out when it is empty (a section that only
+    some reports have)."""
     own = getattr(value, "as_json", None)
     if callable(own):
         return own()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: as_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (f.metadata.get("omit_empty") and not getattr(value, f.name))}
     if isinstance(value, list | tuple):
         return [as_json(item) for item in value]
     if isinstance(value, dict):
