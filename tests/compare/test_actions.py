@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -189,3 +190,19 @@ def test_bad_argument_comparator_is_a_config_error_naming_the_key() -> None:
     tools = {"issue_refund": {"arguments": {"amount": {"kind": "numeric", "abs_tol": -1}}}}
     with pytest.raises(ConfigError, match=r"issue_refund\.arguments\.amount"):
         comparator(tools=tools)
+
+
+def unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_argument_judge_that_cannot_be_reached_defers_the_whole_judgement() -> None:
+    judge = {"kind": "judge", "base_url": f"http://127.0.0.1:{unused_port()}/v1",
+             "model": "m", "cache": False, "max_attempts": 1, "timeout_s": 2}
+    tools = {"send_reply": {"arguments": {"template": judge}}}
+    judgement = comparator(tools=tools).compare(acts(REPLY, REFUND_20), acts(REPLY, REFUND_20))
+    assert judgement.deferred
+    assert (judgement.note or "").startswith("template: ")
