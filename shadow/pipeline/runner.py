@@ -27,7 +27,13 @@ from shadow.compare.step import compare
 from shadow.core import logs
 from shadow.core.models import Event, Outcome, RecordKind, utc_now
 from shadow.store.database import Store
-from shadow.store.writes import Duplicate, StoredEvent, WriteBatch, WriteCounts
+from shadow.store.writes import (
+    Duplicate,
+    StoredEvent,
+    WriteBatch,
+    WriteCounts,
+    with_action_violations,
+)
 
 if TYPE_CHECKING:
     from rollout.runtime import LiveRollout
@@ -243,6 +249,7 @@ class Pipeline:
                 predictions = candidate.predict(to_predict, now)
                 if candidate.checks is not None:
                     predictions = candidate.checks.apply(predictions)
+                predictions = with_action_violations(predictions)
                 if self.rollout is not None:
                     predictions = self.rollout.route(predictions, to_predict)
                 batch.predictions.extend(predictions)
@@ -310,6 +317,7 @@ class Pipeline:
             predictions = candidate.predict(events, self.now())
             if candidate.checks is not None:
                 predictions = candidate.checks.apply(predictions)
+            predictions = with_action_violations(predictions)
             self.store.replace_predictions(predictions)
             s = self.summary
             s.retried += len(predictions)

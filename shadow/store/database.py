@@ -1,11 +1,12 @@
-"""The DuckDB store: events, outcomes with history, predictions, comparisons, dead letters.
+"""The DuckDB store: events, outcomes with history, predictions, their actions, comparisons,
+dead letters.
 
 Writes are batched: each :meth:`Store.write` turns a batch into Arrow tables
 and inserts them in one transaction (:mod:`shadow.store.writes`); the schema comes
 from :mod:`shadow.store.migrations`. Idempotency is enforced here, not by the
 caller: an event is stored once per ``event_id``, a prediction once per event
-and candidate, an outcome once per ``key`` and ``decided_at``, a dead letter or
-a duplicate once per source position. Only one process can hold the file open
+and candidate, an outcome once per ``key`` and ``decided_at`` (the actions of each with
+it), a dead letter or a duplicate once per source position. Only one process can hold the file open
 for writing (DuckDB locks it), which makes these checks race-free.
 """
 
@@ -32,6 +33,7 @@ from shadow.store.writes import (
     WriteCounts,
     arrow_tables,
     insert,
+    prediction_actions_table,
     predictions_table,
 )
 
@@ -198,10 +200,14 @@ class Store:
         """Put these predictions in place of the ones stored for the same event and candidate."""
         if not predictions:
             return
-        new = {"new_predictions": predictions_table(list(predictions))}
+        new = {"new_predictions": predictions_table(list(predictions)),
+               "new_actions": prediction_actions_table(list(predictions))}
         with self._transaction(new) as tx:
             tx.execute(_DELETE_SAME.format(table="predictions", new="new_predictions"))
+            tx.execute(_DELETE_SAME.format(table="actions", new="new_predictions")
+                       + " AND t.side = 'prediction'")
             tx.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
+            tx.execute("INSERT INTO actions BY NAME SELECT * FROM new_actions")
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         rows = self._for_ids(

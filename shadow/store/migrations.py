@@ -232,7 +232,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             saved_at TIMESTAMPTZ NOT NULL
         )""",
     ]),
+    # Actions (shadow.core.actions), one row per element of the ``actions`` of a
+    # prediction's output (side 'prediction': event_id, candidate, version) or of an
+    # outcome's value (side 'outcome': key, decided_at), in their order (``ordinal``, from
+    # 0; NULL when ``actions`` is not a list at all). A malformed element keeps only its
+    # ordinal and ``problem``; ``valid`` is false for it and for an action a violation of
+    # its prediction names (``actions[2]``, ``output.actions.2``).
+    (11, [
+        """CREATE TABLE actions (
+            side VARCHAR NOT NULL,
+            event_id VARCHAR,
+            candidate VARCHAR,
+            version VARCHAR,
+            key VARCHAR,
+            decided_at TIMESTAMPTZ,
+            ordinal INTEGER,
+            tool VARCHAR,
+            arguments JSON,
+            action_id VARCHAR,
+            confidence DOUBLE,
+            valid BOOLEAN NOT NULL,
+            problem VARCHAR
+        )""",
+    ]),
 ]
+MIGRATIONS.sort(key=lambda migration: migration[0])
 
 
 def migrate(db: duckdb.DuckDBPyConnection) -> int:

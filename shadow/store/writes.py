@@ -5,18 +5,27 @@ A :class:`WriteBatch` holds everything one transaction of :meth:`Store.write
 table per store table (columnar inserts are two orders of magnitude faster
 than row-by-row INSERTs in DuckDB), and :func:`insert` writes them with the
 store's idempotency checks for rows that may repeat across replays.
+
+The actions of a prediction's output and of an outcome's value
+(:func:`shadow.core.actions.actions_of`) are written beside them, one row each, in
+the same transaction; an element that is not an action is a row with its ``problem``
+and, for a prediction, a violation (:func:`action_violations`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import duckdb
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shadow.core.actions import actions_of
 from shadow.core.models import DeadLetter, Event, Outcome, Prediction
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -63,13 +72,28 @@ class WriteCounts:
 
 
 def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
+    """One Arrow table per store table the batch adds rows to.
+
+    ``outcome_actions`` comes before ``outcomes``: :func:`insert` keeps the actions of
+    an outcome only while the outcome is not yet stored.
+    """
     tables: dict[str, pa.Table] = {}
     if batch.events:
         tables["events"] = _events_table(batch.events)
     if batch.predictions:
         tables["predictions"] = predictions_table(batch.predictions)
+        actions = prediction_actions_table(batch.predictions)
+        if actions.num_rows:
+            tables["prediction_actions"] = actions
     if batch.outcomes:
-        tables["outcomes"] = _outcomes_table(batch.outcomes)
+        # The first of an outcome's copies in a batch is the one stored, with its actions.
+        outcomes = list({(o.key, o.decided_at): (o, source, position)
+                         for o, source, position in reversed(batch.outcomes)}.values())
+        outcomes.reverse()
+        actions = _outcome_actions_table([o for o, _, _ in outcomes])
+        if actions.num_rows:
+            tables["outcome_actions"] = actions
+        tables["outcomes"] = _outcomes_table(outcomes)
     if batch.dead_letters:
         tables["dead_letters"] = _dead_letters_table(batch.dead_letters)
     if batch.duplicates:
@@ -126,8 +150,139 @@ def predictions_table(predictions: list[Prediction]) -> pa.Table:
         "model": pa.array([p.model for p in predictions], pa.string()),
         "review": pa.array([p.review for p in predictions], pa.bool_()),
         "rollout_step": pa.array([p.step for p in predictions], pa.int32()),
-        "violations": pa.array([list(p.violations) if p.violations else None
-                                for p in predictions], pa.list_(pa.string())),
+        "violations": pa.array([list(_violations(p)) or None for p in predictions],
+                               pa.list_(pa.string())),
+    })
+
+
+ACTIONS_CHECK = "actions:malformed"
+"""The check a violation for an element that is not an action names, as in
+``actions:malformed actions[1]: tool: expected a non-empty string, got null`` (the
+candidates' action checks name it so too)."""
+
+_NAMES_ACTION = re.compile(r"\bactions(?:\[(\d+)\]|\.(\d+)\b)")
+
+
+def action_violations(output: Any) -> tuple[str, ...]:
+    """A violation for each element of the output's ``actions`` that is not an action."""
+    return tuple(f"{ACTIONS_CHECK} {problem}" for problem in actions_of(output).problems)
+
+
+def with_action_violations(predictions: list[Prediction]) -> list[Prediction]:
+    """The predictions with the violations of their actions added (after the candidate's
+    checks); only those with a malformed action are copied. Errored ones have no output."""
+    found = predictions
+    for i, p in enumerate(predictions):
+        if p.error is None and len(_violations(p)) > len(p.violations):
+            if found is predictions:
+                found = list(predictions)
+            found[i] = replace(p, violations=_violations(p))
+    return found
+
+
+def _violations(p: Prediction) -> tuple[str, ...]:
+    """Its violations and those of its actions, each once (a prediction written without
+    going through :func:`with_action_violations` still has them)."""
+    if p.error is not None:
+        return p.violations
+    more = tuple(v for v in action_violations(p.output) if not _known(v, p.violations))
+    return p.violations + more
+
+
+def _known(violation: str, violations: tuple[str, ...]) -> bool:
+    # A check may have named the same problem shortened (to 200 characters and "…").
+    return any(v == violation or (v.endswith("…") and violation.startswith(v[:-1]))
+               for v in violations)
+
+
+class _ActionRow(NamedTuple):
+    ordinal: int | None
+    tool: str | None
+    arguments: str | None
+    action_id: str | None
+    confidence: float | None
+    valid: bool
+    problem: str | None
+
+
+def _action_rows(value: Any, violations: tuple[str, ...] = ()) -> Iterator[_ActionRow]:
+    """One row per element of the value's ``actions``, in their order.
+
+    ``violations`` are the prediction's: one naming an action's index (``actions[2]``,
+    ``output.actions.2``) makes that action invalid, with the violation as its problem.
+    """
+    read = actions_of(value)
+    if not read.actions and not read.problems:
+        return
+    named: dict[int, str] = {}
+    for text in violations:
+        if text.startswith(ACTIONS_CHECK):
+            continue
+        for match in _NAMES_ACTION.finditer(text):
+            named.setdefault(int(match.group(1) or match.group(2)), text)
+    problems: dict[int | None, str] = {}
+    for problem in read.problems:
+        index, _, reason = problem.partition("]: ")
+        if problem.startswith("actions[") and reason:
+            problems[int(index.removeprefix("actions["))] = problem
+        else:
+            problems[None] = problem  # ``actions`` is not a list
+    actions = iter(read.actions)
+    count = len(read.actions) + len(problems) - (None in problems)
+    for ordinal in range(count):
+        if ordinal in problems:
+            yield _ActionRow(ordinal, None, None, None, None, False, problems[ordinal])
+            continue
+        action = next(actions)
+        violation = named.get(ordinal)
+        yield _ActionRow(ordinal, action.tool, orjson.dumps(action.arguments).decode(),
+                         action.id, action.confidence, violation is None, violation)
+    if None in problems:
+        yield _ActionRow(None, None, None, None, None, False, problems[None])
+
+
+def _rows_table(rows: list[_ActionRow], side: str, link: dict[str, pa.Array]) -> pa.Table:
+    return pa.table({
+        "side": pa.array([side] * len(rows), pa.string()),
+        **link,
+        "ordinal": pa.array([r.ordinal for r in rows], pa.int32()),
+        "tool": pa.array([r.tool for r in rows], pa.string()),
+        "arguments": pa.array([r.arguments for r in rows], pa.string()),
+        "action_id": pa.array([r.action_id for r in rows], pa.string()),
+        "confidence": pa.array([r.confidence for r in rows], pa.float64()),
+        "valid": pa.array([r.valid for r in rows], pa.bool_()),
+        "problem": pa.array([r.problem for r in rows], pa.string()),
+    })
+
+
+def prediction_actions_table(predictions: list[Prediction]) -> pa.Table:
+    """The rows of table ``actions`` for these predictions (none for errored ones)."""
+    rows: list[_ActionRow] = []
+    owners: list[Prediction] = []
+    for p in predictions:
+        if p.error is None:
+            for row in _action_rows(p.output, _violations(p)):
+                rows.append(row)
+                owners.append(p)
+    return _rows_table(rows, "prediction", {
+        "event_id": pa.array([p.event_id for p in owners], pa.string()),
+        "candidate": pa.array([p.candidate for p in owners], pa.string()),
+        "version": pa.array([p.version for p in owners], pa.string()),
+    })
+
+
+def _outcome_actions_table(outcomes: list[Outcome]) -> pa.Table:
+    rows: list[_ActionRow] = []
+    keys: list[str] = []
+    times: list[datetime] = []
+    for o in outcomes:
+        for row in _action_rows(o.outcome):
+            rows.append(row)
+            keys.append(o.key)
+            times.append(o.decided_at)
+    return _rows_table(rows, "outcome", {
+        "key": pa.array(keys, pa.string()),
+        "decided_at": pa.array(times, UTC_TIMESTAMP),
     })
 
 
@@ -169,6 +324,15 @@ SELECT n.event_id, s.key, s.value ->> '$' FROM new_rows n, json_each(n.segment) 
 """
 
 
+# Actions go to one table; an outcome's only while the outcome itself is new (so before
+# it is inserted), as a prediction's are written only with a new prediction.
+_ACTIONS_SQL = {
+    "prediction_actions": "INSERT INTO actions BY NAME SELECT * FROM new_rows",
+    "outcome_actions": "INSERT INTO actions BY NAME SELECT n.* FROM new_rows n "
+                       "ANTI JOIN outcomes t ON t.key = n.key AND t.decided_at = n.decided_at",
+}
+
+
 def _any_segment(events: pa.Table) -> bool:
     """Whether some event has a segment (a statement fewer per batch when none has)."""
     return bool(pc.any(pc.not_equal(events["segment"], "{}")).as_py())
@@ -185,6 +349,9 @@ def insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteC
     for table, new_rows in tables.items():
         if table == "events" and _any_segment(new_rows):
             db.execute(_SEGMENTS_SQL)
+        if table in _ACTIONS_SQL:
+            db.execute(_ACTIONS_SQL[table])
+            continue
         identity = _IDENTITY.get(table)
         if identity is None:
             db.execute(f"INSERT INTO {table} BY NAME SELECT * FROM new_rows")  # noqa: S608
