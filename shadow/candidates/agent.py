@@ -37,7 +37,7 @@ import structlog
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
 from shadow.candidates.fingerprint import DIGITS, PREFIX, source_of
 from shadow.candidates.http import canonical
-from shadow.candidates.mcp_tools import McpToolset, ShadowExecutor, Tool
+from shadow.candidates.mcp_tools import McpToolset, ShadowExecutor, Tool, ToolResult
 from shadow.config.candidates import AgentCandidateSpec
 from shadow.core.actions import ACTIONS_KEY, Action
 from shadow.core.errors import ConfigError
@@ -165,6 +165,9 @@ def run_agent(messages: Sequence[Message], *, model: ModelStep, executor: Shadow
         if not isinstance(turn, Turn):
             return AgentRun(Stop.MODEL_ERROR, step, reply, (), tuple(executed),
                             f"the model step returned {type(turn).__name__}, not a Turn")
+        malformed = _malformed(turn)
+        if malformed is not None:
+            return AgentRun(Stop.MODEL_ERROR, step, reply, (), tuple(executed), malformed)
         reply = turn.content
         if not turn.tool_calls:
             return AgentRun(Stop.ANSWERED, step, reply, (), tuple(executed))
@@ -194,7 +197,10 @@ def _execute(calls: Sequence[ToolCall], step: int, executor: ShadowExecutor,
     for call in calls:
         if len(executed) >= budget.max_calls:
             return False
-        result = executor.run(call.tool, call.arguments)
+        try:
+            result = executor.run(call.tool, call.arguments)
+        except Exception as exc:  # noqa: BLE001 - a failing call is recorded, never a crash
+            result = ToolResult(error=f"{type(exc).__name__}: {truncate(str(exc))}")
         executed.append(ExecutedCall(step, len(executed), call.tool, dict(call.arguments),
                                      result.output, result.error, result.latency_ms, call.id))
         if conversation is not None:
@@ -202,6 +208,18 @@ def _execute(calls: Sequence[ToolCall], step: int, executor: ShadowExecutor,
             conversation.append({"role": "tool", "tool_call_id": call.id,
                                  "content": orjson.dumps(fed, default=str).decode()})
     return True
+
+
+def _malformed(turn: Turn) -> str | None:
+    if turn.content is not None and not isinstance(turn.content, str):
+        return f"the model's content is {type(turn.content).__name__}, not text"
+    for index, call in enumerate(turn.tool_calls):
+        if (not isinstance(call, ToolCall) or not isinstance(call.tool, str) or not call.tool
+                or not isinstance(call.arguments, Mapping)
+                or not isinstance(call.id, str | None)):
+            return (f"the model's tool_calls[{index}] is not a call of a named tool with an "
+                    f"object of arguments: {truncate(repr(call), 200)}")
+    return None
 
 
 def _assistant(content: str | None, calls: Sequence[ToolCall]) -> Message:

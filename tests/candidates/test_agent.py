@@ -349,3 +349,13 @@ def test_a_bad_agent_configuration_names_the_key(tools: dict[str, Any], message:
         parse_config({"version": 1, "candidate": {
             "kind": "agent", "model": "tests.candidates.agent_model:refund", "tools": tools,
             "user": "{{ payload.customer_id }}"}})
+
+
+def test_a_malformed_turn_is_a_model_error_and_runs_nothing(servers: Servers) -> None:
+    toolset, record = servers.toolset("http")
+    model = Scripted([Turn(None, (ToolCall("get_customer", ["c1"]),))])  # type: ignore[arg-type]
+    prediction, _ = run(toolset, model, READS)
+
+    assert prediction.error is not None
+    assert "tool_calls[0] is not a call of a named tool" in prediction.error.message
+    assert received(record) == []
