@@ -223,6 +223,8 @@ class OwnerQueries(Queries):
                 where = (event_id, key, occurred_at.isoformat(), payload)
                 _tally(tallies[(c, v)], actions_of(_loads(output)).actions,
                        actions_of(_loads(outcome)).actions, where, self.options)
+        if not tallies:
+            return {}
         arguments = self._argument_verdicts()
         out: dict[Key, list[ToolRate]] = {}
         for key, tools in tallies.items():
