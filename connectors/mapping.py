@@ -15,7 +15,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import RawRecord
-from connectors.specs import EventMapping, OutcomeMapping
+from connectors.specs import ActionTemplate, EventMapping, OutcomeMapping
+from shadow.core.actions import ACTIONS_KEY
 from shadow.core.models import DeadLetter, Event, Outcome, RecordKind
 from shadow.core.paths import MISSING, get_path
 
@@ -104,9 +105,51 @@ class OutcomeMapper(Mapper[Outcome]):
 
     def __init__(self, mapping: OutcomeMapping | None = None) -> None:
         mapping = mapping or OutcomeMapping()
-        super().__init__(
-            mapping.model_dump(exclude_none=True), canonical=mapping == OutcomeMapping()
-        )
+        paths = mapping.model_dump(exclude_none=True)
+        paths.pop("actions", None)
+        super().__init__(paths, canonical=mapping == OutcomeMapping())
+        self._actions = mapping.actions
+
+    def _reshape(self, record: dict[str, Any]) -> dict[str, Any]:
+        shaped = super()._reshape(record)
+        if self._actions is not None:
+            shaped["outcome"] = self._with_actions(record, shaped.get("outcome"))
+        return shaped
+
+    def _with_actions(self, record: dict[str, Any], outcome: Any) -> dict[str, Any]:
+        """The outcome with the record's actions under ``actions``.
+
+        Raises:
+            MappingFailed: the actions or their arguments are not where the mapping
+                says, or the outcome is a value that cannot hold them.
+        """
+        if outcome is not None and not isinstance(outcome, dict):
+            raise MappingFailed(f"{self._where('outcome')}: expected an object to hold the "
+                                f"actions, got {_shown(outcome)}")
+        spec = self._actions
+        if isinstance(spec, ActionTemplate):
+            arguments = self._found(record, "actions.arguments", spec.arguments, dict, "an object")
+            actions: list[Any] = [{"tool": spec.tool, "arguments": arguments}]
+        else:
+            actions = self._found(record, "actions", str(spec), list, "a list of actions")
+        return {**(outcome or {}), ACTIONS_KEY: actions}
+
+    def _found(self, record: dict[str, Any], field: str, path: str, kind: type, what: str) -> Any:
+        value = get_path(record, path)
+        where = f"field '{field}' (path '{path}')"
+        if value is MISSING or value is None:
+            raise MappingFailed(f"missing {where}")
+        if not isinstance(value, kind):
+            raise MappingFailed(f"{where}: expected {what}, got {_shown(value)}")
+        return value
+
+    def _where(self, field: str) -> str:
+        path = self._paths.get(field)
+        return f"field '{field}'" + (f" (path '{path}')" if path != field else "")
+
+
+def _shown(value: Any) -> str:
+    return repr(value) if not isinstance(value, dict | list) else type(value).__name__
 
 
 def map_records(

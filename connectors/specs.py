@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from shadow.core.spec import Duration, Spec
 
@@ -31,11 +31,40 @@ class EventMapping(Spec):
     payload: str = "payload"
 
 
+class ActionTemplate(Spec):
+    """One action made of each record: a tool by name, its arguments at a dotted path.
+
+    ``{tool: update_record, arguments: changes}`` turns a change record's ``changes``
+    object into ``{"tool": "update_record", "arguments": {...}}``.
+    """
+
+    tool: str = Field(min_length=1)
+    arguments: str = "$"
+    """Dotted path to the arguments, an object; ``$`` for the whole record."""
+
+
+def _actions_form(value: Any) -> str:
+    return "str" if isinstance(value, str) else "dict"
+
+
+# Tagged by the type labels configuration errors leave out of the key they name
+# (``mapping.outcomes.actions.tool``, not ``...actions.ActionTemplate.tool``).
+_ActionsMapping = Annotated[
+    Annotated[str, Tag("str")] | Annotated[ActionTemplate, Tag("dict")],
+    Discriminator(_actions_form),
+]
+
+
 class OutcomeMapping(Spec):
     key: str = "key"
     outcome: str = "outcome"
     decided_at: str = "decided_at"
     actor: str | None = "actor"
+    actions: _ActionsMapping | None = None
+    """What the person did, as actions (:mod:`shadow.core.actions`), put under the key
+    ``actions`` of the outcome (an object; ``{"actions": [...]}`` when the record has no
+    outcome): a dotted path to a list already in that shape, or an :class:`ActionTemplate`.
+    None: the outcome is as the record has it."""
 
 
 class MappingConfig(Spec):
