@@ -17,7 +17,8 @@ What an :class:`AgentCandidate` stores as a prediction's output::
 
 ``actions`` is the shape of :mod:`shadow.core.actions`; ``tool_calls`` is every executed
 call, in order, its output cut to :data:`~shadow.candidates.mcp_tools.MAX_RESULT`
-characters of JSON. Nothing outside the executor is ever run: the loop holds no other
+characters of JSON, also stored one row each in the table ``tool_calls``
+(:mod:`shadow.store.tool_calls`). Nothing outside the executor is ever run: the loop holds no other
 way to call a tool.
 """
 
@@ -44,11 +45,10 @@ from shadow.core.errors import ConfigError
 from shadow.core.loading import load_callable
 from shadow.core.models import ErrorKind, Event, Prediction, PredictionError
 from shadow.core.templates import render
+from shadow.store.tool_calls import TOOL_CALLS_KEY
 
 log = structlog.get_logger(__name__)
 
-TOOL_CALLS_KEY = "tool_calls"
-"""The key of a prediction's output that lists the executed tool calls."""
 
 Message = Mapping[str, Any]
 

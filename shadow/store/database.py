@@ -27,6 +27,7 @@ import pyarrow as pa
 from shadow.core.errors import StoreError, first_line
 from shadow.core.models import Comparison, Event, Prediction
 from shadow.store.migrations import MIGRATIONS, check_version, migrate
+from shadow.store.tool_calls import tool_calls_table
 from shadow.store.writes import (
     UTC_TIMESTAMP,
     WriteBatch,
@@ -201,13 +202,16 @@ class Store:
         if not predictions:
             return
         new = {"new_predictions": predictions_table(list(predictions)),
-               "new_actions": prediction_actions_table(list(predictions))}
+               "new_actions": prediction_actions_table(list(predictions)),
+               "new_tool_calls": tool_calls_table(list(predictions))}
         with self._transaction(new) as tx:
             tx.execute(_DELETE_SAME.format(table="predictions", new="new_predictions"))
             tx.execute(_DELETE_SAME.format(table="actions", new="new_predictions")
                        + " AND t.side = 'prediction'")
             tx.execute("INSERT INTO predictions BY NAME SELECT * FROM new_predictions")
             tx.execute("INSERT INTO actions BY NAME SELECT * FROM new_actions")
+            tx.execute(_DELETE_SAME.format(table="tool_calls", new="new_predictions"))
+            tx.execute("INSERT INTO tool_calls BY NAME SELECT * FROM new_tool_calls")
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         rows = self._for_ids(

@@ -255,6 +255,27 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             problem VARCHAR
         )""",
     ]),
+    # The tool calls an agent executed in shadow (shadow.store.tool_calls), one row per
+    # element of the ``tool_calls`` of a prediction's output, linked by event_id,
+    # candidate and version, in their order (``ordinal``, from 0; NULL when
+    # ``tool_calls`` is not a list). ``result`` is the call's output as JSON, cut short
+    # (then a JSON string); a malformed element keeps its ordinal and ``problem``.
+    (12, [
+        """CREATE TABLE tool_calls (
+            event_id VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            ordinal INTEGER,
+            step INTEGER,
+            call_id VARCHAR,
+            tool VARCHAR,
+            arguments JSON,
+            result JSON,
+            latency_ms DOUBLE,
+            error VARCHAR,
+            problem VARCHAR
+        )""",
+    ]),
 ]
 MIGRATIONS.sort(key=lambda migration: migration[0])
 

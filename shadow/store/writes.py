@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from shadow.core.actions import actions_of
 from shadow.core.models import DeadLetter, Event, Outcome, Prediction
+from shadow.store.tool_calls import tool_calls_table
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -85,6 +86,9 @@ def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
         actions = prediction_actions_table(batch.predictions)
         if actions.num_rows:
             tables["prediction_actions"] = actions
+        calls = tool_calls_table(batch.predictions)
+        if calls.num_rows:
+            tables["tool_calls"] = calls
     if batch.outcomes:
         # The first of an outcome's copies in a batch is the one stored, with its actions.
         outcomes = list({(o.key, o.decided_at): (o, source, position)

@@ -46,6 +46,9 @@ def test_every_event_is_predicted_and_only_lookups_reach_the_server(
     with duckdb.connect(str(db), read_only=True) as store:
         rows = store.execute("SELECT event_id, output, error_type FROM predictions "
                              "WHERE candidate = 'refund-agent' ORDER BY event_id").fetchall()
+        stored_calls = store.execute(
+            "SELECT event_id, ordinal, tool, result, error FROM tool_calls "
+            "WHERE candidate = 'refund-agent' ORDER BY event_id, ordinal").fetchall()
     assert [row[0] for row in rows] == sorted(CUSTOMER_OF)
     assert all(row[2] is None for row in rows)
     outputs = {row[0]: json.loads(row[1]) for row in rows}
@@ -60,3 +63,9 @@ def test_every_event_is_predicted_and_only_lookups_reach_the_server(
     assert outputs["e3"]["actions"] == []
     [failed] = outputs["e3"]["tool_calls"]
     assert "no customer c9" in failed["error"]
+    assert [(e, o, t) for e, o, t, _, _ in stored_calls] == [
+        ("e1", 0, "get_customer"), ("e1", 1, "get_orders"),
+        ("e2", 0, "get_customer"), ("e2", 1, "get_orders"), ("e3", 0, "get_customer")]
+    assert json.loads(stored_calls[1][3]) == ORDERS["o9"]
+    assert stored_calls[4][3] is None
+    assert "no customer c9" in stored_calls[4][4]
