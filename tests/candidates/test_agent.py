@@ -177,8 +177,10 @@ def test_only_allowlisted_reads_run_and_the_write_is_proposed(servers: Servers,
     assert fed_back(model.seen[2]) == ORDERS["o9"]
 
 
-def test_a_listed_tool_the_server_marks_as_writing_is_refused(servers: Servers) -> None:
-    toolset, record = servers.toolset("http")
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_listed_tool_the_server_marks_as_writing_is_refused(servers: Servers,
+                                                              transport: str) -> None:
+    toolset, record = servers.toolset(transport)
     model = Scripted([calls(("get_customer", {"customer_id": "c1"})),
                       calls(("archive_customer", {"customer_id": "c1"}))])
     prediction, candidate = run(toolset, model,
