@@ -309,7 +309,8 @@ def test_config_errors_name_the_key(
 
 
 def test_the_tools_are_part_of_the_fingerprint(server: TestServer) -> None:
-    versions = {candidate(server, **change).version for change in [
-        {}, {"tools": TOOLS[:2]}, {"tool_choice": "required"}, {"parallel_tool_calls": False}]}
+    changes: list[dict[str, Any]] = [
+        {}, {"tools": TOOLS[:2]}, {"tool_choice": "required"}, {"parallel_tool_calls": False}]
+    versions = {candidate(server, **change).version for change in changes}
     assert len(versions) == 4
     assert candidate(server).version == candidate(server).version
