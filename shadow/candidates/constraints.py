@@ -249,7 +249,7 @@ def _action(spec: ActionCheckSpec, name: str) -> Check:
 
     def check(output: Any) -> list[str]:
         found: list[str] = []
-        for index, action in enumerate(actions_of(output).actions):
+        for index, action in actions_of(output).indexed():
             if action.tool != spec.tool:
                 continue
             where = f"(actions[{index}])"

@@ -45,6 +45,12 @@ class Actions:
     actions: tuple[Action, ...] = ()
     problems: tuple[str, ...] = ()
     """One reason per element that is not an action, naming its index."""
+    at: tuple[int, ...] = ()
+    """Where each action stands in the list it was read from (malformed ones skipped)."""
+
+    def indexed(self) -> list[tuple[int, Action]]:
+        """Each action with its index in the list it was read from."""
+        return list(zip(self.at or range(len(self.actions)), self.actions, strict=True))
 
 
 def actions_of(value: Any) -> Actions:
@@ -62,13 +68,15 @@ def actions_of(value: Any) -> Actions:
         return Actions(problems=(f"actions: expected a list, got {_kind(listed)}",))
     found: list[Action] = []
     problems: list[str] = []
+    at: list[int] = []
     for index, item in enumerate(listed):
         action = _action(item)
         if isinstance(action, str):
             problems.append(f"actions[{index}]: {action}")
         else:
             found.append(action)
-    return Actions(tuple(found), tuple(problems))
+            at.append(index)
+    return Actions(tuple(found), tuple(problems), tuple(at))
 
 
 def _action(item: Any) -> Action | str:

@@ -146,6 +146,17 @@ def test_malformed_actions_are_violations_where_actions_are_checked() -> None:
     assert without_action_checks.violations(unreadable) == ()
 
 
+def test_a_violation_names_the_actions_place_in_the_list_malformed_ones_counted() -> None:
+    cap = checks({"kind": "action", "name": "refund_cap", "tool": "issue_refund",
+                  "argument": "amount", "max": 100})
+    # The third element of the list breaks the cap: it is actions[2], whatever came before.
+    listed = proposing({"tool": ""}, refund(10), refund(500))
+    assert set(cap.violations(listed)) == {
+        "actions:malformed actions[0]: tool: expected a non-empty string, got str",
+        "refund_cap:max issue_refund.amount=500 is more than 100 (actions[2])",
+    }
+
+
 def test_check_violations_add_to_those_the_candidate_found() -> None:
     cap = checks({"kind": "action", "tool": "issue_refund", "argument": "amount", "max": 100})
     found = Prediction(event_id="e1", candidate="agent", output=proposing(refund(500)),

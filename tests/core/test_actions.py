@@ -24,7 +24,7 @@ def test_actions_keep_their_order_arguments_id_and_confidence() -> None:
         Action("update_ticket", {"priority": "high"}, "call_1"),
         Action("send_reply", {"body": "hi"}, None, 0.75),
         Action("close_ticket", {}),
-    ))
+    ), at=(0, 1, 2))
 
 
 def test_an_action_serialises_to_the_shape_it_was_read_from() -> None:
@@ -51,6 +51,7 @@ def test_an_element_that_is_not_an_action_is_named_never_dropped_silently(
     read = actions_of({"actions": [{"tool": "ok"}, item, {"tool": "also_ok"}]})
     assert read.actions == (Action("ok"), Action("also_ok"))
     assert read.problems == (problem,)
+    assert read.indexed() == [(0, Action("ok")), (2, Action("also_ok"))]
 
 
 def test_actions_that_are_not_a_list_are_one_problem() -> None:
