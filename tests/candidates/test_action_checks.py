@@ -15,7 +15,7 @@ from rollout.controller import Controller
 from rollout.runtime import LiveRollout
 from rollout.state import Action
 from shadow.candidates import CallableCandidate
-from shadow.candidates.constraints import Checks, check_label
+from shadow.candidates.constraints import check_label
 from shadow.compare.comparators import build_comparator
 from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
@@ -26,18 +26,10 @@ from shadow.core.models import Event, Prediction
 from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 from shadow.testing import ListSource, RecordingSink
+from tests.candidates.test_constraints import checks
 from tests.clock import SteppingClock
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-def checks(*specs: dict[str, Any]) -> Checks:
-    config = parse_config({"candidate": {"callable": "tests.candidates.test_action_checks:agent",
-                                         "checks": list(specs)}})
-    assert config.candidate is not None
-    built = Checks.from_specs(config.candidate.checks)
-    assert built is not None
-    return built
 
 
 def proposing(*actions: Any, **rest: Any) -> dict[str, Any]:
