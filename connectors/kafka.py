@@ -369,7 +369,8 @@ class KafkaSink(Sink):
 
     Each decision is a message keyed by the event's key (so a case's decisions
     stay in order on one partition), with :meth:`Decision.headers` and
-    :meth:`Decision.body` as value. acks=all and the idempotent producer: a
+    :meth:`Decision.body` as value (an action request also has the header
+    ``idempotency_key``). acks=all and the idempotent producer: a
     publish returns once every in-sync replica holds every message. Opening,
     and each publish (sending and waiting for every ack), wait at most
     ``timeout_s``. See :class:`~connectors.sinks.Sink` for the contract.

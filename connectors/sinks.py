@@ -5,6 +5,13 @@ failed and abstained predictions: that check is the one door through which a
 prediction becomes something production acts on. Every sink publishes the
 same :meth:`Decision.body`, so a consumer reads a Kafka topic, a webhook or a
 file alike. The Kafka sink is :class:`connectors.kafka.KafkaSink`.
+
+A decision whose output proposes actions (:mod:`shadow.core.actions`) is an
+action request: its message also carries ``actions`` (tool and arguments of
+each, in order) and an ``idempotency_key`` made from rollout, event, candidate
+and version, the same however often it is published. Tool calls an agent ran
+in shadow (the output's ``tool_calls``) never leave: they are cut from every
+published output.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import IO, Any, Self
 import orjson
 
 from connectors.http_post import JsonPoster
+from shadow.core.actions import actions_of
 from shadow.core.disk import fsync
 from shadow.core.errors import SinkError
 from shadow.core.models import Event, Mode, Prediction, utc_now
@@ -31,6 +39,9 @@ from shadow.core.models import Event, Mode, Prediction, utc_now
 __all__ = ["Decision", "FileSink", "Sink", "SinkError", "SinkState", "WebhookSink"]
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+_SHADOW_ONLY = "tool_calls"
+"""The key of an agent's output holding the calls it ran in shadow and their results
+(``shadow.store.tool_calls.TOOL_CALLS_KEY``): never published."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,9 +100,25 @@ class Decision:
                    review=prediction.review if review is None else review,
                    predicted_at=prediction.predicted_at)
 
+    @property
+    def actions(self) -> list[dict[str, Any]]:
+        """The actions the output proposes, ``{"tool", "arguments"}`` each, in order; empty
+        for a decision that proposes none. Malformed elements are left out (a prediction
+        with one has a violation, and is never published)."""
+        return [{"tool": action.tool, "arguments": action.arguments}
+                for action in actions_of(self.output).actions]
+
+    @property
+    def idempotency_key(self) -> str:
+        """The action request's key for consumers to dedupe by: a digest of rollout, event,
+        candidate and version, so publishing the decision again repeats it."""
+        named = orjson.dumps([self.rollout, self.event_id, self.candidate, self.version])
+        return "act_" + hashlib.sha256(named).hexdigest()[:32]
+
     def headers(self) -> list[tuple[str, bytes]]:
-        """Message headers (Kafka) naming where the decision comes from."""
-        return [
+        """Message headers (Kafka) naming where the decision comes from, and for an
+        action request its ``idempotency_key``."""
+        headers = [
             ("candidate", self.candidate.encode()),
             ("version", (self.version or "").encode()),
             ("rollout", self.rollout.encode()),
@@ -100,18 +127,33 @@ class Decision:
             ("event_id", self.event_id.encode()),
             ("review", b"true" if self.review else b"false"),
         ]
+        if self.actions:
+            headers.append(("idempotency_key", self.idempotency_key.encode()))
+        return headers
 
     def body(self) -> bytes:
-        """The decision as a JSON object, the same for every sink; times in UTC."""
+        """The decision as a JSON object, the same for every sink; times in UTC.
+
+        An action request adds ``actions`` and ``idempotency_key`` after the other keys;
+        an output's ``tool_calls`` (results of calls run in shadow) is never included.
+        """
         at = self.predicted_at
         if at.tzinfo is not None:
             at = at.astimezone(UTC)  # a store may hand times back in its session's zone
-        return orjson.dumps({
+        output = self.output
+        if isinstance(output, dict) and _SHADOW_ONLY in output:
+            output = {name: value for name, value in output.items() if name != _SHADOW_ONLY}
+        message = {
             "event_id": self.event_id, "key": self.key, "candidate": self.candidate,
-            "version": self.version, "output": self.output, "rollout": self.rollout,
+            "version": self.version, "output": output, "rollout": self.rollout,
             "step": self.step, "percent": self.percent, "review": self.review,
             "predicted_at": at.isoformat(),
-        })
+        }
+        actions = self.actions
+        if actions:
+            message["actions"] = actions
+            message["idempotency_key"] = self.idempotency_key
+        return orjson.dumps(message)
 
     @property
     def message_id(self) -> str:

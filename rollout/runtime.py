@@ -6,7 +6,10 @@ published goes to the sink and is marked published. A crash between the two
 publishes those decisions again on restart (at-least-once; every message
 carries its ``event_id`` so production can drop repeats); none is lost. A
 prediction that errored, abstained or violated a hard constraint is never
-published: that case stays with the humans.
+published: that case stays with the humans (so is one with a malformed action,
+which is a violation). A decision whose output proposes actions goes out as an
+action request (:class:`connectors.sinks.Decision`): its valid actions and an
+``idempotency_key`` a republish after a restart repeats.
 """
 
 from __future__ import annotations
