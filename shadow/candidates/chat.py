@@ -43,6 +43,7 @@ from shadow.core.templates import render
 
 class ChatCandidate(RemoteCandidate):
     spec: ChatCandidateSpec
+    keeps_request = True
 
     def __init__(self, spec: ChatCandidateSpec, **options: Any) -> None:
         super().__init__(spec, **options)

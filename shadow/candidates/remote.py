@@ -23,7 +23,7 @@ from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import orjson
@@ -68,6 +68,8 @@ class RemoteCandidate(Candidate):
     """
 
     url: str
+    keeps_request: ClassVar[bool] = False
+    """Whether each prediction keeps the body it sent (``Prediction.request``)."""
 
     def __init__(
         self,
@@ -155,7 +157,8 @@ class RemoteCandidate(Candidate):
     async def _call_guarded(self, event: Event, now: datetime, started: float) -> Prediction:
         # The body first: an event that cannot be sent must not take the breaker's probe.
         try:
-            body = orjson.dumps(self.request(event))
+            request = self.request(event)
+            body = orjson.dumps(request)
         except (TemplateError, TypeError) as exc:
             error = PredictionError(type=type(exc).__name__, message=truncate(str(exc)))
             return self._prediction(event, now, started, Attempt(error=error), attempts=0)
@@ -178,7 +181,7 @@ class RemoteCandidate(Candidate):
             self.breaker.succeeded()
         else:
             self.breaker.failed()
-        return self._prediction(event, now, started, result, attempts=attempt)
+        return self._prediction(event, now, started, result, attempts=attempt, request=request)
 
     async def _attempt(self, body: bytes) -> Attempt:
         assert self._client is not None
@@ -211,7 +214,8 @@ class RemoteCandidate(Candidate):
         return self.read(answer, status, ttfb, raw)
 
     def _prediction(
-        self, event: Event, now: datetime, started: float, result: Attempt, *, attempts: int
+        self, event: Event, now: datetime, started: float, result: Attempt, *, attempts: int,
+        request: Any = None,
     ) -> Prediction:
         ok = result.error is None
         if ok and (problem := _unstorable(result.output)) is not None:
@@ -226,6 +230,7 @@ class RemoteCandidate(Candidate):
             predicted_at=now, status=result.status, attempts=attempts, ttfb_ms=result.ttfb_ms,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             cost=result.cost, model=result.model, violations=result.violations if ok else (),
+            request=request if self.keeps_request else None,
         )
 
 

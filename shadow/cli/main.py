@@ -215,10 +215,12 @@ def _parser() -> argparse.ArgumentParser:
     from shadow.cli.calibrate import add_calibrate_parser
     from shadow.cli.evaluate import add_eval_parser
     from shadow.cli.send import add_send_parser
+    from shadow.cli.show import add_show_parser
 
     add_eval_parser(commands, _add_config)
     add_calibrate_parser(commands, _add_config)
     add_send_parser(commands, _add_config)
+    add_show_parser(commands, _add_db_and_config)
 
     from shadow.cli.rollout import add_parser as add_rollout
 

@@ -169,6 +169,9 @@ class Prediction:
     violations: tuple[str, ...] = ()
     """Hard-constraint violations, e.g. ``pii:email matched at output.reply``: the
     check's name, a space, what was wrong. A live decision with any is never published."""
+    request: Any = field(default=None, compare=False, repr=False)
+    """The JSON body a chat candidate sent (messages after templating, tools, parameters,
+    model; never headers), kept once per distinct content in the store's ``requests``."""
 
     @property
     def ok(self) -> bool:

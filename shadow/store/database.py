@@ -27,6 +27,7 @@ import pyarrow as pa
 from shadow.core.errors import StoreError, first_line
 from shadow.core.models import Comparison, Event, Prediction
 from shadow.store.migrations import MIGRATIONS, check_version, migrate
+from shadow.store.requests import requests_table
 from shadow.store.tool_calls import tool_calls_table
 from shadow.store.writes import (
     UTC_TIMESTAMP,
@@ -203,7 +204,8 @@ class Store:
             return
         new = {"new_predictions": predictions_table(list(predictions)),
                "new_actions": prediction_actions_table(list(predictions)),
-               "new_tool_calls": tool_calls_table(list(predictions))}
+               "new_tool_calls": tool_calls_table(list(predictions)),
+               "new_requests": requests_table(list(predictions))}
         with self._transaction(new) as tx:
             tx.execute(_DELETE_SAME.format(table="predictions", new="new_predictions"))
             tx.execute(_DELETE_SAME.format(table="actions", new="new_predictions")
@@ -212,6 +214,8 @@ class Store:
             tx.execute("INSERT INTO actions BY NAME SELECT * FROM new_actions")
             tx.execute(_DELETE_SAME.format(table="tool_calls", new="new_predictions"))
             tx.execute("INSERT INTO tool_calls BY NAME SELECT * FROM new_tool_calls")
+            tx.execute("INSERT INTO requests BY NAME SELECT n.* FROM new_requests n "
+                       "ANTI JOIN requests t USING (request_hash)")
 
     def events_by_id(self, event_ids: Sequence[str]) -> list[Event]:
         rows = self._for_ids(

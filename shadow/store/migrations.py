@@ -276,6 +276,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             problem VARCHAR
         )""",
     ]),
+    # The exact request a chat candidate sent (shadow.store.requests), stored once per
+    # distinct content: ``request_hash`` is the SHA-256 of its canonical JSON (keys
+    # sorted), which the prediction's ``request_hash`` names. ``candidate``, ``version``
+    # and ``model`` are those of the first prediction that sent it.
+    (13, [
+        """CREATE TABLE requests (
+            request_hash VARCHAR PRIMARY KEY,
+            request JSON NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            model VARCHAR,
+            first_sent_at TIMESTAMPTZ NOT NULL
+        )""",
+        "ALTER TABLE predictions ADD COLUMN request_hash VARCHAR",
+    ]),
 ]
 MIGRATIONS.sort(key=lambda migration: migration[0])
 

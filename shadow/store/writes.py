@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 
 from shadow.core.actions import actions_of
 from shadow.core.models import DeadLetter, Event, Outcome, Prediction
+from shadow.store.requests import hashes, requests_table
 from shadow.store.tool_calls import tool_calls_table
 
 UTC_TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -82,6 +83,9 @@ def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
     if batch.events:
         tables["events"] = _events_table(batch.events)
     if batch.predictions:
+        requests = requests_table(batch.predictions)
+        if requests.num_rows:
+            tables["requests"] = requests
         tables["predictions"] = predictions_table(batch.predictions)
         actions = prediction_actions_table(batch.predictions)
         if actions.num_rows:
@@ -156,6 +160,7 @@ def predictions_table(predictions: list[Prediction]) -> pa.Table:
         "rollout_step": pa.array([p.step for p in predictions], pa.int32()),
         "violations": pa.array([list(_violations(p)) or None for p in predictions],
                                pa.list_(pa.string())),
+        "request_hash": pa.array(hashes(predictions), pa.string()),
     })
 
 
@@ -317,6 +322,7 @@ _IDENTITY = {
     "outcomes": ("key", "decided_at"),
     "dead_letters": ("source", "position"),
     "duplicates": ("source", "position"),
+    "requests": ("request_hash",),
 }
 
 
