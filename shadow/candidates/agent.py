@@ -241,7 +241,7 @@ class AgentCandidate(Candidate):
     def __init__(self, *, name: str, model: ModelStep, toolset: McpToolset,
                  allowlist: Sequence[str], prompt: Callable[[Event], Sequence[Message]],
                  version: str | None = None, budget: Budget | None = None,
-                 call_timeout: float = 10.0) -> None:
+                 call_timeout: float = 10.0, model_name: str | None = None) -> None:
         if not call_timeout > 0:
             raise ConfigError(f"call_timeout: expected a positive number of seconds, "
                               f"got {call_timeout!r}")
@@ -253,6 +253,9 @@ class AgentCandidate(Candidate):
         self._prompt = prompt
         self._budget = budget or Budget()
         self._call_timeout = call_timeout
+        self._model_name = model_name or (
+            f"{getattr(model, '__module__', '?')}:"
+            f"{getattr(model, '__qualname__', type(model).__qualname__)}")
         self._executor: ShadowExecutor | None = None
         self._refused: Mapping[str, str] = {}
 
@@ -279,7 +282,7 @@ class AgentCandidate(Candidate):
         return cls(name=spec.resolved_name, version=spec.version or _fingerprint(spec, model),
                    model=model, toolset=toolset, allowlist=spec.allow, prompt=prompt,
                    budget=Budget(max_steps=spec.max_steps, max_calls=spec.max_calls),
-                   call_timeout=spec.call_timeout_s)
+                   call_timeout=spec.call_timeout_s, model_name=spec.model)
 
     @property
     def refused(self) -> Mapping[str, str]:
@@ -310,20 +313,36 @@ class AgentCandidate(Candidate):
         except Exception as exc:  # noqa: BLE001 - user code may raise anything
             return self._failed(event, now, started,
                                 f"prompt: {type(exc).__name__}: {truncate(str(exc))}")
+        request = self._request(messages)
         run = run_agent(messages, model=self._model, executor=executor,
                         tools=self._toolset.tools, budget=self._budget)
         if run.error is not None:
             # The calls executed before the model failed are kept with the error.
             return self._failed(event, now, started, run.error,
                                 body=truncate(orjson.dumps(run.as_output(), default=str).decode(),
-                                              MAX_BODY))
+                                              MAX_BODY), request=request)
         return Prediction(event_id=event.event_id, candidate=self.name, version=self.version,
-                          output=run.as_output(), latency_ms=_since(started), predicted_at=now)
+                          output=run.as_output(), latency_ms=_since(started), predicted_at=now,
+                          request=request)
+
+    def _request(self, messages: Sequence[Message]) -> dict[str, Any]:
+        """What the run started from (``Prediction.request``): the model step, the prompt
+        after templating, every tool offered, the allowlist and the budget. What later steps
+        were given is the executed calls, kept under ``tool_calls``."""
+        return {
+            "model": self._model_name,
+            "messages": [dict(message) for message in messages],
+            "tools": [{"name": tool.name, "description": tool.description,
+                       "input_schema": dict(tool.input_schema), "read_only": tool.read_only}
+                      for tool in self._toolset.tools],
+            "allow": list(self._allowlist),
+            "max_steps": self._budget.max_steps, "max_calls": self._budget.max_calls,
+        }
 
     def _failed(self, event: Event, now: datetime, started: float, message: str,
-                body: str | None = None) -> Prediction:
+                body: str | None = None, request: Any = None) -> Prediction:
         return Prediction(event_id=event.event_id, candidate=self.name, version=self.version,
-                          latency_ms=_since(started), predicted_at=now,
+                          latency_ms=_since(started), predicted_at=now, request=request,
                           error=PredictionError("AgentError", message, ErrorKind.EXCEPTION,
                                                 body))
 
