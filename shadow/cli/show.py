@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shadow.cli.options import EXIT_OK, existing_store
@@ -42,13 +43,16 @@ def _show(args: argparse.Namespace) -> int:
     from shadow.store.database import Store
 
     redact: list[str] = []
+    db = args.db
     if args.config is not None:
         from shadow.config.file import load_config
 
-        redact = list(load_config(args.config).report.redact)
-    if args.db is None:
-        raise ConfigError("--db is required (or set SHADOW_DB)")
-    with Store(existing_store(args.db), read_only=True) as store:
+        config = load_config(args.config)
+        redact = list(config.report.redact)
+        db = db if db is not None else config.store.path
+    if db is None:
+        raise ConfigError("--db is required (or set SHADOW_DB, or store.path in --config)")
+    with Store(existing_store(Path(db)), read_only=True) as store:
         shown = event_record(store.db, args.event_id, args.candidate)
     shown = _redacted(shown, redact)
     if args.format == "json":

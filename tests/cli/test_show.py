@@ -59,7 +59,7 @@ def prepare(directory: Path, server: TestServer) -> None:
                        "function": {"name": "issue_refund", "parameters": REFUND}}],
             "retry": {"max_attempts": 1},
         },
-        "report": {"redact": ["email"]},
+        "report": {"redact": ["email"]}, "store": {"path": "s.duckdb"},
     }), encoding="utf-8")
 
 
@@ -143,8 +143,8 @@ def test_show_prints_the_prediction_the_request_and_redacts_private_fields(
     assert "Ticket from c1 (ann@example.org): late parcel" in text.stdout
     assert '"issue_refund"' in text.stdout
 
-    private = run(tmp_path, "show", "e1", "--db", "s.duckdb", "--config", "shadow.yaml",
-                  "--format", "json")
+    # The store named by the configuration's store.path.
+    private = run(tmp_path, "show", "e1", "--config", "shadow.yaml", "--format", "json")
     assert private.returncode == 0, private.stderr
     assert "ann@example.org" not in private.stdout
     record = json.loads(private.stdout)
@@ -159,6 +159,9 @@ def test_show_names_what_is_missing(tmp_path: Path, server: TestServer) -> None:
     unknown = run(tmp_path, "show", "e9", "--db", "s.duckdb")
     assert unknown.returncode == 2
     assert "shadow: error: EVENT_ID: the store has no event 'e9'" in unknown.stderr
+    nowhere = run(tmp_path, "show", "e1")
+    assert nowhere.returncode == 2
+    assert "shadow: error: --db is required" in nowhere.stderr
     other = run(tmp_path, "show", "e1", "--db", "s.duckdb", "--candidate", "nobody")
     assert other.returncode == 2
     assert "--candidate: event 'e1' has no prediction of 'nobody' (it has: agent)" in (
