@@ -220,7 +220,7 @@ def test_the_top_level_help_lists_every_command_and_rollout_action(tmp_path: Pat
     result = run(tmp_path, "--help")
     assert result.returncode == 0
     commands = ["replay", "report", "dead-letters", "backup", "token", "demo", "run", "eval",
-                "calibrate", "send", "rollout"]
+                "calibrate", "send", "show", "rollout"]
     listed = result.stdout.split("positional arguments:")[1].split("options:")[0]
     for command in commands:
         assert f"\n    {command} " in listed, command
