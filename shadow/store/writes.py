@@ -25,7 +25,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shadow.core.actions import actions_of
+from shadow.core.actions import ACTIONS_KEY, actions_of
 from shadow.core.models import DeadLetter, Event, Outcome, Prediction
 from shadow.store.requests import hashes, requests_table
 from shadow.store.tool_calls import tool_calls_table
@@ -182,10 +182,13 @@ def with_action_violations(predictions: list[Prediction]) -> list[Prediction]:
     checks); only those with a malformed action are copied. Errored ones have no output."""
     found = predictions
     for i, p in enumerate(predictions):
-        if p.error is None and len(_violations(p)) > len(p.violations):
+        if p.error is not None:
+            continue
+        violations = _violations(p)
+        if len(violations) > len(p.violations):
             if found is predictions:
                 found = list(predictions)
-            found[i] = replace(p, violations=_violations(p))
+            found[i] = replace(p, violations=violations)
     return found
 
 
@@ -229,25 +232,20 @@ def _action_rows(value: Any, violations: tuple[str, ...] = ()) -> Iterator[_Acti
             continue
         for match in _NAMES_ACTION.finditer(text):
             named.setdefault(int(match.group(1) or match.group(2)), text)
-    problems: dict[int | None, str] = {}
-    for problem in read.problems:
-        index, _, reason = problem.partition("]: ")
-        if problem.startswith("actions[") and reason:
-            problems[int(index.removeprefix("actions["))] = problem
-        else:
-            problems[None] = problem  # ``actions`` is not a list
-    actions = iter(read.actions)
-    count = len(read.actions) + len(problems) - (None in problems)
-    for ordinal in range(count):
-        if ordinal in problems:
-            yield _ActionRow(ordinal, None, None, None, None, False, problems[ordinal])
+    if not isinstance(value[ACTIONS_KEY], list):  # one problem, of the whole value
+        yield _ActionRow(None, None, None, None, None, False, read.problems[0])
+        return
+    # The list's elements in order: each an action at its place (``at``), or the next problem.
+    valid = dict(read.indexed())
+    problems = iter(read.problems)
+    for ordinal in range(len(read.actions) + len(read.problems)):
+        action = valid.get(ordinal)
+        if action is None:
+            yield _ActionRow(ordinal, None, None, None, None, False, next(problems))
             continue
-        action = next(actions)
         violation = named.get(ordinal)
         yield _ActionRow(ordinal, action.tool, orjson.dumps(action.arguments).decode(),
                          action.id, action.confidence, violation is None, violation)
-    if None in problems:
-        yield _ActionRow(None, None, None, None, None, False, problems[None])
 
 
 def _rows_table(rows: list[_ActionRow], side: str, link: dict[str, pa.Array]) -> pa.Table:
