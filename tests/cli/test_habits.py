@@ -26,6 +26,14 @@ from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 
 SCRIPT = Path(sys.executable).parent / "shadow"  # where `pip install -e .` puts it
 
+
+@pytest.fixture
+def installed_script() -> Path:
+    """The script the README's install puts beside the interpreter; its absence fails the
+    test instead of skipping it."""
+    assert SCRIPT.exists(), f"no {SCRIPT}: install with pip install -e . as the README does"
+    return SCRIPT
+
 REPLAY = ("replay", "events.jsonl", "--outcomes", "outcomes.jsonl", "--config", "shadow.yaml",
           "--quiet")
 
@@ -181,7 +189,7 @@ def test_the_hint_of_python_m_shadow_runs_as_printed(tmp_path: Path) -> None:
     assert "triage" in report.stdout
 
 
-@pytest.mark.skipif(not SCRIPT.exists(), reason="the shadow script is not installed")
+@pytest.mark.usefixtures("installed_script")
 def test_the_hint_of_the_script_by_its_path_runs_as_printed(tmp_path: Path) -> None:
     prepare(tmp_path)
     script = os.path.relpath(SCRIPT, tmp_path)  # as `.venv/bin/shadow` after the README
@@ -198,7 +206,7 @@ def test_the_hint_of_the_script_by_its_path_runs_as_printed(tmp_path: Path) -> N
     assert "triage" in report.stdout
 
 
-@pytest.mark.skipif(not SCRIPT.exists(), reason="the shadow script is not installed")
+@pytest.mark.usefixtures("installed_script")
 def test_the_hint_of_the_script_on_path_is_its_name(tmp_path: Path) -> None:
     prepare(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
@@ -313,7 +321,7 @@ def test_a_refused_promotion_names_force_as_each_interface_spells_it(daemon: Dae
     assert '(give "force": true to promote anyway' in message and "--force" not in message
 
 
-@pytest.mark.skipif(not SCRIPT.exists(), reason="the shadow script is not installed")
+@pytest.mark.usefixtures("installed_script")
 def test_the_demos_hints_run_as_printed_by_the_script_off_path(tmp_path: Path) -> None:
     script = os.path.relpath(SCRIPT, tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}

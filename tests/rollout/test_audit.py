@@ -13,6 +13,7 @@ from rollout.state import Action
 from shadow.store.database import Store
 from shadow.store.migrations import MIGRATIONS
 from tests.rollout.test_state import PLAN, ticking
+from tests.store.old_stores import migrate_up_to
 
 AT = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -20,13 +21,7 @@ AT = datetime(2026, 1, 5, tzinfo=UTC)
 def make_version_8_store(path: Path) -> None:
     """A store as the release before token names left it: a start and a person's promote."""
     db = duckdb.connect(str(path))
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
-               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-    for version, statements in MIGRATIONS:
-        if version <= 8:
-            for statement in statements:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+    migrate_up_to(db, 8)
     db.execute(
         "INSERT INTO rollout_audit VALUES "
         "('triage', 1, ?, 'controller', 'start', NULL, 0, NULL, 'progressing', 0.0, "

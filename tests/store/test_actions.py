@@ -15,6 +15,7 @@ from shadow.core.models import Outcome, Prediction, PredictionError
 from shadow.store.database import Store
 from shadow.store.migrations import MIGRATIONS, migrate
 from shadow.store.writes import WriteBatch, with_action_violations
+from tests.store.old_stores import migrate_up_to
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -185,13 +186,7 @@ def test_retried_predictions_replace_their_actions(store: Store) -> None:
 def test_a_store_of_the_previous_version_gets_an_empty_actions_table(tmp_path: Path) -> None:
     path = tmp_path / "old.duckdb"
     with duckdb.connect(str(path)) as db:
-        db.execute("CREATE TABLE schema_version "
-                   "(version INTEGER NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-        for version, statements in MIGRATIONS:
-            if version < 11:
-                for statement in statements:
-                    db.execute(statement)
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+        migrate_up_to(db, 10)
         assert migrate(db) == max(version for version, _ in MIGRATIONS)
 
     with Store(path, read_only=True) as store:

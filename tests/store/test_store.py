@@ -16,6 +16,7 @@ from shadow.core.models import Comparison, DeadLetter, Outcome, RecordKind
 from shadow.store.database import Store
 from shadow.store.migrations import MIGRATIONS
 from shadow.store.writes import Duplicate, WriteBatch
+from tests.store.old_stores import migrate_up_to
 
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 NEWEST = max(version for version, _ in MIGRATIONS)
@@ -189,11 +190,7 @@ def test_outcomes_with_the_same_key_and_decided_at_are_stored_once(store: Store)
 
 def make_version_1_store(path: Path) -> None:
     db = duckdb.connect(str(path))
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
-               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-    for statement in MIGRATIONS[0][1]:
-        db.execute(statement)
-    db.execute("INSERT INTO schema_version (version) VALUES (1)")
+    migrate_up_to(db, 1)
     db.execute(
         "INSERT INTO predictions (event_id, candidate, mode, output, latency_ms, error_type, "
         "error_message, predicted_at) VALUES "
@@ -234,13 +231,7 @@ def test_a_reader_of_an_older_store_upgrades_it_first(tmp_path: Path) -> None:
 def make_version_5_store(path: Path) -> None:
     """A store as the release before comparison notes left it, with one comparison."""
     db = duckdb.connect(str(path))
-    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, "
-               "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
-    for version, statements in MIGRATIONS:
-        if version <= 5:
-            for statement in statements:
-                db.execute(statement)
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+    migrate_up_to(db, 5)
     db.execute(
         "INSERT INTO comparisons (event_id, candidate, version, comparator, agree, "
         "outcome_decided_at, compared_at) VALUES ('e1', 'c', '1', 'exact:x', true, ?, ?)",
