@@ -28,18 +28,22 @@ import enum
 import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 import orjson
 import structlog
+from jsonschema import Draft202012Validator
 
+from shadow.candidates.agent_chat import ChatModelStep
 from shadow.candidates.base import MAX_BODY, Candidate, truncate
+from shadow.candidates.calls import validators, violation
 from shadow.candidates.fingerprint import DIGITS, PREFIX, source_of
 from shadow.candidates.http import canonical
 from shadow.candidates.mcp_tools import McpToolset, ShadowExecutor, Tool, ToolResult
-from shadow.config.candidates import AgentCandidateSpec
+from shadow.candidates.turns import Message, ModelStep, ToolCall, Turn
+from shadow.config.candidates import AgentCandidateSpec, ChatModelSpec
 from shadow.core.actions import ACTIONS_KEY, Action
 from shadow.core.errors import ConfigError
 from shadow.core.loading import load_callable
@@ -48,38 +52,6 @@ from shadow.core.templates import render
 from shadow.store.tool_calls import TOOL_CALLS_KEY
 
 log = structlog.get_logger(__name__)
-
-
-Message = Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCall:
-    """One call of a tool the model asks for."""
-
-    tool: str
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Turn:
-    """What the model said in one step: text, tool calls, or both."""
-
-    content: str | None = None
-    tool_calls: tuple[ToolCall, ...] = ()
-
-
-class ModelStep(Protocol):
-    """The model behind the agent: the next turn for the conversation so far.
-
-    ``messages`` are OpenAI chat messages: the prompt, then per step the assistant's
-    turn (with ``tool_calls``) and one ``role: tool`` message per executed call.
-    ``tools`` are every tool the server offers, writes included, so the model can
-    propose them. It may raise; the run then ends with the error recorded.
-    """
-
-    def __call__(self, messages: Sequence[Message], tools: Sequence[Tool]) -> Turn: ...
 
 
 class Stop(enum.StrEnum):
@@ -129,6 +101,31 @@ class ExecutedCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens and cost summed over a run's steps; None where no step reported them."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    model: str | None = None
+    """The model that answered the last step that named one."""
+
+    def plus(self, turn: Turn) -> Usage:
+        return Usage(_add(self.prompt_tokens, turn.prompt_tokens),
+                     _add(self.completion_tokens, turn.completion_tokens),
+                     _add(self.cost, turn.cost), turn.model or self.model)
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _add(total: _N | None, more: _N | None) -> _N | None:
+    if more is None:
+        return total
+    return more if total is None else total + more
+
+
+@dataclass(frozen=True, slots=True)
 class AgentRun:
     """How one run went."""
 
@@ -139,55 +136,100 @@ class AgentRun:
     executed: tuple[ExecutedCall, ...] = ()
     error: str | None = None
     """Why the model failed, when ``stop`` is ``model_error``."""
+    invalid: tuple[dict[str, Any], ...] = ()
+    """Proposed calls that are not valid actions (unknown tool, unreadable or
+    schema-violating arguments), each with the violation it is."""
+    violations: tuple[str, ...] = ()
+    conversation: tuple[Message, ...] = ()
+    """The messages the model was given at its last step: the prompt, then every turn
+    and tool result before it."""
+    usage: Usage = Usage()
 
     def as_output(self) -> dict[str, Any]:
-        return {"reply": self.reply, ACTIONS_KEY: [action.as_dict() for action in self.actions],
-                TOOL_CALLS_KEY: [call.as_dict() for call in self.executed],
-                "stop": self.stop.value, "steps": self.steps}
+        output = {"reply": self.reply,
+                  ACTIONS_KEY: [action.as_dict() for action in self.actions],
+                  TOOL_CALLS_KEY: [call.as_dict() for call in self.executed],
+                  "stop": self.stop.value, "steps": self.steps}
+        if self.invalid:
+            output["invalid_tool_calls"] = list(self.invalid)
+        return output
 
 
 def run_agent(messages: Sequence[Message], *, model: ModelStep, executor: ShadowExecutor,
-              tools: Sequence[Tool], budget: Budget) -> AgentRun:
+              tools: Sequence[Tool], budget: Budget,
+              offered: Mapping[str, Draft202012Validator] | None = None) -> AgentRun:
     """Run the agent from ``messages`` until it answers, proposes an action or runs out.
 
-    Never raises for what the model or a tool does: a failing model is
-    ``Stop.MODEL_ERROR`` with the calls executed before it.
+    ``offered`` are the validators of ``tools`` (built here when not given), against
+    which a proposed call is checked. Never raises for what the model or a tool does: a
+    failing model is ``Stop.MODEL_ERROR`` with the calls executed before it.
     """
+    if offered is None:
+        offered = validators({tool.name: tool.input_schema for tool in tools})
     conversation = list(messages)
     executed: list[ExecutedCall] = []
     reply: str | None = None
+    usage = Usage()
+    asked: tuple[Message, ...] = tuple(conversation)
+
+    def ended(stop: Stop, step: int, error: str | None = None) -> AgentRun:
+        return AgentRun(stop, step, reply, (), tuple(executed), error, conversation=asked,
+                        usage=usage)
+
     for step in range(1, budget.max_steps + 1):
+        asked = tuple(conversation)
         try:
             turn = model(conversation, tools)
         except Exception as exc:  # noqa: BLE001 - the model is the system under test
-            return AgentRun(Stop.MODEL_ERROR, step, reply, (), tuple(executed),
-                            f"{type(exc).__name__}: {truncate(str(exc))}")
+            return ended(Stop.MODEL_ERROR, step, f"{type(exc).__name__}: {truncate(str(exc))}")
         if not isinstance(turn, Turn):
-            return AgentRun(Stop.MODEL_ERROR, step, reply, (), tuple(executed),
-                            f"the model step returned {type(turn).__name__}, not a Turn")
+            return ended(Stop.MODEL_ERROR, step,
+                         f"the model step returned {type(turn).__name__}, not a Turn")
         malformed = _malformed(turn)
         if malformed is not None:
-            return AgentRun(Stop.MODEL_ERROR, step, reply, (), tuple(executed), malformed)
+            return ended(Stop.MODEL_ERROR, step, malformed)
+        usage = usage.plus(turn)
         reply = turn.content
         if not turn.tool_calls:
-            return AgentRun(Stop.ANSWERED, step, reply, (), tuple(executed))
-        calls = [call if call.id is not None else ToolCall(call.tool, call.arguments,
-                                                           f"call_{step}_{index}")
+            return ended(Stop.ANSWERED, step)
+        calls = [call if call.id is not None else replace(call, id=f"call_{step}_{index}")
                  for index, call in enumerate(turn.tool_calls)]
-        first_write = next((index for index, call in enumerate(calls)
-                            if call.tool not in executor), None)
-        if first_write is not None:
-            # The reads before the write run (their results are never fed back: the
-            # run ends here); the write and every later one are the proposed actions.
-            if not _execute(calls[:first_write], step, executor, executed, budget, None):
-                return AgentRun(Stop.MAX_CALLS, step, reply, (), tuple(executed))
-            actions = tuple(Action(call.tool, dict(call.arguments), call.id)
-                            for call in calls[first_write:] if call.tool not in executor)
-            return AgentRun(Stop.PROPOSED, step, reply, actions, tuple(executed))
+        runs = [call.problem is None and call.tool in executor for call in calls]
+        if not all(runs):
+            # The reads before the first other call run (their results are never fed
+            # back: the run ends here); it and every later one are the proposals.
+            first = runs.index(False)
+            if not _execute(calls[:first], step, executor, executed, budget, None):
+                return ended(Stop.MAX_CALLS, step)
+            proposed = [call for call, run in zip(calls[first:], runs[first:], strict=True)
+                        if not run]
+            return _proposal(proposed, step, offered, AgentRun(
+                Stop.PROPOSED, step, reply, (), tuple(executed), conversation=asked,
+                usage=usage))
         conversation.append(_assistant(turn.content, calls))
         if not _execute(calls, step, executor, executed, budget, conversation):
-            return AgentRun(Stop.MAX_CALLS, step, reply, (), tuple(executed))
-    return AgentRun(Stop.MAX_STEPS, budget.max_steps, reply, (), tuple(executed))
+            return ended(Stop.MAX_CALLS, step)
+    return ended(Stop.MAX_STEPS, budget.max_steps)
+
+
+def _proposal(calls: Sequence[ToolCall], step: int, offered: Mapping[str, Draft202012Validator],
+              run: AgentRun) -> AgentRun:
+    """The run with its proposed calls as actions, or as violations where they are not
+    valid ones (checked like a chat candidate's, :mod:`shadow.candidates.calls`)."""
+    actions: list[Action] = []
+    invalid: list[dict[str, Any]] = []
+    violations: list[str] = []
+    for call in calls:
+        arguments = call.problem if call.problem is not None else dict(call.arguments)
+        problem = violation(call.tool, call.id, arguments, offered)
+        if problem is None:
+            actions.append(Action(call.tool, dict(call.arguments), call.id))
+        else:
+            invalid.append({"tool": call.tool, "arguments": dict(call.arguments),
+                            "id": call.id, "violation": problem})
+            violations.append(f"{problem} (step {step})")
+    return replace(run, actions=tuple(actions), invalid=tuple(invalid),
+                   violations=tuple(violations))
 
 
 def _execute(calls: Sequence[ToolCall], step: int, executor: ShadowExecutor,
@@ -214,9 +256,10 @@ def _malformed(turn: Turn) -> str | None:
     if turn.content is not None and not isinstance(turn.content, str):
         return f"the model's content is {type(turn.content).__name__}, not text"
     for index, call in enumerate(turn.tool_calls):
-        if (not isinstance(call, ToolCall) or not isinstance(call.tool, str) or not call.tool
-                or not isinstance(call.arguments, Mapping)
-                or not isinstance(call.id, str | None)):
+        if (not isinstance(call, ToolCall) or not isinstance(call.tool, str)
+                or not (call.tool or call.problem) or not isinstance(call.arguments, Mapping)
+                or not isinstance(call.id, str | None)
+                or not isinstance(call.problem, str | None)):
             return (f"the model's tool_calls[{index}] is not a call of a named tool with an "
                     f"object of arguments: {truncate(repr(call), 200)}")
     return None
@@ -241,7 +284,8 @@ class AgentCandidate(Candidate):
     def __init__(self, *, name: str, model: ModelStep, toolset: McpToolset,
                  allowlist: Sequence[str], prompt: Callable[[Event], Sequence[Message]],
                  version: str | None = None, budget: Budget | None = None,
-                 call_timeout: float = 10.0, model_name: str | None = None) -> None:
+                 call_timeout: float = 10.0, model_name: str | None = None,
+                 parameters: Mapping[str, Any] | None = None) -> None:
         if not call_timeout > 0:
             raise ConfigError(f"call_timeout: expected a positive number of seconds, "
                               f"got {call_timeout!r}")
@@ -256,7 +300,9 @@ class AgentCandidate(Candidate):
         self._model_name = model_name or (
             f"{getattr(model, '__module__', '?')}:"
             f"{getattr(model, '__qualname__', type(model).__qualname__)}")
+        self._parameters = dict(parameters or {})
         self._executor: ShadowExecutor | None = None
+        self._offered: Mapping[str, Draft202012Validator] = {}
         self._refused: Mapping[str, str] = {}
 
     @classmethod
@@ -266,7 +312,13 @@ class AgentCandidate(Candidate):
         Raises:
             ConfigError: the model step cannot be loaded.
         """
-        model = load_callable(spec.model, what="agent model")
+        model: ModelStep
+        if isinstance(spec.model, ChatModelSpec):
+            model = ChatModelStep(spec.model)
+            model_name, parameters = spec.model.base_url, model.parameters
+        else:
+            model = load_callable(spec.model, what="agent model")
+            model_name, parameters = spec.model, {}
         server = spec.tools.url if spec.tools.url is not None else spec.tools.command
         assert server is not None  # the spec holds exactly one of them
         toolset = McpToolset(server, connect_timeout=spec.connect_timeout_s)
@@ -282,7 +334,8 @@ class AgentCandidate(Candidate):
         return cls(name=spec.resolved_name, version=spec.version or _fingerprint(spec, model),
                    model=model, toolset=toolset, allowlist=spec.allow, prompt=prompt,
                    budget=Budget(max_steps=spec.max_steps, max_calls=spec.max_calls),
-                   call_timeout=spec.call_timeout_s, model_name=spec.model)
+                   call_timeout=spec.call_timeout_s, model_name=model_name,
+                   parameters=parameters)
 
     @property
     def refused(self) -> Mapping[str, str]:
@@ -292,6 +345,7 @@ class AgentCandidate(Candidate):
     def open(self) -> None:
         self._toolset.open()
         self._executor = self._toolset.executor(self._allowlist, timeout=self._call_timeout)
+        self._offered = validators({tool.name: tool.input_schema for tool in self._toolset.tools})
         self._refused = self._executor.refused
         for tool, reason in self._refused.items():
             log.warning("agent tool refused", candidate=self.name, tool=tool, reason=reason)
@@ -313,24 +367,32 @@ class AgentCandidate(Candidate):
         except Exception as exc:  # noqa: BLE001 - user code may raise anything
             return self._failed(event, now, started,
                                 f"prompt: {type(exc).__name__}: {truncate(str(exc))}")
-        request = self._request(messages)
         run = run_agent(messages, model=self._model, executor=executor,
-                        tools=self._toolset.tools, budget=self._budget)
+                        tools=self._toolset.tools, budget=self._budget, offered=self._offered)
+        request = self._request(run.conversation)
+        usage = run.usage
         if run.error is not None:
             # The calls executed before the model failed are kept with the error.
-            return self._failed(event, now, started, run.error,
-                                body=truncate(orjson.dumps(run.as_output(), default=str).decode(),
-                                              MAX_BODY), request=request)
+            return replace(self._failed(
+                event, now, started, run.error,
+                body=truncate(orjson.dumps(run.as_output(), default=str).decode(), MAX_BODY),
+                request=request), prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens, cost=usage.cost, model=usage.model)
         return Prediction(event_id=event.event_id, candidate=self.name, version=self.version,
                           output=run.as_output(), latency_ms=_since(started), predicted_at=now,
-                          request=request)
+                          request=request, violations=run.violations,
+                          prompt_tokens=usage.prompt_tokens,
+                          completion_tokens=usage.completion_tokens, cost=usage.cost,
+                          model=usage.model)
 
     def _request(self, messages: Sequence[Message]) -> dict[str, Any]:
-        """What the run started from (``Prediction.request``): the model step, the prompt
-        after templating, every tool offered, the allowlist and the budget. What later steps
-        were given is the executed calls, kept under ``tool_calls``."""
+        """What the run asked (``Prediction.request``): the model step and its parameters,
+        the messages of its last step (the prompt after templating, then every turn and
+        tool result: step k was asked with those before the k-th assistant turn), every
+        tool offered, the allowlist and the budget."""
         return {
             "model": self._model_name,
+            **({"parameters": self._parameters} if self._parameters else {}),
             "messages": [dict(message) for message in messages],
             "tools": [{"name": tool.name, "description": tool.description,
                        "input_schema": dict(tool.input_schema), "read_only": tool.read_only}
@@ -351,10 +413,15 @@ def _since(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
 
 
-def _fingerprint(spec: AgentCandidateSpec, model: Callable[..., Any]) -> str:
-    # What determines the answers: the spec less names and timeouts, and the model's source.
+def _fingerprint(spec: AgentCandidateSpec, model: ModelStep) -> str:
+    # What determines the answers: the spec less names, timeouts and where the key is, and
+    # a model step's source.
     data = spec.model_dump(mode="json", exclude={"name", "version", "call_timeout_s",
                                                  "connect_timeout_s"})
-    data["model_source"] = source_of(model)
+    if isinstance(spec.model, ChatModelSpec):
+        for key in ("timeout_s", "max_attempts", "api_key_env", "prices"):
+            data["model"].pop(key, None)
+    else:
+        data["model_source"] = source_of(model)
     digest = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return PREFIX + digest[:DIGITS]

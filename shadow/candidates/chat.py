@@ -31,11 +31,14 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from shadow.candidates.base import truncate
+from shadow.candidates.agent_chat import functions
+from shadow.candidates.calls import arguments_of, validators, violation
 from shadow.candidates.http import canonical
+from shadow.candidates.mcp_tools import McpToolset
 from shadow.candidates.remote import Attempt, RemoteCandidate, expand, failure
-from shadow.config.candidates import ChatCandidateSpec, chosen_tool
+from shadow.config.candidates import ChatCandidateSpec, McpServerSpec, chosen_tool
 from shadow.core.actions import ACTIONS_KEY
+from shadow.core.errors import ConfigError
 from shadow.core.models import ErrorKind, Event
 from shadow.core.paths import MISSING, get_path
 from shadow.core.templates import render
@@ -51,8 +54,37 @@ class ChatCandidate(RemoteCandidate):
         self._validator = (
             Draft202012Validator(spec.json_schema) if spec.json_schema is not None else None
         )
-        self._tools = {tool.function.name: Draft202012Validator(tool.function.parameters)
-                       for tool in spec.tools}
+        self._functions: list[dict[str, Any]] = []
+        if not isinstance(spec.tools, McpServerSpec):
+            self._offer([tool.model_dump(exclude_none=True) for tool in spec.tools])
+
+    def _offer(self, functions: list[dict[str, Any]]) -> None:
+        self._functions = functions
+        self._tools = validators({tool["function"]["name"]:
+                                  tool["function"].get("parameters", {"type": "object"})
+                                  for tool in functions})
+
+    def open(self) -> None:
+        """Read the MCP server's tools when they come from one (never to run them: the
+        session ends once they are listed), then open the connection pool.
+
+        Raises:
+            ToolsetError: the server cannot be started, reached or listed.
+            ConfigError: ``tool_choice`` names a tool the server does not offer.
+        """
+        tools = self.spec.tools
+        if isinstance(tools, McpServerSpec):
+            toolset = McpToolset(tools.url if tools.url is not None else tools.command or [],
+                                 connect_timeout=_MCP_CONNECT_S)
+            try:
+                self._offer(functions(toolset.open()))
+            finally:
+                toolset.close()
+            named = None if self.spec.tool_choice is None else chosen_tool(self.spec.tool_choice)
+            if named is not None and named not in self._tools:
+                raise ConfigError(f"tool_choice: names the tool {named!r}, which the MCP "
+                                  f"server does not offer ({', '.join(self._tools)})")
+        super().open()
 
     @classmethod
     def from_spec(cls, spec: ChatCandidateSpec) -> ChatCandidate:
@@ -80,8 +112,8 @@ class ChatCandidate(RemoteCandidate):
                 "type": "json_schema",
                 "json_schema": {"name": "output", "schema": self.spec.json_schema, "strict": True},
             }
-        if self.spec.tools:
-            body["tools"] = [tool.model_dump(exclude_none=True) for tool in self.spec.tools]
+        if self._functions:
+            body["tools"] = self._functions
         choice = self.spec.tool_choice
         if choice is not None:
             named = chosen_tool(choice)
@@ -95,7 +127,7 @@ class ChatCandidate(RemoteCandidate):
         usage = self._usage(answer)
         content = get_path(answer, "choices.0.message.content")
         calls = get_path(answer, "choices.0.message.tool_calls")
-        if self._tools or calls not in (MISSING, None):
+        if self.spec.tools or calls not in (MISSING, None):
             return self._read_tool_calls(content, calls, status, ttfb, raw, usage)
         if not isinstance(content, str):
             return _with(failure(ErrorKind.MALFORMED_RESPONSE, "NoContent",
@@ -163,22 +195,11 @@ class ChatCandidate(RemoteCandidate):
         """The action a tool call proposes, or the violation it is."""
         ident = call.get("id") if isinstance(call, dict) else None
         name = get_path(call, "function.name")
-        label = f"{name}" if isinstance(name, str) else "a call"
-        if isinstance(ident, str):
-            label += f" ({ident})"
-        if not isinstance(name, str) or name not in self._tools:
-            named = "names no function" if not isinstance(name, str) or not name else (
-                "is not among the tools offered")
-            return f"tool_call:unknown_tool {label} {named}"
-        raw = get_path(call, "function.arguments")
-        arguments = _arguments(raw)
-        if isinstance(arguments, str):
-            return f"tool_call:invalid_arguments {label}: {arguments}"
-        error = best_match(self._tools[name].iter_errors(arguments))
-        if error is not None:
-            where = ".".join(str(part) for part in error.absolute_path) or "(root)"
-            return (f"tool_call:invalid_arguments {label}: invalid at {where}: "
-                    f"{truncate(error.message, _MAX_REASON)}")
+        arguments = arguments_of(get_path(call, "function.arguments"))
+        problem = violation(name, ident, arguments, self._tools)
+        if problem is not None:
+            return problem
+        assert isinstance(arguments, dict)  # a violation otherwise
         action: dict[str, Any] = {"tool": name, "arguments": arguments}
         if isinstance(ident, str):
             action["id"] = ident
@@ -196,28 +217,8 @@ class ChatCandidate(RemoteCandidate):
                 "model": model if isinstance(model, str) else None}
 
 
-_MAX_REASON = 200
-
-
-def _arguments(raw: Any) -> dict[str, Any] | str:
-    """A call's arguments, which the API sends as JSON text; or why they cannot be read.
-
-    Some servers send an object instead of its text, and an empty text for a function
-    without parameters: both are read as what they mean.
-    """
-    if isinstance(raw, dict):
-        return raw
-    if raw is MISSING or raw is None or raw == "":
-        return {}
-    if not isinstance(raw, str):
-        return f"the arguments are a {type(raw).__name__}, not JSON text"
-    try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return f"the arguments are not JSON: {truncate(str(exc), _MAX_REASON)}"
-    if not isinstance(parsed, dict):
-        return f"the arguments are a JSON {type(parsed).__name__}, not an object"
-    return parsed
+_MCP_CONNECT_S = 30.0
+"""How long the MCP server may take to start and list its tools."""
 
 
 def _count(value: Any) -> int | None:

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import http.client
 import re
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +27,8 @@ from shadow.config.comparators import JudgeSpec
 from shadow.core.errors import ConfigError, ShadowError
 from shadow.core.models import utc_now
 from shadow.core.paths import get_path
-from shadow.core.retry import RetryPolicy, delay, jitter
+from shadow.core.posting import PostError, post_json
+from shadow.core.retry import RetryPolicy, jitter
 from shadow.core.templates import TemplateError, render
 
 __all__ = ["DEFAULT_RUBRIC", "Judge", "JudgeError"]
@@ -152,7 +150,7 @@ class Judge(SpecComparator):
                 "json_schema": {"name": "verdict", "schema": _VERDICT_SCHEMA, "strict": True},
             },
         }
-        return _verdict(self._post(orjson.dumps(body)))
+        return _verdict(self._post(body))
 
     def _prompt(self, output: Any, outcome: Any) -> str:
         context = {"output": _as_text(output), "outcome": _as_text(outcome)}
@@ -163,37 +161,20 @@ class Judge(SpecComparator):
                 prompt += f"\n\n{name.capitalize()}:\n{context[name]}"
         return str(prompt)
 
-    def _post(self, body: bytes) -> Any:
-        headers = {"content-type": "application/json"}
+    def _post(self, body: Any) -> Any:
+        headers = {}
         if self._spec.api_key_env is not None:
             key = expand("${" + self._spec.api_key_env + "}", "api_key_env")
             headers["authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self._url, data=body, headers=headers, method="POST")
-        # urllib: one blocking call at a time, no connection worth keeping between them.
-        # No proxies from the environment, like the chat candidate's client.
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        attempt = 1
-        while True:
-            try:
-                with opener.open(request, timeout=self._spec.timeout_s) as response:
-                    return orjson.loads(response.read())
-            except orjson.JSONDecodeError as exc:
-                raise JudgeError(f"the response is not JSON: {exc}") from exc
-            except urllib.error.HTTPError as exc:
-                exc.close()
-                retryable = exc.code in (408, 429) or exc.code >= 500
-                problem = f"{self._url} answered {exc.code}"
-                if not retryable:
-                    # Asking again will not help: the predictions stay pending until
-                    # the configuration is fixed, so say where to look.
-                    problem += " (refused: check base_url, model and api_key_env)"
-                asked = exc.headers.get("retry-after")
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                retryable, problem, asked = True, f"{type(exc).__name__}: {exc}", None
-            if not retryable or attempt >= self._retry.max_attempts:
-                raise JudgeError(f"{problem} (after {attempt} attempt(s))")
-            self._sleep(delay(self._retry, attempt, asked, now=self._now, uniform=self._uniform))
-            attempt += 1
+        try:
+            return post_json(self._url, body, headers=headers, timeout_s=self._spec.timeout_s,
+                             retry=self._retry, sleep=self._sleep, now=self._now,
+                             uniform=self._uniform,
+                             # Asking again will not help: the predictions stay pending
+                             # until the configuration is fixed, so say where to look.
+                             refused_hint="refused: check base_url, model and api_key_env")
+        except PostError as exc:
+            raise JudgeError(str(exc)) from exc
 
     # -- the cache -----------------------------------------------------------
 

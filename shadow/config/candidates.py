@@ -346,6 +346,19 @@ class ToolSpec(Spec):
     function: FunctionSpec
 
 
+class McpServerSpec(Spec):
+    """Where an agent's tools come from: a command run over stdio, or a streamable HTTP URL."""
+
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
+    url: Annotated[str, Field(pattern=URL_PATTERN)] | None = None
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSpec:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of command (stdio) and url (streamable HTTP)")
+        return self
+
+
 ToolChoice = str | dict[str, Any]
 """``auto``, ``required``, ``none``, or the one tool the model must call, by name or in
 the API's object form ``{type: function, function: {name: …}}``."""
@@ -373,15 +386,20 @@ class ChatCandidateSpec(RemoteSpec):
     api_key_env: str | None = "OPENAI_API_KEY"
     """The environment variable holding the API key, sent as a bearer token."""
     prices: PricesSpec | None = None
-    tools: list[ToolSpec] = Field(default_factory=list)
-    """Functions the model may call. Its calls become proposed actions (``actions``
-    of the output), checked against each function's parameters; none is executed."""
+    tools: list[ToolSpec] | McpServerSpec = Field(default_factory=list)
+    """Functions the model may call, or the MCP server whose tools (``tools/list``, read
+    when the candidate opens) are offered as functions. The model's calls become proposed
+    actions (``actions`` of the output), checked against each function's parameters;
+    none is executed, not even a server's read-only tools."""
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
     @field_validator("tools")
     @classmethod
-    def _names_are_unique(cls, value: list[ToolSpec]) -> list[ToolSpec]:
+    def _names_are_unique(cls, value: list[ToolSpec] | McpServerSpec
+                          ) -> list[ToolSpec] | McpServerSpec:
+        if isinstance(value, McpServerSpec):
+            return value
         names = [tool.function.name for tool in value]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
@@ -393,6 +411,12 @@ class ChatCandidateSpec(RemoteSpec):
     def _chooses_an_offered_tool(cls, value: ToolChoice | None,
                                  info: ValidationInfo) -> ToolChoice | None:
         if value is None or "tools" not in info.data:  # bad tools are reported already
+            return value
+        if isinstance(info.data["tools"], McpServerSpec):
+            # The server says which tools there are when the candidate opens.
+            if chosen_tool(value) == "":
+                raise ValueError("expected auto, required, none, the name of a tool, or "
+                                 "{type: function, function: {name: <a tool>}}")
             return value
         offered = [tool.function.name for tool in info.data["tools"]]
         if not offered:
@@ -430,17 +454,25 @@ def chosen_tool(choice: ToolChoice) -> str | None:
     return None if choice in ("auto", "required", "none") else choice
 
 
-class McpServerSpec(Spec):
-    """Where an agent's tools come from: a command run over stdio, or a streamable HTTP URL."""
+class ChatModelSpec(Spec):
+    """An agent's model step as an OpenAI-compatible chat-completions endpoint
+    (``shadow.candidates.agent_chat``): every tool of the MCP server is offered as a
+    function, and the model's ``tool_calls`` are the agent's calls."""
 
-    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] | None = None
-    url: Annotated[str, Field(pattern=URL_PATTERN)] | None = None
-
-    @model_validator(mode="after")
-    def _one_transport(self) -> McpServerSpec:
-        if (self.command is None) == (self.url is None):
-            raise ValueError("give exactly one of command (stdio) and url (streamable HTTP)")
-        return self
+    base_url: Annotated[str, Field(pattern=URL_PATTERN)]
+    """E.g. ``https://api.openai.com/v1``; ``/chat/completions`` is appended."""
+    model: str = Field(min_length=1)
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """The environment variable holding the API key, sent as a bearer token."""
+    temperature: float | None = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    parallel_tool_calls: bool | None = None
+    timeout_s: float = Field(60.0, gt=0.0)
+    """Per model call."""
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Attempts per model call in all; connection errors, timeouts, 408, 429 and 5xx are
+    retried."""
+    prices: PricesSpec | None = None
 
 
 class AgentCandidateSpec(_CandidateBase):
@@ -451,8 +483,9 @@ class AgentCandidateSpec(_CandidateBase):
     """
 
     kind: Literal["agent"]
-    model: CallablePath
-    """The model step, ``module:function``: ``(messages, tools) -> Turn``."""
+    model: CallablePath | ChatModelSpec
+    """The model step: a chat-completions endpoint, or ``module:function`` called as
+    ``(messages, tools) -> Turn``."""
     tools: McpServerSpec
     allow: list[str] = Field(default_factory=list)
     """Tools safe to run in shadow (lookups)."""
@@ -464,6 +497,8 @@ class AgentCandidateSpec(_CandidateBase):
     connect_timeout_s: float = Field(30.0, gt=0)
 
     def _default_name(self) -> str:
+        if isinstance(self.model, ChatModelSpec):
+            return f"agent:{self.model.model}@{self.model.base_url}"
         return self.model
 
 

@@ -22,18 +22,19 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
 
 class LookThenRefund(Scripted):
-    """Looks the customer up, then proposes a refund; ``seen`` keeps each run's first
-    messages only."""
+    """Looks the customer up, then proposes a refund; ``seen`` keeps what each run's
+    last step was given (the prompt, the lookup's turn and its result)."""
 
     def __call__(self, messages: Sequence[Message], tools: Sequence[Tool]) -> Turn:
         if messages[-1]["role"] == "tool":
+            self.seen[-1] = [dict(message) for message in messages]
             return calls(("issue_refund", {"order_id": "o9", "amount": 1.0}))
         self.seen.append([dict(message) for message in messages])
         self.offered.append([tool.name for tool in tools])
         return calls(("get_customer", json.loads(messages[-1]["content"])))
 
 
-def test_each_prediction_keeps_the_prompt_and_tools_the_model_was_given(tmp_path: Path) -> None:
+def test_each_prediction_keeps_the_messages_and_tools_the_model_was_given(tmp_path: Path) -> None:
     record = tmp_path / "calls.jsonl"
     model = LookThenRefund([])
     agent = AgentCandidate(name="agent", version="1", model=model,
@@ -56,6 +57,7 @@ def test_each_prediction_keeps_the_prompt_and_tools_the_model_was_given(tmp_path
     for (ident, request), seen, offered in zip(sorted(linked.items()), model.seen,
                                                model.offered, strict=True):
         assert request["messages"] == seen, ident
+        assert [message["role"] for message in seen] == ["system", "user", "assistant", "tool"]
         assert [tool["name"] for tool in request["tools"]] == offered
         assert (request["model"], request["allow"]) == ("crm:agent", ["get_customer"])
     assert linked["e1"] == linked["e2"] != linked["e3"]
