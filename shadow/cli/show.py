@@ -7,7 +7,9 @@ asked for and the one that answered, the output (or error) and violations, the e
 request it sent (table ``requests``: messages after templating, tools offered,
 parameters, model; never headers) and the tool calls an agent executed (table
 ``tool_calls``). With ``--config``, the values at the configuration's ``report.redact``
-paths of the event's payload are shown as ``[redacted]`` wherever they appear.
+paths of the event's payload are shown as ``[redacted]`` wherever they appear. The view
+itself is :mod:`shadow.reports.event_view`, which a daemon's ``GET /events/{event_id}``
+answers too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from shadow.cli.options import EXIT_OK, existing_store
 from shadow.core.errors import ConfigError
@@ -40,6 +42,8 @@ def add_show_parser(commands: Any, add_db_and_config: Callable[[argparse.Argumen
 
 def _show(args: argparse.Namespace) -> int:
     # Imported here, not at the top: parsing the command line (`shadow --help`) needs none.
+    from shadow.reports.event_view import event_view
+    from shadow.reports.values import as_json
     from shadow.store.database import Store
 
     redact: list[str] = []
@@ -53,8 +57,9 @@ def _show(args: argparse.Namespace) -> int:
     if db is None:
         raise ConfigError("--db is required (or set SHADOW_DB, or store.path in --config)")
     with Store(existing_store(Path(db)), read_only=True) as store:
-        shown = event_record(store.db, args.event_id, args.candidate)
-    shown = _redacted(shown, redact)
+        view = _named_errors(lambda: event_view(store.db, args.event_id, args.candidate,
+                                                redact=redact))
+    shown: dict[str, Any] = as_json(view)
     if args.format == "json":
         print(json.dumps(shown, indent=2, ensure_ascii=False, default=str))
     else:
@@ -62,71 +67,33 @@ def _show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_PREDICTIONS = """
-SELECT p.candidate, p.version, p.mode, p.predicted_at, p.model, r.model AS asked_model,
-       p.output, p.error_kind, p.error_type, p.error_message, p.violations, p.latency_ms,
-       p.status, p.attempts, p.prompt_tokens, p.completion_tokens, p.cost, p.request_hash,
-       r.request
-FROM predictions p LEFT JOIN requests r USING (request_hash)
-WHERE p.event_id = ? AND (? IS NULL OR p.candidate = ?)
-ORDER BY p.candidate, p.predicted_at, p.version
-"""
-
-_TOOL_CALLS = """
-SELECT ordinal, step, call_id, tool, arguments, result, latency_ms, error, problem
-FROM tool_calls
-WHERE event_id = ? AND candidate = ? AND version IS NOT DISTINCT FROM ?
-ORDER BY ordinal NULLS FIRST
-"""
-
-
 def event_record(db: Any, event_id: str, candidate: str | None) -> dict[str, Any]:
-    """The event ``event_id`` with its predictions, requests and tool calls, as JSON values.
+    """What ``shadow show --format json`` prints, unredacted
+    (:func:`shadow.reports.event_view.event_view` as JSON values).
 
     Raises:
         ConfigError: the store has no such event, or no prediction of ``candidate`` for it.
     """
-    found = db.execute("SELECT event_id, key, occurred_at, payload FROM events "
-                       "WHERE event_id = ?", [event_id]).fetchall()
-    if not found:
-        raise ConfigError(f"EVENT_ID: the store has no event {event_id!r}")
-    (ident, key, occurred_at, payload), = found
-    cursor = db.execute(_PREDICTIONS, [event_id, candidate, candidate])
-    names = [column[0] for column in cursor.description]
-    predictions = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    if candidate is not None and not predictions:
-        others = sorted({row[0] for row in db.execute(
-            "SELECT candidate FROM predictions WHERE event_id = ?", [event_id]).fetchall()})
-        raise ConfigError(f"--candidate: event {event_id!r} has no prediction of {candidate!r}"
-                          f" (it has: {', '.join(others) or 'none'})")
-    for p in predictions:
-        for column in ("output", "request"):
-            p[column] = None if p[column] is None else json.loads(p[column])
-        p["predicted_at"] = p["predicted_at"].isoformat()
-        p["violations"] = list(p["violations"] or [])
-        calls = db.execute(_TOOL_CALLS, [event_id, p["candidate"], p["version"]])
-        call_names = [column[0] for column in calls.description]
-        p["tool_calls"] = [_call(dict(zip(call_names, row, strict=True)))
-                           for row in calls.fetchall()]
-    return {"event": {"event_id": ident, "key": key, "occurred_at": occurred_at.isoformat(),
-                      "payload": json.loads(payload)},
-            "predictions": predictions}
+    from shadow.reports.event_view import event_view
+    from shadow.reports.values import as_json
+
+    record: dict[str, Any] = as_json(_named_errors(lambda: event_view(db, event_id, candidate)))
+    return record
 
 
-def _call(row: dict[str, Any]) -> dict[str, Any]:
-    for column in ("arguments", "result"):
-        row[column] = None if row[column] is None else json.loads(row[column])
-    return row
+T = TypeVar("T")
 
 
-def _redacted(shown: dict[str, Any], paths: list[str]) -> dict[str, Any]:
-    if not paths:
-        return shown
-    from shadow.core.redaction import redact, redact_within
+def _named_errors(read: Callable[[], T]) -> T:
+    """``read``, with a missing event or prediction named by the argument that asked for it."""
+    from shadow.reports.event_view import EventNotFound, PredictionNotFound
 
-    payload = shown["event"]["payload"]
-    return {"event": {**shown["event"], "payload": redact(payload, paths)},
-            "predictions": redact_within(shown["predictions"], payload, paths)}
+    try:
+        return read()
+    except EventNotFound as exc:
+        raise ConfigError(f"EVENT_ID: {exc}") from None
+    except PredictionNotFound as exc:
+        raise ConfigError(f"--candidate: {exc}") from None
 
 
 def _text(shown: dict[str, Any]) -> str:

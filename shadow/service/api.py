@@ -24,7 +24,8 @@ Request bodies are validated with the models of :mod:`shadow.service.api_models`
 every JSON answer is built through them: the description's schemas are theirs.
 
 Status codes: 200; 400 a malformed request, a missing reason, a configuration
-error; 401/403 as above; 404 an unknown route or action; 405 (with ``Allow``) a
+error; 401/403 as above; 404 an unknown route or action, or an event (or a
+candidate's prediction of it) the store does not have; 405 (with ``Allow``) a
 method a known route does not take; 409 a refused transition
 (``rollout.state.Refused``) or a backup name already taken; 500 anything
 unexpected, an answer the models refuse included (the body says only that, the
@@ -50,6 +51,7 @@ from pydantic import BaseModel, ValidationError
 from rollout.state import Refused
 from shadow.config.daemon import Scope
 from shadow.core.errors import ConfigError, ShadowError
+from shadow.reports.event_view import EventNotFound, PredictionNotFound
 from shadow.service.api_models import (
     COMMAND_BODIES,
     COMMANDS,
@@ -60,6 +62,7 @@ from shadow.service.api_models import (
     CommandResult,
     DeadLetters,
     Error,
+    EventView,
     Health,
     Readiness,
     ReportRequest,
@@ -240,6 +243,7 @@ class ApiServer:
         app.router.add_post("/reports", self._post_report)
         app.router.add_get("/report", self._get_report, allow_head=False)
         app.router.add_get("/dead-letters", self._dead_letters, allow_head=False)
+        app.router.add_get("/events/{event_id}", self._event, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
         app.router.add_post("/backup", self._backup)
         return app
@@ -373,6 +377,14 @@ class ApiServer:
         assert limit is not None
         rows = await self._call(self.control.dead_letters, limit)
         return _answer(DeadLetters.model_validate({"dead_letters": rows}))
+
+    async def _event(self, request: web.Request) -> web.Response:
+        event_id, candidate = request.match_info["event_id"], request.query.get("candidate")
+        try:
+            found = await self._call(self.control.event, event_id, candidate)
+        except (EventNotFound, PredictionNotFound) as exc:
+            raise _HttpError(404, str(exc)) from exc
+        return _answer(EventView.model_validate(found))
 
     async def _backup(self, request: web.Request) -> web.Response:
         body = await _body(request, BackupRequest)

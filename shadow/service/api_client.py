@@ -92,6 +92,18 @@ class DaemonClient:
     def dead_letters(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self._json("GET", "/dead-letters", query={"limit": limit})["dead_letters"])
 
+    def event(self, event_id: str, candidate: str | None = None) -> dict[str, Any]:
+        """The event with its predictions, requests and tool calls, redacted; see
+        ``Control.event``.
+
+        Raises:
+            ConfigError: the daemon's store has no such event, or no prediction of
+                ``candidate`` for it (404).
+        """
+        query = {} if candidate is None else {"candidate": candidate}
+        path = "/events/" + urllib.parse.quote(event_id, safe="")
+        return dict(self._json("GET", path, query=query))
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics")[2].decode("utf-8")
 

@@ -269,7 +269,64 @@ class Backup(_Answer):
     taken_at: str = Field(description="ISO 8601; later arrivals are not in the copy")
 
 
+class ShownEvent(_Answer):
+    event_id: str
+    key: str
+    occurred_at: str = Field(description="ISO 8601")
+    payload: Any = Field(description="the event's payload, report.redact paths as "
+                                     "[redacted]")
+
+
+class ShownToolCall(_Answer):
+    """One tool call an agent executed (table ``tool_calls``)."""
+
+    ordinal: int | None = Field(description="its place in the output's list")
+    step: int | None
+    call_id: str | None
+    tool: str | None
+    arguments: Any
+    result: Any = Field(description="as stored: JSON, cut to 8192 characters")
+    latency_ms: float | None
+    error: str | None
+    problem: str | None = Field(description="why the element could not be read as a call")
+
+
+class ShownPrediction(_Answer):
+    """A candidate's prediction with the request it sent and the tool calls it executed."""
+
+    candidate: str
+    version: str | None
+    mode: str
+    predicted_at: str = Field(description="ISO 8601")
+    model: str | None = Field(description="the model that answered")
+    asked_model: str | None = Field(description="the model the request named")
+    output: Any
+    error_kind: str | None
+    error_type: str | None
+    error_message: str | None
+    violations: list[str]
+    latency_ms: float
+    status: int | None
+    attempts: int
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: float | None
+    request_hash: str | None = Field(description="SHA-256 of the request's canonical JSON")
+    request: Any = Field(description="the exact request sent (messages after templating, "
+                                     "tools, parameters, model; never headers); null for a "
+                                     "candidate that keeps none")
+    tool_calls: list[ShownToolCall]
+
+
+class EventView(_Answer):
+    """What ``shadow show EVENT_ID --format json`` prints, always redacted
+    (``shadow.reports.event_view``)."""
+
+    event: ShownEvent
+    predictions: list[ShownPrediction]
+
+
 REQUESTS: tuple[type[BaseModel], ...] = (Command, ReasonedCommand, PromoteCommand,
                                          ReportRequest, BackupRequest)
 ANSWERS: tuple[type[BaseModel], ...] = (Error, Health, Readiness, RolloutStatus, Transition,
-                                        CommandResult, DeadLetters, Backup)
+                                        CommandResult, DeadLetters, Backup, EventView)

@@ -65,6 +65,18 @@ class Control(Protocol):
         """The most recent dead letters (``shadow.reports.summary.recent_dead_letters``)."""
         ...
 
+    def event(self, event_id: str, candidate: str | None) -> dict[str, Any]:
+        """What ``shadow show EVENT_ID --format json`` prints (``as_json`` of
+        ``shadow.reports.event_view.event_view``), the configuration's ``report.redact``
+        paths always redacted; only ``candidate``'s predictions if given.
+
+        Raises:
+            shadow.reports.event_view.EventNotFound: no such event (HTTP 404).
+            shadow.reports.event_view.PredictionNotFound: ``candidate`` made no prediction
+                for it (HTTP 404).
+        """
+        ...
+
     def metrics(self) -> str:
         """Prometheus text exposition format."""
         ...

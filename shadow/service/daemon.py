@@ -474,6 +474,15 @@ class Daemon:
             self.call(lambda: recent_dead_letters(store, limit=limit)))
         return rows
 
+    def event(self, event_id: str, candidate: str | None) -> dict[str, Any]:
+        from shadow.reports.event_view import event_view
+        from shadow.reports.values import as_json
+
+        assert self.store is not None
+        store, redact = self.store, self.config.report.redact
+        view = self.call(lambda: event_view(store.db, event_id, candidate, redact=redact))
+        return dict(as_json(view))
+
     def metrics(self) -> str:
         from shadow.service.metrics import render_metrics
 

@@ -34,6 +34,7 @@ from shadow.service.api_models import (
     CommandResult,
     DeadLetters,
     Error,
+    EventView,
     Health,
     Readiness,
     ReportRequest,
@@ -194,6 +195,17 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                 parameters=[_query("limit", "how many (default 20)",
                                    {"type": "integer", "minimum": 1,
                                     "maximum": DEAD_LETTERS_MAX, "default": 20})])},
+            "/events/{event_id}": {"get": _op(
+                "one event: each candidate's prediction, the exact request it sent and the "
+                "tool calls it executed, with the payload's report.redact fields redacted "
+                "wherever they show (as `shadow show --format json`)",
+                _json("the event and its predictions", EventView), scope=Scope.READ,
+                errors={404: "no such event, or no prediction of the candidate asked for"},
+                parameters=[
+                    {"name": "event_id", "in": "path", "required": True,
+                     "description": "the event's id", "schema": {"type": "string"}},
+                    _query("candidate", "only this candidate's predictions",
+                           {"type": "string"})])},
             "/backup": {"post": _op(
                 "copy the store, as of one moment, to a new file in the daemon's backup "
                 "folder (daemon.jobs.backup_dir)",

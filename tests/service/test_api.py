@@ -63,6 +63,8 @@ HISTORY = [{"revision": 1, "at": "2026-01-04T00:00:00+00:00", "actor": "controll
             "action": "start", "from_step": None, "to_step": 0, "from_status": None,
             "to_status": "progressing", "percent": 0.0, "reason": "from-the-daemon start",
             "evidence": {}}]
+EVENT = {"event": {"event_id": "e1", "key": "t1", "occurred_at": "2026-01-05T00:00:00+00:00",
+                   "payload": {"subject": "from-the-daemon"}}, "predictions": []}
 DEAD_LETTER = {"kind": "event", "source": "kafka:tickets", "position": "0:17",
                "reason": "not JSON", "raw": "{from-the-daemon", "received_at": "2026-01-05"}
 
@@ -125,6 +127,10 @@ class FakeControl:
         self.calls.append(("dead_letters", limit))
         return [self.dead_letter]
 
+    def event(self, event_id: str, candidate: str | None) -> dict[str, Any]:
+        self.calls.append(("event", (event_id, candidate)))
+        return EVENT
+
     def metrics(self) -> str:
         self.calls.append(("metrics", None))
         return "# TYPE shadow_events_total counter\nshadow_events_total 3\n"
@@ -181,6 +187,7 @@ BODIES = {**{f"/rollout/{a}": {"actor": "dana", "reason": "tests"} for a in COMM
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
+          ("GET", "/events/{event_id}"): Scope.READ,
           **{("POST", f"/rollout/{a}"): Scope.OPERATE for a in COMMANDS},
           ("POST", "/backup"): Scope.ADMIN}
 """What each route needs, as the issue sets it out: written here, not read from the code."""
@@ -195,8 +202,9 @@ def operations(public: bool) -> list[tuple[str, str]]:
 
 def call(http: httpx.Client, method: str, path: str, headers: dict[str, str] | None = None
          ) -> httpx.Response:
+    """``method path``, a path template (``/events/{event_id}``) filled in."""
     body = BODIES.get(path) if method == "POST" else None
-    return http.request(method, path, json=body, headers=headers or {})
+    return http.request(method, path.format(event_id="e1"), json=body, headers=headers or {})
 
 
 def closed_port() -> int:
@@ -300,7 +308,7 @@ def test_not_ready_is_503_with_the_checks(http: httpx.Client, fake: FakeControl)
 def test_every_protected_route_refuses_an_unauthenticated_call_with_401(
         http: httpx.Client, fake: FakeControl, headers: dict[str, str]) -> None:
     protected = operations(public=False)
-    assert len(protected) == 13
+    assert len(protected) == 14
     for method, path in protected:
         response = call(http, method, path, headers)
         assert response.status_code == 401, (method, path)
@@ -339,7 +347,7 @@ def test_every_protected_route_answers_the_right_token(http: httpx.Client,
         assert call(http, method, path, bearer()).status_code == 200, (method, path)
     assert {name for name, _ in fake.calls} == {
         "rollout_status", "rollout_history", "rollout_command", "report", "dead_letters",
-        "metrics", "backup"}
+        "event", "metrics", "backup"}
 
 
 def test_each_route_declares_its_scope_in_the_description() -> None:
@@ -769,6 +777,8 @@ def test_the_client_calls_every_route(server: ApiServer, fake: FakeControl) -> N
     fake.ready = False
     assert client.readiness() == (False, {"reasons": ["starting"]})
     assert client.dead_letters(2) == [DEAD_LETTER]
+    assert client.event("e 1/a", candidate="triage") == EVENT
+    assert fake.calls[-1] == ("event", ("e 1/a", "triage"))
     assert json.loads(client.report("json"))["events_read"] == 4242
     assert client.report("markdown") == "# Readiness report\n\nevents read 4,242\n"
     assert client.metrics().endswith("shadow_events_total 3\n")

@@ -25,6 +25,7 @@ import pytest
 from shadow.config.daemon import Scope
 from shadow.store.database import Store
 from tests.daemon_process import finished, ready_api, start_daemon, stop
+from tests.waiting import wait_until
 
 TOKENS = {Scope.READ: ("prometheus", "SCOPES_READ_TOKEN", "read-3f9c1d2e8a7b6c5d4e3f2a1b"),
           Scope.OPERATE: ("oncall", "SCOPES_OPERATE_TOKEN", "operate-9a8b7c6d5e4f3a2b1c0d"),
@@ -33,6 +34,7 @@ TOKENS = {Scope.READ: ("prometheus", "SCOPES_READ_TOKEN", "read-3f9c1d2e8a7b6c5d
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
+          ("GET", "/events/{event_id}"): Scope.READ,
           **{("POST", f"/rollout/{action}"): Scope.OPERATE
              for action in ("promote", "pause", "resume", "rollback", "restart", "abort")},
           ("POST", "/backup"): Scope.ADMIN}
@@ -156,6 +158,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     process = start(directory, config, environment())
     try:
         running = Running(directory, ready_api(directory / "daemon.duckdb"), process)
+        wait_until(lambda: running.call("GET", "/events/e0", Scope.READ).status_code == 200,
+                   timeout_s=60, what="the first event stored")
         yield running
         running.http.close()
     finally:
@@ -177,7 +181,8 @@ def routes() -> list[tuple[str, str, dict[str, Any] | None, Scope]]:
         ("GET", "/report?format=json", None, Scope.READ),
         ("POST", "/reports", {"format": "markdown"}, Scope.READ),
         ("GET", "/dead-letters?limit=5", None, Scope.READ),
-        ("GET", "/metrics", None, Scope.READ)]
+        ("GET", "/metrics", None, Scope.READ),
+        ("GET", "/events/e0", None, Scope.READ)]
     commands = [("POST", f"/rollout/{action}", {"actor": "dana", **fields}, Scope.OPERATE)
                 for action, fields in ACTIONS]
     return [*reads, *commands, ("POST", "/backup", {"name": "every-route"}, Scope.ADMIN)]
@@ -207,7 +212,7 @@ def test_every_route_answers_its_scope_and_refuses_a_lower_one_with_403_naming_i
             assert response.headers["WWW-Authenticate"] == (
                 f'Bearer realm="shadow", error="insufficient_scope", scope="{needed.value}"')
     commands = len(ACTIONS) if scope.includes(Scope.OPERATE) else 0
-    assert allowed == {Scope.READ: 6, Scope.OPERATE: 12, Scope.ADMIN: 13}[scope]
+    assert allowed == {Scope.READ: 7, Scope.OPERATE: 13, Scope.ADMIN: 14}[scope]
     assert len(fresh.history()) == transitions + commands
     backup = [f"every-route-{scope}"] if scope is Scope.ADMIN else []
     assert fresh.folder() == sorted(folder + backup)
