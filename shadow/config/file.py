@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from connectors.specs import MappingConfig, SourcesConfig
-from shadow.config.candidates import CHECK_KINDS, CandidateSpec
+from shadow.config.candidates import CHECK_KINDS, CandidateSpec, ChatCandidateSpec
 from shadow.config.comparators import COMPARATOR_KINDS, ComparatorSpec, ExactSpec
 from shadow.config.daemon import DaemonSpec
 from shadow.config.rollout import RolloutSpec
+from shadow.config.tiers import check_tools, with_defaults
 from shadow.core.errors import ConfigError
 from shadow.core.spec import CALLABLE_PATTERN, URL_PATTERN, Duration, Spec
 
@@ -111,6 +112,26 @@ class Config(Spec):
     report: ReportSpec = ReportSpec()
     drift: DriftSpec | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tier_defaults(cls, raw: Any) -> Any:
+        return with_defaults(raw)
+
+    @field_validator("rollout")
+    @classmethod
+    def _tiers_name_known_tools(cls, value: RolloutSpec | None,
+                                info: ValidationInfo) -> RolloutSpec | None:
+        if value is None or value.tiers is None:
+            return value
+        specs = [info.data.get("candidate")] + list(info.data.get("candidates") or [])
+        for spec in specs:
+            if not isinstance(spec, ChatCandidateSpec):
+                continue  # only a chat candidate lists its tools in the file
+            tools, name = spec.tools, spec.resolved_name
+            if isinstance(tools, list) and tools and value.candidate in (None, name):
+                check_tools(value.tiers, [tool.function.name for tool in tools], candidate=name)
+        return value
+
     @model_validator(mode="after")
     def _one_way_to_name_candidates(self) -> Config:
         if self.candidate is not None and self.candidates:
@@ -196,8 +217,14 @@ def load_config(path: str | Path | None) -> Config:
     rollout = config.rollout
     if rollout is not None and rollout.sink is not None and rollout.sink.path is not None:
         sink = rollout.sink.model_copy(update={"path": _beside(path, rollout.sink.path)})
+        rollout = rollout.model_copy(update={"sink": sink})
+        config = config.model_copy(update={"rollout": rollout})
+    if rollout is not None and rollout.review_sink is not None \
+            and rollout.review_sink.path is not None:
+        reviews = rollout.review_sink.model_copy(
+            update={"path": _beside(path, rollout.review_sink.path)})
         config = config.model_copy(
-            update={"rollout": rollout.model_copy(update={"sink": sink})})
+            update={"rollout": rollout.model_copy(update={"review_sink": reviews})})
     return config
 
 

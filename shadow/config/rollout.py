@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from shadow.config.tiers import Tier, TiersSpec
 from shadow.core.spec import Duration, Spec, parse_duration
 
 
@@ -210,6 +211,12 @@ class RolloutSpec(Spec):
     production would act on a stale case. ``null`` publishes however late."""
     sink: SinkSpec | None = None
     """Where live decisions are published; without one nothing can go live."""
+    tiers: TiersSpec | None = None
+    """Which live decisions act alone, which a person reviews first and which stay with
+    people (:mod:`shadow.config.tiers`). Without it every decision is tier ``auto``."""
+    review_sink: SinkSpec | None = None
+    """Where decisions of tier ``review`` are published as proposals, of the same kinds
+    as ``sink``; needed when live steps can give that tier."""
     notify: list[NotifySpec] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -226,6 +233,14 @@ class RolloutSpec(Spec):
             raise ValueError(f"step percents must rise strictly, got {percents}")
         if len(percents) > 1 and self.sink is None:
             raise ValueError("live steps need a 'sink' to publish decisions to")
+        return self
+
+    @model_validator(mode="after")
+    def _reviews_have_a_sink(self) -> RolloutSpec:
+        if (self.tiers is not None and Tier.REVIEW in self.tiers.tiers_used()
+                and len(self.steps) > 1 and self.review_sink is None):
+            raise ValueError("review_sink: tiers gives decisions the tier review, and live "
+                             "steps publish them as proposals: name a review_sink")
         return self
 
     def step(self, index: int) -> StepSpec:
