@@ -51,6 +51,9 @@ from shadow.core.models import ErrorKind, Event, Prediction, PredictionError
 from shadow.core.templates import render
 from shadow.store.tool_calls import TOOL_CALLS_KEY
 
+__all__ = ["AgentCandidate", "AgentRun", "Budget", "ExecutedCall", "Message", "ModelStep",
+           "Stop", "ToolCall", "Turn", "Usage", "run_agent"]
+
 log = structlog.get_logger(__name__)
 
 
