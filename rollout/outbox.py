@@ -6,6 +6,9 @@ a restart) or a decision has waited longer than ``max_decision_age``,
 publishing it late would have production act on a case the AI no longer
 owns, or on a stale one: it is withdrawn instead, kept in the store with the
 time and the reason, and counted (``shadow_live_decisions_withdrawn``).
+A decision of tier ``review`` waits as a proposal for the review sink instead
+(:mod:`shadow.store.reviews`); an unpublished one is withdrawn alike, its
+status ``withdrawn``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from datetime import datetime
 
 import structlog
 
+from shadow.store import reviews
 from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
@@ -22,6 +26,7 @@ _WITHDRAW = """
 UPDATE predictions SET withdrawn_at = $at, withdrawn_reason = $reason
 WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version AND mode = 'live'
   AND published_at IS NULL AND withdrawn_at IS NULL AND predicted_at < $before
+  AND tier IS DISTINCT FROM 'review'
 RETURNING event_id
 """
 
@@ -29,12 +34,17 @@ RETURNING event_id
 def withdraw(store: Store, candidate: str, version: str | None, *, reason: str,
              at: datetime, older_than: datetime | None = None) -> int:
     """Withdraw the candidate's unpublished live decisions made before ``older_than``
-    (all of them without it); returns how many."""
+    (all of them without it), and its unpublished live proposals; returns how many
+    decisions (proposals are logged apart)."""
     before = older_than if older_than is not None else datetime.max.replace(tzinfo=at.tzinfo)
     with store.transaction() as tx:
         rows = tx.execute(_WITHDRAW, {"at": at, "reason": reason, "candidate": candidate,
                                       "version": version, "before": before}).fetchall()
     if rows:
         log.warning("live decisions withdrawn", candidate=candidate, count=len(rows),
+                    reason=reason)
+    proposals = reviews.withdraw(store, candidate, version, before=before)
+    if proposals:
+        log.warning("live proposals withdrawn", candidate=candidate, count=proposals,
                     reason=reason)
     return len(rows)

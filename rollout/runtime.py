@@ -10,6 +10,12 @@ published: that case stays with the humans (so is one with a malformed action,
 which is a violation). A decision whose output proposes actions goes out as an
 action request (:class:`connectors.sinks.Decision`): its valid actions and an
 ``idempotency_key`` a republish after a restart repeats.
+
+Before anything is published, every stored prediction of the candidate is given its
+tier (:mod:`rollout.tiers`), in shadow as in live, and the proposals of tier
+``review`` are stored (:mod:`rollout.reviews`). Only tier ``auto`` reaches the
+action sink; a live proposal goes to the review sink through the same outbox;
+tier ``human`` is never published.
 """
 
 from __future__ import annotations
@@ -28,12 +34,16 @@ from connectors.sinks import Decision, FileSink, Sink, SinkError, WebhookSink
 from rollout.controller import Assessment, Controller
 from rollout.notify import KafkaNotifier, Notifier, WebhookNotifier
 from rollout.outbox import withdraw
+from rollout.reviews import Proposal, propose
 from rollout.router import Router
+from rollout.tiers import Policy
 from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
 from shadow.config.rollout import NotifySpec, RolloutSpec, SinkSpec
+from shadow.config.tiers import Tier
 from shadow.core.errors import ConfigError
 from shadow.core.models import Event, Mode, Prediction, utc_now
+from shadow.store import reviews
 from shadow.store.database import Store
 
 log = structlog.get_logger(__name__)
@@ -43,7 +53,7 @@ SELECT p.event_id, e.key, p.output, p.review, p.rollout_step, p.predicted_at
 FROM predictions p JOIN events e USING (event_id)
 WHERE p.candidate = ? AND p.version IS NOT DISTINCT FROM ? AND p.mode = 'live'
   AND p.published_at IS NULL AND p.error_type IS NULL AND NOT p.abstained
-  AND p.violations IS NULL AND p.withdrawn_at IS NULL
+  AND p.violations IS NULL AND p.withdrawn_at IS NULL AND p.tier = 'auto'
 ORDER BY p.predicted_at, p.event_id
 LIMIT ?
 """
@@ -53,12 +63,18 @@ class LiveRollout:
     """Routes the rolled-out candidate's predictions and publishes the live ones."""
 
     def __init__(self, controller: Controller, sink: Sink, *,
-                 compare: Callable[[], int], publish_batch: int = 1000) -> None:
+                 compare: Callable[[], int], publish_batch: int = 1000,
+                 policy: Policy | None = None, review_sink: Sink | None = None) -> None:
         self.controller = controller
         self.sink = sink
         self.compare = compare
         self.publish_batch = publish_batch
+        self.policy = policy if policy is not None else Policy()
+        """Without one, every usable decision is tier ``auto``."""
+        self.review_sink: Sink = review_sink if review_sink is not None else _NoSink.opened()
         self.published = 0
+        self.proposed = 0
+        """Live proposals the review sink took."""
         self.live = 0
         self.assessments: deque[Assessment] = deque(maxlen=1000)
         """The latest evaluations (a daemon runs for years: only the newest are kept)."""
@@ -93,16 +109,64 @@ class LiveRollout:
         return routed
 
     def publish_pending(self) -> int:
-        """Publish committed live decisions not yet published; returns how many went out.
+        """Assess the tiers of new predictions, then publish committed live decisions of
+        tier ``auto`` and live proposals not yet published; returns how many decisions
+        went to the action sink.
 
         A sink that refuses leaves them pending for the next call.
         """
-        sent = 0
+        self.assess_pending()
         c = self.controller
         max_age = c.plan.max_decision_age
         if max_age is not None:
             withdraw(self.store, c.candidate, c.version, reason="older than max_decision_age",
                      at=c.now(), older_than=c.now() - max_age)
+        sent = self._publish_decisions()
+        self.proposed += self._publish_proposals()
+        return sent
+
+    def assess_pending(self) -> int:
+        """Give every stored prediction of the candidate without a tier its tier, and
+        store the proposals of tier ``review``; returns how many were assessed."""
+        c, done = self.controller, 0
+        while True:
+            rows = reviews.unassessed(self.store, c.candidate, c.version, self.publish_batch)
+            if not rows:
+                return done
+            assessed = []
+            for row in rows:
+                a = self.policy.assess(row.output, row.confidence, error=row.error,
+                                       abstained=row.abstained, violations=row.violations)
+                proposal = None
+                if a.tier is Tier.REVIEW:
+                    step = c.plan.steps[min(row.step or 0, c.plan.last)]
+                    proposal = propose(row, a, self.policy, rollout=c.rollout,
+                                       candidate=c.candidate, version=c.version,
+                                       percent=step.percent if row.live else 0.0)
+                assessed.append(reviews.Assessed(row.event_id, a.tier.value, a.rule, proposal))
+            reviews.record_assessed(self.store, c.candidate, c.version, assessed)
+            done += len(rows)
+
+    def _publish_proposals(self) -> int:
+        c, sent = self.controller, 0
+        while True:
+            rows = reviews.unpublished(self.store, c.candidate, c.version, c.rollout,
+                                       self.publish_batch)
+            if not rows:
+                return sent
+            proposals = [Proposal.stored(review_id, body) for review_id, body in rows]
+            try:
+                self.review_sink.publish(proposals)
+            except SinkError as exc:
+                log.warning("proposals not published; retrying later",
+                            pending=len(proposals), error=str(exc))
+                return sent
+            reviews.mark_published(self.store, [p.review_id for p in proposals], c.now())
+            sent += len(proposals)
+
+    def _publish_decisions(self) -> int:
+        sent = 0
+        c = self.controller
         while True:
             rows = self.store.db.execute(
                 _UNPUBLISHED, [c.candidate, c.version, self.publish_batch]).fetchall()
@@ -208,13 +272,16 @@ def open_rollout(
         notifiers=[opened.enter_context(n) for n in build_notifiers(spec.notify)], now=now)
     controller.sync()
     sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
+    review_sink = opened.enter_context(
+        build_sink(spec.review_sink) if spec.review_sink else _NoSink())
 
     def compare_now() -> int:
         from shadow.compare.step import compare
 
         return compare(store, comparator, now=now)
 
-    return LiveRollout(controller, sink, compare=compare_now)
+    return LiveRollout(controller, sink, compare=compare_now, policy=Policy(spec.tiers),
+                       review_sink=review_sink)
 
 
 def rolled_out(spec: RolloutSpec, candidates: Sequence[Candidate]) -> Candidate:
@@ -235,6 +302,12 @@ class _NoSink(Sink):
     """A shadow-only plan has no sink; its router never routes anything live."""
 
     name = "none"
+
+    @classmethod
+    def opened(cls) -> _NoSink:
+        sink = cls()
+        sink.open()
+        return sink
 
     def _open(self) -> None:
         pass

@@ -1,8 +1,9 @@
 """The shadow pipeline: read, deduplicate, predict, store, compare.
 
 Every record read ends as exactly one of: a stored event, a duplicate (its
-``event_id`` was already stored) or a dead letter, so
-``events_read == events_stored + duplicates + dead_letters`` for every run.
+``event_id`` was already stored), a dead letter, or a record skipped because the
+mapping's ``when`` leaves it out, so
+``events_read == events_stored + duplicates + dead_letters + events_skipped`` for every run.
 A source is told to commit a position only after the transaction holding
 the records up to it has committed.
 """
@@ -58,6 +59,8 @@ class ReplaySummary:
     already_stored: int = 0
     """Of the duplicates, records read again at the very position they were stored from."""
     dead_letters: int = 0
+    events_skipped: int = 0
+    """Records of event sources that ``mapping.events.when`` left out: read, not stored."""
     predictions: int = 0
     prediction_errors: int = 0
     violations: int = 0
@@ -66,6 +69,8 @@ class ReplaySummary:
     outcomes_stored: int = 0
     outcome_duplicates: int = 0
     outcome_dead_letters: int = 0
+    outcomes_skipped: int = 0
+    """Records of outcome sources that ``mapping.outcomes.when`` left out."""
     compared: int = 0
     agreed: int = 0
     deferred: int = 0
@@ -76,6 +81,8 @@ class ReplaySummary:
     live: int = 0
     """Predictions routed live by the rollout (published unless errored or abstained)."""
     published: int = 0
+    proposed: int = 0
+    """Live decisions of tier ``review`` published to the review sink as proposals."""
     seconds: float = 0.0
     sources: list[str] = field(default_factory=list)
 
@@ -150,6 +157,7 @@ class Pipeline:
         if self.rollout is not None:
             self.rollout.after_batch(force=True)
             self.summary.live, self.summary.published = self.rollout.live, self.rollout.published
+            self.summary.proposed = self.rollout.proposed
         finished = self.now()
         self.summary.seconds = (finished - started).total_seconds()
         self.store.record_run({
@@ -260,6 +268,7 @@ class Pipeline:
         s.events_stored += len(batch.events)
         s.duplicates += len(mapped) - len(batch.events)
         s.dead_letters += len(dead)
+        s.events_skipped += len(records) - len(mapped) - len(dead)
         s.predictions += len(batch.predictions)
         s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
         s.violations += sum(1 for p in batch.predictions if p.violations)
@@ -335,6 +344,7 @@ class Pipeline:
         s = self.summary
         s.outcomes_read += len(records)
         s.outcome_dead_letters += len(dead)
+        s.outcomes_skipped += len(records) - len(mapped) - len(dead)
 
         def done(counts: WriteCounts) -> None:
             s.outcomes_stored += counts.outcomes

@@ -291,6 +291,48 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         )""",
         "ALTER TABLE predictions ADD COLUMN request_hash VARCHAR",
     ]),
+    # Tiers (shadow.config.tiers): the tier of each prediction of a rolled-out candidate
+    # (auto, review, human) and what chose it (``rules[i]``, ``default``, ``error``,
+    # ``abstained``, ``violation``), NULL until the rollout has assessed it; and the
+    # proposals of tier review, live or (what shadow would have proposed) shadow, one per
+    # ``review_id`` with the message a review sink receives. ``published_at`` is when a
+    # live proposal reached the review sink; ``status`` is open until a verdict.
+    (14, [
+        "ALTER TABLE predictions ADD COLUMN tier VARCHAR",
+        "ALTER TABLE predictions ADD COLUMN tier_rule VARCHAR",
+        """CREATE TABLE reviews (
+            review_id VARCHAR PRIMARY KEY,
+            event_id VARCHAR NOT NULL,
+            key VARCHAR NOT NULL,
+            candidate VARCHAR NOT NULL,
+            version VARCHAR,
+            rollout VARCHAR NOT NULL,
+            mode VARCHAR NOT NULL,
+            rollout_step INTEGER,
+            proposed_at TIMESTAMPTZ NOT NULL,
+            status VARCHAR NOT NULL DEFAULT 'open',
+            proposal JSON NOT NULL,
+            published_at TIMESTAMPTZ
+        )""",
+    ]),
+    # Review verdicts (shadow.store.verdicts): the first verdict of each review, approve,
+    # edit or reject, with ``output`` what an approve or edit publishes (the proposal's
+    # output, or the reviewer's edit; NULL for a reject), who decided and when, and where
+    # the verdict was read (``source``, ``position``: a record of a source, or the API).
+    # ``published_at`` is when an approved or edited live proposal reached the action sink.
+    (15, [
+        """CREATE TABLE review_verdicts (
+            review_id VARCHAR PRIMARY KEY,
+            verdict VARCHAR NOT NULL,
+            output JSON,
+            reviewer VARCHAR,
+            decided_at TIMESTAMPTZ NOT NULL,
+            received_at TIMESTAMPTZ NOT NULL,
+            source VARCHAR NOT NULL,
+            position VARCHAR,
+            published_at TIMESTAMPTZ
+        )""",
+    ]),
 ]
 MIGRATIONS.sort(key=lambda migration: migration[0])
 
