@@ -2,7 +2,9 @@
 
 The same mapping serves files, Kafka and webhooks. A record that cannot be
 mapped or fails validation becomes a :class:`~shadow.core.models.DeadLetter` with a
-reason a person can act on ("missing field 'key' (path 'ticket.id')").
+reason a person can act on ("missing field 'key' (path 'ticket.id')"). A record
+the mapping's ``when`` leaves out (:mod:`connectors.conditions`) is neither: it is
+skipped, and only counted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from connectors.base import RawRecord
+from connectors.conditions import Condition, Predicate, compile_condition
 from connectors.specs import ActionTemplate, EventMapping, OutcomeMapping
 from shadow.core.actions import ACTIONS_KEY
 from shadow.core.models import DeadLetter, Event, Outcome, RecordKind
@@ -33,11 +36,17 @@ class Mapper(Generic[M]):
     kind: RecordKind
     model: type[M]
 
-    def __init__(self, paths: dict[str, Any], *, canonical: bool) -> None:
+    when: Predicate | None
+    """Whether a record is one to map (the mapping's ``when``); None: every record."""
+
+    def __init__(
+        self, paths: dict[str, Any], *, canonical: bool, when: Condition | None = None
+    ) -> None:
         self._paths = paths
         # Canonical records already have the right shape: validating the dict
         # as it is skips one copy per record on the hot path.
         self._canonical = canonical
+        self.when = compile_condition(when) if when is not None else None
 
     def __call__(self, record: dict[str, Any]) -> M:
         shaped = record if self._canonical else self._reshape(record)
@@ -96,7 +105,9 @@ class EventMapper(Mapper[Event]):
 
     def __init__(self, mapping: EventMapping | None = None) -> None:
         mapping = mapping or EventMapping()
-        super().__init__(mapping.model_dump(exclude_none=True), canonical=mapping == EventMapping())
+        super().__init__(mapping.model_dump(exclude_none=True, exclude={"when"}),
+                         canonical=mapping.model_copy(update={"when": None}) == EventMapping(),
+                         when=mapping.when)
 
 
 class OutcomeMapper(Mapper[Outcome]):
@@ -105,9 +116,10 @@ class OutcomeMapper(Mapper[Outcome]):
 
     def __init__(self, mapping: OutcomeMapping | None = None) -> None:
         mapping = mapping or OutcomeMapping()
-        paths = mapping.model_dump(exclude_none=True)
-        paths.pop("actions", None)
-        super().__init__(paths, canonical=mapping == OutcomeMapping())
+        paths = mapping.model_dump(exclude_none=True, exclude={"actions", "when"})
+        super().__init__(paths,
+                         canonical=mapping.model_copy(update={"when": None}) == OutcomeMapping(),
+                         when=mapping.when)
         self._actions = mapping.actions
 
     def _reshape(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -158,12 +170,20 @@ def map_records(
     kind: RecordKind,
     now: datetime,
 ) -> tuple[list[tuple[M, RawRecord]], list[DeadLetter]]:
-    """Map a batch: canonical values paired with their record, and dead letters."""
+    """Map a batch: canonical values paired with their record, and dead letters.
+
+    A record the mapper's ``when`` leaves out is in neither list, so a batch's
+    skipped records are ``len(records) - len(mapped) - len(dead)``. An undecodable
+    record is a dead letter whatever ``when`` says: there is nothing to test.
+    """
     mapped: list[tuple[M, RawRecord]] = []
     dead: list[DeadLetter] = []
+    when = mapper.when if isinstance(mapper, Mapper) else None
     for record in records:
         if record.value is None:
             dead.append(dead_letter(record, kind, record.error or "undecodable record", now))
+            continue
+        if when is not None and not when(record.value):
             continue
         try:
             item = mapper(record.value)

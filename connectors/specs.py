@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
+from connectors.conditions import Condition
 from shadow.core.spec import Duration, Spec
 
 
@@ -29,6 +30,9 @@ class EventMapping(Spec):
     routing_key: str | None = "routing_key"
     segment: str | dict[str, str] = "segment"
     payload: str = "payload"
+    when: Condition | None = None
+    """Which records of the event sources are events (:mod:`connectors.conditions`);
+    the others are skipped and counted. None: every record."""
 
 
 class ActionTemplate(Spec):
@@ -65,6 +69,9 @@ class OutcomeMapping(Spec):
     ``actions`` of the outcome (an object; ``{"actions": [...]}`` when the record has no
     outcome): a dotted path to a list already in that shape, or an :class:`ActionTemplate`.
     None: the outcome is as the record has it."""
+    when: Condition | None = None
+    """Which records of the outcome sources are outcomes (:mod:`connectors.conditions`);
+    the others are skipped and counted. None: every record."""
 
 
 class MappingConfig(Spec):

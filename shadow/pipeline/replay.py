@@ -145,7 +145,8 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
     s = summary
     lines = [
         f"events read     {s.events_read:>10,} = stored {s.events_stored:,}"
-        f" + duplicates {s.duplicates:,} + dead letters {s.dead_letters:,}",
+        f" + duplicates {s.duplicates:,} + dead letters {s.dead_letters:,}"
+        + (f" + skipped {s.events_skipped:,}" if s.events_skipped else ""),
         f"predictions     {s.predictions:>10,}   errors {s.prediction_errors:,}"
         + (f"   violating a check {s.violations:,}" if s.violations else ""),
     ]
@@ -156,6 +157,7 @@ def describe(summary: ReplaySummary, request: ReplayRequest | None = None, *,
         lines.append(
             f"outcomes read   {s.outcomes_read:>10,} = stored {s.outcomes_stored:,}"
             f" + duplicates {s.outcome_duplicates:,} + dead letters {s.outcome_dead_letters:,}"
+            + (f" + skipped {s.outcomes_skipped:,}" if s.outcomes_skipped else "")
         )
     if s.retried:
         lines.append(f"retried errors  {s.retried:>10,}")
