@@ -201,10 +201,11 @@ class Comparison:
 class RecordKind(enum.StrEnum):
     EVENT = "event"
     OUTCOME = "outcome"
+    VERDICT = "verdict"
 
 
 class DeadLetter(_Frozen):
-    """A record that could not become an Event or Outcome, kept with why."""
+    """A record that could not become an Event, an Outcome or a review verdict, kept with why."""
 
     kind: RecordKind
     source: str
