@@ -1,4 +1,5 @@
-"""Source specs: where events and outcomes come from, and how a raw record maps to them.
+"""Source specs: where events, outcomes and review verdicts come from, and how a raw
+record maps to them.
 
 ``sources`` of :class:`shadow.config.file.Config` lists what ``shadow run`` consumes
 (export files, Kafka topics, vendor webhooks); ``mapping`` says where each
@@ -74,9 +75,25 @@ class OutcomeMapping(Spec):
     the others are skipped and counted. None: every record."""
 
 
+class VerdictMapping(Spec):
+    """Where each field of a review verdict sits in a raw record.
+
+    ``verdict`` holds ``approve``, ``edit`` or ``reject`` (``approved``, ``edited``,
+    ``rejected`` too); ``output`` the edited output of an edit; ``reviewer`` who decided.
+    A record without an output or a reviewer where the path leads nowhere has none.
+    """
+
+    review_id: str = "review_id"
+    verdict: str = "verdict"
+    output: str | None = "output"
+    reviewer: str | None = "reviewer"
+    decided_at: str = "decided_at"
+
+
 class MappingConfig(Spec):
     events: EventMapping = EventMapping()
     outcomes: OutcomeMapping = OutcomeMapping()
+    verdicts: VerdictMapping = VerdictMapping()
 
 
 
@@ -130,12 +147,15 @@ SourceSpec = Annotated[
 class SourcesConfig(Spec):
     events: list[SourceSpec] = Field(default_factory=list)
     outcomes: list[SourceSpec] = Field(default_factory=list)
+    verdicts: list[SourceSpec] = Field(default_factory=list)
+    """Review verdicts on the proposals of tier review, keyed by ``review_id``."""
 
     @model_validator(mode="after")
     def _one_group_per_kafka_source(self) -> SourcesConfig:
         # Members of one group are rebalanced together; one thread polling them in
         # turn could wait forever on a rebalance the other member must join.
-        groups = [s.group for s in [*self.events, *self.outcomes] if s.kind == "kafka"]
+        every = [*self.events, *self.outcomes, *self.verdicts]
+        groups = [s.group for s in every if s.kind == "kafka"]
         shared = sorted({g for g in groups if groups.count(g) > 1})
         if shared:
             raise ValueError(f"each Kafka source needs a consumer group of its own; "
