@@ -32,6 +32,7 @@ from shadow.reports.owner_model import (
     OwnerReport,
     RolloutSection,
     Segment,
+    TierVolume,
     TimelineEntry,
     ToolRate,
     Verdict,
@@ -605,6 +606,21 @@ def _withdrawn(withdrawn: Sequence[Withdrawn]) -> str:
     return f"<p>Live decisions withdrawn, never published: {'; '.join(parts)}.</p>"
 
 
+def _tiers(tiers: Sequence[TierVolume]) -> str:
+    """One line per candidate: how many predictions each tier took."""
+    by_candidate: dict[tuple[str, str | None], list[TierVolume]] = {}
+    for volume in tiers:
+        by_candidate.setdefault((volume.candidate, volume.version), []).append(volume)
+    lines = []
+    for (candidate, version), volumes in by_candidate.items():
+        total = sum(v.count for v in volumes)
+        parts = ", ".join(f"{esc(v.tier)} {_count(v.count)} ({pct(v.count / total)})"
+                          for v in volumes)
+        name = esc(candidate if version is None else f"{candidate} {version}")
+        lines.append(f"<p>Predictions of {name} by tier: {parts}.</p>")
+    return "".join(lines)
+
+
 def _duration(seconds: float) -> str:
     for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -614,13 +630,14 @@ def _duration(seconds: float) -> str:
 
 def _rollout(rollout: RolloutSection) -> str:
     state = rollout.state
-    if state is None and not rollout.timeline and not rollout.withdrawn:
+    if state is None and not rollout.timeline and not rollout.withdrawn and not rollout.tiers:
         return '<p class="no-data">No rollout configured: the report judges shadow data only.</p>'
     state_html = (_table(["field", "value"],
                          [[esc(f.name), _value(getattr(state, f.name))]
                           for f in dataclasses.fields(state)], set())
                   if state else no_data("rollout state"))
-    state_html += _label_delays(rollout.labels) + _withdrawn(rollout.withdrawn)
+    state_html += (_label_delays(rollout.labels) + _withdrawn(rollout.withdrawn)
+                   + _tiers(rollout.tiers))
     timeline = rollout.timeline
     if not timeline:
         return state_html + no_data("rollout timeline")

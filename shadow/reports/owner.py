@@ -114,7 +114,7 @@ def owner_report(store: Store, options: OwnerOptions | None = None, *,
             state=latest,
             timeline=q.timeline(latest.rollout) if latest else (),
             labels=q.label_delays(latest.rollout) if latest else None,
-            withdrawn=q.withdrawn()),
+            withdrawn=q.withdrawn(), tiers=q.tier_volumes()),
         completeness=_completeness(q),
     )
 

@@ -19,6 +19,7 @@ from shadow.reports.owner_model import (
     OwnerCandidate,
     OwnerReport,
     Segment,
+    TierVolume,
     ToolRate,
     Violations,
 )
@@ -225,6 +226,16 @@ def _segment_text(segment: Segment, baseline: Baseline | None) -> str:
     return text
 
 
+def _tier_lines(tiers: Sequence[TierVolume], candidate: OwnerCandidate) -> list[str]:
+    """How many of the candidate's predictions each tier took, when it has tiers."""
+    mine = [t for t in tiers if (t.candidate, t.version) == (candidate.name, candidate.version)]
+    total = sum(t.count for t in mine)
+    if not total:
+        return []
+    return ["By tier: " + ", ".join(f"{t.tier} {t.count:,} ({percent(t.count / total)})"
+                                    for t in mine) + "."]
+
+
 def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str:
     """The owner's verdict line and next step first, what the data covers, then the
     checklist and key numbers per candidate, for a ticket or chat."""
@@ -263,6 +274,7 @@ def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str
         if below:
             lines.append("Below floor: " + ", ".join(_segment_text(s, baseline) for s in below))
         lines += _tool_lines(candidate.tools)
+        lines += _tier_lines(report.rollout.tiers, candidate)
         lines.append("")
     if report.candidates:
         lines += [INTERVALS, ""]
