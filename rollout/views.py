@@ -3,11 +3,19 @@ and one line for a transition. The CLI and the daemon both render from here."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rollout import audit
 from rollout.controller import Assessment, Controller
 from rollout.state import Transition
+from shadow.config.rollout import RolloutSpec
+from shadow.config.tiers import Tier
+from shadow.store.database import Store
+from shadow.store.reviews import tier_counts
+
+RECENT = 1000
+"""How many of the latest predictions the tier shares of ``status`` are taken over."""
 
 
 def status_view(controller: Controller, a: Assessment, stored: dict[str, Any],
@@ -55,6 +63,29 @@ def evidence_view(controller: Controller, a: Assessment) -> dict[str, Any] | Non
             "needed": detection.needed if detection else None,
             "in_time": detection.in_time if detection else None},
     }
+
+
+def tiers_view(plan: RolloutSpec, counts: Mapping[str, int] | None) -> dict[str, Any] | None:
+    """The tier policy in order, and the share of each tier among ``counts`` (the latest
+    predictions' tiers; ``None`` when they are not at hand). ``None`` without a policy."""
+    spec = plan.tiers
+    if spec is None:
+        return None
+    view: dict[str, Any] = {
+        "rules": [{"rule": f"rules[{i}]", "tier": r.tier.value, "text": r.text()}
+                  for i, r in enumerate(spec.rules)],
+        "default": spec.default.value, "label_path": spec.label_path, "recent": None}
+    if counts is not None:
+        total = sum(counts.values())
+        view["recent"] = {"predictions": total, "of_latest": RECENT,
+                          "shares": {t.value: counts.get(t.value, 0) / total if total else 0.0
+                                     for t in Tier}}
+    return view
+
+
+def recent_tiers(store: Store, controller: Controller) -> dict[str, int]:
+    """The tiers of the candidate's latest :data:`RECENT` assessed predictions."""
+    return tier_counts(store, controller.candidate, controller.version, latest=RECENT)
 
 
 def describe(t: Transition) -> str:

@@ -204,10 +204,16 @@ def _through_daemon(target: _Target, use: Callable[[DaemonClient], int]) -> int 
 
 def _status(args: argparse.Namespace) -> int:
     from rollout import audit
-    from rollout.views import status_view
+    from rollout.views import recent_tiers, status_view, tiers_view
 
     target = _Target(args)
-    through = _through_daemon(target, lambda d: _print_status(d.rollout_status(), args.format))
+
+    def through_daemon(daemon: DaemonClient) -> int:
+        view = daemon.rollout_status()
+        tiers = tiers_view(target.plan, None) if target.plan is not None else None
+        return _print_status({**view, "tiers": tiers} if tiers else view, args.format)
+
+    through = _through_daemon(target, through_daemon)
     if through is not None:
         return through
     with _Opened(target, read_only=True) as opened:
@@ -220,9 +226,10 @@ def _status(args: argparse.Namespace) -> int:
         assessment = opened.controller.assess()
         last = audit.latest_evaluations(opened.store, state.rollout)
         recent = audit.history(opened.store, state.rollout, limit=1)
+        tiers = tiers_view(opened.plan, recent_tiers(opened.store, opened.controller))
     view = status_view(opened.controller, assessment, last,
                        recent[0].as_dict() if recent else None)
-    return _print_status(view, args.format)
+    return _print_status({**view, "tiers": tiers} if tiers else view, args.format)
 
 
 def _print_status(view: dict[str, Any], fmt: str) -> int:
@@ -270,6 +277,22 @@ def _evidence_text(e: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tiers_text(tiers: dict[str, Any]) -> list[str]:
+    label = f"; labels at {tiers['label_path']}" if tiers["label_path"] else ""
+    lines = [f"  tiers (the first matching rule wins{label}):"]
+    lines += [f"    {r['rule']}: {r['text']}" for r in tiers["rules"]]
+    lines.append(f"    otherwise: {tiers['default']}")
+    recent = tiers["recent"]
+    if recent is None:
+        lines.append("    recent shares: not served by the daemon's API yet")
+    elif recent["predictions"]:
+        shares = ", ".join(f"{tier} {share:.1%}" for tier, share in recent["shares"].items())
+        lines.append(f"    latest {recent['predictions']:,} predictions: {shares}")
+    else:
+        lines.append("    no prediction has a tier yet")
+    return lines
+
+
 def _status_text(view: dict[str, Any]) -> str:
     from rollout import audit
 
@@ -282,6 +305,8 @@ def _status_text(view: dict[str, Any]) -> str:
     ]
     if view.get("evidence"):
         lines.extend(_evidence_text(view["evidence"]))
+    if view.get("tiers"):
+        lines.extend(_tiers_text(view["tiers"]))
     for kind in ("promotion", "rollback"):
         evaluation = view[kind]
         if evaluation is None:

@@ -54,7 +54,7 @@ def test_a_store_of_the_previous_version_gains_tiers_and_an_empty_reviews_table(
         db.execute("INSERT INTO predictions (event_id, candidate, version, mode, output, "
                    "latency_ms, predicted_at) VALUES ('e1', 'desk', '2', 'live', '\"a\"', 1, ?)",
                    [NOW])
-        assert migrate(db) == max(version for version, _ in MIGRATIONS) == 14
+        assert migrate(db) == max(version for version, _ in MIGRATIONS) >= 14
 
     with Store(path) as store:
         assert store.db.execute("SELECT event_id, tier, tier_rule FROM predictions"
