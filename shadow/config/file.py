@@ -58,6 +58,12 @@ class ReportSpec(Spec):
     default, else no verdict line (the figures are shown either way)."""
     currency: str | None = None
     """Shown before costs, e.g. ``$``."""
+    handling_minutes_per_case: float = Field(10.0, ge=0.0, allow_inf_nan=False)
+    """Minutes a person spends on a case: what each case the AI handles alone (tier
+    ``auto``) saves, in the report's work taken off people's hands."""
+    review_minutes_per_case: float = Field(2.0, ge=0.0, allow_inf_nan=False)
+    """Minutes a reviewer spends on a proposal (tier ``review``): such a case saves
+    ``handling_minutes_per_case`` less this."""
 
 
 class DriftSpec(Spec):

@@ -54,15 +54,29 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
     comparator = config.comparator
     specs = config.all_candidates()
     checked = frozenset(c.resolved_name for c in specs if c.checks) if specs else None
+    tiered = _tiered(config)
     return OwnerOptions(
         threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
         segment_floor=floor, daily_volume=spec.daily_volume, redact=tuple(spec.redact),
         top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
 
-        max_violation_rate=violations, checked=checked,
+        max_violation_rate=violations, checked=checked, tiered=tiered,
+        handling_minutes_per_case=spec.handling_minutes_per_case,
+        review_minutes_per_case=spec.review_minutes_per_case,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,
         now=now)
+
+
+def _tiered(config: Config) -> frozenset[str]:
+    """The candidate with a tier policy: the rollout's, named or the only one configured."""
+    rollout = config.rollout
+    if rollout is None or rollout.tiers is None:
+        return frozenset()
+    if rollout.candidate is not None:
+        return frozenset({rollout.candidate})
+    specs = config.all_candidates()
+    return frozenset({specs[0].resolved_name}) if len(specs) == 1 else frozenset()
 
 
 @dataclass(frozen=True, slots=True)

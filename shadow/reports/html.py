@@ -32,6 +32,7 @@ from shadow.reports.owner_model import (
     OwnerReport,
     RolloutSection,
     Segment,
+    TierSection,
     TierVolume,
     TimelineEntry,
     ToolRate,
@@ -39,7 +40,15 @@ from shadow.reports.owner_model import (
     Violations,
     Withdrawn,
 )
-from shadow.reports.readable import INTERVALS, completeness_facts, moment
+from shadow.reports.readable import (
+    INTERVALS,
+    completeness_facts,
+    duration,
+    hours,
+    minutes,
+    moment,
+    work_rows,
+)
 
 VERDICTS = {
     "ready": ("READY", "ready"),
@@ -256,6 +265,7 @@ def _candidate(candidate: OwnerCandidate, baseline: Baseline | None, currency: s
              _errors(candidate.errors),
              _violations(candidate.violations),
              _cost(candidate.cost, currency),
+             _tier_section(candidate.tiers),
              _tools(candidate.tools),
              _disagreements(candidate, csv_href),
              "</section>"]
@@ -483,6 +493,62 @@ def _cost(cost: CostProjection, currency: str) -> str:
                  cost.per_month_full))]
     return title + line + _table(["volume", "decisions per day", "per day", "per month"],
                                  rows, {1, 2, 3})
+
+
+_VERDICT_WORDS = {"approve": "approved", "edit": "edited", "reject": "rejected"}
+
+
+def _tier_section(tiers: TierSection | None) -> str:
+    """Per tier: volume live and in shadow, share, agreement and what chose it; the reviews;
+    the people's time saved, projected like the cost. Nothing without a tier policy."""
+    if tiers is None:
+        return ""
+    intro = (f'<p class="meta">{_count(tiers.assessed)} predictions given a tier: '
+             f"{_count(tiers.live)} live, {_count(tiers.shadow)} in shadow (what the tier "
+             f"would have done){_unassessed(tiers.unassessed)}. Agreement is with the "
+             "person's outcome.</p>")
+    rows = [[esc(t.tier), _count(t.predictions), pct(t.share), _count(t.live),
+             pct(t.live_share), _count(t.shadow), pct(t.shadow_share),
+             f"{_interval(t.agreement)} (n={_count(t.agreement.n)})",
+             esc(", ".join(f"{r.rule} {r.predictions:,}" for r in t.rules)) or "–"]
+            for t in tiers.tiers]
+    table = _table(["tier", "predictions", "share", "live", "live share", "shadow",
+                    "shadow share", "agreement (95 % Wilson)", "chosen by"], rows,
+                   {1, 2, 3, 4, 5, 6, 7})
+    return ("<h3>Tiers</h3>" + intro + table + _reviews(tiers) + _work(tiers))
+
+
+def _unassessed(count: int) -> str:
+    return f"; {_count(count)} not assessed yet" if count else ""
+
+
+def _reviews(tiers: TierSection) -> str:
+    r = tiers.reviews
+    if not r.proposed and not r.decided:
+        return '<p class="no-data">Reviews: no proposal of tier review yet.</p>'
+    line = (f"<p>Proposals: {_count(r.live)} live ({_count(r.published)} sent for review, "
+            f"{_count(r.open)} open, {_count(r.withdrawn)} withdrawn), {_count(r.shadow)} in "
+            f"shadow. Time to review: median <strong>{esc(duration(r.median_seconds))}"
+            f"</strong>, p90 <strong>{esc(duration(r.p90_seconds))}</strong> "
+            f"({_count(r.decided)} verdicts).</p>")
+    rows = [[esc(_VERDICT_WORDS.get(v.verdict, v.verdict)), _count(v.count),
+             _interval_of(v.rate, v.low, v.high)] for v in r.verdicts]
+    return ("<h3>Reviews</h3>" + line
+            + _table(["verdict", "reviews", "rate (95 % Wilson)"], rows, {1, 2}))
+
+
+def _work(tiers: TierSection) -> str:
+    w = tiers.work
+    line = (f"<p>Work taken off people's hands: <strong>{pct(w.auto_share)}</strong> of cases "
+            f"handled in tier auto (live: {pct(w.live_auto_share)}); "
+            f"<strong>{esc(minutes(w.minutes_saved_live))}</strong> of people's time saved by "
+            f"the live decisions so far, at {w.handling_minutes_per_case:g} minutes per case "
+            f"handled by a person and {w.review_minutes_per_case:g} per review.</p>")
+    rows = [[_text(label), _count(volume), esc(minutes(day)), esc(hours(month))]
+            for label, volume, day, month in work_rows(w)]
+    return ("<h3>People's time saved</h3>" + line
+            + _table(["traffic", "decisions per day", "saved per day", "saved per month"],
+                     rows, {1, 2, 3}))
 
 
 def _pretty(value: Any) -> str:

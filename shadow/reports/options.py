@@ -44,6 +44,16 @@ class OwnerOptions:
     checked: frozenset[str] | None = None
     """Names of the candidates configured with hard-constraint checks; ``None`` when not
     known (a report made without the configuration)."""
+    tiered: frozenset[str] | None = None
+    """Names of the candidates with a tier policy (``rollout.tiers``), whose report has a
+    section by tier; ``None`` when not known (a report made without the configuration):
+    then every candidate with predictions given a tier has one."""
+    handling_minutes_per_case: float = 10.0
+    """What a case handled by a person costs, in minutes: the saving of a case in tier
+    ``auto``."""
+    review_minutes_per_case: float = 2.0
+    """What reviewing a proposal costs, in minutes: a case in tier ``review`` saves
+    ``handling_minutes_per_case`` less this."""
     prediction_label: str | None = None
     """Dotted path to the label inside outputs, for the confusion matrix (whole output if unset)."""
     outcome_label: str | None = None
@@ -59,7 +69,8 @@ class OwnerOptions:
                      "top_violations"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("max_p95_latency_ms", "daily_volume"):
+        for name in ("max_p95_latency_ms", "daily_volume", "handling_minutes_per_case",
+                     "review_minutes_per_case"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -73,4 +84,5 @@ class OwnerOptions:
         out["redact"] = list(self.redact)
         out["disagreement_fields"] = list(self.disagreement_fields)
         out["checked"] = None if self.checked is None else sorted(self.checked)
+        out["tiered"] = None if self.tiered is None else sorted(self.tiered)
         return out

@@ -80,6 +80,7 @@ from shadow.reports.owner_model import (
     Violations,
 )
 from shadow.reports.owner_queries import OwnerQueries
+from shadow.reports.owner_tiers import tier_section
 from shadow.reports.queries import Compared, Key, Totals
 from shadow.reports.verdict import NA, headline, limit, percent
 from shadow.store.database import Store
@@ -160,6 +161,7 @@ def _candidate(q: OwnerQueries, options: OwnerOptions, key: Key, totals: Totals,
         verdict=Verdict(status, tuple(checks)),
         pending=totals.predictions - totals.errors - totals.abstained - compared,
         tools=tuple(q.tools.get(key, [])),
+        tiers=tier_section(q.tier_queries, options, key, totals),
     )
     line, next_step = headline(candidate)
     return replace(candidate, verdict=replace(candidate.verdict, line=line, next_step=next_step))

@@ -211,6 +211,125 @@ class ToolRate:
     missed: tuple[ActionExample, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RuleCount:
+    """What chose a tier for how many predictions: ``rules[i]`` of the policy, ``default``,
+    or why a prediction fell to ``human`` whatever the rules say (``error``, ``abstained``,
+    ``violation``)."""
+
+    rule: str
+    predictions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TierFigures:
+    """One tier of a candidate's assessed predictions: how many, live and in shadow (what
+    shadow would have done), their shares, and how often they agreed with the person."""
+
+    tier: str
+    """``auto``, ``review`` or ``human``."""
+    predictions: int
+    live: int
+    shadow: int
+    share: float | None
+    """Of every assessed prediction, live and shadow; ``None`` when none was assessed."""
+    live_share: float | None
+    """Of the assessed live predictions; ``None`` when there were none."""
+    shadow_share: float | None
+    agreement: OwnerAgreement
+    """The tier's predictions compared with the person's outcome."""
+    rules: tuple[RuleCount, ...]
+    """What chose the tier, most predictions first."""
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictRate:
+    """One kind of reviewer verdict (``approve``, ``edit``, ``reject``) over all verdicts."""
+
+    verdict: str
+    count: int
+    rate: float | None
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewFigures:
+    """The proposals of tier ``review`` and what reviewers made of them."""
+
+    proposed: int
+    """Proposals stored, live and shadow (withdrawn ones included)."""
+    live: int
+    shadow: int
+    published: int
+    """Live proposals the review sink received."""
+    withdrawn: int
+    open: int
+    """Live proposals still waiting for a verdict (published or not), withdrawn ones not."""
+    decided: int
+    """Proposals with a reviewer's verdict."""
+    verdicts: tuple[VerdictRate, ...]
+    """``approve``, ``edit`` and ``reject``, in that order."""
+    median_seconds: float | None
+    """Time to review: the verdict's ``decided_at`` minus when the proposal reached the
+    review sink (``published_at``), else when it was proposed (``proposed_at``)."""
+    p90_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TierWork:
+    """The work taken off people's hands, in minutes, at the configured cost per case.
+
+    A case in tier ``auto`` saves ``handling_minutes_per_case``, one in ``review`` saves
+    that less ``review_minutes_per_case``, one in ``human`` saves nothing. Projections use
+    the cost projection's period basis: the candidate's predictions over the span of their
+    events in days (at least one), a month is 30 days.
+    """
+
+    handling_minutes_per_case: float
+    review_minutes_per_case: float
+    auto_share: float | None
+    """Cases the AI handles (or, in shadow, would handle) alone: tier ``auto`` over every
+    assessed prediction."""
+    live_auto_share: float | None
+    """The same over the live decisions only: what is handled alone today."""
+    minutes_saved_live: float
+    """Saved over the assessed live decisions so far."""
+    minutes_saved_per_case: float | None
+    """The mean saving of an assessed prediction, live and shadow: per case once all is live."""
+    daily_volume_live: float
+    """Assessed live decisions per day."""
+    daily_volume_current: float
+    """Predictions per day, as the cost projection counts them."""
+    daily_volume_full: float | None
+    """Events per day at full production (``report.daily_volume``)."""
+    per_day_current: float
+    """Minutes saved per day at the current live traffic."""
+    per_month_current: float
+    per_day_all_live: float | None
+    """At current traffic with every decision live (100 %)."""
+    per_month_all_live: float | None
+    per_day_full: float | None
+    """At full production (``daily_volume``), every decision live."""
+    per_month_full: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TierSection:
+    """A candidate's predictions by tier (``rollout.tiers``), its reviews, and the work the
+    tiers take off people's hands."""
+
+    assessed: int
+    """Predictions given a tier; those not assessed yet are left out of every figure."""
+    live: int
+    shadow: int
+    unassessed: int
+    tiers: tuple[TierFigures, ...]
+    """``auto``, ``review`` and ``human``, in that order, empty ones included."""
+    reviews: ReviewFigures
+    work: TierWork
+
+
 OMIT_EMPTY = {"omit_empty": True}
 """Field metadata: :func:`shadow.reports.values.as_json` leaves the field out when empty,
 so a report without the section reads as it did before the section existed."""
@@ -269,6 +388,9 @@ class OwnerCandidate:
     tools: tuple[ToolRate, ...] = field(default=(), metadata=OMIT_EMPTY)
     """Per tool, when an ``actions`` comparator judged this candidate; else empty (and
     absent from the JSON)."""
+    tiers: TierSection | None = field(default=None, metadata=OMIT_EMPTY)
+    """By tier, when the candidate has a tier policy and predictions assessed under it; else
+    ``None`` (and absent from the JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

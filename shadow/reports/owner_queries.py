@@ -41,6 +41,7 @@ from shadow.reports.owner_model import (
     ViolationExample,
     Withdrawn,
 )
+from shadow.reports.owner_tiers import TierQueries
 from shadow.reports.queries import Key, Queries
 from shadow.store.database import Store
 
@@ -95,6 +96,11 @@ class OwnerQueries(Queries):
     def __init__(self, store: Store, options: OwnerOptions) -> None:
         super().__init__(store)
         self.options = options
+
+    @cached_property
+    def tier_queries(self) -> TierQueries:
+        """The figures by tier (:mod:`shadow.reports.owner_tiers`)."""
+        return TierQueries(self.store)
 
     @cached_property
     def over_time(self) -> dict[Key, list[Day]]:

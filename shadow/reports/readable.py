@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from shadow.reports.owner_model import Completeness, OwnerCandidate
+from shadow.reports.owner_model import Completeness, OwnerCandidate, TierWork
 
 INTERVALS = ("Intervals are 95 % Wilson score intervals over predictions, computed once. "
              "The rollout's gates use an anytime-valid confidence sequence over one vote per "
@@ -50,3 +50,35 @@ def completeness_facts(data: Completeness | None,
                       f"{c.predictions:,}: {c.agreement.n:,} compared, {c.pending:,} pending "
                       f"(no outcome yet), {c.errors.count:,} errors"))
     return facts
+
+
+def duration(seconds: float | None) -> str:
+    """``45 s``, ``12.5 min``, ``3.2 h``, ``1.5 d``: three significant digits; ``–`` for none."""
+    if seconds is None:
+        return "–"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def minutes(value: float | None) -> str:
+    """People's time: ``1,234 min``, or ``–`` for none."""
+    return "–" if value is None else f"{value:,.0f} min"
+
+
+def hours(value_minutes: float | None) -> str:
+    """People's time over a month, in hours: ``205.7 h``, or ``–`` for none."""
+    return "–" if value_minutes is None else f"{value_minutes / 60:,.1f} h"
+
+
+def work_rows(work: TierWork) -> list[tuple[str, float | None, float | None, float | None]]:
+    """The projection of people's time saved, as ``(traffic, decisions per day, minutes per
+    day, minutes per month)``: at the current live traffic, at current traffic all live,
+    and at full production."""
+    return [("current live traffic", work.daily_volume_live, work.per_day_current,
+             work.per_month_current),
+            ("current traffic, 100 % live", work.daily_volume_current, work.per_day_all_live,
+             work.per_month_all_live),
+            ("full production, 100 % live", work.daily_volume_full, work.per_day_full,
+             work.per_month_full)]

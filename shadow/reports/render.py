@@ -19,12 +19,13 @@ from shadow.reports.owner_model import (
     OwnerCandidate,
     OwnerReport,
     Segment,
+    TierSection,
     TierVolume,
     ToolRate,
     Violations,
 )
 from shadow.reports.queries import DeadLetterRow
-from shadow.reports.readable import INTERVALS, completeness_facts
+from shadow.reports.readable import INTERVALS, completeness_facts, duration, hours, minutes
 from shadow.reports.summary import (
     Agreement,
     CandidateSummary,
@@ -236,6 +237,40 @@ def _tier_lines(tiers: Sequence[TierVolume], candidate: OwnerCandidate) -> list[
                                     for t in mine) + "."]
 
 
+def _tier_section_lines(tiers: TierSection | None) -> list[str]:
+    """Per tier: volume live and in shadow, share and agreement; the reviewers' verdicts and
+    time to review; the people's time the tiers save. Nothing without a tier policy."""
+    if tiers is None:
+        return []
+    lines = [f"By tier ({tiers.assessed:,} predictions assessed: {tiers.live:,} live, "
+             f"{tiers.shadow:,} in shadow, what it would have done; agreement with the "
+             "person's outcome, 95 % Wilson):"]
+    for t in tiers.tiers:
+        lines.append(f"- {t.tier}: {t.predictions:,} ({percent(t.share)}; live {t.live:,}, "
+                     f"shadow {t.shadow:,}), agreement {interval(t.agreement)} "
+                     f"(n={t.agreement.n:,})")
+    r = tiers.reviews
+    rates = ", ".join(f"{_VERDICT_WORDS[v.verdict]} {percent(v.rate)} ({v.count:,})"
+                      for v in r.verdicts)
+    if r.proposed or r.decided:
+        lines.append(f"Reviews: {r.decided:,} decided ({rates}); time to review median "
+                     f"{duration(r.median_seconds)}, p90 {duration(r.p90_seconds)}; "
+                     f"{r.open:,} open of {r.live:,} live proposals.")
+    w = tiers.work
+    lines.append(
+        f"Work taken off people's hands: {percent(w.auto_share)} of cases in tier auto "
+        f"(live {percent(w.live_auto_share)}); {minutes(w.minutes_saved_live)} saved so far; "
+        f"per month {hours(w.per_month_current)} at current live traffic, "
+        f"{hours(w.per_month_all_live)} with every decision live, "
+        f"{hours(w.per_month_full)} at full production "
+        f"({w.handling_minutes_per_case:g} min per case handled by a person, "
+        f"{w.review_minutes_per_case:g} min per review).")
+    return lines
+
+
+_VERDICT_WORDS = {"approve": "approved", "edit": "edited", "reject": "rejected"}
+
+
 def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str:
     """The owner's verdict line and next step first, what the data covers, then the
     checklist and key numbers per candidate, for a ticket or chat."""
@@ -274,6 +309,7 @@ def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str
         if below:
             lines.append("Below floor: " + ", ".join(_segment_text(s, baseline) for s in below))
         lines += _tool_lines(candidate.tools)
+        lines += _tier_section_lines(candidate.tiers)
         lines += _tier_lines(report.rollout.tiers, candidate)
         lines.append("")
     if report.candidates:
