@@ -33,7 +33,6 @@ from shadow.reports.owner_model import (
     RolloutSection,
     Segment,
     TierSection,
-    TierVolume,
     TimelineEntry,
     ToolRate,
     Verdict,
@@ -655,7 +654,7 @@ def _label_delays(labels: LabelDelays | None) -> str:
     if labels is None or not labels.by_verdict:
         return ""
     parts = [f"{'agreements' if d.verdict == 'agree' else 'disagreements'}: median "
-             f"{_duration(d.median_seconds)}, 95th percentile {_duration(d.p95_seconds)}"
+             f"{duration(d.median_seconds)}, 95th percentile {duration(d.p95_seconds)}"
              f" ({_count(d.labelled)} keys)" for d in labels.by_verdict]
     warning = (" <strong>Disagreements are labelled later than agreements</strong>: the gates "
                "judge a key only once its label window has passed, and count a key still "
@@ -672,38 +671,15 @@ def _withdrawn(withdrawn: Sequence[Withdrawn]) -> str:
     return f"<p>Live decisions withdrawn, never published: {'; '.join(parts)}.</p>"
 
 
-def _tiers(tiers: Sequence[TierVolume]) -> str:
-    """One line per candidate: how many predictions each tier took."""
-    by_candidate: dict[tuple[str, str | None], list[TierVolume]] = {}
-    for volume in tiers:
-        by_candidate.setdefault((volume.candidate, volume.version), []).append(volume)
-    lines = []
-    for (candidate, version), volumes in by_candidate.items():
-        total = sum(v.count for v in volumes)
-        parts = ", ".join(f"{esc(v.tier)} {_count(v.count)} ({pct(v.count / total)})"
-                          for v in volumes)
-        name = esc(candidate if version is None else f"{candidate} {version}")
-        lines.append(f"<p>Predictions of {name} by tier: {parts}.</p>")
-    return "".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.3g} {unit}"
-    return f"{seconds:.3g} s"
-
-
 def _rollout(rollout: RolloutSection) -> str:
     state = rollout.state
-    if state is None and not rollout.timeline and not rollout.withdrawn and not rollout.tiers:
+    if state is None and not rollout.timeline and not rollout.withdrawn:
         return '<p class="no-data">No rollout configured: the report judges shadow data only.</p>'
     state_html = (_table(["field", "value"],
                          [[esc(f.name), _value(getattr(state, f.name))]
                           for f in dataclasses.fields(state)], set())
                   if state else no_data("rollout state"))
-    state_html += (_label_delays(rollout.labels) + _withdrawn(rollout.withdrawn)
-                   + _tiers(rollout.tiers))
+    state_html += _label_delays(rollout.labels) + _withdrawn(rollout.withdrawn)
     timeline = rollout.timeline
     if not timeline:
         return state_html + no_data("rollout timeline")

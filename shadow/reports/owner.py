@@ -9,7 +9,8 @@ fields are these keys)::
     {"generated_at", "store", "options",
      "candidates": [{"name", "version", "verdict", "agreement", "over_time",
                      "segments", "confusion", "fields", "coverage", "latency",
-                     "errors", "violations", "cost", "disagreements"}],
+                     "errors", "violations", "cost", "disagreements", "tools",
+                     "tiers"}],
      "human_baseline", "rollout"}
 
 Definitions a reader of the numbers needs:
@@ -49,6 +50,34 @@ Definitions a reader of the numbers needs:
   actions left unpaired once actions with equal arguments are paired (then the rest in
   order), at most five each (and no more than ``top_disagreements``), arguments redacted
   like a disagreement's output.
+- ``tiers`` (only for a candidate with a tier policy, ``rollout.tiers``, once the rollout
+  has given its predictions a tier; every candidate with tiers when the report is made
+  without the configuration) counts the predictions given a tier (``assessed``, ``live``,
+  ``shadow``: what shadow would have done; ``unassessed`` are left out of every figure).
+  ``tiers.tiers`` holds ``auto``, ``review`` and ``human`` in that order, each with
+  ``predictions``, ``live``, ``shadow``, ``share`` (of all assessed), ``live_share`` and
+  ``shadow_share`` (of the assessed live, shadow ones), ``agreement`` (its comparisons with
+  the person's outcome, Wilson) and ``rules`` (what chose the tier: ``rules[i]``,
+  ``default``, ``error``, ``abstained``, ``violation``, with ``predictions``).
+  ``tiers.reviews`` counts the proposals of tier review: ``proposed`` (live and shadow,
+  withdrawn included), ``live``, ``shadow``, ``published`` (live ones the review sink
+  received), ``withdrawn``, ``open`` (live, not withdrawn, without a verdict) and
+  ``decided`` (with a verdict); ``verdicts`` are ``approve``, ``edit``, ``reject`` with
+  ``count`` and their share of ``decided`` (Wilson); ``median_seconds`` and
+  ``p90_seconds`` (``quantile_cont``) are the time to review, a verdict's ``decided_at``
+  minus the proposal's ``published_at``, else its ``proposed_at``. ``tiers.work`` is the
+  work taken off people's hands at ``handling_minutes_per_case`` and
+  ``review_minutes_per_case`` (``report:`` keys): a case in tier auto saves the first, one
+  in review the first less the second, one in human nothing. ``auto_share`` is tier auto
+  over all assessed predictions, ``live_auto_share`` over the live ones;
+  ``minutes_saved_live`` is over the assessed live decisions, ``minutes_saved_per_case``
+  the mean over all assessed ones. The projections use the cost projection's basis (the
+  span of the candidate's events in days, at least one; 30-day months):
+  ``per_day_current``/``per_month_current`` at the current live traffic
+  (``daily_volume_live``, assessed live decisions per day), ``per_day_all_live``/
+  ``per_month_all_live`` with every prediction of current traffic live
+  (``daily_volume_current``, as the cost's), ``per_day_full``/``per_month_full`` at
+  ``daily_volume_full`` (``report.daily_volume``), all in minutes.
 - The human baseline looks at keys with outcomes from more than one distinct
   actor: each outcome whose previous outcome (by ``decided_at``) came from a
   different actor makes a pair, agreeing when the two are the same JSON text.
@@ -115,7 +144,7 @@ def owner_report(store: Store, options: OwnerOptions | None = None, *,
             state=latest,
             timeline=q.timeline(latest.rollout) if latest else (),
             labels=q.label_delays(latest.rollout) if latest else None,
-            withdrawn=q.withdrawn(), tiers=q.tier_volumes()),
+            withdrawn=q.withdrawn()),
         completeness=_completeness(q),
     )
 

@@ -487,24 +487,12 @@ class Withdrawn:
 
 
 @dataclass(frozen=True, slots=True)
-class TierVolume:
-    """How many predictions of a rolled-out candidate fell in a tier (``rollout.tiers``)."""
-
-    candidate: str
-    version: str | None
-    tier: str
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
 class RolloutSection:
     state: RolloutState | None
     """The most recently updated rollout; ``None`` when there is none."""
     timeline: tuple[TimelineEntry, ...]
     labels: LabelDelays | None
     withdrawn: tuple[Withdrawn, ...]
-    tiers: tuple[TierVolume, ...] = field(default=(), metadata={"omit_empty": True})
-    """Predictions per tier, auto first; empty before any has a tier."""
 
 
 @dataclass(frozen=True, slots=True)

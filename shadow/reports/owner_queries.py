@@ -34,7 +34,6 @@ from shadow.reports.owner_model import (
     LabelDelays,
     RolloutState,
     SegmentBaseline,
-    TierVolume,
     TimelineEntry,
     ToolRate,
     VerdictDelay,
@@ -357,15 +356,6 @@ class OwnerQueries(Queries):
             "SELECT candidate, version, withdrawn_reason, count(*) FROM predictions "
             "WHERE withdrawn_at IS NOT NULL GROUP BY ALL ORDER BY ALL")
         return tuple(Withdrawn(c, v, r, n) for c, v, r, n in rows)
-
-    def tier_volumes(self) -> tuple[TierVolume, ...]:
-        """Predictions per candidate and tier, auto, review, human in that order
-        (rollout/tiers.py); predictions not yet given a tier are left out."""
-        rows = self._rows(
-            "SELECT candidate, version, tier, count(*) FROM predictions WHERE tier IS NOT NULL "
-            "GROUP BY candidate, version, tier ORDER BY candidate, version, "
-            "CASE tier WHEN 'auto' THEN 0 WHEN 'review' THEN 1 ELSE 2 END")
-        return tuple(TierVolume(c, v, t, n) for c, v, t, n in rows)
 
     def timeline(self, rollout: str) -> tuple[TimelineEntry, ...]:
         rows = self._rows(

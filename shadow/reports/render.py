@@ -20,7 +20,6 @@ from shadow.reports.owner_model import (
     OwnerReport,
     Segment,
     TierSection,
-    TierVolume,
     ToolRate,
     Violations,
 )
@@ -227,16 +226,6 @@ def _segment_text(segment: Segment, baseline: Baseline | None) -> str:
     return text
 
 
-def _tier_lines(tiers: Sequence[TierVolume], candidate: OwnerCandidate) -> list[str]:
-    """How many of the candidate's predictions each tier took, when it has tiers."""
-    mine = [t for t in tiers if (t.candidate, t.version) == (candidate.name, candidate.version)]
-    total = sum(t.count for t in mine)
-    if not total:
-        return []
-    return ["By tier: " + ", ".join(f"{t.tier} {t.count:,} ({percent(t.count / total)})"
-                                    for t in mine) + "."]
-
-
 def _tier_section_lines(tiers: TierSection | None) -> list[str]:
     """Per tier: volume live and in shadow, share and agreement; the reviewers' verdicts and
     time to review; the people's time the tiers save. Nothing without a tier policy."""
@@ -310,7 +299,6 @@ def owner_markdown(report: OwnerReport, drift: DriftReport | None = None) -> str
             lines.append("Below floor: " + ", ".join(_segment_text(s, baseline) for s in below))
         lines += _tool_lines(candidate.tools)
         lines += _tier_section_lines(candidate.tiers)
-        lines += _tier_lines(report.rollout.tiers, candidate)
         lines.append("")
     if report.candidates:
         lines += [INTERVALS, ""]
