@@ -2,7 +2,7 @@
 record maps to them.
 
 ``sources`` of :class:`shadow.config.file.Config` lists what ``shadow run`` consumes
-(export files, Kafka topics, vendor webhooks); ``mapping`` says where each
+(export files, Kafka topics, vendor webhooks, IMAP mailboxes); ``mapping`` says where each
 canonical field sits in a raw record (see :mod:`connectors.mapping`).
 """
 
@@ -139,8 +139,69 @@ class WebhookSourceSpec(Spec):
         return self
 
 
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class ImapSourceSpec(Spec):
+    """A mailbox over IMAP (:mod:`connectors.imap`): new messages of ``folders`` as events
+    (under ``sources.events``), or what a person filed and replied (under
+    ``sources.outcomes``). Exactly one of ``password_env``, ``oauth2_token_env`` and
+    ``oauth2_token_command`` says how it logs in."""
+
+    kind: Literal["imap"]
+    name: str = Field(pattern=r"^[\w.-]+$")
+    """Names the source in logs and its positions file; unique among IMAP sources."""
+    host: str = Field(min_length=1)
+    port: int | None = Field(None, ge=1, le=65535)
+    """993 with ``tls: implicit``, 143 otherwise."""
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    """``none`` only for a server on this machine (127.0.0.1, ::1, localhost)."""
+    ca_file: str | None = None
+    """PEM file of the CA certificates to trust instead of the system's."""
+    username: str = Field(min_length=1)
+    password_env: str | None = None
+    """Environment variable holding the password (an app password for Gmail)."""
+    oauth2_token_env: str | None = None
+    """Environment variable holding an OAuth2 access token (SASL XOAUTH2)."""
+    oauth2_token_command: list[str] | None = Field(None, min_length=1)
+    """A command that prints an OAuth2 access token; run at every connection."""
+    folders: list[str] = Field(default_factory=lambda: ["INBOX"])
+    sent_folder: str | None = None
+    """Outcome sources: where the mailbox's replies are (``Sent``, ``[Gmail]/Sent Mail``,
+    ``Sent Items``)."""
+    headers: list[str] = Field(default_factory=list)
+    """Headers copied into an event's payload, under ``headers``."""
+    start: Literal["all", "new"] = "all"
+    """``all``: read what a folder already holds when first seen; ``new``: only later mail."""
+    idle: bool = True
+    """Wait for new mail with IDLE on the first folder, where the server supports it."""
+    poll_interval: Duration = timedelta(seconds=30)
+    timeout: Duration = timedelta(seconds=30)
+    max_message_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    """A larger message is not fetched; it becomes a dead letter."""
+    max_body_chars: int = Field(20_000, ge=1)
+    positions: str | None = None
+    """The positions file; by default ``<store>.imap-<name>.json`` beside the store."""
+
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> ImapSourceSpec:
+        given = [name for name in ("password_env", "oauth2_token_env", "oauth2_token_command")
+                 if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of password_env, oauth2_token_env and "
+                             f"oauth2_token_command (got {given or 'none'})")
+        if self.tls == "none" and self.host not in _LOOPBACK:
+            raise ValueError(f"tls: none sends the password in clear; it is allowed for a "
+                             f"server on this machine only, not {self.host!r}")
+        if not self.folders and self.sent_folder is None:
+            raise ValueError("folders: give at least one folder (or, for outcomes, "
+                             "sent_folder)")
+        return self
+
+
 SourceSpec = Annotated[
-    FileSourceSpec | KafkaSourceSpec | WebhookSourceSpec, Field(discriminator="kind")
+    FileSourceSpec | KafkaSourceSpec | WebhookSourceSpec | ImapSourceSpec,
+    Field(discriminator="kind"),
 ]
 
 
@@ -160,4 +221,14 @@ class SourcesConfig(Spec):
         if shared:
             raise ValueError(f"each Kafka source needs a consumer group of its own; "
                              f"{shared} is used by more than one")
+        return self
+
+    @model_validator(mode="after")
+    def _one_name_per_imap_source(self) -> SourcesConfig:
+        # The name picks the positions file: two sources would overwrite each other's.
+        names = [s.name for s in [*self.events, *self.outcomes] if s.kind == "imap"]
+        shared = sorted({n for n in names if names.count(n) > 1})
+        if shared:
+            raise ValueError(f"each IMAP source needs a name of its own; {shared} is used "
+                             f"by more than one")
         return self

@@ -35,4 +35,4 @@ def read_report() -> Callable[[Path], dict[str, Any]]:
     return read
 
 
-pytest_plugins = ["tests.kafka"]
+pytest_plugins = ["tests.kafka", "tests.imap_server"]

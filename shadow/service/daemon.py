@@ -241,6 +241,13 @@ class Daemon:
             return KafkaSource(bootstrap=spec.bootstrap, topics=spec.topics,
                                group_id=spec.group, start=Start(spec.start),
                                poll_timeout_s=_KAFKA_POLL_S, options=spec.options)
+        if spec.kind == "imap":
+            from connectors.imap import Role
+            from connectors.imap_config import imap_source
+
+            return imap_source(spec, role=Role(kind + "s"), store_path=self.store_path,
+                               base_dir=self.base_dir, environ=os.environ,
+                               on_arrival=self._wake.set)
         secret = None
         if spec.secret_env is not None:
             secret = os.environ.get(spec.secret_env)
