@@ -8,6 +8,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,19 +18,21 @@ import pytest
 from connectors.kafka import KafkaSink
 from connectors.sinks import Decision, Sink
 from rollout.controller import Controller
-from rollout.runtime import LiveRollout
+from rollout.runtime import LiveRollout, open_rollout
 from rollout.state import Action
 from rollout.tiers import Policy
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.compare.step import compare
 from shadow.config.comparators import ExactSpec
+from shadow.config.file import Config, load_config
 from shadow.config.rollout import RolloutSpec
 from shadow.core.models import Event
 from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
+from tests.http_server import Reply, TestServer
 from tests.rollout.test_live_kafka import consume_all
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -279,3 +282,51 @@ def test_each_tier_on_kafka(kafka_bootstrap: str, tmp_path: Path) -> None:
     human = {f"e{i}" for i, kind in enumerate(KINDS) if TIERS[kind][0] == "human"}
     published = {json.loads(m.value)["event_id"] for m in [*acted, *proposed]}
     assert not human & published
+
+
+def configured(tmp_path: Path, review_sink: str) -> Config:
+    """The desk's configuration as a file, its review sink as given."""
+    config = tmp_path / "desk.yaml"
+    config.write_text(json.dumps({
+        "candidate": {"callable": "tests.rollout.test_review_sink:agent", "name": CANDIDATE,
+                      "version": VERSION},
+        "rollout": {"name": ROLLOUT, "steps": [{"percent": 0}, {"percent": 100}],
+                    "tiers": POLICY, "sink": {"kind": "file", "path": "out/actions.jsonl"},
+                    "review_sink": json.loads(review_sink)}}), encoding="utf-8")
+    return load_config(config)
+
+
+def replay_configured(tmp_path: Path, config: Config) -> None:
+    """Open the configured rollout as a replay does, promote it, replay the events."""
+    clock = SteppingClock(START, timedelta(seconds=30))
+    comparator = build_comparator(ExactSpec())
+    with Store(tmp_path / "s.duckdb") as store, ExitStack() as opened, \
+            CallableCandidate(agent, name=CANDIDATE, version=VERSION) as candidate:
+        assert config.rollout is not None
+        live = open_rollout(config.rollout, store, [candidate], comparator, opened, now=clock)
+        live.controller.command(Action.PROMOTE, actor="dana", reason="test", force=True)
+        Pipeline(store, candidate, comparator, now=clock, rollout=live).run(
+            [ListSource(events())])
+
+
+def test_a_configured_file_review_sink_beside_the_config(tmp_path: Path) -> None:
+    replay_configured(tmp_path, configured(
+        tmp_path, '{"kind": "file", "path": "out/reviews.jsonl"}'))
+    lines = (tmp_path / "out" / "reviews.jsonl").read_bytes().splitlines()
+    assert [without_time(line) for line in lines] == [
+        expected_proposal(i, live=True) for i in REVIEW]
+    acted = (tmp_path / "out" / "actions.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["event_id"] for line in acted] == [f"e{i}" for i in AUTO]
+
+
+def test_a_configured_webhook_review_sink_gets_one_request_per_proposal(
+        tmp_path: Path) -> None:
+    with TestServer(lambda request: Reply(status=204)) as server:
+        replay_configured(tmp_path, configured(
+            tmp_path, json.dumps({"kind": "webhook", "url": server.url + "/reviews"})))
+        received = list(server.requests)
+    assert [r.path for r in received] == ["/reviews"] * len(REVIEW)
+    assert [without_time(r.body) for r in received] == [
+        expected_proposal(i, live=True) for i in REVIEW]
+    assert [r.headers["webhook-id"] for r in received] == [
+        "msg_" + review_id_of(f"e{i}") for i in REVIEW]
