@@ -15,7 +15,8 @@ Before anything is published, every stored prediction of the candidate is given 
 tier (:mod:`rollout.tiers`), in shadow as in live, and the proposals of tier
 ``review`` are stored (:mod:`rollout.reviews`). Only tier ``auto`` reaches the
 action sink; a live proposal goes to the review sink through the same outbox;
-tier ``human`` is never published.
+tier ``human`` is never published. A proposal a person approved or edited reaches the
+action sink through an outbox of its own (:mod:`rollout.verdicts`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from rollout.outbox import withdraw
 from rollout.reviews import Proposal, propose
 from rollout.router import Router
 from rollout.tiers import Policy
+from rollout.verdicts import publish_approved
 from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
 from shadow.config.rollout import NotifySpec, RolloutSpec, SinkSpec
@@ -73,6 +75,8 @@ class LiveRollout:
         """Without one, every usable decision is tier ``auto``."""
         self.review_sink: Sink = review_sink if review_sink is not None else _NoSink.opened()
         self.published = 0
+        self.reviewed = 0
+        """Approved and edited proposals published to the action sink."""
         self.proposed = 0
         """Live proposals the review sink took."""
         self.live = 0
@@ -123,6 +127,8 @@ class LiveRollout:
                      at=c.now(), older_than=c.now() - max_age)
         sent = self._publish_decisions()
         self.proposed += self._publish_proposals()
+        self.reviewed += publish_approved(self.store, self.sink, rollout=c.rollout, now=c.now,
+                                          batch=self.publish_batch)
         return sent
 
     def assess_pending(self) -> int:

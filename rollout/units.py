@@ -21,6 +21,9 @@ Two rules keep the counts honest on real traffic:
 * **Independent outcomes only.** A unit routed live (the AI acted) is judged
   only by an outcome from a source declared independent
   (``rollout.independent_sources``); otherwise the outcome may echo the AI.
+  A review verdict (outcome source ``review``) is independent only where reviewers
+  did not see the proposal's confidence (``rollout.tiers.reviewers_blind``); else it
+  is anchored on the proposal and left out, whatever the patterns say.
   Units of the shadow share, the holdout and the review sample always count.
 
 The counts live in memory (:class:`rollout.ledger.Ledger`) and move by the
@@ -52,6 +55,7 @@ from rollout.unit_store import LabelDelay, Progress, stored_label_delays
 from shadow.config.rollout import RolloutSpec, Unit
 from shadow.core.models import Event
 from shadow.store.database import Store
+from shadow.store.verdicts import REVIEW_SOURCE
 
 __all__ = ["LabelDelay", "Progress", "SegmentUnits", "UnitCounts", "Units",
            "stored_label_delays"]
@@ -126,6 +130,7 @@ class Units:
     def __init__(self, store: Store, plan: RolloutSpec, *, rollout: str, comparator: str) -> None:
         self.store, self.plan = store, plan
         self.rollout, self.comparator = rollout, comparator
+        self.independent = Independence.of(plan)
         self._ledger: Ledger | None = None
         self._progress: Progress | None = None
         self._notes: dict[str, tuple[str, float, tuple[Segment, ...]]] = {}
@@ -290,7 +295,7 @@ class Units:
             return progress
         events = self._events([r[0] for r in rows if not (r[3] or r[4])],
                               {**self._params(state), "since": since})
-        tally, eligible_live = ledger.tally, bool(self.plan.independent_sources)
+        tally, eligible_live = ledger.tally, bool(self.independent)
         for event_id, apart, _, errored, abstained, violated, latency in rows:
             tally.predictions += 1
             tally.errors += errored
@@ -352,8 +357,7 @@ class Units:
             if found is None:
                 continue
             key, occurred = found
-            independent = bool(sources) and _independent(sources.get((key, decided)),
-                                                         self.plan.independent_sources)
+            independent = bool(sources) and self.independent(sources.get((key, decided)))
             if ledger.label(event_id, agree, decided.timestamp(), occurred, independent):
                 labels.append((key, event_id, agree, decided, occurred, independent))
         if not rows:
@@ -365,7 +369,7 @@ class Units:
 
     def _sources(self, ledger: Ledger, rows: list[tuple[Any, ...]]) -> dict[tuple[str, Any], str]:
         """The outcome source of each comparison's decision, when sources can matter."""
-        if not self.plan.independent_sources:
+        if not self.independent:
             return {}
         keys = sorted({ledger.events[r[0]][0] for r in rows if r[0] in ledger.events})
         return {(k, d): s for k, d, s in self.store.db.execute(
@@ -439,8 +443,28 @@ def _stored_segments(text: str) -> tuple[Segment, ...]:
     return _segments(orjson.loads(text))
 
 
-def _independent(source: str | None, patterns: Sequence[str]) -> bool:
-    return source is not None and any(fnmatch.fnmatchcase(source, p) for p in patterns)
+@dataclass(frozen=True, slots=True)
+class Independence:
+    """Which outcome sources judge live units: those ``rollout.independent_sources``
+    matches, and review verdicts only where reviewers are blind to the confidence."""
+
+    patterns: tuple[str, ...]
+    reviews: bool
+
+    @classmethod
+    def of(cls, plan: RolloutSpec) -> Independence:
+        blind = plan.tiers is not None and plan.tiers.reviewers_blind
+        return cls(tuple(plan.independent_sources), blind)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns) or self.reviews
+
+    def __call__(self, source: str | None) -> bool:
+        if source is None:
+            return False
+        if source == REVIEW_SOURCE:
+            return self.reviews
+        return any(fnmatch.fnmatchcase(source, p) for p in self.patterns)
 
 
 def _finite(value: float) -> float | None:

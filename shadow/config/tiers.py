@@ -137,6 +137,9 @@ class TiersSpec(Spec):
     """Dotted payload paths of the event's fields a reviewer sees beside a proposal."""
     redact: list[str] | None = None
     """Payload paths replaced by ``[redacted]`` in the evidence; ``report.redact`` by default."""
+    reviewers_blind: bool = False
+    """Reviewers do not see the proposal's confidence: their verdicts count as independent
+    human outcomes for the gates. Otherwise they are anchored on the proposal and left out."""
 
     @model_validator(mode="after")
     def _every_rule_reachable(self) -> TiersSpec:

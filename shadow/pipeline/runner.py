@@ -27,6 +27,7 @@ from shadow.compare.comparators import Comparator
 from shadow.compare.step import compare
 from shadow.core import logs
 from shadow.core.models import Event, Outcome, RecordKind, utc_now
+from shadow.pipeline.verdicts import VerdictMapper, take_verdicts
 from shadow.store.database import Store
 from shadow.store.writes import (
     Duplicate,
@@ -71,6 +72,10 @@ class ReplaySummary:
     outcome_dead_letters: int = 0
     outcomes_skipped: int = 0
     """Records of outcome sources that ``mapping.outcomes.when`` left out."""
+    verdicts_read: int = 0
+    verdicts_taken: int = 0
+    """Review verdicts stored, or the same as one stored (a record read again)."""
+    verdict_dead_letters: int = 0
     compared: int = 0
     agreed: int = 0
     deferred: int = 0
@@ -104,6 +109,7 @@ class Pipeline:
         *,
         event_mapper: EventMapper | None = None,
         outcome_mapper: OutcomeMapper | None = None,
+        verdict_mapper: VerdictMapper | None = None,
         batch_size: int = 20_000,
         now: Callable[[], datetime] = utc_now,
         progress: Progress | None = None,
@@ -119,6 +125,7 @@ class Pipeline:
         self.comparator = comparator
         self.event_mapper = event_mapper or EventMapper()
         self.outcome_mapper = outcome_mapper or OutcomeMapper()
+        self.verdict_mapper = verdict_mapper or VerdictMapper()
         self.batch_size = batch_size
         self.now = now
         self.progress = progress
@@ -138,12 +145,12 @@ class Pipeline:
 
     def run(
         self, events: Sequence[Source], outcomes: Sequence[Source] = (), *,
-        retry_errors: bool = False,
+        verdicts: Sequence[Source] = (), retry_errors: bool = False,
     ) -> ReplaySummary:
         """Ingest the sources, predict, compare; with ``retry_errors`` also predict again
         every stored event whose prediction by a candidate ended in an error."""
         started = self.now()
-        feeds = self.feeds(events, outcomes)
+        feeds = self.feeds(events, outcomes, verdicts)
         if self.rollout is not None:
             # Live traffic interleaves events and outcomes; the gates need both as they come.
             self._drain_together(feeds)
@@ -183,7 +190,8 @@ class Pipeline:
                 gc.collect(1)  # the batch is unreachable by now: this is cheap
 
     def feeds(
-        self, events: Sequence[Source], outcomes: Sequence[Source] = ()
+        self, events: Sequence[Source], outcomes: Sequence[Source] = (),
+        verdicts: Sequence[Source] = (),
     ) -> list[tuple[Source, Prepare]]:
         """Each source with what turns its records into a write batch.
 
@@ -192,7 +200,8 @@ class Pipeline:
         """
         self._look_up_stored = not self.remember_ids or self.store.count("events") > 0
         found: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
-        return found + [(s, self._prepare_outcomes) for s in outcomes]
+        found += [(s, self._prepare_outcomes) for s in outcomes]
+        return found + [(s, self._prepare_verdicts) for s in verdicts]
 
     def pump(self, feeds: Sequence[tuple[Source, Prepare]]) -> int:
         """One batch from each open source that is not exhausted; returns the records read.
@@ -351,6 +360,16 @@ class Pipeline:
             s.outcome_duplicates += len(mapped) - counts.outcomes
 
         return WriteBatch(outcomes=list(unique.values()), dead_letters=dead), done
+
+    def _prepare_verdicts(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
+        """Review verdicts are stored here, in a transaction of their own (they change the
+        reviews they decide); what is left to write are the dead letters."""
+        taken, dead = take_verdicts(self.store, records, self.verdict_mapper, self.now())
+        s = self.summary
+        s.verdicts_read += len(records)
+        s.verdicts_taken += taken
+        s.verdict_dead_letters += len(dead)
+        return WriteBatch(dead_letters=dead), None
 
 
 def _log_failures(predictions: list[Any], events: list[Event]) -> None:
