@@ -50,7 +50,8 @@ class ReviewedAction(Decision):
     decided_at: datetime
 
     @classmethod
-    def of(cls, approved: Approved) -> ReviewedAction:
+    def approved(cls, approved: Approved) -> ReviewedAction:
+        """The action request of a stored approved or edited proposal."""
         p = approved.proposal
         return cls(event_id=p["event_id"], key=p["key"], candidate=p["candidate"],
                    version=p["version"], output=approved.output, rollout=p["rollout"],
@@ -90,7 +91,7 @@ def publish_approved(store: Store, sink: Sink, *, rollout: str, now: Callable[[]
         waiting = verdicts.unpublished(store, rollout, batch)
         if not waiting:
             return sent
-        actions = [ReviewedAction.of(a) for a in waiting]
+        actions = [ReviewedAction.approved(a) for a in waiting]
         try:
             sink.publish(actions)
         except SinkError as exc:
