@@ -55,6 +55,7 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
     specs = config.all_candidates()
     checked = frozenset(c.resolved_name for c in specs if c.checks) if specs else None
     tiered = _tiered(config)
+    tiers = config.rollout.tiers if config.rollout is not None else None
     return OwnerOptions(
         threshold=threshold, max_error_rate=max_error_rate, max_p95_latency_ms=p95,
         min_compared=spec.min_compared, segment_min_samples=spec.segment_min_samples,
@@ -62,6 +63,7 @@ def owner_options(config: Config, *, now: Callable[[], datetime] = utc_now) -> O
         top_disagreements=spec.top_disagreements, top_violations=spec.top_violations,
 
         max_violation_rate=violations, checked=checked, tiered=tiered,
+        tier_rules=tuple(rule.text() for rule in tiers.rules) if tiers is not None else (),
         handling_minutes_per_case=spec.handling_minutes_per_case,
         review_minutes_per_case=spec.review_minutes_per_case,
         prediction_label=comparator.prediction_path, outcome_label=comparator.outcome_path,

@@ -31,6 +31,7 @@ from shadow.reports.owner_model import (
     OwnerLatency,
     OwnerReport,
     RolloutSection,
+    RuleCount,
     Segment,
     TierSection,
     TimelineEntry,
@@ -509,12 +510,21 @@ def _tier_section(tiers: TierSection | None) -> str:
     rows = [[esc(t.tier), _count(t.predictions), pct(t.share), _count(t.live),
              pct(t.live_share), _count(t.shadow), pct(t.shadow_share),
              f"{_interval(t.agreement)} (n={_count(t.agreement.n)})",
-             esc(", ".join(f"{r.rule} {r.predictions:,}" for r in t.rules)) or "–"]
+             _chosen_by(t.rules)]
             for t in tiers.tiers]
     table = _table(["tier", "predictions", "share", "live", "live share", "shadow",
                     "shadow share", "agreement (95 % Wilson)", "chosen by"], rows,
                    {1, 2, 3, 4, 5, 6, 7})
     return ("<h3>Tiers</h3>" + intro + table + _reviews(tiers) + _work(tiers))
+
+
+def _chosen_by(rules: Sequence[RuleCount]) -> str:
+    """What chose the tier, one line each: ``rules[0] tool add_tag → auto: 44``."""
+    if not rules:
+        return "–"
+    return "".join(f"<div>{esc(r.rule)}"
+                   + (f' <span class="muted">{esc(r.text)}</span>' if r.text else "")
+                   + f": {_count(r.predictions)}</div>" for r in rules)
 
 
 def _unassessed(count: int) -> str:

@@ -48,6 +48,9 @@ class OwnerOptions:
     """Names of the candidates with a tier policy (``rollout.tiers``), whose report has a
     section by tier; ``None`` when not known (a report made without the configuration):
     then every candidate with predictions given a tier has one."""
+    tier_rules: tuple[str, ...] = ()
+    """The tier policy's rules as people read them, in order (``tool add_tag → auto``), to
+    say what ``rules[i]`` is; empty when not known."""
     handling_minutes_per_case: float = 10.0
     """What a case handled by a person costs, in minutes: the saving of a case in tier
     ``auto``."""

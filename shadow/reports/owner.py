@@ -58,7 +58,8 @@ Definitions a reader of the numbers needs:
   ``predictions``, ``live``, ``shadow``, ``share`` (of all assessed), ``live_share`` and
   ``shadow_share`` (of the assessed live, shadow ones), ``agreement`` (its comparisons with
   the person's outcome, Wilson) and ``rules`` (what chose the tier: ``rules[i]``,
-  ``default``, ``error``, ``abstained``, ``violation``, with ``predictions``).
+  ``default``, ``error``, ``abstained``, ``violation``, with ``predictions`` and ``text``:
+  the configured rule as people read it, or the reason; ``None`` when not known).
   ``tiers.reviews`` counts the proposals of tier review: ``proposed`` (live and shadow,
   withdrawn included), ``live``, ``shadow``, ``published`` (live ones the review sink
   received), ``withdrawn``, ``open`` (live, not withdrawn, without a verdict) and

@@ -219,6 +219,9 @@ class RuleCount:
 
     rule: str
     predictions: int
+    text: str | None = None
+    """The rule as people read it, from the configured policy (``tool add_tag → auto``);
+    why, for the choices that are not a rule; ``None`` when not known."""
 
 
 @dataclass(frozen=True, slots=True)

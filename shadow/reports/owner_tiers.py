@@ -14,7 +14,7 @@ it did before tiers existed.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -35,6 +35,10 @@ from shadow.store.database import Store
 TIERS = ("auto", "review", "human")
 """From least to most careful (``shadow.config.tiers.Tier``), the order they are shown in."""
 VERDICTS = ("approve", "edit", "reject")
+REASONS = {"default": "no rule matched (the policy's default)",
+           "error": "the call failed", "abstained": "the candidate abstained",
+           "violation": "the output violated a hard constraint"}
+"""What chose a tier when no rule did (``rollout.tiers``), as people read it."""
 DAYS_PER_MONTH = 30
 """As the cost projection counts a month (``shadow.reports.owner``)."""
 
@@ -175,8 +179,8 @@ def tier_section(queries: TierQueries, options: OwnerOptions, key: Key,
         return None
     live = sum(t.live for t in tallies.values())
     shadow = sum(t.shadow for t in tallies.values())
-    figures = tuple(_figures(tier, tallies.get(tier, TierTally()), live, shadow)
-                    for tier in TIERS)
+    figures = tuple(_figures(tier, tallies.get(tier, TierTally()), live, shadow,
+                             options.tier_rules) for tier in TIERS)
     return TierSection(
         assessed=live + shadow, live=live, shadow=shadow,
         unassessed=queries.unassessed.get(key, 0), tiers=figures,
@@ -188,7 +192,17 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _figures(tier: str, tally: TierTally, live: int, shadow: int) -> TierFigures:
+def _explained(rule: RuleCount, texts: tuple[str, ...]) -> RuleCount:
+    """``rule`` with its text: the configured rule's for ``rules[i]``, else the reason."""
+    if rule.rule.startswith("rules[") and rule.rule.endswith("]"):
+        index = rule.rule[len("rules["):-1]
+        known = index.isdigit() and int(index) < len(texts)
+        return replace(rule, text=texts[int(index)] if known else None)
+    return replace(rule, text=REASONS.get(rule.rule))
+
+
+def _figures(tier: str, tally: TierTally, live: int, shadow: int,
+             texts: tuple[str, ...]) -> TierFigures:
     n = tally.live + tally.shadow
     return TierFigures(
         tier=tier, predictions=n, live=tally.live, shadow=tally.shadow,
@@ -196,7 +210,7 @@ def _figures(tier: str, tally: TierTally, live: int, shadow: int) -> TierFigures
         shadow_share=_share(tally.shadow, shadow),
         agreement=OwnerAgreement(*wilson(tally.agreed, tally.compared), n=tally.compared,
                                  agreed=tally.agreed),
-        rules=tally.rules)
+        rules=tuple(_explained(rule, texts) for rule in tally.rules))
 
 
 def _reviews(tally: ReviewTally) -> ReviewFigures:

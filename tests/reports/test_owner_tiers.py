@@ -49,6 +49,10 @@ UNASSESSED = 6
 HANDLING, REVIEWING = 12.0, 3.0
 DAILY_VOLUME = 5000.0
 TIERS = ("auto", "review", "human")
+RULES = ("tool add_tag → auto", "tool send_reply; 0.8 <= confidence <= 1 → review")
+"""The policy's rules as the configuration would give them (``TierRule.text``)."""
+WHY = {"rules[0]": RULES[0], "rules[1]": RULES[1],
+       "default": "no rule matched (the policy's default)", "error": "the call failed"}
 
 
 @dataclass
@@ -164,7 +168,8 @@ def options(**changes: Any) -> OwnerOptions:
     chosen: dict[str, Any] = {"now": lambda: FIXED, "tiered": frozenset({CANDIDATE}),
                               "handling_minutes_per_case": HANDLING,
                               "review_minutes_per_case": REVIEWING,
-                              "daily_volume": DAILY_VOLUME, **changes}
+                              "daily_volume": DAILY_VOLUME, "tier_rules": RULES,
+                              **changes}
     return OwnerOptions(**chosen)
 
 
@@ -197,7 +202,7 @@ def expected_tier(tier: str) -> dict[str, Any]:
     compared = [c for c in mine if c.agree is not None]
     agreed = sum(1 for c in compared if c.agree)
     rate, low, high = wilson(agreed, len(compared))
-    rules = Counter(c.rule for c in mine)
+    rules = Counter(c.rule or "" for c in mine)
     return {
         "tier": tier, "predictions": len(mine),
         "live": sum(1 for c in mine if c.live), "shadow": sum(1 for c in mine if not c.live),
@@ -206,7 +211,7 @@ def expected_tier(tier: str) -> dict[str, Any]:
         "shadow_share": sum(1 for c in mine if not c.live) / len(shadow),
         "agreement": {"rate": rate, "low": low, "high": high, "n": len(compared),
                       "agreed": agreed, "method": "wilson", "unit": "prediction"},
-        "rules": [{"rule": rule, "predictions": n}
+        "rules": [{"rule": rule, "predictions": n, "text": WHY[rule]}
                   for rule, n in sorted(rules.items(), key=lambda r: (-r[1], r[0]))],
     }
 
@@ -359,6 +364,9 @@ def test_html_shows_the_tiers_next_to_the_cost(report: OwnerReport) -> None:
             ("full production, 100\u00a0% live", DAILY_VOLUME, w["per_month_full"])):
         assert (f"<td>{label}</td><td class=\"num\">{int(volume):,}</td>") in mine
         assert f"{month / 60:,.1f} h</td>" in mine
+    auto = expected_tier("auto")
+    assert (f'<div>rules[0] <span class="muted">tool add_tag → auto</span>: '
+            f'{auto["predictions"]:,}</div>') in mine
     (other,) = [c for c in page.split('<section class="candidate">') if f"<h2>{OTHER}" in c]
     assert "<h3>Tiers</h3>" not in other
 
@@ -404,9 +412,13 @@ def test_the_costs_per_case_come_from_the_report_section() -> None:
 
 def test_only_the_rolled_out_candidate_with_tiers_is_tiered() -> None:
     base = {"version": 1, "candidate": {"callable": "app.triage:predict", "name": "triage"}}
-    rollout = {"steps": [{"percent": 0}], "tiers": {"default": "human"}}
+    rollout = {"steps": [{"percent": 0}], "tiers": {"default": "human", "rules": [
+        {"tool": "add_tag", "tier": "auto"},
+        {"label": "spam", "confidence": {"at_least": 0.9}, "tier": "auto"}]}}
     assert owner_options(parse_config(base)).tiered == frozenset()
-    assert owner_options(parse_config({**base, "rollout": rollout})).tiered == frozenset({"triage"})
+    tiered = owner_options(parse_config({**base, "rollout": rollout}))
+    assert tiered.tiered == frozenset({"triage"})
+    assert tiered.tier_rules == ("tool add_tag → auto", "label spam; 0.9 <= confidence <= 1 → auto")
     without = {**rollout}
     del without["tiers"]
     assert owner_options(parse_config({**base, "rollout": without})).tiered == frozenset()
@@ -429,6 +441,8 @@ def test_a_replay_in_shadow_under_a_tier_policy_reports_what_each_tier_would_hav
     human = Counter(rule for tier, rule in kinds if tier == "human")
     (shown,) = [t for t in candidate.tiers.tiers if t.tier == "human"]
     assert {r.rule: r.predictions for r in shown.rules} == human
+    assert {r.rule: r.text for r in shown.rules} == {
+        rule: "the call failed" if rule == "error" else None for rule in human}
     reviewed = candidate.tiers.reviews
     assert (reviewed.proposed, reviewed.live, reviewed.shadow, reviewed.open,
             reviewed.decided) == (3, 0, 3, 0, 0)
