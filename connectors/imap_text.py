@@ -37,6 +37,8 @@ class _TextParser(HTMLParser):
             self._skipping += 1
         elif tag == "br":
             self._end_line(keep_empty=True)
+        elif tag in ("td", "th") and self._line:
+            self._line.append(" ")  # cells of a row side by side
         elif tag in _BLOCKS:
             self._end_line()
             if tag == "blockquote":
