@@ -369,3 +369,19 @@ def test_a_missing_password_variable_names_the_key(
         imap_source(spec(imap_server, username="x@example.com", password_env="IMAP_PW"),
                     role=Role.EVENTS, store_path=tmp_path / "s.duckdb", base_dir=tmp_path,
                     environ={})
+
+
+def test_the_example_configuration_builds_its_sources(tmp_path: Path) -> None:
+    from shadow.config.file import load_config
+
+    example = Path(__file__).resolve().parents[2] / "configs" / "inbox-triage.yaml"
+    config = load_config(example)
+    built = [imap_source(s, role=role, store_path=tmp_path / "inbox.duckdb", base_dir=tmp_path,
+                         environ={"SUPPORT_IMAP_PASSWORD": "app-password"})
+             for role, specs in ((Role.EVENTS, config.sources.events),
+                                 (Role.OUTCOMES, config.sources.outcomes))
+             for s in specs if isinstance(s, ImapSourceSpec)]
+    assert [(s.name, s.role, s.folders, s.server.port) for s in built] == [
+        ("imap:support-inbox", Role.EVENTS, ["INBOX"], 993),
+        ("imap:support-filed", Role.OUTCOMES, ["Billing", "Sales", "Shipping",
+                                                "[Gmail]/Sent Mail"], 993)]
