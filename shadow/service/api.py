@@ -25,9 +25,10 @@ every JSON answer is built through them: the description's schemas are theirs.
 
 Status codes: 200; 400 a malformed request, a missing reason, a configuration
 error; 401/403 as above; 404 an unknown route or action, or an event (or a
-candidate's prediction of it) the store does not have; 405 (with ``Allow``) a
-method a known route does not take; 409 a refused transition
-(``rollout.state.Refused``) or a backup name already taken; 500 anything
+candidate's prediction of it) the store does not have, or a review it does not
+have; 405 (with ``Allow``) a method a known route does not take; 409 a refused
+transition (``rollout.state.Refused``), a backup name already taken, or a verdict
+for a review that has another one or was withdrawn; 500 anything
 unexpected, an answer the models refuse included (the body says only that, the
 daemon's log has the traceback); 503 not ready. Error bodies are always
 ``{"error": "…"}``.
@@ -57,6 +58,7 @@ from shadow.service.api_models import (
     COMMANDS,
     DEAD_LETTERS_MAX,
     REPORT_TYPES,
+    REVIEWS_MAX,
     Backup,
     BackupRequest,
     CommandResult,
@@ -66,13 +68,17 @@ from shadow.service.api_models import (
     Health,
     Readiness,
     ReportRequest,
+    Reviews,
+    ReviewVerdict,
     RolloutStatus,
     Transition,
+    VerdictRequest,
 )
 from shadow.service.api_tokens import ApiToken, Tokens
 from shadow.service.control import Control
 from shadow.service.openapi import openapi, public_operations, required_scopes
 from shadow.store.backup import BackupExists
+from shadow.store.verdicts import ProblemKind, VerdictRefused
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +89,9 @@ METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _MAX_BODY = 64 * 1024
 _UNLIMITED = 2**62
 _TOKEN = web.RequestKey("token", ApiToken)
+_REFUSED = {ProblemKind.UNKNOWN: 404, ProblemKind.DECIDED: 409, ProblemKind.CLOSED: 409,
+            ProblemKind.INVALID: 400}
+"""The status of each reason a verdict is refused."""
 
 
 class ApiState(enum.Enum):
@@ -244,6 +253,8 @@ class ApiServer:
         app.router.add_get("/report", self._get_report, allow_head=False)
         app.router.add_get("/dead-letters", self._dead_letters, allow_head=False)
         app.router.add_get("/events/{event_id}", self._event, allow_head=False)
+        app.router.add_get("/reviews", self._reviews, allow_head=False)
+        app.router.add_post("/reviews/{review_id}/verdict", self._review_verdict)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
         app.router.add_post("/backup", self._backup)
         return app
@@ -385,6 +396,26 @@ class ApiServer:
         except (EventNotFound, PredictionNotFound) as exc:
             raise _HttpError(404, str(exc)) from exc
         return _answer(EventView.model_validate(found))
+
+    async def _reviews(self, request: web.Request) -> web.Response:
+        status = request.query.get("status", "open")
+        if status != "open":
+            raise _HttpError(400, f"status: only open reviews are listed, got {status!r}")
+        limit = _limit(request, default=50, maximum=REVIEWS_MAX)
+        assert limit is not None
+        rows = await self._call(self.control.reviews, limit)
+        return _answer(Reviews.model_validate({"reviews": rows}))
+
+    async def _review_verdict(self, request: web.Request) -> web.Response:
+        body = (await _body(request, VerdictRequest)).root
+        try:
+            found = await self._call(
+                self.control.review_verdict, request.match_info["review_id"],
+                verdict=body.verdict, output=body.output, reviewer=body.reviewer,
+                token=request[_TOKEN].name)
+        except VerdictRefused as exc:
+            raise _HttpError(_REFUSED[exc.problem.kind], str(exc)) from exc
+        return _answer(ReviewVerdict.model_validate(found))
 
     async def _backup(self, request: web.Request) -> web.Response:
         body = await _body(request, BackupRequest)

@@ -19,7 +19,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from rollout.gates import Phase
@@ -33,6 +41,7 @@ REASON_REQUIRED = (Action.ROLLBACK.value, Action.ABORT.value)
 REPORT_TYPES = {"json": "application/json", "markdown": "text/markdown",
                 "table": "text/plain", "html": "text/html"}
 DEAD_LETTERS_MAX = 1000
+REVIEWS_MAX = 1000
 
 _NOT_BLANK = r"\S"
 # What shadow.store.backup.check_name accepts: not starting with '.' or '~', no drive
@@ -136,6 +145,37 @@ class BackupRequest(_Request):
                     f"starting with '.' or '~', no control character, at most {NAME_MAX} "
                     f"bytes in UTF-8",
         json_schema_extra={"pattern": _BACKUP_NAME})
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise PydanticCustomError("edit_output", "an edit needs the edited output")
+    return value
+
+
+class _Verdict(_Request):
+    reviewer: str | None = Field(None, description="who decided (default: the token's name)")
+
+
+class Decide(_Verdict):
+    """Approve the proposal as it is (its output is published), or reject it (nothing is)."""
+
+    verdict: Literal["approve", "reject", "approved", "rejected"]
+    output: Any = Field(None, description="ignored: an approve publishes the proposal's output")
+
+
+class Edit(_Verdict):
+    """Publish the reviewer's output instead of the proposal's."""
+
+    verdict: Literal["edit", "edited"]
+    output: Annotated[Any, AfterValidator(_not_null)] = Field(
+        description="the edited output, published as it is",
+        json_schema_extra={"not": {"type": "null"}})
+
+
+class VerdictRequest(RootModel[Annotated[Decide | Edit, Field(discriminator="verdict")]]):
+    """The body of ``POST /reviews/{review_id}/verdict``: approve, edit (with the edited
+    output) or reject."""
 
 
 # -- answers -----------------------------------------------------------------------------
@@ -248,6 +288,41 @@ class CommandResult(_Answer):
     state: CommandState
 
 
+class Review(_Answer):
+    """A live proposal waiting for its verdict (``shadow.store.verdicts.open_reviews``)."""
+
+    review_id: str
+    event_id: str
+    key: str
+    candidate: str
+    version: str | None
+    rollout: str
+    step: int | None
+    proposed_at: str = Field(description="ISO 8601")
+    published_at: str | None = Field(description="ISO 8601: when the review sink took it")
+    proposal: dict[str, Any] = Field(description="the message the review sink received: the "
+                                                 "output, confidence, actions and evidence")
+
+
+class Reviews(_Answer):
+    reviews: list[Review]
+
+
+class ReviewVerdict(_Answer):
+    """The verdict a review has: the one just given, or the same one given before."""
+
+    review_id: str
+    verdict: Literal["approve", "edit", "reject"]
+    status: Literal["approved", "edited", "rejected"]
+    output: Any = Field(description="what is published: the proposal's output, the edit, or "
+                                    "null for a reject")
+    reviewer: str | None
+    decided_at: str = Field(description="ISO 8601")
+    source: str = Field(description="where the verdict came from: api:<token name>, or a "
+                                    "verdict source")
+    published_at: str | None = Field(description="ISO 8601: when the action sink took it")
+
+
 class DeadLetter(_Answer):
     kind: RecordKind
     source: str
@@ -327,6 +402,7 @@ class EventView(_Answer):
 
 
 REQUESTS: tuple[type[BaseModel], ...] = (Command, ReasonedCommand, PromoteCommand,
-                                         ReportRequest, BackupRequest)
+                                         ReportRequest, BackupRequest, VerdictRequest)
 ANSWERS: tuple[type[BaseModel], ...] = (Error, Health, Readiness, RolloutStatus, Transition,
-                                        CommandResult, DeadLetters, Backup, EventView)
+                                        CommandResult, DeadLetters, Backup, EventView, Reviews,
+                                        ReviewVerdict)

@@ -81,6 +81,23 @@ class Control(Protocol):
         """Prometheus text exposition format."""
         ...
 
+    def reviews(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest ``limit`` live proposals without a verdict, with their evidence
+        (``shadow.store.verdicts.open_reviews``), as ``api_models.Review`` reads them."""
+        ...
+
+    def review_verdict(self, review_id: str, *, verdict: str, output: Any,
+                       reviewer: str | None, token: str) -> dict[str, Any]:
+        """Store a reviewer's verdict (``reviewer`` defaults to ``token``, the name of the
+        token it came with) and publish what it lets through; the review's verdict as
+        ``api_models.ReviewVerdict`` reads it (the same verdict again is answered alike).
+
+        Raises:
+            shadow.store.verdicts.VerdictRefused: an unknown review (HTTP 404), one with
+                another verdict or withdrawn (HTTP 409), an edit without output (HTTP 400).
+        """
+        ...
+
     def backup(self, name: str, *, token: str) -> dict[str, Any]:
         """Copy the store to the new file ``name`` in the daemon's backup folder
         (``daemon.jobs.backup_dir``); ``Backup.as_dict`` of the copy.

@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,7 @@ from shadow.core.models import utc_now
 from shadow.pipeline.readiness import remember
 from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.pipeline.source_guard import GuardedSource, SourceStatus
+from shadow.pipeline.verdicts import VerdictMapper
 from shadow.service.api_tokens import Tokens, load_tokens
 from shadow.service.control import DaemonFile, DaemonLock
 from shadow.service.jobs import Job, Jobs, apply_retention, checkpoint, write_reports
@@ -204,6 +206,7 @@ class Daemon:
             raise ConfigError("sources.events: the daemon needs at least one event source")
         events = [_guarded(self._source(spec, "event")) for spec in config.sources.events]
         outcomes = [_guarded(self._source(spec, "outcome")) for spec in config.sources.outcomes]
+        verdicts = [_guarded(self._source(spec, "verdict")) for spec in config.sources.verdicts]
         if self.config.rollout is not None:
             from rollout.runtime import open_rollout
 
@@ -214,10 +217,11 @@ class Daemon:
             store, candidates, self.comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
+            verdict_mapper=VerdictMapper(config.mapping.verdicts),
             batch_size=config.store.batch_size, now=self.now, rollout=self.live,
             progress=self.runtime.progress if self.runtime is not None else None,
             evaluate_each_batch=False, remember_ids=False)
-        for source in [*events, *outcomes]:
+        for source in [*events, *outcomes, *verdicts]:
             stack.enter_context(source)
             self._sources.append(source)
         webhook_sources = [s for s in self._sources if isinstance(s, WebhookSource)]
@@ -230,7 +234,7 @@ class Daemon:
                 max_connections=spec.max_connections)
             self.webhooks.start()
             stack.callback(self.webhooks.stop)
-        return self.pipeline.feeds(events, outcomes)
+        return self.pipeline.feeds(events, outcomes, verdicts)
 
     def _source(self, spec: SourceSpec, kind: str) -> Source:
         if spec.kind == "file":
@@ -497,6 +501,38 @@ class Daemon:
         store = self.store
         return str(self.call(lambda: render_metrics(store, runtime=self.runtime)))
 
+    def reviews(self, limit: int) -> list[dict[str, Any]]:
+        from shadow.store.verdicts import open_reviews
+
+        assert self.store is not None
+        store = self.store
+        return [{**asdict(r), "proposed_at": r.proposed_at.isoformat(),
+                 "published_at": _iso(r.published_at)}
+                for r in self.call(lambda: open_reviews(store, limit=limit))]
+
+    def review_verdict(self, review_id: str, *, verdict: str, output: Any,
+                       reviewer: str | None, token: str) -> dict[str, Any]:
+        from shadow.store.verdicts import Verdict, decide, stored_verdict
+
+        assert self.store is not None
+        store = self.store
+        given = (reviewer or "").strip() or token
+
+        def store_and_publish() -> Any:
+            now = self.now()
+            found = decide(store, Verdict(review_id, verdict, output, given, now,
+                                          f"api:{token}", None), received_at=now)
+            if self.live is None:
+                return found
+            self.live.publish_pending()  # an approve or edit goes out now, not at the next batch
+            return stored_verdict(store, review_id)
+
+        found = self.call(store_and_publish)
+        log.info("review verdict", caller=token, review_id=review_id, verdict=found.verdict,
+                 reviewer=found.reviewer)
+        return {**asdict(found), "decided_at": found.decided_at.isoformat(),
+                "published_at": _iso(found.published_at)}
+
     def backup(self, name: str, *, token: str) -> dict[str, Any]:
         from shadow.store.backup import backup_named, check_name
 
@@ -555,7 +591,10 @@ def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
             problems.append(f"{where}: {exc}")
     if not config.sources.events:
         problems.append("sources.events: the daemon needs at least one event source")
-    for side in ("events", "outcomes"):
+    problems.extend(f"sources.verdicts.{i}: verdicts come from a file, Kafka or a webhook, "
+                    f"not {source.kind}" for i, source in enumerate(config.sources.verdicts)
+                    if source.kind not in ("file", "kafka", "webhook"))
+    for side in ("events", "outcomes", "verdicts"):
         for i, source in enumerate(getattr(config.sources, side)):
             if isinstance(source, WebhookSourceSpec):
                 problem = _webhook_problem(source, environ)
@@ -621,6 +660,10 @@ class _NewFiles:
     def remove(self) -> None:
         for path in self.paths:
             path.unlink(missing_ok=True)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 def _guarded(source: Source) -> Source:

@@ -29,6 +29,7 @@ from shadow.service.api_models import (
     DEAD_LETTERS_MAX,
     REPORT_TYPES,
     REQUESTS,
+    REVIEWS_MAX,
     Backup,
     BackupRequest,
     CommandResult,
@@ -38,8 +39,11 @@ from shadow.service.api_models import (
     Health,
     Readiness,
     ReportRequest,
+    Reviews,
+    ReviewVerdict,
     RolloutStatus,
     Transition,
+    VerdictRequest,
 )
 
 __all__ = ["COMMANDS", "DEAD_LETTERS_MAX", "REPORT_TYPES", "openapi", "public_operations",
@@ -206,6 +210,28 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                      "description": "the event's id", "schema": {"type": "string"}},
                     _query("candidate", "only this candidate's predictions",
                            {"type": "string"})])},
+            "/reviews": {"get": _op(
+                "live proposals waiting for a verdict, oldest first, with their evidence",
+                _json("open reviews", Reviews), scope=Scope.READ,
+                errors={400: "a bad limit or status"},
+                parameters=[
+                    _query("status", "which reviews (only open ones are listed)",
+                           {"type": "string", "enum": ["open"], "default": "open"}),
+                    _query("limit", "how many (default 50)",
+                           {"type": "integer", "minimum": 1, "maximum": REVIEWS_MAX,
+                            "default": 50})])},
+            "/reviews/{review_id}/verdict": {"post": _op(
+                "a reviewer's verdict on a proposal: approve publishes its output to the "
+                "action sink, edit publishes the edited output, reject publishes nothing; "
+                "the first verdict stands, the same one again is answered alike",
+                _json("the review's verdict", ReviewVerdict), scope=Scope.OPERATE,
+                errors={400: "a malformed body (an edit needs its output)",
+                        404: "no review of that id",
+                        409: "the review has another verdict, or was withdrawn"},
+                parameters=[{"name": "review_id", "in": "path", "required": True,
+                             "description": "the proposal's review_id",
+                             "schema": {"type": "string"}}],
+                requestBody=_body(VerdictRequest))},
             "/backup": {"post": _op(
                 "copy the store, as of one moment, to a new file in the daemon's backup "
                 "folder (daemon.jobs.backup_dir)",

@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from shadow.core.errors import ShadowError
 from shadow.core.models import Outcome
 from shadow.store.database import Store
 from shadow.store.writes import WriteBatch, arrow_tables, insert
@@ -192,6 +193,52 @@ def _decided(tx: duckdb.DuckDBPyConnection, ids: list[str]) -> dict[str, _Decide
 
 
 # -- the review page and the API ------------------------------------------------------
+
+
+class VerdictRefused(ShadowError):
+    """A verdict given through the API that was not stored; ``problem`` says why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVerdict:
+    """The verdict a review has, with the review's status and when it was published."""
+
+    review_id: str
+    verdict: str
+    status: str
+    output: Any
+    reviewer: str | None
+    decided_at: datetime
+    source: str
+    published_at: datetime | None
+
+
+def stored_verdict(store: Store, review_id: str) -> StoredVerdict | None:
+    row = store.db.execute(
+        "SELECT v.review_id, v.verdict, r.status, v.output, v.reviewer, v.decided_at, v.source, "
+        "v.published_at FROM review_verdicts v JOIN reviews r USING (review_id) "
+        "WHERE v.review_id = ?", [review_id]).fetchone()
+    if row is None:
+        return None
+    return StoredVerdict(row[0], row[1], row[2], _loads(row[3]), row[4], row[5], row[6], row[7])
+
+
+def decide(store: Store, verdict: Verdict, *, received_at: datetime) -> StoredVerdict:
+    """Store one verdict (or find the same one stored) and return the review's verdict.
+
+    Raises:
+        VerdictRefused: the verdict has a problem (its ``kind`` says which).
+    """
+    [(_, problem)] = record_verdicts(store, [verdict], received_at=received_at)
+    if problem is not None:
+        raise VerdictRefused(problem)
+    found = stored_verdict(store, verdict.review_id)
+    assert found is not None
+    return found
 
 
 @dataclass(frozen=True, slots=True)

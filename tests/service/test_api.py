@@ -41,6 +41,7 @@ from shadow.service.control import DaemonFile, DaemonLock
 from shadow.service.openapi import openapi, public_operations, required_scopes
 from shadow.store.backup import BackupExists
 from shadow.store.database import Store
+from shadow.store.verdicts import Problem, ProblemKind, VerdictRefused, verdict_named
 from tests.cli.test_cli import assert_usage_error, run
 from tests.rollout.test_state import PLAN, ticking
 
@@ -65,6 +66,11 @@ HISTORY = [{"revision": 1, "at": "2026-01-04T00:00:00+00:00", "actor": "controll
             "evidence": {}}]
 EVENT = {"event": {"event_id": "e1", "key": "t1", "occurred_at": "2026-01-05T00:00:00+00:00",
                    "payload": {"subject": "from-the-daemon"}}, "predictions": []}
+REVIEW = {"review_id": "rev_1", "event_id": "e1", "key": "t1", "candidate": "triage",
+          "version": "7", "rollout": "triage", "step": 1,
+          "proposed_at": "2026-01-05T00:00:00+00:00", "published_at": None,
+          "proposal": {"review_id": "rev_1", "output": {"category": "billing"},
+                       "evidence": {"subject": "refund"}}}
 DEAD_LETTER = {"kind": "event", "source": "kafka:tickets", "position": "0:17",
                "reason": "not JSON", "raw": "{from-the-daemon", "received_at": "2026-01-05"}
 
@@ -135,6 +141,26 @@ class FakeControl:
         self.calls.append(("metrics", None))
         return "# TYPE shadow_events_total counter\nshadow_events_total 3\n"
 
+    def reviews(self, limit: int) -> list[dict[str, Any]]:
+        self.calls.append(("reviews", limit))
+        return [REVIEW]
+
+    def review_verdict(self, review_id: str, *, verdict: str, output: Any,
+                       reviewer: str | None, token: str) -> dict[str, Any]:
+        self.calls.append(("review_verdict", (review_id, verdict, output, reviewer)))
+        self.tokens.append(token)
+        kind = {"rev_decided": ProblemKind.DECIDED, "rev_unknown": ProblemKind.UNKNOWN,
+                "rev_withdrawn": ProblemKind.CLOSED}.get(review_id)
+        if kind is not None:
+            raise VerdictRefused(Problem(kind, f"refused as {kind.value}"))
+        word = verdict_named(verdict)
+        assert word is not None
+        return {"review_id": review_id, "verdict": word,
+                "status": {"approve": "approved", "edit": "edited", "reject": "rejected"}[word],
+                "output": output, "reviewer": reviewer or token,
+                "decided_at": "2026-03-02T12:00:00+00:00", "source": f"api:{token}",
+                "published_at": None}
+
     def backup(self, name: str, *, token: str) -> dict[str, Any]:
         self.calls.append(("backup", name))
         self.tokens.append(token)
@@ -183,11 +209,13 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 COMMANDS = ("promote", "pause", "resume", "rollback", "restart", "abort")
 BODIES = {**{f"/rollout/{a}": {"actor": "dana", "reason": "tests"} for a in COMMANDS},
-          "/reports": {}, "/backup": {"name": "shadow-1.duckdb"}}
+          "/reports": {}, "/backup": {"name": "shadow-1.duckdb"},
+          "/reviews/{review_id}/verdict": {"verdict": "approve"}}
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
-          ("GET", "/events/{event_id}"): Scope.READ,
+          ("GET", "/events/{event_id}"): Scope.READ, ("GET", "/reviews"): Scope.READ,
+          ("POST", "/reviews/{review_id}/verdict"): Scope.OPERATE,
           **{("POST", f"/rollout/{a}"): Scope.OPERATE for a in COMMANDS},
           ("POST", "/backup"): Scope.ADMIN}
 """What each route needs, as the issue sets it out: written here, not read from the code."""
@@ -204,7 +232,8 @@ def call(http: httpx.Client, method: str, path: str, headers: dict[str, str] | N
          ) -> httpx.Response:
     """``method path``, a path template (``/events/{event_id}``) filled in."""
     body = BODIES.get(path) if method == "POST" else None
-    return http.request(method, path.format(event_id="e1"), json=body, headers=headers or {})
+    return http.request(method, path.format(event_id="e1", review_id="rev_1"), json=body,
+                        headers=headers or {})
 
 
 def closed_port() -> int:
@@ -308,7 +337,7 @@ def test_not_ready_is_503_with_the_checks(http: httpx.Client, fake: FakeControl)
 def test_every_protected_route_refuses_an_unauthenticated_call_with_401(
         http: httpx.Client, fake: FakeControl, headers: dict[str, str]) -> None:
     protected = operations(public=False)
-    assert len(protected) == 14
+    assert len(protected) == 16
     for method, path in protected:
         response = call(http, method, path, headers)
         assert response.status_code == 401, (method, path)
@@ -347,7 +376,7 @@ def test_every_protected_route_answers_the_right_token(http: httpx.Client,
         assert call(http, method, path, bearer()).status_code == 200, (method, path)
     assert {name for name, _ in fake.calls} == {
         "rollout_status", "rollout_history", "rollout_command", "report", "dead_letters",
-        "event", "metrics", "backup"}
+        "event", "metrics", "backup", "reviews", "review_verdict"}
 
 
 def test_each_route_declares_its_scope_in_the_description() -> None:
@@ -381,7 +410,7 @@ def test_each_scope_calls_its_routes_and_gets_403_naming_the_scope_on_the_others
         else:
             assert response.status_code == 403, (method, path)
             assert response.json()["error"].startswith(
-                f"{method} {path} needs the scope "
+                f"{method} {path.format(review_id='rev_1')} needs the scope "
                 f"{needed.value}; the token ")
             assert f"has {scope.value}" in response.json()["error"]
             assert response.headers["WWW-Authenticate"] == (
@@ -617,6 +646,52 @@ def test_dead_letters_come_from_the_control(http: httpx.Client, fake: FakeContro
     response = http.get("/dead-letters?limit=3", headers=bearer())
     assert response.json() == {"dead_letters": [DEAD_LETTER]}
     assert fake.calls == [("dead_letters", 3)]
+
+
+def test_open_reviews_come_from_the_control(http: httpx.Client, fake: FakeControl) -> None:
+    response = http.get("/reviews?status=open&limit=5", headers=bearer())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"reviews": [REVIEW]}
+    assert fake.calls == [("reviews", 5)]
+
+
+@pytest.mark.parametrize("query", ["status=approved", "limit=0", "limit=1001"])
+def test_only_open_reviews_are_listed_within_the_limit(http: httpx.Client, fake: FakeControl,
+                                                      query: str) -> None:
+    response = http.get(f"/reviews?{query}", headers=bearer())
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(query.split("=")[0] + ":")
+    assert fake.calls == []
+
+
+def test_a_verdict_names_the_token_and_passes_the_reviewer(http: httpx.Client,
+                                                           fake: FakeControl) -> None:
+    edited = {"actions": [{"tool": "send_reply", "arguments": {"body": "Hi"}}]}
+    response = http.post("/reviews/rev_1/verdict", headers=bearer(SCOPED[Scope.OPERATE]),
+                         json={"verdict": "edit", "output": edited, "reviewer": "sam"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["output"]) == ("edited", edited)
+    assert fake.calls == [("review_verdict", ("rev_1", "edit", edited, "sam"))]
+    assert fake.tokens == ["oncall"]
+
+
+@pytest.mark.parametrize(("review_id", "status"), [
+    ("rev_unknown", 404), ("rev_decided", 409), ("rev_withdrawn", 409)])
+def test_a_refused_verdict_has_its_status(http: httpx.Client, review_id: str,
+                                          status: int) -> None:
+    response = http.post(f"/reviews/{review_id}/verdict", headers=bearer(),
+                         json={"verdict": "approve"})
+    assert response.status_code == status
+    assert response.json()["error"].startswith("refused as ")
+
+
+@pytest.mark.parametrize("body", [{"verdict": "edit"}, {"verdict": "edit", "output": None},
+                                  {"verdict": "maybe"}, {"verdict": "approve", "extra": 1}])
+def test_a_malformed_verdict_is_400(http: httpx.Client, fake: FakeControl,
+                                    body: dict[str, Any]) -> None:
+    response = http.post("/reviews/rev_1/verdict", headers=bearer(), json=body)
+    assert response.status_code == 400, response.text
+    assert fake.calls == []
 
 
 def test_an_unexpected_error_is_a_generic_500_with_the_traceback_in_the_log(

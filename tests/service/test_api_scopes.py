@@ -34,7 +34,8 @@ TOKENS = {Scope.READ: ("prometheus", "SCOPES_READ_TOKEN", "read-3f9c1d2e8a7b6c5d
 SCOPES = {("GET", "/rollout"): Scope.READ, ("GET", "/rollout/history"): Scope.READ,
           ("GET", "/report"): Scope.READ, ("POST", "/reports"): Scope.READ,
           ("GET", "/dead-letters"): Scope.READ, ("GET", "/metrics"): Scope.READ,
-          ("GET", "/events/{event_id}"): Scope.READ,
+          ("GET", "/events/{event_id}"): Scope.READ, ("GET", "/reviews"): Scope.READ,
+          ("POST", "/reviews/{review_id}/verdict"): Scope.OPERATE,
           **{("POST", f"/rollout/{action}"): Scope.OPERATE
              for action in ("promote", "pause", "resume", "rollback", "restart", "abort")},
           ("POST", "/backup"): Scope.ADMIN}
