@@ -31,6 +31,7 @@ IMAPClient's types and errors stay in this module.
 
 from __future__ import annotations
 
+import copy
 import enum
 import random
 import socket
@@ -57,6 +58,8 @@ log = structlog.get_logger(__name__)
 
 _FAILURES = (IMAPClientError, OSError, ssl.SSLError, socket.timeout, EOFError)
 """What a connection, a login or a command raises when the server or the network fails."""
+_FETCH_BYTES = 16 * 1024 * 1024
+"""Bodies are fetched in groups of at most this many bytes (or one larger message)."""
 _IDLE_RENEW_S = 300.0
 """IDLE is ended and started again this often (RFC 2177 asks for under 29 minutes)."""
 _SYSTEM_FLAGS = {b"\\Seen": "seen", b"\\Answered": "answered", b"\\Flagged": "flagged",
@@ -131,6 +134,8 @@ class ImapSource(Source):
         self._client: Any = None
         self._progress = Progress({}, {})
         """What has been handed out: saved as it is by the next commit."""
+        self._committed = Progress({}, {})
+        """What the positions file holds."""
         self._next_look = 0.0
         self._announced = threading.Event()
         self._stop = threading.Event()
@@ -139,7 +144,8 @@ class ImapSource(Source):
     # -- lifecycle --------------------------------------------------------------
 
     def _open(self) -> None:
-        self._progress = self._positions.load()
+        self._committed = self._positions.load()
+        self._progress = copy.deepcopy(self._committed)
         try:
             self._client = self._connect()
         except _FAILURES as exc:
@@ -164,6 +170,7 @@ class ImapSource(Source):
                 and are read again (and recognised) if the source restarts first.
         """
         self._positions.save(self._progress)
+        self._committed = copy.deepcopy(self._progress)
 
     # -- reading ----------------------------------------------------------------
 
@@ -171,11 +178,14 @@ class ImapSource(Source):
         if not self._announced.is_set() and self._clock() < self._next_look:
             return []
         self._announced.clear()
+        before = copy.deepcopy(self._progress)
         try:
             if self._client is None:
                 self._client = self._connect()
             records, more = self._read(max_records)
         except _FAILURES as exc:
+            # Nothing of this poll was handed out: its positions must not be committed.
+            self._progress = before
             self._disconnect()
             raise SourceError(f"cannot read {self.folders} at {self.server.host}: "
                               f"{first_line(exc)}") from exc
@@ -193,9 +203,9 @@ class ImapSource(Source):
             if left <= 0:
                 return records, True
             uids, uidvalidity = self._new_uids(folder)
-            for uid in uids[:left]:
-                records.extend(self._records(folder, uidvalidity, uid))
-                self._progress.folders[folder] = FolderPosition(uidvalidity, uid)
+            if uids[:left]:
+                records.extend(self._records(folder, uidvalidity, uids[:left]))
+                self._progress.folders[folder] = FolderPosition(uidvalidity, uids[:left][-1])
             if len(uids) > left:
                 return records, True
         return records, False
@@ -206,9 +216,10 @@ class ImapSource(Source):
         uidvalidity = int(selected[b"UIDVALIDITY"])
         known = self._progress.folders.get(folder)
         if known is None and self.start_new:
-            last = int(selected.get(b"UIDNEXT", 1)) - 1
-            self._progress.folders[folder] = FolderPosition(uidvalidity, last)
-            self._positions.save(self._progress)  # nothing to store: the start is kept now
+            start = FolderPosition(uidvalidity, int(selected.get(b"UIDNEXT", 1)) - 1)
+            # Nothing to store, so the start is kept at once (with only what was committed).
+            self._progress.folders[folder] = self._committed.folders[folder] = start
+            self._positions.save(self._committed)
             return [], uidvalidity
         after = 0
         if known is not None and known.uidvalidity == uidvalidity:
@@ -220,26 +231,55 @@ class ImapSource(Source):
         uids = sorted(uid for uid in client.search(["UID", f"{after + 1}:*"]) if uid > after)
         return uids, uidvalidity
 
-    def _records(self, folder: str, uidvalidity: int, uid: int) -> list[RawRecord]:
-        client = self._client
+    def _records(self, folder: str, uidvalidity: int, uids: list[int]) -> list[RawRecord]:
+        """The records of the messages ``uids`` of the selected ``folder``, in UID order.
+
+        Their sizes, dates and flags come in one FETCH, their bodies in as few as keep
+        each under ``_FETCH_BYTES``; a message expunged meanwhile is left out.
+        """
         items = [b"RFC822.SIZE", b"INTERNALDATE", b"FLAGS"]
         capabilities = self._capabilities()
         if "SAVEDATE" in capabilities:
             items.append(b"SAVEDATE")
         if "X-GM-EXT-1" in capabilities:
             items.append(b"X-GM-LABELS")
-        position = f"{folder}@{uidvalidity}:{uid}"
-        meta = client.fetch([uid], items).get(uid)
-        if meta is None:
-            return []  # expunged since the search
-        size = int(meta.get(b"RFC822.SIZE", 0))
-        if size > self.max_message_bytes:
-            return [self._dead(folder, uid, position, f"({size} bytes, not fetched)",
-                               f"the message is {size} bytes, over max_message_bytes "
-                               f"({self.max_message_bytes})")]
-        raw = client.fetch([uid], [b"BODY.PEEK[]"]).get(uid, {}).get(b"BODY[]")
-        if not isinstance(raw, bytes):
-            return []
+        metas = self._client.fetch(uids, items)
+        wanted = [uid for uid in uids if uid in metas
+                  and int(metas[uid].get(b"RFC822.SIZE", 0)) <= self.max_message_bytes]
+        bodies = self._bodies(wanted, metas)
+        records: list[RawRecord] = []
+        for uid in uids:
+            if uid not in metas:
+                continue
+            position = f"{folder}@{uidvalidity}:{uid}"
+            size = int(metas[uid].get(b"RFC822.SIZE", 0))
+            raw = bodies.get(uid)
+            if size > self.max_message_bytes:
+                records.append(self._dead(folder, uid, position, f"({size} bytes, not fetched)",
+                                          f"the message is {size} bytes, over "
+                                          f"max_message_bytes ({self.max_message_bytes})"))
+            elif raw is not None:
+                records.extend(self._record(folder, uid, position, metas[uid], raw))
+        return records
+
+    def _bodies(self, uids: list[int], metas: dict[int, Any]) -> dict[int, bytes]:
+        bodies: dict[int, bytes] = {}
+        chunk: list[int] = []
+        size = 0
+        for uid in [*uids, None]:
+            grown = size + int(metas[uid].get(b"RFC822.SIZE", 0)) if uid is not None else 0
+            if chunk and (uid is None or grown > _FETCH_BYTES):
+                fetched = self._client.fetch(chunk, [b"BODY.PEEK[]"])
+                bodies.update({u: v[b"BODY[]"] for u, v in fetched.items()
+                               if isinstance(v.get(b"BODY[]"), bytes)})
+                chunk, size = [], 0
+            if uid is not None:
+                chunk.append(uid)
+                size += int(metas[uid].get(b"RFC822.SIZE", 0))
+        return bodies
+
+    def _record(self, folder: str, uid: int, position: str, meta: dict[bytes, Any],
+                raw: bytes) -> list[RawRecord]:
         try:
             message = read_message(raw, headers=self.headers, max_body_chars=self.max_body_chars)
         except Undecodable as exc:

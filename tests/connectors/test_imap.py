@@ -17,7 +17,9 @@ from connectors.imap import ImapSource, Login, Role, Server, Tls
 from connectors.imap_config import imap_source
 from connectors.specs import ImapSourceSpec
 from shadow.core.errors import ConfigError, SourceError
+from shadow.pipeline.source_guard import GuardedSource
 from tests import imap_mail as mail
+from tests.clock import ManualClock
 from tests.imap_server import OAUTH_TOKEN, OAUTH_USER, PASSWORD, ImapServer, Mailbox
 from tests.waiting import wait_until
 
@@ -215,6 +217,49 @@ def test_start_new_skips_the_mail_already_there(
         mailbox.deliver(mail.bo_html_only())
         (new,) = read_all(source)
     assert new.value is not None and new.value["event_id"] == "seats-7@bigco.example"
+
+
+def test_a_new_folder_started_at_its_end_keeps_the_others_uncommitted(
+    mailbox: Mailbox, imap_server: ImapServer, positions: Path
+) -> None:
+    mailbox.deliver(mail.zoe_latin1())
+    with make_source(imap_server, mailbox.user, positions, start_new=True) as source:
+        assert read_all(source) == []  # INBOX starts after Zoë's message
+    mailbox.deliver(mail.ana_invoice())
+    mailbox.create("Orders")
+    mailbox.deliver(mail.dirk_cp1252(), folder="Orders")
+    both = ("INBOX", "Orders")
+    with make_source(imap_server, mailbox.user, positions, start_new=True,
+                     folders=both) as source:
+        (ana,) = read_all(source)  # Orders starts at its end; nothing committed
+    with make_source(imap_server, mailbox.user, positions, start_new=True,
+                     folders=both) as source:
+        (again,) = read_all(source)
+    assert ana.value is not None and again.value is not None
+    assert ana.value["event_id"] == again.value["event_id"] == "inv-1042@acme.example"
+
+
+def test_the_daemon_guard_reports_the_server_away_and_reads_on_when_it_is_back(
+    own_imap_server: ImapServer, mailbox_user: str, positions: Path
+) -> None:
+    clock = ManualClock()
+    guarded = GuardedSource(make_source(own_imap_server, mailbox_user, positions),
+                            clock=clock, uniform=lambda low, high: high)
+    with guarded:
+        assert guarded.poll(10) == []
+        own_imap_server.stop(keep_data=True)
+        assert guarded.poll(10) == []
+        status = guarded.status()
+        assert not status.up and status.reason is not None
+        assert status.reason.startswith("poll failed: cannot read ['INBOX'] at 127.0.0.1")
+        own_imap_server.start()
+        with Mailbox(own_imap_server, mailbox_user) as box:
+            box.deliver(mail.ana_invoice())
+        assert guarded.poll(10) == []  # not before the backoff has passed
+        clock.t += 1.0
+        (record,) = guarded.poll(10)
+        assert guarded.status().up
+    assert record.value is not None and record.value["event_id"] == "inv-1042@acme.example"
 
 
 def outcomes_by_key(records: list[RawRecord]) -> dict[str, list[dict[str, Any]]]:
