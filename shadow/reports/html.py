@@ -506,7 +506,8 @@ def _tier_section(tiers: TierSection | None) -> str:
     intro = (f'<p class="meta">{_count(tiers.assessed)} predictions given a tier: '
              f"{_count(tiers.live)} live, {_count(tiers.shadow)} in shadow (what the tier "
              f"would have done){_unassessed(tiers.unassessed)}. Agreement is with the "
-             "person's outcome.</p>")
+             "person's outcome; a reviewer's approve or edit is one too, seen with the "
+             "proposal in view.</p>")
     rows = [[esc(t.tier), _count(t.predictions), pct(t.share), _count(t.live),
              pct(t.live_share), _count(t.shadow), pct(t.shadow_share),
              f"{_interval(t.agreement)} (n={_count(t.agreement.n)})",

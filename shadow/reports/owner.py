@@ -57,7 +57,8 @@ Definitions a reader of the numbers needs:
   ``tiers.tiers`` holds ``auto``, ``review`` and ``human`` in that order, each with
   ``predictions``, ``live``, ``shadow``, ``share`` (of all assessed), ``live_share`` and
   ``shadow_share`` (of the assessed live, shadow ones), ``agreement`` (its comparisons with
-  the person's outcome, Wilson) and ``rules`` (what chose the tier: ``rules[i]``,
+  the person's outcome, Wilson; a reviewer's approve or edit is an outcome too, source
+  ``review``, decided with the proposal in view) and ``rules`` (what chose the tier: ``rules[i]``,
   ``default``, ``error``, ``abstained``, ``violation``, with ``predictions`` and ``text``:
   the configured rule as people read it, or the reason; ``None`` when not known).
   ``tiers.reviews`` counts the proposals of tier review: ``proposed`` (live and shadow,
