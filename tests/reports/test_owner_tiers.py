@@ -451,3 +451,19 @@ def test_a_replay_in_shadow_under_a_tier_policy_reports_what_each_tier_would_hav
     assert "- auto: 2 (25.0 %; live 0, shadow 2)" in owner_markdown(report)
     assert ('<td>review</td><td class="num">3</td><td class="num">37.5\u00a0%</td>'
             in to_html(report))
+
+
+def test_a_policy_that_proposed_nothing_reports_no_reviews(tmp_path: Path) -> None:
+    records = [c for c in CASES if c.tier in ("auto", "human")]
+    with Store(tmp_path / "s.duckdb") as store:
+        write(store, records)
+        report = owner_report(store, options())
+    (mine,) = [c for c in report.candidates if c.name == CANDIDATE]
+    assert mine.tiers is not None
+    r = mine.tiers.reviews
+    assert (r.proposed, r.decided, r.open, r.median_seconds, r.p90_seconds) == (
+        0, 0, 0, None, None)
+    assert [(v.verdict, v.count, v.rate) for v in r.verdicts] == [
+        ("approve", 0, None), ("edit", 0, None), ("reject", 0, None)]
+    assert "Reviews:" not in owner_markdown(report)
+    assert "Reviews: no proposal of tier review yet." in to_html(report)
