@@ -227,8 +227,9 @@ def _status(args: argparse.Namespace) -> int:
         last = audit.latest_evaluations(opened.store, state.rollout)
         recent = audit.history(opened.store, state.rollout, limit=1)
         tiers = tiers_view(opened.plan, recent_tiers(opened.store, opened.controller))
-    view = status_view(opened.controller, assessment, last,
-                       recent[0].as_dict() if recent else None)
+        # While the store is open: the view may read more of it than the assessment did.
+        view = status_view(opened.controller, assessment, last,
+                           recent[0].as_dict() if recent else None)
     return _print_status({**view, "tiers": tiers} if tiers else view, args.format)
 
 
