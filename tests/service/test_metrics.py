@@ -271,7 +271,8 @@ def test_the_metrics_parse_as_prometheus_text_with_the_expected_types(filled: Fi
 def test_intake_counters_match_the_records_replayed(filled: Filled) -> None:
     assert filled.series("shadow_events_total") == {(): N}
     assert filled.series("shadow_duplicates_total") == {(): 1}
-    assert filled.series("shadow_dead_letters_total", "kind") == {("event",): 2, ("outcome",): 1}
+    assert filled.series("shadow_dead_letters_total", "kind") == {("event",): 2, ("outcome",): 1,
+                                                                  ("verdict",): 0}
     assert filled.series("shadow_outcomes_total") == {(): len(WITH_OUTCOME) + len(CHANGED)}
 
 
@@ -462,7 +463,7 @@ def test_a_new_store_renders_zeros_and_no_candidates(tmp_path: Path) -> None:
         families = parse(render_metrics(store))
     assert series(families, "shadow_events_total") == {(): 0}
     assert series(families, "shadow_dead_letters_total", "kind") == {
-        ("event",): 0, ("outcome",): 0}
+        ("event",): 0, ("outcome",): 0, ("verdict",): 0}
     assert families["shadow_predictions"].samples == []
     assert families["shadow_rollout_status"].samples == []
     assert series(families, "shadow_up") == {(): 1}
