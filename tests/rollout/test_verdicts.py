@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from connectors.files import FileSource
 from connectors.sinks import Sink
 from rollout.controller import Controller
 from rollout.runtime import LiveRollout
@@ -224,3 +225,26 @@ def test_the_review_source_is_independent_only_when_blind() -> None:
     blind = Independence.of(plan(True, []))
     assert blind and blind("review") and not blind("kafka:crm")
     assert not Independence.of(plan(False, []))
+
+
+def test_verdicts_read_from_a_file_are_stored_once_however_often_it_is_read(
+        tmp_path: Path) -> None:
+    path = tmp_path / "verdicts.jsonl"
+    path.write_text("".join(json.dumps(v) + "\n" for v in GOOD), encoding="utf-8")
+    clock = SteppingClock(START, timedelta(seconds=30))
+    actions = RecordingSink()
+    with Store(tmp_path / "s.duckdb") as store, actions:
+        live = live_rollout(store, actions, clock, promote=True)
+        run(store, live, clock)
+        with CallableCandidate(agent, name=CANDIDATE, version=VERSION) as candidate:
+            for _ in range(2):  # a file is read whole at every start
+                Pipeline(store, candidate, build_comparator(ExactSpec()), now=clock,
+                         rollout=live).run([], verdicts=[FileSource(path)])
+        stored = store.db.execute("SELECT review_id, source, position FROM review_verdicts "
+                                  "ORDER BY position").fetchall()
+        dead = store.count("dead_letters")
+    assert [(r, p) for r, _, p in stored] == [
+        (review_id_of(f"e{i}"), f"line {n}") for n, i in enumerate(REVIEW, start=1)]
+    assert dead == 0
+    assert [m["idempotency_key"] for m in bodies(actions)[len(AUTO):]] == [
+        act_key(APPROVED), act_key(EDITED)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +191,69 @@ def test_verdicts_publish_approved_and_edited_actions_once_across_a_sigkill(
     assert f"e{REJECTED}" not in {m["event_id"] for m in published}
     assert len(published) == len(AUTO) + 2  # each once: nothing published twice
     assert all(KINDS[int(m["event_id"][1:])] != "refund" for m in published)
+
+
+def post_json(url: str, body: Any) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_verdicts_pushed_to_a_webhook_publish_to_a_file_sink(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))  # the agent
+    config = tmp_path / "hooks.yaml"
+    config.write_text(f"""
+candidate: {{callable: "tests.rollout.test_review_sink:agent", name: desk-agent, version: "4"}}
+store: {{path: hooks.duckdb}}
+sources:
+  events: [{{kind: webhook, name: tickets, path: /hooks/tickets}}]
+  verdicts: [{{kind: webhook, name: verdicts, path: /hooks/verdicts}}]
+rollout:
+  name: desk
+  steps: [{{percent: 0}}, {{percent: 100}}]
+  tiers: {json.dumps(POLICY)}
+  sink: {{kind: file, path: actions.jsonl}}
+  review_sink: {{kind: file, path: reviews.jsonl}}
+daemon:
+  api: {{port: 0}}
+  webhooks: {{port: 0}}
+""", encoding="utf-8")
+    daemon = start_daemon(config, "hooks.log")
+    try:
+        api = ready_api(tmp_path / "hooks.duckdb", process=daemon)
+        hooks = call(api, "GET", "/ready")[1]["checks"]["webhooks"]
+        assert call(api, "POST", "/rollout/promote",
+                    {"actor": "dana", "reason": "live", "force": True})[0] == 200
+        assert post_json(hooks + "/hooks/tickets", events())[0] == 200
+        wait_until(lambda: len(call(api, "GET", "/reviews")[1]["reviews"]),
+                   accept=lambda n: n == len(REVIEW), timeout_s=60, what="the proposals")
+        status, answer = post_json(hooks + "/hooks/verdicts", [
+            {"review_id": review_id_of(f"e{APPROVED}"), "verdict": "approve",
+             "decided_at": DECIDED},
+            {"review_id": review_id_of(f"e{EDITED}"), "verdict": "edit", "output": EDIT,
+             "reviewer": "sam", "decided_at": DECIDED},
+            {"review_id": review_id_of(f"e{REJECTED}"), "verdict": "reject",
+             "decided_at": DECIDED},
+            {"review_id": review_id_of(f"e{REJECTED}"), "verdict": "edit",
+             "decided_at": DECIDED}])
+        assert (status, answer["status"]) == (200, "stored")  # stored, the last dead-lettered
+        [dead] = [d for d in call(api, "GET", "/dead-letters")[1]["dead_letters"]
+                  if d["kind"] == "verdict"]
+    finally:
+        code, log = stop(daemon)
+    assert code == 0, log
+    assert dead["reason"] == (f"review '{review_id_of(f'e{REJECTED}')}': an edit needs the "
+                              f"edited output")
+    published = [json.loads(line) for line in
+                 (tmp_path / "actions.jsonl").read_text(encoding="utf-8").splitlines()]
+    reviewed = sorted((m["idempotency_key"], m["verdict"], m["reviewer"]) for m in published
+                      if "review_id" in m)
+    assert reviewed == sorted([(act_key(APPROVED), "approve", None),
+                               (act_key(EDITED), "edit", "sam")])
+    assert sorted(m["event_id"] for m in published if "review_id" not in m) == sorted(
+        f"e{i}" for i in AUTO)
