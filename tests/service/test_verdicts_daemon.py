@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from kafka import KafkaProducer
 
+from shadow.config.file import parse_config
+from shadow.service.daemon import startup_problems
 from shadow.store.database import Store
 from tests.daemon_process import TOKEN, get, ready_api, start_daemon, stop
 from tests.http_server import Reply, Request, TestServer
@@ -257,3 +259,16 @@ daemon:
                                (act_key(EDITED), "edit", "sam")])
     assert sorted(m["event_id"] for m in published if "review_id" not in m) == sorted(
         f"e{i}" for i in AUTO)
+
+
+def test_a_mailbox_cannot_carry_verdicts(tmp_path: Path) -> None:
+    config = parse_config({
+        "candidate": {"callable": "tests.rollout.test_review_sink:agent"},
+        "sources": {"events": [{"kind": "file", "path": "events.jsonl"}],
+                    "verdicts": [{"kind": "imap", "name": "reviews", "host": "mail.example.com",
+                                  "username": "desk", "password_env": "MAIL_PASSWORD"}]},
+        "daemon": {"api": {"token_env": "DESK_TOKEN"}}}, origin="test")
+    problems = startup_problems(config, store_path=tmp_path / "s.duckdb", base_dir=tmp_path,
+                                environ={"DESK_TOKEN": "a-token-for-tests"})
+    assert problems == ["sources.verdicts.0: verdicts come from a file, Kafka or a webhook, "
+                        "not imap"]
