@@ -60,6 +60,7 @@ _FAILURES = (IMAPClientError, OSError, ssl.SSLError, socket.timeout, EOFError)
 """What a connection, a login or a command raises when the server or the network fails."""
 _FETCH_BYTES = 16 * 1024 * 1024
 """Bodies are fetched in groups of at most this many bytes (or one larger message)."""
+_IDLE_JOIN_S = 2.0
 _IDLE_RENEW_S = 300.0
 """IDLE is ended and started again this often (RFC 2177 asks for under 29 minutes)."""
 _SYSTEM_FLAGS = {b"\\Seen": "seen", b"\\Answered": "answered", b"\\Flagged": "flagged",
@@ -159,7 +160,9 @@ class ImapSource(Source):
     def _close(self) -> None:
         self._stop.set()
         if self._idler is not None:
-            self._idler.join(timeout=self.server.timeout_s)
+            # It looks at the stop flag each second; one stuck connecting (a daemon
+            # thread) is not waited for: shutting down must not wait for a server.
+            self._idler.join(timeout=_IDLE_JOIN_S)
         self._disconnect()
 
     def commit(self, position: str) -> None:
