@@ -18,7 +18,7 @@ from rollout.state import CONTROLLER, Action, Refused, RolloutState, Status, Tra
 from shadow.store.database import Store
 
 _STATE_COLUMNS = ("rollout, candidate, version, step, percent, status, step_started_at, "
-                  "updated_at, revision")
+                  "updated_at, revision, fallen_tiers")
 
 
 def load(store: Store, rollout: str) -> RolloutState | None:
@@ -30,7 +30,7 @@ def load(store: Store, rollout: str) -> RolloutState | None:
     r = rows[0]
     return RolloutState(rollout=r[0], candidate=r[1], version=r[2], step=r[3], percent=r[4],
                         status=Status(r[5]), step_started_at=r[6], updated_at=r[7],
-                        revision=r[8])
+                        revision=r[8], fallen=tuple(r[9] or ()))
 
 
 def save(store: Store, t: Transition) -> None:
@@ -50,9 +50,10 @@ def save(store: Store, t: Transition) -> None:
                           f"expected {expected}); look at its status and try again")
         tx.execute("DELETE FROM rollout_state WHERE rollout = ?", [s.rollout])
         tx.execute(
-            f"INSERT INTO rollout_state ({_STATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            f"INSERT INTO rollout_state ({_STATE_COLUMNS}) "  # noqa: S608
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [s.rollout, s.candidate, s.version, s.step, s.percent, s.status.value,
-             s.step_started_at, s.updated_at, s.revision])
+             s.step_started_at, s.updated_at, s.revision, list(s.fallen)])
         before = t.before
         tx.execute(
             "INSERT INTO rollout_audit (rollout, revision, changed_at, actor, action, from_step, "

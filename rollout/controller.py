@@ -34,9 +34,11 @@ from rollout.state import (
     transition,
 )
 from rollout.statistics import Cusum
+from rollout.tier_health import TierHealth, effective, tier_health
 from rollout.unit_store import later_disagreements
-from rollout.units import LabelDelay, Progress, Units
+from rollout.units import Independence, LabelDelay, Progress, Units
 from shadow.config.rollout import RolloutSpec
+from shadow.config.tiers import Tier
 from shadow.core.models import utc_now
 from shadow.store.database import Store
 
@@ -232,7 +234,30 @@ class Controller:
             else:
                 t = self._move(Action.PROMOTE, CONTROLLER, "gates passed",
                                a.promotion.as_dict())
+        if t is None and self.plan.tiers is not None and self.state.live:
+            t = self._tier_fallback()
         return replace(a, state=self.state, transition=t)
+
+    def tier_health(self) -> dict[Tier, TierHealth]:
+        """Each watched tier's units of the current step and its detector
+        (:mod:`rollout.tier_health`)."""
+        return tier_health(self.store, candidate=self.candidate, version=self.version,
+                           comparator=self.comparator, since=self.state.step_started_at,
+                           detector=self.detector, independence=Independence.of(self.plan))
+
+    def _tier_fallback(self) -> Transition | None:
+        """Take back the first watched tier whose detector alarmed, if one has not fallen."""
+        fallen = self.state.fallen
+        for tier, health in self.tier_health().items():
+            if not health.alarmed or tier.value in fallen:
+                continue
+            to = effective(tier, (*fallen, tier.value))
+            reason = (f"automatic: tier {tier.value} agreed on {health.agreed} of "
+                      f"{health.units} units and its detector reached {health.threshold}; "
+                      f"its decisions now go to tier {to.value}")
+            return self._move(Action.TIER_FALLBACK, CONTROLLER, reason,
+                              {**health.as_dict(), "to": to.value}, tier=tier.value)
+        return None
 
     def warnings(self, stats: StepStats,
                  delays: tuple[LabelDelay, ...] = ()) -> tuple[str, ...]:
@@ -320,9 +345,10 @@ class Controller:
             + f" (give {forcing} to promote anyway; it is audited as forced)")
 
     def _move(self, action: Action, actor: str, reason: str, evidence: dict[str, Any],
-              to_step: int | None = None, token: str | None = None) -> Transition:
+              to_step: int | None = None, token: str | None = None,
+              tier: str | None = None) -> Transition:
         t = transition(self.state, action, self.plan, actor=actor, reason=reason,
-                       at=self.now(), evidence=evidence, to_step=to_step)
+                       at=self.now(), evidence=evidence, to_step=to_step, tier=tier)
         if token is not None:
             t = replace(t, token=token)
         self._commit(t)
@@ -339,6 +365,10 @@ class Controller:
         if before is not None and before.live and (not after.live or replace_candidate):
             withdraw(self.store, before.candidate, before.version, at=t.at,
                      reason=f"{t.action.value}: the rollout stopped acting")
+        elif t.action is Action.TIER_FALLBACK:
+            fell = after.fallen[-1]
+            withdraw(self.store, after.candidate, after.version, at=t.at, tier=fell,
+                     reason=f"tier_fallback: tier {fell} fell back")
         self._set(after)
         log.info("rollout transition", rollout=self.rollout, action=t.action.value,
                  actor=t.actor, caller=t.token, step=after.step, percent=after.percent,

@@ -26,23 +26,29 @@ _WITHDRAW = """
 UPDATE predictions SET withdrawn_at = $at, withdrawn_reason = $reason
 WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version AND mode = 'live'
   AND published_at IS NULL AND withdrawn_at IS NULL AND predicted_at < $before
-  AND tier IS DISTINCT FROM 'review'
+  AND tier IS DISTINCT FROM 'review' AND ($tier IS NULL OR tier = $tier)
 RETURNING event_id
 """
 
 
 def withdraw(store: Store, candidate: str, version: str | None, *, reason: str,
-             at: datetime, older_than: datetime | None = None) -> int:
+             at: datetime, older_than: datetime | None = None, tier: str | None = None) -> int:
     """Withdraw the candidate's unpublished live decisions made before ``older_than``
     (all of them without it), and its unpublished live proposals; returns how many
-    decisions (proposals are logged apart)."""
+    decisions (proposals are logged apart). With ``tier``, only that tier's: the
+    decisions of tier ``auto``, or the proposals of tier ``review``."""
     before = older_than if older_than is not None else datetime.max.replace(tzinfo=at.tzinfo)
-    with store.transaction() as tx:
-        rows = tx.execute(_WITHDRAW, {"at": at, "reason": reason, "candidate": candidate,
-                                      "version": version, "before": before}).fetchall()
+    rows = []
+    if tier != "review":
+        with store.transaction() as tx:
+            rows = tx.execute(_WITHDRAW, {"at": at, "reason": reason, "candidate": candidate,
+                                          "version": version, "before": before,
+                                          "tier": tier}).fetchall()
     if rows:
         log.warning("live decisions withdrawn", candidate=candidate, count=len(rows),
                     reason=reason)
+    if tier == "auto":
+        return len(rows)
     proposals = reviews.withdraw(store, candidate, version, before=before)
     if proposals:
         log.warning("live proposals withdrawn", candidate=candidate, count=proposals,

@@ -37,7 +37,9 @@ from rollout.notify import KafkaNotifier, Notifier, WebhookNotifier
 from rollout.outbox import withdraw
 from rollout.reviews import Proposal, propose
 from rollout.router import Router
-from rollout.tiers import Policy
+from rollout.tier_health import effective
+from rollout.tiers import FALLBACK, Policy
+from rollout.tiers import Assessment as TierAssessment
 from rollout.verdicts import publish_approved
 from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
@@ -143,6 +145,9 @@ class LiveRollout:
             for row in rows:
                 a = self.policy.assess(row.output, row.confidence, error=row.error,
                                        abstained=row.abstained, violations=row.violations)
+                taken = effective(a.tier, c.state.fallen)
+                if taken is not a.tier:
+                    a = TierAssessment(taken, FALLBACK)
                 proposal = None
                 if a.tier is Tier.REVIEW:
                     step = c.plan.steps[min(row.step or 0, c.plan.last)]

@@ -48,6 +48,8 @@ class Action(enum.StrEnum):
     ROLLBACK = "rollback"
     RESTART = "restart"
     ABORT = "abort"
+    TIER_FALLBACK = "tier_fallback"
+    """A tier's agreement broke: its decisions go to the next more careful tier."""
 
 
 CONTROLLER = "controller"
@@ -68,6 +70,10 @@ class RolloutState:
     updated_at: datetime
     revision: int = 0
     """Counts transitions; the audit record of each carries it."""
+    fallen: tuple[str, ...] = ()
+    """Tiers whose agreement broke in this rollout (``auto``, ``review``), in the order
+    they fell; their decisions take the next more careful tier that has not fallen, until
+    a person restarts the rollout."""
 
     @property
     def live(self) -> bool:
@@ -103,20 +109,25 @@ def initial(plan: RolloutSpec, *, rollout: str, candidate: str, version: str | N
 def transition(
     state: RolloutState, action: Action, plan: RolloutSpec, *, actor: str, reason: str,
     at: datetime, evidence: dict[str, Any] | None = None, to_step: int | None = None,
-    new_candidate: bool = False,
+    new_candidate: bool = False, tier: str | None = None,
 ) -> Transition:
     """The transition ``action`` makes from ``state``.
 
     ``to_step`` is for promotions that skip ahead (``promote --full``);
     ``new_candidate`` restarts even a rollout at its start (its evidence was
-    about another candidate).
+    about another candidate). ``tier`` is the tier a ``tier_fallback`` takes back.
 
     Raises:
         Refused: the action makes no sense, or is unsafe, in this state.
     """
-    if not (action is Action.RESTART and new_candidate):
-        _check(state, action, plan, to_step)
-    after = _apply(state, action, plan, at, to_step)
+    if action is Action.TIER_FALLBACK:
+        _check_fallback(state, tier)
+        assert tier is not None  # checked
+        after = replace(state, fallen=(*state.fallen, tier))
+    else:
+        if not (action is Action.RESTART and new_candidate):
+            _check(state, action, plan, to_step)
+        after = _apply(state, action, plan, at, to_step)
     return Transition(action=action, actor=actor, reason=reason, at=at, before=state,
                       after=replace(after, updated_at=at, revision=state.revision + 1),
                       evidence=evidence or {})
@@ -154,6 +165,20 @@ def _check(state: RolloutState, action: Action, plan: RolloutSpec, to_step: int 
         raise Refused(f"{where}: it has started already")
 
 
+_FALLIBLE = ("auto", "review")
+"""The tiers that can fall back; ``human`` is where every fallback ends."""
+
+
+def _check_fallback(state: RolloutState, tier: str | None) -> None:
+    where = f"rollout {state.rollout!r} is {state.status.value} at step {state.step}"
+    if tier not in _FALLIBLE:
+        raise Refused(f"{where}: only tiers auto and review fall back, not {tier!r}")
+    if tier in state.fallen:
+        raise Refused(f"{where}: tier {tier} has fallen back already")
+    if not state.live:
+        raise Refused(f"{where}: nothing is live")
+
+
 def _apply(state: RolloutState, action: Action, plan: RolloutSpec, at: datetime,
            to_step: int | None) -> RolloutState:
     if action is Action.PROMOTE:
@@ -172,6 +197,6 @@ def _apply(state: RolloutState, action: Action, plan: RolloutSpec, at: datetime,
         return replace(state, step=0, percent=0.0, status=Status.ROLLED_BACK, step_started_at=at)
     if action is Action.ABORT:
         return replace(state, step=0, percent=0.0, status=Status.ABORTED, step_started_at=at)
-    # RESTART: from the first step, with a fresh sequence.
+    # RESTART: from the first step, with a fresh sequence and every tier back.
     return replace(state, step=0, percent=plan.steps[0].percent, status=Status.PROGRESSING,
-                   step_started_at=at)
+                   step_started_at=at, fallen=())

@@ -29,6 +29,8 @@ from shadow.core.paths import MISSING, get_path
 
 ERROR, ABSTAINED, VIOLATION, DEFAULT = "error", "abstained", "violation", "default"
 """What chose a tier when no rule did (``Assessment.rule``); a rule is ``rules[i]``."""
+FALLBACK = "fallback"
+"""What chose the tier of a decision whose own tier fell back (:mod:`rollout.tier_health`)."""
 
 
 @dataclass(frozen=True, slots=True)

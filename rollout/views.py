@@ -62,6 +62,9 @@ def evidence_view(controller: Controller, a: Assessment) -> dict[str, Any] | Non
             "per_day": detection.per_day if detection else None,
             "needed": detection.needed if detection else None,
             "in_time": detection.in_time if detection else None},
+        "tiers": None if plan.tiers is None else {
+            "fallen": list(a.state.fallen),
+            "detectors": [h.as_dict() for h in controller.tier_health().values()]},
     }
 
 

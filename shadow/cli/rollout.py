@@ -275,6 +275,14 @@ def _evidence_text(e: dict[str, Any]) -> list[str]:
                 if d["per_day"] is not None else "")
         lines.append(f"  rollback detector: {d['independent_labels']:,} independent labels, "
                      f"CUSUM {d['statistic']} of {d['threshold']}{pace}")
+    tiers = e.get("tiers")
+    if tiers is not None:
+        for h in tiers["detectors"]:
+            state = ("FELL BACK" if h["tier"] in tiers["fallen"] else
+                     "alarmed" if h["alarmed_at"] is not None else "holding")
+            agreement = f" ({h['agreement']:.1%})" if h["agreement"] is not None else ""
+            lines.append(f"  tier {h['tier']}: {h['agreed']:,} of {h['units']:,} units agreed"
+                         f"{agreement}, CUSUM {h['statistic']} of {h['threshold']}: {state}")
     return lines
 
 

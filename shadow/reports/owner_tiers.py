@@ -37,7 +37,8 @@ TIERS = ("auto", "review", "human")
 VERDICTS = ("approve", "edit", "reject")
 REASONS = {"default": "no rule matched (the policy's default)",
            "error": "the call failed", "abstained": "the candidate abstained",
-           "violation": "the output violated a hard constraint"}
+           "violation": "the output violated a hard constraint",
+           "fallback": "its own tier fell back after its agreement broke"}
 """What chose a tier when no rule did (``rollout.tiers``), as people read it."""
 DAYS_PER_MONTH = 30
 """As the cost projection counts a month (``shadow.reports.owner``)."""

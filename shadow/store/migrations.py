@@ -333,6 +333,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             published_at TIMESTAMPTZ
         )""",
     ]),
+    # Tier fallback (rollout/tier_health.py): the tiers of a rollout whose agreement broke,
+    # in the order they fell; empty until one does, and again after a restart.
+    (16, [
+        "ALTER TABLE rollout_state ADD COLUMN fallen_tiers VARCHAR[] DEFAULT []",
+    ]),
 ]
 MIGRATIONS.sort(key=lambda migration: migration[0])
 

@@ -169,8 +169,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
             "cost = CASE candidate WHEN 'triage' THEN 0.001 * (CAST(event_id[2:] AS INTEGER) % 3 "
             "+ 1) END")
         db.execute(
-            "INSERT INTO rollout_state VALUES ('rules-rollout', 'rules', NULL, 1, 5.0, "
-            "'rolled_back', ?, ?, 2)", [ROLLOUT_TIMES[0], ROLLOUT_TIMES[1]])
+            "INSERT INTO rollout_state (rollout, candidate, version, step, percent, status, "
+            "step_started_at, updated_at, revision) VALUES ('rules-rollout', 'rules', NULL, 1, "
+            "5.0, 'rolled_back', ?, ?, 2)", [ROLLOUT_TIMES[0], ROLLOUT_TIMES[1]])
         db.execute(
             "INSERT INTO rollout_audit VALUES "
             "('rules-rollout', 1, ?, 'ops', 'promote', 0, 1, 'progressing', 'progressing', 5.0, "
