@@ -7,9 +7,11 @@ answering ``/health`` meanwhile. The routes and their schemas are described by
 :func:`shadow.service.openapi.openapi`, which is also served at ``/openapi.json``.
 
 Authentication: every route needs ``Authorization: Bearer <token>`` except
-``/health``, ``/ready`` and ``/openapi.json`` (and ``/metrics`` when
-``metrics_token_required=False``). A missing or malformed header is answered
-401 with ``WWW-Authenticate: Bearer``; a token the daemon does not know 403;
+``/health``, ``/ready``, ``/openapi.json`` and ``/review`` (and ``/metrics`` when
+``metrics_token_required=False``). ``/review`` is the review page
+(:mod:`shadow.service.review_page`): it holds no data, and every call it makes to
+the API carries the token the person entered in it. A missing or malformed header
+is answered 401 with ``WWW-Authenticate: Bearer``; a token the daemon does not know 403;
 a known token without the scope the route needs (``x-scope`` in
 :func:`shadow.service.openapi.openapi`, which is where each route's scope is
 declared) 403 naming that scope, with ``error="insufficient_scope"`` in
@@ -77,6 +79,7 @@ from shadow.service.api_models import (
 from shadow.service.api_tokens import ApiToken, Tokens
 from shadow.service.control import Control
 from shadow.service.openapi import openapi, public_operations, required_scopes
+from shadow.service.review_page import review_page
 from shadow.store.backup import BackupExists
 from shadow.store.verdicts import ProblemKind, VerdictRefused
 
@@ -255,6 +258,7 @@ class ApiServer:
         app.router.add_get("/events/{event_id}", self._event, allow_head=False)
         app.router.add_get("/reviews", self._reviews, allow_head=False)
         app.router.add_post("/reviews/{review_id}/verdict", self._review_verdict)
+        app.router.add_get("/review", self._review_page, allow_head=False)
         app.router.add_get("/metrics", self._metrics, allow_head=False)
         app.router.add_post("/backup", self._backup)
         return app
@@ -416,6 +420,11 @@ class ApiServer:
         except VerdictRefused as exc:
             raise _HttpError(_REFUSED[exc.problem.kind], str(exc)) from exc
         return _answer(ReviewVerdict.model_validate(found))
+
+    async def _review_page(self, request: web.Request) -> web.Response:
+        page = review_page()
+        return web.Response(body=page.body, content_type="text/html", charset="utf-8",
+                            headers=page.headers)
 
     async def _backup(self, request: web.Request) -> web.Response:
         body = await _body(request, BackupRequest)

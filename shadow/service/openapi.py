@@ -232,6 +232,12 @@ def openapi(*, metrics_token_required: bool = True) -> dict[str, Any]:
                              "description": "the proposal's review_id",
                              "schema": {"type": "string"}}],
                 requestBody=_body(VerdictRequest))},
+            "/review": {"get": _op(
+                "the review page: open proposals with approve, edit and reject; it holds no "
+                "data and calls /reviews with the token entered in it",
+                {"description": "the page", "content": {"text/html": {
+                    "schema": {"type": "string"}}}},
+                scope=None)},
             "/backup": {"post": _op(
                 "copy the store, as of one moment, to a new file in the daemon's backup "
                 "folder (daemon.jobs.backup_dir)",

@@ -310,7 +310,7 @@ def test_a_port_in_use_is_a_configuration_error(server: ApiServer) -> None:
 def test_health_ready_and_the_description_need_no_token(http: httpx.Client,
                                                         fake: FakeControl) -> None:
     assert operations(public=True) == [("GET", "/health"), ("GET", "/openapi.json"),
-                                       ("GET", "/ready")]
+                                       ("GET", "/ready"), ("GET", "/review")]
     health = http.get("/health")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})  # reveals nothing
     assert fake.calls == []
