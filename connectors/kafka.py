@@ -298,6 +298,10 @@ class KafkaSource(Source):
             "topic": message.topic, "partition": message.partition, "offset": message.offset,
             "timestamp": message.timestamp,
         }
+        if message.value is None:
+            # A tombstone (a compacted topic's delete marker, Debezium's after each
+            # delete) holds no record: it is skipped and counted, never a dead letter.
+            return RawRecord(self.name, position, None, None)
         try:
             value = orjson.loads(message.value)
         except orjson.JSONDecodeError as exc:

@@ -48,6 +48,16 @@ class Mapper(Generic[M]):
         self._canonical = canonical
         self.when = compile_condition(when) if when is not None else None
 
+    @property
+    def canonical(self) -> bool:
+        """Whether records are validated as they are (the default mapping)."""
+        return self._canonical
+
+    def shape(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with each canonical field where the model expects it, before
+        validation: the record itself for the default mapping."""
+        return record if self._canonical else self._reshape(record)
+
     def __call__(self, record: dict[str, Any]) -> M:
         shaped = record if self._canonical else self._reshape(record)
         try:
@@ -173,14 +183,17 @@ def map_records(
     """Map a batch: canonical values paired with their record, and dead letters.
 
     A record the mapper's ``when`` leaves out is in neither list, so a batch's
-    skipped records are ``len(records) - len(mapped) - len(dead)``. An undecodable
-    record is a dead letter whatever ``when`` says: there is nothing to test.
+    skipped records are ``len(records) - len(mapped) - len(dead)``; so is a record with
+    no content at all (a Kafka tombstone: no value, no raw text, no error). An
+    undecodable record is a dead letter whatever ``when`` says: there is nothing to test.
     """
     mapped: list[tuple[M, RawRecord]] = []
     dead: list[DeadLetter] = []
     when = mapper.when if isinstance(mapper, Mapper) else None
     for record in records:
         if record.value is None:
+            if record.raw is None and record.error is None:
+                continue  # a tombstone: nothing to map
             dead.append(dead_letter(record, kind, record.error or "undecodable record", now))
             continue
         if when is not None and not when(record.value):
@@ -210,15 +223,22 @@ def unstorable(item: Any) -> str | None:
     Such a record is caught here, before any candidate sees it, instead of
     failing the write of its whole batch or a later read.
     """
+    # The fields a model declares, not ``hasattr``: on a pydantic model a missing
+    # attribute raises inside ``__getattr__``, which cost 10 µs per event.
+    declared = type(item).model_fields if isinstance(item, BaseModel) else None
+
+    def has(name: str) -> bool:
+        return name in declared if declared is not None else hasattr(item, name)
+
     for name in ("payload", "segment", "outcome"):
-        if not hasattr(item, name):
+        if not has(name):
             continue
         try:
             orjson.dumps(getattr(item, name))
         except (TypeError, orjson.JSONEncodeError) as exc:
             return f"the record's {name} cannot be stored as JSON: {exc}"
     for name in ("occurred_at", "decided_at"):
-        at = getattr(item, name, None)
+        at = getattr(item, name) if has(name) else None
         if at is None:
             continue
         try:

@@ -72,6 +72,8 @@ class Fate(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     DEAD = "dead letter"
+    SKIPPED = "skipped"
+    """A Kafka tombstone: no record, counted as read and skipped."""
 
 
 class Kind(enum.Enum):
@@ -143,11 +145,12 @@ class Expected:
     """event_id: (position, what is stored)"""
     duplicates: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
     @property
     def read(self) -> int:
-        return len(self.stored) + len(self.duplicates) + len(self.dead)
+        return len(self.stored) + len(self.duplicates) + len(self.dead) + len(self.skipped)
 
     def render(self, again: int | None, known: Known,
                data: Callable[[str], bytes]) -> Written:
@@ -168,6 +171,8 @@ class Expected:
     def at(self, position: str, written: Written) -> None:
         if written.fate is Fate.DEAD:
             self.dead.append(position)
+        elif written.fate is Fate.SKIPPED:
+            self.skipped.append(position)
         elif written.fate is Fate.DUPLICATE:
             self.duplicates.append(position)
         else:
@@ -418,7 +423,9 @@ def check_store(db: Path, sources: dict[str, Expected]) -> None:
             dead = sorted(p for (p,) in con.execute(
                 "SELECT position FROM dead_letters WHERE source = ? AND kind = 'event'",
                 [source]).fetchall())
-            assert len(rows) + len(duplicates) + len(dead) == expected.read
+            # Skipped records (tombstones) leave nothing in the store.
+            assert len(rows) + len(duplicates) + len(dead) + len(expected.skipped) == (
+                expected.read)
             assert sorted(stored) == sorted(expected.stored)
             for event_id, (position, known) in expected.stored.items():
                 assert stored[event_id] == (position, known), event_id
@@ -723,7 +730,7 @@ def deliver(client: httpx.Client, url: str, delivery: Delivery, delivery_id: str
 
 def produce(producer: KafkaProducer, topic: str, value: Draft | None, key: bytes | None,
             expected: Expected) -> None:
-    written = Written(b"", Fate.DEAD) if value is None else expected.draft(value)
+    written = Written(b"", Fate.SKIPPED) if value is None else expected.draft(value)
     if value is None and key is None:
         key = b""  # a tombstone needs a key
     sent = producer.send(topic, None if value is None else written.data, key=key)
