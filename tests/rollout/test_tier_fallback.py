@@ -9,6 +9,9 @@ review, the tags pending publication are withdrawn, and the review tier holds.
 
 from __future__ import annotations
 
+import json
+import math
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from rollout.controller import Controller
 from rollout.gates import detector
 from rollout.runtime import LiveRollout
 from rollout.state import Action, Refused, transition
+from rollout.statistics import DetectorState
 from rollout.tier_health import effective
 from rollout.tiers import Policy
 from shadow.candidates import CallableCandidate
@@ -134,7 +138,7 @@ def test_the_fallback_comes_after_the_degradation_and_within_the_detectors_reach
     degraded: tuple[Path, RecordingSink],
 ) -> None:
     with Store(degraded[0], read_only=True) as store:
-        evidence = __import__("json").loads(transitions(store)[-1][2])
+        evidence = json.loads(transitions(store)[-1][2])
     cusum = detector(RolloutSpec.model_validate(PLAN))
     healthy_tags = sum(is_tag(i) for i in range(DEGRADE_AT))
     # Each wrong tag raises the statistic by `up` from at most its healthy level: the
@@ -253,3 +257,27 @@ def test_a_fallback_is_refused_where_it_makes_no_sense(tmp_path: Path) -> None:
         restarted = transition(fell, Action.RESTART, spec, actor="dana", reason="fixed",
                                at=START).after
     assert fell.fallen == ("auto",) and restarted.fallen == ()
+
+
+def test_two_healthy_tiers_fall_back_needlessly_at_most_twice_the_budget() -> None:
+    """The README's claim: each tier's detector keeps the plan's false-alarm budget within
+    ``horizon`` units, so with auto and review both watched a needless fallback of either
+    is at most twice ``false_alarm``. Exact for one detector, simulated for the pair."""
+    horizon, budget = 1_000, 0.05
+    spec = RolloutSpec.model_validate({**PLAN, "rollback": {
+        **PLAN["rollback"], "false_alarm": budget, "horizon": horizon}})
+    cusum = detector(spec)
+    healthy = cusum.healthy
+    one = cusum.false_alarm_within(horizon)
+    assert one <= budget
+    assert 1 - (1 - one) ** 2 <= 2 * budget
+
+    rng = random.Random(20261206)
+    runs = 400
+    fell = sum(
+        any(cusum.advance(DetectorState(), [rng.random() < healthy for _ in range(horizon)])
+            .alarmed_at is not None for _tier in range(2))
+        for _ in range(runs))
+    # The observed share may exceed the bound only by sampling noise (3 standard errors).
+    noise = 3 * math.sqrt(2 * budget * (1 - 2 * budget) / runs)
+    assert fell / runs <= 2 * budget + noise
