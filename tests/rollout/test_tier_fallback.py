@@ -42,7 +42,7 @@ ROLLOUT, CANDIDATE, VERSION = "desk", "desk-agent", "7"
 N = 600
 DEGRADE_AT = 200
 """From this ticket on the agent's tags are wrong."""
-PLAN = {
+PLAN: dict[str, Any] = {
     "name": ROLLOUT, "steps": [{"percent": 0}, {"percent": 100}],
     "gates": {"agreement": 0.9},
     "rollback": {"healthy": 0.94, "degraded": 0.85, "false_alarm": 0.01, "horizon": 10_000},
@@ -156,8 +156,8 @@ def test_no_tag_reaches_the_action_sink_once_the_tier_fell_back(
     degraded: tuple[Path, RecordingSink],
 ) -> None:
     with Store(degraded[0], read_only=True) as store:
-        fell_at = store.db.execute(
-            "SELECT changed_at FROM rollout_audit WHERE action = 'tier_fallback'").fetchone()[0]
+        (fell_at,), = store.db.execute(
+            "SELECT changed_at FROM rollout_audit WHERE action = 'tier_fallback'").fetchall()
         rows = store.db.execute(
             "SELECT event_id, tier, tier_rule, published_at, withdrawn_reason, predicted_at "
             "FROM predictions ORDER BY predicted_at").fetchall()
@@ -196,8 +196,8 @@ def test_status_shows_each_tiers_detector(degraded: tuple[Path, RecordingSink]) 
                                 version=VERSION, comparator=build_comparator(COMPARATOR).name)
         controller.attach()
         view = evidence_view(controller, controller.assess())
-        moved = store.db.execute("SELECT count(*) FROM predictions WHERE tier = 'review' "
-                                 "AND tier_rule = 'fallback'").fetchone()[0]
+        (moved,), = store.db.execute("SELECT count(*) FROM predictions WHERE tier = 'review' "
+                                     "AND tier_rule = 'fallback'").fetchall()
 
     assert view is not None
     tiers = view["tiers"]
