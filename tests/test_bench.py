@@ -49,6 +49,12 @@ def test_replay_vs_duckdb(tmp_path: Path) -> None:
     assert "3,000" in out
 
 
+def test_replay_stages(tmp_path: Path) -> None:
+    for pipeline in ([], ["--per-record"]):
+        out = bench("replay_stages.py", "--events", "3000", "--dir", str(tmp_path), *pipeline)
+        assert "3,000 events" in out and "call the candidate" in out
+
+
 def test_http_concurrency(tmp_path: Path) -> None:
     out = bench("http_concurrency.py", "--events", "300", "--concurrency", "16", "--delay",
                 "0.01", "--runs", "1", "--dir", str(tmp_path))

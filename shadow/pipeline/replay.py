@@ -21,8 +21,9 @@ from shadow.config.candidates import (
 from shadow.config.file import Config, load_config
 from shadow.core.errors import ConfigError
 from shadow.core.models import utc_now
+from shadow.pipeline.columnar import ColumnarPipeline
 from shadow.pipeline.readiness import remember
-from shadow.pipeline.runner import Pipeline, ReplaySummary
+from shadow.pipeline.runner import ReplaySummary
 from shadow.store.database import Store
 
 
@@ -66,7 +67,7 @@ def replay_files(request: ReplayRequest, *, progress: Any = None) -> ReplaySumma
             from rollout.runtime import open_rollout
 
             rollout = open_rollout(config.rollout, store, candidates, comparator, opened)
-        replay = Pipeline(
+        replay = ColumnarPipeline(
             store, candidates, comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),
