@@ -33,6 +33,7 @@ def status_view(controller: Controller, a: Assessment, stored: dict[str, Any],
         "stored_evaluations": stored, "last_transition": last_transition,
         "evidence": evidence_view(controller, a),
         "warnings": list(a.warnings),
+        "tiers": tiers_view(plan, recent_tiers(controller.store, controller)),
     }
 
 
@@ -68,21 +69,20 @@ def evidence_view(controller: Controller, a: Assessment) -> dict[str, Any] | Non
     }
 
 
-def tiers_view(plan: RolloutSpec, counts: Mapping[str, int] | None) -> dict[str, Any] | None:
+def tiers_view(plan: RolloutSpec, counts: Mapping[str, int]) -> dict[str, Any] | None:
     """The tier policy in order, and the share of each tier among ``counts`` (the latest
-    predictions' tiers; ``None`` when they are not at hand). ``None`` without a policy."""
+    predictions' tiers). ``None`` without a policy."""
     spec = plan.tiers
     if spec is None:
         return None
     view: dict[str, Any] = {
         "rules": [{"rule": f"rules[{i}]", "tier": r.tier.value, "text": r.text()}
                   for i, r in enumerate(spec.rules)],
-        "default": spec.default.value, "label_path": spec.label_path, "recent": None}
-    if counts is not None:
-        total = sum(counts.values())
-        view["recent"] = {"predictions": total, "of_latest": RECENT,
-                          "shares": {t.value: counts.get(t.value, 0) / total if total else 0.0
-                                     for t in Tier}}
+        "default": spec.default.value, "label_path": spec.label_path}
+    total = sum(counts.values())
+    view["recent"] = {"predictions": total, "of_latest": RECENT,
+                      "shares": {t.value: counts.get(t.value, 0) / total if total else 0.0
+                                 for t in Tier}}
     return view
 
 

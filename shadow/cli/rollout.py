@@ -204,14 +204,12 @@ def _through_daemon(target: _Target, use: Callable[[DaemonClient], int]) -> int 
 
 def _status(args: argparse.Namespace) -> int:
     from rollout import audit
-    from rollout.views import recent_tiers, status_view, tiers_view
+    from rollout.views import status_view
 
     target = _Target(args)
 
     def through_daemon(daemon: DaemonClient) -> int:
-        view = daemon.rollout_status()
-        tiers = tiers_view(target.plan, None) if target.plan is not None else None
-        return _print_status({**view, "tiers": tiers} if tiers else view, args.format)
+        return _print_status(daemon.rollout_status(), args.format)
 
     through = _through_daemon(target, through_daemon)
     if through is not None:
@@ -226,11 +224,10 @@ def _status(args: argparse.Namespace) -> int:
         assessment = opened.controller.assess()
         last = audit.latest_evaluations(opened.store, state.rollout)
         recent = audit.history(opened.store, state.rollout, limit=1)
-        tiers = tiers_view(opened.plan, recent_tiers(opened.store, opened.controller))
-        # While the store is open: the view may read more of it than the assessment did.
+        # While the store is open: the view reads more of it than the assessment did.
         view = status_view(opened.controller, assessment, last,
                            recent[0].as_dict() if recent else None)
-    return _print_status({**view, "tiers": tiers} if tiers else view, args.format)
+    return _print_status(view, args.format)
 
 
 def _print_status(view: dict[str, Any], fmt: str) -> int:
@@ -292,9 +289,7 @@ def _tiers_text(tiers: dict[str, Any]) -> list[str]:
     lines += [f"    {r['rule']}: {r['text']}" for r in tiers["rules"]]
     lines.append(f"    otherwise: {tiers['default']}")
     recent = tiers["recent"]
-    if recent is None:
-        lines.append("    recent shares: not served by the daemon's API yet")
-    elif recent["predictions"]:
+    if recent["predictions"]:
         shares = ", ".join(f"{tier} {share:.1%}" for tier, share in recent["shares"].items())
         lines.append(f"    latest {recent['predictions']:,} predictions: {shares}")
     else:

@@ -272,8 +272,12 @@ class RolloutStatus(_Answer):
     last_transition: Transition | None
     evidence: dict[str, Any] | None = Field(
         None, description="what the gates counted: units, label window, label delays, "
-                          "the rollback detector")
+                          "the rollback detector, each tier's detector")
     warnings: list[str]
+    tiers: dict[str, Any] | None = Field(
+        None, description="the tier policy: its rules in order, the default, the label path, "
+                          "and the share of each tier among the latest predictions; null "
+                          "without one")
 
 
 class CommandState(_Answer):

@@ -133,6 +133,14 @@ def test_verdicts_publish_approved_and_edited_actions_once_across_a_sigkill(
             review_id_of(f"e{i}") for i in REVIEW)
         status, listed = call(api, "GET", "/reviews?status=open&limit=10")
         assert status == 200
+        # The status the daemon serves explains the policy with the tiers' shares.
+        tiers = wait_until(lambda: call(api, "GET", "/rollout")[1]["tiers"],
+                           accept=lambda t: t["recent"]["predictions"] == len(KINDS),
+                           timeout_s=30, what="every prediction assessed")
+        assert [rule["rule"] for rule in tiers["rules"]] == [
+            f"rules[{i}]" for i in range(len(POLICY["rules"]))]
+        assert tiers["recent"]["shares"]["auto"] == pytest.approx(len(AUTO) / len(KINDS))
+        assert tiers["recent"]["shares"]["review"] == pytest.approx(len(REVIEW) / len(KINDS))
         assert sorted((r["review_id"], r["proposal"]["evidence"]["subject"])
                       for r in listed["reviews"]) == sorted(
             (review_id_of(f"e{i}"), f"Subject {i}") for i in REVIEW)
