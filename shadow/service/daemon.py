@@ -357,6 +357,10 @@ class Daemon:
         if self.runtime is None:
             return
         self.runtime.set_sources(self.source_statuses())
+        if self.pipeline is not None:
+            summary = self.pipeline.summary
+            self.runtime.set_skipped("event", summary.events_skipped)
+            self.runtime.set_skipped("outcome", summary.outcomes_skipped)
         for source in self._sources:
             lag = getattr(source, "lag", None)
             if callable(lag):

@@ -42,7 +42,7 @@ from rollout.state import Action, Status
 from rollout.units import stored_label_delays
 from shadow.core.errors import StoreError
 from shadow.core.models import ErrorKind, Mode, RecordKind
-from shadow.service.metric_families import counter, gauge
+from shadow.service.metric_families import counter, gauge, labelled
 from shadow.service.runtime_metrics import RuntimeMetrics
 from shadow.store.database import Store
 
@@ -114,6 +114,7 @@ def _store_families(store: Store) -> list[Metric]:
             *_comparisons(db),
             *_rollouts(db),
             *_gates(db),
+            *_tiers(db),
         ]
         db.execute("COMMIT")
         return families
@@ -142,6 +143,34 @@ def _intake(db: duckdb.DuckDBPyConnection) -> list[Metric]:
         dead,
         counter("shadow_outcomes", "Outcomes stored, history included (each key and "
                  "decided_at once).", outcomes),
+    ]
+
+
+def _tiers(db: duckdb.DuckDBPyConnection) -> list[Metric]:
+    """Predictions by tier, reviews by status, and the reviewed actions published."""
+    tiers = db.execute(
+        "SELECT candidate, coalesce(version, ''), tier, mode, count(*) FROM predictions "
+        "WHERE tier IS NOT NULL GROUP BY ALL").fetchall()
+    reviews = db.execute(
+        "SELECT candidate, coalesce(version, ''), status, count(*) FROM reviews "
+        "GROUP BY ALL").fetchall()
+    published = db.execute(
+        "SELECT r.candidate, coalesce(r.version, ''), v.verdict, count(*) "
+        "FROM review_verdicts v JOIN reviews r USING (review_id) "
+        "WHERE v.published_at IS NOT NULL GROUP BY ALL").fetchall()
+    return [
+        labelled(GaugeMetricFamily, "shadow_tier_predictions",
+                 "Predictions of a rolled-out candidate by the tier its policy gave them, "
+                 "live or shadow.", ["candidate", "version", "tier", "mode"],
+                 (([c, v, t, m], n) for c, v, t, m, n in tiers)),
+        labelled(GaugeMetricFamily, "shadow_reviews",
+                 "Proposals of tier review by status (open, approved, edited, rejected, "
+                 "withdrawn).", ["candidate", "version", "status"],
+                 (([c, v, st], n) for c, v, st, n in reviews)),
+        labelled(CounterMetricFamily, "shadow_reviewed_actions_published",
+                 "Approved and edited proposals published to the action sink.",
+                 ["candidate", "version", "verdict"],
+                 (([c, v, verdict], n) for c, v, verdict, n in published)),
     ]
 
 

@@ -41,6 +41,7 @@ class RuntimeMetrics:
         self._deferred: dict[str, int] = {}
         self._deferred_last_run: dict[str, int] = {}
         self._sources: dict[str, tuple[bool, int]] = {}
+        self._skipped: dict[str, int] = {}
 
     def set_lag(self, source: str, partition: str | int, lag: int) -> None:
         """Records ``partition`` of ``source`` still has to hand out (negative reads as 0)."""
@@ -63,6 +64,12 @@ class RuntimeMetrics:
         """``n`` more records handed out by ``source``."""
         with self._lock:
             self._records[source] = self._records.get(source, 0) + max(0, n)
+
+    def set_skipped(self, kind: str, total: int) -> None:
+        """Records of ``kind`` (event, outcome) read and left out since the process started:
+        by a ``when:`` condition, or with no content (a Kafka tombstone)."""
+        with self._lock:
+            self._skipped[kind] = max(self._skipped.get(kind, 0), total)
 
     def progress(self, source: str, handed_out: int, fraction: float | None) -> None:
         """A :data:`shadow.pipeline.runner.Progress` callback.
@@ -114,6 +121,7 @@ class RuntimeMetrics:
             last_success = dict(self._last_success)
             deferred, deferred_last_run = dict(self._deferred), dict(self._deferred_last_run)
             sources = dict(self._sources)
+            skipped = dict(self._skipped)
         families: list[Metric] = [
             gauge("shadow_start_time_seconds", "When this daemon started, in Unix time.",
                    self.started_at),
@@ -131,6 +139,10 @@ class RuntimeMetrics:
             labelled(CounterMetricFamily, "shadow_source_records",
                       "Records handed out by each source since this process started.",
                       ["source"], (([s], n) for s, n in records.items())),
+            labelled(CounterMetricFamily, "shadow_records_skipped",
+                      "Records read and left out (a when: condition, a Kafka tombstone) since "
+                      "this process started, by kind.",
+                      ["kind"], (([k], n) for k, n in skipped.items())),
             labelled(GaugeMetricFamily, "shadow_source_read_ratio",
                       "Share of a bounded source read (files), 0 to 1.",
                       ["source"], (([s], f) for s, f in fraction.items())),
