@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import enum
 import io
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,14 +121,15 @@ class FileSource(Source):
 
     def _jsonl_records(self, handle: IO[bytes]) -> Iterator[RawRecord]:
         source, loads = self.name, orjson.loads
-        for number, line in enumerate(handle, 1):
-            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
-                line = line[3:]  # a byte-order mark, as some Windows exports write
-            if not line or line.isspace():
-                continue  # a blank line, or a file holding nothing but a byte-order mark
+        first = handle.readline()
+        if first.startswith(b"\xef\xbb\xbf"):
+            first = first[3:]  # a byte-order mark, as some Windows exports write
+        for number, line in enumerate(itertools.chain((first,), handle), 1):
             try:
                 value = loads(line)
             except orjson.JSONDecodeError as exc:
+                if not line or line.isspace():
+                    continue  # a blank line, or a file holding nothing but a byte-order mark
                 yield RawRecord(source, f"line {number}", None, line, f"not valid JSON: {exc}")
                 continue
             if type(value) is dict:

@@ -50,7 +50,7 @@ from shadow.store.writes import (
 _ISO = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?"
 ).fullmatch
-_FIELDS = ("event_id", "key", "occurred_at", "segment", "payload", "routing_key")
+_FIELDS = frozenset(("event_id", "key", "occurred_at", "segment", "payload", "routing_key"))
 
 
 class _Row(NamedTuple):
@@ -64,8 +64,9 @@ class _Row(NamedTuple):
     routing_key: str | None
     segment_json: str
     payload_json: str
-    present: frozenset[str]
-    """The Event's fields the record set (pydantic's ``model_fields_set``)."""
+    present: set[str]
+    """The Event's fields the record set (pydantic's ``model_fields_set``); the row's
+    own set, handed to its Event."""
 
 
 def fast_row(shaped: dict[str, Any]) -> _Row | None:
@@ -92,8 +93,12 @@ def fast_row(shaped: dict[str, Any]) -> _Row | None:
     segment = get("segment", _ABSENT)
     if segment is _ABSENT:
         segment = {}
-    elif type(segment) is not dict or not all(type(v) is str for v in segment.values()):
+    elif type(segment) is not dict:
         return None
+    else:
+        for item in segment.values():
+            if type(item) is not str:
+                return None
     payload = get("payload", _ABSENT)
     if payload is _ABSENT:
         payload = {}
@@ -107,9 +112,8 @@ def fast_row(shaped: dict[str, Any]) -> _Row | None:
         payload_json = orjson.dumps(payload).decode()
     except (TypeError, orjson.JSONEncodeError):
         return None
-    present = frozenset(name for name in _FIELDS if name in shaped)
     return _Row(event_id, key, occurred, segment, payload, routing_key,
-                segment_json, payload_json, present)
+                segment_json, payload_json, shaped.keys() & _FIELDS)
 
 
 _ABSENT: Any = object()
@@ -119,7 +123,7 @@ def _row_of(event: Event) -> _Row:
     """The row of an event pydantic validated (a record the fast test left to it)."""
     return _Row(event.event_id, event.key, event.occurred_at, event.segment, event.payload,
                 event.routing_key, orjson.dumps(event.segment).decode(),
-                orjson.dumps(event.payload).decode(), frozenset(event.model_fields_set))
+                orjson.dumps(event.payload).decode(), set(event.model_fields_set))
 
 
 _new = object.__new__
@@ -137,7 +141,7 @@ def _event(row: _Row) -> Event:
         "event_id": row.event_id, "key": row.key, "occurred_at": row.occurred_at,
         "segment": row.segment, "payload": row.payload, "routing_key": row.routing_key,
     })
-    _set(event, "__pydantic_fields_set__", set(row.present))
+    _set(event, "__pydantic_fields_set__", row.present)
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event

@@ -275,8 +275,9 @@ def prediction_actions_table(predictions: list[Prediction]) -> pa.Table:
     rows: list[_ActionRow] = []
     owners: list[Prediction] = []
     for p in predictions:
-        if p.error is None:
-            for row in _action_rows(p.output, _violations(p)):
+        output = p.output
+        if p.error is None and isinstance(output, dict) and ACTIONS_KEY in output:
+            for row in _action_rows(output, _violations(p)):
                 rows.append(row)
                 owners.append(p)
     return _rows_table(rows, "prediction", {
