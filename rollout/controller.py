@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,6 +41,9 @@ from shadow.config.rollout import RolloutSpec
 from shadow.config.tiers import Tier
 from shadow.core.models import utc_now
 from shadow.store.database import Store
+
+if TYPE_CHECKING:  # kafka-python is imported only where a state topic is configured
+    from rollout.state_topic import StatePublisher
 
 log = structlog.get_logger(__name__)
 
@@ -108,13 +111,15 @@ class Controller:
     def __init__(
         self, store: Store, plan: RolloutSpec, *, rollout: str, candidate: str,
         version: str | None, comparator: str, notifiers: Sequence[Notifier] = (),
-        now: Callable[[], datetime] = utc_now,
+        now: Callable[[], datetime] = utc_now, state_topic: StatePublisher | None = None,
     ) -> None:
         self.store, self.plan = store, plan
         self.rollout, self.candidate, self.version = rollout, candidate, version
         self.comparator = comparator
         self.notifiers = list(notifiers)
         self.now = now
+        self.state_topic = state_topic
+        """Where every state this controller holds is published for other processes."""
         self.detector: Cusum = detector(plan)
         self.units = Units(store, plan, rollout=rollout, comparator=comparator)
         self._state: RolloutState | None = None
@@ -171,6 +176,11 @@ class Controller:
 
     def _set(self, state: RolloutState) -> None:
         self._state, self._router = state, None
+        # Every state held, not only those of transitions (which come here right after
+        # audit.save): the state found at start, or written by another process, is
+        # then heartbeaten too. Never blocks, never raises.
+        if self.state_topic is not None:
+            self.state_topic.publish(state)
 
     # -- evaluation -------------------------------------------------------------
 
@@ -309,7 +319,7 @@ class Controller:
         Raises:
             Refused: the transition is unsafe or meaningless now; nothing changed.
         """
-        if action in (Action.START, Action.AWAIT_APPROVAL):
+        if action in (Action.START, Action.AWAIT_APPROVAL, Action.TIER_FALLBACK):
             raise Refused(f"{action.value} is the controller's to make")
         if not actor or actor == CONTROLLER:
             raise Refused("a command needs the name of the person giving it")

@@ -94,7 +94,7 @@ def test_rollout_actions_are_the_rollouts_commands() -> None:
     from rollout.state import Action
     from shadow.cli.rollout import ACTIONS
 
-    by_the_controller = {Action.START, Action.AWAIT_APPROVAL}
+    by_the_controller = {Action.START, Action.AWAIT_APPROVAL, Action.TIER_FALLBACK}
     commands = {a.value for a in Action if a not in by_the_controller}
     assert set(ACTIONS) == commands | {"status", "history", "simulate"}
 
