@@ -15,6 +15,14 @@ record carries everything known of the thread so far, so the latest outcome of a
 (the one compared) is complete; its ``decided_at`` is when the message was saved in
 the folder (``SAVEDATE``, else its arrival time) or the reply's ``Date``.
 
+Flags and keywords a person sets or removes on a filed message after the source read
+it change the thread too (:mod:`connectors.imap_threads` remembers what each message
+had): where the server offers CONDSTORE (RFC 7162), each poll asks a folder for the
+messages whose flags changed since the ``HIGHESTMODSEQ`` of the last poll (kept in the
+positions); elsewhere, or with ``condstore=False``, it reads the flags of the last
+``flag_window`` messages of the folder. A change gives an outcome decided when the
+source saw it.
+
 *Delivery*: the source never changes the mailbox (folders are opened read-only,
 bodies fetched with ``BODY.PEEK``). Positions are (folder, ``UIDVALIDITY``, UID),
 saved by :meth:`ImapSource.commit`, which the pipeline calls after the store has
@@ -39,8 +47,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +56,9 @@ import structlog
 from imapclient import IMAPClient  # type: ignore[import-untyped]
 from imapclient.exceptions import IMAPClientError  # type: ignore[import-untyped]
 
+from connectors import imap_threads as threads
 from connectors.base import RawRecord, Source
-from connectors.imap_message import Message, Undecodable, read_message
+from connectors.imap_message import Message, Undecodable, read_message, thread_of
 from connectors.imap_positions import FolderPosition, Positions, Progress
 from shadow.core.errors import SourceError, first_line
 from shadow.core.retry import RetryPolicy, backoff
@@ -63,8 +72,6 @@ _FETCH_BYTES = 16 * 1024 * 1024
 _IDLE_JOIN_S = 2.0
 _IDLE_RENEW_S = 300.0
 """IDLE is ended and started again this often (RFC 2177 asks for under 29 minutes)."""
-_SYSTEM_FLAGS = {b"\\Seen": "seen", b"\\Answered": "answered", b"\\Flagged": "flagged",
-                 b"\\Draft": "draft", b"\\Deleted": "deleted"}
 
 
 class Role(enum.StrEnum):
@@ -105,7 +112,10 @@ class ImapSource(Source):
     """New messages of some folders of one mailbox, as events or outcomes.
 
     ``start_new`` skips the messages a folder already holds when the source first sees
-    it (otherwise they are all read). ``on_arrival`` is called from the IDLE thread
+    it (otherwise they are all read). An outcome source follows the flags and keywords
+    of the messages it filed with CONDSTORE where the server offers it and ``condstore``
+    is true, else through the flags of the last ``flag_window`` messages of each folder
+    at every poll (``0``: not at all). ``on_arrival`` is called from the IDLE thread
     when the server announces mail, and each time that thread has (re)connected (mail
     may have come while it was not there). ``poll`` returns at once when nothing is due,
     and otherwise waits for the server at most ``server.timeout_s`` per command.
@@ -116,13 +126,17 @@ class ImapSource(Source):
         role: Role, positions: Path, sent_folder: str | None = None,
         headers: Sequence[str] = (), max_message_bytes: int = 10 * 1024 * 1024,
         max_body_chars: int = 20_000, poll_interval_s: float = 30.0, idle: bool = True,
-        start_new: bool = False, on_arrival: Callable[[], None] | None = None,
+        start_new: bool = False, condstore: bool = True, flag_window: int = 500,
+        on_arrival: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not folders and not (role is Role.OUTCOMES and sent_folder):
             raise ValueError("an IMAP source needs at least one folder")
         if sent_folder is not None and role is not Role.OUTCOMES:
             raise ValueError("sent_folder is read by outcome sources only")
+        if flag_window < 0:
+            raise ValueError(f"flag_window must be 0 or more, not {flag_window}")
         self.name = f"imap:{name}"
         self.server, self.login, self.role = server, login, role
         self.folders = list(dict.fromkeys([*folders, *([sent_folder] if sent_folder else [])]))
@@ -130,9 +144,15 @@ class ImapSource(Source):
         self.headers, self.max_message_bytes = list(headers), max_message_bytes
         self.max_body_chars, self.poll_interval_s = max_body_chars, poll_interval_s
         self.idle, self.start_new, self._on_arrival = idle, start_new, on_arrival
+        self.condstore, self.flag_window = condstore, flag_window
         self._positions = Positions(positions)
-        self._clock = clock
+        self._clock, self._now = clock, now
         self._client: Any = None
+        self._modseqs = False
+        """Whether this connection has CONDSTORE enabled (folders then give HIGHESTMODSEQ)."""
+        self._identities: dict[str, tuple[int, dict[int, tuple[str, str] | None]]] = {}
+        """Per folder, under its UIDVALIDITY: the (message id, thread) of the UIDs whose
+        flags were last looked at, so the flag window fetches their headers once."""
         self._progress = Progress({}, {})
         """What has been handed out: saved as it is by the next commit."""
         self._committed = Progress({}, {})
@@ -148,7 +168,7 @@ class ImapSource(Source):
         self._committed = self._positions.load()
         self._progress = copy.deepcopy(self._committed)
         try:
-            self._client = self._connect()
+            self._client = self._connect_reader()
         except _FAILURES as exc:
             raise SourceError(f"cannot log in to {self.server.host}:{self.server.port} as "
                               f"{self.login.username}: {first_line(exc)}") from exc
@@ -184,7 +204,7 @@ class ImapSource(Source):
         before = copy.deepcopy(self._progress)
         try:
             if self._client is None:
-                self._client = self._connect()
+                self._client = self._connect_reader()
             records, more = self._read(max_records)
         except _FAILURES as exc:
             # Nothing of this poll was handed out: its positions must not be committed.
@@ -205,21 +225,29 @@ class ImapSource(Source):
             left = max_records - len(records)
             if left <= 0:
                 return records, True
-            uids, uidvalidity = self._new_uids(folder)
+            selected = self._client.select_folder(folder, readonly=True)
+            uids, uidvalidity = self._new_uids(folder, selected)
+            known = self._progress.folders.get(folder)
+            if known is None or known.uidvalidity != uidvalidity:
+                known = FolderPosition(uidvalidity, 0)
             if uids[:left]:
                 records.extend(self._records(folder, uidvalidity, uids[:left]))
-                self._progress.folders[folder] = FolderPosition(uidvalidity, uids[:left][-1])
+                self._progress.folders[folder] = replace(known, uid=uids[:left][-1])
+            if self.role is Role.OUTCOMES and folder != self.sent_folder:
+                # What this poll read came with its flags as they are: only the messages
+                # read before can have changed.
+                records.extend(self._changes(folder, uidvalidity, selected, known.uid))
             if len(uids) > left:
                 return records, True
         return records, False
 
-    def _new_uids(self, folder: str) -> tuple[list[int], int]:
+    def _new_uids(self, folder: str, selected: dict[bytes, Any]) -> tuple[list[int], int]:
         client = self._client
-        selected = client.select_folder(folder, readonly=True)
         uidvalidity = int(selected[b"UIDVALIDITY"])
         known = self._progress.folders.get(folder)
         if known is None and self.start_new:
-            start = FolderPosition(uidvalidity, int(selected.get(b"UIDNEXT", 1)) - 1)
+            start = FolderPosition(uidvalidity, int(selected.get(b"UIDNEXT", 1)) - 1,
+                                   self._highest(selected))
             # Nothing to store, so the start is kept at once (with only what was committed).
             self._progress.folders[folder] = self._committed.folders[folder] = start
             self._positions.save(self._committed)
@@ -292,6 +320,86 @@ class ImapSource(Source):
             return [self._event(message, folder, uid, arrived, position, raw)]
         return self._outcome(message, folder, meta, arrived, position, raw)
 
+    # -- flag and keyword changes -------------------------------------------------
+
+    def _highest(self, selected: dict[bytes, Any]) -> int | None:
+        """The selected folder's HIGHESTMODSEQ, when changes can be asked for by it."""
+        value = selected.get(b"HIGHESTMODSEQ") if self._modseqs else None
+        return int(value) if value is not None else None
+
+    def _changes(self, folder: str, uidvalidity: int, selected: dict[bytes, Any],
+                 read_before: int) -> list[RawRecord]:
+        """Outcomes of the flags and keywords changed on the messages of the selected
+        ``folder`` up to UID ``read_before``: those changed since the last poll's
+        HIGHESTMODSEQ, or the last ``flag_window`` messages' without CONDSTORE."""
+        known = self._progress.folders.get(folder)
+        if known is None or known.uidvalidity != uidvalidity:
+            return []
+        highest = self._highest(selected)
+        if highest is not None:
+            # A folder read anew (first seen, new UIDVALIDITY) starts here: the flags of
+            # what it read were current.
+            self._progress.folders[folder] = replace(known, modseq=highest)
+            if known.modseq is None or known.modseq >= highest or read_before < 1:
+                return []
+            uids = self._client.search(["UID", f"1:{read_before}", "MODSEQ",
+                                        str(known.modseq + 1)])
+        elif self.flag_window:
+            exists = int(selected.get(b"EXISTS", 0))
+            if exists == 0 or read_before < 1:
+                return []
+            uids = self._client.search([f"{max(1, exists - self.flag_window + 1)}:*",
+                                        "UID", f"1:{read_before}"])
+        else:
+            return []
+        flags = self._client.fetch(sorted(uids), [b"FLAGS"]) if uids else {}
+        identities = self._identify(folder, uidvalidity, sorted(flags))
+        records: list[RawRecord] = []
+        for uid in sorted(flags):
+            identity = identities.get(uid)
+            if identity is None:
+                continue
+            message_id, thread = identity
+            mark = threads.marks(flags[uid].get(b"FLAGS", ()))
+            value = threads.remarked(self._progress.threads, thread, folder=folder,
+                                     message_id=message_id, mark=mark, now=self._now())
+            if value is not None:
+                records.append(RawRecord(
+                    self.name, f"{folder}@{uidvalidity}:{uid} flags",
+                    {**value, "actor": self.login.username},
+                    {"folder": folder, "uid": uid, "message_id": message_id, **mark}))
+        return records
+
+    def _identify(self, folder: str, uidvalidity: int,
+                  uids: list[int]) -> dict[int, tuple[str, str] | None]:
+        """The (message id, thread) of messages of the selected ``folder``: from their
+        header, or from the whole message when it has no ``Message-ID``; ``None`` for one
+        that cannot be read. Only the answers for ``uids`` are kept for the next poll."""
+        validity, known = self._identities.get(folder, (uidvalidity, {}))
+        if validity != uidvalidity:
+            known = {}
+        missing = [uid for uid in uids if uid not in known]
+        heads = self._client.fetch(missing, [b"BODY.PEEK[HEADER]", b"RFC822.SIZE"])
+        whole: list[int] = []
+        for uid in missing:
+            head = heads.get(uid, {}).get(b"BODY[HEADER]")
+            try:
+                known[uid] = thread_of(head) if isinstance(head, bytes) else None
+            except Undecodable:
+                known[uid] = None
+            if isinstance(head, bytes) and known[uid] is None and int(
+                    heads[uid].get(b"RFC822.SIZE", 0)) <= self.max_message_bytes:
+                whole.append(uid)
+        for uid, raw in self._bodies(whole, heads).items():
+            try:
+                message = read_message(raw, max_body_chars=1)
+            except Undecodable:
+                continue
+            known[uid] = (message.message_id, message.thread)
+        kept = {uid: known.get(uid) for uid in uids}
+        self._identities[folder] = (uidvalidity, kept)
+        return kept
+
     def _dead(self, folder: str, uid: int, position: str, raw: bytes | str,
               reason: str) -> RawRecord:
         return RawRecord(self.name, position, None, raw, f"UID {uid} in {folder}: {reason}")
@@ -312,38 +420,25 @@ class ImapSource(Source):
         if folder == self.sent_folder:
             if message.in_reply_to is None and not message.references:
                 return []  # a new message the mailbox sent, not a reply
-            done = message.date or arrived
-            action = f"reply:{message.message_id}"
-            change: dict[str, Any] = {"reply": {
-                "message_id": message.message_id, "in_reply_to": message.in_reply_to,
-                "to": message.payload["to"], "subject": message.payload["subject"],
-                "text": message.payload["body"],
-            }}
+            value = threads.replied(
+                self._progress.threads, message.thread, message_id=message.message_id,
+                done=message.date or arrived or self._now(), change={"reply": {
+                    "message_id": message.message_id, "in_reply_to": message.in_reply_to,
+                    "to": message.payload["to"], "subject": message.payload["subject"],
+                    "text": message.payload["body"],
+                }})
         else:
-            done = _saved(meta.get(b"SAVEDATE")) or arrived
-            action = f"filed:{folder}:{message.message_id}"
-            flags = [bytes(f) for f in meta.get(b"FLAGS", ())]
-            change = {"folder": folder,
-                      "flags": sorted(_SYSTEM_FLAGS[f] for f in flags if f in _SYSTEM_FLAGS),
-                      "keywords": sorted(f.decode("utf-8", "replace") for f in flags
-                                         if not f.startswith(b"\\"))}
+            change: dict[str, Any] = {"folder": folder,
+                                      **threads.marks(meta.get(b"FLAGS", ()))}
             if b"X-GM-LABELS" in meta:
                 change["labels"] = sorted(_label(label) for label in meta[b"X-GM-LABELS"])
-        thread = self._progress.threads.setdefault(message.thread, {"outcome": {},
-                                                                    "applied": []})
-        if action in thread["applied"]:
+            value = threads.filed(
+                self._progress.threads, message.thread, folder=folder,
+                message_id=message.message_id, change=change,
+                done=_saved(meta.get(b"SAVEDATE")) or arrived or self._now(), now=self._now())
+        if value is None:
             return []  # read again (a UIDVALIDITY change): already part of the thread
-        decided = done or datetime.now(UTC)
-        if "decided_at" in thread:
-            # The latest outcome of a key is the one compared: never earlier than the last.
-            floor = datetime.fromisoformat(thread["decided_at"]) + timedelta(milliseconds=1)
-            decided = max(decided, floor)
-        thread["applied"].append(action)
-        thread["outcome"] = {**thread["outcome"], **change}
-        thread["decided_at"] = decided.isoformat()
-        value = {"key": message.thread, "decided_at": decided.isoformat(),
-                 "actor": self.login.username, "outcome": dict(thread["outcome"])}
-        return [RawRecord(self.name, position, value, raw)]
+        return [RawRecord(self.name, position, {**value, "actor": self.login.username}, raw)]
 
     # -- connections ------------------------------------------------------------
 
@@ -367,6 +462,16 @@ class ImapSource(Source):
         except BaseException:
             _quietly(client.shutdown)
             raise
+        return client
+
+    def _connect_reader(self) -> Any:
+        """A client for :meth:`poll`, with CONDSTORE enabled where it is used."""
+        client = self._connect()
+        self._client, self._modseqs = client, False
+        if (self.role is Role.OUTCOMES and self.condstore
+                and {"CONDSTORE", "ENABLE"} <= self._capabilities()):
+            self._modseqs = b"CONDSTORE" in [bytes(c).upper()
+                                             for c in client.enable("CONDSTORE")]
         return client
 
     def _capabilities(self) -> set[str]:
@@ -400,12 +505,15 @@ class ImapSource(Source):
                     _quietly(client.shutdown)
 
     def _idle(self, client: Any) -> None:
+        # New mail; and, for outcomes, flags changed on a message of the folder.
+        wakers = ((b"EXISTS", b"RECENT") if self.role is Role.EVENTS
+                  else (b"EXISTS", b"RECENT", b"FETCH"))
         while not self._stop.is_set():
             client.idle()
             renew_at = time.monotonic() + _IDLE_RENEW_S
             announced = False
             while not self._stop.is_set() and not announced and time.monotonic() < renew_at:
-                announced = any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT")
+                announced = any(len(r) > 1 and r[1] in wakers
                                 for r in client.idle_check(timeout=1.0))
             client.idle_done()
             if announced:

@@ -40,7 +40,8 @@ def imap_source(spec: ImapSourceSpec, *, role: Role, store_path: Path, base_dir:
         role=role, positions=positions, sent_folder=spec.sent_folder, headers=spec.headers,
         max_message_bytes=spec.max_message_bytes, max_body_chars=spec.max_body_chars,
         poll_interval_s=spec.poll_interval.total_seconds(), idle=spec.idle,
-        start_new=spec.start == "new", on_arrival=on_arrival)
+        start_new=spec.start == "new", condstore=spec.condstore,
+        flag_window=spec.flag_window, on_arrival=on_arrival)
 
 
 def _login(spec: ImapSourceSpec, environ: Mapping[str, str]) -> Login:

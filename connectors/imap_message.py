@@ -66,11 +66,8 @@ def read_message(raw: bytes, *, headers: Sequence[str] = (),
     """
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
-    own = _ids(_header(parsed, "Message-ID"))
-    message_id = own[0] if own else generated_id(raw)
-    references = _ids(_header(parsed, "References"))
-    parents = _ids(_header(parsed, "In-Reply-To"))
-    in_reply_to = parents[0] if parents else None
+    own, references, in_reply_to = _thread_headers(parsed)
+    message_id = own or generated_id(raw)
     thread = references[0] if references else in_reply_to or message_id
     date = _date(_header(parsed, "Date"))
     text = _text(parsed)
@@ -96,6 +93,30 @@ def read_message(raw: bytes, *, headers: Sequence[str] = (),
         payload["headers"] = {name: value for name in headers
                               if (value := _header(parsed, name)) is not None}
     return Message(message_id, thread, in_reply_to, references, date, payload)
+
+
+def thread_of(head: bytes) -> tuple[str, str] | None:
+    """``(message_id, thread)`` of a message from its header alone (``BODY[HEADER]``),
+    as :func:`read_message` finds them; ``None`` for a message without a
+    ``Message-ID``, whose id is a digest of the whole message.
+
+    Raises:
+        Undecodable: one of those headers cannot be read.
+    """
+    parsed = email.message_from_bytes(head, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    own, references, in_reply_to = _thread_headers(parsed)
+    if own is None:
+        return None
+    return own, references[0] if references else in_reply_to or own
+
+
+def _thread_headers(parsed: EmailMessage) -> tuple[str | None, list[str], str | None]:
+    """The message's own id, its ``References`` and the id it replies to."""
+    own = _ids(_header(parsed, "Message-ID"))
+    parents = _ids(_header(parsed, "In-Reply-To"))
+    return (own[0] if own else None, _ids(_header(parsed, "References")),
+            parents[0] if parents else None)
 
 
 def generated_id(raw: bytes) -> str:

@@ -2,12 +2,13 @@
 
 An IMAP server keeps no consumer offsets, and the shadow path never marks mail as
 read, so the source records its progress itself: per folder, the ``UIDVALIDITY``
-it read under and the last UID it handed out; and, for an outcome source, what each
-thread's person has done so far (see :mod:`connectors.imap`). The file is written
-by :meth:`Positions.save` only when the pipeline commits (after the store has
-committed the records), atomically: a temporary file, flushed, renamed over the old
-one, the folder flushed. A crash leaves the previous positions, and the records
-after them are read again and recognised by the store.
+it read under, the last UID it handed out and, where the server has CONDSTORE, the
+folder's ``HIGHESTMODSEQ`` up to which flag changes were read; and, for an outcome
+source, what each thread's person has done so far (see :mod:`connectors.imap_threads`).
+The file is written by :meth:`Positions.save` only when the pipeline commits (after
+the store has committed the records), atomically: a temporary file, flushed, renamed
+over the old one, the folder flushed. A crash leaves the previous positions, and the
+records after them are read again and recognised by the store.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class FolderPosition:
 
     uidvalidity: int
     uid: int
+    modseq: int | None = None
+    """Flag changes up to this mod-sequence were read (CONDSTORE); ``None`` when not
+    known, as for a folder read again under a new ``UIDVALIDITY``."""
 
 
 @dataclass(slots=True)
@@ -59,7 +63,8 @@ class Positions:
         except (OSError, orjson.JSONDecodeError) as exc:
             raise SourceError(f"cannot read the IMAP positions in {self.path}: {exc}") from exc
         try:
-            folders = {name: FolderPosition(int(p["uidvalidity"]), int(p["uid"]))
+            folders = {name: FolderPosition(int(p["uidvalidity"]), int(p["uid"]),
+                                            _modseq(p.get("modseq")))
                        for name, p in data["folders"].items()}
             threads = dict(data.get("threads", {}))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -73,7 +78,8 @@ class Positions:
             SourceError: the file cannot be written.
         """
         data = {"version": _VERSION,
-                "folders": {name: {"uidvalidity": p.uidvalidity, "uid": p.uid}
+                "folders": {name: {"uidvalidity": p.uidvalidity, "uid": p.uid,
+                                   **({"modseq": p.modseq} if p.modseq is not None else {})}
                             for name, p in progress.folders.items()},
                 "threads": progress.threads}
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -85,3 +91,7 @@ class Positions:
             fsync(self.path.parent)
         except OSError as exc:
             raise SourceError(f"cannot write the IMAP positions to {self.path}: {exc}") from exc
+
+
+def _modseq(value: Any) -> int | None:
+    return None if value is None else int(value)

@@ -180,6 +180,12 @@ class ImapSourceSpec(Spec):
     max_message_bytes: int = Field(10 * 1024 * 1024, ge=1)
     """A larger message is not fetched; it becomes a dead letter."""
     max_body_chars: int = Field(20_000, ge=1)
+    condstore: bool = True
+    """Outcomes: follow flag and keyword changes with CONDSTORE where the server offers
+    it; ``false`` uses the ``flag_window`` instead."""
+    flag_window: int = Field(500, ge=0)
+    """Outcomes, without CONDSTORE: the flags of this many of the last messages of each
+    folder are read again at every poll (``0``: changes are not followed)."""
     positions: str | None = None
     """The positions file; by default ``<store>.imap-<name>.json`` beside the store."""
 

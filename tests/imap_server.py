@@ -6,7 +6,7 @@ own. When Dovecot is missing, IMAP tests skip with the reason locally; with
 SHADOW_REQUIRE_IMAP=1 (as CI sets it) they fail instead.
 
 The helpers act as the person at the mailbox does, over IMAP with IMAPClient:
-deliver (APPEND), move, set keywords.
+deliver (APPEND), move, set and clear flags and keywords.
 """
 
 from __future__ import annotations
@@ -151,6 +151,16 @@ class Mailbox:
     def add_keywords(self, folder: str, message_id: str, keywords: Sequence[str]) -> None:
         uid = self.uid_of(folder, message_id)
         self.client.add_flags([uid], [k.encode() for k in keywords])
+
+    def remove_flags(self, folder: str, message_id: str, flags: Sequence[str]) -> None:
+        """Clear flags or keywords (``\\Flagged``, ``refund``) of a message."""
+        uid = self.uid_of(folder, message_id)
+        self.client.remove_flags([uid], [f.encode() for f in flags])
+
+    def highestmodseq(self, folder: str) -> int:
+        """The folder's HIGHESTMODSEQ (CONDSTORE), as the server reports it."""
+        status = self.client.folder_status(folder, [b"HIGHESTMODSEQ"])
+        return int(status[b"HIGHESTMODSEQ"])
 
     def recreate(self, folder: str) -> None:
         """Delete ``folder`` and make it again, holding the same messages: the server

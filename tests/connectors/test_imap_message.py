@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.imap_message import Undecodable, read_message
+from connectors.imap_message import Undecodable, read_message, thread_of
 
 
 def raw(headers: str, body: str = "hello", charset: str = "utf-8") -> bytes:
@@ -59,3 +59,14 @@ def test_headers_asked_for_are_copied_and_absent_ones_left_out() -> None:
     message = read_message(raw("Message-ID: <h@x>\nList-Id: <support.example.com>"),
                            headers=["List-Id", "X-Priority"])
     assert message.payload["headers"] == {"List-Id": "<support.example.com>"}
+
+
+def test_the_header_alone_gives_the_same_id_and_thread() -> None:
+    whole = raw("Message-ID: <c@x>\nIn-Reply-To: <b@x>\nReferences: <a@x> <b@x>")
+    head = whole.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    message = read_message(whole)
+    assert thread_of(head) == (message.message_id, message.thread) == ("c@x", "a@x")
+
+
+def test_a_header_without_a_message_id_needs_the_whole_message() -> None:
+    assert thread_of(b"Subject: alert\r\nIn-Reply-To: <b@x>\r\n\r\n") is None
