@@ -46,6 +46,8 @@ class ImapServer:
     run: Path
     port: int
     host: str = "127.0.0.1"
+    capability: str | None = None
+    """What the server announces after login instead of Dovecot's own capabilities."""
 
     @property
     def ca_file(self) -> Path:
@@ -57,7 +59,8 @@ class ImapServer:
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "SHADOW_IMAP_RUN": str(self.run),
-                "SHADOW_IMAP_PORT": str(self.port), "SHADOW_IMAP_TOKEN": OAUTH_TOKEN}
+                "SHADOW_IMAP_PORT": str(self.port), "SHADOW_IMAP_TOKEN": OAUTH_TOKEN,
+                "SHADOW_IMAP_CAPABILITY": self.capability or ""}
 
     def script(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
@@ -80,13 +83,19 @@ class ImapServer:
         return client
 
 
-def _server() -> Iterator[ImapServer]:
+WITHOUT_CONDSTORE = ("IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE UNSELECT CHILDREN "
+                     "NAMESPACE UIDPLUS MOVE SPECIAL-USE LITERAL+")
+"""Dovecot's capabilities less CONDSTORE, QRESYNC and the extensions the source does not
+use: a server like Exchange Online, which announces no CONDSTORE."""
+
+
+def _server(capability: str | None = None) -> Iterator[ImapServer]:
     if shutil.which("dovecot") is None and not Path("/usr/sbin/dovecot").exists():
         unavailable("dovecot is not installed (Debian: apt-get install dovecot-imapd)")
     # Directly under the temporary folder, not pytest's: Dovecot's mail processes run
     # as its own user when the tests run as root, and must get through every folder.
     run = Path(tempfile.mkdtemp(prefix="shadow-imap-"))
-    server = ImapServer(run, free_port_pair())
+    server = ImapServer(run, free_port_pair(), capability=capability)
     server.start()
     try:
         yield server
@@ -105,6 +114,12 @@ def imap_server() -> Iterator[ImapServer]:
 def own_imap_server() -> Iterator[ImapServer]:
     """A Dovecot server for one test, which may stop and start it."""
     yield from _server()
+
+
+@pytest.fixture
+def imap_server_without_condstore() -> Iterator[ImapServer]:
+    """A Dovecot server for one test that does not announce CONDSTORE (nor QRESYNC)."""
+    yield from _server(WITHOUT_CONDSTORE)
 
 
 @pytest.fixture

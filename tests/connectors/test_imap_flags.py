@@ -137,6 +137,22 @@ def test_without_condstore_the_last_messages_of_the_window_are_followed(
         assert outcomes(source) == []
 
 
+def test_a_server_without_condstore_is_followed_through_the_window(
+    imap_server_without_condstore: ImapServer, mailbox_user: str, positions: Path
+) -> None:
+    server = imap_server_without_condstore
+    with Mailbox(server, mailbox_user) as box:
+        box.create("Billing")
+        box.deliver(mail.ana_invoice(), folder="Billing")
+        assert b"CONDSTORE" not in box.client.capabilities()
+        with billing(server, box, positions) as source:  # condstore: true, as by default
+            assert len(outcomes(source)) == 1
+            box.add_keywords("Billing", ANA, ["refund"])
+            (marked,) = outcomes(source)
+    assert marked["outcome"] == {"folder": "Billing", "flags": [], "keywords": ["refund"]}
+    assert "modseq" not in saved(positions)["Billing"]
+
+
 def test_flag_window_zero_follows_no_change_without_condstore(
     mailbox: Mailbox, imap_server: ImapServer, positions: Path
 ) -> None:
