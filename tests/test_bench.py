@@ -72,3 +72,8 @@ def test_webhook_intake(tmp_path: Path) -> None:
                 "--concurrency", "10", "--dir", str(tmp_path))
     assert "stored: 230 deliveries, each once" in out
     assert "ratio shadow run / bare server" in out
+
+
+def test_cpu_workers(tmp_path: Path) -> None:
+    out = bench("cpu_workers.py", "--events", "2000", "--runs", "1", "--dir", str(tmp_path))
+    assert "predict, workers: 2" in out and "ratio replay  two processes / one" in out

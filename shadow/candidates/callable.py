@@ -9,6 +9,10 @@ in the same order::
     @batch(size=32)
     def classify(events):
         return [model.predict(e.payload["body"]) for e in events]
+
+With ``workers`` above 1, the function runs in that many worker processes instead
+(:mod:`shadow.candidates.workers`), started when the candidate opens; predictions,
+their order and their errors are the same as in this process.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 
 from shadow.candidates.base import Candidate, truncate
 from shadow.candidates.fingerprint import fingerprint, source_of
+from shadow.candidates.workers import MAX_WORKERS, WorkerPool
 from shadow.config.candidates import CallableCandidateSpec
 from shadow.core.loading import load_callable
 from shadow.core.models import ErrorKind, Event, Mode, Prediction, PredictionError
@@ -55,7 +60,9 @@ def batch(fn: F | None = None, *, size: int | None = None) -> F | Callable[[F], 
 
 
 class CallableCandidate(Candidate):
-    """A Python function in this process, per event or per batch."""
+    """A Python function, per event or per batch: in this process, or with ``workers``
+    above 1 in that many worker processes (the function must then be importable by
+    module and name, as every ``module:function`` of a configuration is)."""
 
     def __init__(
         self,
@@ -64,13 +71,18 @@ class CallableCandidate(Candidate):
         name: str,
         version: str | None = None,
         batch_size: int = 64,
+        workers: int = 1,
     ) -> None:
+        if not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"workers: expected 1 to {MAX_WORKERS}, got {workers}")
         self._function = function
         self.name = name
         self.version = version
         marker = getattr(function, _BATCH_ATTR, None)
         self.batched = marker is not None
         self.batch_size = marker if isinstance(marker, int) and marker is not True else batch_size
+        self.workers = workers
+        self._pool: WorkerPool | None = None
 
     @classmethod
     def from_spec(cls, spec: CallableCandidateSpec) -> CallableCandidate:
@@ -79,12 +91,48 @@ class CallableCandidate(Candidate):
         version = (spec.version or _module_version(module)
                    or fingerprint(spec, source=source_of(function)))
         candidate = cls(function, name=spec.resolved_name, version=version,
-                        batch_size=spec.batch_size)
+                        batch_size=spec.batch_size, workers=spec.workers)
         candidate.confidence_path = spec.confidence_path
         candidate.abstain_below = spec.abstain_below
         return candidate
 
+    def open(self) -> None:
+        """With ``workers`` above 1, start the worker processes (once; they load the function).
+
+        Raises:
+            ConfigError: the function cannot be sent to a worker process.
+            WorkerStartError: a worker could not load it.
+        """
+        if self.workers > 1 and self._pool is None:
+            in_process = CallableCandidate(self._function, name=self.name,
+                                           version=self.version, batch_size=self.batch_size)
+            in_process.confidence_path = self.confidence_path
+            in_process.abstain_below = self.abstain_below
+            unit = self.batch_size if self.batched else 1
+            self._pool = WorkerPool(in_process, workers=self.workers, unit=unit)
+            self._pool.open()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the workers while open; empty when it runs in this process."""
+        return self._pool.pids if self._pool is not None else []
+
+    @property
+    def worker_restarts(self) -> int:
+        """Workers replaced after dying since it opened."""
+        return self._pool.restarts if self._pool is not None else 0
+
+    def close(self) -> None:
+        """Stop the worker processes, if any. Idempotent."""
+        if self._pool is not None:
+            self._pool.close()
+
     def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
+        if self._pool is not None:
+            return self._pool.predict(events, now)
+        if self.workers > 1:
+            raise RuntimeError(f"candidate {self.name!r} runs in worker processes: "
+                               f"open it before predict (use it as a context manager)")
         if self.batched:
             return self._predict_batch(events, now)
         return [self._predict_one(event, now) for event in events]

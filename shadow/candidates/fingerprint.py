@@ -20,9 +20,9 @@ Field by field (:mod:`shadow.config.candidates`):
 - ``chat``, in: ``base_url``, ``model``, ``system``, ``user``, ``json_schema``,
   ``output``, ``temperature``, ``max_tokens``, and ``headers`` as for http;
 - out: ``name`` (a label), ``version`` (an explicit one is used as it is),
-  ``timeout_s``, ``concurrency``, ``retry``, ``breaker`` and ``batch_size``
-  (when and how often a call is made, not what it answers), ``prices`` (what
-  a call is charged), and ``api_key_env`` and the headers named like a
+  ``timeout_s``, ``concurrency``, ``retry``, ``breaker``, ``batch_size`` and
+  ``workers`` (when, how often and where a call is made, not what it
+  answers), ``prices`` (what a call is charged), and ``api_key_env`` and the headers named like a
   credential (authorization, api-key, token, secret, password): who calls, not
   what answers. No environment variable is ever read.
 
@@ -48,8 +48,8 @@ PREFIX = "fp-"
 DIGITS = 12
 
 NOT_BEHAVIOUR = frozenset({
-    "name", "version", "timeout_s", "concurrency", "retry", "breaker", "batch_size", "prices",
-    "api_key_env", "headers",
+    "name", "version", "timeout_s", "concurrency", "retry", "breaker", "batch_size", "workers",
+    "prices", "api_key_env", "headers",
 })
 """Spec fields left out as they are; ``headers`` comes back without its credentials."""
 

@@ -242,6 +242,9 @@ class CallableCandidateSpec(_CandidateBase):
     callable: CallablePath
     batch_size: int = Field(64, ge=1, le=100_000)
     """How many events a batch callable receives at once."""
+    workers: int = Field(1, ge=1, le=64)
+    """Processes the callable runs in: 1 runs it in this process; more run it on as many
+    cores, started once when the candidate opens. Not part of its version."""
 
     def _default_name(self) -> str:
         return self.callable
