@@ -72,7 +72,8 @@ def remarked(threads: Threads, key: str, *, folder: str, message_id: str,
 
     A change from what the thread remembers of the message (a flag or keyword set or
     removed) makes the thread's folder, flags and keywords the message's, decided
-    ``now``; no change, or a message never filed in the thread, gives ``None``.
+    ``now``; no change, a change of ``seen`` alone (the message was opened), or a
+    message never filed in the thread, gives ``None``.
     """
     thread = threads.get(key)
     if thread is None or f"filed:{folder}:{message_id}" not in thread["applied"]:
@@ -82,11 +83,17 @@ def remarked(threads: Threads, key: str, *, folder: str, message_id: str,
     # A thread remembered before marks were kept: what its outcome says is the baseline.
     before = remembered.get(name) or {"flags": thread["outcome"].get("flags", []),
                                       "keywords": thread["outcome"].get("keywords", [])}
-    if before == mark:
+    if _decisive(before) == _decisive(mark):
         remembered[name] = mark
         return None
     remembered[name] = mark
     return _decide(thread, key, {"folder": folder, **mark}, now)
+
+
+def _decisive(mark: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """What in a message's marks is a person's decision: every flag and keyword but
+    ``seen``, which opening the message sets (reading is not triage)."""
+    return [f for f in mark["flags"] if f != "seen"], mark["keywords"]
 
 
 def _decide(thread: dict[str, Any], key: str, change: dict[str, Any],

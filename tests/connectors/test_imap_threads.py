@@ -53,7 +53,7 @@ def test_a_change_is_never_decided_before_the_last_outcome() -> None:
     threads: Threads = {}
     file_ana(threads, [], [])
     value = remarked(threads, "t1", folder="Billing", message_id="m1",
-                     mark={"flags": ["seen"], "keywords": []}, now=T0 - timedelta(days=1))
+                     mark={"flags": ["flagged"], "keywords": []}, now=T0 - timedelta(days=1))
     assert value is not None
     assert value["decided_at"] == (T0 + timedelta(milliseconds=1)).isoformat()
 
@@ -79,3 +79,19 @@ def test_a_thread_remembered_without_marks_compares_with_its_outcome() -> None:
     value = remarked(threads, "t1", folder="Billing", message_id="m1",
                      mark={"flags": ["flagged"], "keywords": ["refund"]}, now=LATER)
     assert value is not None and value["outcome"]["flags"] == ["flagged"]
+
+
+def test_opening_a_message_is_no_decision_but_is_carried_with_the_next_one() -> None:
+    threads: Threads = {}
+    file_ana(threads, [], [])
+    opened = {"flags": ["seen"], "keywords": []}
+    assert remarked(threads, "t1", folder="Billing", message_id="m1", mark=opened,
+                    now=LATER) is None
+    flagged = {"flags": ["flagged", "seen"], "keywords": []}
+    value = remarked(threads, "t1", folder="Billing", message_id="m1", mark=flagged,
+                     now=LATER)
+    assert value is not None and value["outcome"]["flags"] == ["flagged", "seen"]
+    # Marked unread again: still no decision.
+    unread = {"flags": ["flagged"], "keywords": []}
+    assert remarked(threads, "t1", folder="Billing", message_id="m1", mark=unread,
+                    now=LATER) is None
