@@ -48,7 +48,7 @@ from shadow.store.writes import (
 # and ``datetime.fromisoformat`` read the same way. Anything else (epoch numbers, a
 # space for the ``T``, a date alone) is left to pydantic.
 _ISO = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?"
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?", re.ASCII
 ).fullmatch
 _FIELDS = frozenset(("event_id", "key", "occurred_at", "segment", "payload", "routing_key"))
 

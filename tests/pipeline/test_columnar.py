@@ -95,6 +95,9 @@ def _mixed_events() -> list[str]:
         _line(**_event(19, payload={"label": "é ✓", "x": 1.5, "big": 2**63})),
         _line(**_event(20, extra="ignored", segment={})),
         _line(**_event(21, occurred_at="2024-03-01T10:00:00+05:30")),
+        _line(**_event(23, occurred_at="\u0662\u0660\u0662\u0664-03-01T08:00:00Z")),  # not ASCII
+        _line(**_event(24, occurred_at="2024-03-01T24:00:00Z")),         # hour 24
+        _line(**_event(25, occurred_at="2024-03-01T08:00:60Z")),         # a leap second
     ]
 
 
