@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -49,6 +50,9 @@ from shadow.core.errors import ConfigError
 from shadow.core.models import Event, Mode, Prediction, utc_now
 from shadow.store import reviews
 from shadow.store.database import Store
+
+if TYPE_CHECKING:
+    from rollout.state_topic import StatePublisher
 
 log = structlog.get_logger(__name__)
 
@@ -280,7 +284,8 @@ def open_rollout(
     controller = Controller(
         store, spec, rollout=spec.name or candidate.name, candidate=candidate.name,
         version=candidate.version, comparator=comparator.name,
-        notifiers=[opened.enter_context(n) for n in build_notifiers(spec.notify)], now=now)
+        notifiers=[opened.enter_context(n) for n in build_notifiers(spec.notify)], now=now,
+        state_topic=_state_publisher(spec, opened))
     controller.sync()
     sink = opened.enter_context(build_sink(spec.sink)) if spec.sink else _NoSink()
     review_sink = opened.enter_context(
@@ -293,6 +298,18 @@ def open_rollout(
 
     return LiveRollout(controller, sink, compare=compare_now, policy=Policy(spec.tiers),
                        review_sink=review_sink)
+
+
+def _state_publisher(spec: RolloutSpec, opened: ExitStack) -> StatePublisher | None:
+    """The publisher of ``rollout.state_topic``, started (it connects on its first message).
+
+    Its messages carry the wall-clock time they were published, whatever clock the
+    controller runs on."""
+    if spec.state_topic is None:
+        return None
+    from rollout.state_topic import StatePublisher  # imports kafka-python: only when used
+
+    return opened.enter_context(StatePublisher.from_spec(spec.state_topic))
 
 
 def rolled_out(spec: RolloutSpec, candidates: Sequence[Candidate]) -> Candidate:

@@ -33,6 +33,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from shadow.config.state_topic import StateTopicSpec
 from shadow.config.tiers import Tier, TiersSpec
 from shadow.core.spec import Duration, Spec, parse_duration
 
@@ -218,6 +219,9 @@ class RolloutSpec(Spec):
     """Where decisions of tier ``review`` are published as proposals, of the same kinds
     as ``sink``; needed when live steps can give that tier."""
     notify: list[NotifySpec] = Field(default_factory=list)
+    state_topic: StateTopicSpec | None = None
+    """A compacted Kafka topic every change of the rollout's state (and a heartbeat of
+    it) is published on, for other processes to follow (:mod:`shadow.config.state_topic`)."""
 
     @model_validator(mode="after")
     def _levels_agree(self) -> RolloutSpec:
