@@ -12,20 +12,23 @@ reference machine. For each run, in turn:
    subprocess with a configuration of ``workers: 1`` and one of ``workers: 2``, each
    into a fresh store, timed from process start to exit (start-up of the workers included),
 
-and prints each rate and each ratio, then the best and worst ratios over the runs. First
-it prints what handing an event to a worker costs, for the pool's encoding and two others. The
-single-process reference runs in the same run as the workers, one right after the other, so
-other work on the machine affects both. Each run first measures what two cores give at that
-moment: ``classify`` over the subjects in one process against two plain processes (a
-``ProcessPoolExecutor``, no shadow) taking half each, the ceiling for both ratios. Exits
-non-zero unless every event got one prediction without an error, with the same outputs
-either way.
+and prints each rate and each ratio, the CPU time of ``predict`` in each process (from
+which it projects the ratio on two cores that nothing else uses: twice the single
+process's CPU time over the parent's and the workers' together), then the best and worst
+ratios over the runs. First it prints what handing an event to a worker costs, for the
+pool's encoding and two others. The single-process reference runs in the same run as the
+workers, one right after the other, so other work on the machine affects both. Each run
+first measures what two cores give at that moment: ``classify`` over the subjects in one
+process against two plain processes (a ``ProcessPoolExecutor``, no shadow) taking half
+each, the ceiling for both ratios. Exits non-zero unless every event got one prediction
+without an error, with the same outputs either way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -147,30 +150,39 @@ def machine_ceiling(events: list[Any]) -> float:
     return alone / two
 
 
-def candidate_rates(events: list[Any], count: int) -> tuple[float, float, float, list[Any]]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def candidate_rates(events: list[Any], count: int) -> tuple[float, float, float, list[float]]:
     """Seconds of ``predict`` with one process and with two workers, the workers' start-up,
-    and the outputs of the single process (for the check)."""
+    and CPU seconds: the single process's, then the parent's and each worker's with two."""
     from shadow.candidates import build_candidate
     from shadow.config.candidates import CallableCandidateSpec
 
     now = datetime.now(UTC)
     single = build_candidate(CallableCandidateSpec(callable="cpu_workers:classify"))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     one = single.predict(events, now)
-    one_s = time.perf_counter() - started
+    one_s, cpus = time.perf_counter() - started, [time.process_time() - cpu]
     pooled = build_candidate(CallableCandidateSpec(callable="cpu_workers:classify", workers=2))
     started = time.perf_counter()
     with pooled:
         open_s = time.perf_counter() - started
-        started = time.perf_counter()
+        before = [cpu_seconds(pid) for pid in pooled.worker_pids]
+        started, cpu = time.perf_counter(), time.process_time()
         two = pooled.predict(events, now)
         two_s = time.perf_counter() - started
+        cpus.append(time.process_time() - cpu)
+        cpus += [cpu_seconds(pid) - b for pid, b in zip(pooled.worker_pids, before, strict=True)]
     for predictions in (one, two):
         if len(predictions) != count or any(p.error is not None for p in predictions):
             raise SystemExit("predict did not give every event one prediction without an error")
     if [p.output for p in one] != [p.output for p in two]:
         raise SystemExit("the workers' outputs differ from the single process's")
-    return one_s, two_s, open_s, [p.output for p in one]
+    return one_s, two_s, open_s, cpus
 
 
 def replay_seconds(path: Path, work: Path, count: int, workers: int) -> float:
@@ -219,11 +231,15 @@ def main() -> None:
         ceiling = machine_ceiling(events)
         ratios["ceiling"].append(ceiling)
         print(f"run {run}: two plain processes / one (the machine's ceiling now): {ceiling:.2f}")
-        one_s, two_s, open_s, _ = candidate_rates(events, n)
+        one_s, two_s, open_s, cpus = candidate_rates(events, n)
         print(f"run {run}: predict, 1 process      : {one_s:7.2f} s {n / one_s:>9,.0f} events/s "
               f"({one_s / n * 1e6:,.0f} µs per event)")
         print(f"run {run}: predict, workers: 2     : {two_s:7.2f} s {n / two_s:>9,.0f} events/s "
               f"(workers started in {open_s:.2f} s)")
+        print(f"run {run}: CPU of predict: 1 process {cpus[0]:.2f} s; workers: 2, parent "
+              f"{cpus[1]:.2f} s + workers {cpus[2]:.2f} s and {cpus[3]:.2f} s "
+              f"(+{sum(cpus[1:]) / cpus[0] - 1:.0%}); projected on two free cores: "
+              f"{2 * cpus[0] / sum(cpus[1:]):.2f}x")
         replay_one = replay_seconds(path, args.dir, n, 1)
         replay_two = replay_seconds(path, args.dir, n, 2)
         print(f"run {run}: shadow replay, 1 process: {replay_one:7.2f} s "

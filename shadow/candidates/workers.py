@@ -2,8 +2,9 @@
 
 A :class:`WorkerPool` runs an in-process candidate (a callable candidate with ``workers: 1``)
 in N processes. The pool is started once, when the candidate opens, and stopped when it
-closes. ``predict`` splits the events into tasks, hands each task to an idle worker and
-gathers the answers back in event order; the caller (the pipeline's one writer) stores them.
+closes. ``predict`` splits the events into tasks of up to 256 events, keeps two tasks with
+each worker (one running, the next waiting in the worker) and gathers the answers back in
+event order; the caller (the pipeline's one writer) stores them.
 
 How events and answers travel (measured, see docs/performance.md, "CPU-bound candidates
 in worker processes"): events as one orjson document per task, validated back into
@@ -39,11 +40,12 @@ import enum
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from multiprocessing.connection import Connection, wait
@@ -66,6 +68,9 @@ MAX_ATTEMPTS = 2
 TASK_EVENTS = 256
 """Events per task at most: small enough that no worker waits long for the last one."""
 TASKS_PER_WORKER = 4
+IN_FLIGHT = 2
+"""Tasks handed to a worker at once: the next one waits in the worker while it runs one,
+so a worker never idles waiting for the parent to be scheduled (a busy machine's delay)."""
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 5.0
 
@@ -96,7 +101,8 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: bool = False
-    task: _Task | None = None
+    tasks: list[_Task] = field(default_factory=list)
+    """Handed to it and not answered yet, oldest (the one it runs) first."""
 
 
 class WorkerPool:
@@ -181,11 +187,11 @@ class WorkerPool:
     def _run(self, events: Sequence[Event], now: datetime) -> list[Row]:
         pending = deque(self._tasks(len(events)))
         done: dict[int, list[Row]] = {}
-        while pending or any(w.task is not None for w in self._pool):
+        while pending or any(w.tasks for w in self._pool):
             for worker in self._pool:
-                if worker.ready and worker.task is None and pending:
+                while worker.ready and len(worker.tasks) < IN_FLIGHT and pending:
                     self._send(worker, pending.popleft(), events, now, pending)
-            waiting = [w for w in self._pool if w.task is not None or not w.ready]
+            waiting = [w for w in self._pool if w.tasks or not w.ready]
             ready = set(wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting]))
             for worker in waiting:
                 if worker.conn in ready:
@@ -215,7 +221,7 @@ class WorkerPool:
             self._replace(worker)
             return
         task.attempts += 1
-        worker.task = task
+        worker.tasks.append(task)
 
     def _receive(self, worker: _Worker, done: dict[int, list[Row]], pending: deque[_Task]) -> None:
         try:
@@ -230,10 +236,10 @@ class WorkerPool:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
-        elif kind == "rows" and worker.task is not None and message[1] == worker.task.start:
+        elif kind == "rows" and worker.tasks and message[1] == worker.tasks[0].start:
             # At most once: a task's answers are taken from the worker that holds it.
             done.setdefault(message[1], message[2])
-            worker.task = None
+            worker.tasks.pop(0)
         elif kind == "failed":
             raise WorkerStartError(f"a worker process of candidate {self.name!r} failed: "
                                    f"{message[1]}")
@@ -247,15 +253,19 @@ class WorkerPool:
                 self._accept(worker, pickle.loads(worker.conn.recv_bytes()), done)
             except (EOFError, OSError):
                 break
-        task, worker.task = worker.task, None
+        tasks, worker.tasks = worker.tasks, []
         if not worker.ready:
             raise WorkerStartError(
                 f"a worker process of candidate {self.name!r} died while starting "
                 f"(exit code {worker.process.exitcode}); see its output above")
         code = worker.process.exitcode
         self._replace(worker)
-        if task is None:
+        if not tasks:
             return
+        task, waited = tasks[0], tasks[1:]
+        for later in reversed(waited):  # never started: not an attempt
+            later.attempts -= 1
+            pending.appendleft(later)
         if task.attempts < MAX_ATTEMPTS:
             pending.appendleft(task)
         elif task.stop - task.start > self.unit:
@@ -278,8 +288,8 @@ class WorkerPool:
             worker.process.join()
         worker.conn.close()
         fresh = self._start()
-        worker.process, worker.conn, worker.ready, worker.task = (
-            fresh.process, fresh.conn, False, None)
+        worker.process, worker.conn, worker.ready, worker.tasks = (
+            fresh.process, fresh.conn, False, [])
         self.restarts += 1
 
     def _start(self) -> _Worker:
@@ -352,8 +362,10 @@ def _reply(start: int, predictions: list[Prediction]) -> bytes:
 def serve(conn: Connection, candidate_bytes: bytes) -> None:
     """A worker's life: load the candidate, then predict each task until told to stop.
 
-    It ignores SIGINT: Ctrl-C reaches the whole process group, and the parent decides
-    when its workers stop. It also stops when the parent is gone (end of file).
+    A thread reads the tasks as they come, so the parent's send never waits for this
+    worker to finish a task (and the two never wait for each other). It ignores SIGINT:
+    Ctrl-C reaches the whole process group, and the parent decides when its workers stop.
+    It also stops when the parent is gone (end of file).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -363,12 +375,20 @@ def serve(conn: Connection, candidate_bytes: bytes) -> None:
         return
     _event_list()  # built now, so the first task does not pay for it
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    threading.Thread(target=_read, args=(conn, inbox), name="shadow-worker-inbox",
+                     daemon=True).start()
+    while (message := inbox.get()) != _STOP:
+        start, now, encoding, data = pickle.loads(message)
+        conn.send_bytes(_reply(start, candidate.predict(decode_events(encoding, data), now)))
+
+
+def _read(conn: Connection, inbox: queue.SimpleQueue[bytes]) -> None:
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
-            return
+            message = _STOP
+        inbox.put(message)
         if message == _STOP:
             return
-        start, now, encoding, data = pickle.loads(message)
-        conn.send_bytes(_reply(start, candidate.predict(decode_events(encoding, data), now)))
