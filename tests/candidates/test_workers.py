@@ -54,7 +54,8 @@ def label_candidate(workers: int) -> CallableCandidate:
 
 def test_every_event_is_predicted_once_in_order_by_both_workers() -> None:
     batch = events(300)
-    with CallableCandidate(workers_model.pid, name="pid", version="1", workers=2) as candidate:
+    candidate = CallableCandidate(workers_model.pid, name="pid", version="1", workers=2)
+    with candidate:
         predictions = candidate.predict(batch, NOW)
         pids = candidate.worker_pids
 
@@ -66,7 +67,8 @@ def test_every_event_is_predicted_once_in_order_by_both_workers() -> None:
 
 def test_outputs_match_the_candidate_in_one_process() -> None:
     batch = events(200)
-    with label_candidate(2) as candidate:
+    candidate = label_candidate(2)
+    with candidate:
         predictions = candidate.predict(batch, NOW)
 
     assert [p.output for p in predictions] == [
@@ -78,20 +80,23 @@ def test_outputs_match_the_candidate_in_one_process() -> None:
 
 def test_an_exception_in_the_candidate_is_an_error_of_that_event_only() -> None:
     batch = events(50, e0007={"boom": True})
-    with label_candidate(2) as candidate:
+    candidate = label_candidate(2)
+    with candidate:
         predictions = candidate.predict(batch, NOW)
 
-    failed = [p for p in predictions if p.error is not None]
-    assert [p.event_id for p in failed] == ["e0007"]
-    assert (failed[0].error.type, failed[0].error.message) == ("ValueError", "no label for e0007")
-    assert failed[0].output is None
+    failed = [(p, p.error) for p in predictions if p.error is not None]
+    assert [p.event_id for p, _ in failed] == ["e0007"]
+    (first, error), = failed
+    assert (error.type, error.message) == ("ValueError", "no label for e0007")
+    assert first.output is None
     assert comparable(predictions) == comparable(label_candidate(1).predict(batch, NOW))
 
 
 def test_a_worker_killed_with_sigkill_is_replaced_and_its_task_run_again(tmp_path: Path) -> None:
     pid_file = tmp_path / "killed-worker.pid"
     batch = events(120, e0042={"wait_for_kill": str(pid_file)})
-    with label_candidate(2) as candidate:
+    candidate = label_candidate(2)
+    with candidate:
         result: list[list[Prediction]] = []
         thread = threading.Thread(target=lambda: result.append(candidate.predict(batch, NOW)))
         thread.start()
@@ -114,7 +119,8 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_its_task_run_again(tmp_pat
 def test_a_worker_that_kills_itself_once_loses_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "died"
     batch = events(80, e0010={"die_once": str(marker)})
-    with label_candidate(2) as candidate:
+    candidate = label_candidate(2)
+    with candidate:
         predictions = candidate.predict(batch, NOW)
         assert candidate.worker_restarts == 1
 
@@ -125,14 +131,16 @@ def test_a_worker_that_kills_itself_once_loses_nothing(tmp_path: Path) -> None:
 
 def test_an_event_that_kills_its_worker_every_time_becomes_an_error() -> None:
     batch = events(40, e0013={"die_always": True})
-    with label_candidate(2) as candidate:
+    candidate = label_candidate(2)
+    with candidate:
         predictions = candidate.predict(batch, NOW)
         again = candidate.predict(events(6), NOW)  # the replaced workers serve on
 
-    failed = [p for p in predictions if p.error is not None]
-    assert [p.event_id for p in failed] == ["e0013"]
-    assert failed[0].error.type == "WorkerDied"
-    assert "died on this event 2 times" in failed[0].error.message
+    failed = [(p.event_id, p.error) for p in predictions if p.error is not None]
+    assert [event_id for event_id, _ in failed] == ["e0013"]
+    (_, error), = failed
+    assert error.type == "WorkerDied"
+    assert "died on this event 2 times" in error.message
     assert [p.event_id for p in predictions] == [e.event_id for e in batch]
     assert all(p.error is None for p in again)
 
