@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def codec_costs(events: list[Any]) -> None:
                                       "payload": orjson.loads(row["payload"])})
                 for row in table]
 
-    codecs = {
+    codecs: dict[str, tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = {
         "orjson, validated back (the pool's)": (
             lambda b: encode_events(b)[1], lambda d: decode_events("json", d)),
         "pickle of the Event models": (pickle.dumps, pickle.loads),
@@ -159,7 +160,7 @@ def cpu_seconds(pid: int) -> float:
 def candidate_rates(events: list[Any], count: int) -> tuple[float, float, float, list[float]]:
     """Seconds of ``predict`` with one process and with two workers, the workers' start-up,
     and CPU seconds: the single process's, then the parent's and each worker's with two."""
-    from shadow.candidates import build_candidate
+    from shadow.candidates import CallableCandidate, build_candidate
     from shadow.config.candidates import CallableCandidateSpec
 
     now = datetime.now(UTC)
@@ -168,6 +169,7 @@ def candidate_rates(events: list[Any], count: int) -> tuple[float, float, float,
     one = single.predict(events, now)
     one_s, cpus = time.perf_counter() - started, [time.process_time() - cpu]
     pooled = build_candidate(CallableCandidateSpec(callable="cpu_workers:classify", workers=2))
+    assert isinstance(pooled, CallableCandidate)
     started = time.perf_counter()
     with pooled:
         open_s = time.perf_counter() - started
