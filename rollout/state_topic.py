@@ -110,14 +110,50 @@ class _Life(enum.Enum):
     CLOSED = "closed"
 
 
-def _refuse_reuse(life: _Life, what: str) -> None:
-    if life is _Life.RUNNING:
-        raise ShadowError(f"the {what} is running already")
-    if life is _Life.CLOSED:
-        raise ShadowError(f"cannot start the {what} again once it has been closed")
+class _OwnThread:
+    """Works in a thread of its own: started once (``start``, or entering it as a context
+    manager), closed once (``close``, idempotent); subclasses name it and do the work."""
+
+    what: str
+    """What it is, as errors and the thread's name say it (``state publisher``)."""
+    topic: str
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._life = _Life.NEW
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._life is _Life.RUNNING:
+            raise ShadowError(f"the {self.what} is running already")
+        if self._life is _Life.CLOSED:
+            raise ShadowError(f"cannot start the {self.what} again once it has been closed")
+        self._life = _Life.RUNNING
+        self._thread = threading.Thread(
+            target=self._run, name=f"{self.what.replace(' ', '-')}:{self.topic}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _closing(self) -> bool | None:
+        """Mark it closed: ``None`` when it was already, else whether it was running."""
+        if self._life is _Life.CLOSED:
+            return None
+        running, self._life = self._life is _Life.RUNNING, _Life.CLOSED
+        return running
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
 
-class StatePublisher:
+class StatePublisher(_OwnThread):
     """Publishes each rollout's state on a compacted topic, and a heartbeat of it.
 
     ``start`` (or entering it as a context manager) starts its thread;
@@ -131,6 +167,7 @@ class StatePublisher:
                  options: dict[str, Any] | None = None) -> None:
         if heartbeat_s <= 0:
             raise ValueError("heartbeat_s must be positive")
+        super().__init__()
         self.topic, self.heartbeat_s, self.timeout_s = topic, heartbeat_s, timeout_s
         self.now = now
         self._writer = KeyedWriter(bootstrap=bootstrap, topic=topic, timeout_s=timeout_s,
@@ -142,8 +179,6 @@ class StatePublisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
-        self._thread: threading.Thread | None = None
-        self._life = _Life.NEW
         self._failing: str | None = None
         self.changes = 0
         """Changes the broker acknowledged."""
@@ -155,20 +190,7 @@ class StatePublisher:
         return cls(bootstrap=spec.bootstrap, topic=spec.topic,
                    heartbeat_s=spec.heartbeat.total_seconds(), now=now)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def start(self) -> None:
-        """Start publishing (connecting on the first message, not here)."""
-        _refuse_reuse(self._life, "state publisher")
-        self._life = _Life.RUNNING
-        self._thread = threading.Thread(target=self._run, name=f"state-publisher:{self.topic}",
-                                        daemon=True)
-        self._thread.start()
+    what = "state publisher"
 
     def publish(self, state: RolloutState) -> None:
         """Publish ``state`` as its rollout's current one, soon, from the publisher's thread.
@@ -200,9 +222,9 @@ class StatePublisher:
     def close(self) -> None:
         """Publish what is pending (for at most ``timeout_s``), stop, and disconnect.
         Idempotent."""
-        if self._life is _Life.CLOSED:
+        running = self._closing()
+        if running is None:
             return
-        running, self._life = self._life is _Life.RUNNING, _Life.CLOSED
         if running:
             if not self.flush(self.timeout_s):
                 with self._lock:
@@ -276,7 +298,7 @@ class _Followed:
     """Monotonic time the current state was last heard; ``None`` when only read at start."""
 
 
-class StateFollower:
+class StateFollower(_OwnThread):
     """The latest state of each rollout on a state topic, followed in a thread.
 
     ``start`` (or entering it as a context manager) reads the topic from the
@@ -295,6 +317,7 @@ class StateFollower:
             raise ValueError("max_age_s must be positive")
         if retry_s <= 0:
             raise ValueError("retry_s must be positive")
+        super().__init__()
         self.topic, self.max_age_s, self.retry_s = topic, max_age_s, retry_s
         self._clock, self._on_state = clock, on_state
         self._reader = CompactedReader(bootstrap=bootstrap, topic=topic, options=options)
@@ -302,8 +325,6 @@ class StateFollower:
         self._followed: dict[str, _Followed] = {}
         self._caught_up = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._life = _Life.NEW
         self.malformed = 0
         """Messages on the topic that are not rollout states (logged and skipped)."""
 
@@ -312,26 +333,13 @@ class StateFollower:
         return cls(bootstrap=spec.bootstrap, topic=spec.topic,
                    max_age_s=spec.max_age.total_seconds(), **options)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def start(self) -> None:
-        """Start reading in the follower's thread; see :meth:`wait_caught_up`."""
-        _refuse_reuse(self._life, "state follower")
-        self._life = _Life.RUNNING
-        self._thread = threading.Thread(target=self._run, name=f"state-follower:{self.topic}",
-                                        daemon=True)
-        self._thread.start()
+    what = "state follower"
 
     def close(self) -> None:
         """Stop following and disconnect. Idempotent."""
-        if self._life is _Life.CLOSED:
+        running = self._closing()
+        if running is None:
             return
-        running, self._life = self._life is _Life.RUNNING, _Life.CLOSED
         self._stop.set()
         if running:
             assert self._thread is not None
