@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from connectors.kafka import KafkaSink
-from connectors.sinks import Decision, Sink
+from connectors.sinks import Sink
 from rollout.controller import Controller
 from rollout.runtime import LiveRollout, open_rollout
 from rollout.state import Action
@@ -33,6 +32,7 @@ from shadow.store.database import Store
 from shadow.testing import ListSource, RecordingSink
 from tests.clock import SteppingClock
 from tests.http_server import Reply, TestServer
+from tests.rollout.test_action_requests import CrashAfterPublish
 from tests.rollout.test_live_kafka import consume_all
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -112,25 +112,6 @@ def without_time(body: bytes) -> dict[str, Any]:
     message: dict[str, Any] = json.loads(body)
     assert datetime.fromisoformat(message.pop("predicted_at")).tzinfo is not None
     return message
-
-
-class CrashAfterPublish(Sink):
-    """Hands a batch to the real sink, then dies before the outbox marks it published."""
-
-    name = "crashing"
-
-    def __init__(self, inner: Sink) -> None:
-        self.inner = inner
-
-    def _open(self) -> None:
-        self.inner.open()
-
-    def _publish(self, decisions: Sequence[Decision]) -> None:
-        self.inner.publish(decisions)
-        raise RuntimeError("killed between publishing and marking published")
-
-    def _close(self) -> None:
-        self.inner.close()
 
 
 def live_rollout(store: Store, sink: Sink, reviews: Sink, clock: SteppingClock, *,
