@@ -281,3 +281,15 @@ def test_two_healthy_tiers_fall_back_needlessly_at_most_twice_the_budget() -> No
     # The observed share may exceed the bound only by sampling noise (3 standard errors).
     noise = 3 * math.sqrt(2 * budget * (1 - 2 * budget) / runs)
     assert fell / runs <= 2 * budget + noise
+
+
+def test_the_figures_of_docs_statistics_for_the_default_plan() -> None:
+    """docs/statistics.md, "Tier fallback": one detector's budget, the pair's, and how many
+    disagreements in a row make a tier fall back, for the default rollback levels."""
+    cusum = detector(RolloutSpec.model_validate({"steps": [{"percent": 0}]}))
+    one = cusum.false_alarm_within(100_000)
+    assert (cusum.up, cusum.threshold) == (8, 77)
+    assert round(100 * one, 3) == 0.846
+    assert round(100 * (1 - (1 - one) ** 2), 3) == 1.685
+    assert cusum.advance(DetectorState(), [False] * 10).alarmed_at == 10
+    assert cusum.advance(DetectorState(), [False] * 9).alarmed_at is None
