@@ -7,7 +7,9 @@ means they ran against a real broker.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -56,7 +58,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    env = broker_env(tmp_path_factory.mktemp("kafka") / "run")
+    home = tmp_path_factory.mktemp("kafka")
+    env = broker_env(home / "run")
     try:
         started = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True,
                                  timeout=600, check=False, env=env)
@@ -67,5 +70,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
+        # The broker's storage goes with it; its log stays beside it, with the session's
+        # other temporary files, for a failure to be read afterwards.
+        with contextlib.suppress(OSError):
+            shutil.copyfile(home / "run" / "broker.log", home / "broker.log")
         subprocess.run([str(SCRIPT), "stop"], capture_output=True, timeout=120, check=False,
                        env=env)
