@@ -61,6 +61,18 @@ def ensure_compacted(bootstrap: str, topic: str, *, partitions: int = 1,
     Raises:
         SinkError: no broker is reachable, or it refused.
     """
+    return ensure_topic(bootstrap, topic, partitions=partitions, timeout_s=timeout_s,
+                        compacted=True)
+
+
+def ensure_topic(bootstrap: str, topic: str, *, partitions: int, timeout_s: float = 10.0,
+                 compacted: bool = False) -> bool:
+    """Create ``topic`` with ``partitions`` when it is missing (compacted, if asked);
+    ``True`` when it was created. An existing topic is left as it is.
+
+    Raises:
+        SinkError: no broker is reachable, or it refused.
+    """
     if not _any_reachable(bootstrap):
         raise SinkError(f"cannot create topic {topic}: no broker reachable at {bootstrap}")
     millis = int(timeout_s * 1000)
@@ -70,15 +82,16 @@ def ensure_compacted(bootstrap: str, topic: str, *, partitions: int = 1,
                                           reconnect_backoff_max_ms=_RECONNECT_MAX_MS))
     except KafkaError as exc:
         raise SinkError(f"cannot create topic {topic} at {bootstrap}: {first_line(exc)}") from exc
+    configs = {"cleanup.policy": COMPACT} if compacted else {}
     try:
         try:
-            admin.create_topics([NewTopic(topic, partitions, -1,
-                                          topic_configs={"cleanup.policy": COMPACT})],
+            admin.create_topics([NewTopic(topic, partitions, -1, topic_configs=configs)],
                                 timeout_ms=millis)
         except TopicAlreadyExistsError:
-            _warn_unless_compacted(admin, topic)
+            if compacted:
+                _warn_unless_compacted(admin, topic)
             return False
-        log.info("compacted topic created", topic=topic, partitions=partitions)
+        log.info("topic created", topic=topic, partitions=partitions, compacted=compacted)
         return True
     except KafkaError as exc:
         raise SinkError(f"cannot create topic {topic} at {bootstrap}: {first_line(exc)}") from exc

@@ -352,6 +352,16 @@ class _StartListener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._assigned(set(assigned))
 
 
+def consumer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``options`` a consumer takes (one set may serve both kinds of client)."""
+    return {k: v for k, v in options.items() if k in KafkaConsumer.DEFAULT_CONFIG}
+
+
+def producer_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``options`` a producer takes."""
+    return {k: v for k, v in options.items() if k in KafkaProducer.DEFAULT_CONFIG}
+
+
 def acks_all_producer(bootstrap: str, *, timeout_s: float, options: dict[str, Any],
                       limit_requests: bool = False) -> KafkaProducer:
     """An idempotent acks=all producer whose waits are bounded by ``timeout_s``.
@@ -422,3 +432,60 @@ class KafkaSink(Sink):
             raise SinkError(f"cannot flush decisions to {self.topic}: {exc!r}") from exc
         finally:
             producer.close(timeout=self.timeout_s)
+
+
+class TopicWriter:
+    """Writes keyed messages to a topic and waits until the broker holds every one.
+
+    acks=all with the idempotent producer, like :class:`KafkaSink`; :meth:`write_all`
+    sends a batch and returns once every message of it is acknowledged, within
+    ``timeout_s``. It connects on the first write, and again after a failed one. Not
+    thread-safe: one thread writes.
+    """
+
+    def __init__(self, *, bootstrap: str, topic: str, timeout_s: float = 30.0,
+                 options: dict[str, Any] | None = None) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.bootstrap, self.topic, self.timeout_s = bootstrap, topic, timeout_s
+        self._options = producer_options(options or {})
+        self._producer: KafkaProducer | None = None
+
+    def __enter__(self) -> TopicWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write_all(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Send every ``(key, value)`` and wait for every ack.
+
+        Raises:
+            SinkError: some message was not acknowledged within ``timeout_s`` (the batch
+                may be partly written: a retry writes those messages again).
+        """
+        if not messages:
+            return
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            producer = self._producer or self._connect()
+            pending = [producer.send(self.topic, key=key, value=value) for key, value in messages]
+            for future in pending:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+        except KafkaError as exc:
+            self.close()
+            raise SinkError(f"cannot write {len(messages)} messages to {self.topic}: "
+                            f"{exc!r}") from exc
+
+    def _connect(self) -> KafkaProducer:
+        if not _any_reachable(self.bootstrap):
+            raise SinkError(f"cannot write to {self.topic}: no broker reachable at "
+                            f"{self.bootstrap}")
+        self._producer = acks_all_producer(self.bootstrap, timeout_s=self.timeout_s,
+                                           options=self._options)
+        return self._producer
+
+    def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=min(self.timeout_s, 5.0))

@@ -22,7 +22,7 @@ from rollout.gates import Evaluation, Phase, StepStats, detector, promotion, rol
 from rollout.measure import measure
 from rollout.notify import Announcement, Notifier
 from rollout.outbox import withdraw
-from rollout.router import Router
+from rollout.router import Router, router_for
 from rollout.state import (
     CONTROLLER,
     Action,
@@ -168,10 +168,7 @@ class Controller:
     def router(self) -> Router:
         """The router for the current state; a new one after every transition."""
         if self._router is None:
-            state = self.state
-            self._router = Router(self.plan.salt or self.rollout,
-                                  state.percent if state.live else 0.0,
-                                  holdout=self.plan.holdout, review=self.plan.review)
+            self._router = router_for(self.plan, self.state)
         return self._router
 
     def _set(self, state: RolloutState) -> None:

@@ -12,9 +12,13 @@ keys, so raising the percent does not reshuffle who is reviewed either.
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from shadow.core.models import Mode
+
+if TYPE_CHECKING:
+    from rollout.state import RolloutState
+    from shadow.config.rollout import RolloutSpec
 
 BUCKETS = 10_000
 
@@ -71,3 +75,11 @@ class Router:
     def live_share(self) -> float:
         """The expected share of all traffic routed live."""
         return self._live_below / BUCKETS
+
+
+def router_for(plan: RolloutSpec, state: RolloutState) -> Router:
+    """The router of ``state``: its percent while it is live, else nothing live.
+
+    The controller routes by it, and so does every candidate worker following the state."""
+    return Router(plan.salt or state.rollout, state.percent if state.live else 0.0,
+                  holdout=plan.holdout, review=plan.review)

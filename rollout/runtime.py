@@ -118,6 +118,15 @@ class LiveRollout:
             routed.append(replace(p, mode=route.mode, review=route.review, step=step))
         return routed
 
+    def withdraw_handed_over(self) -> int:
+        """Withdraw the live decisions candidate workers routed before the rollout's last
+        transition and did not publish: a recorder stores them only after the transition,
+        which withdrew what was stored by then. Returns how many."""
+        c = self.controller
+        return withdraw(self.store, c.candidate, c.version, at=c.now(),
+                        older_than=c.state.updated_at,
+                        reason="routed by a worker before the rollout's last transition")
+
     def publish_pending(self) -> int:
         """Assess the tiers of new predictions, then publish committed live decisions of
         tier ``auto`` and live proposals not yet published; returns how many decisions

@@ -35,9 +35,10 @@ def get(url: str, *, token: str | None = None, method: str = "GET",
         return 0, ""
 
 
-def start_daemon(config: Path, log_name: str, *, token: str | None = TOKEN
-                 ) -> subprocess.Popen[str]:
-    """``shadow run`` on ``config`` in its directory, logging to ``log_name`` there."""
+def start_daemon(config: Path, log_name: str, *, token: str | None = TOKEN,
+                 command: tuple[str, ...] = ("run",)) -> subprocess.Popen[str]:
+    """``shadow run`` (or another ``command``) on ``config`` in its directory, logging to
+    ``log_name`` there."""
     directory = config.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
     if token is not None:
@@ -46,7 +47,7 @@ def start_daemon(config: Path, log_name: str, *, token: str | None = TOKEN
     log = open(directory / log_name, "w", encoding="utf-8")  # noqa: SIM115
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "shadow", "run", "--config", str(config)],
+            [sys.executable, "-m", "shadow", *command, "--config", str(config)],
             cwd=directory, env=env, stdout=log, stderr=log, text=True)
     finally:
         log.close()

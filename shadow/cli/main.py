@@ -210,7 +210,25 @@ def _parser() -> argparse.ArgumentParser:
         "serve the control API. Logs are JSON lines unless stderr is a terminal.")
     _add_config(run)
     _add_db(run)
+    run.add_argument("--role", choices=["all", "recorder"], default="all",
+                     help="all (default): everything in this process; recorder: store what "
+                     "candidate workers hand over on workers.topic, and call no candidate "
+                     "(docs/scaling.md)")
     run.set_defaults(handler=_run)
+
+    worker = commands.add_parser(
+        "worker", help="run a candidate worker: events in, predictions to the recorder out",
+        description="Consume the event sources (Kafka topics) in their consumer groups, call "
+        "the candidates, publish live decisions by the rollout's state on "
+        "rollout.state_topic, and hand every prediction to the recorder on workers.topic; "
+        "until SIGTERM or SIGINT. Run as many as the candidate needs (docs/scaling.md).")
+    _add_config(worker)
+    worker.add_argument("--name", help="how this worker names itself (default HOST:PID)")
+    worker.add_argument("--metrics", metavar="HOST:PORT",
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    worker.add_argument("--batch-size", type=int, default=500, metavar="N",
+                        help="records read per poll of each source (default 500)")
+    worker.set_defaults(handler=_worker)
 
     from shadow.cli.calibrate import add_calibrate_parser
     from shadow.cli.evaluate import add_eval_parser
@@ -243,7 +261,29 @@ def _run(args: argparse.Namespace) -> int:
                    fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT",
                                "console" if sys.stderr.isatty() else "json"),
                    redact=config.logging.redact)
-    return Daemon(config, store_path=db, base_dir=Path(args.config).resolve().parent).run()
+    from shadow.config.workers import DaemonRole
+
+    return Daemon(config, store_path=db, base_dir=Path(args.config).resolve().parent,
+                  role=DaemonRole(args.role)).run()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from shadow.config.file import load_config
+    from shadow.core import logs
+    from shadow.service.worker import WorkerProcess, parse_listen
+
+    if args.config is None:
+        raise ConfigError("--config is required (or set SHADOW_CONFIG)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size: expected a positive number, got {args.batch_size}")
+    config = load_config(args.config)
+    metrics = parse_listen(args.metrics) if args.metrics else None
+    logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "info"),
+                   fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT",
+                               "console" if sys.stderr.isatty() else "json"),
+                   redact=config.logging.redact)
+    return WorkerProcess(config, base_dir=Path(args.config).resolve().parent, name=args.name,
+                         metrics=metrics, batch_size=args.batch_size).run()
 
 
 def _chosen(flag: str | None, variable: str, default: str) -> str:

@@ -25,6 +25,7 @@ from shadow.config.comparators import COMPARATOR_KINDS, ComparatorSpec, ExactSpe
 from shadow.config.daemon import DaemonSpec
 from shadow.config.rollout import RolloutSpec
 from shadow.config.tiers import check_tools, with_defaults
+from shadow.config.workers import WorkersSpec
 from shadow.core.errors import ConfigError
 from shadow.core.spec import CALLABLE_PATTERN, URL_PATTERN, Duration, Spec
 
@@ -117,6 +118,9 @@ class Config(Spec):
     logging: LoggingSpec = LoggingSpec()
     report: ReportSpec = ReportSpec()
     drift: DriftSpec | None = None
+    workers: WorkersSpec | None = None
+    """Candidate workers and the recorder (``shadow worker``, ``shadow run --role
+    recorder``); a plain ``shadow run`` ignores it."""
 
     @model_validator(mode="before")
     @classmethod

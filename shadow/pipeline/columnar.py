@@ -35,13 +35,12 @@ from connectors.base import RawRecord
 from connectors.mapping import MappingFailed, dead_letter, unstorable
 from shadow.candidates import Candidate
 from shadow.core.models import DeadLetter, Event, RecordKind
-from shadow.pipeline.runner import Done, Pipeline, _log_failures
+from shadow.pipeline.runner import Done, Pipeline, checked_predictions, log_failures
 from shadow.store.writes import (
     UTC_TIMESTAMP,
     Duplicate,
     WriteBatch,
     stored_before,
-    with_action_violations,
 )
 
 # The timestamps the fast test reads itself: the extended ISO 8601 form both pydantic
@@ -172,12 +171,9 @@ class ColumnarPipeline(Pipeline):
         for candidate in self.candidates:
             to_predict = events + self._unpredicted_ids(known, candidate)
             if to_predict:
-                predictions = candidate.predict(to_predict, now)
-                if candidate.checks is not None:
-                    predictions = candidate.checks.apply(predictions)
-                predictions = with_action_violations(predictions)
+                predictions = checked_predictions(candidate, to_predict, now)
                 batch.predictions.extend(predictions)
-                _log_failures(predictions, to_predict)
+                log_failures(predictions, to_predict)
 
         s = self.summary
         s.events_read += len(records)

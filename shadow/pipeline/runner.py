@@ -26,7 +26,8 @@ from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
 from shadow.compare.step import compare
 from shadow.core import logs
-from shadow.core.models import Event, Outcome, RecordKind, utc_now
+from shadow.core.models import DeadLetter, Event, Mode, Outcome, Prediction, RecordKind, utc_now
+from shadow.pipeline.handoff import HandedDeadLetter, decode
 from shadow.pipeline.verdicts import VerdictMapper, take_verdicts
 from shadow.store.database import Store
 from shadow.store.writes import (
@@ -138,6 +139,8 @@ class Pipeline:
         remembers one batch's ids while the store answers for the rest."""
         self.summary = ReplaySummary()
         self._handed_out: dict[str, int] = {}
+        self.workers_heard: dict[str, datetime] = {}
+        """Candidate workers this recorder has had records from, with when it last had."""
         self._seen: set[str] = set()
         # Whether stored events must be looked up before writing: until ``feeds`` has
         # decided, assume so. Into an empty store, a replay that remembers its ids does not.
@@ -191,15 +194,20 @@ class Pipeline:
 
     def feeds(
         self, events: Sequence[Source], outcomes: Sequence[Source] = (),
-        verdicts: Sequence[Source] = (),
+        verdicts: Sequence[Source] = (), *, recorded: Sequence[Source] = (),
     ) -> list[tuple[Source, Prepare]]:
         """Each source with what turns its records into a write batch.
+
+        ``recorded`` are sources of what candidate workers handed over (events already
+        predicted and routed, :mod:`shadow.pipeline.handoff`): the recorder stores them
+        as if it had read and predicted them itself, and calls no candidate.
 
         Every way into the pipeline (``run``, or the daemon's ``pump``) starts here,
         so this is where the store is asked whether it holds events already.
         """
         self._look_up_stored = not self.remember_ids or self.store.count("events") > 0
         found: list[tuple[Source, Prepare]] = [(s, self._prepare_events) for s in events]
+        found += [(s, self._prepare_recorded) for s in recorded]
         found += [(s, self._prepare_outcomes) for s in outcomes]
         return found + [(s, self._prepare_verdicts) for s in verdicts]
 
@@ -263,14 +271,11 @@ class Pipeline:
         for candidate in self.candidates:
             to_predict = fresh + self._unpredicted(known, candidate)
             if to_predict:
-                predictions = candidate.predict(to_predict, now)
-                if candidate.checks is not None:
-                    predictions = candidate.checks.apply(predictions)
-                predictions = with_action_violations(predictions)
+                predictions = checked_predictions(candidate, to_predict, now)
                 if self.rollout is not None:
                     predictions = self.rollout.route(predictions, to_predict)
                 batch.predictions.extend(predictions)
-                _log_failures(predictions, to_predict)
+                log_failures(predictions, to_predict)
 
         s = self.summary
         s.events_read += len(records)
@@ -282,6 +287,72 @@ class Pipeline:
         s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
         s.violations += sum(1 for p in batch.predictions if p.violations)
         return batch, None
+
+    def _prepare_recorded(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
+        """What workers handed over: each event under the source and position a worker
+        read it from, with the predictions the store does not hold yet."""
+        batch = WriteBatch()
+        handed, seen_here = [], set()
+        for record in records:
+            try:
+                if record.value is None:
+                    raise ValueError(record.error or "no value")
+                got = decode(record.value)
+            except ValueError as exc:
+                batch.dead_letters.append(DeadLetter(
+                    kind=RecordKind.EVENT, source=record.source, position=record.position,
+                    reason=f"not a record a worker handed over: {exc}", raw=record.raw_text(),
+                    received_at=self.now()))
+                continue
+            self.workers_heard[got.worker] = self.now()
+            if isinstance(got, HandedDeadLetter):
+                batch.dead_letters.append(got.dead_letter)
+                continue
+            # The same record handed over twice in one batch (a worker that lost its
+            # partitions before committing, and the one that took them) is one record.
+            if (got.event.event_id, got.source, got.position) in seen_here:
+                self.summary.already_stored += 1
+                continue
+            seen_here.add((got.event.event_id, got.source, got.position))
+            handed.append(got)
+        by_id = {h.event.event_id: h for h in reversed(handed)}
+        mapped = [(h.event, RawRecord(h.source, h.position, None, None)) for h in handed]
+        fresh, known = self._classify(mapped, batch)
+        predictions = [p for e in fresh for p in by_id[e.event_id].predictions]
+        by_version: dict[tuple[str, str | None], list[Prediction]] = {}
+        for event in known:  # stored already: only what the store lacks
+            for p in by_id[event.event_id].predictions:
+                by_version.setdefault((p.candidate, p.version), []).append(p)
+        for (candidate, version), group in by_version.items():
+            held = self.store.predicted([p.event_id for p in group], candidate, version)
+            predictions += {p.event_id: p for p in reversed(group)
+                            if p.event_id not in held}.values()
+        batch.predictions = predictions
+        stored = {(p.event_id, p.candidate, p.version) for p in predictions}
+        published = [h.published for h in by_id.values() if h.published is not None
+                     and (h.published.event_id, h.published.candidate,
+                          h.published.version) in stored]
+
+        s = self.summary
+        s.events_read += len(records)
+        s.events_stored += len(batch.events)
+        s.duplicates += len(batch.duplicates)
+        s.dead_letters += len(batch.dead_letters)
+        s.predictions += len(predictions)
+        s.prediction_errors += sum(1 for p in predictions if p.error is not None)
+        s.violations += sum(1 for p in predictions if p.violations)
+        live = sum(1 for p in predictions if p.mode is Mode.LIVE)
+        s.live += live
+        rollout = self.rollout
+
+        def done(counts: WriteCounts) -> None:
+            # What a worker published itself, the outbox does not publish again; what it
+            # routed live under an earlier state and did not publish, it does not publish.
+            self.store.mark_published(published)
+            if rollout is not None and live:
+                rollout.withdraw_handed_over()
+
+        return batch, done
 
     def _classify(
         self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch
@@ -332,10 +403,7 @@ class Pipeline:
         failed = self.store.errored(candidate.name, candidate.version)
         for start in range(0, len(failed), self.batch_size):
             events = self.store.events_by_id(failed[start : start + self.batch_size])
-            predictions = candidate.predict(events, self.now())
-            if candidate.checks is not None:
-                predictions = candidate.checks.apply(predictions)
-            predictions = with_action_violations(predictions)
+            predictions = checked_predictions(candidate, events, self.now())
             self.store.replace_predictions(predictions)
             s = self.summary
             s.retried += len(predictions)
@@ -372,7 +440,17 @@ class Pipeline:
         return WriteBatch(dead_letters=dead), None
 
 
-def _log_failures(predictions: list[Any], events: list[Event]) -> None:
+def checked_predictions(candidate: Candidate, events: list[Event], now: datetime
+                        ) -> list[Prediction]:
+    """The candidate's predictions of ``events``, with its hard constraints checked and the
+    violations of malformed actions added."""
+    predictions = candidate.predict(events, now)
+    if candidate.checks is not None:
+        predictions = candidate.checks.apply(predictions)
+    return with_action_violations(predictions)
+
+
+def log_failures(predictions: list[Any], events: list[Event]) -> None:
     failed = [p for p in predictions if p.error is not None]
     if not failed:
         return

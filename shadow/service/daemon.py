@@ -49,6 +49,7 @@ from shadow.candidates import build_candidate
 from shadow.compare.comparators import Comparator, build_comparator
 from shadow.compare.step import compare
 from shadow.config.file import Config
+from shadow.config.workers import DaemonRole
 from shadow.core.errors import ConfigError, StoreError
 from shadow.core.models import utc_now
 from shadow.pipeline.readiness import remember
@@ -84,8 +85,9 @@ class Daemon:
     """Runs a configuration until told to stop; implements ``shadow.service.control.Control``."""
 
     def __init__(self, config: Config, *, store_path: Path, base_dir: Path,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 now: Callable[[], datetime] = utc_now, role: DaemonRole = DaemonRole.ALL) -> None:
         self.config, self.store_path, self.base_dir, self.now = config, store_path, base_dir, now
+        self.role = role
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
@@ -112,7 +114,8 @@ class Daemon:
             StoreError: the store is held by another daemon or process.
         """
         self._thread = threading.current_thread()
-        refuse(startup_problems(self.config, store_path=self.store_path, base_dir=self.base_dir))
+        refuse(startup_problems(self.config, store_path=self.store_path, base_dir=self.base_dir,
+                                role=self.role))
         tokens = self._tokens()
         _raise_open_files_limit()
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
@@ -199,12 +202,16 @@ class Daemon:
         candidates = [build_candidate(spec) for spec in config.all_candidates()]
         if not candidates:
             raise ConfigError("candidate: the daemon needs a candidate to run")
+        recording = self.role is DaemonRole.RECORDER
         for candidate in candidates:
-            stack.enter_context(candidate)
+            if not recording:  # a recorder only names them: workers call them
+                stack.enter_context(candidate)
         self.comparator = build_comparator(config.comparator)
-        if not config.sources.events:
+        if not config.sources.events and not recording:
             raise ConfigError("sources.events: the daemon needs at least one event source")
-        events = [_guarded(self._source(spec, "event")) for spec in config.sources.events]
+        events = [] if recording else [_guarded(self._source(spec, "event"))
+                                       for spec in config.sources.events]
+        recorded = [_guarded(self._handed_over())] if recording else []
         outcomes = [_guarded(self._source(spec, "outcome")) for spec in config.sources.outcomes]
         verdicts = [_guarded(self._source(spec, "verdict")) for spec in config.sources.verdicts]
         if self.config.rollout is not None:
@@ -221,7 +228,7 @@ class Daemon:
             batch_size=config.store.batch_size, now=self.now, rollout=self.live,
             progress=self.runtime.progress if self.runtime is not None else None,
             evaluate_each_batch=False, remember_ids=False)
-        for source in [*events, *outcomes, *verdicts]:
+        for source in [*events, *recorded, *outcomes, *verdicts]:
             stack.enter_context(source)
             self._sources.append(source)
         webhook_sources = [s for s in self._sources if isinstance(s, WebhookSource)]
@@ -234,7 +241,17 @@ class Daemon:
                 max_connections=spec.max_connections)
             self.webhooks.start()
             stack.callback(self.webhooks.stop)
-        return self.pipeline.feeds(events, outcomes, verdicts)
+        return self.pipeline.feeds(events, outcomes, verdicts, recorded=recorded)
+
+    def _handed_over(self) -> Source:
+        """The recorder's source: what candidate workers publish to ``workers.topic``."""
+        from connectors.kafka import KafkaSource, Start, consumer_options
+
+        spec = self.config.workers
+        assert spec is not None
+        return KafkaSource(bootstrap=spec.bootstrap, topics=[spec.topic], group_id=spec.group,
+                           start=Start.COMMITTED, poll_timeout_s=_KAFKA_POLL_S,
+                           options=consumer_options(spec.options))
 
     def _source(self, spec: SourceSpec, kind: str) -> Source:
         if spec.kind == "file":
@@ -570,7 +587,8 @@ def store_to_run(config: Config, *, db: Path | None, base_dir: Path) -> Path:
 
 
 def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
-                     environ: Mapping[str, str] = os.environ) -> list[str]:
+                     environ: Mapping[str, str] = os.environ,
+                     role: DaemonRole = DaemonRole.ALL) -> list[str]:
     """Everything missing for ``config`` to run as a daemon, one line each naming its key.
 
     Checked before any file is made: the store, the control API's tokens, the candidates
@@ -593,7 +611,9 @@ def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
         except ConfigError as exc:
             where = "candidate" if config.candidate is not None else f"candidates.{i}"
             problems.append(f"{where}: {exc}")
-    if not config.sources.events:
+    if role is DaemonRole.RECORDER:
+        problems.extend(recorder_problems(config))
+    elif not config.sources.events:
         problems.append("sources.events: the daemon needs at least one event source")
     problems.extend(f"sources.verdicts.{i}: verdicts come from a file, Kafka or a webhook, "
                     f"not {source.kind}" for i, source in enumerate(config.sources.verdicts)
@@ -604,6 +624,18 @@ def startup_problems(config: Config, *, store_path: Path | None, base_dir: Path,
                 problem = _webhook_problem(source, environ)
                 if problem is not None:
                     problems.append(f"sources.{side}.{i}.secret_env: {problem}")
+    return problems
+
+
+def recorder_problems(config: Config) -> list[str]:
+    """What a recorder (and its workers) need besides what every daemon needs."""
+    problems = []
+    if config.workers is None:
+        problems.append("workers: a recorder reads what candidate workers hand over; set "
+                        "workers.bootstrap (and workers.topic)")
+    if config.rollout is not None and config.rollout.state_topic is None:
+        problems.append("rollout.state_topic: candidate workers route by the rollout's state, "
+                        "which the recorder publishes there; set rollout.state_topic")
     return problems
 
 

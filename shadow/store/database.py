@@ -189,6 +189,22 @@ class Store:
         )
         return {row[0] for row in rows}
 
+    def mark_published(self, published: Sequence[tuple[str, str, str | None, datetime]]) -> None:
+        """Record when live decisions, as ``(event_id, candidate, version, at)``, were
+        published to the action sink; a decision marked already keeps its time."""
+        if not published:
+            return
+        rows = pa.table({
+            "event_id": [r[0] for r in published], "candidate": [r[1] for r in published],
+            "version": pa.array([r[2] for r in published], pa.string()),
+            "at": pa.array([r[3] for r in published], pa.timestamp("us", tz="UTC")),
+        })
+        with self._transaction({"published_rows": rows}) as tx:
+            tx.execute(
+                "UPDATE predictions p SET published_at = r.at FROM published_rows r "
+                "WHERE p.event_id = r.event_id AND p.candidate = r.candidate "
+                "AND p.version IS NOT DISTINCT FROM r.version AND p.published_at IS NULL")
+
     def errored(self, candidate: str, version: str | None) -> list[str]:
         """Ids of the events whose prediction by this candidate version is an error."""
         rows = self.db.execute(

@@ -1,0 +1,121 @@
+"""What a candidate worker hands the recorder: one message per record read, as JSON.
+
+A worker (:mod:`shadow.pipeline.worker`) publishes, for each record of its event
+sources, either the event with every candidate's prediction of it, or the dead
+letter the record became, keyed by the event id (a dead letter by its position).
+The recorder reads them back with :func:`decode` and stores them as a single
+process would have (:meth:`shadow.pipeline.runner.Pipeline.feeds`, ``recorded``):
+the event under the source and position it was read from, so that a record handed
+over twice (a worker killed before its offsets were committed, a rebalance) is
+recognised as the same record, and its predictions stored once.
+
+A prediction carries its routing (mode, step, review) as the worker decided it,
+and ``published_at`` when the worker published it to the action sink itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, NamedTuple
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from shadow.core.models import DeadLetter, Event, Prediction
+
+FORMAT = 1
+"""Bumped when a message changes so that an older recorder cannot read it."""
+
+
+class Published(NamedTuple):
+    """A live decision published to the action sink: whose, and when."""
+
+    event_id: str
+    candidate: str
+    version: str | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """An event and its predictions, as a worker read and predicted it."""
+
+    event: Event
+    source: str
+    position: str
+    predictions: list[Prediction]
+    published: Published | None
+    """The live decision among them the worker published to the action sink itself."""
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandedDeadLetter:
+    dead_letter: DeadLetter
+    worker: str
+
+
+def worker_name() -> str:
+    """How a worker names itself in what it hands over: its host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@cache
+def _predictions() -> TypeAdapter[list[Prediction]]:
+    return TypeAdapter(list[Prediction])
+
+
+def encode_event(event: Event, source: str, position: str, predictions: list[Prediction],
+                 *, published: Published | None, worker: str) -> bytes:
+    """One event with its predictions, and the live decision among them the worker
+    published itself, if it did."""
+    return orjson.dumps({
+        "format": FORMAT, "kind": "event", "worker": worker, "source": source,
+        "position": position, "event": event.model_dump(mode="json"),
+        "predictions": orjson.Fragment(_predictions().dump_json(predictions)),
+        "published": None if published is None else {
+            "candidate": published.candidate, "version": published.version,
+            "at": published.at.isoformat()},
+    })
+
+
+def encode_dead_letter(dead_letter: DeadLetter, *, worker: str) -> bytes:
+    return orjson.dumps({
+        "format": FORMAT, "kind": "dead_letter", "worker": worker,
+        "dead_letter": dead_letter.model_dump(mode="json"),
+    })
+
+
+def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
+    """A message read back (as the Kafka source decoded its JSON).
+
+    Raises:
+        ValueError: not a message a worker of this format hands over (says what is wrong).
+    """
+    if data.get("format") != FORMAT:
+        raise ValueError(f"not a handed-over record of format {FORMAT} "
+                         f"(format: {data.get('format')!r})")
+    try:
+        worker = str(data["worker"])
+        if data["kind"] == "dead_letter":
+            return HandedDeadLetter(DeadLetter.model_validate(data["dead_letter"]), worker)
+        if data["kind"] != "event":
+            raise ValueError(f"unknown kind {data['kind']!r}")
+        event = Event.model_validate(data["event"])
+        predictions = _predictions().validate_python(data["predictions"])
+        sent, published = data.get("published"), None
+        if sent is not None:
+            version = sent["version"]
+            published = Published(event.event_id, str(sent["candidate"]),
+                                  None if version is None else str(version),
+                                  datetime.fromisoformat(sent["at"]))
+        return Handed(event, str(data["source"]), str(data["position"]), predictions,
+                      published, worker)
+    except KeyError as exc:
+        raise ValueError(f"missing field {exc.args[0]!r}") from exc
+    except ValidationError as exc:
+        raise ValueError(f"malformed: {exc.errors(include_url=False)[0]['msg']}") from exc
