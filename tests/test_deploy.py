@@ -55,3 +55,31 @@ def test_the_deployed_daemon_gives_its_metrics_scraper_a_read_token_and_no_more(
 def test_the_systemd_unit_keeps_what_the_daemon_writes_to_its_user() -> None:
     unit = (ROOT / "deploy" / "shadow.service").read_text(encoding="utf-8")
     assert "UMask=0077" in unit and "NoNewPrivileges=true" in unit
+
+
+def test_the_compose_workers_variant_runs_a_recorder_and_workers_on_one_configuration(
+) -> None:
+    from shadow.service.daemon import recorder_problems
+    from shadow.service.worker import worker_problems
+
+    override = yaml.safe_load((ROOT / "docker-compose.workers.yml").read_text(encoding="utf-8"))
+    recorder, worker = override["services"]["shadow"], override["services"]["worker"]
+    assert recorder["command"][:5] == ["run", "--role", "recorder", "--config",
+                                       "/etc/shadow/shadow.yaml"]
+    assert worker["command"][:3] == ["worker", "--config", "/etc/shadow/shadow.yaml"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for s in (recorder, worker)
+              for v in s["volumes"] if v.startswith("./")}
+    config = load_config(ROOT / mounts["/etc/shadow/shadow.yaml"])
+    assert recorder_problems(config) == [] and worker_problems(config) == []
+    assert config.workers is not None and config.rollout is not None
+    assert config.rollout.state_topic is not None
+    topics = override["services"]["topics"]["command"][0]
+    for topic in (config.workers.topic, *config.sources.events[0].topics):
+        assert topic in topics
+    assert f"--topic {config.rollout.state_topic.topic} " in topics
+    assert "cleanup.policy=compact" in topics
+    assert f"--partitions {config.workers.partitions}" in topics
+    # Everything but the recorder's additions is the single-process configuration.
+    single = load_config(ROOT / "deploy" / "shadow.yaml")
+    assert config.model_copy(update={"workers": None, "rollout": config.rollout.model_copy(
+        update={"state_topic": None})}) == single

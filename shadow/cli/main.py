@@ -234,11 +234,13 @@ def _parser() -> argparse.ArgumentParser:
     from shadow.cli.evaluate import add_eval_parser
     from shadow.cli.send import add_send_parser
     from shadow.cli.show import add_show_parser
+    from shadow.cli.status import add_status_parser
 
     add_eval_parser(commands, _add_config)
     add_calibrate_parser(commands, _add_config)
     add_send_parser(commands, _add_config)
     add_show_parser(commands, _add_db_and_config)
+    add_status_parser(commands, _add_db_and_config)
 
     from shadow.cli.rollout import add_parser as add_rollout
 
@@ -249,22 +251,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from shadow.config.file import load_config
+    from shadow.config.workers import DaemonRole
     from shadow.core import logs
     from shadow.service.daemon import Daemon, store_to_run
 
     if args.config is None:
         raise ConfigError("--config is required (or set SHADOW_CONFIG)")
     config = load_config(args.config)
-    db = store_to_run(config, db=args.db, base_dir=Path(args.config).resolve().parent)
+    role = DaemonRole(args.role)
+    db = store_to_run(config, db=args.db, base_dir=Path(args.config).resolve().parent,
+                      role=role)
     # A daemon logs what it does (info) as JSON lines for a collector, unless a person watches.
     logs.configure(level=_chosen(args.log_level, "SHADOW_LOG_LEVEL", "info"),
                    fmt=_chosen(args.log_format, "SHADOW_LOG_FORMAT",
                                "console" if sys.stderr.isatty() else "json"),
                    redact=config.logging.redact)
-    from shadow.config.workers import DaemonRole
-
     return Daemon(config, store_path=db, base_dir=Path(args.config).resolve().parent,
-                  role=DaemonRole(args.role)).run()
+                  role=role).run()
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -97,8 +97,7 @@ def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
         ValueError: not a message a worker of this format hands over (says what is wrong).
     """
     if data.get("format") != FORMAT:
-        raise ValueError(f"not a handed-over record of format {FORMAT} "
-                         f"(format: {data.get('format')!r})")
+        raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
     try:
         worker = str(data["worker"])
         if data["kind"] == "dead_letter":

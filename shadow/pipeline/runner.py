@@ -149,11 +149,13 @@ class Pipeline:
     def run(
         self, events: Sequence[Source], outcomes: Sequence[Source] = (), *,
         verdicts: Sequence[Source] = (), retry_errors: bool = False,
+        recorded: Sequence[Source] = (),
     ) -> ReplaySummary:
         """Ingest the sources, predict, compare; with ``retry_errors`` also predict again
-        every stored event whose prediction by a candidate ended in an error."""
+        every stored event whose prediction by a candidate ended in an error. ``recorded``
+        are sources of what candidate workers handed over (see :meth:`feeds`)."""
         started = self.now()
-        feeds = self.feeds(events, outcomes, verdicts)
+        feeds = self.feeds(events, outcomes, verdicts, recorded=recorded)
         if self.rollout is not None:
             # Live traffic interleaves events and outcomes; the gates need both as they come.
             self._drain_together(feeds)
@@ -317,7 +319,8 @@ class Pipeline:
             handed.append(got)
         by_id = {h.event.event_id: h for h in reversed(handed)}
         mapped = [(h.event, RawRecord(h.source, h.position, None, None)) for h in handed]
-        fresh, known = self._classify(mapped, batch)
+        # Handed over again is the rule, not the exception: the store is always asked.
+        fresh, known = self._classify(mapped, batch, look_up=True)
         predictions = [p for e in fresh for p in by_id[e.event_id].predictions]
         by_version: dict[tuple[str, str | None], list[Prediction]] = {}
         for event in known:  # stored already: only what the store lacks
@@ -355,7 +358,8 @@ class Pipeline:
         return batch, done
 
     def _classify(
-        self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch
+        self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch, *,
+        look_up: bool = False,
     ) -> tuple[list[Event], list[Event]]:
         """Split into events new to the store and events it already holds.
 
@@ -366,7 +370,7 @@ class Pipeline:
             self._seen.clear()  # the earlier batches are in the store, which is asked
         stored = (
             self.store.stored_positions([e.event_id for e, _ in mapped])
-            if self._look_up_stored else {}
+            if self._look_up_stored or look_up else {}
         )
         fresh: list[Event] = []
         known: list[Event] = []

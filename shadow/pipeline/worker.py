@@ -28,11 +28,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from connectors.base import RawRecord, Source
-from connectors.kafka import TopicWriter
 from connectors.mapping import EventMapper, map_records
 from connectors.sinks import Decision, Sink
 from rollout.router import router_for
@@ -87,6 +87,13 @@ class RolloutRoute:
     policy: Policy
 
 
+class Writer(Protocol):
+    """Where a worker hands its messages over (:class:`connectors.kafka.TopicWriter`)."""
+
+    def write_all(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Return once every ``(key, value)`` is held; raise ``SinkError`` otherwise."""
+
+
 class Worker:
     """Predicts the records of ``sources`` and hands them to the recorder through ``writer``.
 
@@ -95,7 +102,7 @@ class Worker:
     """
 
     def __init__(self, sources: Sequence[Source], candidates: Sequence[Candidate],
-                 writer: TopicWriter, *, name: str, event_mapper: EventMapper | None = None,
+                 writer: Writer, *, name: str, event_mapper: EventMapper | None = None,
                  route: RolloutRoute | None = None, batch_size: int = 500,
                  now: Callable[[], datetime] = utc_now,
                  stopping: threading.Event | None = None) -> None:

@@ -204,12 +204,21 @@ class SourceState(_Answer):
     retry_in_s: float | None = None
 
 
+class WorkerHeard(_Answer):
+    name: str = Field(description="how the worker names itself (shadow worker --name)")
+    last_heard: str = Field(description="ISO 8601: when the recorder last stored a record "
+                            "this worker handed over")
+
+
 class ReadinessChecks(_Answer):
     ready: bool | None = None
     reasons: list[str] = Field(default_factory=list, description="why not ready")
     sources: list[SourceState] = Field(default_factory=list)
     away: list[str] = Field(default_factory=list, description="the sources that are away")
     webhooks: str | None = Field(None, description="the webhook server's URL, if any")
+    workers: list[WorkerHeard] = Field(
+        default_factory=list, description="candidate workers a recorder (shadow run --role "
+        "recorder) has stored records from since it started, the latest first")
 
 
 class Readiness(_Answer):

@@ -441,7 +441,14 @@ class Daemon:
         return not reasons, {
             "ready": not reasons, "reasons": reasons,
             "sources": [s.as_dict() for s in statuses], "away": [s.name for s in away],
-            "webhooks": self.webhooks.url if self.webhooks is not None else None}
+            "webhooks": self.webhooks.url if self.webhooks is not None else None,
+            "workers": self.workers_heard()}
+
+    def workers_heard(self) -> list[dict[str, str]]:
+        """The candidate workers this recorder has stored records from, the latest first."""
+        heard = dict(self.pipeline.workers_heard) if self.pipeline is not None else {}
+        return [{"name": name, "last_heard": at.isoformat()}
+                for name, at in sorted(heard.items(), key=lambda item: item[1], reverse=True)]
 
     def rollout_status(self) -> dict[str, Any]:
         def status() -> dict[str, Any]:
@@ -574,14 +581,15 @@ class Daemon:
         return self.controller
 
 
-def store_to_run(config: Config, *, db: Path | None, base_dir: Path) -> Path:
+def store_to_run(config: Config, *, db: Path | None, base_dir: Path,
+                 role: DaemonRole = DaemonRole.ALL) -> Path:
     """The store ``shadow run`` runs: ``--db``, else ``store.path``; checked with the rest.
 
     Raises:
         ConfigError: anything :func:`startup_problems` finds, all of it at once.
     """
     store = db if db is not None else (Path(config.store.path) if config.store.path else None)
-    refuse(startup_problems(config, store_path=store, base_dir=base_dir))
+    refuse(startup_problems(config, store_path=store, base_dir=base_dir, role=role))
     assert store is not None
     return store
 

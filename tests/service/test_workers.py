@@ -9,10 +9,12 @@ evaluates the rollout and publishes its state on a compacted topic the workers f
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -28,6 +30,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from connectors.compacted import ensure_topic
 from shadow.store.database import Store
 from tests.daemon_process import TOKEN, get, log_tail, ready_api, start_daemon, stop
+from tests.service.test_metrics import check
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -138,6 +141,13 @@ daemon:
                 time.sleep(pause_s)
         producer.flush(timeout=30)
         producer.close()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+        env["SHADOW_API_TOKEN"] = TOKEN
+        return subprocess.run([sys.executable, "-m", "shadow", *args, "--config",
+                               str(self.config)], cwd=self.directory, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
 
     def stored(self) -> int:
         """Predictions the recorder has stored, from its report."""
@@ -292,7 +302,15 @@ def test_a_rollback_reaches_every_worker_within_two_seconds(cluster: Cluster) ->
     producer = threading.Thread(target=keep_producing, daemon=True)
     producer.start()
     try:
-        time.sleep(3)
+        # The three share the partitions once the group has rebalanced: the recorder has
+        # heard from each.
+        status = wait_until(lambda: cluster.cli("status"),
+                            accept=lambda done: "workers heard from: 3" in done.stdout,
+                            timeout_s=60, what="records from every worker", interval_s=0.5)
+        assert status.returncode == 0, status.stderr
+        assert all(f"  {name}: last record stored" in status.stdout
+                   for name in ("w1", "w2", "w3"))
+        time.sleep(2)
         rolled_back_at = time.time()
         cluster.rollback()
         time.sleep(4)
@@ -331,6 +349,14 @@ def test_a_worker_that_stops_hearing_the_state_holds_its_live_decisions(
 
         wait_until(held, accept=lambda n: n >= 100, timeout_s=60,
                    what="the worker to hold 100 live decisions", details=cluster.logs)
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            scraped = response.read().decode()
+        linted = check("metrics", stdin=scraped)
+        assert (linted.returncode, linted.stdout + linted.stderr) == (0, ""), scraped
+        age = re.search(r"^shadow_worker_state_age_seconds (\S+)$", scraped, re.MULTILINE)
+        assert age is not None and float(age.group(1)) > STATE_MAX_AGE_S
+        assert re.search(r'^shadow_worker_predictions_total\{candidate="triage"\} 2\d\d',
+                         scraped, re.MULTILINE), scraped
     finally:
         cluster.recorder.send_signal(signal.SIGCONT)
     cluster.produce(range(200, 300))
