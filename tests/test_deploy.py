@@ -74,7 +74,9 @@ def test_the_compose_workers_variant_runs_a_recorder_and_workers_on_one_configur
     assert config.workers is not None and config.rollout is not None
     assert config.rollout.state_topic is not None
     topics = override["services"]["topics"]["command"][0]
-    for topic in (config.workers.topic, *config.sources.events[0].topics):
+    (events,) = config.sources.events
+    assert events.kind == "kafka"
+    for topic in (config.workers.topic, *events.topics):
         assert topic in topics
     assert f"--topic {config.rollout.state_topic.topic} " in topics
     assert "cleanup.policy=compact" in topics

@@ -25,7 +25,14 @@ from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.errors import SinkError
 from shadow.core.models import DeadLetter, Event, Mode, Prediction, RecordKind
-from shadow.pipeline.handoff import Published, decode, encode_dead_letter, encode_event
+from shadow.pipeline.handoff import (
+    Handed,
+    HandedDeadLetter,
+    Published,
+    decode,
+    encode_dead_letter,
+    encode_event,
+)
 from shadow.pipeline.runner import Pipeline
 from shadow.pipeline.worker import Worker
 from shadow.store.database import Store
@@ -134,14 +141,16 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
     published = Published("e1", "c", "2", NOW)
     got = decode(orjson.loads(encode_event(event, "kafka:t", "t/0@5", [prediction],
                                            published=published, worker="w9")))
-    assert got.__class__.__name__ == "Handed"
+    assert isinstance(got, Handed)
     assert (got.event, got.source, got.position, got.worker) == (event, "kafka:t", "t/0@5",
                                                                  "w9")
     assert got.predictions == [prediction] and got.predictions[0].request == {"messages": []}
     assert got.published == published
     dead = DeadLetter(kind=RecordKind.EVENT, source="kafka:t", position="t/0@6", raw="{",
                       reason="not valid JSON", received_at=NOW)
-    assert decode(orjson.loads(encode_dead_letter(dead, worker="w9"))).dead_letter == dead
+    back = decode(orjson.loads(encode_dead_letter(dead, worker="w9")))
+    assert isinstance(back, HandedDeadLetter)
+    assert (back.dead_letter, back.worker) == (dead, "w9")
 
 
 @pytest.mark.parametrize(("message", "reason"), [
