@@ -126,6 +126,16 @@ class Worker:
             total += len(records)
         return total
 
+    def state(self) -> RolloutState | None:
+        """The rollout's state as this worker last read it (``None``: none yet, or no
+        rollout)."""
+        return None if self.route is None else self.route.follower.current(self.route.rollout)
+
+    def live_allowed(self) -> bool:
+        """Whether this worker may publish live decisions now."""
+        state = self.state()
+        return state is not None and state.live and self._may_act(state)
+
     def state_age(self) -> float | None:
         """Seconds since the rollout's current state was heard (``None``: never, or no
         rollout)."""

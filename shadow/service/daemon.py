@@ -187,12 +187,7 @@ class Daemon:
         return tokens
 
     def _install_signals(self) -> None:
-        def handler(signum: int, frame: object) -> None:
-            log.info("shutting down", signal=signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.stop)
 
     # -- wiring -------------------------------------------------------------------
 
@@ -579,6 +574,16 @@ class Daemon:
             raise ConfigError("rollout: this daemon's configuration has no 'rollout' section")
         self.controller.sync()
         return self.controller
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call ``stop`` (a clean shutdown), logged with the signal's name."""
+    def handler(signum: int, frame: object) -> None:
+        log.info("shutting down", signal=signal.Signals(signum).name)
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def store_to_run(config: Config, *, db: Path | None, base_dir: Path,

@@ -14,7 +14,6 @@ holds, and the age of the rollout state it routes by.
 from __future__ import annotations
 
 import math
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +35,7 @@ from shadow.core.errors import ConfigError, SinkError
 from shadow.pipeline.handoff import worker_name
 from shadow.pipeline.source_guard import GuardedSource
 from shadow.pipeline.worker import RolloutRoute, Stopped, Worker
-from shadow.service.daemon import refuse
+from shadow.service.daemon import refuse, stop_on_signals
 from shadow.service.metric_families import counter, gauge, labelled
 
 log = structlog.get_logger(__name__)
@@ -98,7 +97,7 @@ class WorkerProcess:
             candidates: list[Candidate] = []
             for candidate_spec in config.all_candidates():
                 candidates.append(stack.enter_context(build_candidate(candidate_spec)))
-            self._install_signals()
+            stop_on_signals(self.stop)
             while not self.stopping.is_set():
                 try:
                     ensure_topic(spec.bootstrap, spec.topic, partitions=spec.partitions)
@@ -178,14 +177,6 @@ class WorkerProcess:
                 continue
         return lag
 
-    def _install_signals(self) -> None:
-        def handler(signum: int, frame: object) -> None:
-            log.info("shutting down", signal=signal.Signals(signum).name)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
     def _serve_metrics(self, host: str, port: int) -> None:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
@@ -218,6 +209,13 @@ class _Collector:
                       "to the action sink.", c.published)
         yield counter("shadow_worker_live_held", "Predictions routed to shadow because the "
                       "rollout's state was not heard within max_age.", c.held)
+        state = worker.state()
+        yield gauge("shadow_worker_state_revision", "The revision of the rollout state this "
+                    "worker routes by (NaN: none read yet, or no rollout).",
+                    math.nan if state is None else state.revision)
+        yield gauge("shadow_worker_live_allowed", "1 while this worker may publish live "
+                    "decisions (the state heard within max_age), else 0.",
+                    1.0 if worker.live_allowed() else 0.0)
         age = worker.state_age()
         yield gauge("shadow_worker_state_age_seconds", "Seconds since the rollout's state "
                     "was last heard (NaN: not heard since start, or no rollout).",
