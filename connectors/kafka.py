@@ -18,20 +18,18 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import orjson
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import RawRecord, Source
+from connectors.base import RawRecord, Source, SourceState
+from connectors.kafka_batch import METADATA_KEY as METADATA_KEY
+from connectors.kafka_batch import KafkaBatch, record_of
 from connectors.sinks import Decision, Sink
 from shadow.core.errors import SinkError, SourceError
 
 log = structlog.get_logger(__name__)
-
-METADATA_KEY = "_kafka"
-"""Where a record's key, headers, topic, partition, offset and timestamp sit for the mapping."""
 
 
 class Start(enum.StrEnum):
@@ -133,6 +131,22 @@ class KafkaSource(Source):
             self._consumer.close(autocommit=False)
 
     def _poll(self, max_records: int) -> list[RawRecord]:
+        name = self.name
+        return [record_of(name, message) for message in self._fetch(max_records)]
+
+    def poll_batch(self, max_records: int) -> KafkaBatch:
+        """Up to ``max_records`` records as one :class:`KafkaBatch`, which decodes nothing
+        until asked: the same records, offsets bookkeeping and timeouts as :meth:`poll`.
+
+        For a pipeline that maps a batch as columns; :meth:`KafkaBatch.records` gives
+        the records :meth:`poll` would have.
+        """
+        if self._state is not SourceState.OPEN:
+            raise RuntimeError(f"cannot poll source {self.name!r}: it is {self._state.value}")
+        return KafkaBatch(self.name, self._fetch(max_records))
+
+    def _fetch(self, max_records: int) -> list[Any]:
+        """The messages of one poll, in partition order, with the offsets noted."""
         consumer = self._consumer
         assert consumer is not None
         if self._commit_error is not None and not _coordinator_unknown(consumer):
@@ -144,16 +158,16 @@ class KafkaSource(Source):
                 self._seek_to_time(consumer)
         except KafkaError as exc:
             raise SourceError(f"cannot consume {self.topics}: {exc}") from exc
-        records = [self._record(message) for messages in batches.values() for message in messages]
+        messages = [message for part in batches.values() for message in part]
         unreachable = self._unreachable(consumer)
-        if records or not consumer.assignment() or unreachable:
+        if messages or not consumer.assignment() or unreachable:
             # Waiting for the group to hand out partitions (after a member died,
             # until its session times out), or for the broker to come back, is
             # not idleness.
             self._last_record_at = self._clock()
-        for partition, messages in batches.items():
-            self._uncommitted[partition] = self._next[partition] = messages[-1].offset + 1
-        return records
+        for partition, part in batches.items():
+            self._uncommitted[partition] = self._next[partition] = part[-1].offset + 1
+        return messages
 
     def _unreachable(self, consumer: KafkaConsumer) -> bool:
         """Whether no broker is reachable; raises once a bounded source has waited too long."""
@@ -289,28 +303,6 @@ class KafkaSource(Source):
             log.info("offsets committed again", source=self.name)
         self._commit_error = None
         self._uncommitted.clear()
-
-    def _record(self, message: Any) -> RawRecord:
-        position = f"{message.topic}/{message.partition}@{message.offset}"
-        metadata = {
-            "key": message.key.decode("utf-8", "replace") if message.key is not None else None,
-            "headers": {k: v.decode("utf-8", "replace") for k, v in (message.headers or [])},
-            "topic": message.topic, "partition": message.partition, "offset": message.offset,
-            "timestamp": message.timestamp,
-        }
-        if message.value is None:
-            # A tombstone (a compacted topic's delete marker, Debezium's after each
-            # delete) holds no record: it is skipped and counted, never a dead letter.
-            return RawRecord(self.name, position, None, None)
-        try:
-            value = orjson.loads(message.value)
-        except orjson.JSONDecodeError as exc:
-            return RawRecord(self.name, position, None, message.value, f"not valid JSON: {exc}")
-        if type(value) is not dict:
-            return RawRecord(self.name, position, None, message.value,
-                             "expected a JSON object as the record value")
-        value[METADATA_KEY] = metadata
-        return RawRecord(self.name, position, value, message.value)
 
 
 def _consumer_defaults() -> dict[str, Any]:

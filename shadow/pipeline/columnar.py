@@ -1,5 +1,5 @@
 """The columnar event path of a replay: a batch mapped into columns, deduplicated by the
-store, and events built only for the candidates.
+store, and events built only for the candidates; for files and for Kafka topics.
 
 :class:`ColumnarPipeline` is a :class:`~shadow.pipeline.runner.Pipeline` whose event
 batches skip the per-record work that made up most of a replay (measured in
@@ -17,8 +17,14 @@ batches skip the per-record work that made up most of a replay (measured in
   a candidate is called on, and the rows of table ``events`` go to the store as one
   Arrow table.
 
+A Kafka source's polls come as one :class:`~connectors.kafka_batch.KafkaBatch` each
+(without a rollout): values are decoded here, and the per-record work the source would
+do for every message (its ``_kafka`` metadata, its position, its record) is done only
+for the messages that need it, so the fast test sees the same values.
+
 What a replay stores is the same as :class:`Pipeline` stores from the same input
-(``tests/pipeline/test_columnar.py`` compares the two stores table by table).
+(``tests/pipeline/test_columnar.py`` compares the two stores table by table, and
+``tests/pipeline/test_columnar_kafka.py`` does for topics).
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from typing import Any, NamedTuple
 import orjson
 import pyarrow as pa
 
-from connectors.base import RawRecord
+from connectors.base import RawRecord, Source
+from connectors.kafka_batch import METADATA_KEY, KafkaBatch
 from connectors.mapping import MappingFailed, dead_letter, unstorable
 from shadow.candidates import Candidate
 from shadow.core.models import DeadLetter, Event, RecordKind
-from shadow.pipeline.runner import Done, Pipeline, checked_predictions, log_failures
+from shadow.pipeline.runner import Done, Pipeline, Prepare, checked_predictions, log_failures
 from shadow.store.writes import (
     UTC_TIMESTAMP,
     Duplicate,
@@ -158,11 +165,29 @@ class ColumnarPipeline(Pipeline):
     come, and those batches are small.
     """
 
+    def _step(self, source: Source, prepare: Prepare) -> int:
+        """As :meth:`Pipeline._step`; a Kafka source's events are read as one batch."""
+        poll_batch = getattr(source, "poll_batch", None)
+        if poll_batch is None or self.rollout is not None or prepare != self._prepare_events:
+            return super()._step(source, prepare)
+        polled: KafkaBatch = poll_batch(self._batch_limit())
+        if not len(polled):
+            return 0
+        now = self.now()
+        batch = self._write_batch(len(polled), *self._map_kafka(polled, now), now)
+        self.store.write(batch)
+        source.commit(polled.last_position)
+        return len(polled)
+
     def _prepare_events(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         if self.rollout is not None:
             return super()._prepare_events(records)
         now = self.now()
-        rows, places, dead = self._map(records, now)
+        return self._write_batch(len(records), *self._map(records, now), now), None
+
+    def _write_batch(self, read: int, rows: list[_Row], places: list[RawRecord],
+                     dead: list[DeadLetter], now: datetime) -> WriteBatch:
+        """What to write for a batch of ``read`` records mapped into rows and dead letters."""
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._split(rows, places, batch)
         batch.events_table = _events_table([rows[i] for i in fresh],
@@ -176,15 +201,15 @@ class ColumnarPipeline(Pipeline):
                 log_failures(predictions, to_predict)
 
         s = self.summary
-        s.events_read += len(records)
+        s.events_read += read
         s.events_stored += len(fresh)
         s.duplicates += len(rows) - len(fresh)
         s.dead_letters += len(dead)
-        s.events_skipped += len(records) - len(rows) - len(dead)
+        s.events_skipped += read - len(rows) - len(dead)
         s.predictions += len(batch.predictions)
         s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
         s.violations += sum(1 for p in batch.predictions if p.violations)
-        return batch, None
+        return batch
 
     def _map(
         self, records: list[RawRecord], now: datetime
@@ -220,6 +245,60 @@ class ColumnarPipeline(Pipeline):
                 row = _row_of(event)
             rows.append(row)
             places.append(record)
+        return rows, places, dead
+
+    def _map_kafka(
+        self, polled: KafkaBatch, now: datetime
+    ) -> tuple[list[_Row], list[RawRecord], list[DeadLetter]]:
+        """As :meth:`_map` for the records of ``polled``, building what the per-record
+        path builds for every record only where it is used.
+
+        Values are decoded here; a record whose value is not a JSON object, or that the
+        fast test leaves to the mapping, is taken as :meth:`KafkaBatch.record` gives it,
+        metadata and all, so its dead letter or event is the per-record path's. The
+        ``_kafka`` metadata is added to every value when the mapping or its ``when`` may
+        read it, and otherwise only to those records.
+        """
+        mapper = self.event_mapper
+        when, shape = mapper.when, mapper.shape
+        metadata = not mapper.canonical or when is not None
+        source, loads = polled.source, orjson.loads
+        rows: list[_Row] = []
+        places: list[RawRecord] = []
+        dead: list[DeadLetter] = []
+        kind = RecordKind.EVENT
+        for i, raw in enumerate(polled.values()):
+            if raw is None:
+                continue  # a tombstone: nothing to map
+            try:
+                value = loads(raw)
+            except orjson.JSONDecodeError:
+                value = None
+            if type(value) is not dict:
+                record = polled.record(i)
+                dead.append(dead_letter(record, kind, record.error or "undecodable record", now))
+                continue
+            if metadata:
+                value[METADATA_KEY] = polled.metadata(i)
+                if when is not None and not when(value):
+                    continue
+            row = fast_row(shape(value))
+            if row is None:
+                record = polled.record(i)
+                try:
+                    event = mapper(record.value or {})
+                except MappingFailed as exc:
+                    dead.append(dead_letter(record, kind, str(exc), now))
+                    continue
+                problem = unstorable(event)
+                if problem is not None:
+                    dead.append(dead_letter(record, kind, problem, now))
+                    continue
+                row = _row_of(event)
+                places.append(record)
+            else:
+                places.append(RawRecord(source, polled.position(i), value, raw))
+            rows.append(row)
         return rows, places, dead
 
     def _split(
