@@ -201,6 +201,8 @@ def read_topic(bootstrap: str, topic: str, settle_s: float = 2.0) -> list[Any]:
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
         assigned = [TopicPartition(topic, p) for p in partitions]
+        if not assigned:
+            return []  # never written to: the topic does not even exist
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
         return list(consumer)
@@ -371,3 +373,32 @@ def test_a_worker_that_stops_hearing_the_state_holds_its_live_decisions(
     published = {json.loads(m.value)["event_id"]
                  for m in read_topic(cluster.bootstrap, cluster.actions)}
     assert not published & {f"e{i}" for i in range(100, 200)}
+
+
+def test_a_worker_that_cannot_reach_the_state_topic_publishes_nothing_live(
+        cluster: Cluster) -> None:
+    """The worker's state topic on a broker that is not there: promoted or not, it never
+    publishes a live decision, and says so in its metrics."""
+    cluster.start_recorder()
+    cluster.promote()
+    unreachable = cluster.directory / "unreachable.yaml"
+    unreachable.write_text(re.sub(r'state_topic: \{bootstrap: "[^"]+"',
+                                  'state_topic: {bootstrap: "127.0.0.1:9"',
+                                  cluster.config.read_text(encoding="utf-8")), encoding="utf-8")
+    assert "127.0.0.1:9" in unreachable.read_text(encoding="utf-8")
+    cluster.started += 1
+    cluster.workers["w1"] = start_daemon(
+        unreachable, f"w1-{cluster.started}.log", token=None,
+        command=("worker", "--name", "w1", "--metrics", "127.0.0.1:0"))
+    metrics = cluster.metrics_url("w1")
+    cluster.produce(range(0, 50))
+    cluster.wait_stored(50)
+    with urllib.request.urlopen(metrics, timeout=10) as response:
+        scraped = response.read().decode()
+    assert re.search(r"^shadow_worker_live_allowed 0\.0$", scraped, re.MULTILINE), scraped
+    assert re.search(r"^shadow_worker_state_revision NaN$", scraped, re.MULTILINE), scraped
+    cluster.stop_all()
+    with Store(cluster.db, read_only=True) as store:
+        modes = {row[0] for row in store.db.execute("SELECT mode FROM predictions").fetchall()}
+    assert modes == {"shadow"}
+    assert read_topic(cluster.bootstrap, cluster.actions) == []
