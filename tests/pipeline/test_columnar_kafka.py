@@ -140,3 +140,60 @@ def _dead_letters(db: Path) -> list[tuple[Any, ...]]:
 def _stored_payloads(db: Path) -> list[tuple[Any, ...]]:
     with Store(db) as store:
         return store.db.execute("SELECT payload FROM events").fetchall()
+
+
+class StopsAtCommit(KafkaSource):
+    """A Kafka source that notes how many events the store holds at each commit, and
+    stops the run at commit number ``stop_at`` (as a process killed there would):
+    after the store's transaction, before the offsets are committed."""
+
+    def __init__(self, stored: Callable[[], int], stop_at: int | None, **options: Any) -> None:
+        super().__init__(**options)
+        self._stored, self._stop_at = stored, stop_at
+        self.held_at_commit: list[int] = []
+
+    def commit(self, position: str) -> None:
+        self.held_at_commit.append(self._stored())
+        if len(self.held_at_commit) == self._stop_at:
+            raise KeyboardInterrupt("stopped between the store's commit and the offsets'")
+        super().commit(position)
+
+
+def test_a_columnar_run_stopped_before_committing_offsets_stores_each_event_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"columnar-stop-{uuid.uuid4().hex[:10]}"
+    _produce(kafka_bootstrap, topic, [_line(**_event(n)) for n in range(1, 41)])
+    options: dict[str, Any] = dict(bootstrap=kafka_bootstrap, topics=[topic],
+                                   group_id=f"g-{topic}", start=Start.COMMITTED,
+                                   poll_timeout_s=0.5, idle_s=2.0)
+    db = tmp_path / "store.duckdb"
+
+    def run(stop_at: int | None) -> tuple[StopsAtCommit, dict[str, Any] | None]:
+        with Store(db) as store, CallableCandidate(describe, name="describe") as c:
+            source = StopsAtCommit(lambda: store.count("events"), stop_at, **options)
+            pipeline = ColumnarPipeline(store, c, build_comparator(ExactSpec()),
+                                        batch_size=10, now=lambda: NOW)
+            try:
+                return source, pipeline.run([source]).as_dict()
+            except KeyboardInterrupt:
+                return source, None
+
+    stopped, _ = run(stop_at=2)
+    resumed, summary = run(stop_at=None)
+
+    # Each commit came after the store held every event read before it.
+    first, second = stopped.held_at_commit
+    assert 0 < first < second <= 40
+    assert summary is not None
+    # The batch stored but not committed is read again at its positions: re-reads,
+    # neither stored twice nor kept as duplicates.
+    assert summary["events_read"] == 40 - first
+    assert summary["already_stored"] == summary["duplicates"] == second - first
+    assert summary["events_stored"] == 40 - second
+    assert resumed.held_at_commit[-1] == 40
+    with Store(db) as store:
+        assert store.count("events") == store.count("predictions") == 40
+        assert store.count("duplicates") == 0
+        assert store.db.execute(
+            "SELECT count(DISTINCT event_id) FROM predictions").fetchone() == (40,)
