@@ -215,11 +215,7 @@ class LiveRollout:
 
     def _mark_published(self, event_ids: list[str], at: datetime) -> None:
         c = self.controller
-        with self.store.transaction() as tx:
-            tx.execute(
-                "UPDATE predictions SET published_at = ? WHERE candidate = ? "
-                "AND version IS NOT DISTINCT FROM ? AND event_id IN (SELECT unnest(?))",
-                [at, c.candidate, c.version, event_ids])
+        self.store.mark_published([(e, c.candidate, c.version, at) for e in event_ids])
 
     def after_batch(self, *, force: bool = False) -> Assessment | None:
         """Publish, compare what can be compared, and let the controller act at every

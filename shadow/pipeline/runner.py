@@ -331,10 +331,11 @@ class Pipeline:
             predictions += {p.event_id: p for p in reversed(group)
                             if p.event_id not in held}.values()
         batch.predictions = predictions
-        stored = {(p.event_id, p.candidate, p.version) for p in predictions}
-        published = [h.published for h in by_id.values() if h.published is not None
-                     and (h.published.event_id, h.published.candidate,
-                          h.published.version) in stored]
+        handed_published = {(h.published.event_id, h.published.candidate,
+                             h.published.version): h.published.at
+                            for h in by_id.values() if h.published is not None}
+        batch.published = {k: handed_published[k] for p in predictions
+                           if (k := (p.event_id, p.candidate, p.version)) in handed_published}
 
         s = self.summary
         s.events_read += len(records)
@@ -344,16 +345,18 @@ class Pipeline:
         s.predictions += len(predictions)
         s.prediction_errors += sum(1 for p in predictions if p.error is not None)
         s.violations += sum(1 for p in predictions if p.violations)
-        live = sum(1 for p in predictions if p.mode is Mode.LIVE)
-        s.live += live
+        live = [p for p in predictions if p.mode is Mode.LIVE]
+        s.live += len(live)
+        unpublished = any((p.event_id, p.candidate, p.version) not in batch.published
+                          for p in live)
         rollout = self.rollout
+        if rollout is None or not unpublished:
+            return batch, None
 
         def done(counts: WriteCounts) -> None:
-            # What a worker published itself, the outbox does not publish again; what it
-            # routed live under an earlier state and did not publish, it does not publish.
-            self.store.mark_published(published)
-            if rollout is not None and live:
-                rollout.withdraw_handed_over()
+            # What a worker routed live under an earlier state and did not publish, the
+            # outbox does not publish (what it did publish is stored with the time).
+            rollout.withdraw_handed_over()
 
         return batch, done
 

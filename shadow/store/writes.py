@@ -65,6 +65,9 @@ class WriteBatch:
     outcomes: list[tuple[Outcome, str, str]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
+    published: dict[tuple[str, str, str | None], datetime] = field(default_factory=dict)
+    """Predictions, by event id, candidate and version, already published to the action
+    sink (by a candidate worker), with when: stored with that time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,11 @@ def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
         if requests.num_rows:
             tables["requests"] = requests
         tables["predictions"] = predictions_table(batch.predictions)
+        if batch.published:
+            at = batch.published.get
+            tables["predictions"] = tables["predictions"].append_column(
+                "published_at", pa.array([at((p.event_id, p.candidate, p.version))
+                                          for p in batch.predictions], UTC_TIMESTAMP))
         actions = prediction_actions_table(batch.predictions)
         if actions.num_rows:
             tables["prediction_actions"] = actions
