@@ -150,6 +150,8 @@ class LiveRollout:
         """Give every stored prediction of the candidate without a tier its tier, and
         store the proposals of tier ``review``; returns how many were assessed."""
         c, done = self.controller, 0
+        if self.policy.all_auto and Tier.AUTO.value not in c.state.fallen:
+            return reviews.assess_all_auto(self.store, c.candidate, c.version)
         while True:
             rows = reviews.unassessed(self.store, c.candidate, c.version, self.publish_batch)
             if not rows:

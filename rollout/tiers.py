@@ -71,6 +71,12 @@ class Policy:
                                    else confidence) for a in actions]
         return max(found, key=lambda a: a.tier.care)  # the first of the most careful
 
+    @property
+    def all_auto(self) -> bool:
+        """No rules and a default of ``auto``: every usable prediction is ``auto``, whatever
+        its output (so a store can assess a whole batch in one statement)."""
+        return not self.spec.rules and self.spec.default is Tier.AUTO
+
     def label(self, output: Any) -> Any:
         """The classification's label: the value at ``label_path``, else the output itself;
         ``MISSING`` when the path leads nowhere."""

@@ -116,6 +116,27 @@ def unassessed(store: Store, candidate: str, version: str | None,
             for r in rows]
 
 
+_ALL_AUTO = """
+UPDATE predictions
+SET tier = CASE WHEN error_type IS NOT NULL OR abstained OR coalesce(len(violations), 0) > 0
+                THEN 'human' ELSE 'auto' END,
+    tier_rule = CASE WHEN error_type IS NOT NULL THEN 'error' WHEN abstained THEN 'abstained'
+                     WHEN coalesce(len(violations), 0) > 0 THEN 'violation'
+                     ELSE 'default' END
+WHERE candidate = $candidate AND version IS NOT DISTINCT FROM $version AND tier IS NULL
+"""
+
+
+def assess_all_auto(store: Store, candidate: str, version: str | None) -> int:
+    """Give every prediction of the candidate without a tier the tier a policy without
+    rules whose default is ``auto`` gives (``human`` for errors, abstentions and
+    violations, with those rules' names), in one statement; returns how many."""
+    with store.transaction() as tx:
+        ((count,),) = tx.execute(_ALL_AUTO, {"candidate": candidate,
+                                             "version": version}).fetchall()
+    return int(count)
+
+
 def record_assessed(store: Store, candidate: str, version: str | None,
                     assessed: Sequence[Assessed]) -> None:
     """Store the tiers and the proposals in one transaction; a proposal stored before

@@ -131,3 +131,50 @@ def test_an_action_matches_its_first_rule_computed_by_hand(
         else:
             expected = Assessment(HUMAN, "default")
         assert DESK.assess(acting(action), confidence) == expected
+
+
+def test_a_store_assesses_a_policy_without_rules_as_the_policy_does(tmp_path: Any) -> None:
+    """The one-statement assessment of ``Policy().all_auto`` gives each prediction the tier
+    and rule :meth:`Policy.assess` gives it, row by row."""
+    from datetime import UTC, datetime
+
+    from shadow.core.models import ErrorKind, Event, Prediction, PredictionError
+    from shadow.store import reviews
+    from shadow.store.database import Store
+    from shadow.store.writes import StoredEvent, WriteBatch
+
+    at = datetime(2026, 5, 4, tzinfo=UTC)
+    outputs: list[dict[str, Any]] = [
+        {"output": {"category": "billing"}},
+        {"output": {"actions": [{"tool": "refund", "arguments": {"amount": 3}}]}},
+        {"output": "plain", "confidence": 0.2},
+        {"output": None, "error": PredictionError("Timeout", "slow", ErrorKind.TIMEOUT)},
+        {"output": {"category": "x"}, "abstained": True},
+        {"output": {"reply": "mail me at a@b.c"}, "violations": ("pii:email x",)},
+    ]
+    policy = Policy()
+    assert policy.all_auto and not Policy(TiersSpec(default=Tier.HUMAN)).all_auto
+    found = []
+    for fast in (True, False):
+        with Store(tmp_path / f"{fast}.duckdb") as store:
+            events = [Event(event_id=f"e{i}", key=f"k{i}", occurred_at=at)
+                      for i in range(len(outputs))]
+            store.write(WriteBatch(
+                events=[StoredEvent(e, "s", str(i)) for i, e in enumerate(events)],
+                predictions=[Prediction(event_id=f"e{i}", candidate="c", latency_ms=1.0,
+                                        predicted_at=at, **fields)
+                             for i, fields in enumerate(outputs)]))
+            if fast:
+                assert reviews.assess_all_auto(store, "c", None) == len(outputs)
+            else:
+                rows = reviews.unassessed(store, "c", None, 100)
+                reviews.record_assessed(store, "c", None, [reviews.Assessed(
+                    r.event_id, (a := policy.assess(r.output, r.confidence, error=r.error,
+                                                    abstained=r.abstained,
+                                                    violations=r.violations)).tier.value,
+                    a.rule, None) for r in rows])
+            found.append(store.db.execute("SELECT event_id, tier, tier_rule FROM predictions "
+                                          "ORDER BY event_id").fetchall())
+    assert found[0] == found[1]
+    assert [tier for _, tier, _ in found[0]] == ["auto", "auto", "auto", "human", "human",
+                                                 "human"]
