@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from shadow.core.models import DeadLetter, Event, Prediction
+from shadow.core.models import DeadLetter, ErrorKind, Event, Mode, Prediction, PredictionError
 
 FORMAT = 1
 """Bumped when a message changes so that an older recorder cannot read it."""
@@ -105,7 +105,7 @@ def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
         if data["kind"] != "event":
             raise ValueError(f"unknown kind {data['kind']!r}")
         event = Event.model_validate(data["event"])
-        predictions = _predictions().validate_python(data["predictions"])
+        predictions = [_prediction(p) for p in data["predictions"]]
         sent, published = data.get("published"), None
         if sent is not None:
             version = sent["version"]
@@ -118,3 +118,61 @@ def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
         raise ValueError(f"missing field {exc.args[0]!r}") from exc
     except ValidationError as exc:
         raise ValueError(f"malformed: {exc.errors(include_url=False)[0]['msg']}") from exc
+    except (TypeError, AttributeError) as exc:
+        raise ValueError(f"malformed: {exc}") from exc
+
+
+def _prediction(fields: dict[str, Any]) -> Prediction:
+    """A prediction as :func:`encode_event` wrote it, read back field by field: a worker's
+    batches are large, and this takes a tenth of the time a generic validator does.
+
+    Raises:
+        KeyError, TypeError, ValueError: not a prediction this format writes.
+    """
+    error = fields["error"]
+    return Prediction(
+        event_id=str(fields["event_id"]), candidate=str(fields["candidate"]),
+        version=_text(fields["version"]), mode=_member(_MODES, fields["mode"], "mode"),
+        output=fields["output"],
+        confidence=_number(fields["confidence"]), abstained=bool(fields["abstained"]),
+        latency_ms=float(fields["latency_ms"]),
+        error=None if error is None else PredictionError(
+            str(error["type"]), str(error["message"]), _member(_KINDS, error["kind"], "error.kind"),
+            _text(error["body"])),
+        predicted_at=_aware(fields["predicted_at"]), status=_whole(fields["status"]),
+        attempts=int(fields["attempts"]), ttfb_ms=_number(fields["ttfb_ms"]),
+        prompt_tokens=_whole(fields["prompt_tokens"]),
+        completion_tokens=_whole(fields["completion_tokens"]), cost=_number(fields["cost"]),
+        model=_text(fields["model"]), review=bool(fields["review"]),
+        step=_whole(fields["step"]), violations=tuple(str(v) for v in fields["violations"]),
+        request=fields["request"])
+
+
+_MODES = {mode.value: mode for mode in Mode}
+_KINDS = {kind.value: kind for kind in ErrorKind}
+
+
+def _member(members: dict[str, Any], value: Any, what: str) -> Any:
+    try:
+        return members[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} {value!r}: expected one of {sorted(members)}") from None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _whole(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _aware(text: str) -> datetime:
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError(f"a time without a time zone: {text!r}")
+    return at

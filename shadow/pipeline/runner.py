@@ -294,7 +294,7 @@ class Pipeline:
         """What workers handed over: each event under the source and position a worker
         read it from, with the predictions the store does not hold yet."""
         batch = WriteBatch()
-        handed, seen_here = [], set()
+        handed, seen_here, heard_from = [], set(), set()
         for record in records:
             try:
                 if record.value is None:
@@ -306,7 +306,7 @@ class Pipeline:
                     reason=f"not a record a worker handed over: {exc}", raw=record.raw_text(),
                     received_at=self.now()))
                 continue
-            self.workers_heard[got.worker] = self.now()
+            heard_from.add(got.worker)
             if isinstance(got, HandedDeadLetter):
                 batch.dead_letters.append(got.dead_letter)
                 continue
@@ -317,6 +317,8 @@ class Pipeline:
                 continue
             seen_here.add((got.event.event_id, got.source, got.position))
             handed.append(got)
+        heard_at = self.now()
+        self.workers_heard.update(dict.fromkeys(heard_from, heard_at))
         by_id = {h.event.event_id: h for h in reversed(handed)}
         mapped = [(h.event, RawRecord(h.source, h.position, None, None)) for h in handed]
         # Handed over again is the rule, not the exception: the store is always asked.

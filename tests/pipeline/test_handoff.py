@@ -158,6 +158,15 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
     ({"kind": "event"}, "format None, expected 1"),
     ({"format": 1, "kind": "event", "worker": "w"}, "missing field 'event'"),
     ({"format": 1, "kind": "other", "worker": "w"}, "unknown kind 'other'"),
+    ({"format": 1, "kind": "event", "worker": "w", "source": "s", "position": "p",
+      "event": {"event_id": "e1", "key": "k1", "occurred_at": "2024-03-01T08:00:00Z"},
+      "predictions": [{"event_id": "e1", "candidate": "c", "version": None, "error": None,
+                       "mode": "sideways"}]},
+     "mode 'sideways': expected one of ['live', 'shadow']"),
+    ({"format": 1, "kind": "event", "worker": "w", "source": "s", "position": "p",
+      "event": {"event_id": "e1", "key": "k1", "occurred_at": "2024-03-01T08:00:00Z"},
+      "predictions": [{"event_id": "e1", "candidate": "c", "version": None}]},
+     "missing field 'error'"),
 ])
 def test_a_message_that_is_not_a_handover_is_a_dead_letter_of_the_recorder(
         tmp_path: Path, message: dict[str, Any], reason: str) -> None:
