@@ -77,3 +77,17 @@ def test_webhook_intake(tmp_path: Path) -> None:
 def test_cpu_workers(tmp_path: Path) -> None:
     out = bench("cpu_workers.py", "--events", "2000", "--runs", "1", "--dir", str(tmp_path))
     assert "predict, workers: 2" in out and "ratio replay  two processes / one" in out
+
+
+def test_workers_scaling(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("workers_scaling.py", "--events", "200", "--workers", "1,2", "--delay", "0.01",
+                "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
+    assert "1 worker(s):" in out and "2 worker(s):" in out and "handed over 200" in out
+    assert "ratio to 1" in out
+
+
+def test_recorder_throughput(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("recorder_throughput.py", "--events", "3000", "--batch-size", "1000",
+                "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
+    assert "recorder stored 3,000 events, one prediction each" in out
+    assert "predictions stored/s" in out

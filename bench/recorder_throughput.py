@@ -1,0 +1,323 @@
+# mypy: disable-error-code="attr-defined,method-assign,unused-ignore"
+"""The recorder's ceiling: handed-over predictions stored into DuckDB per second.
+
+    python bench/recorder_throughput.py [--events 100000] [--partitions 12]
+                                        [--batch-size 20000] [--bootstrap HOST:PORT]
+                                        [--big-fetches] [--profile]
+
+Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
+ports, a fresh run directory under the temporary directory) and stopped at the end.
+
+1. Produces ``--events`` messages as candidate workers hand them over
+   (:func:`shadow.pipeline.handoff.encode_event`): an event of about 400 bytes with one
+   prediction of an HTTP candidate (output with a category, a priority and a short reply,
+   confidence, latency, status, tokens, cost, model), keyed by event id, on a fresh topic
+   of ``--partitions`` partitions (the default of ``workers.partitions``).
+2. Runs the recorder's path in this process, as ``shadow run --role recorder`` wires it:
+   a ``Pipeline`` (``remember_ids=False``, ``evaluate_each_batch=False``, the store's
+   ``batch_size``) fed by ``feeds(..., recorded=[KafkaSource])`` into a fresh DuckDB
+   file, pumped until every event is stored and its offsets committed.
+   With ``--big-fetches`` the consumer fetches up to 16 MB a partition (what
+   ``workers.options`` can set for a recorder) instead of kafka-python's 1 MB.
+3. Checks the store (every event once, one prediction each) and prints predictions
+   stored per second, from the first poll to the last commit, with the time split by
+   stage, and the CPU this process used meanwhile (all its threads, kafka-python's
+   included), which says what it would do with a core to itself. ``--profile`` runs it
+   under cProfile and prints the top functions.
+
+The target (issue 23): at least 20,000 predictions/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import random
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+
+import shadow.pipeline.runner as runner_module
+import shadow.store.database as store_module
+from connectors.compacted import ensure_topic
+from connectors.kafka import KafkaSource, Start
+from shadow.candidates import CallableCandidate
+from shadow.compare.comparators import build_comparator
+from shadow.config.comparators import ExactSpec
+from shadow.core.models import Event, Mode, Prediction
+from shadow.pipeline.handoff import encode_event
+from shadow.pipeline.runner import Pipeline
+from shadow.store.database import Store
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TARGET = 20_000
+FETCH_TUNING: dict[str, Any] = {
+    "fetch_max_bytes": 64 * 2**20,
+    "max_partition_fetch_bytes": 16 * 2**20,
+    "receive_buffer_bytes": 4 * 2**20,
+}
+CATEGORIES = ("billing", "login", "refund", "shipping", "account", "bug")
+WORDS = ("invoice refund password login error crash delivery parcel cancel account "
+         "please help urgent since yesterday customer order payment team").split()
+
+
+# -- broker -----------------------------------------------------------------------
+
+def free_port_pair() -> int:
+    """A port that is free on 127.0.0.1 with the next one (the broker's controller)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise SystemExit("no two free ports in a row on 127.0.0.1")
+
+
+def start_broker() -> tuple[str, dict[str, str]]:
+    """A broker of its own: free ports, a fresh run directory (so that nothing else
+    running on this machine shares it, or stops it)."""
+    run = tempfile.mkdtemp(prefix="shadow-kafka-recorder-bench-")
+    env = dict(os.environ, SHADOW_KAFKA_PORT=str(free_port_pair()), SHADOW_KAFKA_RUN=run)
+    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1], env
+
+
+def stop_broker(env: dict[str, str]) -> None:
+    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
+                   capture_output=True)
+    shutil.rmtree(env["SHADOW_KAFKA_RUN"], ignore_errors=True)
+
+
+# -- what workers hand over ---------------------------------------------------------
+
+def handed_over(i: int, rnd: random.Random, base: datetime) -> tuple[bytes, bytes]:
+    """Key and value of one event with its prediction, as a worker hands it over."""
+    occurred = base + timedelta(seconds=i)
+    event = Event(
+        event_id=f"evt-{i:08d}", key=f"ticket-{i:08d}", occurred_at=occurred,
+        segment={"channel": rnd.choice(("email", "chat", "web")),
+                 "tier": rnd.choice(("free", "pro", "enterprise"))},
+        payload={"subject": " ".join(rnd.choices(WORDS, k=8)),
+                 "body": " ".join(rnd.choices(WORDS, k=40)),
+                 "priority": rnd.choice(("low", "normal", "high")),
+                 "customer_id": rnd.randrange(10_000)})
+    latency = rnd.uniform(80, 400)
+    prediction = Prediction(
+        event_id=event.event_id, candidate="triage", version="fp-3f2a9c1d7e44",
+        mode=Mode.SHADOW,
+        output={"category": rnd.choice(CATEGORIES), "priority": rnd.choice(("low", "high")),
+                "reply": " ".join(rnd.choices(WORDS, k=12))},
+        confidence=round(rnd.random(), 3), latency_ms=latency,
+        predicted_at=occurred + timedelta(milliseconds=latency), status=200, attempts=1,
+        ttfb_ms=latency * 0.9, prompt_tokens=rnd.randrange(200, 900),
+        completion_tokens=rnd.randrange(20, 120), cost=0.0004, model="triage-2026-05")
+    value = encode_event(event, "kafka:tickets", f"tickets/{i % 12}/{i // 12}", [prediction],
+                         published=None, worker="bench-worker:1")
+    return event.event_id.encode(), value
+
+
+def produce(bootstrap: str, topic: str, count: int) -> tuple[float, int]:
+    """Returns seconds and the mean value size in bytes."""
+    rnd, base = random.Random(1), datetime(2026, 5, 4, tzinfo=UTC)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50,
+                             batch_size=512 * 1024, max_request_size=8 * 2**20)
+    size = 0
+    started = time.perf_counter()
+    for i in range(count):
+        key, value = handed_over(i, rnd, base)
+        size += len(value)
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - started, size // count
+
+
+# -- the recorder's path ------------------------------------------------------------
+
+class Stages:
+    """Seconds per stage, filled by wrappers that run once per batch."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        seconds = self.seconds
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - started
+
+        return timed
+
+
+def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
+           profile: bool, options: dict[str, Any]) -> tuple[float, dict[str, float], str | None]:
+    """Seconds from the first poll to the last commit, stage seconds, profile text."""
+    for path in (db, db.with_name(db.name + ".wal")):
+        path.unlink(missing_ok=True)
+    stages = Stages()
+    source = KafkaSource(bootstrap=bootstrap, topics=[topic],
+                         group_id=f"bench-recorder-{uuid.uuid4().hex[:8]}",
+                         start=Start.COMMITTED, poll_timeout_s=0.5, options=options)
+    source._poll = stages.wrap("poll (kafka-python, orjson)", source._poll)
+    source.commit = stages.wrap("commit offsets", source.commit)
+    # The recorder names its candidates; workers call them.
+    candidate = CallableCandidate(lambda event: None, name="triage", version="fp-3f2a9c1d7e44")
+    original_decode = runner_module.decode
+    original_arrow = store_module.arrow_tables
+    runner_module.decode = stages.wrap("decode (handoff JSON to models)", original_decode)
+    store_module.arrow_tables = stages.wrap("Arrow tables for the store", original_arrow)
+    profiler = cProfile.Profile() if profile else None
+    try:
+        with Store(db) as store:
+            pipeline = Pipeline(store, candidate, build_comparator(ExactSpec()),
+                                batch_size=batch_size, evaluate_each_batch=False,
+                                remember_ids=False)
+            pipeline._prepare_recorded = stages.wrap("prepare (whole)",
+                                                     pipeline._prepare_recorded)
+            pipeline._classify = stages.wrap("deduplicate (store lookup)", pipeline._classify)
+            store.write = stages.wrap("store.write", store.write)
+            store.mark_published = stages.wrap("mark published", store.mark_published)
+            feeds = pipeline.feeds([], recorded=[source])
+            with source:
+                started, baseline, cpu_started = None, {}, 0.0
+                if profiler:
+                    profiler.enable()
+                stored, last_data = 0, time.perf_counter()
+                while stored < count:
+                    before, so_far = time.perf_counter(), dict(stages.seconds)
+                    cpu_before = time.process_time()
+                    read = pipeline.pump(feeds)
+                    if read and started is None:
+                        # From the poll that brought the first records: the group join
+                        # before it is no part of the recorder's rate.
+                        started, baseline, cpu_started = before, so_far, cpu_before
+                    stored = pipeline.summary.events_stored
+                    if read:
+                        last_data = time.perf_counter()
+                    elif time.perf_counter() - last_data > 60:
+                        raise SystemExit(f"the recorder stalled at {stored:,} of {count:,}")
+                finished, cpu_finished = time.perf_counter(), time.process_time()
+                if profiler:
+                    profiler.disable()
+            counts = (store.count("events"), store.count("predictions"))
+    finally:
+        runner_module.decode = original_decode
+        store_module.arrow_tables = original_arrow
+    if counts != (count, count) or pipeline.summary.dead_letters:
+        raise SystemExit(f"the recorder stored {counts[0]:,} events and {counts[1]:,} "
+                         f"predictions ({pipeline.summary.dead_letters} dead letters), "
+                         f"expected {count:,} each")
+    assert started is not None
+    text = None
+    if profiler:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        text = out.getvalue()
+    spent = {name: value - baseline.get(name, 0.0) for name, value in stages.seconds.items()}
+    spent["CPU"] = cpu_finished - cpu_started
+    return finished - started, spent, text
+
+
+def print_stages(seconds: dict[str, float], total: float) -> None:
+    prepare, write = seconds.get("prepare (whole)", 0.0), seconds.get("store.write", 0.0)
+    decode = seconds.get("decode (handoff JSON to models)", 0.0)
+    classify = seconds.get("deduplicate (store lookup)", 0.0)
+    arrow = seconds.get("Arrow tables for the store", 0.0)
+    rows = [
+        ("poll (kafka-python fetch, orjson, RawRecord)",
+         seconds.get("poll (kafka-python, orjson)", 0.0)),
+        ("decode (handoff JSON to Event, Prediction)", decode),
+        ("deduplicate (store lookup of event ids)", classify),
+        ("rest of prepare", prepare - decode - classify),
+        ("Arrow tables for the store", arrow),
+        ("DuckDB inserts and commit", write - arrow),
+        ("mark published", seconds.get("mark published", 0.0)),
+        ("commit offsets", seconds.get("commit offsets", 0.0)),
+    ]
+    rows.append(("other (loop, gc)", total - sum(value for _, value in rows)))
+    for name, value in rows:
+        print(f"    {name:<48} {value:7.2f} s  {value / total:6.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=20_000,
+                        help="records per batch (the store's batch_size; default its default)")
+    parser.add_argument("--bootstrap", help="an existing broker; default: start one with "
+                        "scripts/kafka-local and stop it at the end")
+    parser.add_argument("--big-fetches", action="store_true",
+                        help="consumer options for big fetches (what workers.options could "
+                             "set): " + ", ".join(f"{k}={v}" for k, v in FETCH_TUNING.items()))
+    parser.add_argument("--profile", action="store_true",
+                        help="run the recorder under cProfile and print its top functions")
+    parser.add_argument("--dir", type=Path, default=HERE / "out")
+    args = parser.parse_args()
+    if args.events < 1 or args.partitions < 1 or args.batch_size < 1:
+        parser.error("--events, --partitions and --batch-size must be positive")
+    args.dir.mkdir(parents=True, exist_ok=True)
+    broker_env = None
+    bootstrap = args.bootstrap
+    if bootstrap is None:
+        bootstrap, broker_env = start_broker()
+        print(f"started a broker at {bootstrap}", flush=True)
+    try:
+        topic = f"bench-recorder-{uuid.uuid4().hex[:8]}"
+        ensure_topic(bootstrap, topic, partitions=args.partitions)
+        seconds, size = produce(bootstrap, topic, args.events)
+        print(f"produced {args.events:,} handed-over events to {topic} ({args.partitions} "
+              f"partitions) in {seconds:.1f} s; {size} bytes per message", flush=True)
+        db = args.dir / f"recorder-throughput-{os.getpid()}.duckdb"
+        load_before = os.getloadavg()
+        options = FETCH_TUNING if args.big_fetches else {}
+        total, stages, text = record(bootstrap, topic, args.events, db, args.batch_size,
+                                     args.profile, options)
+        load_after = os.getloadavg()
+        for path in (db, db.with_name(db.name + ".wal")):
+            path.unlink(missing_ok=True)
+    finally:
+        if broker_env is not None:
+            stop_broker(broker_env)
+    rate = args.events / total
+    print(f"recorder stored {args.events:,} events, one prediction each, in {total:.2f} s "
+          f"(batches of up to {args.batch_size:,}"
+          f"{', big fetches' if args.big_fetches else ''})")
+    print(f"predictions stored/s : {rate:,.0f}  (target {TARGET:,}: "
+          f"{'met' if rate >= TARGET else 'NOT met'}; {rate / TARGET:.2f} of it)")
+    cpu = stages.pop("CPU")
+    print(f"CPU of this process  : {cpu:.2f} s, all threads ({cpu / args.events * 1e6:.0f} us "
+          f"per prediction: {args.events / cpu:,.0f}/s if it had a core to itself)")
+    print(f"load average         : {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("  time by stage (first poll to last commit):")
+    print_stages(stages, total)
+    if text:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
