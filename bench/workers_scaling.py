@@ -20,7 +20,8 @@ each number of workers N, on fresh topics and a fresh store:
    percentile of those times over that window (start-up and the last batches' tail left
    out);
 4. the recorder must store every event once with one prediction that is not an error
-   (read from its metrics while it runs, then from the store once it stopped).
+   (read from its metrics while it runs, then from the store once it stopped); a run
+   in which it stores nothing for 60 s fails, with the state of the workers' group.
 
 Each run also prints the CPU the workers and the recorder used per event (Linux
 ``/proc``, from the stable group to the last event stored). With ``--runs`` each count
@@ -63,6 +64,8 @@ ROOT = HERE.parent
 TOKEN = "bench-workers-token"
 TARGETS = {1: 0.9, 2: 1.8, 4: 3.4}
 JOIN_S = 45
+STALL_S = 60
+"""How long the recorder may store nothing before the run is given up."""
 """How long the workers have to form their consumer group (it takes seconds)."""
 GROUP_OPTIONS = "{session_timeout_ms: 6000, heartbeat_interval_ms: 1000}"
 
@@ -189,8 +192,9 @@ daemon:
             self._wait(lambda: self._group_stable(workers), JOIN_S,
                        f"{workers} workers in a stable consumer group")
         except SystemExit as exc:
-            # Seen a few times in ten runs, with kafka-python 3.0.12: a worker polls on and
-            # never becomes a member of its group (docs/performance.md). Said, not hidden.
+            # Seen with kafka-python 3.0.12: a worker that joined, re-joined at once, sent
+            # no heartbeat after and was removed from its group, polls on and never joins
+            # again (docs/performance.md). Said, not hidden.
             print(f"  {workers} worker(s) did not form a group within {JOIN_S} s; starting "
                   f"them again ({str(exc).splitlines()[0]})", flush=True)
             self._stop_workers()
@@ -270,6 +274,31 @@ daemon:
         status, body = http_get(self.api + "/metrics", token=TOKEN)
         found = re.search(r"^shadow_events_total (\S+)$", body, re.MULTILINE)
         return int(float(found.group(1))) if status == 200 and found else -1
+
+    def wait_stored(self, count: int) -> None:
+        """Until the recorder has stored ``count`` events; fails when none is stored for
+        ``STALL_S``, saying what the workers' group looks like."""
+        last, since = -1, time.monotonic()
+        while (stored := self.stored()) < count:
+            self._check_alive()
+            if stored != last:
+                last, since = stored, time.monotonic()
+            elif time.monotonic() - since > STALL_S:
+                raise SystemExit(f"no event stored for {STALL_S} s ({stored} of {count}); "
+                                 f"the workers' group: {self._group_state()}\n"
+                                 + "\n".join(f"-- {n}\n{self.log_tail(n)}"
+                                             for n in self.processes))
+            time.sleep(0.2)
+
+    def _group_state(self) -> str:
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+        try:
+            group = admin.describe_groups([self.group]).get(self.group, {})
+        except KafkaError as exc:
+            return f"not described ({exc})"
+        finally:
+            admin.close()
+        return f"{group.get('group_state')} with {len(group.get('members') or [])} member(s)"
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -352,8 +381,7 @@ def run(workers: int, bootstrap: str, url: str, args: argparse.Namespace) -> Res
         cpu_before = cluster.cpu_seconds()
         produced_at = time.monotonic()
         cluster.produce(args.events)
-        cluster._wait(lambda: cluster.stored() >= args.events, 600,
-                      f"{args.events} events stored by the recorder")
+        cluster.wait_stored(args.events)
         stored_at = time.monotonic()
         load = os.getloadavg()
         cpu = {name: used - cpu_before[name] for name, used in cluster.cpu_seconds().items()}
