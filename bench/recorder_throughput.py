@@ -3,7 +3,7 @@
 
     python bench/recorder_throughput.py [--events 100000] [--partitions 12]
                                         [--batch-size 20000] [--bootstrap HOST:PORT]
-                                        [--big-fetches] [--profile]
+                                        [--big-fetches] [--gc-between-batches] [--profile]
 
 Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
 ports, a fresh run directory under the temporary directory) and stopped at the end.
@@ -18,7 +18,10 @@ ports, a fresh run directory under the temporary directory) and stopped at the e
    ``batch_size``) fed by ``feeds(..., recorded=[KafkaSource])`` into a fresh DuckDB
    file, pumped until every event is stored and its offsets committed.
    With ``--big-fetches`` the consumer fetches up to 16 MB a partition (what
-   ``workers.options`` can set for a recorder) instead of kafka-python's 1 MB.
+   ``workers.options`` can set for a recorder) instead of kafka-python's 1 MB. With
+   ``--gc-between-batches`` the cyclic garbage collector is off while a batch is read and
+   written and collects the young generation after it, as ``Pipeline.run`` (a replay)
+   does and the daemon's ``pump`` does not.
 3. Checks the store (every event once, one prediction each) and prints predictions
    stored per second, from the first poll to the last commit, with the time split by
    stage, and the CPU this process used meanwhile (all its threads, kafka-python's
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -44,6 +48,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -174,7 +179,8 @@ class Stages:
 
 
 def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
-           profile: bool, options: dict[str, Any]) -> tuple[float, dict[str, float], str | None]:
+           profile: bool, options: dict[str, Any], *,
+           gc_between: bool) -> tuple[float, dict[str, float], str | None]:
     """Seconds from the first poll to the last commit, stage seconds, profile text."""
     for path in (db, db.with_name(db.name + ".wal")):
         path.unlink(missing_ok=True)
@@ -202,7 +208,10 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
             store.write = stages.wrap("store.write", store.write)
             store.mark_published = stages.wrap("mark published", store.mark_published)
             feeds = pipeline.feeds([], recorded=[source])
-            with source:
+            with source, ExitStack() as stack:
+                if gc_between:
+                    gc.disable()
+                    stack.callback(gc.enable)
                 started, baseline, cpu_started = None, {}, 0.0
                 if profiler:
                     profiler.enable()
@@ -211,6 +220,8 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
                     before, so_far = time.perf_counter(), dict(stages.seconds)
                     cpu_before = time.process_time()
                     read = pipeline.pump(feeds)
+                    if gc_between:
+                        gc.collect(1)
                     if read and started is None:
                         # From the poll that brought the first records: the group join
                         # before it is no part of the recorder's rate.
@@ -274,6 +285,9 @@ def main() -> None:
     parser.add_argument("--big-fetches", action="store_true",
                         help="consumer options for big fetches (what workers.options could "
                              "set): " + ", ".join(f"{k}={v}" for k, v in FETCH_TUNING.items()))
+    parser.add_argument("--gc-between-batches", action="store_true",
+                        help="the cyclic garbage collector off during each batch and a young "
+                             "collection after it, as a replay runs (the daemon's pump does not)")
     parser.add_argument("--profile", action="store_true",
                         help="run the recorder under cProfile and print its top functions")
     parser.add_argument("--dir", type=Path, default=HERE / "out")
@@ -296,7 +310,7 @@ def main() -> None:
         load_before = os.getloadavg()
         options = FETCH_TUNING if args.big_fetches else {}
         total, stages, text = record(bootstrap, topic, args.events, db, args.batch_size,
-                                     args.profile, options)
+                                     args.profile, options, gc_between=args.gc_between_batches)
         load_after = os.getloadavg()
         for path in (db, db.with_name(db.name + ".wal")):
             path.unlink(missing_ok=True)
@@ -306,7 +320,8 @@ def main() -> None:
     rate = args.events / total
     print(f"recorder stored {args.events:,} events, one prediction each, in {total:.2f} s "
           f"(batches of up to {args.batch_size:,}"
-          f"{', big fetches' if args.big_fetches else ''})")
+          f"{', big fetches' if args.big_fetches else ''}"
+          f"{', gc between batches' if args.gc_between_batches else ''})")
     print(f"predictions stored/s : {rate:,.0f}  (target {TARGET:,}: "
           f"{'met' if rate >= TARGET else 'NOT met'}; {rate / TARGET:.2f} of it)")
     cpu = stages.pop("CPU")
