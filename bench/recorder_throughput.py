@@ -4,6 +4,7 @@
     python bench/recorder_throughput.py [--events 100000] [--partitions 12]
                                         [--batch-size 20000] [--bootstrap HOST:PORT]
                                         [--big-fetches] [--gc-between-batches] [--profile]
+                                        [--daemon]
 
 Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
 ports, a fresh run directory under the temporary directory) and stopped at the end.
@@ -28,6 +29,11 @@ ports, a fresh run directory under the temporary directory) and stopped at the e
    included), which says what it would do with a core to itself. ``--profile`` runs it
    under cProfile and prints the top functions.
 
+With ``--daemon`` the real ``shadow run --role recorder`` reads the topic instead, as a
+subprocess, timed by the events its metrics show stored (polled every 0.25 s, from the
+first that shows some to the one that shows all), with the CPU the process used
+meanwhile.
+
 The target (issue 23): at least 20,000 predictions/s.
 """
 
@@ -40,11 +46,15 @@ import io
 import os
 import pstats
 import random
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -65,11 +75,13 @@ from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event, Mode, Prediction
 from shadow.pipeline.handoff import encode_event
 from shadow.pipeline.runner import Pipeline
+from shadow.service.control import DaemonFile
 from shadow.store.database import Store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET = 20_000
+DAEMON_TOKEN = "bench-recorder-token"
 FETCH_TUNING: dict[str, Any] = {
     "fetch_max_bytes": 64 * 2**20,
     "max_partition_fetch_bytes": 16 * 2**20,
@@ -253,6 +265,74 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
     return finished - started, spent, text
 
 
+def record_daemon(bootstrap: str, topic: str, count: int, directory: Path,
+                  batch_size: int) -> tuple[float, int, float]:
+    """The real ``shadow run --role recorder`` on ``topic``: seconds from the first events
+    its metrics show stored to the last, the events stored at that first sight, and the
+    CPU the process used meanwhile."""
+    directory.mkdir(parents=True, exist_ok=True)
+    db = directory / "recorder.duckdb"
+    config = directory / "recorder.yaml"
+    config.write_text(f"""
+candidate: {{kind: http, url: "http://127.0.0.1:9/never-called", name: triage,
+             version: fp-3f2a9c1d7e44}}
+store: {{path: recorder.duckdb, batch_size: {batch_size}}}
+workers: {{bootstrap: "{bootstrap}", topic: {topic}, group: bench-daemon-{uuid.uuid4().hex[:8]}}}
+daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
+""", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    env["SHADOW_API_TOKEN"] = DAEMON_TOKEN
+    log = open(directory / "recorder.log", "wb")  # noqa: SIM115
+    with log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shadow", "run", "--role", "recorder", "--config",
+             str(config)], cwd=directory, env=env, stdout=log, stderr=log)
+    try:
+        first: tuple[float, int, float] | None = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"the recorder exited with {process.returncode}:\n"
+                                 + (directory / "recorder.log").read_text()[-3000:])
+            stored = _stored(db)
+            now, cpu = time.perf_counter(), _cpu_seconds(process.pid)
+            if stored > 0 and first is None:
+                first = (now, stored, cpu)
+            if stored >= count:
+                assert first is not None
+                return now - first[0], first[1], cpu - first[2]
+            time.sleep(0.25)
+        raise SystemExit(f"the recorder had not stored {count:,} events within 600 s")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _stored(db: Path) -> int:
+    """Events stored, as the recorder's metrics say (0 while it does not answer yet)."""
+    found = DaemonFile.read(db)
+    if found is None:
+        return 0
+    request = urllib.request.Request(found.api + "/metrics")
+    request.add_header("Authorization", f"Bearer {DAEMON_TOKEN}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0
+    match = re.search(r"^shadow_events_total (\S+)$", text, re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def print_stages(seconds: dict[str, float], total: float) -> None:
     prepare, write = seconds.get("prepare (whole)", 0.0), seconds.get("store.write", 0.0)
     decode = seconds.get("decode (handoff JSON to models)", 0.0)
@@ -288,6 +368,9 @@ def main() -> None:
     parser.add_argument("--gc-between-batches", action="store_true",
                         help="the cyclic garbage collector off during each batch and a young "
                              "collection after it, as a replay runs (the daemon's pump does not)")
+    parser.add_argument("--daemon", action="store_true",
+                        help="run the real `shadow run --role recorder` instead, timed by its "
+                             "metrics (no stages)")
     parser.add_argument("--profile", action="store_true",
                         help="run the recorder under cProfile and print its top functions")
     parser.add_argument("--dir", type=Path, default=HERE / "out")
@@ -306,6 +389,29 @@ def main() -> None:
         seconds, size = produce(bootstrap, topic, args.events)
         print(f"produced {args.events:,} handed-over events to {topic} ({args.partitions} "
               f"partitions) in {seconds:.1f} s; {size} bytes per message", flush=True)
+        if args.daemon:
+            load_before = os.getloadavg()
+            directory = Path(tempfile.mkdtemp(prefix="recorder-", dir=args.dir))
+            seconds, at_first, cpu = record_daemon(bootstrap, topic, args.events, directory,
+                                                   args.batch_size)
+            load_after = os.getloadavg()
+            shutil.rmtree(directory, ignore_errors=True)
+            if at_first >= args.events:
+                print(f"shadow run --role recorder stored all {args.events:,} events before "
+                      f"its metrics showed any: too few to time, use more --events")
+                return
+            rate = (args.events - at_first) / seconds
+            print(f"shadow run --role recorder stored {args.events - at_first:,} events after "
+                  f"its metrics first showed {at_first:,}, in {seconds:.2f} s (batches of up "
+                  f"to {args.batch_size:,})")
+            print(f"predictions stored/s : {rate:,.0f}  (target {TARGET:,}: "
+                  f"{'met' if rate >= TARGET else 'NOT met'}; {rate / TARGET:.2f} of it)")
+            done = args.events - at_first
+            print(f"CPU of the recorder  : {cpu:.2f} s ({cpu / done * 1e6:.0f} us per "
+                  f"prediction: {done / cpu:,.0f}/s if it had a core to itself)")
+            print(f"load average         : {load_before[0]:.2f} before, "
+                  f"{load_after[0]:.2f} after")
+            return
         db = args.dir / f"recorder-throughput-{os.getpid()}.duckdb"
         load_before = os.getloadavg()
         options = FETCH_TUNING if args.big_fetches else {}

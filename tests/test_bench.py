@@ -91,3 +91,9 @@ def test_recorder_throughput(kafka_bootstrap: str, tmp_path: Path) -> None:
                 "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
     assert "recorder stored 3,000 events, one prediction each" in out
     assert "predictions stored/s" in out
+
+
+def test_recorder_throughput_of_the_daemon(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("recorder_throughput.py", "--events", "5000", "--batch-size", "100", "--daemon",
+                "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
+    assert "shadow run --role recorder stored" in out
