@@ -151,9 +151,14 @@ class KafkaSource(Source):
         assert consumer is not None
         if self._commit_error is not None and not _coordinator_unknown(consumer):
             self._commit_held(consumer)
+        timeout_ms = int(self.poll_timeout_s * 1000)
+        if _join_lost(consumer):
+            log.warning("consumer group join lost by kafka-python; joining again",
+                        group=self.group_id, topics=self.topics)
+            consumer._coordinator.request_rejoin()
+            timeout_ms = max(timeout_ms, _REJOIN_WAIT_MS)
         try:
-            batches = consumer.poll(timeout_ms=int(self.poll_timeout_s * 1000),
-                                    max_records=max_records)
+            batches = consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
             if self._awaiting_time:
                 self._seek_to_time(consumer)
         except KafkaError as exc:
@@ -320,6 +325,29 @@ def _any_reachable(bootstrap: str, timeout_s: float = 1.0) -> bool:
             continue
         return True
     return False
+
+
+_REJOIN_WAIT_MS = 5_000
+"""How long the poll that repairs a lost join may wait for the join to complete."""
+
+
+def _join_lost(consumer: KafkaConsumer) -> bool:
+    """Whether kafka-python lost the group join this member started: it began a join
+    (``rejoining``) that no longer needs to happen, yet never completed it.
+
+    This happens (kafka-python 2.3 and 3.0 alike) when the member leads the group's
+    assignment, rejoins because its topics' metadata changed (a topic created after it
+    subscribed), and the join completes after the poll that started it returned: the
+    leader's assignment makes the metadata look settled, so no later poll finishes the
+    join. The member then holds no partition and (3.0) sends no heartbeat, for good.
+    Asking to rejoin makes the next poll finish the join in flight, or join again.
+    Reads kafka-python's private coordinator; where it is missing, nothing is lost.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    need_rejoin = getattr(coordinator, "need_rejoin", None)
+    if not getattr(coordinator, "rejoining", False) or not callable(need_rejoin):
+        return False
+    return not need_rejoin()
 
 
 def _coordinator_unknown(consumer: KafkaConsumer) -> bool:
