@@ -49,7 +49,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
+from local_broker import start_broker, stop_broker
 
 import shadow.pipeline.runner as runner_module
 import shadow.store.database as store_module
@@ -93,37 +93,6 @@ WORDS = ("invoice refund password login error crash delivery parcel cancel accou
 
 
 # -- broker -----------------------------------------------------------------------
-
-def free_port_pair() -> int:
-    """A port that is free on 127.0.0.1 with the next one (the broker's controller)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise SystemExit("no two free ports in a row on 127.0.0.1")
-
-
-def start_broker() -> tuple[str, dict[str, str]]:
-    """A broker of its own: free ports, a fresh run directory (so that nothing else
-    running on this machine shares it, or stops it)."""
-    run = tempfile.mkdtemp(prefix="shadow-kafka-recorder-bench-")
-    env = dict(os.environ, SHADOW_KAFKA_PORT=str(free_port_pair()), SHADOW_KAFKA_RUN=run)
-    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1], env
-
-
-def stop_broker(env: dict[str, str]) -> None:
-    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
-                   capture_output=True)
-    shutil.rmtree(env["SHADOW_KAFKA_RUN"], ignore_errors=True)
-
 
 # -- what workers hand over ---------------------------------------------------------
 
@@ -381,7 +350,7 @@ def main() -> None:
     broker_env = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        bootstrap, broker_env = start_broker()
+        bootstrap, broker_env = start_broker("recorder-bench")
         print(f"started a broker at {bootstrap}", flush=True)
     try:
         topic = f"bench-recorder-{uuid.uuid4().hex[:8]}"

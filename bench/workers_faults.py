@@ -3,8 +3,8 @@
     python bench/workers_faults.py [--events 100000] [--workers 3] [--rollbacks 20]
                                    [--bootstrap HOST:PORT] [--dir DIR]
 
-Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local``
-(port 29392, run directory ``/tmp/shadow-kafka-faults-UID``) and stopped at the end.
+Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
+ports, a fresh run directory) and stopped at the end.
 Everything runs as real processes: one ``shadow run --role recorder`` and ``--workers``
 ``shadow worker`` processes with the trivial candidate, on topics of 8 partitions.
 
@@ -46,6 +46,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from local_broker import start_broker, stop_broker  # noqa: E402
 
 from connectors.compacted import ensure_topic  # noqa: E402
 from shadow.service.control import DaemonFile  # noqa: E402
@@ -215,6 +217,12 @@ def topic_messages(bootstrap: str, topic: str) -> list[Any]:
         consumer.close()
 
 
+def one(result: Any) -> tuple[Any, ...]:
+    row = result.fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def kills(cluster: Cluster, events: int, workers: int, rng: random.Random) -> None:
     cluster.start_recorder()
     cluster.command("promote", force=True)
@@ -251,14 +259,14 @@ def kills(cluster: Cluster, events: int, workers: int, rng: random.Random) -> No
     print(f"all {events:,} stored after {time.monotonic() - started:.1f} s")
     with Store(cluster.db, read_only=True) as store:
         q = store.db.execute
-        stored = q("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
-        predicted = q("SELECT count(*), count(DISTINCT event_id) FROM predictions").fetchone()
-        duplicates = q("SELECT count(*) FROM duplicates").fetchone()
-        dead = q("SELECT count(*) FROM dead_letters").fetchone()
+        stored = one(q("SELECT count(*), count(DISTINCT event_id) FROM events"))
+        predicted = one(q("SELECT count(*), count(DISTINCT event_id) FROM predictions"))
+        duplicates = one(q("SELECT count(*) FROM duplicates"))
+        dead = one(q("SELECT count(*) FROM dead_letters"))
         live = {r[0] for r in q("SELECT event_id FROM predictions WHERE mode = 'live'")
                 .fetchall()}
-        unpublished = q("SELECT count(*) FROM predictions WHERE mode = 'live' AND "
-                        "published_at IS NULL AND withdrawn_at IS NULL").fetchone()
+        unpublished = one(q("SELECT count(*) FROM predictions WHERE mode = 'live' AND "
+                            "published_at IS NULL AND withdrawn_at IS NULL"))
     published = {json.loads(m.value)["event_id"]
                  for m in topic_messages(cluster.bootstrap, cluster.actions)}
     rows = [("events stored (distinct)", f"{stored[0]:,} ({stored[1]:,})"),
@@ -353,13 +361,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out" / "faults")
     args = parser.parse_args()
     own = args.bootstrap is None
-    run = Path(f"/tmp/shadow-kafka-faults-{os.getuid()}")
-    env = {**os.environ, "SHADOW_KAFKA_PORT": "29392", "SHADOW_KAFKA_RUN": str(run)}
-    bootstrap = args.bootstrap
+    bootstrap, env = args.bootstrap, None
     if own:
-        bootstrap = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
-                                   check=True, capture_output=True, text=True
-                                   ).stdout.strip().splitlines()[-1]
+        bootstrap, env = start_broker("faults-bench")
     try:
         for part in ("kills", "rollbacks"):
             directory = args.dir / part
@@ -381,9 +385,8 @@ def main() -> None:
                         process.kill()
                         process.wait()
     finally:
-        if own:
-            subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env,
-                           check=False, capture_output=True)
+        if env is not None:
+            stop_broker(env)
 
 
 if __name__ == "__main__":

@@ -37,12 +37,9 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +52,7 @@ import duckdb
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
+from local_broker import start_broker, stop_broker
 
 from connectors.compacted import ensure_topic
 from shadow.service.control import DaemonFile
@@ -71,37 +69,6 @@ GROUP_OPTIONS = "{session_timeout_ms: 6000, heartbeat_interval_ms: 1000}"
 
 
 # -- broker and endpoint ----------------------------------------------------------
-
-def free_port_pair() -> int:
-    """A port that is free on 127.0.0.1 with the next one (the broker's controller)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-            return port
-    raise SystemExit("no two free ports in a row on 127.0.0.1")
-
-
-def start_broker() -> tuple[str, dict[str, str]]:
-    """A broker of its own: free ports, a fresh run directory (so that nothing else
-    running on this machine shares it, or stops it)."""
-    run = tempfile.mkdtemp(prefix="shadow-kafka-workers-bench-")
-    env = dict(os.environ, SHADOW_KAFKA_PORT=str(free_port_pair()), SHADOW_KAFKA_RUN=run)
-    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1], env
-
-
-def stop_broker(env: dict[str, str]) -> None:
-    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
-                   capture_output=True)
-    shutil.rmtree(env["SHADOW_KAFKA_RUN"], ignore_errors=True)
-
 
 def start_endpoint(delay: float) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
@@ -424,7 +391,7 @@ def main() -> None:
     broker_env = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        bootstrap, broker_env = start_broker()
+        bootstrap, broker_env = start_broker("workers-bench")
     endpoint, url = start_endpoint(args.delay)
     results: list[Result] = []
     try:
