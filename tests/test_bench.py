@@ -97,3 +97,11 @@ def test_recorder_throughput_of_the_daemon(kafka_bootstrap: str, tmp_path: Path)
     out = bench("recorder_throughput.py", "--events", "5000", "--batch-size", "100", "--daemon",
                 "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
     assert "shadow run --role recorder stored" in out
+
+
+def test_workers_faults(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("workers_faults.py", "--events", "1500", "--rollbacks", "2",
+                "--bootstrap", kafka_bootstrap, "--dir", str(tmp_path))
+    assert "kills: 0 events lost, 0 stored twice: ok" in out
+    assert "rollbacks: 2, reaching 3 workers each" in out
+    assert "live decisions published more than 2 s after a rollback: 0" in out
