@@ -9,10 +9,11 @@
 Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
 ports, a fresh run directory under the temporary directory) and stopped at the end.
 
-1. Produces ``--events`` messages as candidate workers hand them over
-   (:func:`shadow.pipeline.handoff.encode_event`): an event of about 400 bytes with one
+1. Produces ``--events`` events as candidate workers hand them over: each an item
+   (:func:`shadow.pipeline.handoff.event_item`) of an event of about 400 bytes with one
    prediction of an HTTP candidate (output with a category, a priority and a short reply,
-   confidence, latency, status, tokens, cost, model), keyed by event id, on a fresh topic
+   confidence, latency, status, tokens, cost, model), 500 to a worker's batch, in
+   messages of up to 512 kB (:func:`~shadow.pipeline.handoff.messages`), on a fresh topic
    of ``--partitions`` partitions (the default of ``workers.partitions``).
 2. Runs the recorder's path in this process, as ``shadow run --role recorder`` wires it:
    a ``Pipeline`` (``remember_ids=False``, ``evaluate_each_batch=False``, the store's
@@ -73,7 +74,7 @@ from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event, Mode, Prediction
-from shadow.pipeline.handoff import encode_event
+from shadow.pipeline.handoff import event_item, messages
 from shadow.pipeline.runner import Pipeline
 from shadow.service.control import DaemonFile
 from shadow.store.database import Store
@@ -96,8 +97,8 @@ WORDS = ("invoice refund password login error crash delivery parcel cancel accou
 
 # -- what workers hand over ---------------------------------------------------------
 
-def handed_over(i: int, rnd: random.Random, base: datetime) -> tuple[bytes, bytes]:
-    """Key and value of one event with its prediction, as a worker hands it over."""
+def handed_over(i: int, rnd: random.Random, base: datetime) -> bytes:
+    """One event with its prediction, as an item of what a worker hands over."""
     occurred = base + timedelta(seconds=i)
     event = Event(
         event_id=f"evt-{i:08d}", key=f"ticket-{i:08d}", occurred_at=occurred,
@@ -117,22 +118,28 @@ def handed_over(i: int, rnd: random.Random, base: datetime) -> tuple[bytes, byte
         predicted_at=occurred + timedelta(milliseconds=latency), status=200, attempts=1,
         ttfb_ms=latency * 0.9, prompt_tokens=rnd.randrange(200, 900),
         completion_tokens=rnd.randrange(20, 120), cost=0.0004, model="triage-2026-05")
-    value = encode_event(event, "kafka:tickets", f"tickets/{i % 12}/{i // 12}", [prediction],
-                         published=None, worker="bench-worker:1")
-    return event.event_id.encode(), value
+    return event_item(event, "kafka:tickets", f"tickets/{i % 12}/{i // 12}", [prediction],
+                      published=None)
+
+
+WORKER_BATCH = 500
+"""Events a worker hands over at a time (``shadow worker --batch-size``'s default)."""
 
 
 def produce(bootstrap: str, topic: str, count: int) -> tuple[float, int]:
-    """Returns seconds and the mean value size in bytes."""
+    """Returns seconds and the mean size of an event's item in bytes."""
     rnd, base = random.Random(1), datetime(2026, 5, 4, tzinfo=UTC)
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=50,
                              batch_size=512 * 1024, max_request_size=8 * 2**20)
     size = 0
     started = time.perf_counter()
-    for i in range(count):
-        key, value = handed_over(i, rnd, base)
-        size += len(value)
-        producer.send(topic, key=key, value=value)
+    for first in range(0, count, WORKER_BATCH):
+        # As a worker hands a batch over: its items in as few messages as fit.
+        items = [handed_over(i, rnd, base) for i in range(first, min(first + WORKER_BATCH,
+                                                                      count))]
+        size += sum(len(item) for item in items)
+        for value in messages(items, worker="bench-worker:1"):
+            producer.send(topic, key=f"bench-worker:1 {first}".encode(), value=value)
     producer.flush()
     producer.close()
     return time.perf_counter() - started, size // count
@@ -357,7 +364,7 @@ def main() -> None:
         ensure_topic(bootstrap, topic, partitions=args.partitions)
         seconds, size = produce(bootstrap, topic, args.events)
         print(f"produced {args.events:,} handed-over events to {topic} ({args.partitions} "
-              f"partitions) in {seconds:.1f} s; {size} bytes per message", flush=True)
+              f"partitions) in {seconds:.1f} s; {size} bytes per event", flush=True)
         if args.daemon:
             load_before = os.getloadavg()
             directory = Path(tempfile.mkdtemp(prefix="recorder-", dir=args.dir))

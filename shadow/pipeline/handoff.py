@@ -1,16 +1,18 @@
-"""What a candidate worker hands the recorder: one message per record read, as JSON.
+"""What a candidate worker hands the recorder: each batch it read, as JSON messages.
 
 A worker (:mod:`shadow.pipeline.worker`) publishes, for each record of its event
-sources, either the event with every candidate's prediction of it, or the dead
-letter the record became, keyed by the event id (a dead letter by its position).
-The recorder reads them back with :func:`decode` and stores them as a single
-process would have (:meth:`shadow.pipeline.runner.Pipeline.feeds`, ``recorded``):
-the event under the source and position it was read from, so that a record handed
-over twice (a worker killed before its offsets were committed, a rebalance) is
-recognised as the same record, and its predictions stored once.
+sources, an item: either the event with every candidate's prediction of it, or the dead
+letter the record became. A batch's items go out together, as few messages as
+:data:`MAX_MESSAGE_BYTES` allows (one message per event cost the recorder a third of its
+time in kafka-python's reading alone). The recorder reads them back with :func:`decode`
+and stores them as a single process would have
+(:meth:`shadow.pipeline.runner.Pipeline.feeds`, ``recorded``): each event under the
+source and position it was read from, so that a record handed over twice (a worker
+killed before its offsets were committed, a rebalance) is recognised as the same
+record, and its predictions stored once.
 
 A prediction carries its routing (mode, step, review) as the worker decided it,
-and ``published_at`` when the worker published it to the action sink itself.
+and ``published`` says when the worker published it to the action sink itself.
 """
 
 from __future__ import annotations
@@ -27,8 +29,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from shadow.core.models import DeadLetter, ErrorKind, Event, Mode, Prediction, PredictionError
 
-FORMAT = 1
+FORMAT = 2
 """Bumped when a message changes so that an older recorder cannot read it."""
+
+MAX_MESSAGE_BYTES = 512 * 1024
+"""A message holds items up to about this size (a broker takes 1 MiB by default); an
+item larger than that alone is a message of its own."""
 
 
 class Published(NamedTuple):
@@ -69,13 +75,13 @@ def _predictions() -> TypeAdapter[list[Prediction]]:
     return TypeAdapter(list[Prediction])
 
 
-def encode_event(event: Event, source: str, position: str, predictions: list[Prediction],
-                 *, published: Published | None, worker: str) -> bytes:
+def event_item(event: Event, source: str, position: str, predictions: list[Prediction],
+               *, published: Published | None) -> bytes:
     """One event with its predictions, and the live decision among them the worker
     published itself, if it did."""
     return orjson.dumps({
-        "format": FORMAT, "kind": "event", "worker": worker, "source": source,
-        "position": position, "event": event.model_dump(mode="json"),
+        "kind": "event", "source": source, "position": position,
+        "event": event.model_dump(mode="json"),
         "predictions": orjson.Fragment(_predictions().dump_json(predictions)),
         "published": None if published is None else {
             "candidate": published.candidate, "version": published.version,
@@ -83,15 +89,43 @@ def encode_event(event: Event, source: str, position: str, predictions: list[Pre
     })
 
 
+def dead_letter_item(dead_letter: DeadLetter) -> bytes:
+    return orjson.dumps({"kind": "dead_letter",
+                         "dead_letter": dead_letter.model_dump(mode="json")})
+
+
+def messages(items: list[bytes], *, worker: str) -> list[bytes]:
+    """The items as messages of about :data:`MAX_MESSAGE_BYTES` at most, in order."""
+    head = b'{"format":%d,"kind":"batch","worker":%s,"items":[' % (FORMAT, orjson.dumps(worker))
+    found: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 0
+    for item in items:
+        if chunk and size + len(item) > MAX_MESSAGE_BYTES:
+            found.append(head + b",".join(chunk) + b"]}")
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        found.append(head + b",".join(chunk) + b"]}")
+    return found
+
+
+def encode_event(event: Event, source: str, position: str, predictions: list[Prediction],
+                 *, published: Published | None, worker: str) -> bytes:
+    """A message of one event (see :func:`event_item`)."""
+    return messages([event_item(event, source, position, predictions, published=published)],
+                    worker=worker)[0]
+
+
 def encode_dead_letter(dead_letter: DeadLetter, *, worker: str) -> bytes:
-    return orjson.dumps({
-        "format": FORMAT, "kind": "dead_letter", "worker": worker,
-        "dead_letter": dead_letter.model_dump(mode="json"),
-    })
+    """A message of one dead letter."""
+    return messages([dead_letter_item(dead_letter)], worker=worker)[0]
 
 
-def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
-    """A message read back (as the Kafka source decoded its JSON).
+def decode(data: dict[str, Any]) -> list[Handed | HandedDeadLetter | ValueError]:
+    """The items of a message read back (as the Kafka source decoded its JSON), in order;
+    an item that cannot be read is the error saying why, in its place.
 
     Raises:
         ValueError: not a message a worker of this format hands over (says what is wrong).
@@ -100,6 +134,24 @@ def decode(data: dict[str, Any]) -> Handed | HandedDeadLetter:
         raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
     try:
         worker = str(data["worker"])
+        if data["kind"] != "batch":
+            raise ValueError(f"unknown kind {data['kind']!r}")
+        items = data["items"]
+    except KeyError as exc:
+        raise ValueError(f"missing field {exc.args[0]!r}") from exc
+    if not isinstance(items, list):
+        raise ValueError(f"items: expected a list, got {type(items).__name__}")
+    found: list[Handed | HandedDeadLetter | ValueError] = []
+    for item in items:
+        try:
+            found.append(_item(item, worker))
+        except ValueError as exc:
+            found.append(exc)
+    return found
+
+
+def _item(data: Any, worker: str) -> Handed | HandedDeadLetter:
+    try:
         if data["kind"] == "dead_letter":
             return HandedDeadLetter(DeadLetter.model_validate(data["dead_letter"]), worker)
         if data["kind"] != "event":

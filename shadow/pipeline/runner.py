@@ -301,24 +301,26 @@ class Pipeline:
             try:
                 if record.value is None:
                     raise ValueError(record.error or "no value")
-                got = decode(record.value)
+                items = decode(record.value)
             except ValueError as exc:
-                batch.dead_letters.append(DeadLetter(
-                    kind=RecordKind.EVENT, source=record.source, position=record.position,
-                    reason=f"not a record a worker handed over: {exc}", raw=record.raw_text(),
-                    received_at=self.now()))
+                batch.dead_letters.append(self._not_handed_over(record, record.position, exc))
                 continue
-            heard_from.add(got.worker)
-            if isinstance(got, HandedDeadLetter):
-                batch.dead_letters.append(got.dead_letter)
-                continue
-            # The same record handed over twice in one batch (a worker that lost its
-            # partitions before committing, and the one that took them) is one record.
-            if (got.event.event_id, got.source, got.position) in seen_here:
-                self.summary.already_stored += 1
-                continue
-            seen_here.add((got.event.event_id, got.source, got.position))
-            handed.append(got)
+            for index, got in enumerate(items):
+                if isinstance(got, ValueError):
+                    batch.dead_letters.append(
+                        self._not_handed_over(record, f"{record.position} item {index}", got))
+                    continue
+                heard_from.add(got.worker)
+                if isinstance(got, HandedDeadLetter):
+                    batch.dead_letters.append(got.dead_letter)
+                    continue
+                # The same record handed over twice in one batch (a worker that lost its
+                # partitions before committing, and the one that took them) is one record.
+                if (got.event.event_id, got.source, got.position) in seen_here:
+                    self.summary.already_stored += 1
+                    continue
+                seen_here.add((got.event.event_id, got.source, got.position))
+                handed.append(got)
         heard_at = self.now()
         self.workers_heard.update(dict.fromkeys(heard_from, heard_at))
         by_id = {h.event.event_id: h for h in reversed(handed)}
@@ -363,6 +365,12 @@ class Pipeline:
             rollout.withdraw_handed_over()
 
         return batch, done
+
+    def _not_handed_over(self, record: RawRecord, position: str,
+                         error: ValueError) -> DeadLetter:
+        return DeadLetter(kind=RecordKind.EVENT, source=record.source, position=position,
+                          reason=f"not a record a worker handed over: {error}",
+                          raw=record.raw_text(), received_at=self.now())
 
     def _classify(
         self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch, *,

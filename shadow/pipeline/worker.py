@@ -45,7 +45,8 @@ from shadow.config.rollout import RolloutSpec
 from shadow.config.tiers import Tier
 from shadow.core.errors import ShadowError, SinkError
 from shadow.core.models import Event, Mode, Prediction, RecordKind, utc_now
-from shadow.pipeline.handoff import Published, encode_dead_letter, encode_event
+from shadow.pipeline.handoff import Published, dead_letter_item, event_item
+from shadow.pipeline.handoff import messages as handoff_messages
 from shadow.pipeline.runner import checked_predictions, log_failures
 
 log = structlog.get_logger(__name__)
@@ -162,20 +163,23 @@ class Worker:
             for p in predictions:
                 by_event[p.event_id].append(p)
         published = self._publish(by_event, first)
-        messages = [(d.position.encode(), encode_dead_letter(d, worker=self.name)) for d in dead]
+        items = [dead_letter_item(d) for d in dead]
         for event, record in mapped:
             # Only the first copy of an event in the batch carries the predictions.
             predictions = by_event.pop(event.event_id, [])
-            messages.append((event.event_id.encode(), encode_event(
-                event, record.source, record.position, predictions,
-                published=published.get(event.event_id), worker=self.name)))
+            items.append(event_item(event, record.source, record.position, predictions,
+                                    published=published.get(event.event_id)))
+        # Keyed by the worker and the batch's first position: any partition will do, the
+        # recorder needs no order (it recognises each item by its source and position).
+        key = f"{self.name} {records[0].position}".encode()
+        messages = [(key, message) for message in handoff_messages(items, worker=self.name)]
         self._hand_over(messages)
         c = self.counts
         c.batches += 1
         c.records += len(records)
         c.events += len(mapped)
         c.dead_letters += len(dead)
-        c.handed_over += len(messages)
+        c.handed_over += len(items)
 
     def _hand_over(self, messages: list[tuple[bytes, bytes]]) -> None:
         """Write the batch's messages, again and again while the broker does not take them:

@@ -26,12 +26,14 @@ from shadow.config.comparators import ExactSpec
 from shadow.core.errors import SinkError
 from shadow.core.models import DeadLetter, Event, Mode, Prediction, RecordKind
 from shadow.pipeline.handoff import (
+    MAX_MESSAGE_BYTES,
     Handed,
     HandedDeadLetter,
     Published,
     decode,
     encode_dead_letter,
     encode_event,
+    messages,
 )
 from shadow.pipeline.runner import Pipeline
 from shadow.pipeline.worker import Worker
@@ -128,7 +130,8 @@ def test_a_worker_tries_a_batch_again_until_the_broker_takes_it(tmp_path: Path) 
         source.open()
         worker = Worker([source], [c], topic, name="w1", batch_size=10, now=lambda: NOW)
         assert worker.step() == 3
-    assert (topic.refuse, len(topic.messages), source.committed) == (0, 3, ["item 2"])
+    # One message for the batch's three events, written once the broker took it.
+    assert (topic.refuse, len(topic.messages), source.committed) == (0, 1, ["item 2"])
 
 
 def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
@@ -139,8 +142,8 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
                             predicted_at=NOW, step=1, review=True, violations=("pii:email x",),
                             request={"messages": []}, prompt_tokens=3, cost=0.01)
     published = Published("e1", "c", "2", NOW)
-    got = decode(orjson.loads(encode_event(event, "kafka:t", "t/0@5", [prediction],
-                                           published=published, worker="w9")))
+    (got,) = decode(orjson.loads(encode_event(event, "kafka:t", "t/0@5", [prediction],
+                                              published=published, worker="w9")))
     assert isinstance(got, Handed)
     assert (got.event, got.source, got.position, got.worker) == (event, "kafka:t", "t/0@5",
                                                                  "w9")
@@ -148,33 +151,50 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
     assert got.published == published
     dead = DeadLetter(kind=RecordKind.EVENT, source="kafka:t", position="t/0@6", raw="{",
                       reason="not valid JSON", received_at=NOW)
-    back = decode(orjson.loads(encode_dead_letter(dead, worker="w9")))
+    (back,) = decode(orjson.loads(encode_dead_letter(dead, worker="w9")))
     assert isinstance(back, HandedDeadLetter)
     assert (back.dead_letter, back.worker) == (dead, "w9")
 
 
-@pytest.mark.parametrize(("message", "reason"), [
-    ({"format": 99, "kind": "event"}, "format 99, expected 1"),
-    ({"kind": "event"}, "format None, expected 1"),
-    ({"format": 1, "kind": "event", "worker": "w"}, "missing field 'event'"),
-    ({"format": 1, "kind": "other", "worker": "w"}, "unknown kind 'other'"),
-    ({"format": 1, "kind": "event", "worker": "w", "source": "s", "position": "p",
-      "event": {"event_id": "e1", "key": "k1", "occurred_at": "2024-03-01T08:00:00Z"},
-      "predictions": [{"event_id": "e1", "candidate": "c", "version": None, "error": None,
-                       "mode": "sideways"}]},
-     "mode 'sideways': expected one of ['live', 'shadow']"),
-    ({"format": 1, "kind": "event", "worker": "w", "source": "s", "position": "p",
-      "event": {"event_id": "e1", "key": "k1", "occurred_at": "2024-03-01T08:00:00Z"},
-      "predictions": [{"event_id": "e1", "candidate": "c", "version": None}]},
-     "missing field 'error'"),
+EVENT = {"event_id": "e1", "key": "k1", "occurred_at": "2024-03-01T08:00:00Z"}
+
+
+def batch(*items: Any) -> dict[str, Any]:
+    return {"format": 2, "kind": "batch", "worker": "w", "items": list(items)}
+
+
+@pytest.mark.parametrize(("message", "position", "reason"), [
+    ({"format": 99, "kind": "batch"}, "item 0", "format 99, expected 2"),
+    ({"kind": "batch"}, "item 0", "format None, expected 2"),
+    ({"format": 2, "kind": "batch", "worker": "w"}, "item 0", "missing field 'items'"),
+    ({"format": 2, "kind": "other", "worker": "w"}, "item 0", "unknown kind 'other'"),
+    ({"format": 2, "kind": "batch", "worker": "w", "items": {}}, "item 0",
+     "items: expected a list, got dict"),
+    (batch({"kind": "event", "source": "s", "position": "p"}), "item 0 item 0",
+     "missing field 'event'"),
+    (batch({"kind": "other"}), "item 0 item 0", "unknown kind 'other'"),
+    (batch("text"), "item 0 item 0", "malformed: string indices must be integers, not 'str'"),
+    (batch({"kind": "event", "source": "s", "position": "p", "event": EVENT,
+            "predictions": [{"event_id": "e1", "candidate": "c", "version": None,
+                             "error": None, "mode": "sideways"}]}),
+     "item 0 item 0", "mode 'sideways': expected one of ['live', 'shadow']"),
+    (batch({"kind": "event", "source": "s", "position": "p", "event": EVENT,
+            "predictions": [{"event_id": "e1", "candidate": "c", "version": None}]}),
+     "item 0 item 0", "missing field 'error'"),
 ])
 def test_a_message_that_is_not_a_handover_is_a_dead_letter_of_the_recorder(
-        tmp_path: Path, message: dict[str, Any], reason: str) -> None:
-    with pytest.raises(ValueError) as raised:
-        decode(message)
-    assert str(raised.value) == reason
+        tmp_path: Path, message: dict[str, Any], position: str, reason: str) -> None:
+    """A message that is not a batch is one dead letter; in a batch, each item that cannot
+    be read is one, at the message's position and the item's index."""
     recorded(tmp_path / "r.duckdb", [(b"k", orjson.dumps(message))], [])
     with Store(tmp_path / "r.duckdb") as store:
         rows = store.db.execute("SELECT source, position, reason FROM dead_letters").fetchall()
-    assert rows == [("workers", "item 0", f"not a record a worker handed over: {reason}")]
+    assert rows == [("workers", position, f"not a record a worker handed over: {reason}")]
 
+
+def test_a_batch_too_large_for_one_message_goes_out_as_several() -> None:
+    items = [orjson.dumps({"kind": "other", "pad": "x" * 100_000}) for _ in range(12)]
+    sent = messages(items, worker="w")
+    assert 2 <= len(sent) <= 4 and all(len(m) <= MAX_MESSAGE_BYTES + 110_000 for m in sent)
+    read = [item for m in sent for item in orjson.loads(m)["items"]]
+    assert read == [orjson.loads(i) for i in items]
