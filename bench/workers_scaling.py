@@ -15,10 +15,10 @@ each number of workers N, on fresh topics and a fresh store:
    topic of ``--partitions`` partitions;
 2. once the workers' consumer group is stable with N members, ``--events`` events are
    produced;
-3. the rate is the steady one: every message the workers handed over carries the time
-   its worker sent it, and the rate is the messages between the 10th and the 90th
-   percentile of those times over that window (start-up and the last batches' tail left
-   out);
+3. the rate is the steady one: every item the workers handed over (in messages of a
+   batch each) carries the time its worker sent it, and the rate is the items between
+   the 10th and the 90th percentile of those times over that window (start-up and the
+   last batches' tail left out);
 4. the recorder must store every event once with one prediction that is not an error
    (read from its metrics while it runs, then from the store once it stopped); a run
    in which it stores nothing for 60 s fails, with the state of the workers' group.
@@ -302,7 +302,8 @@ def http_get(url: str, *, token: str | None = None) -> tuple[int, str]:
 
 
 def handed_over(bootstrap: str, topic: str, expected: int) -> list[tuple[float, str]]:
-    """(time sent, worker) of every message on the workers' topic."""
+    """(time sent, worker) of every item on the workers' topic (an event or a dead letter;
+    a message holds a batch's items, all sent at its time)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              consumer_timeout_ms=3000)
     try:
@@ -310,11 +311,14 @@ def handed_over(bootstrap: str, topic: str, expected: int) -> list[tuple[float, 
         assigned = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(assigned)
         consumer.seek_to_beginning(*assigned)
-        sent = [(m.timestamp / 1000, str(json.loads(m.value)["worker"])) for m in consumer]
+        sent = []
+        for m in consumer:
+            message = json.loads(m.value)
+            sent += [(m.timestamp / 1000, str(message["worker"]))] * len(message["items"])
     finally:
         consumer.close()
     if len(sent) < expected:
-        raise SystemExit(f"{len(sent)} messages handed over, expected at least {expected}")
+        raise SystemExit(f"{len(sent)} items handed over, expected at least {expected}")
     return sorted(sent)
 
 
