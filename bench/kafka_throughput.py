@@ -4,8 +4,8 @@
     python bench/kafka_throughput.py [--events 1000000] [--bootstrap HOST:PORT]
                                      [--check-crcs on|off|both] [--per-record] [--profile]
 
-Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local``
-(port 29292, run directory ``/tmp/shadow-kafka-bench-UID``) and stopped at the end.
+Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
+ports, a fresh run directory) and stopped at the end.
 
 Creates a fresh topic of one partition and produces N small canonical events
 (event_id, key, occurred_at, segment, a payload of about 100 bytes) with a
@@ -41,7 +41,6 @@ import io
 import os
 import pstats
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -70,9 +69,9 @@ from shadow.store.database import Store
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from trivial_candidate import label  # noqa: E402  (bench/ is not a package)
+from local_broker import start_broker, stop_broker  # noqa: E402  (bench/ is not a package)
+from trivial_candidate import label  # noqa: E402
 
-PORT = 29292
 BATCH_SIZE = 20_000
 IDLE_S = 2.0
 # The same fetch settings for both consumers: big fetches, big polls.
@@ -87,19 +86,6 @@ WORDS = ("invoice refund password login error crash delivery parcel cancel accou
 
 
 # -- broker and topic ------------------------------------------------------------
-
-def start_broker() -> tuple[str, dict[str, str]]:
-    env = dict(os.environ, SHADOW_KAFKA_PORT=str(PORT),
-               SHADOW_KAFKA_RUN=f"/tmp/shadow-kafka-bench-{os.getuid()}")
-    out = subprocess.run([str(ROOT / "scripts" / "kafka-local"), "start"], env=env,
-                         check=True, capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[-1], env
-
-
-def stop_broker(env: dict[str, str]) -> None:
-    subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
-                   capture_output=True)
-
 
 def create_topic(bootstrap: str) -> str:
     topic = f"bench-throughput-{uuid.uuid4().hex[:8]}"
@@ -319,8 +305,8 @@ def print_stages(seconds: dict[str, float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--bootstrap", help="an existing broker; default: start one on port "
-                        f"{PORT} with scripts/kafka-local and stop it at the end")
+    parser.add_argument("--bootstrap", help="an existing broker; default: start one on free "
+                        "ports with scripts/kafka-local and stop it at the end")
     parser.add_argument("--check-crcs", choices=("on", "off", "both"), default="both",
                         help="kafka-python's check_crcs for both consumers (default: both, "
                              "one pair of measurements each)")
@@ -335,7 +321,7 @@ def main() -> None:
     broker_env = None
     bootstrap = args.bootstrap
     if bootstrap is None:
-        bootstrap, broker_env = start_broker()
+        bootstrap, broker_env = start_broker("throughput-bench")
         print(f"started a broker at {bootstrap}", flush=True)
     try:
         topic = create_topic(bootstrap)
