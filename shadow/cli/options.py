@@ -77,7 +77,7 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default=default,
-        help="log level (env SHADOW_LOG_LEVEL; default warning, info for run)")
+        help="log level (env SHADOW_LOG_LEVEL; default warning, info for run and worker)")
     parser.add_argument(
         "--log-format", choices=["console", "json"], default=default,
         help="log format on stderr (env SHADOW_LOG_FORMAT; default console, for run JSON "
