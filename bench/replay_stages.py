@@ -63,7 +63,6 @@ STAGES = [
     (shadow.pipeline.columnar, "_events", "build Event objects for the candidate"),
     (shadow.pipeline.columnar, "_events_table", "events as an Arrow table"),
     (shadow.candidates.callable.CallableCandidate, "predict", "call the candidate"),
-    (shadow.pipeline.columnar, "with_action_violations", "check the predictions' actions"),
     (shadow.pipeline.runner, "with_action_violations", "check the predictions' actions"),
     (shadow.store.database, "arrow_tables", "other tables as Arrow (predictions, ...)"),
     (shadow.store.database, "insert", "DuckDB inserts"),
