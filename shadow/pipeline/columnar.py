@@ -39,7 +39,7 @@ import pyarrow as pa
 
 from connectors.base import RawRecord, Source
 from connectors.kafka_batch import METADATA_KEY, KafkaBatch
-from connectors.mapping import MappingFailed, dead_letter, unstorable
+from connectors.mapping import EventMapper, MappingFailed, dead_letter, unstorable
 from shadow.candidates import Candidate
 from shadow.core.models import DeadLetter, Event, RecordKind
 from shadow.pipeline.runner import Done, Pipeline, Prepare, checked_predictions, log_failures
@@ -153,6 +153,22 @@ def _event(row: _Row) -> Event:
     return event
 
 
+def _mapped_row(mapper: EventMapper, value: dict[str, Any], record: RawRecord, now: datetime,
+                dead: list[DeadLetter]) -> _Row | None:
+    """The row of a record the fast test left to the mapping, as the per-record path maps
+    it; ``None`` when it became a dead letter (added to ``dead``, with its reason)."""
+    try:
+        event = mapper(value)
+    except MappingFailed as exc:
+        dead.append(dead_letter(record, RecordKind.EVENT, str(exc), now))
+        return None
+    problem = unstorable(event)
+    if problem is not None:
+        dead.append(dead_letter(record, RecordKind.EVENT, problem, now))
+        return None
+    return _row_of(event)
+
+
 def _events(rows: list[_Row], chosen: list[int]) -> list[Event]:
     """The Events of the chosen rows, the ones the candidates are called on."""
     return [_event(rows[i]) for i in chosen]
@@ -231,18 +247,9 @@ class ColumnarPipeline(Pipeline):
                 continue
             if when is not None and not when(value):
                 continue
-            row = fast_row(shape(value))
+            row = fast_row(shape(value)) or _mapped_row(mapper, value, record, now, dead)
             if row is None:
-                try:
-                    event = mapper(value)
-                except MappingFailed as exc:
-                    dead.append(dead_letter(record, kind, str(exc), now))
-                    continue
-                problem = unstorable(event)
-                if problem is not None:
-                    dead.append(dead_letter(record, kind, problem, now))
-                    continue
-                row = _row_of(event)
+                continue
             rows.append(row)
             places.append(record)
         return rows, places, dead
@@ -285,16 +292,9 @@ class ColumnarPipeline(Pipeline):
             row = fast_row(shape(value))
             if row is None:
                 record = polled.record(i)
-                try:
-                    event = mapper(record.value or {})
-                except MappingFailed as exc:
-                    dead.append(dead_letter(record, kind, str(exc), now))
+                row = _mapped_row(mapper, record.value or {}, record, now, dead)
+                if row is None:
                     continue
-                problem = unstorable(event)
-                if problem is not None:
-                    dead.append(dead_letter(record, kind, problem, now))
-                    continue
-                row = _row_of(event)
                 places.append(record)
             else:
                 places.append(RawRecord(source, polled.position(i), value, raw))
