@@ -44,8 +44,6 @@ import random
 import sys
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from local_broker import start_broker, stop_broker  # noqa: E402  (bench/ is not a package)
+from stage_timer import Stages  # noqa: E402
 from trivial_candidate import label  # noqa: E402
 
 BATCH_SIZE = 20_000
@@ -162,25 +161,6 @@ def time_raw(bootstrap: str, topic: str, count: int, tuning: dict[str, Any]
 
 
 # -- the pipeline -----------------------------------------------------------------
-
-class Stages:
-    """Seconds per stage, filled by wrappers that run once per batch."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        seconds = self.seconds
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                seconds[name] += time.perf_counter() - started
-
-        return timed
-
 
 class TimedKafkaSource(KafkaSource):
     """A KafkaSource that notes when its last commit (so its last stored batch) ended.

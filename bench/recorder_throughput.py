@@ -56,8 +56,6 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
-from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +63,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 from local_broker import start_broker, stop_broker
+from stage_timer import Stages
 
 import shadow.pipeline.runner as runner_module
 import shadow.store.database as store_module
@@ -146,25 +145,6 @@ def produce(bootstrap: str, topic: str, count: int) -> tuple[float, int]:
 
 
 # -- the recorder's path ------------------------------------------------------------
-
-class Stages:
-    """Seconds per stage, filled by wrappers that run once per batch."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
-        seconds = self.seconds
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                seconds[name] += time.perf_counter() - started
-
-        return timed
-
 
 def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
            profile: bool, options: dict[str, Any], *,
