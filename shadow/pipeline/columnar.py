@@ -222,9 +222,7 @@ class ColumnarPipeline(Pipeline):
         s.duplicates += len(rows) - len(fresh)
         s.dead_letters += len(dead)
         s.events_skipped += read - len(rows) - len(dead)
-        s.predictions += len(batch.predictions)
-        s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
-        s.violations += sum(1 for p in batch.predictions if p.violations)
+        s.count_predictions(batch.predictions)
         return batch
 
     def _map(

@@ -95,6 +95,12 @@ class ReplaySummary:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def count_predictions(self, predictions: Sequence[Prediction]) -> None:
+        """Add predictions made, with those that errored and those that broke a check."""
+        self.predictions += len(predictions)
+        self.prediction_errors += sum(1 for p in predictions if p.error is not None)
+        self.violations += sum(1 for p in predictions if p.violations)
+
 
 class Pipeline:
     """Runs candidates in shadow mode over bounded sources into a store.
@@ -287,9 +293,7 @@ class Pipeline:
         s.duplicates += len(mapped) - len(batch.events)
         s.dead_letters += len(dead)
         s.events_skipped += len(records) - len(mapped) - len(dead)
-        s.predictions += len(batch.predictions)
-        s.prediction_errors += sum(1 for p in batch.predictions if p.error is not None)
-        s.violations += sum(1 for p in batch.predictions if p.violations)
+        s.count_predictions(batch.predictions)
         return batch, None
 
     def _prepare_recorded(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
@@ -348,9 +352,7 @@ class Pipeline:
         s.events_stored += len(batch.events)
         s.duplicates += len(batch.duplicates)
         s.dead_letters += len(batch.dead_letters)
-        s.predictions += len(predictions)
-        s.prediction_errors += sum(1 for p in predictions if p.error is not None)
-        s.violations += sum(1 for p in predictions if p.violations)
+        s.count_predictions(predictions)
         live = [p for p in predictions if p.mode is Mode.LIVE]
         s.live += len(live)
         unpublished = any((p.event_id, p.candidate, p.version) not in batch.published
@@ -426,9 +428,7 @@ class Pipeline:
             self.store.replace_predictions(predictions)
             s = self.summary
             s.retried += len(predictions)
-            s.predictions += len(predictions)
-            s.prediction_errors += sum(1 for p in predictions if p.error is not None)
-            s.violations += sum(1 for p in predictions if p.violations)
+            s.count_predictions(predictions)
 
     def _prepare_outcomes(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         mapped, dead = map_records(records, self.outcome_mapper, RecordKind.OUTCOME, self.now())
