@@ -217,7 +217,7 @@ def time_pipeline(
                (columnar_module.ColumnarPipeline, "_map_kafka", "decode + map"),
                (columnar_module.ColumnarPipeline, "_split", "deduplicate"),
                (columnar_module, "_events", "Event objects"),
-               (columnar_module, "_events_table", "events arrow table")]
+               (columnar_module, "events_table", "events arrow table")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
     for owner, name, stage in wrapped:
         setattr(owner, name, stages.wrap(stage, getattr(owner, name)))

@@ -29,10 +29,9 @@ What a replay stores is the same as :class:`Pipeline` stores from the same input
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from datetime import datetime
+from typing import Any
 
 import orjson
 import pyarrow as pa
@@ -42,119 +41,17 @@ from connectors.kafka_batch import METADATA_KEY, KafkaBatch
 from connectors.mapping import EventMapper, MappingFailed, dead_letter, unstorable
 from shadow.candidates import Candidate
 from shadow.core.models import DeadLetter, Event, RecordKind
+from shadow.pipeline.rows import Row, events_of, events_table, fast_row, row_of
 from shadow.pipeline.runner import Done, Pipeline, Prepare, checked_predictions, log_failures
 from shadow.store.writes import (
-    UTC_TIMESTAMP,
     Duplicate,
     WriteBatch,
     stored_before,
 )
 
-# The timestamps the fast test reads itself: the extended ISO 8601 form both pydantic
-# and ``datetime.fromisoformat`` read the same way. Anything else (epoch numbers, a
-# space for the ``T``, a date alone) is left to pydantic.
-_ISO = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})?", re.ASCII
-).fullmatch
-_FIELDS = frozenset(("event_id", "key", "occurred_at", "segment", "payload", "routing_key"))
-
-
-class _Row(NamedTuple):
-    """One mapped event in the batch's columns, with what its Event is built from."""
-
-    event_id: str
-    key: str
-    occurred_at: datetime
-    segment: dict[str, str]
-    payload: dict[str, Any]
-    routing_key: str | None
-    segment_json: str
-    payload_json: str
-    present: set[str]
-    """The Event's fields the record set (pydantic's ``model_fields_set``); the row's
-    own set, handed to its Event."""
-
-
-def fast_row(shaped: dict[str, Any]) -> _Row | None:
-    """The event of a shaped record if its fields are plain; None sends it to pydantic.
-
-    None is no verdict on the record: only that the fast test does not vouch for it.
-    A row returned is what validating the record into an :class:`Event` gives, and it is
-    storable (its JSON writes, its time is within the years 1 to 9999 in UTC).
-    """
-    get = shaped.get
-    event_id, key, at = get("event_id"), get("key"), get("occurred_at")
-    if type(event_id) is not str or type(key) is not str or not event_id or not key:
-        return None
-    if type(at) is not str or not _ISO(at):
-        return None
-    try:
-        occurred = datetime.fromisoformat(at)
-    except ValueError:
-        return None
-    if not 1 < occurred.year < 9999:
-        return None  # near the ends an offset may leave the years 1 to 9999 in UTC
-    if occurred.tzinfo is None:
-        occurred = occurred.replace(tzinfo=UTC)
-    segment = get("segment", _ABSENT)
-    if segment is _ABSENT:
-        segment = {}
-    elif type(segment) is not dict:
-        return None
-    else:
-        for item in segment.values():
-            if type(item) is not str:
-                return None
-    payload = get("payload", _ABSENT)
-    if payload is _ABSENT:
-        payload = {}
-    elif type(payload) is not dict:
-        return None
-    routing_key = get("routing_key")
-    if routing_key is not None and (type(routing_key) is not str or not routing_key):
-        return None
-    try:
-        segment_json = orjson.dumps(segment).decode()
-        payload_json = orjson.dumps(payload).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        return None
-    return _Row(event_id, key, occurred, segment, payload, routing_key,
-                segment_json, payload_json, shaped.keys() & _FIELDS)
-
-
-_ABSENT: Any = object()
-
-
-def _row_of(event: Event) -> _Row:
-    """The row of an event pydantic validated (a record the fast test left to it)."""
-    return _Row(event.event_id, event.key, event.occurred_at, event.segment, event.payload,
-                event.routing_key, orjson.dumps(event.segment).decode(),
-                orjson.dumps(event.payload).decode(), set(event.model_fields_set))
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _event(row: _Row) -> Event:
-    """The Event of a row without validating it again (the row is validated already).
-
-    Sets what ``Event.model_construct`` sets, at a third of its cost; the Event equals
-    the one ``Event.model_validate`` makes of the record.
-    """
-    event = _new(Event)
-    _set(event, "__dict__", {
-        "event_id": row.event_id, "key": row.key, "occurred_at": row.occurred_at,
-        "segment": row.segment, "payload": row.payload, "routing_key": row.routing_key,
-    })
-    _set(event, "__pydantic_fields_set__", row.present)
-    _set(event, "__pydantic_extra__", None)
-    _set(event, "__pydantic_private__", None)
-    return event
-
 
 def _mapped_row(mapper: EventMapper, value: dict[str, Any], record: RawRecord, now: datetime,
-                dead: list[DeadLetter]) -> _Row | None:
+                dead: list[DeadLetter]) -> Row | None:
     """The row of a record the fast test left to the mapping, as the per-record path maps
     it; ``None`` when it became a dead letter (added to ``dead``, with its reason)."""
     try:
@@ -166,12 +63,7 @@ def _mapped_row(mapper: EventMapper, value: dict[str, Any], record: RawRecord, n
     if problem is not None:
         dead.append(dead_letter(record, RecordKind.EVENT, problem, now))
         return None
-    return _row_of(event)
-
-
-def _events(rows: list[_Row], chosen: list[int]) -> list[Event]:
-    """The Events of the chosen rows, the ones the candidates are called on."""
-    return [_event(rows[i]) for i in chosen]
+    return row_of(event)
 
 
 class ColumnarPipeline(Pipeline):
@@ -201,14 +93,15 @@ class ColumnarPipeline(Pipeline):
         now = self.now()
         return self._write_batch(len(records), *self._map(records, now), now), None
 
-    def _write_batch(self, read: int, rows: list[_Row], places: list[RawRecord],
+    def _write_batch(self, read: int, rows: list[Row], places: list[RawRecord],
                      dead: list[DeadLetter], now: datetime) -> WriteBatch:
         """What to write for a batch of ``read`` records mapped into rows and dead letters."""
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._split(rows, places, batch)
-        batch.events_table = _events_table([rows[i] for i in fresh],
-                                           [places[i] for i in fresh])
-        events = _events(rows, fresh)
+        batch.events_table = events_table([rows[i] for i in fresh],
+                                          [places[i].source for i in fresh],
+                                          [places[i].position for i in fresh])
+        events = events_of(rows, fresh)
         for candidate in self.candidates:
             to_predict = events + self._unpredicted_ids(known, candidate)
             if to_predict:
@@ -227,12 +120,12 @@ class ColumnarPipeline(Pipeline):
 
     def _map(
         self, records: list[RawRecord], now: datetime
-    ) -> tuple[list[_Row], list[RawRecord], list[DeadLetter]]:
+    ) -> tuple[list[Row], list[RawRecord], list[DeadLetter]]:
         """The batch's events as rows, each with its record, and its dead letters, in the
         order and with the reasons of :func:`~connectors.mapping.map_records`."""
         mapper = self.event_mapper
         when, shape = mapper.when, mapper.shape
-        rows: list[_Row] = []
+        rows: list[Row] = []
         places: list[RawRecord] = []
         dead: list[DeadLetter] = []
         kind = RecordKind.EVENT
@@ -254,7 +147,7 @@ class ColumnarPipeline(Pipeline):
 
     def _map_kafka(
         self, polled: KafkaBatch, now: datetime
-    ) -> tuple[list[_Row], list[RawRecord], list[DeadLetter]]:
+    ) -> tuple[list[Row], list[RawRecord], list[DeadLetter]]:
         """As :meth:`_map` for the records of ``polled``, building what the per-record
         path builds for every record only where it is used.
 
@@ -268,7 +161,7 @@ class ColumnarPipeline(Pipeline):
         when, shape = mapper.when, mapper.shape
         metadata = not mapper.canonical or when is not None
         source, loads = polled.source, orjson.loads
-        rows: list[_Row] = []
+        rows: list[Row] = []
         places: list[RawRecord] = []
         dead: list[DeadLetter] = []
         kind = RecordKind.EVENT
@@ -300,7 +193,7 @@ class ColumnarPipeline(Pipeline):
         return rows, places, dead
 
     def _split(
-        self, rows: list[_Row], places: list[RawRecord], batch: WriteBatch
+        self, rows: list[Row], places: list[RawRecord], batch: WriteBatch
     ) -> tuple[list[int], list[str]]:
         """The rows new to the store (by index) and the ids of those it holds already.
 
@@ -335,17 +228,3 @@ class ColumnarPipeline(Pipeline):
         done = self.store.predicted(list(known), candidate.name, candidate.version)
         pending = list(dict.fromkeys(i for i in known if i not in done))
         return self.store.events_by_id(pending) if pending else []
-
-
-def _events_table(rows: list[_Row], places: list[RawRecord]) -> pa.Table:
-    """The rows of table ``events``, as :func:`shadow.store.writes.arrow_tables` makes them."""
-    return pa.table({
-        "event_id": pa.array([r.event_id for r in rows], pa.string()),
-        "key": pa.array([r.key for r in rows], pa.string()),
-        "routing_key": pa.array([r.routing_key or r.key for r in rows], pa.string()),
-        "occurred_at": pa.array([r.occurred_at for r in rows], UTC_TIMESTAMP),
-        "segment": pa.array([r.segment_json for r in rows], pa.string()),
-        "payload": pa.array([r.payload_json for r in rows], pa.string()),
-        "source": pa.array([p.source for p in places], pa.string()),
-        "position": pa.array([p.position for p in places], pa.string()),
-    })

@@ -27,7 +27,8 @@ from shadow.compare.comparators import Comparator
 from shadow.compare.step import compare
 from shadow.core import logs
 from shadow.core.models import DeadLetter, Event, Mode, Outcome, Prediction, RecordKind, utc_now
-from shadow.pipeline.handoff import HandedDeadLetter, decode
+from shadow.pipeline.handoff import Handed, HandedDeadLetter, decode
+from shadow.pipeline.rows import events_table
 from shadow.pipeline.verdicts import VerdictMapper, take_verdicts
 from shadow.store.database import Store
 from shadow.store.writes import (
@@ -277,7 +278,13 @@ class Pipeline:
         now = self.now()
         mapped, dead = map_records(records, self.event_mapper, RecordKind.EVENT, now)
         batch = WriteBatch(dead_letters=dead)
-        fresh, known = self._classify(mapped, batch)
+        new, stored = self._classify([e.event_id for e, _ in mapped],
+                                     [r.source for _, r in mapped],
+                                     [r.position for _, r in mapped], batch)
+        fresh = [mapped[i][0] for i in new]
+        known = [mapped[i][0] for i in stored]
+        batch.events = [StoredEvent(mapped[i][0], mapped[i][1].source, mapped[i][1].position)
+                        for i in new]
         for candidate in self.candidates:
             to_predict = fresh + self._unpredicted(known, candidate)
             if to_predict:
@@ -300,7 +307,54 @@ class Pipeline:
         """What workers handed over: each event under the source and position a worker
         read it from, with the predictions the store does not hold yet."""
         batch = WriteBatch()
-        handed, seen_here, heard_from = [], set(), set()
+        handed, heard_from = self._handed(records, batch)
+        # Handed over again is the rule, not the exception: the store is always asked.
+        fresh, known = self._classify([h.row.event_id for h in handed],
+                                      [h.source for h in handed],
+                                      [h.position for h in handed], batch, look_up=True)
+        taken = [handed[i] for i in fresh]
+        batch.events_table = events_table([h.row for h in taken], [h.source for h in taken],
+                                          [h.position for h in taken])
+        predictions = [p for h in taken for p in h.predictions]
+        by_version: dict[tuple[str, str | None], list[Prediction]] = {}
+        for i in known:  # stored already: only what the store lacks
+            for p in handed[i].predictions:
+                by_version.setdefault((p.candidate, p.version), []).append(p)
+        for (candidate, version), group in by_version.items():
+            held = self.store.predicted([p.event_id for p in group], candidate, version)
+            predictions += {p.event_id: p for p in reversed(group)
+                            if p.event_id not in held}.values()
+        batch.predictions = predictions
+        batch.published = _published(handed, predictions)
+        self.workers_heard.update(dict.fromkeys(heard_from, self.now()))
+
+        s = self.summary
+        s.events_read += len(records)
+        s.events_stored += len(fresh)
+        s.duplicates += len(batch.duplicates)
+        s.dead_letters += len(batch.dead_letters)
+        s.count_predictions(predictions)
+        live = [p for p in predictions if p.mode is Mode.LIVE]
+        s.live += len(live)
+        unpublished = any((p.event_id, p.candidate, p.version) not in batch.published
+                          for p in live)
+        rollout = self.rollout
+        if rollout is None or not unpublished:
+            return batch, None
+
+        def done(counts: WriteCounts) -> None:
+            # What a worker routed live under an earlier state and did not publish, the
+            # outbox does not publish (what it did publish is stored with the time).
+            rollout.withdraw_handed_over()
+
+        return batch, done
+
+    def _handed(self, records: list[RawRecord], batch: WriteBatch) -> tuple[list[Handed], set[str]]:
+        """The events handed over in ``records``, each record once, and the workers that
+        handed them; what cannot be read is added to the batch's dead letters."""
+        handed: list[Handed] = []
+        seen_here: set[tuple[str, str, str]] = set()
+        heard_from: set[str] = set()
         for record in records:
             try:
                 if record.value is None:
@@ -320,53 +374,13 @@ class Pipeline:
                     continue
                 # The same record handed over twice in one batch (a worker that lost its
                 # partitions before committing, and the one that took them) is one record.
-                if (got.event.event_id, got.source, got.position) in seen_here:
+                place = (got.row.event_id, got.source, got.position)
+                if place in seen_here:
                     self.summary.already_stored += 1
                     continue
-                seen_here.add((got.event.event_id, got.source, got.position))
+                seen_here.add(place)
                 handed.append(got)
-        heard_at = self.now()
-        self.workers_heard.update(dict.fromkeys(heard_from, heard_at))
-        by_id = {h.event.event_id: h for h in reversed(handed)}
-        mapped = [(h.event, RawRecord(h.source, h.position, None, None)) for h in handed]
-        # Handed over again is the rule, not the exception: the store is always asked.
-        fresh, known = self._classify(mapped, batch, look_up=True)
-        predictions = [p for e in fresh for p in by_id[e.event_id].predictions]
-        by_version: dict[tuple[str, str | None], list[Prediction]] = {}
-        for event in known:  # stored already: only what the store lacks
-            for p in by_id[event.event_id].predictions:
-                by_version.setdefault((p.candidate, p.version), []).append(p)
-        for (candidate, version), group in by_version.items():
-            held = self.store.predicted([p.event_id for p in group], candidate, version)
-            predictions += {p.event_id: p for p in reversed(group)
-                            if p.event_id not in held}.values()
-        batch.predictions = predictions
-        handed_published = {(h.published.event_id, h.published.candidate,
-                             h.published.version): h.published.at
-                            for h in by_id.values() if h.published is not None}
-        batch.published = {k: handed_published[k] for p in predictions
-                           if (k := (p.event_id, p.candidate, p.version)) in handed_published}
-
-        s = self.summary
-        s.events_read += len(records)
-        s.events_stored += len(batch.events)
-        s.duplicates += len(batch.duplicates)
-        s.dead_letters += len(batch.dead_letters)
-        s.count_predictions(predictions)
-        live = [p for p in predictions if p.mode is Mode.LIVE]
-        s.live += len(live)
-        unpublished = any((p.event_id, p.candidate, p.version) not in batch.published
-                          for p in live)
-        rollout = self.rollout
-        if rollout is None or not unpublished:
-            return batch, None
-
-        def done(counts: WriteCounts) -> None:
-            # What a worker routed live under an earlier state and did not publish, the
-            # outbox does not publish (what it did publish is stored with the time).
-            rollout.withdraw_handed_over()
-
-        return batch, done
+        return handed, heard_from
 
     def _not_handed_over(self, record: RawRecord, position: str,
                          error: ValueError) -> DeadLetter:
@@ -375,10 +389,11 @@ class Pipeline:
                           raw=record.raw_text(), received_at=self.now())
 
     def _classify(
-        self, mapped: list[tuple[Event, RawRecord]], batch: WriteBatch, *,
-        look_up: bool = False,
-    ) -> tuple[list[Event], list[Event]]:
-        """Split into events new to the store and events it already holds.
+        self, event_ids: list[str], sources: list[str], positions: list[str],
+        batch: WriteBatch, *, look_up: bool = False,
+    ) -> tuple[list[int], list[int]]:
+        """Split the records read (by index) into events new to the store and events it
+        already holds.
 
         A record read again at the position it was first stored from is a
         re-read, not a new duplicate; any other repeat is kept as a duplicate.
@@ -386,26 +401,23 @@ class Pipeline:
         if not self.remember_ids:
             self._seen.clear()  # the earlier batches are in the store, which is asked
         stored = (
-            self.store.stored_positions([e.event_id for e, _ in mapped])
-            if self._look_up_stored or look_up else {}
+            self.store.stored_positions(event_ids) if self._look_up_stored or look_up else {}
         )
-        fresh: list[Event] = []
-        known: list[Event] = []
+        fresh: list[int] = []
+        known: list[int] = []
         seen = self._seen
-        for event, record in mapped:
-            event_id = event.event_id
+        for i, event_id in enumerate(event_ids):
             first = stored.get(event_id)
             if event_id in seen or first is not None:
-                if first is None or first != (record.source, record.position):
-                    batch.duplicates.append(Duplicate(event_id, record.source, record.position))
+                if first is None or first != (sources[i], positions[i]):
+                    batch.duplicates.append(Duplicate(event_id, sources[i], positions[i]))
                 else:
                     self.summary.already_stored += 1
                 if first is not None:
-                    known.append(event)
+                    known.append(i)
                 continue
             seen.add(event_id)
-            fresh.append(event)
-            batch.events.append(StoredEvent(event, record.source, record.position))
+            fresh.append(i)
         return fresh, known
 
     def _unpredicted(self, known: list[Event], candidate: Candidate) -> list[Event]:
@@ -457,6 +469,24 @@ class Pipeline:
         s.verdicts_taken += taken
         s.verdict_dead_letters += len(dead)
         return WriteBatch(dead_letters=dead), None
+
+
+def _published(handed: list[Handed], predictions: list[Prediction]
+               ) -> dict[tuple[str, str, str | None], datetime]:
+    """When the workers published those of ``predictions`` they published themselves, as
+    the first handing over of each event says."""
+    if all(h.published is None for h in handed):
+        return {}
+    sent: dict[tuple[str, str, str | None], datetime] = {}
+    firsts: set[str] = set()
+    for h in handed:
+        if h.row.event_id in firsts:
+            continue
+        firsts.add(h.row.event_id)
+        if h.published is not None:
+            sent[(h.published.event_id, h.published.candidate, h.published.version)] = \
+                h.published.at
+    return {k: sent[k] for p in predictions if (k := (p.event_id, p.candidate, p.version)) in sent}
 
 
 def checked_predictions(candidate: Candidate, events: list[Event], now: datetime

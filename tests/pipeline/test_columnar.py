@@ -25,7 +25,8 @@ from shadow.candidates.callable import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event
-from shadow.pipeline.columnar import ColumnarPipeline, fast_row
+from shadow.pipeline.columnar import ColumnarPipeline
+from shadow.pipeline.rows import fast_row
 from shadow.pipeline.runner import Pipeline
 from shadow.store.database import Store
 
