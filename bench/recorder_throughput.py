@@ -3,7 +3,7 @@
 
     python bench/recorder_throughput.py [--events 100000] [--partitions 12]
                                         [--batch-size 20000] [--bootstrap HOST:PORT]
-                                        [--big-fetches] [--gc-between-batches] [--profile]
+                                        [--fetches F] [--gc-between-batches] [--profile]
                                         [--daemon]
 
 Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
@@ -19,8 +19,10 @@ ports, a fresh run directory under the temporary directory) and stopped at the e
    a ``Pipeline`` (``remember_ids=False``, ``evaluate_each_batch=False``, the store's
    ``batch_size``) fed by ``feeds(..., recorded=[KafkaSource])`` into a fresh DuckDB
    file, pumped until every event is stored and its offsets committed.
-   With ``--big-fetches`` the consumer fetches up to 16 MB a partition (what
-   ``workers.options`` can set for a recorder) instead of kafka-python's 1 MB. With
+   The consumer has the recorder's settings (``RECORDER_FETCHES`` in
+   ``shadow/config/workers.py``: 4 MiB a partition, 32 MiB a fetch); ``--fetches
+   kafka-python`` leaves kafka-python's defaults (1 MiB a partition), ``--fetches big``
+   fetches up to 16 MiB a partition and 64 MiB a fetch. With
    ``--gc-between-batches`` the cyclic garbage collector is off while a batch is read and
    written and collects the young generation after it, as ``Pipeline.run`` (a replay)
    does and the daemon's ``pump`` does not.
@@ -31,7 +33,7 @@ ports, a fresh run directory under the temporary directory) and stopped at the e
    under cProfile and prints the top functions.
 
 With ``--daemon`` the real ``shadow run --role recorder`` reads the topic instead, as a
-subprocess, timed by the events its metrics show stored (polled every 0.25 s, from the
+subprocess, timed by the events its metrics show stored (asked every second, from the
 first that shows some to the one that shows all), with the CPU the process used
 meanwhile.
 
@@ -72,6 +74,7 @@ from connectors.kafka import KafkaSource, Start
 from shadow.candidates import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
+from shadow.config.workers import RECORDER_FETCHES
 from shadow.core.models import Event, Mode, Prediction
 from shadow.pipeline.handoff import event_item, messages
 from shadow.pipeline.runner import Pipeline
@@ -82,10 +85,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET = 20_000
 DAEMON_TOKEN = "bench-recorder-token"
-FETCH_TUNING: dict[str, Any] = {
-    "fetch_max_bytes": 64 * 2**20,
-    "max_partition_fetch_bytes": 16 * 2**20,
-    "receive_buffer_bytes": 4 * 2**20,
+FETCHES: dict[str, dict[str, Any]] = {
+    "recorder": RECORDER_FETCHES,
+    "kafka-python": {},
+    "big": {"fetch_max_bytes": 64 * 2**20, "max_partition_fetch_bytes": 16 * 2**20,
+            "receive_buffer_bytes": 4 * 2**20},
 }
 CATEGORIES = ("billing", "login", "refund", "shipping", "account", "bug")
 WORDS = ("invoice refund password login error crash delivery parcel cancel account "
@@ -257,7 +261,7 @@ daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
             if stored >= count:
                 assert first is not None
                 return now - first[0], first[1], cpu - first[2]
-            time.sleep(0.25)
+            time.sleep(1.0)  # each scrape counts the store's tables: Prometheus asks less often
         raise SystemExit(f"the recorder had not stored {count:,} events within 600 s")
     finally:
         process.send_signal(signal.SIGTERM)
@@ -318,9 +322,10 @@ def main() -> None:
                         help="records per batch (the store's batch_size; default its default)")
     parser.add_argument("--bootstrap", help="an existing broker; default: start one with "
                         "scripts/kafka-local and stop it at the end")
-    parser.add_argument("--big-fetches", action="store_true",
-                        help="consumer options for big fetches (what workers.options could "
-                             "set): " + ", ".join(f"{k}={v}" for k, v in FETCH_TUNING.items()))
+    parser.add_argument("--fetches", choices=sorted(FETCHES), default="recorder",
+                        help="the consumer's fetch settings: the recorder's (default), "
+                             "kafka-python's defaults, or big ones (" +
+                             ", ".join(f"{k}={v}" for k, v in FETCHES["big"].items()) + ")")
     parser.add_argument("--gc-between-batches", action="store_true",
                         help="the cyclic garbage collector off during each batch and a young "
                              "collection after it, as a replay runs (the daemon's pump does not)")
@@ -370,7 +375,7 @@ def main() -> None:
             return
         db = args.dir / f"recorder-throughput-{os.getpid()}.duckdb"
         load_before = os.getloadavg()
-        options = FETCH_TUNING if args.big_fetches else {}
+        options = FETCHES[args.fetches]
         total, stages, text = record(bootstrap, topic, args.events, db, args.batch_size,
                                      args.profile, options, gc_between=args.gc_between_batches)
         load_after = os.getloadavg()
@@ -382,7 +387,7 @@ def main() -> None:
     rate = args.events / total
     print(f"recorder stored {args.events:,} events, one prediction each, in {total:.2f} s "
           f"(batches of up to {args.batch_size:,}"
-          f"{', big fetches' if args.big_fetches else ''}"
+          f", {args.fetches} fetches"
           f"{', gc between batches' if args.gc_between_batches else ''})")
     print(f"predictions stored/s : {rate:,.0f}  (target {TARGET:,}: "
           f"{'met' if rate >= TARGET else 'NOT met'}; {rate / TARGET:.2f} of it)")

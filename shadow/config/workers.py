@@ -34,6 +34,17 @@ class DaemonRole(enum.StrEnum):
     evaluate the rollout and publish its state; serve the control API. Calls no candidate."""
 
 
+RECORDER_FETCHES: dict[str, int] = {
+    "fetch_max_bytes": 32 * 2**20,
+    "max_partition_fetch_bytes": 4 * 2**20,
+    "receive_buffer_bytes": 4 * 2**20,
+}
+"""The recorder's consumer settings on ``topic`` where ``options`` sets none: a worker's
+message holds up to half a megabyte, and with kafka-python's defaults (1 MiB a partition,
+the system's socket buffer) the recorder waited on the broker every two messages a
+partition. Reads stay a batch's worth of events (``store.batch_size``) at a time."""
+
+
 class WorkersSpec(Spec):
     """The topic between candidate workers and the recorder."""
 

@@ -149,6 +149,8 @@ class Pipeline:
         self.workers_heard: dict[str, datetime] = {}
         """Candidate workers this recorder has had records from, with when it last had."""
         self._seen: set[str] = set()
+        self._per_message = _HANDED_PER_MESSAGE
+        """Events per message of the workers' latest batch (see :meth:`_poll_limit`)."""
         # Whether stored events must be looked up before writing: until ``feeds`` has
         # decided, assume so. Into an empty store, a replay that remembers its ids does not.
         self._look_up_stored = True
@@ -252,7 +254,7 @@ class Pipeline:
 
     def _step(self, source: Source, prepare: Prepare) -> int:
         """Read, prepare and write one batch; returns how many records it had."""
-        records = source.poll(self._batch_limit())
+        records = source.poll(self._poll_limit(prepare))
         if not records:
             return 0
         batch, done = prepare(records)
@@ -266,6 +268,13 @@ class Pipeline:
             else:
                 self.rollout.publish_pending()
         return len(records)
+
+    def _poll_limit(self, prepare: Prepare) -> int:
+        """Records to read at most: a batch's worth of events. A message a worker hands
+        over holds hundreds of them, as many as the latest ones held on average."""
+        if prepare == self._prepare_recorded:
+            return max(1, round(self._batch_limit() / self._per_message))
+        return self._batch_limit()
 
     def _batch_limit(self) -> int:
         """With a rollout evaluated here, batches are no larger than its evaluation cadence,
@@ -308,6 +317,7 @@ class Pipeline:
         read it from, with the predictions the store does not hold yet."""
         batch = WriteBatch()
         handed, heard_from = self._handed(records, batch)
+        self._per_message = max(1.0, (len(handed) + len(batch.dead_letters)) / len(records))
         # Handed over again is the rule, not the exception: the store is always asked.
         fresh, known = self._classify([h.row.event_id for h in handed],
                                       [h.source for h in handed],
@@ -469,6 +479,11 @@ class Pipeline:
         s.verdicts_taken += taken
         s.verdict_dead_letters += len(dead)
         return WriteBatch(dead_letters=dead), None
+
+
+_HANDED_PER_MESSAGE = 50.0
+"""Events a worker's message is taken to hold until the first is read (about 400 of a
+model's answers of a few hundred words fit in one)."""
 
 
 def _published(handed: list[Handed], predictions: list[Prediction]

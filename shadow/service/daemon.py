@@ -49,7 +49,7 @@ from shadow.candidates import build_candidate
 from shadow.compare.comparators import Comparator, build_comparator
 from shadow.compare.step import compare
 from shadow.config.file import Config
-from shadow.config.workers import DaemonRole
+from shadow.config.workers import RECORDER_FETCHES, DaemonRole
 from shadow.core.errors import ConfigError, StoreError
 from shadow.core.models import utc_now
 from shadow.pipeline.readiness import remember
@@ -246,7 +246,7 @@ class Daemon:
         assert spec is not None
         return KafkaSource(bootstrap=spec.bootstrap, topics=[spec.topic], group_id=spec.group,
                            start=Start.COMMITTED, poll_timeout_s=_KAFKA_POLL_S,
-                           options=consumer_options(spec.options))
+                           options=RECORDER_FETCHES | consumer_options(spec.options))
 
     def _source(self, spec: SourceSpec, kind: str) -> Source:
         if spec.kind == "file":

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from connectors.base import RawRecord
 from connectors.files import FileSource
 from connectors.mapping import EventMapper, OutcomeMapper
 from shadow.candidates.callable import CallableCandidate
@@ -33,6 +34,7 @@ from shadow.pipeline.handoff import (
     decode,
     encode_dead_letter,
     encode_event,
+    event_item,
     messages,
 )
 from shadow.pipeline.runner import Pipeline
@@ -198,3 +200,42 @@ def test_a_batch_too_large_for_one_message_goes_out_as_several() -> None:
     assert 2 <= len(sent) <= 4 and all(len(m) <= MAX_MESSAGE_BYTES + 110_000 for m in sent)
     read = [item for m in sent for item in orjson.loads(m)["items"]]
     assert read == [orjson.loads(i) for i in items]
+
+
+class AskedSource(ListSource):
+    """A list source that keeps how many records each poll asked for."""
+
+    def __init__(self, values: list[dict[str, Any]]) -> None:
+        super().__init__(values, name="workers")
+        self.asked: list[int] = []
+
+    def _poll(self, max_records: int) -> list[RawRecord]:
+        self.asked.append(max_records)
+        return super()._poll(max_records)
+
+
+def test_a_recorder_reads_a_batch_of_events_at_a_time_whatever_a_message_holds(
+        tmp_path: Path) -> None:
+    """Each message holds 8 events: after the first poll, the recorder asks for as many
+    messages as make ``batch_size`` events, and stores every event once."""
+    per_message, batch_size = 8, 40
+    event_items = [
+        event_item(Event(event_id=f"e{i}", key=f"k{i}", occurred_at=NOW), "kafka:t",
+                   f"t/0@{i}", [], published=None)
+        for i in range(400)]
+    values = [orjson.loads(m) for start in range(0, len(event_items), per_message)
+              for m in messages(event_items[start:start + per_message], worker="w")]
+    assert len(values) == 50
+    source = AskedSource(values)
+    with Store(tmp_path / "r.duckdb") as store, \
+            CallableCandidate(describe, name="describe", version="1") as c:
+        pipeline = Pipeline(store, c, comparator(), batch_size=batch_size, now=lambda: NOW,
+                            remember_ids=False)
+        feeds = pipeline.feeds([], recorded=[source])
+        with source:
+            while not source.exhausted:
+                pipeline.pump(feeds)
+        assert store.count("events") == 400
+    # The first poll knows nothing of the messages yet: it takes them to hold 50 events.
+    assert source.asked[0] == 1
+    assert set(source.asked[1:]) == {batch_size // per_message}
