@@ -481,9 +481,10 @@ class Pipeline:
         return WriteBatch(dead_letters=dead), None
 
 
-_HANDED_PER_MESSAGE = 50.0
-"""Events a worker's message is taken to hold until the first is read (about 400 of a
-model's answers of a few hundred words fit in one)."""
+_HANDED_PER_MESSAGE = 2_000.0
+"""Events a worker's message is taken to hold until the first is read: about as many as
+the smallest items fill one with (400 events with an answer of a few hundred words do),
+so the first read is no larger than a batch, and the next ones grow to one."""
 
 
 def _published(handed: list[Handed], predictions: list[Prediction]

@@ -236,6 +236,6 @@ def test_a_recorder_reads_a_batch_of_events_at_a_time_whatever_a_message_holds(
             while not source.exhausted:
                 pipeline.pump(feeds)
         assert store.count("events") == 400
-    # The first poll knows nothing of the messages yet: it takes them to hold 50 events.
+    # The first poll knows nothing of the messages yet: it takes them to be full.
     assert source.asked[0] == 1
     assert set(source.asked[1:]) == {batch_size // per_message}
