@@ -44,6 +44,17 @@ class Candidate(ABC):
         floor = self.abstain_below
         return confidence, confidence is not None and floor is not None and confidence < floor
 
+    @property
+    def predicts_out_of_process(self) -> bool:
+        """Whether ``predict`` mostly waits on other processes that do the work (worker
+        processes of this machine), leaving this one free meanwhile.
+
+        A pipeline may then call ``predict`` from another thread while it reads the next
+        batch; it never calls it from two threads at once. False unless an adapter says
+        otherwise.
+        """
+        return False
+
     @abstractmethod
     def predict(self, events: Sequence[Event], now: datetime) -> list[Prediction]: ...
 

@@ -113,6 +113,11 @@ class CallableCandidate(Candidate):
             self._pool.open()
 
     @property
+    def predicts_out_of_process(self) -> bool:
+        """True with ``workers`` above 1: the worker processes predict, this one waits."""
+        return self.workers > 1
+
+    @property
     def worker_pids(self) -> list[int]:
         """The process ids of the workers while open; empty when it runs in this process."""
         return self._pool.pids if self._pool is not None else []

@@ -326,11 +326,21 @@ class WorkerPool:
 
 
 def encode_events(events: Sequence[Event]) -> tuple[str, bytes]:
-    """Events as a task carries them: ``("json", orjson text)``, or ``("pickle", …)``."""
+    """Events as a task carries them: ``("json", orjson text)``, or ``("pickle", …)``.
+
+    A field the event was given without (``routing_key``, say) is left out, so the event
+    validated back has the same ``model_fields_set`` as in the parent.
+    """
+    every = len(Event.model_fields)
     try:
         return "json", orjson.dumps([
             {"event_id": e.event_id, "key": e.key, "occurred_at": e.occurred_at,
              "segment": e.segment, "payload": e.payload, "routing_key": e.routing_key}
+            if len(given := e.model_fields_set) == every else
+            {"event_id": e.event_id, "key": e.key, "occurred_at": e.occurred_at,
+             "segment": e.segment, "payload": e.payload}
+            if len(given) == every - 1 and "routing_key" not in given else
+            {name: getattr(e, name) for name in Event.model_fields if name in given}
             for e in events])
     except TypeError:  # orjson.JSONEncodeError: what JSON text cannot carry, pickle can
         return "pickle", pickle.dumps(list(events), protocol=pickle.HIGHEST_PROTOCOL)

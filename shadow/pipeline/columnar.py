@@ -22,14 +22,24 @@ A Kafka source's polls come as one :class:`~connectors.kafka_batch.KafkaBatch` e
 do for every message (its ``_kafka`` metadata, its position, its record) is done only
 for the messages that need it, so the fast test sees the same values.
 
+When a candidate predicts out of process (:attr:`Candidate.predicts_out_of_process`:
+a callable with ``workers`` above 1), a file's batches overlap: while the workers
+predict batch N (called from a thread that mostly waits on their pipes), this thread
+polls and maps batch N+1; then N is written and its position committed, and only then
+is N+1 deduplicated against the store, so repeats across the two are found as before.
+
 What a replay stores is the same as :class:`Pipeline` stores from the same input
-(``tests/pipeline/test_columnar.py`` compares the two stores table by table, and
-``tests/pipeline/test_columnar_kafka.py`` does for topics).
+(``tests/pipeline/test_columnar.py`` compares the two stores table by table,
+``tests/pipeline/test_columnar_kafka.py`` does for topics and
+``tests/pipeline/test_columnar_workers.py`` with batches overlapped).
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -40,9 +50,16 @@ from connectors.base import RawRecord, Source
 from connectors.kafka_batch import METADATA_KEY, KafkaBatch
 from connectors.mapping import EventMapper, MappingFailed, dead_letter, unstorable
 from shadow.candidates import Candidate
-from shadow.core.models import DeadLetter, Event, RecordKind
+from shadow.core.models import DeadLetter, Event, Prediction, RecordKind
 from shadow.pipeline.rows import Row, events_of, events_table, fast_row, row_of
-from shadow.pipeline.runner import Done, Pipeline, Prepare, checked_predictions, log_failures
+from shadow.pipeline.runner import (
+    Done,
+    Pipeline,
+    Prepare,
+    _collect_between_batches,
+    checked_predictions,
+    log_failures,
+)
 from shadow.store.writes import (
     Duplicate,
     WriteBatch,
@@ -64,6 +81,31 @@ def _mapped_row(mapper: EventMapper, value: dict[str, Any], record: RawRecord, n
         dead.append(dead_letter(record, RecordKind.EVENT, problem, now))
         return None
     return row_of(event)
+
+
+@dataclass(slots=True)
+class _Read:
+    """A batch polled and mapped, not yet deduplicated against the store."""
+
+    records: int
+    rows: list[Row]
+    places: list[RawRecord]
+    dead: list[DeadLetter]
+    now: datetime
+    position: str
+    """The position of the batch's last record: what to commit once it is written."""
+    fraction: float | None
+    """The source's share read when the batch was polled, for the progress callback."""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A batch deduplicated: what to write but its predictions, and what to predict."""
+
+    batch: WriteBatch
+    stored: int
+    calls: list[tuple[Candidate, list[Event]]]
+    """Each candidate with the events it predicts, in the candidates' order."""
 
 
 class ColumnarPipeline(Pipeline):
@@ -96,27 +138,109 @@ class ColumnarPipeline(Pipeline):
     def _write_batch(self, read: int, rows: list[Row], places: list[RawRecord],
                      dead: list[DeadLetter], now: datetime) -> WriteBatch:
         """What to write for a batch of ``read`` records mapped into rows and dead letters."""
+        prepared = self._deduplicate(rows, places, dead)
+        predictions = [checked_predictions(c, events, now) for c, events in prepared.calls]
+        return self._completed(prepared, predictions, read, len(rows))
+
+    def _deduplicate(self, rows: list[Row], places: list[RawRecord],
+                     dead: list[DeadLetter]) -> _Prepared:
+        """The batch's new events and dead letters, and each candidate's events to predict:
+        the new ones and those stored before that it has not predicted."""
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._split(rows, places, batch)
         batch.events_table = events_table([rows[i] for i in fresh],
                                           [places[i].source for i in fresh],
                                           [places[i].position for i in fresh])
         events = events_of(rows, fresh)
+        calls: list[tuple[Candidate, list[Event]]] = []
         for candidate in self.candidates:
             to_predict = events + self._unpredicted_ids(known, candidate)
             if to_predict:
-                predictions = checked_predictions(candidate, to_predict, now)
-                batch.predictions.extend(predictions)
-                log_failures(predictions, to_predict)
+                calls.append((candidate, to_predict))
+        return _Prepared(batch, len(fresh), calls)
 
+    def _completed(self, prepared: _Prepared, predictions: list[list[Prediction]],
+                   read: int, mapped: int) -> WriteBatch:
+        """The batch with its predictions (one list per call), counted in the summary."""
+        batch = prepared.batch
+        for (_, events), made in zip(prepared.calls, predictions, strict=True):
+            batch.predictions.extend(made)
+            log_failures(made, events)
         s = self.summary
         s.events_read += read
-        s.events_stored += len(fresh)
-        s.duplicates += len(rows) - len(fresh)
-        s.dead_letters += len(dead)
-        s.events_skipped += read - len(rows) - len(dead)
+        s.events_stored += prepared.stored
+        s.duplicates += mapped - prepared.stored
+        s.dead_letters += len(batch.dead_letters)
+        s.events_skipped += read - mapped - len(batch.dead_letters)
         s.count_predictions(batch.predictions)
         return batch
+
+    # -- batches overlapped with predictions out of process ---------------------------
+
+    def _drain(self, source: Source, prepare: Prepare) -> None:
+        """As :meth:`Pipeline._drain`; with a candidate that predicts out of process, a
+        file's batches overlap (see the module).
+
+        Batch N+1 is polled and mapped while N is predicted, and deduplicated only once N
+        is written, so the store answers for N's events. A position is committed only
+        after its batch is written. Should anything raise, the batch being predicted is
+        waited for before the source closes, and nothing after the last written batch
+        is committed.
+        """
+        if not self._overlaps(source, prepare):
+            super()._drain(source, prepare)
+            return
+        self.summary.sources.append(source.name)
+        handed_out = 0
+        with (source, _collect_between_batches(),
+              ThreadPoolExecutor(1, thread_name_prefix="shadow-predict") as thread):
+            ahead = self._read_ahead(source, prepare)
+            while ahead is not None:
+                current, ahead = ahead, self._write_overlapped(ahead, source, prepare, thread)
+                handed_out += current.records
+                if self.progress:
+                    self.progress(source.name, handed_out, current.fraction)
+                del current
+                gc.collect(1)  # the batch written is unreachable by now: this is cheap
+
+    def _write_overlapped(self, current: _Read, source: Source, prepare: Prepare,
+                          thread: ThreadPoolExecutor) -> _Read | None:
+        """Deduplicate and predict ``current`` while the next batch is read, write
+        ``current`` and commit its position; returns the next batch, read and mapped."""
+        prepared = self._deduplicate(current.rows, current.places, current.dead)
+        away = [c.predicts_out_of_process for c, _ in prepared.calls]
+        predicting = thread.submit(_predict_all, [call for call, out in
+                                                  zip(prepared.calls, away, strict=True) if out],
+                                   current.now)
+        ahead = self._read_ahead(source, prepare)
+        # Candidates in this process predict in this thread, as in a serial replay.
+        here = iter(_predict_all([call for call, out in zip(prepared.calls, away, strict=True)
+                                  if not out], current.now))
+        there = iter(predicting.result())
+        predictions = [next(there) if out else next(here) for out in away]
+        batch = self._completed(prepared, predictions, current.records, len(current.rows))
+        self.store.write(batch)
+        source.commit(current.position)
+        return ahead
+
+    def _overlaps(self, source: Source, prepare: Prepare) -> bool:
+        """Whether a source's batches overlap with predictions: events from a file (not a
+        Kafka batch), no rollout, and a candidate that predicts out of process."""
+        return (prepare == self._prepare_events and self.rollout is None
+                and getattr(source, "poll_batch", None) is None
+                and any(c.predicts_out_of_process for c in self.candidates))
+
+    def _read_ahead(self, source: Source, prepare: Prepare) -> _Read | None:
+        """The source's next batch, polled and mapped; ``None`` once it is exhausted."""
+        while True:
+            records = source.poll(self._poll_limit(prepare))
+            if records:
+                now = self.now()
+                rows, places, dead = self._map(records, now)
+                return _Read(len(records), rows, places, dead, now, records[-1].position,
+                             source.fraction_done())
+            if source.exhausted:
+                return None
 
     def _map(
         self, records: list[RawRecord], now: datetime
@@ -228,3 +352,9 @@ class ColumnarPipeline(Pipeline):
         done = self.store.predicted(list(known), candidate.name, candidate.version)
         pending = list(dict.fromkeys(i for i in known if i not in done))
         return self.store.events_by_id(pending) if pending else []
+
+
+def _predict_all(calls: list[tuple[Candidate, list[Event]]], now: datetime
+                 ) -> list[list[Prediction]]:
+    """Each call's predictions, checked, in the order of ``calls``."""
+    return [checked_predictions(candidate, events, now) for candidate, events in calls]

@@ -16,6 +16,7 @@ import pytest
 
 from shadow.candidates import build_candidate
 from shadow.candidates.callable import CallableCandidate
+from shadow.candidates.workers import decode_events, encode_events
 from shadow.config.candidates import CallableCandidateSpec
 from shadow.config.file import parse_config
 from shadow.core.errors import ConfigError
@@ -243,6 +244,21 @@ def test_a_replay_with_two_workers_stores_what_one_worker_stores(
     assert len(rows[2]["comparisons"]) > 300
     for name in tables:
         assert rows[2][name] == rows[1][name], name
+
+
+def test_a_worker_sees_the_fields_an_event_was_given_as_this_process_does() -> None:
+    given = [
+        Event(event_id="a", key="k", occurred_at=NOW),
+        Event(event_id="b", key="k", occurred_at=NOW, payload={"x": 1}, segment={"s": "t"}),
+        Event(event_id="c", key="k", occurred_at=NOW, routing_key=None),
+        Event(event_id="d", key="k", occurred_at=NOW, segment={}, payload={}, routing_key="r"),
+    ]
+    back = decode_events(*encode_events(given))
+
+    assert back == given
+    assert [e.model_fields_set for e in back] == [e.model_fields_set for e in given]
+    assert [e.model_dump(exclude_unset=True) for e in back] == [
+        e.model_dump(exclude_unset=True) for e in given]
 
 
 def _alive(pid: int) -> bool:
