@@ -179,18 +179,20 @@ class WorkerPool:
         if not events:
             return []
         with self._lock:
-            rows = self._run(events, now)
-        return [self._prediction(event, row, now) for event, row in zip(events, rows, strict=True)]
+            return self._run(events, now)
 
     # -- the parent's loop ----------------------------------------------------------
 
-    def _run(self, events: Sequence[Event], now: datetime) -> list[Row]:
+    def _run(self, events: Sequence[Event], now: datetime) -> list[Prediction]:
         pending = deque(self._tasks(len(events)))
         done: dict[int, list[Row]] = {}
+        made: dict[int, list[Prediction]] = {}
         while pending or any(w.tasks for w in self._pool):
             for worker in self._pool:
                 while worker.ready and len(worker.tasks) < IN_FLIGHT and pending:
                     self._send(worker, pending.popleft(), events, now, pending)
+            # The answers in so far become predictions while the workers run the rest.
+            self._make(events, now, done, made)
             waiting = [w for w in self._pool if w.tasks or not w.ready]
             ready = set(wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting]))
             for worker in waiting:
@@ -198,10 +200,20 @@ class WorkerPool:
                     self._receive(worker, done, pending)
                 elif worker.process.sentinel in ready:
                     self._lost(worker, done, pending)
-        rows = [row for start in sorted(done) for row in done[start]]
-        if len(rows) != len(events):  # the bookkeeping above guarantees it; say so if not
-            raise AssertionError(f"worker pool returned {len(rows)} rows for {len(events)} events")
-        return rows
+        self._make(events, now, done, made)
+        predictions = [p for start in sorted(made) for p in made[start]]
+        if len(predictions) != len(events):  # the bookkeeping above guarantees it
+            raise AssertionError(
+                f"worker pool returned {len(predictions)} predictions for {len(events)} events")
+        return predictions
+
+    def _make(self, events: Sequence[Event], now: datetime, done: dict[int, list[Row]],
+              made: dict[int, list[Prediction]]) -> None:
+        """The predictions of the tasks answered and not made yet, by the task's start."""
+        for start in done.keys() - made.keys():
+            rows = done[start]
+            made[start] = [self._prediction(event, row, now) for event, row
+                           in zip(events[start : start + len(rows)], rows, strict=True)]
 
     def _tasks(self, count: int) -> list[_Task]:
         units = -(-count // self.unit)

@@ -200,8 +200,7 @@ class ColumnarPipeline(Pipeline):
                 handed_out += current.records
                 if self.progress:
                     self.progress(source.name, handed_out, current.fraction)
-                del current
-                gc.collect(1)  # the batch written is unreachable by now: this is cheap
+            gc.collect(1)
 
     def _write_overlapped(self, current: _Read, source: Source, prepare: Prepare,
                           thread: ThreadPoolExecutor) -> _Read | None:
@@ -213,6 +212,9 @@ class ColumnarPipeline(Pipeline):
                                                   zip(prepared.calls, away, strict=True) if out],
                                    current.now)
         ahead = self._read_ahead(source, prepare)
+        # Between batches as in a serial replay (the batch written before is unreachable),
+        # but while the workers predict: they have tasks queued, and wait for nothing.
+        gc.collect(1)
         # Candidates in this process predict in this thread, as in a serial replay.
         here = iter(_predict_all([call for call, out in zip(prepared.calls, away, strict=True)
                                   if not out], current.now))
