@@ -216,7 +216,7 @@ def time_pipeline(
                (store_module, "arrow_tables", "arrow tables"),
                (columnar_module.ColumnarPipeline, "_map_kafka", "decode + map"),
                (columnar_module.ColumnarPipeline, "_split", "deduplicate"),
-               (columnar_module, "_events", "Event objects"),
+               (columnar_module, "events_of", "Event objects"),
                (columnar_module, "events_table", "events arrow table")]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
     for owner, name, stage in wrapped:

@@ -60,7 +60,7 @@ STAGES = [
     (shadow.pipeline.runner, "map_records", "map and check the fields"),
     (shadow.pipeline.columnar, "stored_before", "deduplicate"),
     (shadow.pipeline.runner.Pipeline, "_classify", "deduplicate"),
-    (shadow.pipeline.columnar, "_events", "build Event objects for the candidate"),
+    (shadow.pipeline.columnar, "events_of", "build Event objects for the candidate"),
     (shadow.pipeline.columnar, "events_table", "events as an Arrow table"),
     (shadow.candidates.callable.CallableCandidate, "predict", "call the candidate"),
     (shadow.pipeline.runner, "with_action_violations", "check the predictions' actions"),
