@@ -67,7 +67,7 @@ from kafka import KafkaProducer
 from local_broker import start_broker, stop_broker
 from stage_timer import Stages
 
-import shadow.pipeline.runner as runner_module
+import shadow.pipeline.handoff as handoff_module
 import shadow.store.database as store_module
 from connectors.compacted import ensure_topic
 from connectors.kafka import KafkaSource, Start
@@ -164,9 +164,9 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
     source.commit = stages.wrap("commit offsets", source.commit)
     # The recorder names its candidates; workers call them.
     candidate = CallableCandidate(lambda event: None, name="triage", version="fp-3f2a9c1d7e44")
-    original_decode = runner_module.decode
+    original_decode = handoff_module.decode
     original_arrow = store_module.arrow_tables
-    runner_module.decode = stages.wrap("decode (handoff JSON to models)", original_decode)
+    handoff_module.decode = stages.wrap("decode (handoff JSON to models)", original_decode)
     store_module.arrow_tables = stages.wrap("Arrow tables for the store", original_arrow)
     profiler = cProfile.Profile() if profile else None
     try:
@@ -208,7 +208,7 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
                     profiler.disable()
             counts = (store.count("events"), store.count("predictions"))
     finally:
-        runner_module.decode = original_decode
+        handoff_module.decode = original_decode
         store_module.arrow_tables = original_arrow
     if counts != (count, count) or pipeline.summary.dead_letters:
         raise SystemExit(f"the recorder stored {counts[0]:,} events and {counts[1]:,} "

@@ -4,12 +4,12 @@ A worker (:mod:`shadow.pipeline.worker`) publishes, for each record of its event
 sources, an item: either the event with every candidate's prediction of it, or the dead
 letter the record became. A batch's items go out together, as few messages as
 :data:`MAX_MESSAGE_BYTES` allows (one message per event cost the recorder a third of its
-time in kafka-python's reading alone). The recorder reads them back with :func:`decode`
-and stores them as a single process would have
-(:meth:`shadow.pipeline.runner.Pipeline.feeds`, ``recorded``): each event under the
-source and position it was read from, so that a record handed over twice (a worker
-killed before its offsets were committed, a rebalance) is recognised as the same
-record, and its predictions stored once.
+time in kafka-python's reading alone). The recorder reads a batch of them back with
+:func:`receive` (each message through :func:`decode`) and stores them as a single
+process would have (:meth:`shadow.pipeline.runner.Pipeline.feeds`, ``recorded``): each
+event under the source and position it was read from, so that a record handed over
+twice (a worker killed before its offsets were committed, a rebalance) is recognised as
+the same record, and its predictions stored once.
 
 A prediction carries its routing (mode, step, review) as the worker decided it,
 and ``published`` says when the worker published it to the action sink itself.
@@ -28,7 +28,16 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from shadow.core.models import DeadLetter, ErrorKind, Event, Mode, Prediction, PredictionError
+from connectors.base import RawRecord
+from shadow.core.models import (
+    DeadLetter,
+    ErrorKind,
+    Event,
+    Mode,
+    Prediction,
+    PredictionError,
+    RecordKind,
+)
 from shadow.pipeline.rows import Row, event_of, fast_row, row_of
 
 FORMAT = 2
@@ -158,6 +167,82 @@ def decode(data: dict[str, Any]) -> list[Handed | HandedDeadLetter | ValueError]
         except ValueError as exc:
             found.append(exc)
     return found
+
+
+@dataclass(slots=True)
+class Received:
+    """What a batch of records from the workers' topic holds."""
+
+    handed: list[Handed]
+    """Each event handed over, in order; a record handed over twice within the batch (a
+    worker that lost its partitions before committing, and the one that took them) once."""
+    dead_letters: list[DeadLetter]
+    """The dead letters workers handed over, and one for each message or item that is not
+    what a worker hands over, at its position (and index), in order."""
+    workers: set[str]
+    repeats: int
+    """Records left out of ``handed`` as handed over already within the batch."""
+
+
+def receive(records: list[RawRecord], received_at: datetime) -> Received:
+    """The items of the records a recorder read from the workers' topic."""
+    got = Received([], [], set(), 0)
+    places: set[tuple[str, str, str]] = set()
+    for record in records:
+        try:
+            if record.value is None:
+                raise ValueError(record.error or "no value")
+            items = decode(record.value)
+        except ValueError as exc:
+            got.dead_letters.append(_not_handed_over(record, record.position, exc, received_at))
+            continue
+        for index, item in enumerate(items):
+            if isinstance(item, ValueError):
+                got.dead_letters.append(_not_handed_over(
+                    record, f"{record.position} item {index}", item, received_at))
+                continue
+            got.workers.add(item.worker)
+            if isinstance(item, HandedDeadLetter):
+                got.dead_letters.append(item.dead_letter)
+                continue
+            place = (item.row.event_id, item.source, item.position)
+            if place in places:
+                got.repeats += 1
+                continue
+            places.add(place)
+            got.handed.append(item)
+    return got
+
+
+def _not_handed_over(record: RawRecord, position: str, error: ValueError,
+                     received_at: datetime) -> DeadLetter:
+    return DeadLetter(kind=RecordKind.EVENT, source=record.source, position=position,
+                      reason=f"not a record a worker handed over: {error}",
+                      raw=record.raw_text(), received_at=received_at)
+
+
+HANDED_PER_MESSAGE = 2_000.0
+"""Events a worker's message is taken to hold until the first is read: about as many as
+the smallest items fill one with (400 events with an answer of a few hundred words do),
+so a recorder's first read is no larger than a batch, and the next ones grow to one."""
+
+
+def published_by_workers(handed: list[Handed], predictions: list[Prediction]
+                         ) -> dict[tuple[str, str, str | None], datetime]:
+    """When the workers published those of ``predictions`` they published themselves, as
+    the first handing over of each event says."""
+    if all(h.published is None for h in handed):
+        return {}
+    sent: dict[tuple[str, str, str | None], datetime] = {}
+    firsts: set[str] = set()
+    for h in handed:
+        if h.row.event_id in firsts:
+            continue
+        firsts.add(h.row.event_id)
+        if h.published is not None:
+            sent[(h.published.event_id, h.published.candidate, h.published.version)] = \
+                h.published.at
+    return {k: sent[k] for p in predictions if (k := (p.event_id, p.candidate, p.version)) in sent}
 
 
 def _item(data: Any, worker: str) -> Handed | HandedDeadLetter:

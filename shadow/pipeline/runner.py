@@ -26,8 +26,8 @@ from shadow.candidates import Candidate
 from shadow.compare.comparators import Comparator
 from shadow.compare.step import compare
 from shadow.core import logs
-from shadow.core.models import DeadLetter, Event, Mode, Outcome, Prediction, RecordKind, utc_now
-from shadow.pipeline.handoff import Handed, HandedDeadLetter, decode
+from shadow.core.models import Event, Mode, Outcome, Prediction, RecordKind, utc_now
+from shadow.pipeline.handoff import HANDED_PER_MESSAGE, published_by_workers, receive
 from shadow.pipeline.rows import events_table
 from shadow.pipeline.verdicts import VerdictMapper, take_verdicts
 from shadow.store.database import Store
@@ -149,7 +149,7 @@ class Pipeline:
         self.workers_heard: dict[str, datetime] = {}
         """Candidate workers this recorder has had records from, with when it last had."""
         self._seen: set[str] = set()
-        self._per_message = _HANDED_PER_MESSAGE
+        self._per_message = HANDED_PER_MESSAGE
         """Events per message of the workers' latest batch (see :meth:`_poll_limit`)."""
         # Whether stored events must be looked up before writing: until ``feeds`` has
         # decided, assume so. Into an empty store, a replay that remembers its ids does not.
@@ -315,9 +315,11 @@ class Pipeline:
     def _prepare_recorded(self, records: list[RawRecord]) -> tuple[WriteBatch, Done | None]:
         """What workers handed over: each event under the source and position a worker
         read it from, with the predictions the store does not hold yet."""
-        batch = WriteBatch()
-        handed, heard_from = self._handed(records, batch)
-        self._per_message = max(1.0, (len(handed) + len(batch.dead_letters)) / len(records))
+        got = receive(records, self.now())
+        handed = got.handed
+        batch = WriteBatch(dead_letters=got.dead_letters)
+        self.summary.already_stored += got.repeats
+        self._per_message = max(1.0, (len(handed) + len(got.dead_letters)) / len(records))
         # Handed over again is the rule, not the exception: the store is always asked.
         fresh, known = self._classify([h.row.event_id for h in handed],
                                       [h.source for h in handed],
@@ -335,8 +337,8 @@ class Pipeline:
             predictions += {p.event_id: p for p in reversed(group)
                             if p.event_id not in held}.values()
         batch.predictions = predictions
-        batch.published = _published(handed, predictions)
-        self.workers_heard.update(dict.fromkeys(heard_from, self.now()))
+        batch.published = published_by_workers(handed, predictions)
+        self.workers_heard.update(dict.fromkeys(got.workers, self.now()))
 
         s = self.summary
         s.events_read += len(records)
@@ -358,45 +360,6 @@ class Pipeline:
             rollout.withdraw_handed_over()
 
         return batch, done
-
-    def _handed(self, records: list[RawRecord], batch: WriteBatch) -> tuple[list[Handed], set[str]]:
-        """The events handed over in ``records``, each record once, and the workers that
-        handed them; what cannot be read is added to the batch's dead letters."""
-        handed: list[Handed] = []
-        seen_here: set[tuple[str, str, str]] = set()
-        heard_from: set[str] = set()
-        for record in records:
-            try:
-                if record.value is None:
-                    raise ValueError(record.error or "no value")
-                items = decode(record.value)
-            except ValueError as exc:
-                batch.dead_letters.append(self._not_handed_over(record, record.position, exc))
-                continue
-            for index, got in enumerate(items):
-                if isinstance(got, ValueError):
-                    batch.dead_letters.append(
-                        self._not_handed_over(record, f"{record.position} item {index}", got))
-                    continue
-                heard_from.add(got.worker)
-                if isinstance(got, HandedDeadLetter):
-                    batch.dead_letters.append(got.dead_letter)
-                    continue
-                # The same record handed over twice in one batch (a worker that lost its
-                # partitions before committing, and the one that took them) is one record.
-                place = (got.row.event_id, got.source, got.position)
-                if place in seen_here:
-                    self.summary.already_stored += 1
-                    continue
-                seen_here.add(place)
-                handed.append(got)
-        return handed, heard_from
-
-    def _not_handed_over(self, record: RawRecord, position: str,
-                         error: ValueError) -> DeadLetter:
-        return DeadLetter(kind=RecordKind.EVENT, source=record.source, position=position,
-                          reason=f"not a record a worker handed over: {error}",
-                          raw=record.raw_text(), received_at=self.now())
 
     def _classify(
         self, event_ids: list[str], sources: list[str], positions: list[str],
@@ -479,30 +442,6 @@ class Pipeline:
         s.verdicts_taken += taken
         s.verdict_dead_letters += len(dead)
         return WriteBatch(dead_letters=dead), None
-
-
-_HANDED_PER_MESSAGE = 2_000.0
-"""Events a worker's message is taken to hold until the first is read: about as many as
-the smallest items fill one with (400 events with an answer of a few hundred words do),
-so the first read is no larger than a batch, and the next ones grow to one."""
-
-
-def _published(handed: list[Handed], predictions: list[Prediction]
-               ) -> dict[tuple[str, str, str | None], datetime]:
-    """When the workers published those of ``predictions`` they published themselves, as
-    the first handing over of each event says."""
-    if all(h.published is None for h in handed):
-        return {}
-    sent: dict[tuple[str, str, str | None], datetime] = {}
-    firsts: set[str] = set()
-    for h in handed:
-        if h.row.event_id in firsts:
-            continue
-        firsts.add(h.row.event_id)
-        if h.published is not None:
-            sent[(h.published.event_id, h.published.candidate, h.published.version)] = \
-                h.published.at
-    return {k: sent[k] for p in predictions if (k := (p.event_id, p.candidate, p.version)) in sent}
 
 
 def checked_predictions(candidate: Candidate, events: list[Event], now: datetime
