@@ -56,8 +56,8 @@ from shadow.pipeline.runner import (
     Done,
     Pipeline,
     Prepare,
-    _collect_between_batches,
     checked_predictions,
+    collect_between_batches,
     log_failures,
 )
 from shadow.store.writes import (
@@ -192,7 +192,7 @@ class ColumnarPipeline(Pipeline):
             return
         self.summary.sources.append(source.name)
         handed_out = 0
-        with (source, _collect_between_batches(),
+        with (source, collect_between_batches(),
               ThreadPoolExecutor(1, thread_name_prefix="shadow-predict") as thread):
             ahead = self._read_ahead(source, prepare)
             while ahead is not None:

@@ -191,7 +191,7 @@ class Pipeline:
     def _drain(self, source: Source, prepare: Prepare) -> None:
         self.summary.sources.append(source.name)
         handed_out = 0
-        with source, _collect_between_batches():
+        with source, collect_between_batches():
             while True:
                 read = self._step(source, prepare)
                 if not read:
@@ -228,7 +228,7 @@ class Pipeline:
         The sources must be open. This is the daemon's unit of work.
         """
         total = 0
-        with _collect_between_batches():
+        with collect_between_batches():
             for source, prepare in feeds:
                 if source.exhausted:
                     continue
@@ -245,7 +245,7 @@ class Pipeline:
 
     def _drain_together(self, feeds: list[tuple[Source, Prepare]]) -> None:
         """Poll the sources in turn, one batch each, until every one is exhausted."""
-        with ExitStack() as opened, _collect_between_batches():
+        with ExitStack() as opened, collect_between_batches():
             for source, _ in feeds:
                 self.summary.sources.append(source.name)
                 opened.enter_context(source)
@@ -468,7 +468,7 @@ def log_failures(predictions: list[Any], events: list[Event]) -> None:
 
 
 @contextmanager
-def _collect_between_batches() -> Iterator[None]:
+def collect_between_batches() -> Iterator[None]:
     """Run the cyclic garbage collector between batches instead of during them (the
     daemon's :meth:`Pipeline.pump` as much as a replay: left on, it took half a
     recorder's CPU).
