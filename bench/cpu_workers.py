@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -151,15 +150,11 @@ def machine_ceiling(events: list[Any]) -> float:
     return alone / two
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def candidate_rates(events: list[Any], count: int) -> tuple[float, float, float, list[float]]:
     """Seconds of ``predict`` with one process and with two workers, the workers' start-up,
     and CPU seconds: the single process's, then the parent's and each worker's with two."""
+    from stage_timer import cpu_seconds
+
     from shadow.candidates import CallableCandidate, build_candidate
     from shadow.config.candidates import CallableCandidateSpec
 

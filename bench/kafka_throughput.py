@@ -67,7 +67,7 @@ from shadow.store.database import Store
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from local_broker import start_broker, stop_broker  # noqa: E402  (bench/ is not a package)
+from local_broker import broker  # noqa: E402  (bench/ is not a package)
 from stage_timer import Stages  # noqa: E402
 from trivial_candidate import label  # noqa: E402
 
@@ -298,12 +298,7 @@ def main() -> None:
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
 
-    broker_env = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        bootstrap, broker_env = start_broker("throughput-bench")
-        print(f"started a broker at {bootstrap}", flush=True)
-    try:
+    with broker(args.bootstrap, "throughput-bench") as bootstrap:
         topic = create_topic(bootstrap)
         seconds, value_bytes, payload_bytes = produce(bootstrap, topic, args.events)
         print(f"produced {args.events:,} events to {topic} in {seconds:.1f} s "
@@ -343,9 +338,6 @@ def main() -> None:
                 print(text)
         db_path.unlink(missing_ok=True)
         Path(str(db_path) + ".wal").unlink(missing_ok=True)
-    finally:
-        if broker_env is not None:
-            stop_broker(broker_env)
 
 
 if __name__ == "__main__":

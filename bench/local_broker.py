@@ -8,6 +8,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,18 @@ def stop_broker(env: dict[str, str]) -> None:
     subprocess.run([str(ROOT / "scripts" / "kafka-local"), "stop"], env=env, check=False,
                    capture_output=True)
     shutil.rmtree(env["SHADOW_KAFKA_RUN"], ignore_errors=True)
+
+
+@contextmanager
+def broker(bootstrap: str | None, name: str) -> Iterator[str]:
+    """``bootstrap`` when given; else a broker of the benchmark's own for the block,
+    stopped after it."""
+    if bootstrap is not None:
+        yield bootstrap
+        return
+    address, env = start_broker(name)
+    print(f"started a broker at {address}", flush=True)
+    try:
+        yield address
+    finally:
+        stop_broker(env)

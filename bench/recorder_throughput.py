@@ -64,8 +64,8 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
-from local_broker import start_broker, stop_broker
-from stage_timer import Stages
+from local_broker import broker
+from stage_timer import Stages, cpu_seconds
 
 import shadow.pipeline.handoff as handoff_module
 import shadow.store.database as store_module
@@ -255,7 +255,7 @@ daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
                 raise SystemExit(f"the recorder exited with {process.returncode}:\n"
                                  + (directory / "recorder.log").read_text()[-3000:])
             stored = _stored(db)
-            now, cpu = time.perf_counter(), _cpu_seconds(process.pid)
+            now, cpu = time.perf_counter(), cpu_seconds(process.pid)
             if stored > 0 and first is None:
                 first = (now, stored, cpu)
             if stored >= count:
@@ -286,11 +286,6 @@ def _stored(db: Path) -> int:
         return 0
     match = re.search(r"^shadow_events_total (\S+)$", text, re.MULTILINE)
     return int(float(match.group(1))) if match else 0
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def print_stages(seconds: dict[str, float], total: float) -> None:
@@ -339,12 +334,7 @@ def main() -> None:
     if args.events < 1 or args.partitions < 1 or args.batch_size < 1:
         parser.error("--events, --partitions and --batch-size must be positive")
     args.dir.mkdir(parents=True, exist_ok=True)
-    broker_env = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        bootstrap, broker_env = start_broker("recorder-bench")
-        print(f"started a broker at {bootstrap}", flush=True)
-    try:
+    with broker(args.bootstrap, "recorder-bench") as bootstrap:
         topic = f"bench-recorder-{uuid.uuid4().hex[:8]}"
         ensure_topic(bootstrap, topic, partitions=args.partitions)
         seconds, size = produce(bootstrap, topic, args.events)
@@ -381,9 +371,6 @@ def main() -> None:
         load_after = os.getloadavg()
         for path in (db, db.with_name(db.name + ".wal")):
             path.unlink(missing_ok=True)
-    finally:
-        if broker_env is not None:
-            stop_broker(broker_env)
     rate = args.events / total
     print(f"recorder stored {args.events:,} events, one prediction each, in {total:.2f} s "
           f"(batches of up to {args.batch_size:,}"

@@ -1,11 +1,14 @@
 """Seconds per stage of a benchmark's pipeline, from wrappers around the functions that do
-each stage (they run once per batch, so wrapping them costs nothing measurable)."""
+each stage (they run once per batch, so wrapping them costs nothing measurable), and the
+CPU seconds of a process."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -26,3 +29,9 @@ class Stages:
                 seconds[name] += time.perf_counter() - started
 
         return timed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

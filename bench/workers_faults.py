@@ -47,7 +47,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from local_broker import start_broker, stop_broker  # noqa: E402
+from local_broker import broker  # noqa: E402
 
 from connectors.compacted import ensure_topic  # noqa: E402
 from shadow.service.control import DaemonFile  # noqa: E402
@@ -360,11 +360,7 @@ def main() -> None:
     parser.add_argument("--bootstrap")
     parser.add_argument("--dir", type=Path, default=ROOT / "bench" / "out" / "faults")
     args = parser.parse_args()
-    own = args.bootstrap is None
-    bootstrap, env = args.bootstrap, None
-    if own:
-        bootstrap, env = start_broker("faults-bench")
-    try:
+    with broker(args.bootstrap, "faults-bench") as bootstrap:
         for part in ("kills", "rollbacks"):
             directory = args.dir / part
             directory.mkdir(parents=True, exist_ok=True)
@@ -384,9 +380,6 @@ def main() -> None:
                     if process is not None and process.poll() is None:
                         process.kill()
                         process.wait()
-    finally:
-        if env is not None:
-            stop_broker(env)
 
 
 if __name__ == "__main__":

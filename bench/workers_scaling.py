@@ -52,7 +52,8 @@ import duckdb
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
-from local_broker import start_broker, stop_broker
+from local_broker import broker
+from stage_timer import cpu_seconds
 
 from connectors.compacted import ensure_topic
 from shadow.service.control import DaemonFile
@@ -230,12 +231,7 @@ daemon:
 
     def cpu_seconds(self) -> dict[str, float]:
         """User and system CPU each process has used so far (Linux ``/proc``)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        used = {}
-        for name, process in self.processes.items():
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            used[name] = (int(fields[11]) + int(fields[12])) / ticks
-        return used
+        return {name: cpu_seconds(process.pid) for name, process in self.processes.items()}
 
     def stored(self) -> int:
         status, body = http_get(self.api + "/metrics", token=TOKEN)
@@ -392,35 +388,31 @@ def main() -> None:
         parser.error("--events at least 20; --delay, --concurrency, --batch-size, --runs and "
                      "worker counts positive; --partitions at least the most workers")
     args.dir = args.dir.resolve()
-    broker_env = None
-    bootstrap = args.bootstrap
-    if bootstrap is None:
-        bootstrap, broker_env = start_broker("workers-bench")
-    endpoint, url = start_endpoint(args.delay)
-    results: list[Result] = []
-    try:
-        ideal = args.concurrency / args.delay
-        print(f"events {args.events:,} per run, candidate latency {args.delay} s, "
-              f"concurrency {args.concurrency} per worker (ideal {ideal:,.0f} events/s per "
-              f"worker), {args.partitions} partitions, worker batch {args.batch_size}, "
-              f"broker {bootstrap}", flush=True)
-        for n in counts:
-            done = []
-            for _ in range(args.runs):
-                result = run(n, bootstrap, url, args)
-                done.append(result)
-                print(f"  {n} worker(s): {result.rate:,.0f} events/s over "
-                      f"{result.window_s:.1f} s; handed over {result.handed_over:,} "
-                      f"({', '.join(f'{w} {c:,}' for w, c in sorted(result.by_worker.items()))})"
-                      f"; all stored {result.stored_after_s:.1f} s after producing began; "
-                      f"CPU per event: workers {result.worker_cpu_s / args.events * 1000:.2f} "
-                      f"ms, recorder {result.recorder_cpu_s / args.events * 1000:.2f} ms; "
-                      f"load {result.load[0]:.2f}", flush=True)
-            results.append(max(done, key=lambda r: r.rate))
-    finally:
-        served = stop_endpoint(endpoint)
-        if broker_env is not None:
-            stop_broker(broker_env)
+    with broker(args.bootstrap, "workers-bench") as bootstrap:
+        endpoint, url = start_endpoint(args.delay)
+        results: list[Result] = []
+        try:
+            ideal = args.concurrency / args.delay
+            print(f"events {args.events:,} per run, candidate latency {args.delay} s, "
+                  f"concurrency {args.concurrency} per worker (ideal {ideal:,.0f} events/s per "
+                  f"worker), {args.partitions} partitions, worker batch {args.batch_size}, "
+                  f"broker {bootstrap}", flush=True)
+            for n in counts:
+                done = []
+                for _ in range(args.runs):
+                    result = run(n, bootstrap, url, args)
+                    done.append(result)
+                    shares = ", ".join(f"{w} {c:,}" for w, c in sorted(result.by_worker.items()))
+                    print(f"  {n} worker(s): {result.rate:,.0f} events/s over "
+                          f"{result.window_s:.1f} s; handed over {result.handed_over:,} "
+                          f"({shares})"
+                          f"; all stored {result.stored_after_s:.1f} s after producing began; "
+                          f"CPU per event: workers {result.worker_cpu_s / args.events * 1000:.2f} "
+                          f"ms, recorder {result.recorder_cpu_s / args.events * 1000:.2f} ms; "
+                          f"load {result.load[0]:.2f}", flush=True)
+                results.append(max(done, key=lambda r: r.rate))
+        finally:
+            served = stop_endpoint(endpoint)
     one = next((r.rate for r in results if r.workers == 1), None)
     print()
     print(f"{'workers':>7}  {'events/s':>9}  {'per worker':>10}  {'of ideal':>8}  "
