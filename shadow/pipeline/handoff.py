@@ -130,18 +130,6 @@ def messages(items: list[bytes], *, worker: str) -> list[bytes]:
     return found
 
 
-def encode_event(event: Event, source: str, position: str, predictions: list[Prediction],
-                 *, published: Published | None, worker: str) -> bytes:
-    """A message of one event (see :func:`event_item`)."""
-    return messages([event_item(event, source, position, predictions, published=published)],
-                    worker=worker)[0]
-
-
-def encode_dead_letter(dead_letter: DeadLetter, *, worker: str) -> bytes:
-    """A message of one dead letter."""
-    return messages([dead_letter_item(dead_letter)], worker=worker)[0]
-
-
 def decode(data: dict[str, Any]) -> list[Handed | HandedDeadLetter | ValueError]:
     """The items of a message read back (as the Kafka source decoded its JSON), in order;
     an item that cannot be read is the error saying why, in its place.
@@ -273,7 +261,7 @@ def _item(data: Any, worker: str) -> Handed | HandedDeadLetter:
 
 
 def _prediction(fields: dict[str, Any]) -> Prediction:
-    """A prediction as :func:`encode_event` wrote it, read back field by field: a worker's
+    """A prediction as :func:`event_item` wrote it, read back field by field: a worker's
     batches are large, and this takes a tenth of the time a generic validator does.
 
     Raises:

@@ -31,9 +31,8 @@ from shadow.pipeline.handoff import (
     Handed,
     HandedDeadLetter,
     Published,
+    dead_letter_item,
     decode,
-    encode_dead_letter,
-    encode_event,
     event_item,
     messages,
 )
@@ -144,8 +143,8 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
                             predicted_at=NOW, step=1, review=True, violations=("pii:email x",),
                             request={"messages": []}, prompt_tokens=3, cost=0.01)
     published = Published("e1", "c", "2", NOW)
-    (got,) = decode(orjson.loads(encode_event(event, "kafka:t", "t/0@5", [prediction],
-                                              published=published, worker="w9")))
+    (got,) = decode(orjson.loads(messages([event_item(
+        event, "kafka:t", "t/0@5", [prediction], published=published)], worker="w9")[0]))
     assert isinstance(got, Handed)
     assert (got.event, got.source, got.position, got.worker) == (event, "kafka:t", "t/0@5",
                                                                  "w9")
@@ -153,7 +152,7 @@ def test_what_a_worker_hands_over_reads_back_as_it_was() -> None:
     assert got.published == published
     dead = DeadLetter(kind=RecordKind.EVENT, source="kafka:t", position="t/0@6", raw="{",
                       reason="not valid JSON", received_at=NOW)
-    (back,) = decode(orjson.loads(encode_dead_letter(dead, worker="w9")))
+    (back,) = decode(orjson.loads(messages([dead_letter_item(dead)], worker="w9")[0]))
     assert isinstance(back, HandedDeadLetter)
     assert (back.dead_letter, back.worker) == (dead, "w9")
 
