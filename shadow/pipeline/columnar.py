@@ -25,8 +25,10 @@ for the messages that need it, so the fast test sees the same values.
 When a candidate predicts out of process (:attr:`Candidate.predicts_out_of_process`:
 a callable with ``workers`` above 1), a file's batches overlap: while the workers
 predict batch N (called from a thread that mostly waits on their pipes), this thread
-polls and maps batch N+1; then N is written and its position committed, and only then
-is N+1 deduplicated against the store, so repeats across the two are found as before.
+polls and maps batch N+1. Once N's predictions are in, N+1 is deduplicated against the
+store and against N's new events, held in memory until N is written, and handed to the
+workers; then N is written and its position committed. The workers wait on no write,
+and repeats across the two batches are found as before.
 
 What a replay stores is the same as :class:`Pipeline` stores from the same input
 (``tests/pipeline/test_columnar.py`` compares the two stores table by table,
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,6 +109,39 @@ class _Prepared:
     calls: list[tuple[Candidate, list[Event]]]
     """Each candidate with the events it predicts, in the candidates' order."""
 
+    def placed(self) -> dict[str, tuple[str, str]]:
+        """Each new event's id, with the source and position it is stored from."""
+        table = self.batch.events_table
+        if table is None:
+            return {}
+        return dict(zip(table["event_id"].to_pylist(),
+                        zip(table["source"].to_pylist(), table["position"].to_pylist(),
+                            strict=True), strict=True))
+
+    def predicted(self, candidate: Candidate) -> set[str]:
+        """The ids of the events ``candidate`` predicts in this batch."""
+        return {e.event_id for c, events in self.calls if c is candidate for e in events}
+
+
+@dataclass(slots=True)
+class _Predicting:
+    """A batch deduplicated, its calls of candidates out of process under way."""
+
+    prepared: _Prepared
+    away: list[bool]
+    """For each call, whether its candidate predicts out of process."""
+    there: Future[list[list[Prediction]]]
+    now: datetime
+
+    def result(self) -> tuple[_Prepared, list[list[Prediction]]]:
+        """The batch and each call's predictions, once those out of process are in; the
+        calls of candidates in this process are made here, now."""
+        calls, away = self.prepared.calls, self.away
+        here = iter(_predict_all([call for call, out in zip(calls, away, strict=True)
+                                  if not out], self.now))
+        there = iter(self.there.result())
+        return self.prepared, [next(there) if out else next(here) for out in away]
+
 
 class ColumnarPipeline(Pipeline):
     """A :class:`Pipeline` whose event batches go through columns (see the module).
@@ -142,19 +177,28 @@ class ColumnarPipeline(Pipeline):
         predictions = [checked_predictions(c, events, now) for c, events in prepared.calls]
         return self._completed(prepared, predictions, read, len(rows))
 
-    def _deduplicate(self, rows: list[Row], places: list[RawRecord],
-                     dead: list[DeadLetter]) -> _Prepared:
+    def _deduplicate(self, rows: list[Row], places: list[RawRecord], dead: list[DeadLetter],
+                     unwritten: _Prepared | None = None) -> _Prepared:
         """The batch's new events and dead letters, and each candidate's events to predict:
-        the new ones and those stored before that it has not predicted."""
+        the new ones and those stored before that it has not predicted.
+
+        ``unwritten`` is a batch predicted but not written yet: its new events count as
+        stored, and the events it predicts as predicted.
+        """
         batch = WriteBatch(dead_letters=dead)
-        fresh, known = self._split(rows, places, batch)
+        fresh, known = self._split(rows, places, batch,
+                                   {} if unwritten is None else unwritten.placed())
         batch.events_table = events_table([rows[i] for i in fresh],
                                           [places[i].source for i in fresh],
                                           [places[i].position for i in fresh])
         events = events_of(rows, fresh)
         calls: list[tuple[Candidate, list[Event]]] = []
         for candidate in self.candidates:
-            to_predict = events + self._unpredicted_ids(known, candidate)
+            pending = known
+            if unwritten is not None and known:
+                predicted = unwritten.predicted(candidate)
+                pending = [i for i in known if i not in predicted]
+            to_predict = events + self._unpredicted_ids(pending, candidate)
             if to_predict:
                 calls.append((candidate, to_predict))
         return _Prepared(batch, len(fresh), calls)
@@ -181,11 +225,12 @@ class ColumnarPipeline(Pipeline):
         """As :meth:`Pipeline._drain`; with a candidate that predicts out of process, a
         file's batches overlap (see the module).
 
-        Batch N+1 is polled and mapped while N is predicted, and deduplicated only once N
-        is written, so the store answers for N's events. A position is committed only
-        after its batch is written. Should anything raise, the batch being predicted is
-        waited for before the source closes, and nothing after the last written batch
-        is committed.
+        Batch N+1 is polled and mapped while N is predicted; as soon as N's predictions
+        are in, N+1 is deduplicated (against the store and N's new events, which are not
+        written yet) and handed to the workers, and only then is N written and its
+        position committed, so the workers wait for no write. Should anything raise, the
+        batch being predicted is waited for before the source closes, and nothing after
+        the last written batch is committed.
         """
         if not self._overlaps(source, prepare):
             super()._drain(source, prepare)
@@ -194,36 +239,39 @@ class ColumnarPipeline(Pipeline):
         handed_out = 0
         with (source, collect_between_batches(),
               ThreadPoolExecutor(1, thread_name_prefix="shadow-predict") as thread):
-            ahead = self._read_ahead(source, prepare)
-            while ahead is not None:
-                current, ahead = ahead, self._write_overlapped(ahead, source, prepare, thread)
+            current = self._read_ahead(source, prepare)
+            predicting = None if current is None else self._predicting(current, None, thread)
+            while current is not None and predicting is not None:
+                ahead = self._read_ahead(source, prepare)
+                # Between batches as in a serial replay (the batch written before is
+                # unreachable), but while the workers predict: they wait for nothing.
+                gc.collect(1)
+                prepared, predictions = predicting.result()
+                following = None if ahead is None else self._predicting(ahead, prepared, thread)
+                batch = self._completed(prepared, predictions, current.records,
+                                        len(current.rows))
+                self.store.write(batch)
+                source.commit(current.position)
                 handed_out += current.records
                 if self.progress:
                     self.progress(source.name, handed_out, current.fraction)
+                current, predicting = ahead, following
             gc.collect(1)
 
-    def _write_overlapped(self, current: _Read, source: Source, prepare: Prepare,
-                          thread: ThreadPoolExecutor) -> _Read | None:
-        """Deduplicate and predict ``current`` while the next batch is read, write
-        ``current`` and commit its position; returns the next batch, read and mapped."""
-        prepared = self._deduplicate(current.rows, current.places, current.dead)
+    def _predicting(self, read: _Read, unwritten: _Prepared | None,
+                    thread: ThreadPoolExecutor) -> _Predicting:
+        """``read`` deduplicated, and its predictions under way: the calls of candidates out
+        of process in ``thread``, the others here once those are handed out.
+
+        ``unwritten`` is the batch before, predicted but not written: its new events count
+        as stored, and what it predicts as predicted.
+        """
+        prepared = self._deduplicate(read.rows, read.places, read.dead, unwritten)
         away = [c.predicts_out_of_process for c, _ in prepared.calls]
-        predicting = thread.submit(_predict_all, [call for call, out in
-                                                  zip(prepared.calls, away, strict=True) if out],
-                                   current.now)
-        ahead = self._read_ahead(source, prepare)
-        # Between batches as in a serial replay (the batch written before is unreachable),
-        # but while the workers predict: they have tasks queued, and wait for nothing.
-        gc.collect(1)
-        # Candidates in this process predict in this thread, as in a serial replay.
-        here = iter(_predict_all([call for call, out in zip(prepared.calls, away, strict=True)
-                                  if not out], current.now))
-        there = iter(predicting.result())
-        predictions = [next(there) if out else next(here) for out in away]
-        batch = self._completed(prepared, predictions, current.records, len(current.rows))
-        self.store.write(batch)
-        source.commit(current.position)
-        return ahead
+        there = thread.submit(_predict_all, [call for call, out in
+                                             zip(prepared.calls, away, strict=True) if out],
+                              read.now)
+        return _Predicting(prepared, away, there, read.now)
 
     def _overlaps(self, source: Source, prepare: Prepare) -> bool:
         """Whether a source's batches overlap with predictions: events from a file (not a
@@ -319,22 +367,34 @@ class ColumnarPipeline(Pipeline):
         return rows, places, dead
 
     def _split(
-        self, rows: list[Row], places: list[RawRecord], batch: WriteBatch
+        self, rows: list[Row], places: list[RawRecord], batch: WriteBatch,
+        unwritten: dict[str, tuple[str, str]],
     ) -> tuple[list[int], list[str]]:
         """The rows new to the store (by index) and the ids of those it holds already.
 
         As :meth:`Pipeline._classify`: a record read again at the position its event was
-        stored from is a re-read, any other repeat a duplicate.
+        stored from is a re-read, any other repeat a duplicate. ``unwritten`` holds the
+        events of a batch about to be written, with their sources and positions: a row
+        repeating one of them is a repeat as if that batch were stored.
         """
         if not rows:
             return [], []
         repeats, sources, positions = stored_before(
             self.store.db, pa.array([r.event_id for r in rows], pa.string()))
-        if not repeats:
+        # Each repeat's index: where its event was first stored, and whether by this batch.
+        found = {i: (source, position, True)
+                 for i, source, position in zip(repeats, sources, positions, strict=True)}
+        if unwritten:
+            for i, row in enumerate(rows):
+                place = unwritten.get(row.event_id)
+                if place is not None:
+                    found[i] = (*place, False)
+        if not found:
             return list(range(len(rows))), []
         known: list[str] = []
         look_up = self._look_up_stored
-        for i, source, position in zip(repeats, sources, positions, strict=True):
+        for i in sorted(found):
+            source, position, in_store = found[i]
             record = places[i]
             first = (source, position) if look_up and source is not None else None
             if first is None or first != (record.source, record.position):
@@ -342,10 +402,9 @@ class ColumnarPipeline(Pipeline):
                                                   record.position))
             else:
                 self.summary.already_stored += 1
-            if first is not None:
+            if first is not None and in_store:
                 known.append(rows[i].event_id)
-        repeated = set(repeats)
-        return [i for i in range(len(rows)) if i not in repeated], known
+        return [i for i in range(len(rows)) if i not in found], known
 
     def _unpredicted_ids(self, known: Sequence[str], candidate: Candidate) -> list[Event]:
         """Stored events this candidate has not predicted yet, as first stored."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,35 @@ def test_a_replay_with_workers_stores_what_the_serial_replay_stores(tmp_path: Pa
     assert second["already_stored"] > 0 and second["outcomes_stored"] == 2
     assert first["prediction_errors"] == len(FAILING) - 1  # event 22 comes in the second
     assert second["prediction_errors"] == 1
+
+
+def test_a_new_candidate_predicts_once_what_consecutive_batches_repeat(tmp_path: Path) -> None:
+    stored = _write(tmp_path / "stored.jsonl", [_line(**_event(n)) for n in range(8)])
+    # Batches of five: events stored before, and new ones, each in two or three batches
+    # in a row, so that a batch repeats what the batch before predicted and has not written.
+    again = _write(tmp_path / "again.jsonl", [_line(**_event(n)) for n in
+                                              (0, 1, 8, 9, 10, 1, 0, 8, 11, 12, 9, 2, 0)])
+    comparator = build_comparator(ExactSpec(prediction_path="label", outcome_path="label"))
+    predicted: dict[int, list[tuple[str, int]]] = {}
+    for workers in (1, 2):
+        db = tmp_path / f"workers-{workers}.duckdb"
+        for names, path in ((["old"], stored), (["old", "new"], again)):
+            candidates = [CallableCandidate(describe, name=name, version="1", workers=workers)
+                          for name in names]
+            with Store(db) as store, ExitStack() as running:
+                for candidate in candidates:
+                    running.enter_context(candidate)
+                ColumnarPipeline(store, candidates, comparator, batch_size=5,
+                                 now=lambda: NOW).run([FileSource(path)])
+        with Store(db) as store:
+            predicted[workers] = store.db.execute(
+                "SELECT candidate, count(*) FROM predictions GROUP BY candidate"
+                " ORDER BY candidate").fetchall()
+
+    assert predicted[2] == predicted[1] == [("new", 8), ("old", 13)]
+    serial, overlapped = (_tables(tmp_path / f"workers-{w}.duckdb") for w in (1, 2))
+    for name, rows in serial.items():
+        assert overlapped[name] == rows, name
 
 
 class _CountingSource(ListSource):
@@ -184,12 +214,14 @@ class _FailingStore(Store):
 
 def test_a_failed_write_commits_nothing_after_the_last_batch_written(tmp_path: Path) -> None:
     source = _CountingSource(_values(20))
-    candidate = _Awaiting(source)
+    candidate = _Awaiting()
     with _FailingStore(tmp_path / "store.duckdb", fail_at=2) as store:
         with pytest.raises(OSError, match="disk full"):
             _pipeline(store, candidate).run([source])
         stored = store.count("events")
 
+    # The third batch was handed to the workers before the second was written.
+    assert len(candidate.threads) == 3
     assert source.committed == ["item 4"]
     assert stored == 5
     assert not [t for t in threading.enumerate() if t.name.startswith("shadow-predict")]
