@@ -18,16 +18,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from connectors.base import RawRecord, Source, SourceState
+from connectors.kafka_batch import KafkaBatch
 from shadow.core.errors import first_line
 from shadow.core.models import utc_now
 from shadow.core.retry import RetryPolicy, backoff
 
 log = structlog.get_logger(__name__)
+
+_Polled = TypeVar("_Polled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +78,37 @@ class GuardedSource(Source):
         self._attempt_open()
 
     def _poll(self, max_records: int) -> list[RawRecord]:
+        return self._guarded(lambda: self.inner.poll(max_records)) or []
+
+    @property
+    def poll_batch(self) -> Callable[[int], KafkaBatch] | None:
+        """The inner source's ``poll_batch`` (:meth:`connectors.kafka.KafkaSource.poll_batch`),
+        guarded as :meth:`poll` is; ``None`` when the inner source reads no batches."""
+        if getattr(self.inner, "poll_batch", None) is None:
+            return None
+        return self._poll_batch
+
+    def _poll_batch(self, max_records: int) -> KafkaBatch:
+        if self._state is not SourceState.OPEN:
+            raise RuntimeError(f"cannot poll source {self.name!r}: it is {self._state.value}")
+        inner: Any = self.inner  # a source with ``poll_batch``, as the property found
+        polled = self._guarded(lambda: inner.poll_batch(max_records))
+        return polled if polled is not None else KafkaBatch(self.name, [])
+
+    def _guarded(self, poll: Callable[[], _Polled]) -> _Polled | None:
+        """What ``poll`` returns, or ``None`` while the source waits for its next attempt
+        or when the inner source could not be opened or polled."""
         if self._retry_at is not None and self._clock() < self._retry_at:
-            return []
+            return None
         if self.inner._state is SourceState.NEW and not self._attempt_open():
-            return []
+            return None
         try:
-            records = self.inner.poll(max_records)
+            polled = poll()
         except Exception as exc:  # noqa: BLE001 - whatever it is, the other sources go on
             self._failed("poll", exc)
-            return []
+            return None
         self._check(self.inner.away())
-        return records
+        return polled
 
     def commit(self, position: str) -> None:
         try:

@@ -3,7 +3,9 @@
 One pipeline thread owns the store (DuckDB allows one writer): it polls every
 source in turn, predicts, writes, commits offsets and publishes live
 decisions. Everything else that needs the store (scheduled jobs, control API
-calls) is handed to that thread and runs between two batches.
+calls) is handed to that thread and runs between two batches. Without a rollout, event
+batches take the columnar path (:mod:`shadow.pipeline.columnar`), a Kafka topic's polls
+read as one batch each.
 
 No poll waits: a pass over the sources takes what each has, and only a pass
 that found nothing sleeps, until a webhook delivery or a control call wakes it
@@ -52,6 +54,7 @@ from shadow.config.file import Config
 from shadow.config.workers import RECORDER_FETCHES, DaemonRole
 from shadow.core.errors import ConfigError, StoreError
 from shadow.core.models import utc_now
+from shadow.pipeline.columnar import ColumnarPipeline
 from shadow.pipeline.readiness import remember
 from shadow.pipeline.runner import Pipeline, ReplaySummary
 from shadow.pipeline.source_guard import GuardedSource, SourceStatus
@@ -215,7 +218,7 @@ class Daemon:
             self.live = open_rollout(self.config.rollout, store, candidates, self.comparator,
                                      stack, now=self.now)
             self.controller = self.live.controller
-        self.pipeline = Pipeline(
+        self.pipeline = ColumnarPipeline(
             store, candidates, self.comparator,
             event_mapper=EventMapper(config.mapping.events),
             outcome_mapper=OutcomeMapper(config.mapping.outcomes),

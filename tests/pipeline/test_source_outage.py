@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -29,6 +30,7 @@ from standardwebhooks import Webhook
 
 from connectors.base import RawRecord, Source
 from connectors.kafka import KafkaSource
+from connectors.kafka_batch import KafkaBatch
 from shadow.core.errors import SourceError
 from shadow.pipeline.source_guard import GuardedSource
 from shadow.store.database import Store
@@ -128,6 +130,40 @@ def test_a_failing_poll_or_commit_makes_the_source_away_without_raising() -> Non
     assert len(source.poll(10)) == 1
     source.commit("p1")
     assert flaky.committed == ["p1"] and source.status().up
+
+
+class FlakyBatches(Flaky):
+    """A flaky source that also reads its polls as one batch, as a Kafka source does."""
+
+    def poll_batch(self, max_records: int) -> KafkaBatch:
+        self._fail("poll")
+        return KafkaBatch(self.name, [SimpleNamespace(topic="t", partition=0, offset=7,
+                                                      value=b"{}")])
+
+
+def test_a_batch_poll_is_guarded_as_a_poll_is() -> None:
+    clock = ManualClock()
+    assert guarded(Flaky(), clock).poll_batch is None  # the inner source reads no batches
+    flaky = FlakyBatches()
+    flaky.failing = {"open"}
+    source = guarded(flaky, clock)
+    assert source.poll_batch is not None
+    with pytest.raises(RuntimeError, match="cannot poll source 'flaky': it is new"):
+        source.poll_batch(10)
+    source.open()
+    assert len(source.poll_batch(10)) == 0  # could not open: nothing, and not tried again
+    assert flaky.calls == ["open"]
+    flaky.failing = {"poll"}
+    clock.t += 1.0
+    assert len(source.poll_batch(10)) == 0  # opened, and the poll failed
+    assert source.status().reason == "poll failed: poll refused"
+    assert (source.status().failures, source.status().retry_in_s) == (1, 1.0)  # opened: 0
+    flaky.failing = set()
+    assert len(source.poll_batch(10)) == 0  # before the retry time: not even tried
+    clock.t += 1.0
+    polled = source.poll_batch(10)
+    assert (len(polled), polled.last_position) == (1, "t/0@7")
+    assert source.status().up and flaky.calls == ["open", "open", "poll", "poll"]
 
 
 def test_a_source_saying_its_system_is_away_is_reported_and_still_polled() -> None:
