@@ -3,6 +3,7 @@
 
     python bench/kafka_throughput.py [--events 1000000] [--bootstrap HOST:PORT]
                                      [--check-crcs on|off|both] [--per-record] [--profile]
+                                     [--daemon]
 
 Without ``--bootstrap`` a broker of its own is started with ``scripts/kafka-local`` (free
 ports, a fresh run directory) and stopped at the end.
@@ -20,6 +21,11 @@ setting asked for:
    last batch is stored and its offsets committed. It reads each poll as one
    ``KafkaBatch``. With ``--per-record`` the per-record ``Pipeline`` is timed too,
    on the same topic, after it.
+3. with ``--daemon`` (and ``check_crcs`` on, kafka-python's default), the real
+   ``shadow run`` with the same candidate and a Kafka event source on the topic (its own
+   fresh group, ``start: earliest``, the same fetch settings as ``options``), timed by its
+   metrics from the first events they show stored to the last
+   (``daemon_run.time_daemon``).
 
 Both consumers get exactly the same fetch settings (``CONSUMER_TUNING``). The
 pipeline's time is also split by stage (each stage's function wrapped; the
@@ -41,7 +47,9 @@ import io
 import os
 import pstats
 import random
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -67,7 +75,8 @@ from shadow.store.database import Store
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from local_broker import broker  # noqa: E402  (bench/ is not a package)
+from daemon_run import time_daemon  # noqa: E402  (bench/ is not a package)
+from local_broker import broker  # noqa: E402
 from stage_timer import Stages  # noqa: E402
 from trivial_candidate import label  # noqa: E402
 
@@ -280,6 +289,41 @@ def print_stages(seconds: dict[str, float]) -> None:
             print(f"    {name:<52} {value:7.2f} s  {value / total:6.1%}")
 
 
+def time_daemon_run(bootstrap: str, topic: str, count: int, directory: Path,
+                    tuning: dict[str, Any]) -> tuple[float, int, float]:
+    """``shadow run`` reading ``topic`` into a fresh store under ``directory``, timed by
+    :func:`daemon_run.time_daemon`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "daemon.yaml"
+    config.write_text(f"""
+version: 1
+candidate: {{callable: "trivial_candidate:label", name: trivial}}
+comparator: {{kind: exact}}
+store: {{path: daemon.duckdb, batch_size: {BATCH_SIZE}}}
+sources:
+  events:
+    - {{kind: kafka, bootstrap: "{bootstrap}", topics: [{topic}],
+        group: bench-daemon-{uuid.uuid4().hex[:8]}, start: earliest,
+        options: {orjson.dumps(tuning).decode()}}}
+daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
+""", encoding="utf-8")
+    return time_daemon(config, directory / "daemon.duckdb", count, path=[HERE])
+
+
+def print_daemon(bootstrap: str, topic: str, count: int, directory: Path,
+                 tuning: dict[str, Any], raw_rate: float) -> None:
+    seconds, at_first, cpu = time_daemon_run(bootstrap, topic, count, directory, tuning)
+    done = count - at_first
+    if done <= 0:
+        print(f"  shadow run stored all {count:,} events before its metrics showed any: "
+              f"use more --events")
+        return
+    rate = done / seconds
+    print(f"  shadow run (daemon)          : {seconds:7.2f} s  {rate:>9,.0f} events/s"
+          f"  (the last {done:,} events; CPU {cpu:.2f} s, {cpu / done * 1e6:.1f} µs per event)")
+    print(f"  ratio daemon / plain         : {rate / raw_rate:7.3f}")
+
+
 # -- main ---------------------------------------------------------------------------
 
 def main() -> None:
@@ -294,6 +338,8 @@ def main() -> None:
                         help="also time the per-record Pipeline, after the columnar one")
     parser.add_argument("--profile", action="store_true",
                         help="also run the pipeline under cProfile and print its top functions")
+    parser.add_argument("--daemon", action="store_true",
+                        help="also time the real `shadow run` reading the topic, by its metrics")
     parser.add_argument("--dir", type=Path, default=HERE / "out")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +377,10 @@ def main() -> None:
                       "pipeline stages:")
                 print_stages(stages)
                 sys.stdout.flush()
+            if args.daemon and check_crcs:
+                directory = Path(tempfile.mkdtemp(prefix="kafka-daemon-", dir=args.dir))
+                print_daemon(bootstrap, topic, args.events, directory, tuning, raw_rate)
+                shutil.rmtree(directory, ignore_errors=True)
             if args.profile:
                 _, _, _, text = time_pipeline(bootstrap, topic, args.events, tuning, db_path,
                                               profile=True)

@@ -49,23 +49,19 @@ import io
 import os
 import pstats
 import random
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from daemon_run import time_daemon
 from kafka import KafkaProducer
 from local_broker import broker
-from stage_timer import Stages, cpu_seconds
+from stage_timer import Stages
 
 import shadow.pipeline.handoff as handoff_module
 import shadow.store.database as store_module
@@ -78,13 +74,11 @@ from shadow.config.workers import RECORDER_FETCHES
 from shadow.core.models import Event, Mode, Prediction
 from shadow.pipeline.handoff import event_item, messages
 from shadow.pipeline.runner import Pipeline
-from shadow.service.control import DaemonFile
 from shadow.store.database import Store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET = 20_000
-DAEMON_TOKEN = "bench-recorder-token"
 FETCHES: dict[str, dict[str, Any]] = {
     "recorder": RECORDER_FETCHES,
     "kafka-python": {},
@@ -227,11 +221,9 @@ def record(bootstrap: str, topic: str, count: int, db: Path, batch_size: int,
 
 def record_daemon(bootstrap: str, topic: str, count: int, directory: Path,
                   batch_size: int) -> tuple[float, int, float]:
-    """The real ``shadow run --role recorder`` on ``topic``: seconds from the first events
-    its metrics show stored to the last, the events stored at that first sight, and the
-    CPU the process used meanwhile."""
+    """The real ``shadow run --role recorder`` on ``topic``, timed by
+    :func:`daemon_run.time_daemon`."""
     directory.mkdir(parents=True, exist_ok=True)
-    db = directory / "recorder.duckdb"
     config = directory / "recorder.yaml"
     config.write_text(f"""
 candidate: {{kind: http, url: "http://127.0.0.1:9/never-called", name: triage,
@@ -240,52 +232,7 @@ store: {{path: recorder.duckdb, batch_size: {batch_size}}}
 workers: {{bootstrap: "{bootstrap}", topic: {topic}, group: bench-daemon-{uuid.uuid4().hex[:8]}}}
 daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
 """, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env["SHADOW_API_TOKEN"] = DAEMON_TOKEN
-    log = open(directory / "recorder.log", "wb")  # noqa: SIM115
-    with log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shadow", "run", "--role", "recorder", "--config",
-             str(config)], cwd=directory, env=env, stdout=log, stderr=log)
-    try:
-        first: tuple[float, int, float] | None = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"the recorder exited with {process.returncode}:\n"
-                                 + (directory / "recorder.log").read_text()[-3000:])
-            stored = _stored(db)
-            now, cpu = time.perf_counter(), cpu_seconds(process.pid)
-            if stored > 0 and first is None:
-                first = (now, stored, cpu)
-            if stored >= count:
-                assert first is not None
-                return now - first[0], first[1], cpu - first[2]
-            time.sleep(1.0)  # each scrape counts the store's tables: Prometheus asks less often
-        raise SystemExit(f"the recorder had not stored {count:,} events within 600 s")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _stored(db: Path) -> int:
-    """Events stored, as the recorder's metrics say (0 while it does not answer yet)."""
-    found = DaemonFile.read(db)
-    if found is None:
-        return 0
-    request = urllib.request.Request(found.api + "/metrics")
-    request.add_header("Authorization", f"Bearer {DAEMON_TOKEN}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            text = response.read().decode()
-    except OSError:
-        return 0
-    match = re.search(r"^shadow_events_total (\S+)$", text, re.MULTILINE)
-    return int(float(match.group(1))) if match else 0
+    return time_daemon(config, directory / "recorder.duckdb", count, role="recorder")
 
 
 def print_stages(seconds: dict[str, float], total: float) -> None:

@@ -67,6 +67,13 @@ def test_kafka_throughput(kafka_bootstrap: str, tmp_path: Path) -> None:
     assert "produced 3,000 events" in out and "ratio pipeline / plain" in out
 
 
+def test_kafka_throughput_of_the_daemon(kafka_bootstrap: str, tmp_path: Path) -> None:
+    out = bench("kafka_throughput.py", "--events", "3000", "--bootstrap", kafka_bootstrap,
+                "--check-crcs", "on", "--daemon", "--dir", str(tmp_path))
+    # Three thousand events are one batch: stored before the first scrape, or timed after it.
+    assert ("shadow run stored all 3,000 events" in out) != ("ratio daemon / plain" in out)
+
+
 def test_webhook_intake(tmp_path: Path) -> None:
     out = bench("webhook_intake.py", "--deliveries", "200", "--sequential", "30",
                 "--concurrency", "10", "--dir", str(tmp_path))
