@@ -307,7 +307,9 @@ sources:
         options: {orjson.dumps(tuning).decode()}}}
 daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
 """, encoding="utf-8")
-    return time_daemon(config, directory / "daemon.duckdb", count, path=[HERE])
+    timed: tuple[float, int, float] = time_daemon(config, directory / "daemon.duckdb", count,
+                                                  path=[HERE])
+    return timed
 
 
 def print_daemon(bootstrap: str, topic: str, count: int, directory: Path,

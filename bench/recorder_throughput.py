@@ -232,7 +232,9 @@ store: {{path: recorder.duckdb, batch_size: {batch_size}}}
 workers: {{bootstrap: "{bootstrap}", topic: {topic}, group: bench-daemon-{uuid.uuid4().hex[:8]}}}
 daemon: {{api: {{port: 0}}, shutdown_deadline: 30s}}
 """, encoding="utf-8")
-    return time_daemon(config, directory / "recorder.duckdb", count, role="recorder")
+    timed: tuple[float, int, float] = time_daemon(config, directory / "recorder.duckdb", count,
+                                                  role="recorder")
+    return timed
 
 
 def print_stages(seconds: dict[str, float], total: float) -> None:
