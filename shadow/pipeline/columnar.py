@@ -39,7 +39,7 @@ What a replay stores is the same as :class:`Pipeline` stores from the same input
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -228,9 +228,10 @@ class ColumnarPipeline(Pipeline):
         Batch N+1 is polled and mapped while N is predicted; as soon as N's predictions
         are in, N+1 is deduplicated (against the store and N's new events, which are not
         written yet) and handed to the workers, and only then is N written and its
-        position committed, so the workers wait for no write. Should anything raise, the
-        batch being predicted is waited for before the source closes, and nothing after
-        the last written batch is committed.
+        position committed, so the workers wait for no write. The first batches are
+        smaller (:meth:`_ramp`): the workers wait for an eighth of a batch to be read,
+        not a whole one. Should anything raise, the batch being predicted is waited for
+        before the source closes, and nothing after the last written batch is committed.
         """
         if not self._overlaps(source, prepare):
             super()._drain(source, prepare)
@@ -239,10 +240,11 @@ class ColumnarPipeline(Pipeline):
         handed_out = 0
         with (source, collect_between_batches(),
               ThreadPoolExecutor(1, thread_name_prefix="shadow-predict") as thread):
-            current = self._read_ahead(source, prepare)
+            limits = self._ramp(prepare)
+            current = self._read_ahead(source, next(limits))
             predicting = None if current is None else self._predicting(current, None, thread)
             while current is not None and predicting is not None:
-                ahead = self._read_ahead(source, prepare)
+                ahead = self._read_ahead(source, next(limits))
                 # Between batches as in a serial replay (the batch written before is
                 # unreachable), but while the workers predict: they wait for nothing.
                 gc.collect(1)
@@ -280,10 +282,20 @@ class ColumnarPipeline(Pipeline):
                 and getattr(source, "poll_batch", None) is None
                 and any(c.predicts_out_of_process for c in self.candidates))
 
-    def _read_ahead(self, source: Source, prepare: Prepare) -> _Read | None:
-        """The source's next batch, polled and mapped; ``None`` once it is exhausted."""
+    def _ramp(self, prepare: Prepare) -> Iterator[int]:
+        """The sizes of overlapped batches: an eighth of a batch, a quarter, a half, then
+        whole ones, so that the workers have work once the first eighth is read."""
+        limit = self._poll_limit(prepare)
+        for shift in (3, 2, 1):
+            yield max(1, limit >> shift)
         while True:
-            records = source.poll(self._poll_limit(prepare))
+            yield limit
+
+    def _read_ahead(self, source: Source, limit: int) -> _Read | None:
+        """The source's next batch of up to ``limit`` records, polled and mapped; ``None``
+        once it is exhausted."""
+        while True:
+            records = source.poll(limit)
             if records:
                 now = self.now()
                 rows, places, dead = self._map(records, now)

@@ -95,10 +95,10 @@ def test_a_replay_with_workers_stores_what_the_serial_replay_stores(tmp_path: Pa
 
 def test_a_new_candidate_predicts_once_what_consecutive_batches_repeat(tmp_path: Path) -> None:
     stored = _write(tmp_path / "stored.jsonl", [_line(**_event(n)) for n in range(8)])
-    # Batches of five: events stored before, and new ones, each in two or three batches
-    # in a row, so that a batch repeats what the batch before predicted and has not written.
+    # Events stored before and new ones, each three times in a row: in small batches a
+    # batch repeats what the batch before predicted and has not written yet.
     again = _write(tmp_path / "again.jsonl", [_line(**_event(n)) for n in
-                                              (0, 1, 8, 9, 10, 1, 0, 8, 11, 12, 9, 2, 0)])
+                                              (0, 8, 1, 9, 2, 10, 11, 12) for _ in range(3)])
     comparator = build_comparator(ExactSpec(prediction_path="label", outcome_path="label"))
     predicted: dict[int, list[tuple[str, int]]] = {}
     for workers in (1, 2):
@@ -181,7 +181,8 @@ def test_the_next_batch_is_read_while_the_workers_predict(tmp_path: Path) -> Non
         stored = store.count("events")
 
     assert candidate.threads and "MainThread" not in candidate.threads
-    assert source.committed == ["item 4", "item 9", "item 12"]
+    # An eighth of a batch first, then a quarter and a half (at least one record), then whole.
+    assert source.committed == ["item 0", "item 1", "item 3", "item 8", "item 12"]
     assert (stored, summary.events_stored, summary.duplicates) == (12, 12, 1)
     assert summary.predictions == 12
     assert not [t for t in threading.enumerate() if t.name.startswith("shadow-predict")]
@@ -220,10 +221,11 @@ def test_a_failed_write_commits_nothing_after_the_last_batch_written(tmp_path: P
             _pipeline(store, candidate).run([source])
         stored = store.count("events")
 
-    # The third batch was handed to the workers before the second was written.
+    # Batches of 1, 1, 2, then 5 records; the third was handed to the workers before the
+    # second was written.
     assert len(candidate.threads) == 3
-    assert source.committed == ["item 4"]
-    assert stored == 5
+    assert source.committed == ["item 0"]
+    assert stored == 1
     assert not [t for t in threading.enumerate() if t.name.startswith("shadow-predict")]
 
 
