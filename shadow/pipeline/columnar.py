@@ -41,12 +41,13 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.base import RawRecord, Source
 from connectors.kafka_batch import METADATA_KEY, KafkaBatch
@@ -65,8 +66,16 @@ from shadow.pipeline.runner import (
 from shadow.store.writes import (
     Duplicate,
     WriteBatch,
+    arrow_tables,
     stored_before,
 )
+
+GROUP_EVENTS = 122_880
+"""New events a replay gathers into one transaction, at least: DuckDB's row group. From
+there DuckDB writes a transaction's rows to the database file, not to its write-ahead log
+first, and a checkpoint does not copy them again."""
+GROUP_BYTES = 256 * 2**20
+"""Or the bytes of the tables gathered, whichever comes first."""
 
 
 def _mapped_row(mapper: EventMapper, value: dict[str, Any], record: RawRecord, now: datetime,
@@ -109,18 +118,53 @@ class _Prepared:
     calls: list[tuple[Candidate, list[Event]]]
     """Each candidate with the events it predicts, in the candidates' order."""
 
-    def placed(self) -> dict[str, tuple[str, str]]:
-        """Each new event's id, with the source and position it is stored from."""
-        table = self.batch.events_table
-        if table is None:
-            return {}
-        return dict(zip(table["event_id"].to_pylist(),
-                        zip(table["source"].to_pylist(), table["position"].to_pylist(),
-                            strict=True), strict=True))
 
-    def predicted(self, candidate: Candidate) -> set[str]:
-        """The ids of the events ``candidate`` predicts in this batch."""
-        return {e.event_id for c, events in self.calls if c is candidate for e in events}
+@dataclass(slots=True)
+class _Unwritten:
+    """Batches predicted and not written yet, as the tables one transaction will write.
+
+    The batches read after them take their events as stored and their predictions as
+    made (:meth:`ColumnarPipeline._deduplicate`).
+    """
+
+    tables: list[dict[str, pa.Table]] = field(default_factory=list)
+    events: int = 0
+    size: int = 0
+    """The tables' bytes."""
+
+    def add(self, batch: WriteBatch) -> None:
+        """A batch completed with its predictions."""
+        tables = arrow_tables(batch)
+        self.tables.append(tables)
+        self.size += sum(table.nbytes for table in tables.values())
+        if "events" in tables:
+            self.events += tables["events"].num_rows
+
+    @property
+    def full(self) -> bool:
+        """Whether the batches make a transaction of their own: enough events for DuckDB
+        to write them to the database file directly, or enough bytes held."""
+        return self.events >= GROUP_EVENTS or self.size >= GROUP_BYTES
+
+    def stored(self) -> pa.Table | None:
+        """The rows of table ``events`` the batches hold, if any."""
+        events = [t["events"] for t in self.tables if "events" in t]
+        return pa.concat_tables(events) if events else None
+
+    def predicted(self, candidate: Candidate, event_ids: Sequence[str]) -> set[str]:
+        """Which of ``event_ids`` the batches hold a prediction of by ``candidate``."""
+        wanted = pa.array(event_ids, pa.string())
+        found: set[str] = set()
+        for tables in self.tables:
+            predictions = tables.get("predictions")
+            if predictions is None:
+                continue
+            rows = predictions.filter(pc.is_in(predictions["event_id"], wanted))
+            found.update(event_id for event_id, name, version in zip(
+                rows["event_id"].to_pylist(), rows["candidate"].to_pylist(),
+                rows["version"].to_pylist(), strict=True)
+                if (name, version) == (candidate.name, candidate.version))
+        return found
 
 
 @dataclass(slots=True)
@@ -178,16 +222,16 @@ class ColumnarPipeline(Pipeline):
         return self._completed(prepared, predictions, read, len(rows))
 
     def _deduplicate(self, rows: list[Row], places: list[RawRecord], dead: list[DeadLetter],
-                     unwritten: _Prepared | None = None) -> _Prepared:
+                     unwritten: _Unwritten | None = None) -> _Prepared:
         """The batch's new events and dead letters, and each candidate's events to predict:
         the new ones and those stored before that it has not predicted.
 
-        ``unwritten`` is a batch predicted but not written yet: its new events count as
-        stored, and the events it predicts as predicted.
+        ``unwritten`` are batches predicted but not written yet: their new events count as
+        stored, and the events they predict as predicted.
         """
         batch = WriteBatch(dead_letters=dead)
         fresh, known = self._split(rows, places, batch,
-                                   {} if unwritten is None else unwritten.placed())
+                                   None if unwritten is None else unwritten.stored())
         batch.events_table = events_table([rows[i] for i in fresh],
                                           [places[i].source for i in fresh],
                                           [places[i].position for i in fresh])
@@ -196,7 +240,7 @@ class ColumnarPipeline(Pipeline):
         for candidate in self.candidates:
             pending = known
             if unwritten is not None and known:
-                predicted = unwritten.predicted(candidate)
+                predicted = unwritten.predicted(candidate, known)
                 pending = [i for i in known if i not in predicted]
             to_predict = events + self._unpredicted_ids(pending, candidate)
             if to_predict:
@@ -219,55 +263,98 @@ class ColumnarPipeline(Pipeline):
         s.count_predictions(batch.predictions)
         return batch
 
-    # -- batches overlapped with predictions out of process ---------------------------
+    # -- a file's batches: gathered into transactions, overlapped with workers ----------
 
     def _drain(self, source: Source, prepare: Prepare) -> None:
-        """As :meth:`Pipeline._drain`; with a candidate that predicts out of process, a
-        file's batches overlap (see the module).
+        """As :meth:`Pipeline._drain`; a file's events (without a rollout) are written in
+        transactions of several batches, and overlap with candidates out of process.
 
-        Batch N+1 is polled and mapped while N is predicted; as soon as N's predictions
-        are in, N+1 is deduplicated (against the store and N's new events, which are not
-        written yet) and handed to the workers, and only then is N written and its
-        position committed, so the workers wait for no write. The first batches are
-        smaller (:meth:`_ramp`): the workers wait for an eighth of a batch to be read,
-        not a whole one. Should anything raise, the batch being predicted is waited for
-        before the source closes, and nothing after the last written batch is committed.
+        Each batch is deduplicated against the store and against the batches read before
+        it and not written yet (:class:`_Unwritten`), whose new events count as stored and
+        whose predictions as made. Batches are written together once they hold
+        :data:`GROUP_EVENTS` new events (or :data:`GROUP_BYTES`), or the source is
+        exhausted, and only then is the last one's position committed. Should anything
+        raise, nothing after the last written transaction is committed.
         """
-        if not self._overlaps(source, prepare):
+        if not self._gathers(source, prepare):
             super()._drain(source, prepare)
             return
+        if any(c.predicts_out_of_process for c in self.candidates):
+            self._drain_overlapped(source, prepare)
+            return
         self.summary.sources.append(source.name)
-        handed_out = 0
+        handed_out, limit, unwritten = 0, self._poll_limit(prepare), _Unwritten()
+        position: str | None = None
+        with source, collect_between_batches():
+            while (gathered := self._gather(source, limit, unwritten)) is not None:
+                records, position, fraction = gathered
+                if unwritten.full:
+                    unwritten = self._write_gathered(unwritten, source, position)
+                handed_out += records
+                if self.progress:
+                    self.progress(source.name, handed_out, fraction)
+                gc.collect(1)  # the batch is unreachable by now, its tables held: cheap
+            if position is not None and unwritten.tables:
+                self._write_gathered(unwritten, source, position)
+
+    def _gather(self, source: Source, limit: int, unwritten: _Unwritten
+                ) -> tuple[int, str, float | None] | None:
+        """Read, deduplicate and predict the source's next batch into ``unwritten``;
+        returns its records, its last position and the share read, ``None`` once the
+        source is exhausted. (Its objects are unreachable once this returns.)"""
+        read = self._read_ahead(source, limit)
+        if read is None:
+            return None
+        prepared = self._deduplicate(read.rows, read.places, read.dead, unwritten)
+        predictions = _predict_all(prepared.calls, read.now)
+        unwritten.add(self._completed(prepared, predictions, read.records, len(read.rows)))
+        return read.records, read.position, read.fraction
+
+    def _write_gathered(self, unwritten: _Unwritten, source: Source, position: str
+                        ) -> _Unwritten:
+        """Write the batches gathered in one transaction and commit ``position``, the
+        last one's; returns what gathers the next ones."""
+        self.store.write_tables(unwritten.tables)
+        source.commit(position)
+        return _Unwritten()
+
+    def _drain_overlapped(self, source: Source, prepare: Prepare) -> None:
+        """:meth:`_drain` with a candidate that predicts out of process: batch N+1 is
+        polled and mapped while N is predicted, and handed to the workers as soon as N's
+        predictions are in, before anything is written, so the workers wait on no write.
+        The first batches are smaller (:meth:`_ramp`): the workers wait for an eighth of
+        a batch to be read, not a whole one. Should anything raise, the batch being
+        predicted is waited for before the source closes."""
+        self.summary.sources.append(source.name)
+        handed_out, unwritten = 0, _Unwritten()
         with (source, collect_between_batches(),
               ThreadPoolExecutor(1, thread_name_prefix="shadow-predict") as thread):
             limits = self._ramp(prepare)
             current = self._read_ahead(source, next(limits))
-            predicting = None if current is None else self._predicting(current, None, thread)
+            predicting = (None if current is None
+                          else self._predicting(current, unwritten, thread))
             while current is not None and predicting is not None:
                 ahead = self._read_ahead(source, next(limits))
-                # Between batches as in a serial replay (the batch written before is
-                # unreachable), but while the workers predict: they wait for nothing.
+                # Between batches, as in a serial replay, but while the workers predict:
+                # they wait for nothing.
                 gc.collect(1)
                 prepared, predictions = predicting.result()
-                following = None if ahead is None else self._predicting(ahead, prepared, thread)
-                batch = self._completed(prepared, predictions, current.records,
-                                        len(current.rows))
-                self.store.write(batch)
-                source.commit(current.position)
+                unwritten.add(self._completed(prepared, predictions, current.records,
+                                              len(current.rows)))
+                following = (None if ahead is None
+                             else self._predicting(ahead, unwritten, thread))
+                if ahead is None or unwritten.full:
+                    unwritten = self._write_gathered(unwritten, source, current.position)
                 handed_out += current.records
                 if self.progress:
                     self.progress(source.name, handed_out, current.fraction)
                 current, predicting = ahead, following
             gc.collect(1)
 
-    def _predicting(self, read: _Read, unwritten: _Prepared | None,
+    def _predicting(self, read: _Read, unwritten: _Unwritten,
                     thread: ThreadPoolExecutor) -> _Predicting:
-        """``read`` deduplicated, and its predictions under way: the calls of candidates out
-        of process in ``thread``, the others here once those are handed out.
-
-        ``unwritten`` is the batch before, predicted but not written: its new events count
-        as stored, and what it predicts as predicted.
-        """
+        """``read`` deduplicated, and its calls of candidates out of process under way in
+        ``thread`` (the others are made by :meth:`_Predicting.result`)."""
         prepared = self._deduplicate(read.rows, read.places, read.dead, unwritten)
         away = [c.predicts_out_of_process for c, _ in prepared.calls]
         there = thread.submit(_predict_all, [call for call, out in
@@ -275,12 +362,11 @@ class ColumnarPipeline(Pipeline):
                               read.now)
         return _Predicting(prepared, away, there, read.now)
 
-    def _overlaps(self, source: Source, prepare: Prepare) -> bool:
-        """Whether a source's batches overlap with predictions: events from a file (not a
-        Kafka batch), no rollout, and a candidate that predicts out of process."""
+    def _gathers(self, source: Source, prepare: Prepare) -> bool:
+        """Whether a source's batches are gathered into transactions (and overlap with
+        candidates out of process): events from a file (not a Kafka batch), no rollout."""
         return (prepare == self._prepare_events and self.rollout is None
-                and getattr(source, "poll_batch", None) is None
-                and any(c.predicts_out_of_process for c in self.candidates))
+                and getattr(source, "poll_batch", None) is None)
 
     def _ramp(self, prepare: Prepare) -> Iterator[int]:
         """The sizes of overlapped batches: an eighth of a batch, a quarter, a half, then
@@ -380,33 +466,25 @@ class ColumnarPipeline(Pipeline):
 
     def _split(
         self, rows: list[Row], places: list[RawRecord], batch: WriteBatch,
-        unwritten: dict[str, tuple[str, str]],
+        unwritten: pa.Table | None,
     ) -> tuple[list[int], list[str]]:
         """The rows new to the store (by index) and the ids of those it holds already.
 
         As :meth:`Pipeline._classify`: a record read again at the position its event was
-        stored from is a re-read, any other repeat a duplicate. ``unwritten`` holds the
-        events of a batch about to be written, with their sources and positions: a row
-        repeating one of them is a repeat as if that batch were stored.
+        stored from is a re-read, any other repeat a duplicate. ``unwritten`` are events
+        about to be written (rows of table ``events``): a row repeating one is a repeat as
+        if it were stored, though not one the store holds.
         """
         if not rows:
             return [], []
-        repeats, sources, positions = stored_before(
-            self.store.db, pa.array([r.event_id for r in rows], pa.string()))
-        # Each repeat's index: where its event was first stored, and whether by this batch.
-        found = {i: (source, position, True)
-                 for i, source, position in zip(repeats, sources, positions, strict=True)}
-        if unwritten:
-            for i, row in enumerate(rows):
-                place = unwritten.get(row.event_id)
-                if place is not None:
-                    found[i] = (*place, False)
-        if not found:
+        repeats, sources, positions, in_store = stored_before(
+            self.store.db, pa.array([r.event_id for r in rows], pa.string()), unwritten)
+        if not repeats:
             return list(range(len(rows))), []
         known: list[str] = []
         look_up = self._look_up_stored
-        for i in sorted(found):
-            source, position, in_store = found[i]
+        for i, source, position, held in zip(repeats, sources, positions, in_store,
+                                             strict=True):
             record = places[i]
             first = (source, position) if look_up and source is not None else None
             if first is None or first != (record.source, record.position):
@@ -414,9 +492,10 @@ class ColumnarPipeline(Pipeline):
                                                   record.position))
             else:
                 self.summary.already_stored += 1
-            if first is not None and in_store:
+            if first is not None and held:
                 known.append(rows[i].event_id)
-        return [i for i in range(len(rows)) if i not in found], known
+        repeated = set(repeats)
+        return [i for i in range(len(rows)) if i not in repeated], known
 
     def _unpredicted_ids(self, known: Sequence[str], candidate: Candidate) -> list[Event]:
         """Stored events this candidate has not predicted yet, as first stored."""

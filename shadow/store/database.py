@@ -34,6 +34,7 @@ from shadow.store.writes import (
     WriteBatch,
     WriteCounts,
     arrow_tables,
+    gathered,
     insert,
     prediction_actions_table,
     predictions_table,
@@ -295,6 +296,13 @@ class Store:
         """
         tables = arrow_tables(batch)
         with self._transaction({}, db) as tx:
+            return insert(tx, tables)
+
+    def write_tables(self, batches: Sequence[dict[str, pa.Table]]) -> WriteCounts:
+        """Write several batches, each as :func:`~shadow.store.writes.arrow_tables` makes
+        its tables, in one transaction, as :meth:`write` writes one."""
+        tables = gathered(batches)
+        with self._transaction({}) as tx:
             return insert(tx, tables)
 
     @contextmanager

@@ -15,7 +15,7 @@ and, for a prediction, a violation (:func:`action_violations`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -124,6 +124,22 @@ def arrow_tables(batch: WriteBatch) -> dict[str, pa.Table]:
             "position": [d.position for d in batch.duplicates],
         })
     return tables
+
+
+_TABLES = ("events", "requests", "predictions", "prediction_actions", "tool_calls",
+           "outcome_actions", "outcomes", "dead_letters", "duplicates")
+"""The tables :func:`arrow_tables` makes, in its order."""
+
+
+def gathered(batches: Sequence[dict[str, pa.Table]]) -> dict[str, pa.Table]:
+    """The tables of several batches (as :func:`arrow_tables` makes them) as one batch's:
+    each table's rows in the batches' order, the tables in :func:`arrow_tables`'s."""
+    names = set().union(*batches)
+    if not names <= set(_TABLES):
+        raise ValueError(f"tables no batch makes: {sorted(names - set(_TABLES))}")
+    return {name: pa.concat_tables([b[name] for b in batches if name in b],
+                                   promote_options="default")
+            for name in _TABLES if name in names}
 
 
 def _events_table(rows: list[StoredEvent]) -> pa.Table:
@@ -364,26 +380,33 @@ def _any_segment(events: pa.Table) -> bool:
 
 
 def stored_before(
-    db: duckdb.DuckDBPyConnection, event_ids: pa.Array
-) -> tuple[list[int], list[str | None], list[str | None]]:
+    db: duckdb.DuckDBPyConnection, event_ids: pa.Array, unwritten: pa.Table | None = None,
+) -> tuple[list[int], list[str | None], list[str | None], list[bool]]:
     """The rows of ``event_ids`` that repeat an id, stored or earlier in the array.
 
     An anti-join in the engine instead of a set of every id ever seen in Python: the
-    store answers for earlier batches, the window for this one. Returns three columns:
-    each such row's index in ``event_ids``, and the source and position the id was
-    stored from (``None`` when only an earlier row of the array has it).
+    store answers for earlier batches, the window for this one. ``unwritten`` are rows of
+    table ``events`` not written yet, which count as stored. Returns four columns: each
+    such row's index in ``event_ids``, the source and position the id was stored from
+    (``None`` when only an earlier row of the array has it), and whether the store itself
+    holds it.
     """
     # Read by name in the SQL below (DuckDB's replacement scan, as in :func:`insert`).
     batch_ids = pa.table({"event_id": event_ids,  # noqa: F841
                           "idx": pa.array(range(len(event_ids)), pa.int64())})
+    stored = "SELECT event_id, source, position, true AS in_store FROM events"
+    if unwritten is not None:
+        unwritten_events = unwritten.select(["event_id", "source", "position"])  # noqa: F841
+        stored += (" UNION ALL SELECT event_id, source, position, false AS in_store"
+                   " FROM unwritten_events")
     found = db.execute(
-        "SELECT b.idx, e.source, e.position FROM ("
+        "SELECT b.idx, e.source, e.position, coalesce(e.in_store, false) FROM ("  # noqa: S608
         "  SELECT idx, event_id, row_number() OVER (PARTITION BY event_id ORDER BY idx) AS nth"
-        "  FROM batch_ids) b LEFT JOIN events e USING (event_id)"
+        f"  FROM batch_ids) b LEFT JOIN ({stored}) e USING (event_id)"
         " WHERE b.nth > 1 OR e.event_id IS NOT NULL ORDER BY b.idx",
     ).fetchall()  # few rows: only the repeats
     return ([int(row[0]) for row in found], [row[1] for row in found],
-            [row[2] for row in found])
+            [row[2] for row in found], [bool(row[3]) for row in found])
 
 
 def insert(db: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> WriteCounts:

@@ -25,6 +25,7 @@ from shadow.candidates.callable import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event
+from shadow.pipeline import columnar
 from shadow.pipeline.columnar import ColumnarPipeline
 from shadow.pipeline.rows import fast_row
 from shadow.pipeline.runner import Pipeline
@@ -164,9 +165,15 @@ def _replay_twice(kind: Callable[..., Pipeline], db: Path, files: dict[str, Path
                  segment={"channel": "via.channel", "tier": "plan"}, payload="$",
                  routing_key=None, when={"path": "kind", "equals": "ticket"}),
 ], ids=["canonical", "dotted paths"])
+@pytest.mark.parametrize("group_events", [columnar.GROUP_EVENTS, 3],
+                         ids=["one transaction", "transactions of a few new events"])
 def test_columnar_replay_stores_what_the_per_record_pipeline_stores(
-    tmp_path: Path, mapping: EventMapping | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mapping: EventMapping | None,
+    group_events: int,
 ) -> None:
+    # Batches of five; a transaction gathers them until it holds ``group_events`` new
+    # events, so repeats fall within a transaction and across two.
+    monkeypatch.setattr(columnar, "GROUP_EVENTS", group_events)
     if mapping is None:
         events, more = _mixed_events(), [_line(**_event(2)), _line(**_event(22))]
     else:

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from connectors.base import RawRecord
@@ -25,9 +26,10 @@ from shadow.candidates.callable import CallableCandidate
 from shadow.compare.comparators import build_comparator
 from shadow.config.comparators import ExactSpec
 from shadow.core.models import Event, Mode, Prediction
+from shadow.pipeline import columnar
 from shadow.pipeline.columnar import ColumnarPipeline
 from shadow.store.database import Store
-from shadow.store.writes import WriteBatch, WriteCounts
+from shadow.store.writes import WriteCounts
 from shadow.testing import ListSource
 from tests.pipeline.test_columnar import (
     NOW,
@@ -173,6 +175,13 @@ def _pipeline(store: Store, candidate: Candidate) -> ColumnarPipeline:
     return ColumnarPipeline(store, candidate, comparator, batch_size=5, now=lambda: NOW)
 
 
+@pytest.fixture
+def each_batch_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch with a new event is a transaction of its own: the commits show them."""
+    monkeypatch.setattr(columnar, "GROUP_EVENTS", 1)
+
+
+@pytest.mark.usefixtures("each_batch_written")
 def test_the_next_batch_is_read_while_the_workers_predict(tmp_path: Path) -> None:
     source = _CountingSource(_values(12) + [_event(3)])
     candidate = _Awaiting(source)
@@ -188,6 +197,7 @@ def test_the_next_batch_is_read_while_the_workers_predict(tmp_path: Path) -> Non
     assert not [t for t in threading.enumerate() if t.name.startswith("shadow-predict")]
 
 
+@pytest.mark.usefixtures("each_batch_written")
 def test_candidates_in_this_process_keep_the_serial_path(tmp_path: Path) -> None:
     source = _CountingSource(_values(12))
     candidate = _Awaiting(out_of_process=False)
@@ -206,13 +216,31 @@ class _FailingStore(Store):
         self.writes = 0
         self._fail_at = fail_at
 
-    def write(self, batch: WriteBatch, db: Any = None) -> WriteCounts:
+    def write_tables(self, batches: Sequence[dict[str, pa.Table]]) -> WriteCounts:
         self.writes += 1
-        if self.writes >= self._fail_at and batch.predictions:
+        if self.writes >= self._fail_at:
             raise OSError("disk full")
-        return super().write(batch, db)
+        return super().write_tables(batches)
 
 
+@pytest.mark.parametrize("in_process", [False, True], ids=["workers", "in-process"])
+def test_batches_are_written_in_transactions_of_enough_new_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_process: bool,
+) -> None:
+    monkeypatch.setattr(columnar, "GROUP_EVENTS", 10)
+    # Batches of 5 (with workers: 1, 1, 2, then 5); repeats count for no new event.
+    source = _CountingSource(_values(12) + [_event(3)] * 6 + _values(14)[12:])
+    counting = _FailingStore(tmp_path / "store.duckdb", fail_at=99)
+    with counting as store:
+        summary = _pipeline(store, _Awaiting(out_of_process=not in_process)).run([source])
+        stored = store.count("events")
+
+    committed = ["item 9", "item 19"] if in_process else ["item 13", "item 19"]
+    assert (source.committed, counting.writes) == (committed, 2)
+    assert (stored, summary.events_stored, summary.duplicates) == (14, 14, 6)
+
+
+@pytest.mark.usefixtures("each_batch_written")
 def test_a_failed_write_commits_nothing_after_the_last_batch_written(tmp_path: Path) -> None:
     source = _CountingSource(_values(20))
     candidate = _Awaiting()
