@@ -22,13 +22,14 @@ A Kafka source's polls come as one :class:`~connectors.kafka_batch.KafkaBatch` e
 do for every message (its ``_kafka`` metadata, its position, its record) is done only
 for the messages that need it, so the fast test sees the same values.
 
-When a candidate predicts out of process (:attr:`Candidate.predicts_out_of_process`:
-a callable with ``workers`` above 1), a file's batches overlap: while the workers
-predict batch N (called from a thread that mostly waits on their pipes), this thread
-polls and maps batch N+1. Once N's predictions are in, N+1 is deduplicated against the
-store and against N's new events, held in memory until N is written, and handed to the
-workers; then N is written and its position committed. The workers wait on no write,
-and repeats across the two batches are found as before.
+A file's batches are written in transactions of at least :data:`GROUP_EVENTS` new
+events, held as Arrow tables until then; each batch is deduplicated against the store
+and the batches not written yet, whose events count as stored and whose predictions as
+made. When a candidate predicts out of process
+(:attr:`Candidate.predicts_out_of_process`: a callable with ``workers`` above 1), a
+file's batches also overlap: while the workers predict batch N (called from a thread
+that mostly waits on their pipes), this thread polls and maps batch N+1, and hands it
+to the workers as soon as N's predictions are in, before anything is written.
 
 What a replay stores is the same as :class:`Pipeline` stores from the same input
 (``tests/pipeline/test_columnar.py`` compares the two stores table by table,
