@@ -61,12 +61,17 @@ def time_daemon(config: Path, db: Path, count: int, *, role: str | None = None,
             time.sleep(SCRAPE_S)
         raise SystemExit(f"the daemon had not stored {count:,} events within {WITHIN_S} s")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 60)
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Stop ``process`` as its operator would: SIGTERM, then a kill after ``timeout_s``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def stored_events(db: Path) -> int:

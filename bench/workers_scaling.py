@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import duckdb
+from daemon_run import stop
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
@@ -177,13 +178,7 @@ daemon:
 
     def _stop_workers(self) -> None:
         for name in [n for n in self.processes if n.startswith("worker-")]:
-            process = self.processes.pop(name)
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(self.processes.pop(name), 30)
 
     def _recorder_api(self) -> str | None:
         self._check_alive()
