@@ -216,11 +216,12 @@ class ColumnarPipeline(Pipeline):
         return self._write_batch(len(records), *self._map(records, now), now), None
 
     def _write_batch(self, read: int, rows: list[Row], places: list[RawRecord],
-                     dead: list[DeadLetter], now: datetime) -> WriteBatch:
-        """What to write for a batch of ``read`` records mapped into rows and dead letters."""
-        prepared = self._deduplicate(rows, places, dead)
-        predictions = [checked_predictions(c, events, now) for c, events in prepared.calls]
-        return self._completed(prepared, predictions, read, len(rows))
+                     dead: list[DeadLetter], now: datetime,
+                     unwritten: _Unwritten | None = None) -> WriteBatch:
+        """What to write for a batch of ``read`` records mapped into rows and dead letters
+        (``unwritten``: as :meth:`_deduplicate`)."""
+        prepared = self._deduplicate(rows, places, dead, unwritten)
+        return self._completed(prepared, _predict_all(prepared.calls, now), read, len(rows))
 
     def _deduplicate(self, rows: list[Row], places: list[RawRecord], dead: list[DeadLetter],
                      unwritten: _Unwritten | None = None) -> _Prepared:
@@ -306,9 +307,8 @@ class ColumnarPipeline(Pipeline):
         read = self._read_ahead(source, limit)
         if read is None:
             return None
-        prepared = self._deduplicate(read.rows, read.places, read.dead, unwritten)
-        predictions = _predict_all(prepared.calls, read.now)
-        unwritten.add(self._completed(prepared, predictions, read.records, len(read.rows)))
+        unwritten.add(self._write_batch(read.records, read.rows, read.places, read.dead,
+                                        read.now, unwritten))
         return read.records, read.position, read.fraction
 
     def _write_gathered(self, unwritten: _Unwritten, source: Source, position: str
